@@ -1,0 +1,1 @@
+//! groupcast-core

@@ -1,0 +1,643 @@
+//! Centrifugo client protocol v2, JSON encoding.
+//!
+//! A WebSocket frame carries one or more JSON objects separated by `\n`.
+//! Client to server: [`Command`]s; an empty object `{}` is a pong.
+//! Server to client: [`Reply`]s (with the command's `id`), pushes
+//! (`{"push":{...}}`, no id) and the empty ping `{}`.
+//!
+//! `data` fields are embedded JSON: they are kept as [`RawValue`] and never
+//! re-parsed. Unknown fields sent by newer SDKs are ignored, never rejected.
+//! Publication pushes are encoded by hand in [`encode_pub_push`] so a fan-out
+//! encodes once per channel and shares the bytes with every subscriber.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::codes::ErrorCode;
+
+/// Raw JSON shared between a publication and every frame that carries it.
+pub type RawJson = Arc<RawValue>;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Deserialize optional raw JSON into an `Arc` (serde has no direct impl).
+pub(crate) mod raw_opt {
+    use super::*;
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<RawJson>, D::Error> {
+        let b: Option<Box<RawValue>> = Option::deserialize(d)?;
+        Ok(b.map(Arc::from))
+    }
+}
+
+/// Decode every command in one frame (newline-separated JSON objects).
+///
+/// Blank lines are skipped. Any line that is not a valid command makes the
+/// whole frame invalid: the protocol answers that with a bad-request
+/// disconnect, so partial processing would only hide the error.
+pub fn decode_commands(frame: &[u8]) -> Result<Vec<Command>, serde_json::Error> {
+    let mut out = Vec::new();
+    for line in frame.split(|b| *b == b'\n') {
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        out.push(serde_json::from_slice(line)?);
+    }
+    Ok(out)
+}
+
+/// One client command. Exactly one method field is set; none set means pong
+/// (when `id` is 0) or an unknown method (when `id` is set).
+#[derive(Debug, Default, Deserialize)]
+pub struct Command {
+    #[serde(default)]
+    pub id: u32,
+    pub connect: Option<ConnectRequest>,
+    pub subscribe: Option<SubscribeRequest>,
+    pub unsubscribe: Option<UnsubscribeRequest>,
+    pub publish: Option<PublishRequest>,
+    pub presence: Option<ChannelRequest>,
+    pub presence_stats: Option<ChannelRequest>,
+    pub history: Option<HistoryRequest>,
+    pub ping: Option<Empty>,
+    pub send: Option<SendRequest>,
+    pub rpc: Option<RpcRequest>,
+    pub refresh: Option<RefreshRequest>,
+    pub sub_refresh: Option<SubRefreshRequest>,
+}
+
+impl Command {
+    /// The method name, for metrics and logs; `None` for a pong or unknown method.
+    pub fn method(&self) -> Option<&'static str> {
+        Some(if self.connect.is_some() {
+            "connect"
+        } else if self.subscribe.is_some() {
+            "subscribe"
+        } else if self.unsubscribe.is_some() {
+            "unsubscribe"
+        } else if self.publish.is_some() {
+            "publish"
+        } else if self.presence.is_some() {
+            "presence"
+        } else if self.presence_stats.is_some() {
+            "presence_stats"
+        } else if self.history.is_some() {
+            "history"
+        } else if self.ping.is_some() {
+            "ping"
+        } else if self.send.is_some() {
+            "send"
+        } else if self.rpc.is_some() {
+            "rpc"
+        } else if self.refresh.is_some() {
+            "refresh"
+        } else if self.sub_refresh.is_some() {
+            "sub_refresh"
+        } else {
+            return None;
+        })
+    }
+}
+
+/// An object whose fields we do not read (`ping`, results without fields).
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct Empty {}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectRequest {
+    #[serde(default)]
+    pub token: String,
+    #[serde(default, deserialize_with = "raw_opt::deserialize")]
+    pub data: Option<RawJson>,
+    /// Channels the client wants to recover after a reconnect (server-side subs).
+    #[serde(default)]
+    pub subs: BTreeMap<String, SubscribeRequest>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SubscribeRequest {
+    #[serde(default)]
+    pub channel: String,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub recover: bool,
+    #[serde(default)]
+    pub epoch: String,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default, deserialize_with = "raw_opt::deserialize")]
+    pub data: Option<RawJson>,
+    #[serde(default)]
+    pub positioned: bool,
+    #[serde(default)]
+    pub recoverable: bool,
+    #[serde(default)]
+    pub join_leave: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct UnsubscribeRequest {
+    #[serde(default)]
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PublishRequest {
+    #[serde(default)]
+    pub channel: String,
+    #[serde(default, deserialize_with = "raw_opt::deserialize")]
+    pub data: Option<RawJson>,
+}
+
+/// Request that names only a channel (`presence`, `presence_stats`).
+#[derive(Debug, Default, Deserialize)]
+pub struct ChannelRequest {
+    #[serde(default)]
+    pub channel: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryRequest {
+    #[serde(default)]
+    pub channel: String,
+    #[serde(default)]
+    pub limit: i32,
+    pub since: Option<StreamPosition>,
+    #[serde(default)]
+    pub reverse: bool,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct StreamPosition {
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub epoch: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SendRequest {
+    #[serde(default, deserialize_with = "raw_opt::deserialize")]
+    pub data: Option<RawJson>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RpcRequest {
+    #[serde(default, deserialize_with = "raw_opt::deserialize")]
+    pub data: Option<RawJson>,
+    #[serde(default)]
+    pub method: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RefreshRequest {
+    #[serde(default)]
+    pub token: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SubRefreshRequest {
+    #[serde(default)]
+    pub channel: String,
+    #[serde(default)]
+    pub token: String,
+}
+
+/// A reply to one command. Exactly one of `error` or a result is set.
+#[derive(Debug, Default, Serialize)]
+pub struct Reply {
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorCode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ConnectResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<SubscribeResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<Empty>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Empty>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_stats: Option<PresenceStatsResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping: Option<Empty>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc: Option<RpcResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_refresh: Option<SubRefreshResult>,
+}
+
+impl Reply {
+    pub fn error(id: u32, error: ErrorCode) -> Reply {
+        Reply {
+            id,
+            error: Some(error),
+            ..Default::default()
+        }
+    }
+
+    /// Encode to one JSON line (no trailing newline).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("reply types always serialize")
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ConnectResult {
+    pub client: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<RawJson>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub subs: BTreeMap<String, SubscribeResult>,
+    /// Server ping interval in seconds (0: the server does not ping).
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ping: u32,
+    /// Whether the client must answer pings with `{}`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub pong: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SubscribeResult {
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    #[serde(skip_serializing_if = "is_false")]
+    pub recoverable: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publications: Vec<PublicationOut>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub recovered: bool,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+    #[serde(skip_serializing_if = "is_false")]
+    pub positioned: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<RawJson>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub was_recovering: bool,
+}
+
+/// Client information attached to publications, presence, join and leave.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientInfo {
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub client: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "raw_opt::deserialize"
+    )]
+    pub conn_info: Option<RawJson>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "raw_opt::deserialize"
+    )]
+    pub chan_info: Option<RawJson>,
+}
+
+/// A publication as it appears in history results and subscribe results.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublicationOut {
+    pub data: RawJson,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<ClientInfo>,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PresenceResult {
+    pub presence: BTreeMap<String, ClientInfo>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresenceStatsResult {
+    pub num_clients: u32,
+    pub num_users: u32,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct HistoryResult {
+    pub publications: Vec<PublicationOut>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RpcResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<RawJson>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RefreshResult {
+    pub client: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SubRefreshResult {
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+/// Push envelope: `{"push":{"channel":..,<kind>:{..}}}`.
+#[derive(Debug, Serialize)]
+struct PushEnvelope<'a, T: Serialize> {
+    push: PushBody<'a, T>,
+}
+
+#[derive(Debug, Serialize)]
+struct PushBody<'a, T: Serialize> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    channel: &'a str,
+    #[serde(flatten)]
+    body: T,
+}
+
+fn encode_push<T: Serialize>(channel: &str, body: T) -> Vec<u8> {
+    serde_json::to_vec(&PushEnvelope {
+        push: PushBody { channel, body },
+    })
+    .expect("push types always serialize")
+}
+
+/// Borrowed view of a publication, for encoding without copies.
+#[derive(Debug, Clone, Copy)]
+pub struct PubView<'a> {
+    /// Raw JSON of the data (already validated when it entered the system).
+    pub data: &'a RawValue,
+    pub offset: u64,
+    pub info: Option<&'a ClientInfo>,
+    pub tags: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct PubRef<'a> {
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a ClientInfo>,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    offset: u64,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    tags: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct PubKind<'a> {
+    #[serde(rename = "pub")]
+    publication: PubRef<'a>,
+}
+
+/// Encode `{"push":{"channel":C,"pub":{...}}}` once for a whole fan-out.
+pub fn encode_pub_push(channel: &str, p: PubView<'_>) -> Vec<u8> {
+    encode_push(
+        channel,
+        PubKind {
+            publication: PubRef {
+                data: p.data,
+                info: p.info,
+                offset: p.offset,
+                tags: p.tags,
+            },
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct InfoWrap<'a> {
+    info: &'a ClientInfo,
+}
+#[derive(Serialize)]
+struct JoinKind<'a> {
+    join: InfoWrap<'a>,
+}
+#[derive(Serialize)]
+struct LeaveKind<'a> {
+    leave: InfoWrap<'a>,
+}
+
+/// `{"push":{"channel":C,"join":{"info":{...}}}}`
+pub fn encode_join_push(channel: &str, info: &ClientInfo) -> Vec<u8> {
+    encode_push(
+        channel,
+        JoinKind {
+            join: InfoWrap { info },
+        },
+    )
+}
+
+/// `{"push":{"channel":C,"leave":{"info":{...}}}}`
+pub fn encode_leave_push(channel: &str, info: &ClientInfo) -> Vec<u8> {
+    encode_push(
+        channel,
+        LeaveKind {
+            leave: InfoWrap { info },
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct CodeReason<'a> {
+    code: u32,
+    reason: &'a str,
+}
+#[derive(Serialize)]
+struct UnsubKind<'a> {
+    unsubscribe: CodeReason<'a>,
+}
+#[derive(Serialize)]
+struct DisconnectKind<'a> {
+    disconnect: CodeReason<'a>,
+}
+
+/// `{"push":{"channel":C,"unsubscribe":{"code":..,"reason":..}}}`
+pub fn encode_unsubscribe_push(channel: &str, code: u32, reason: &str) -> Vec<u8> {
+    encode_push(
+        channel,
+        UnsubKind {
+            unsubscribe: CodeReason { code, reason },
+        },
+    )
+}
+
+/// `{"push":{"disconnect":{"code":..,"reason":..}}}`
+pub fn encode_disconnect_push(code: u16, reason: &str) -> Vec<u8> {
+    encode_push(
+        "",
+        DisconnectKind {
+            disconnect: CodeReason {
+                code: u32::from(code),
+                reason,
+            },
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct SubscribeKind<'a> {
+    subscribe: &'a SubscribeResult,
+}
+
+/// `{"push":{"channel":C,"subscribe":{...}}}`: a server-side subscription.
+pub fn encode_subscribe_push(channel: &str, result: &SubscribeResult) -> Vec<u8> {
+    encode_push(channel, SubscribeKind { subscribe: result })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn raw(s: &str) -> RawJson {
+        Arc::from(RawValue::from_string(s.to_string()).unwrap())
+    }
+
+    #[test]
+    fn decodes_batched_commands_and_ignores_unknown_fields() {
+        let frame = br#"{"id":1,"connect":{"token":"t","name":"js","flag":7,"headers":{"a":"b"}}}
+{"id":2,"subscribe":{"channel":"chat:1","recover":true,"offset":5,"epoch":"e"}}
+
+{}"#;
+        let cmds = decode_commands(frame).unwrap();
+        assert_eq!(cmds.len(), 3);
+        assert_eq!(cmds[0].method(), Some("connect"));
+        assert_eq!(cmds[0].connect.as_ref().unwrap().token, "t");
+        let s = cmds[1].subscribe.as_ref().unwrap();
+        assert_eq!(
+            (s.channel.as_str(), s.recover, s.offset),
+            ("chat:1", true, 5)
+        );
+        assert_eq!(cmds[2].id, 0);
+        assert_eq!(cmds[2].method(), None);
+    }
+
+    #[test]
+    fn wrong_types_and_garbage_are_errors() {
+        assert!(decode_commands(br#"{"id":1,"subscribe":{"channel":5}}"#).is_err());
+        assert!(decode_commands(br#"{"id":"x"}"#).is_err());
+        assert!(decode_commands(b"not json").is_err());
+        assert!(decode_commands(br#"{"id":1}"#).is_ok());
+        assert!(decode_commands(br#"[1,2]"#).is_err());
+    }
+
+    #[test]
+    fn publish_data_stays_raw() {
+        let cmds =
+            decode_commands(br#"{"id":3,"publish":{"channel":"c","data":{"b":1, "a":[1,2]}}}"#)
+                .unwrap();
+        let p = cmds[0].publish.as_ref().unwrap();
+        assert_eq!(p.data.as_ref().unwrap().get(), r#"{"b":1, "a":[1,2]}"#);
+    }
+
+    #[test]
+    fn reply_omits_defaults() {
+        let r = Reply {
+            id: 7,
+            subscribe: Some(SubscribeResult::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&r.encode()).unwrap(),
+            json!({"id":7,"subscribe":{}})
+        );
+        let e = Reply::error(2, ErrorCode::PERMISSION_DENIED);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&e.encode()).unwrap(),
+            json!({"id":2,"error":{"code":103,"message":"permission denied"}})
+        );
+    }
+
+    #[test]
+    fn pushes_have_the_protocol_shape() {
+        let tags = BTreeMap::new();
+        let info = ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: Some(raw(r#"{"n":1}"#)),
+            chan_info: None,
+        };
+        let data = raw(r#"{"x":1}"#);
+        let p = encode_pub_push(
+            "news",
+            PubView {
+                data: &data,
+                offset: 4,
+                info: Some(&info),
+                tags: &tags,
+            },
+        );
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&p).unwrap(),
+            json!({"push":{"channel":"news","pub":{"data":{"x":1},"offset":4,"info":{"user":"u","client":"c","conn_info":{"n":1}}}}})
+        );
+        let j = encode_join_push("news", &info);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&j).unwrap()["push"]["join"]["info"]
+                ["user"],
+            "u"
+        );
+        let d = encode_disconnect_push(3001, "shutdown");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&d).unwrap(),
+            json!({"push":{"disconnect":{"code":3001,"reason":"shutdown"}}})
+        );
+        let u = encode_unsubscribe_push("news", 2000, "server unsubscribe");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&u).unwrap(),
+            json!({"push":{"channel":"news","unsubscribe":{"code":2000,"reason":"server unsubscribe"}}})
+        );
+    }
+}
