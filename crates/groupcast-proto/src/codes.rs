@@ -93,6 +93,7 @@ impl DisconnectCode {
     pub const FORCE_RECONNECT: DisconnectCode = dis(3011, "force reconnect");
     pub const NO_PONG: DisconnectCode = dis(3012, "no pong");
     pub const TOO_MANY_REQUESTS: DisconnectCode = dis(3013, "too many requests");
+    pub const STATE_INVALIDATED: DisconnectCode = dis(3014, "state invalidated");
     pub const INVALID_TOKEN: DisconnectCode = dis(3500, "invalid token");
     pub const BAD_REQUEST: DisconnectCode = dis(3501, "bad request");
     pub const STALE: DisconnectCode = dis(3502, "stale");
@@ -103,7 +104,9 @@ impl DisconnectCode {
     pub const PERMISSION_DENIED: DisconnectCode = dis(3507, "permission denied");
     pub const NOT_AVAILABLE: DisconnectCode = dis(3508, "not available");
     pub const TOO_MANY_ERRORS: DisconnectCode = dis(3509, "too many errors");
-    pub const MESSAGE_SIZE_LIMIT: DisconnectCode = dis(3510, "message size limit");
+    /// WebSocket's standard "message too big": a frame over the size limit.
+    /// Not in the 3xxx table; clients treat it as terminal.
+    pub const MESSAGE_TOO_BIG: DisconnectCode = dis(1009, "message too big");
 
     /// Every disconnect code, for documentation and tests.
     pub const ALL: [DisconnectCode; 22] = [
@@ -118,6 +121,7 @@ impl DisconnectCode {
         Self::FORCE_RECONNECT,
         Self::NO_PONG,
         Self::TOO_MANY_REQUESTS,
+        Self::STATE_INVALIDATED,
         Self::INVALID_TOKEN,
         Self::BAD_REQUEST,
         Self::STALE,
@@ -128,12 +132,11 @@ impl DisconnectCode {
         Self::PERMISSION_DENIED,
         Self::NOT_AVAILABLE,
         Self::TOO_MANY_ERRORS,
-        Self::MESSAGE_SIZE_LIMIT,
     ];
 
     /// Whether a client should reconnect after this disconnect.
     pub fn reconnect(&self) -> bool {
-        self.code < 3500
+        (3000..3500).contains(&self.code) || (4000..4500).contains(&self.code)
     }
 
     /// Look a code up in the table (for the server API's `disconnect`).
@@ -178,6 +181,7 @@ mod tests {
             assert!(seen.insert(d.code), "duplicate disconnect code {}", d.code);
             assert!((3000..4000).contains(&d.code));
             assert_eq!(d.reconnect(), d.code < 3500);
+            assert!(d.reason.len() < 123, "close reason must fit a close frame");
             assert_eq!(DisconnectCode::from_code(d.code), Some(d));
         }
         assert_eq!(DisconnectCode::from_code(4242), None);

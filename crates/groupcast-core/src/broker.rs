@@ -1,0 +1,99 @@
+//! The `Broker`: how publications travel between nodes and are stored.
+//!
+//! # Contract
+//! * **Interest.** A node calls [`Broker::subscribe`] for a channel when it
+//!   gets its first local subscriber and [`Broker::unsubscribe`] after the last
+//!   leaves. The broker delivers a channel's messages to the node's
+//!   [`BrokerHandler`] only while the node is subscribed.
+//! * **Order.** For one channel, the handler is called in the order the broker
+//!   stored the publications (offset order when the channel has history), and
+//!   never concurrently for the same channel.
+//! * **History.** With `history_size > 0` and a non-zero TTL, a publish stores
+//!   the publication, assigns the next offset (1, 2, 3, ... per stream) and
+//!   returns the stream position; `history` reads it back. The epoch names the
+//!   stream: when it changes, offsets from the old epoch mean nothing.
+//! * **Join/leave** are delivered like publications but are not stored.
+//! * **Handler calls must not block**: they enqueue and return.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use groupcast_proto::client::ClientInfo;
+use thiserror::Error;
+
+use crate::publication::{Publication, StreamPosition};
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum BrokerError {
+    /// The backbone cannot be reached; the operation did not happen.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The requested history position belongs to another epoch.
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
+    #[error("broker internal error: {0}")]
+    Internal(String),
+}
+
+/// How to store one publication.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Publications kept per channel; 0 disables history for this publish.
+    pub history_size: usize,
+    /// How long they are kept.
+    pub history_ttl: Duration,
+}
+
+/// Which part of a channel's history to read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Only publications after this position (its epoch must match).
+    pub since: Option<StreamPosition>,
+    /// Maximum publications to return; `None` for all, `Some(0)` for only the position.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// Publications read from history and the stream's current top position.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryResult {
+    pub publications: Vec<Arc<Publication>>,
+    pub position: StreamPosition,
+}
+
+/// Receives what the broker delivers for the channels this node subscribed to.
+pub trait BrokerHandler: Send + Sync + 'static {
+    fn on_publication(&self, channel: &str, publication: Arc<Publication>);
+    fn on_join(&self, channel: &str, info: Arc<ClientInfo>);
+    fn on_leave(&self, channel: &str, info: Arc<ClientInfo>);
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Set the handler; called once by [`crate::Node`] before any subscribe.
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>);
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
+    /// Store (when `opts` has history) and deliver a publication.
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, BrokerError>;
+    async fn publish_join(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError>;
+    async fn publish_leave(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError>;
+    /// Read history. A channel that never had history answers an empty result
+    /// with a fresh position (offset 0 and the epoch it will use).
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, BrokerError>;
+    /// Drop stored publications; the position (offset, epoch) is kept.
+    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError>;
+}

@@ -1,0 +1,463 @@
+//! The local hub: channel -> this node's subscribers, and the fan-out.
+//!
+//! A publication is encoded at most once per channel and per protocol (the
+//! JSON push, the raw relay frame), lazily, and the resulting `Bytes` are
+//! shared by every subscriber ([`PreparedPush`]). Fan-out holds the channel's
+//! lock, so all local subscribers see a channel's messages in the same order.
+//!
+//! # Recovery merge (invariant 2)
+//! A subscription that must start at a stream position is added in the
+//! *buffering* phase: live pushes are kept aside while the session reads
+//! history. [`Hub::finish_buffering`] then, under the channel lock, lets the
+//! session enqueue its subscribe reply (with the recovered publications),
+//! delivers the buffered pushes whose offset is past the position it
+//! reported, and switches to *live*. In the live phase any push with an
+//! offset at or below the last delivered one is dropped, so a publication is
+//! never delivered twice. The buffer is bounded by
+//! [`MAX_RECOVERY_BUFFER`]; on overflow the subscription must be restarted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use groupcast_proto::client::{
+    encode_join_push, encode_leave_push, encode_pub_push, ClientInfo, PubView,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::broker::BrokerHandler;
+use crate::publication::{Publication, TAG_ENCODING};
+
+/// Live pushes held per subscription while it recovers (`recovery_buffer_max`).
+pub const MAX_RECOVERY_BUFFER: usize = 10_000;
+
+/// Which wire format a subscriber wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriberKind {
+    /// Centrifugo client protocol (JSON pushes, join/leave).
+    Protocol,
+    /// Raw relay: the publication's data as one frame; no join/leave.
+    Relay,
+}
+
+/// A local connection subscribed to channels. Implemented by edge sessions.
+pub trait Subscriber: Send + Sync + 'static {
+    /// Connection id, unique on this node.
+    fn id(&self) -> u64;
+    fn kind(&self) -> SubscriberKind;
+    /// Enqueue a push. Must not block; a connection that cannot take it
+    /// closes itself (slow consumer) rather than stall the fan-out.
+    fn push(&self, push: &PreparedPush);
+}
+
+enum PushKind {
+    Pub(Arc<Publication>),
+    Join(Arc<ClientInfo>),
+    Leave(Arc<ClientInfo>),
+}
+
+/// One message for a channel, encoded lazily and shared by all subscribers.
+pub struct PreparedPush {
+    channel: Arc<str>,
+    kind: PushKind,
+    json: OnceLock<Bytes>,
+    relay: OnceLock<(Bytes, bool)>,
+}
+
+impl PreparedPush {
+    fn new(channel: &str, kind: PushKind) -> PreparedPush {
+        PreparedPush {
+            channel: Arc::from(channel),
+            kind,
+            json: OnceLock::new(),
+            relay: OnceLock::new(),
+        }
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Stream offset of a publication (0 for join/leave and plain channels).
+    pub fn offset(&self) -> u64 {
+        match &self.kind {
+            PushKind::Pub(p) => p.offset,
+            _ => 0,
+        }
+    }
+
+    /// The relay connection that published this, if any.
+    pub fn origin(&self) -> Option<u64> {
+        match &self.kind {
+            PushKind::Pub(p) => p.origin,
+            _ => None,
+        }
+    }
+
+    /// The Centrifugo JSON push, encoded on first use.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            Bytes::from(match &self.kind {
+                PushKind::Pub(p) => {
+                    let data = p.data.to_json();
+                    let mut tagged;
+                    let tags = if matches!(p.data, crate::Payload::Binary(_)) {
+                        tagged = p.tags.clone();
+                        tagged.insert(TAG_ENCODING.into(), "base64".into());
+                        &tagged
+                    } else {
+                        &p.tags
+                    };
+                    encode_pub_push(
+                        &self.channel,
+                        PubView {
+                            data: &data,
+                            offset: p.offset,
+                            info: p.info.as_deref(),
+                            tags,
+                        },
+                    )
+                }
+                PushKind::Join(info) => encode_join_push(&self.channel, info),
+                PushKind::Leave(info) => encode_leave_push(&self.channel, info),
+            })
+        })
+    }
+
+    /// The raw relay frame `(bytes, is_binary)`; `None` for join/leave.
+    pub fn relay(&self) -> Option<&(Bytes, bool)> {
+        match &self.kind {
+            PushKind::Pub(p) => Some(self.relay.get_or_init(|| p.data.to_relay())),
+            _ => None,
+        }
+    }
+}
+
+enum Phase {
+    Live {
+        last_offset: u64,
+    },
+    Buffering {
+        items: Vec<Arc<PreparedPush>>,
+        overflow: bool,
+    },
+}
+
+struct Entry {
+    sub: Arc<dyn Subscriber>,
+    phase: Phase,
+}
+
+impl Entry {
+    fn deliver(&mut self, push: &Arc<PreparedPush>) {
+        if push.origin() == Some(self.sub.id()) {
+            return;
+        }
+        if push.relay().is_none() && self.sub.kind() == SubscriberKind::Relay {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Live { last_offset } => {
+                let off = push.offset();
+                if off > 0 {
+                    if off <= *last_offset {
+                        return;
+                    }
+                    *last_offset = off;
+                }
+                self.sub.push(push);
+            }
+            Phase::Buffering { items, overflow } => {
+                if items.len() >= MAX_RECOVERY_BUFFER {
+                    *overflow = true;
+                    items.clear();
+                } else if !*overflow {
+                    items.push(push.clone());
+                }
+            }
+        }
+    }
+}
+
+type Channel = Arc<Mutex<HashMap<u64, Entry>>>;
+
+/// Outcome of [`Hub::add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// First local subscriber: the node must subscribe on the broker.
+    First,
+    Added,
+    AlreadySubscribed,
+}
+
+/// The recovery buffer overflowed; the subscription was removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferOverflow;
+
+#[derive(Default)]
+pub struct Hub {
+    channels: RwLock<HashMap<String, Channel>>,
+}
+
+impl Hub {
+    fn get(&self, channel: &str) -> Option<Channel> {
+        self.channels.read().get(channel).cloned()
+    }
+
+    /// Add a subscriber; `buffering` starts it in the recovery phase.
+    pub fn add(&self, channel: &str, sub: Arc<dyn Subscriber>, buffering: bool) -> AddOutcome {
+        let mut map = self.channels.write();
+        let first = !map.contains_key(channel);
+        let ch = map.entry(channel.to_string()).or_default().clone();
+        let mut subs = ch.lock();
+        let id = sub.id();
+        if subs.contains_key(&id) {
+            return AddOutcome::AlreadySubscribed;
+        }
+        let phase = if buffering {
+            Phase::Buffering {
+                items: Vec::new(),
+                overflow: false,
+            }
+        } else {
+            Phase::Live { last_offset: 0 }
+        };
+        subs.insert(id, Entry { sub, phase });
+        if first {
+            AddOutcome::First
+        } else {
+            AddOutcome::Added
+        }
+    }
+
+    /// End the buffering phase of `id` on `channel` (see the module doc).
+    ///
+    /// Under the channel lock: runs `before` (the session enqueues its
+    /// subscribe reply there), delivers buffered pushes with offsets past
+    /// `position`, and switches to live. On overflow nothing is delivered,
+    /// `before` is not run, and the caller must remove and restart the sub.
+    pub fn finish_buffering(
+        &self,
+        channel: &str,
+        id: u64,
+        position: u64,
+        before: impl FnOnce(),
+    ) -> Result<(), BufferOverflow> {
+        let Some(ch) = self.get(channel) else {
+            return Err(BufferOverflow);
+        };
+        let mut subs = ch.lock();
+        let Some(entry) = subs.get_mut(&id) else {
+            return Err(BufferOverflow);
+        };
+        let items = match std::mem::replace(
+            &mut entry.phase,
+            Phase::Live {
+                last_offset: position,
+            },
+        ) {
+            Phase::Buffering { overflow: true, .. } => return Err(BufferOverflow),
+            Phase::Buffering { items, .. } => items,
+            Phase::Live { .. } => Vec::new(),
+        };
+        before();
+        for push in &items {
+            entry.deliver(push);
+        }
+        Ok(())
+    }
+
+    /// Remove a subscriber; returns true when the channel has no local
+    /// subscribers left (the node should unsubscribe on the broker).
+    pub fn remove(&self, channel: &str, id: u64) -> bool {
+        let mut map = self.channels.write();
+        let Some(ch) = map.get(channel).cloned() else {
+            return false;
+        };
+        let mut subs = ch.lock();
+        if subs.remove(&id).is_none() {
+            return false;
+        }
+        if subs.is_empty() {
+            map.remove(channel);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Deliver one push to every local subscriber of its channel.
+    /// Returns the number of subscribers it was handed to.
+    pub fn fan_out(&self, push: PreparedPush) -> usize {
+        let Some(ch) = self.get(&push.channel) else {
+            return 0;
+        };
+        let push = Arc::new(push);
+        let mut subs = ch.lock();
+        let n = subs.len();
+        for entry in subs.values_mut() {
+            entry.deliver(&push);
+        }
+        n
+    }
+
+    pub fn num_subscribers(&self, channel: &str) -> usize {
+        self.get(channel).map(|c| c.lock().len()).unwrap_or(0)
+    }
+
+    pub fn num_channels(&self) -> usize {
+        self.channels.read().len()
+    }
+
+    /// Every channel with local subscribers and their count.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        let map = self.channels.read();
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.lock().len()))
+            .collect()
+    }
+}
+
+impl BrokerHandler for Hub {
+    fn on_publication(&self, channel: &str, publication: Arc<Publication>) {
+        self.fan_out(PreparedPush::new(channel, PushKind::Pub(publication)));
+    }
+    fn on_join(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.fan_out(PreparedPush::new(channel, PushKind::Join(info)));
+    }
+    fn on_leave(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.fan_out(PreparedPush::new(channel, PushKind::Leave(info)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publication::Payload;
+
+    struct Sink {
+        id: u64,
+        kind: SubscriberKind,
+        got: Mutex<Vec<Bytes>>,
+    }
+    impl Subscriber for Sink {
+        fn id(&self) -> u64 {
+            self.id
+        }
+        fn kind(&self) -> SubscriberKind {
+            self.kind
+        }
+        fn push(&self, push: &PreparedPush) {
+            let b = match self.kind {
+                SubscriberKind::Protocol => push.json().clone(),
+                SubscriberKind::Relay => push.relay().unwrap().0.clone(),
+            };
+            self.got.lock().push(b);
+        }
+    }
+    fn sink(id: u64, kind: SubscriberKind) -> Arc<Sink> {
+        Arc::new(Sink {
+            id,
+            kind,
+            got: Mutex::new(Vec::new()),
+        })
+    }
+    fn publication(offset: u64, text: &str, origin: Option<u64>) -> Arc<Publication> {
+        let mut p = Publication::new(Payload::from_text(text));
+        p.offset = offset;
+        p.origin = origin;
+        Arc::new(p)
+    }
+
+    #[test]
+    fn encodes_once_and_shares_bytes() {
+        let hub = Hub::default();
+        let (a, b) = (
+            sink(1, SubscriberKind::Protocol),
+            sink(2, SubscriberKind::Protocol),
+        );
+        assert_eq!(hub.add("c", a.clone(), false), AddOutcome::First);
+        assert_eq!(hub.add("c", b.clone(), false), AddOutcome::Added);
+        assert_eq!(
+            hub.add("c", b.clone(), false),
+            AddOutcome::AlreadySubscribed
+        );
+        hub.on_publication("c", publication(1, "{}", None));
+        let (ga, gb) = (a.got.lock()[0].clone(), b.got.lock()[0].clone());
+        assert_eq!(
+            ga.as_ptr(),
+            gb.as_ptr(),
+            "one encoding shared by subscribers"
+        );
+    }
+
+    #[test]
+    fn relay_origin_is_not_echoed_and_gets_no_join() {
+        let hub = Hub::default();
+        let (r1, r2, p) = (
+            sink(1, SubscriberKind::Relay),
+            sink(2, SubscriberKind::Relay),
+            sink(3, SubscriberKind::Protocol),
+        );
+        for s in [r1.clone(), r2.clone(), p.clone()] {
+            hub.add("relay", s, false);
+        }
+        hub.on_publication("relay", publication(0, "hello", Some(1)));
+        hub.on_join("relay", Arc::new(ClientInfo::default()));
+        assert!(
+            r1.got.lock().is_empty(),
+            "sender does not get its own frame"
+        );
+        assert_eq!(&r2.got.lock()[..], &[Bytes::from_static(b"hello")]);
+        assert_eq!(p.got.lock().len(), 2, "protocol sub gets pub and join");
+    }
+
+    #[test]
+    fn buffering_merges_without_gap_or_duplicate() {
+        let hub = Hub::default();
+        let s = sink(1, SubscriberKind::Relay);
+        hub.add("c", s.clone(), true);
+        for off in 3..=6 {
+            hub.on_publication("c", publication(off, &off.to_string(), None));
+        }
+        // History covered up to offset 4; the reply goes first.
+        hub.finish_buffering("c", 1, 4, || {
+            s.got.lock().push(Bytes::from_static(b"reply"))
+        })
+        .unwrap();
+        hub.on_publication("c", publication(6, "6", None)); // duplicate
+        hub.on_publication("c", publication(7, "7", None));
+        let got: Vec<_> = s
+            .got
+            .lock()
+            .iter()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect();
+        assert_eq!(got, ["reply", "5", "6", "7"]);
+    }
+
+    #[test]
+    fn buffer_overflow_is_reported() {
+        let hub = Hub::default();
+        let s = sink(1, SubscriberKind::Relay);
+        hub.add("c", s.clone(), true);
+        for off in 1..=(MAX_RECOVERY_BUFFER as u64 + 1) {
+            hub.on_publication("c", publication(off, "x", None));
+        }
+        assert_eq!(
+            hub.finish_buffering("c", 1, 0, || panic!("not run")),
+            Err(BufferOverflow)
+        );
+    }
+
+    #[test]
+    fn remove_reports_last_subscriber() {
+        let hub = Hub::default();
+        hub.add("c", sink(1, SubscriberKind::Relay), false);
+        hub.add("c", sink(2, SubscriberKind::Relay), false);
+        assert!(!hub.remove("c", 1));
+        assert!(!hub.remove("c", 1));
+        assert!(hub.remove("c", 2));
+        assert_eq!(hub.num_channels(), 0);
+    }
+}

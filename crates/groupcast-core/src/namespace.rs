@@ -1,0 +1,215 @@
+//! Namespace options: what a channel allows, looked up from its name.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::ChannelName;
+
+/// Options of one namespace (or of the default namespace).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelOptions {
+    /// Publications kept per channel (0: no history, no offsets, no recovery).
+    pub history_size: usize,
+    /// How long a publication stays in history.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Let clients resubscribe with `recover` to get missed publications.
+    pub allow_recovery: bool,
+    /// Track presence (who is subscribed) in this namespace.
+    pub presence: bool,
+    /// Send `join`/`leave` pushes to subscribers.
+    pub join_leave: bool,
+    /// Connected clients may publish to channels of this namespace.
+    pub allow_publish_for_client: bool,
+    /// Clients may publish only while subscribed to the channel.
+    pub allow_publish_for_subscriber: bool,
+    /// Subscribed clients may ask for presence and presence stats.
+    pub allow_presence_for_subscriber: bool,
+    /// Subscribed clients may read history.
+    pub allow_history_for_subscriber: bool,
+    /// Clients may subscribe without a subscription token. When false every
+    /// channel of the namespace is private (needs a subscription token).
+    pub allow_subscribe_for_client: bool,
+    /// Anonymous connections (empty user) may subscribe, publish and read.
+    pub allow_anonymous: bool,
+    /// `chan#u1,u2` channels: only the listed users may subscribe.
+    pub allow_user_limited_channels: bool,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            allow_recovery: false,
+            presence: false,
+            join_leave: false,
+            allow_publish_for_client: false,
+            allow_publish_for_subscriber: false,
+            allow_presence_for_subscriber: false,
+            allow_history_for_subscriber: false,
+            allow_subscribe_for_client: true,
+            allow_anonymous: false,
+            allow_user_limited_channels: false,
+        }
+    }
+}
+
+impl ChannelOptions {
+    /// Everything on, as `groupcast dev` configures its default namespace.
+    pub fn dev() -> Self {
+        ChannelOptions {
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            allow_recovery: true,
+            presence: true,
+            join_leave: true,
+            allow_publish_for_client: true,
+            allow_publish_for_subscriber: true,
+            allow_presence_for_subscriber: true,
+            allow_history_for_subscriber: true,
+            allow_subscribe_for_client: true,
+            allow_anonymous: true,
+            allow_user_limited_channels: true,
+        }
+    }
+
+    /// Whether channels keep history (and so have offsets and an epoch).
+    pub fn has_history(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+
+    /// Check the options are consistent; `Err` names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.history_size > 0 && self.history_ttl.is_zero() {
+            return Err("history_ttl must be set when history_size > 0".into());
+        }
+        if self.history_size == 0 && !self.history_ttl.is_zero() {
+            return Err("history_size must be set when history_ttl is set".into());
+        }
+        if self.allow_recovery && !self.has_history() {
+            return Err("allow_recovery needs history_size and history_ttl".into());
+        }
+        if self.join_leave && !self.presence {
+            return Err("join_leave needs presence".into());
+        }
+        Ok(())
+    }
+}
+
+/// A named namespace in configuration (`[[namespaces]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceConfig {
+    /// Namespace name: letters, digits, `_`, `-`, `.`.
+    pub name: String,
+    #[serde(flatten)]
+    pub options: ChannelOptions,
+}
+
+/// Namespace lookup by channel name.
+#[derive(Debug, Clone, Default)]
+pub struct Namespaces {
+    default: ChannelOptions,
+    named: HashMap<String, ChannelOptions>,
+}
+
+impl Namespaces {
+    pub fn new(default: ChannelOptions, named: &[NamespaceConfig]) -> Result<Self, String> {
+        default.validate().map_err(|e| format!("channel: {e}"))?;
+        let mut map = HashMap::new();
+        for (i, ns) in named.iter().enumerate() {
+            let valid = !ns.name.is_empty()
+                && ns
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            if !valid {
+                return Err(format!(
+                    "namespaces[{i}].name: invalid namespace name {:?}",
+                    ns.name
+                ));
+            }
+            ns.options
+                .validate()
+                .map_err(|e| format!("namespaces[{i}] ({}): {e}", ns.name))?;
+            if map.insert(ns.name.clone(), ns.options.clone()).is_some() {
+                return Err(format!(
+                    "namespaces[{i}].name: duplicate namespace {:?}",
+                    ns.name
+                ));
+            }
+        }
+        Ok(Namespaces {
+            default,
+            named: map,
+        })
+    }
+
+    /// Options for a channel, or `None` when its namespace does not exist.
+    pub fn options(&self, channel: &ChannelName<'_>) -> Option<&ChannelOptions> {
+        match channel.namespace() {
+            "" => Some(&self.default),
+            ns => self.named.get(ns),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_by_namespace() {
+        let chat = ChannelOptions {
+            presence: true,
+            ..Default::default()
+        };
+        let ns = Namespaces::new(
+            ChannelOptions::default(),
+            &[NamespaceConfig {
+                name: "chat".into(),
+                options: chat.clone(),
+            }],
+        )
+        .unwrap();
+        let c = ChannelName::parse("chat:1", 255).unwrap();
+        assert_eq!(ns.options(&c), Some(&chat));
+        let c = ChannelName::parse("plain", 255).unwrap();
+        assert_eq!(ns.options(&c), Some(&ChannelOptions::default()));
+        let c = ChannelName::parse("nope:1", 255).unwrap();
+        assert_eq!(ns.options(&c), None);
+    }
+
+    #[test]
+    fn invalid_options_name_the_key() {
+        let bad = ChannelOptions {
+            history_size: 10,
+            ..Default::default()
+        };
+        let err = Namespaces::new(
+            ChannelOptions::default(),
+            &[NamespaceConfig {
+                name: "chat".into(),
+                options: bad,
+            }],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("namespaces[0]") && err.contains("history_ttl"),
+            "{err}"
+        );
+        let err = Namespaces::new(
+            ChannelOptions::default(),
+            &[NamespaceConfig {
+                name: "a b".into(),
+                options: ChannelOptions::default(),
+            }],
+        )
+        .unwrap_err();
+        assert!(err.contains("namespaces[0].name"), "{err}");
+        assert!(ChannelOptions::dev().validate().is_ok());
+    }
+}

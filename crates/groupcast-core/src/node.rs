@@ -1,0 +1,73 @@
+//! `Node`: one edge's view of the system: broker, membership and hub.
+//!
+//! Adding the first local subscriber of a channel subscribes the node on the
+//! broker before the caller reads history; removing the last unsubscribes.
+//! Both steps run under a per-channel (striped) async lock so a concurrent
+//! subscribe can never read history before the node's broker interest exists.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crate::broker::{Broker, BrokerError};
+use crate::hub::{AddOutcome, Hub, Subscriber};
+use crate::membership::Membership;
+
+const LOCK_STRIPES: usize = 128;
+
+pub struct Node {
+    pub broker: Arc<dyn Broker>,
+    pub membership: Arc<dyn Membership>,
+    pub hub: Arc<Hub>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Node {
+    pub fn new(broker: Arc<dyn Broker>, membership: Arc<dyn Membership>) -> Arc<Node> {
+        let hub = Arc::new(Hub::default());
+        broker.set_handler(hub.clone());
+        Arc::new(Node {
+            broker,
+            membership,
+            hub,
+            stripes: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        })
+    }
+
+    fn stripe(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        channel.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % LOCK_STRIPES]
+    }
+
+    /// Add a local subscriber, subscribing on the broker if it is the first.
+    pub async fn add_subscriber(
+        &self,
+        channel: &str,
+        sub: Arc<dyn Subscriber>,
+        buffering: bool,
+    ) -> Result<AddOutcome, BrokerError> {
+        let _g = self.stripe(channel).lock().await;
+        let id = sub.id();
+        let outcome = self.hub.add(channel, sub, buffering);
+        if outcome == AddOutcome::First {
+            if let Err(e) = self.broker.subscribe(channel).await {
+                self.hub.remove(channel, id);
+                return Err(e);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Remove a local subscriber, unsubscribing on the broker after the last.
+    pub async fn remove_subscriber(&self, channel: &str, id: u64) {
+        let _g = self.stripe(channel).lock().await;
+        if self.hub.remove(channel, id) {
+            if let Err(e) = self.broker.unsubscribe(channel).await {
+                // Interest stays on the broker: extra traffic, not lost messages.
+                let _ = e;
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Publications and stream positions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use groupcast_proto::client::{ClientInfo, PublicationOut, RawJson};
+use serde_json::value::RawValue;
+
+/// Tag set on publications whose data arrived as a binary relay frame and is
+/// carried base64-encoded in the JSON protocol.
+pub const TAG_ENCODING: &str = "encoding";
+
+/// What a publication carries. The JSON protocol needs JSON data; the raw
+/// relay carries any text or binary frame. Each kind maps to both, so relay
+/// and protocol clients share channels (see `docs/protocol.md`).
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// Valid JSON (from the client protocol, the API, or a relay text frame that parses).
+    Json(RawJson),
+    /// A relay text frame that is not JSON: a JSON string for protocol clients.
+    Text(Arc<str>),
+    /// A relay binary frame or API `b64data`: base64 for protocol clients.
+    Binary(Bytes),
+}
+
+impl Payload {
+    /// Classify a relay text frame: JSON stays JSON, anything else is text.
+    pub fn from_text(text: &str) -> Payload {
+        match serde_json::from_str::<Box<RawValue>>(text) {
+            Ok(raw) if raw.get().len() == text.len() => Payload::Json(Arc::from(raw)),
+            _ => Payload::Text(Arc::from(text)),
+        }
+    }
+
+    /// Size in bytes of the carried data (for limits and metrics).
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Json(r) => r.get().len(),
+            Payload::Text(t) => t.len(),
+            Payload::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The data as JSON for the client protocol and the API.
+    pub fn to_json(&self) -> RawJson {
+        match self {
+            Payload::Json(r) => r.clone(),
+            Payload::Text(t) => raw_string(t),
+            Payload::Binary(b) => {
+                use base64::Engine as _;
+                raw_string(&base64::engine::general_purpose::STANDARD.encode(b))
+            }
+        }
+    }
+
+    /// The frame a relay client receives: `(bytes, is_binary)`.
+    pub fn to_relay(&self) -> (Bytes, bool) {
+        match self {
+            Payload::Json(r) => (Bytes::copy_from_slice(r.get().as_bytes()), false),
+            Payload::Text(t) => (Bytes::copy_from_slice(t.as_bytes()), false),
+            Payload::Binary(b) => (b.clone(), true),
+        }
+    }
+}
+
+fn raw_string(s: &str) -> RawJson {
+    let quoted = serde_json::to_string(s).expect("strings serialize");
+    Arc::from(RawValue::from_string(quoted).expect("a JSON string is valid JSON"))
+}
+
+/// One message in a channel.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Position in the channel's stream; 0 when the channel keeps no history.
+    pub offset: u64,
+    pub data: Payload,
+    /// Publisher, when a client published.
+    pub info: Option<Arc<ClientInfo>>,
+    pub tags: BTreeMap<String, String>,
+    /// Connection that published it through the relay; that connection does
+    /// not get its own frame back.
+    pub origin: Option<u64>,
+}
+
+impl Publication {
+    pub fn new(data: Payload) -> Publication {
+        Publication {
+            offset: 0,
+            data,
+            info: None,
+            tags: BTreeMap::new(),
+            origin: None,
+        }
+    }
+
+    /// The JSON shape used in subscribe and history results.
+    pub fn to_out(&self) -> PublicationOut {
+        let mut tags = self.tags.clone();
+        if matches!(self.data, Payload::Binary(_)) {
+            tags.insert(TAG_ENCODING.into(), "base64".into());
+        }
+        PublicationOut {
+            data: self.data.to_json(),
+            info: self.info.as_deref().cloned(),
+            offset: self.offset,
+            tags,
+        }
+    }
+}
+
+/// A position in a channel's stream: the last offset seen and the stream's epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_text_is_classified() {
+        assert!(matches!(
+            Payload::from_text(r#"{"type":"message"}"#),
+            Payload::Json(_)
+        ));
+        assert!(matches!(Payload::from_text("hello"), Payload::Text(_)));
+        assert_eq!(Payload::from_text("hello").to_json().get(), r#""hello""#);
+        let (b, bin) = Payload::from_text(r#"{"a":1}"#).to_relay();
+        assert_eq!((&b[..], bin), (&br#"{"a":1}"#[..], false));
+        let p = Publication::new(Payload::Binary(Bytes::from_static(&[0, 255])));
+        let out = p.to_out();
+        assert_eq!(out.data.get(), r#""AP8=""#);
+        assert_eq!(
+            out.tags.get(TAG_ENCODING).map(String::as_str),
+            Some("base64")
+        );
+    }
+}
