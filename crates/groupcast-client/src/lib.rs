@@ -1,1 +1,306 @@
-//! groupcast-client
+//! A small Rust client for Groupcast, used by tests and the load tool.
+//!
+//! [`Client`] speaks the Centrifugo client protocol v2 (JSON): it numbers
+//! commands, matches replies by id, keeps pushes that arrive meanwhile, and
+//! answers server pings (`{}`) unless told not to. [`RelayClient`] is a plain
+//! WebSocket for the raw relay. Both expose the close code the server sent.
+//! Replies and pushes are `serde_json::Value`: tests assert on the wire shape.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("connection closed (code {0:?})")]
+    Closed(Option<(u16, String)>),
+    #[error("invalid JSON from server: {0}")]
+    Json(String),
+}
+
+/// What the server sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    Reply(Value),
+    Push(Value),
+    Ping,
+    Close(Option<(u16, String)>),
+}
+
+/// Centrifugo-protocol client.
+pub struct Client {
+    ws: Ws,
+    next_id: u32,
+    queue: VecDeque<Incoming>,
+    /// Answer server pings automatically (default true).
+    pub auto_pong: bool,
+    closed: Option<Option<(u16, String)>>,
+}
+
+/// Default wait for a reply or push.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8192)
+        .write_buffer_size(0)
+}
+
+/// Open a WebSocket to `url` (`ws://host:port/path`).
+pub async fn open(url: &str) -> Result<Ws, ClientError> {
+    let (ws, _) =
+        tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false).await?;
+    Ok(ws)
+}
+
+impl Client {
+    /// Open the socket; no `connect` command is sent yet.
+    pub async fn open(url: &str) -> Result<Client, ClientError> {
+        Ok(Client {
+            ws: open(url).await?,
+            next_id: 0,
+            queue: VecDeque::new(),
+            auto_pong: true,
+            closed: None,
+        })
+    }
+
+    /// Open the socket and `connect` with `token` (may be empty).
+    pub async fn connect(url: &str, token: &str) -> Result<(Client, Value), ClientError> {
+        let mut c = Client::open(url).await?;
+        let reply = c.command("connect", json!({ "token": token })).await?;
+        Ok((c, reply))
+    }
+
+    /// Send one text frame as is.
+    pub async fn send_text(&mut self, text: impl Into<String>) -> Result<(), ClientError> {
+        self.ws.send(Message::text(text.into())).await?;
+        Ok(())
+    }
+
+    /// Send one binary frame.
+    pub async fn send_binary(&mut self, data: Vec<u8>) -> Result<(), ClientError> {
+        self.ws.send(Message::Binary(Bytes::from(data))).await?;
+        Ok(())
+    }
+
+    /// Send a command and wait for its reply (the whole reply object).
+    pub async fn command(&mut self, method: &str, body: Value) -> Result<Value, ClientError> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut cmd = json!({ "id": id });
+        cmd[method] = body;
+        self.send_text(cmd.to_string()).await?;
+        self.reply(id).await
+    }
+
+    /// Wait for the reply with `id`, keeping other messages for later.
+    pub async fn reply(&mut self, id: u32) -> Result<Value, ClientError> {
+        let deadline = tokio::time::Instant::now() + DEFAULT_TIMEOUT;
+        let mut kept = VecDeque::new();
+        if let Some(pos) = self
+            .queue
+            .iter()
+            .position(|m| matches!(m, Incoming::Reply(v) if v["id"] == id))
+        {
+            let Some(Incoming::Reply(v)) = self.queue.remove(pos) else {
+                unreachable!()
+            };
+            return Ok(v);
+        }
+        loop {
+            let msg = self.read_one(deadline).await;
+            match msg {
+                Ok(Incoming::Reply(v)) if v["id"] == id => {
+                    self.queue.extend(kept);
+                    return Ok(v);
+                }
+                Ok(Incoming::Close(code)) => {
+                    self.queue.extend(kept);
+                    return Err(ClientError::Closed(code));
+                }
+                Ok(other) => kept.push_back(other),
+                Err(e) => {
+                    self.queue.extend(kept);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Next push (skipping pings), waiting at most `timeout`.
+    pub async fn push(&mut self, timeout: Duration) -> Result<Value, ClientError> {
+        if let Some(pos) = self
+            .queue
+            .iter()
+            .position(|m| matches!(m, Incoming::Push(_)))
+        {
+            let Some(Incoming::Push(v)) = self.queue.remove(pos) else {
+                unreachable!()
+            };
+            return Ok(v);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.read_one(deadline).await? {
+                Incoming::Push(v) => return Ok(v),
+                Incoming::Close(code) => return Err(ClientError::Closed(code)),
+                other => self.queue.push_back(other),
+            }
+        }
+    }
+
+    /// Next message of any kind.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Incoming, ClientError> {
+        if let Some(m) = self.queue.pop_front() {
+            return Ok(m);
+        }
+        self.read_one(tokio::time::Instant::now() + timeout).await
+    }
+
+    /// Wait for the server to close; returns its close code and reason.
+    pub async fn closed(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(u16, String)>, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(pos) = self
+                .queue
+                .iter()
+                .position(|m| matches!(m, Incoming::Close(_)))
+            {
+                let Some(Incoming::Close(c)) = self.queue.remove(pos) else {
+                    unreachable!()
+                };
+                return Ok(c);
+            }
+            if let Some(c) = &self.closed {
+                return Ok(c.clone());
+            }
+            match self.read_one(deadline).await? {
+                Incoming::Close(c) => return Ok(c),
+                other => self.queue.push_back(other),
+            }
+        }
+    }
+
+    async fn read_one(&mut self, deadline: tokio::time::Instant) -> Result<Incoming, ClientError> {
+        loop {
+            if let Some(m) = self.queue.pop_front() {
+                return Ok(m);
+            }
+            if let Some(c) = &self.closed {
+                return Ok(Incoming::Close(c.clone()));
+            }
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| ClientError::Timeout)?;
+            let text = match msg {
+                None => {
+                    self.closed = Some(None);
+                    continue;
+                }
+                Some(Err(_)) => {
+                    self.closed = Some(None);
+                    continue;
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let c = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    self.closed = Some(c);
+                    continue;
+                }
+                Some(Ok(Message::Text(t))) => t.to_string(),
+                Some(Ok(_)) => continue,
+            };
+            for line in text.split('\n') {
+                let v: Value = serde_json::from_str(line)
+                    .map_err(|e| ClientError::Json(format!("{e}: {line}")))?;
+                let m = if v.as_object().is_some_and(|o| o.is_empty()) {
+                    if self.auto_pong {
+                        self.ws.send(Message::text("{}")).await?;
+                    }
+                    Incoming::Ping
+                } else if v.get("push").is_some() {
+                    Incoming::Push(v["push"].clone())
+                } else {
+                    Incoming::Reply(v)
+                };
+                self.queue.push_back(m);
+            }
+        }
+    }
+
+    /// Close from the client side.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// A raw relay connection: frames in, frames out.
+pub struct RelayClient {
+    ws: Ws,
+}
+
+/// A frame from the relay.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+    Close(Option<(u16, String)>),
+}
+
+impl RelayClient {
+    pub async fn open(url: &str) -> Result<RelayClient, ClientError> {
+        Ok(RelayClient {
+            ws: open(url).await?,
+        })
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> Result<(), ClientError> {
+        self.ws.send(Message::text(text.to_string())).await?;
+        Ok(())
+    }
+
+    pub async fn send_binary(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        self.ws
+            .send(Message::Binary(Bytes::copy_from_slice(data)))
+            .await?;
+        Ok(())
+    }
+
+    /// Next data or close frame (pings are answered by the library).
+    pub async fn recv(&mut self, timeout: Duration) -> Result<Frame, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| ClientError::Timeout)?;
+            return Ok(match msg {
+                None | Some(Err(_)) => Frame::Close(None),
+                Some(Ok(Message::Close(f))) => {
+                    Frame::Close(f.map(|f| (u16::from(f.code), f.reason.to_string())))
+                }
+                Some(Ok(Message::Text(t))) => Frame::Text(t.to_string()),
+                Some(Ok(Message::Binary(b))) => Frame::Binary(b.to_vec()),
+                Some(Ok(_)) => continue,
+            });
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

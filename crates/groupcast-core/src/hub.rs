@@ -50,6 +50,14 @@ pub trait Subscriber: Send + Sync + 'static {
     fn push(&self, push: &PreparedPush);
 }
 
+/// What a [`PreparedPush`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushType {
+    Pub,
+    Join,
+    Leave,
+}
+
 enum PushKind {
     Pub(Arc<Publication>),
     Join(Arc<ClientInfo>),
@@ -76,6 +84,14 @@ impl PreparedPush {
 
     pub fn channel(&self) -> &str {
         &self.channel
+    }
+
+    pub fn push_type(&self) -> PushType {
+        match &self.kind {
+            PushKind::Pub(_) => PushType::Pub,
+            PushKind::Join(_) => PushType::Join,
+            PushKind::Leave(_) => PushType::Leave,
+        }
     }
 
     /// Stream offset of a publication (0 for join/leave and plain channels).

@@ -28,7 +28,7 @@ pub mod publication;
 
 pub use broker::{Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions};
 pub use channel::{ChannelError, ChannelName};
-pub use hub::{Hub, PreparedPush, Subscriber, SubscriberKind};
+pub use hub::{Hub, PreparedPush, PushType, Subscriber, SubscriberKind};
 pub use membership::{Membership, MembershipError};
 pub use namespace::{ChannelOptions, NamespaceConfig, Namespaces};
 pub use node::Node;

@@ -1,1 +1,42 @@
-//! groupcast-edge
+//! The edge role: everything between a client's socket and the [`Node`].
+//!
+//! `groupcast-edge` terminates WebSockets (axum over tokio-tungstenite),
+//! speaks the Centrifugo client protocol v2 (JSON) and the raw relay,
+//! authenticates clients with JWTs, enforces per-connection limits, serves
+//! the Centrifugo-compatible server HTTP API, `/metrics`, `/healthz` and
+//! `/readyz`. The entry point is [`run`].
+//!
+//! # Layout
+//! * [`config`]: the configuration tree, layering and validation.
+//! * [`auth`]: connection and subscription token verification, minting.
+//! * [`conn`]: per-connection outgoing queue (bounded in bytes), writer task, control inbox.
+//! * [`session`]: the Centrifugo protocol session (commands, subscriptions, recovery, pings).
+//! * [`relay`]: the raw relay session.
+//! * [`api`]: the server HTTP API.
+//! * [`state`]: state shared by sessions and the API; the client registry.
+//! * [`server`]: the router and [`run`].
+//! * [`metrics`]: Prometheus recorder and cached handles.
+//!
+//! [`Node`]: groupcast_core::Node
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod metrics;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod state;
+
+pub use config::Config;
+pub use server::run;
+
+/// Errors that stop the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}

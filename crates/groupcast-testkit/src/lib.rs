@@ -1,1 +1,204 @@
-//! groupcast-testkit
+//! Test helpers: in-process Groupcast servers on free loopback ports.
+//!
+//! [`TestServer::start`] runs the edge with the in-memory broker and
+//! membership on `127.0.0.1:0` with the dev profile (or a given config), and
+//! stops it when dropped. It knows its API key and token secret, mints
+//! tokens, and calls the server API over plain HTTP/1.1 ([`TestServer::api`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use groupcast_core::broker::memory::MemoryBroker;
+use groupcast_core::membership::memory::MemoryMembership;
+use groupcast_core::Node;
+use groupcast_edge::auth::{mint_hs256, now_unix};
+use groupcast_edge::Config;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+pub use groupcast_client::{Client, Frame, Incoming, RelayClient};
+
+pub const API_KEY: &str = "test-api-key";
+pub const SECRET: &str = "test-secret";
+
+/// A running in-process server; stopped on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub node: Arc<Node>,
+    shutdown: CancellationToken,
+}
+
+impl TestServer {
+    /// The dev profile with a known API key and HMAC secret.
+    pub fn dev_config() -> Config {
+        let mut c = Config::dev();
+        c.api.key = API_KEY.into();
+        c.client.token_hmac_secret = SECRET.into();
+        c
+    }
+
+    pub async fn start() -> TestServer {
+        Self::start_with(Self::dev_config()).await
+    }
+
+    pub async fn start_with(mut config: Config) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        config.listen = addr;
+        let node = Node::new(
+            Arc::new(MemoryBroker::default()),
+            Arc::new(MemoryMembership::default()),
+        );
+        let shutdown = CancellationToken::new();
+        let (c, n, s) = (config.clone(), node.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = groupcast_edge::run(c, listener, n, s).await {
+                panic!("test server failed: {e}");
+            }
+        });
+        TestServer {
+            addr,
+            config,
+            node,
+            shutdown,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    pub fn relay_url(&self, channel: &str) -> String {
+        format!("ws://{}/ws/relay/{channel}", self.addr)
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    /// Connection token for `user` valid one hour, with extra claims merged in.
+    pub fn token(&self, user: &str, extra: Value) -> String {
+        let mut claims = json!({ "sub": user, "exp": now_unix() + 3600 });
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                claims[k] = v;
+            }
+        }
+        mint_hs256(&self.config.client.token_hmac_secret, &claims)
+    }
+
+    /// Subscription token for `user` on `channel`, with extra claims.
+    pub fn sub_token(&self, user: &str, channel: &str, extra: Value) -> String {
+        self.token(user, {
+            let mut e = json!({ "channel": channel });
+            if let Value::Object(m) = extra {
+                for (k, v) in m {
+                    e[k] = v;
+                }
+            }
+            e
+        })
+    }
+
+    /// Connect a protocol client with a token for `user`.
+    pub async fn client(&self, user: &str) -> Client {
+        let (c, reply) = Client::connect(&self.ws_url(), &self.token(user, json!({})))
+            .await
+            .expect("connect");
+        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        c
+    }
+
+    /// Call the server API with the right key: `(HTTP status, JSON body or Null)`.
+    pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
+        let headers = format!("X-API-Key: {}\r\n", self.config.api.key);
+        self.http(
+            "POST",
+            &format!("/api/{method}"),
+            &headers,
+            body.to_string().as_bytes(),
+        )
+        .await
+    }
+
+    /// A raw HTTP/1.1 request: `(status, JSON body or Null)`.
+    pub async fn http(&self, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, Value) {
+        let (status, body) = self.http_raw(method, path, headers, body).await;
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// A raw HTTP/1.1 request: `(status, body bytes)`.
+    pub async fn http_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        http_request(self.addr, method, path, headers, body).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Minimal HTTP/1.1 client (`Connection: close`), enough for API tests.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to test server");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write request");
+    s.write_all(body).await.expect("write body");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read response");
+    let text_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&buf[..text_end]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let mut body = buf[text_end + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(pos) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..pos]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = pos + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+    out
+}

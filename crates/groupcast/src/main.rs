@@ -1,1 +1,218 @@
-fn main() {}
+//! `groupcast`: the one binary. Thin: parse flags, load config, call a role's
+//! `run`. Roles: `dev` (all-in-one, no external services), `token` (mint a
+//! connection token).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use groupcast_core::broker::memory::MemoryBroker;
+use groupcast_core::membership::memory::MemoryMembership;
+use groupcast_core::Node;
+use groupcast_edge::auth::{mint_hs256, now_unix};
+use groupcast_edge::Config;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "groupcast",
+    version,
+    about = "Clustered real-time broker (Centrifugo protocol, raw relay, server API)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the all-in-one broker: one process, in-memory bus, history and presence.
+    Dev(DevArgs),
+    /// Mint a connection token (HS256) from the configured HMAC secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Listen address for HTTP and WebSocket.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Server API key (default: random, printed at start).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// HMAC secret for connection tokens (default: random, printed at start).
+    #[arg(long)]
+    token_hmac_secret: Option<String>,
+    /// TOML configuration file; `GROUPCAST_*` variables override it, flags override both.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// User id (`sub` claim).
+    #[arg(long)]
+    user: String,
+    /// Lifetime, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Server-side subscription (`channels` claim); repeat for several.
+    #[arg(long = "channel")]
+    channels: Vec<String>,
+    /// Connection info (`info` claim), as JSON.
+    #[arg(long)]
+    info: Option<String>,
+    /// HMAC secret (default: `client.token_hmac_secret` from config/env).
+    #[arg(long)]
+    token_hmac_secret: Option<String>,
+    /// TOML configuration file to read the secret from.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// 32 random hex digits (a v4 UUID's 122 random bits) per `words`.
+fn random_hex(words: usize) -> String {
+    (0..words)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect()
+}
+
+fn overrides(pairs: &[(&str, Option<Value>)]) -> figment::providers::Serialized<Value> {
+    let mut root = Map::new();
+    for (path, value) in pairs {
+        let Some(value) = value else { continue };
+        let mut keys: Vec<&str> = path.split('.').collect();
+        let last = keys.pop().expect("non-empty key");
+        let mut node = &mut root;
+        for k in keys {
+            node = node
+                .entry(k.to_string())
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("object");
+        }
+        node.insert(last.to_string(), value.clone());
+    }
+    figment::providers::Serialized::defaults(Value::Object(root))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dev(args) => dev(args),
+        Command::Token(args) => token(args),
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let config = Config::load(
+        Config::default(),
+        args.config.as_deref(),
+        overrides(&[(
+            "client.token_hmac_secret",
+            args.token_hmac_secret.map(Value::String),
+        )]),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let secret = &config.client.token_hmac_secret;
+    if secret.is_empty() {
+        bail!("no HMAC secret: pass --token-hmac-secret, set GROUPCAST_CLIENT__TOKEN_HMAC_SECRET, or client.token_hmac_secret in --config");
+    }
+    let mut claims = json!({ "sub": args.user, "exp": now_unix() + args.ttl.as_secs() as i64 });
+    if !args.channels.is_empty() {
+        claims["channels"] = json!(args.channels);
+    }
+    if let Some(info) = args.info {
+        claims["info"] = serde_json::from_str(&info).context("--info must be valid JSON")?;
+    }
+    println!("{}", mint_hs256(secret, &claims));
+    Ok(())
+}
+
+fn dev(args: DevArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let mut config = Config::load(
+        Config::dev(),
+        args.config.as_deref(),
+        overrides(&[
+            ("listen", args.listen.map(Value::String)),
+            ("api.key", args.api_key.map(Value::String)),
+            (
+                "client.token_hmac_secret",
+                args.token_hmac_secret.map(Value::String),
+            ),
+        ]),
+    )
+    .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    if config.api.key.is_empty() {
+        config.api.key = random_hex(1);
+    }
+    if config.client.token_hmac_secret.is_empty() {
+        config.client.token_hmac_secret = random_hex(2);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let token = mint_hs256(
+            &config.client.token_hmac_secret,
+            &json!({ "sub": "dev", "exp": now_unix() + 24 * 3600 }),
+        );
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "Groupcast {} (dev: all-in-one, in-memory, no external services)", env!("CARGO_PKG_VERSION"))?;
+        writeln!(out, "  client URL (Centrifugo protocol): ws://{addr}/connection/websocket")?;
+        writeln!(out, "  relay URL (plain WebSocket):      ws://{addr}/ws/relay/<channel>")?;
+        writeln!(out, "  relay demo page:                  http://{addr}/")?;
+        writeln!(out, "  server API URL:                   http://{addr}/api")?;
+        writeln!(out, "  API key:                          {}", config.api.key)?;
+        writeln!(out, "  token HMAC secret:                {}", config.client.token_hmac_secret)?;
+        writeln!(out, "  connection token (user \"dev\", 24h): {token}")?;
+        writeln!(out, "  metrics: http://{addr}/metrics   health: http://{addr}/healthz   ready: http://{addr}/readyz")?;
+        out.flush()?;
+        drop(out);
+
+        let shutdown = CancellationToken::new();
+        let broker = Arc::new(MemoryBroker::default());
+        let sweeper = broker.clone();
+        let sweep_stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = sweep_stop.cancelled() => break,
+                    _ = tick.tick() => { sweeper.sweep(); }
+                }
+            }
+        });
+        let node = Node::new(broker, Arc::new(MemoryMembership::default()));
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            signals.cancel();
+        });
+        groupcast_edge::run(config, listener, node, shutdown).await?;
+        // Sessions saw the shutdown and are sending their close frames.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,481 @@
+//! Server HTTP API, compatible with Centrifugo's (`cent` works unchanged).
+//!
+//! `POST /api/<method>`, key in `X-API-Key: KEY` or `Authorization: apikey KEY`.
+//! HTTP statuses: 401 for a missing or wrong key (nothing happens), 404 for an
+//! unknown method, 400 for a body that is not valid JSON of the method's
+//! shape, 413 over `api.max_body_bytes`, 405 for non-POST. Everything else is
+//! HTTP 200 with `{"result":{...}}` or `{"error":{"code":..,"message":..}}`;
+//! `batch` answers `{"replies":[...]}`. `docs/api.md` has every method.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use groupcast_core::broker::{BrokerError, HistoryQuery, PublishOptions};
+use groupcast_core::{Payload, Publication, StreamPosition};
+use groupcast_proto::api::{self, ApiError};
+use groupcast_proto::{DisconnectCode, ErrorCode};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::conn::Control;
+use crate::metrics::Metrics;
+use crate::state::EdgeState;
+
+/// Methods served under `/api/`.
+pub const METHODS: &[&str] = &[
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "refresh",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+    "batch",
+];
+
+/// Most commands in one `batch` (`api_batch_max_commands`).
+pub const MAX_BATCH_COMMANDS: usize = 1000;
+/// Most channels in one `broadcast` (`api_broadcast_max_channels`).
+pub const MAX_BROADCAST_CHANNELS: usize = 10_000;
+
+fn key_ok(state: &EdgeState, headers: &HeaderMap) -> bool {
+    let expected = state.config.api.key.as_bytes();
+    if expected.is_empty() {
+        return false;
+    }
+    let given = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("apikey "))
+        })
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), expected)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// axum handler for `POST /api/{method}`.
+pub async fn handle(
+    State(state): State<Arc<EdgeState>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !key_ok(&state, &headers) {
+        Metrics::api_call("unauthorized", "unauthorized");
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if !METHODS.contains(&method.as_str()) {
+        Metrics::api_call("unknown", "not_found");
+        return (StatusCode::NOT_FOUND, "method not found").into_response();
+    }
+    if body.len() > state.config.api.max_body_bytes {
+        Metrics::api_call(&method, "too_large");
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    }
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            Metrics::api_call(&method, "bad_request");
+            return (StatusCode::BAD_REQUEST, "Bad Request").into_response();
+        }
+    };
+    let started = Instant::now();
+    let out = if method == "batch" {
+        batch(&state, value).await
+    } else {
+        match call(&state, &method, value).await {
+            Ok(result) => Ok(json!({ "result": result })),
+            Err(Failure::Api(e)) => Ok(json!({ "error": e })),
+            Err(Failure::BadBody) => Err(()),
+        }
+    };
+    match out {
+        Ok(v) => {
+            let outcome = if v.get("error").is_some() {
+                "error"
+            } else {
+                "ok"
+            };
+            Metrics::api_call(&method, outcome);
+            Metrics::api_duration(&method, started.elapsed());
+            axum::Json(v).into_response()
+        }
+        Err(()) => {
+            Metrics::api_call(&method, "bad_request");
+            (StatusCode::BAD_REQUEST, "Bad Request").into_response()
+        }
+    }
+}
+
+enum Failure {
+    /// The body does not have the method's shape: HTTP 400.
+    BadBody,
+    /// A Centrifugo API error: HTTP 200 with `error`.
+    Api(ApiError),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Api(e)
+    }
+}
+
+fn parse<T: DeserializeOwned>(v: Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|_| Failure::BadBody)
+}
+
+fn channel_error(e: ErrorCode) -> ApiError {
+    match e {
+        ErrorCode::UNKNOWN_CHANNEL => ApiError::UNKNOWN_CHANNEL,
+        _ => ApiError::BAD_REQUEST,
+    }
+}
+
+fn broker_error(e: BrokerError) -> ApiError {
+    match e {
+        BrokerError::Unavailable(_) => ApiError::NOT_AVAILABLE,
+        BrokerError::UnrecoverablePosition => ApiError::UNRECOVERABLE_POSITION,
+        BrokerError::Internal(_) => ApiError::INTERNAL,
+    }
+}
+
+fn to_value<T: serde::Serialize>(t: T) -> Value {
+    serde_json::to_value(t).expect("API result types always serialize")
+}
+
+async fn batch(state: &EdgeState, value: Value) -> Result<Value, ()> {
+    let req: api::BatchRequest = serde_json::from_value(value).map_err(|_| ())?;
+    if req.commands.len() > MAX_BATCH_COMMANDS {
+        return Ok(json!({ "error": ApiError::LIMIT_EXCEEDED }));
+    }
+    let run = |cmd: serde_json::Map<String, Value>| async move {
+        let mut it = cmd.into_iter();
+        let (Some((method, body)), None) = (it.next(), it.next()) else {
+            return json!({ "error": ApiError::BAD_REQUEST });
+        };
+        if method == "batch" || !METHODS.contains(&method.as_str()) {
+            return json!({ "error": ApiError::METHOD_NOT_FOUND });
+        }
+        match call(state, &method, body).await {
+            Ok(result) => json!({ method: result }),
+            Err(Failure::Api(e)) => json!({ "error": e }),
+            Err(Failure::BadBody) => json!({ "error": ApiError::BAD_REQUEST }),
+        }
+    };
+    let replies: Vec<Value> = if req.parallel {
+        futures_util::future::join_all(req.commands.into_iter().map(run)).await
+    } else {
+        let mut out = Vec::with_capacity(req.commands.len());
+        for cmd in req.commands {
+            out.push(run(cmd).await);
+        }
+        out
+    };
+    Ok(json!({ "replies": replies }))
+}
+
+async fn publish_one(
+    state: &EdgeState,
+    channel: &str,
+    data: Payload,
+    skip_history: bool,
+    tags: &std::collections::BTreeMap<String, String>,
+) -> Result<api::PublishResult, ApiError> {
+    let (ch, opts) = state.channel(channel).map_err(channel_error)?;
+    let po = if skip_history {
+        PublishOptions::default()
+    } else {
+        PublishOptions {
+            history_size: opts.history_size,
+            history_ttl: opts.history_ttl,
+        }
+    };
+    let mut p = Publication::new(data);
+    p.tags = tags.clone();
+    let pos = state
+        .node
+        .broker
+        .publish(ch.as_str(), p, &po)
+        .await
+        .map_err(broker_error)?;
+    Ok(api::PublishResult {
+        offset: pos.offset,
+        epoch: pos.epoch,
+    })
+}
+
+fn payload(data: Option<groupcast_proto::client::RawJson>, b64: &str) -> Result<Payload, ApiError> {
+    match (data, b64.is_empty()) {
+        (Some(d), true) => Ok(Payload::Json(d)),
+        (None, false) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(|b| Payload::Binary(Bytes::from(b)))
+            .map_err(|_| ApiError::BAD_REQUEST),
+        _ => Err(ApiError::BAD_REQUEST),
+    }
+}
+
+async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Value, Failure> {
+    match method {
+        "publish" => {
+            let r: api::PublishRequest = parse(body)?;
+            let data = payload(r.data, &r.b64data)?;
+            Ok(to_value(
+                publish_one(state, &r.channel, data, r.skip_history, &r.tags).await?,
+            ))
+        }
+        "broadcast" => {
+            let r: api::BroadcastRequest = parse(body)?;
+            if r.channels.len() > MAX_BROADCAST_CHANNELS {
+                return Err(ApiError::LIMIT_EXCEEDED.into());
+            }
+            let data = payload(r.data, &r.b64data)?;
+            let mut responses = Vec::with_capacity(r.channels.len());
+            for channel in &r.channels {
+                responses.push(
+                    match publish_one(state, channel, data.clone(), r.skip_history, &r.tags).await {
+                        Ok(res) => api::BroadcastEntry {
+                            error: None,
+                            result: Some(res),
+                        },
+                        Err(e) => api::BroadcastEntry {
+                            error: Some(e),
+                            result: None,
+                        },
+                    },
+                );
+            }
+            Ok(to_value(api::BroadcastResult { responses }))
+        }
+        "subscribe" => {
+            let r: api::SubscribeRequest = parse(body)?;
+            state.channel(&r.channel).map_err(channel_error)?;
+            if r.user.is_empty() && r.client.is_empty() {
+                return Err(ApiError::BAD_REQUEST.into());
+            }
+            for conn in state.registry.find(&r.user, &r.client) {
+                conn.control(Control::Subscribe {
+                    channel: r.channel.clone(),
+                    data: r.data.clone(),
+                });
+            }
+            Ok(json!({}))
+        }
+        "unsubscribe" => {
+            let r: api::UnsubscribeRequest = parse(body)?;
+            state.channel(&r.channel).map_err(channel_error)?;
+            if r.user.is_empty() && r.client.is_empty() {
+                return Err(ApiError::BAD_REQUEST.into());
+            }
+            for conn in state.registry.find(&r.user, &r.client) {
+                conn.control(Control::Unsubscribe {
+                    channel: r.channel.clone(),
+                });
+            }
+            Ok(json!({}))
+        }
+        "disconnect" => {
+            let r: api::DisconnectRequest = parse(body)?;
+            if r.user.is_empty() && r.client.is_empty() {
+                return Err(ApiError::BAD_REQUEST.into());
+            }
+            let code = match &r.disconnect {
+                None => DisconnectCode::FORCE_NO_RECONNECT,
+                Some(d) => u16::try_from(d.code)
+                    .ok()
+                    .and_then(DisconnectCode::from_code)
+                    .ok_or(ApiError::BAD_REQUEST)?,
+            };
+            for conn in state.registry.find(&r.user, &r.client) {
+                if !r.whitelist.contains(&conn.client) {
+                    conn.control(Control::Disconnect(code));
+                }
+            }
+            Ok(json!({}))
+        }
+        "refresh" => {
+            let r: api::RefreshRequest = parse(body)?;
+            if r.user.is_empty() && r.client.is_empty() {
+                return Err(ApiError::BAD_REQUEST.into());
+            }
+            for conn in state.registry.find(&r.user, &r.client) {
+                conn.control(Control::Refresh {
+                    expired: r.expired,
+                    expire_at: r.expire_at,
+                });
+            }
+            Ok(json!({}))
+        }
+        "presence" | "presence_stats" => {
+            let r: api::ChannelRequest = parse(body)?;
+            let (ch, opts) = state.channel(&r.channel).map_err(channel_error)?;
+            if !opts.presence {
+                return Err(ApiError::NOT_AVAILABLE.into());
+            }
+            let m = &state.node.membership;
+            if method == "presence" {
+                let presence = m
+                    .presence(ch.as_str())
+                    .await
+                    .map_err(|_| ApiError::NOT_AVAILABLE)?;
+                Ok(to_value(api::PresenceResult { presence }))
+            } else {
+                let s = m
+                    .presence_stats(ch.as_str())
+                    .await
+                    .map_err(|_| ApiError::NOT_AVAILABLE)?;
+                Ok(json!({ "num_clients": s.num_clients, "num_users": s.num_users }))
+            }
+        }
+        "history" => {
+            let r: api::HistoryRequest = parse(body)?;
+            let (ch, opts) = state.channel(&r.channel).map_err(channel_error)?;
+            if !opts.has_history() {
+                return Err(ApiError::NOT_AVAILABLE.into());
+            }
+            let max = state.config.client.history_max_limit;
+            let limit = match r.limit {
+                l if l < 0 => max,
+                l if l as usize > max => return Err(ApiError::LIMIT_EXCEEDED.into()),
+                l => l as usize,
+            };
+            let q = HistoryQuery {
+                since: r.since.map(|s| StreamPosition {
+                    offset: s.offset,
+                    epoch: s.epoch,
+                }),
+                limit: Some(limit),
+                reverse: r.reverse,
+            };
+            let h = state
+                .node
+                .broker
+                .history(ch.as_str(), q)
+                .await
+                .map_err(broker_error)?;
+            Ok(to_value(api::HistoryResult {
+                publications: h.publications.iter().map(|p| p.to_out()).collect(),
+                epoch: h.position.epoch,
+                offset: h.position.offset,
+            }))
+        }
+        "history_remove" => {
+            let r: api::ChannelRequest = parse(body)?;
+            let (ch, _) = state.channel(&r.channel).map_err(channel_error)?;
+            state
+                .node
+                .broker
+                .remove_history(ch.as_str())
+                .await
+                .map_err(broker_error)?;
+            Ok(json!({}))
+        }
+        "channels" => {
+            let r: api::ChannelsRequest = parse(body)?;
+            let channels = state
+                .node
+                .hub
+                .channels()
+                .into_iter()
+                .filter(|(name, _)| glob_match(&r.pattern, name))
+                .map(|(name, n)| {
+                    (
+                        name,
+                        api::ChannelInfo {
+                            num_clients: n as u32,
+                        },
+                    )
+                })
+                .collect();
+            Ok(to_value(api::ChannelsResult { channels }))
+        }
+        "info" => {
+            let _: api::ChannelsRequest = parse(body)?;
+            let hub = &state.node.hub;
+            let node = api::NodeInfo {
+                uid: state.uid.clone(),
+                name: state.config.name.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                num_clients: state.registry.num_clients() as u32,
+                num_users: state.registry.num_users() as u32,
+                num_channels: hub.num_channels() as u32,
+                num_subs: hub.channels().iter().map(|(_, n)| *n as u32).sum(),
+                uptime: state.started.elapsed().as_secs() as u32,
+            };
+            Ok(to_value(api::InfoResult { nodes: vec![node] }))
+        }
+        _ => Err(ApiError::METHOD_NOT_FOUND.into()),
+    }
+}
+
+/// `*` matches any run of characters; empty pattern matches everything.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    if pattern.is_empty() {
+        return true;
+    }
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(pos) => rest = &rest[pos + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("", "x"));
+        assert!(glob_match("chat:*", "chat:1"));
+        assert!(!glob_match("chat:*", "news:1"));
+        assert!(glob_match("*:1", "chat:1"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXcYYb"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exact2"));
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,318 @@
+//! Edge configuration: one TOML file, `GROUPCAST_*` variables, CLI flags.
+//!
+//! Layering, lowest first: built-in defaults (production-safe, or the dev
+//! profile for `groupcast dev`), the TOML file, environment variables
+//! (`GROUPCAST_LISTEN`, nested keys with `__`: `GROUPCAST_CLIENT__PING_INTERVAL`),
+//! then flags. Unknown keys are errors. [`Config::validate`] checks what types
+//! cannot; every error names the key. `docs/configuration.md` lists every field.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use groupcast_core::{ChannelOptions, NamespaceConfig, Namespaces};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTP + WebSocket listener.
+    pub listen: SocketAddr,
+    /// Node name shown in `info` and metrics (default: the host name or "groupcast").
+    pub name: String,
+    /// Server HTTP API.
+    pub api: ApiConfig,
+    /// Client connections and their authentication.
+    pub client: ClientConfig,
+    /// Options of the default namespace (channels without `ns:`).
+    pub channel: ChannelOptions,
+    /// Named namespaces (`[[namespaces]]`).
+    pub namespaces: Vec<NamespaceConfig>,
+    /// Raw WebSocket relay at `/ws/relay/{channel}`.
+    pub relay: RelayConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Key for `/api/*` (`X-API-Key: KEY` or `Authorization: apikey KEY`).
+    /// Empty: the API answers 401 to every call.
+    pub key: String,
+    /// Largest accepted API request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// HMAC secret for HS256/384/512 connection and subscription tokens.
+    pub token_hmac_secret: String,
+    /// PEM public key for RS256/384/512 tokens (inline PEM text).
+    pub token_rsa_public_key: String,
+    /// PEM public key for ES256/384 tokens (inline PEM text).
+    pub token_ecdsa_public_key: String,
+    /// Required `aud` claim, when set.
+    pub token_audience: String,
+    /// Required `iss` claim, when set.
+    pub token_issuer: String,
+    /// Accept `connect` without a token (user is empty: anonymous).
+    pub allow_anonymous_connect_without_token: bool,
+    /// Browser origins allowed to open WebSockets (`*` wildcards; `["*"]`: any).
+    /// Requests without an `Origin` header (non-browsers) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Server ping interval (`{}`); clients answer with `{}`.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long to wait for the pong before disconnecting with 3012 "no pong".
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Largest incoming WebSocket message (and frame) in bytes; larger ones
+    /// close the connection with 1009.
+    pub max_message_size: usize,
+    /// Outgoing queue per connection in bytes; a client that falls further
+    /// behind is disconnected with 3008 "slow".
+    pub max_queue_bytes: usize,
+    /// Longest channel name in bytes.
+    pub channel_max_length: usize,
+    /// Initial read buffer per connection in bytes (grows for larger messages).
+    pub read_buffer_size: usize,
+    /// Most publications a `history` command may ask for at once.
+    pub history_max_limit: usize,
+    /// Grace after a connection token's expiry for the client to `refresh`
+    /// before it is closed with 3005 "connection expired".
+    #[serde(with = "humantime_serde")]
+    pub expired_close_delay: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Serve `/ws/relay/{channel}`.
+    pub enabled: bool,
+    /// Channel used by `/ws/relay/` (no channel in the path).
+    pub default_channel: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8000".parse().expect("valid address"),
+            name: "groupcast".into(),
+            api: ApiConfig::default(),
+            client: ClientConfig::default(),
+            channel: ChannelOptions::default(),
+            namespaces: Vec::new(),
+            relay: RelayConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            key: String::new(),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            token_hmac_secret: String::new(),
+            token_rsa_public_key: String::new(),
+            token_ecdsa_public_key: String::new(),
+            token_audience: String::new(),
+            token_issuer: String::new(),
+            allow_anonymous_connect_without_token: false,
+            allowed_origins: Vec::new(),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            max_message_size: 65_536,
+            max_queue_bytes: 1 << 20,
+            channel_max_length: groupcast_core::channel::DEFAULT_MAX_LENGTH,
+            read_buffer_size: 4096,
+            history_max_limit: 1000,
+            expired_close_delay: Duration::from_secs(25),
+        }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            enabled: true,
+            default_channel: "relay".into(),
+        }
+    }
+}
+
+impl Config {
+    /// The `groupcast dev` profile: every feature on, any origin, anonymous OK.
+    pub fn dev() -> Config {
+        let mut c = Config::default();
+        c.channel = ChannelOptions::dev();
+        c.client.allow_anonymous_connect_without_token = true;
+        c.client.allowed_origins = vec!["*".into()];
+        c
+    }
+
+    /// Layer `base`, the TOML file, `GROUPCAST_*` env vars and `overrides`
+    /// (already-parsed flags, as a serializable partial map).
+    pub fn load(
+        base: Config,
+        file: Option<&Path>,
+        overrides: Serialized<serde_json::Value>,
+    ) -> Result<Config, String> {
+        let mut fig = Figment::from(Serialized::defaults(base));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig
+            .merge(Env::prefixed("GROUPCAST_").split("__"))
+            .merge(overrides);
+        let config: Config = fig.extract().map_err(|e| {
+            e.into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks beyond types. The error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let c = &self.client;
+        if c.ping_interval < Duration::from_secs(1) {
+            return Err("client.ping_interval: must be at least 1s".into());
+        }
+        if c.pong_timeout.is_zero() || c.pong_timeout >= c.ping_interval {
+            return Err(
+                "client.pong_timeout: must be above 0 and below client.ping_interval".into(),
+            );
+        }
+        if c.max_message_size < 1024 {
+            return Err("client.max_message_size: must be at least 1024".into());
+        }
+        if c.max_queue_bytes < c.max_message_size {
+            return Err("client.max_queue_bytes: must be at least client.max_message_size".into());
+        }
+        if c.channel_max_length == 0 {
+            return Err("client.channel_max_length: must be above 0".into());
+        }
+        if !(256..=1 << 20).contains(&c.read_buffer_size) {
+            return Err("client.read_buffer_size: must be between 256 and 1048576".into());
+        }
+        if c.history_max_limit == 0 {
+            return Err("client.history_max_limit: must be above 0".into());
+        }
+        for (i, o) in c.allowed_origins.iter().enumerate() {
+            if o.is_empty() {
+                return Err(format!("client.allowed_origins[{i}]: empty origin"));
+            }
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err("api.max_body_bytes: must be at least 1024".into());
+        }
+        if self.relay.enabled && self.relay.default_channel.is_empty() {
+            return Err("relay.default_channel: must not be empty".into());
+        }
+        crate::auth::Verifier::from_config(c).map_err(|e| e.to_string())?;
+        self.namespaces()?;
+        Ok(())
+    }
+
+    pub fn namespaces(&self) -> Result<Namespaces, String> {
+        Namespaces::new(self.channel.clone(), &self.namespaces)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn write(toml: &str) -> tempfile_lite::TempFile {
+        tempfile_lite::TempFile::new(toml)
+    }
+
+    /// Minimal temp file helper (no extra dependency).
+    mod tempfile_lite {
+        pub struct TempFile(pub std::path::PathBuf);
+        impl TempFile {
+            pub fn new(content: &str) -> TempFile {
+                let p = std::env::temp_dir()
+                    .join(format!("gc-config-{:x}.toml", rand::random::<u64>()));
+                std::fs::write(&p, content).unwrap();
+                TempFile(p)
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    fn none() -> Serialized<serde_json::Value> {
+        Serialized::defaults(json!({}))
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() {
+        let f = write(
+            r#"
+listen = "127.0.0.1:9001"
+[client]
+ping_interval = "10s"
+pong_timeout = "3s"
+[[namespaces]]
+name = "chat"
+presence = true
+join_leave = true
+"#,
+        );
+        let c = Config::load(Config::dev(), Some(&f.0), none()).unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.client.ping_interval, Duration::from_secs(10));
+        assert!(c.namespaces[0].options.join_leave);
+        let c = Config::load(
+            Config::dev(),
+            Some(&f.0),
+            Serialized::defaults(json!({"listen":"127.0.0.1:9002"})),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9002);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = write("[client]\nping_interval = 5\n");
+        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        assert!(e.contains("ping_interval"), "{e}");
+        let f = write("[client]\nnot_a_key = 1\n");
+        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        assert!(e.contains("not_a_key"), "{e}");
+        let f = write("[[namespaces]]\nname = \"x\"\nhistory_size = 10\n");
+        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        assert!(
+            e.contains("namespaces[0]") && e.contains("history_ttl"),
+            "{e}"
+        );
+        let f = write("[[namespaces]]\nname = \"x\"\nbogus = true\n");
+        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let f = write("[client]\npong_timeout = \"30s\"\n");
+        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        assert!(e.contains("client.pong_timeout"), "{e}");
+        let e =
+            Config::load(Config::dev(), Some(Path::new("/nonexistent.toml")), none()).unwrap_err();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+}

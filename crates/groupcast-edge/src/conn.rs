@@ -1,0 +1,339 @@
+//! One client connection's shared half: the bounded outgoing queue, the
+//! writer task, the close signal, and the control inbox for server-initiated
+//! actions (API subscribe, unsubscribe, disconnect, refresh).
+//!
+//! The queue is bounded in *bytes* (`client.max_queue_bytes`): a push that
+//! would exceed it closes the connection with 3008 "slow" instead of waiting,
+//! so a slow reader never blocks a fan-out or grows the broker's memory.
+//! The writer batches queued protocol messages into one frame (newline
+//! separated, as the protocol allows); relay frames are written one by one.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
+use groupcast_core::hub::{PreparedPush, PushType, Subscriber, SubscriberKind};
+use groupcast_proto::client::RawJson;
+use groupcast_proto::DisconnectCode;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Most protocol messages batched into one frame.
+const MAX_BATCH_MESSAGES: usize = 128;
+/// Largest batched frame in bytes (a single larger message is sent alone).
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Queued server-initiated actions per connection (`control_queue_max`).
+pub const MAX_CONTROL_QUEUE: usize = 64;
+/// Time allowed for the close frame when a connection ends.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a message is, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum OutKind {
+    Pub,
+    Join,
+    Leave,
+    Reply,
+    Ping,
+}
+
+enum Out {
+    Json(Bytes, OutKind),
+    Relay(Bytes, bool),
+    /// A WebSocket-level ping (relay connections).
+    WsPing,
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        match self {
+            Out::Json(b, _) | Out::Relay(b, _) => b.len(),
+            Out::WsPing => 0,
+        }
+    }
+}
+
+/// A server-initiated action delivered to a session task.
+#[derive(Debug)]
+pub enum Control {
+    Subscribe {
+        channel: String,
+        data: Option<RawJson>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    Disconnect(DisconnectCode),
+    /// Set a new expiry (Unix seconds; 0: never) or expire now.
+    Refresh {
+        expired: bool,
+        expire_at: i64,
+    },
+}
+
+/// The shared half of a connection. The session task owns the rest.
+pub struct Conn {
+    pub id: u64,
+    pub kind: SubscriberKind,
+    /// Client id given to the client at connect (UUID).
+    pub client: String,
+    tx: mpsc::UnboundedSender<Out>,
+    queued: AtomicUsize,
+    max_queue: usize,
+    cancel: CancellationToken,
+    close_reason: Mutex<Option<DisconnectCode>>,
+    controls: Mutex<VecDeque<Control>>,
+    control_notify: Notify,
+}
+
+/// The receiving half, consumed by [`Conn::run_writer`].
+pub struct Outbox(mpsc::UnboundedReceiver<Out>);
+
+impl Conn {
+    pub fn new(id: u64, kind: SubscriberKind, max_queue: usize) -> (Arc<Conn>, Outbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Conn {
+            id,
+            kind,
+            client: uuid::Uuid::new_v4().to_string(),
+            tx,
+            queued: AtomicUsize::new(0),
+            max_queue,
+            cancel: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            controls: Mutex::new(VecDeque::new()),
+            control_notify: Notify::new(),
+        });
+        (conn, Outbox(rx))
+    }
+
+    fn enqueue(&self, out: Out) -> bool {
+        if self.cancel.is_cancelled() {
+            return false;
+        }
+        let len = out.len();
+        let prev = self.queued.fetch_add(len, Ordering::AcqRel);
+        if prev + len > self.max_queue {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            self.close(DisconnectCode::SLOW);
+            return false;
+        }
+        if self.tx.send(out).is_err() {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Queue one protocol message (a reply, a push, or the `{}` ping).
+    pub fn send_json(&self, bytes: Bytes, kind: OutKind) -> bool {
+        self.enqueue(Out::Json(bytes, kind))
+    }
+
+    /// Queue a WebSocket ping frame (relay keepalive).
+    pub fn send_ws_ping(&self) -> bool {
+        self.enqueue(Out::WsPing)
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Close the connection with `code` (the first reason wins).
+    pub fn close(&self, code: DisconnectCode) {
+        {
+            let mut r = self.close_reason.lock();
+            if r.is_none() && !self.cancel.is_cancelled() {
+                *r = Some(code);
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    /// End the connection without a server close reason (the peer went away).
+    pub fn closed_by_peer(&self) {
+        self.cancel.cancel();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Deliver a server-initiated action; false when the inbox is full.
+    pub fn control(&self, c: Control) -> bool {
+        {
+            let mut q = self.controls.lock();
+            if q.len() >= MAX_CONTROL_QUEUE {
+                return false;
+            }
+            q.push_back(c);
+        }
+        self.control_notify.notify_one();
+        true
+    }
+
+    /// Wait for the next control action.
+    pub async fn next_control(&self) -> Control {
+        loop {
+            if let Some(c) = self.controls.lock().pop_front() {
+                return c;
+            }
+            self.control_notify.notified().await;
+        }
+    }
+
+    /// The writer task: drains the queue into the socket until the
+    /// connection is closed, then sends the close frame.
+    pub async fn run_writer(
+        self: Arc<Self>,
+        mut sink: SplitSink<WebSocket, Message>,
+        outbox: Outbox,
+    ) {
+        let mut rx = outbox.0;
+        let m = Metrics::get();
+        let mut batch = Vec::new();
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                item = rx.recv() => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+            };
+            let (msg, bytes) = match first {
+                Out::WsPing => (Message::Ping(Bytes::new()), 0),
+                Out::Relay(b, binary) => {
+                    m.messages_out_relay.increment(1);
+                    let len = b.len();
+                    let msg = if binary {
+                        Message::Binary(b)
+                    } else {
+                        match Utf8Bytes::try_from(b) {
+                            Ok(t) => Message::Text(t),
+                            Err(_) => {
+                                self.queued.fetch_sub(len, Ordering::AcqRel);
+                                continue;
+                            }
+                        }
+                    };
+                    (msg, len)
+                }
+                Out::Json(b, kind) => {
+                    batch.clear();
+                    count(m, kind);
+                    let mut total = b.len();
+                    batch.push(b);
+                    while batch.len() < MAX_BATCH_MESSAGES && total < MAX_BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(Out::Json(b, kind)) => {
+                                count(m, kind);
+                                total += b.len();
+                                batch.push(b);
+                            }
+                            Ok(other) => {
+                                // Protocol connections never get relay frames; keep order anyway.
+                                self.queued.fetch_sub(other.len(), Ordering::AcqRel);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let frame = if batch.len() == 1 {
+                        batch.pop().expect("one item")
+                    } else {
+                        let mut buf = BytesMut::with_capacity(total + batch.len());
+                        for (i, b) in batch.drain(..).enumerate() {
+                            if i > 0 {
+                                buf.extend_from_slice(b"\n");
+                            }
+                            buf.extend_from_slice(&b);
+                        }
+                        buf.freeze()
+                    };
+                    // Replies and pushes are serde_json output: always UTF-8.
+                    match Utf8Bytes::try_from(frame) {
+                        Ok(t) => (Message::Text(t), total),
+                        Err(_) => {
+                            self.queued.fetch_sub(total, Ordering::AcqRel);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let write = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                r = sink.send(msg) => r,
+            };
+            self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            if write.is_err() {
+                self.close(DisconnectCode::WRITE_ERROR);
+                break;
+            }
+            m.frames_out.increment(1);
+            m.bytes_out.increment(bytes as u64);
+        }
+        let reason = self.close_reason.lock().take();
+        let frame = reason.map(|code| {
+            Metrics::disconnect(code.code);
+            CloseFrame {
+                code: code.code,
+                reason: Utf8Bytes::from(code.reason),
+            }
+        });
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    }
+}
+
+fn count(m: &Metrics, kind: OutKind) {
+    match kind {
+        OutKind::Pub => m.messages_out_pub.increment(1),
+        OutKind::Join => m.messages_out_join.increment(1),
+        OutKind::Leave => m.messages_out_leave.increment(1),
+        OutKind::Reply => m.messages_out_reply.increment(1),
+        OutKind::Ping => {}
+    }
+}
+
+impl Subscriber for Conn {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn kind(&self) -> SubscriberKind {
+        self.kind
+    }
+
+    fn push(&self, push: &PreparedPush) {
+        match self.kind {
+            SubscriberKind::Protocol => {
+                let kind = match push.push_type() {
+                    PushType::Pub => OutKind::Pub,
+                    PushType::Join => OutKind::Join,
+                    PushType::Leave => OutKind::Leave,
+                };
+                self.enqueue(Out::Json(push.json().clone(), kind));
+            }
+            SubscriberKind::Relay => {
+                if let Some((bytes, binary)) = push.relay() {
+                    self.enqueue(Out::Relay(bytes.clone(), *binary));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics: one recorder per process, handles cached here.
+//!
+//! `/metrics` renders the recorder (see `server.rs`). Hot paths use the cached
+//! handles in [`Metrics`] (an atomic add), never the `counter!` lookup.
+//! `docs/operations.md` lists every metric.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// Command latency buckets in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Install the process-wide recorder (idempotent) and start its upkeep.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (embedding application):
+            // then our handles record there and this handle renders empty.
+            let _ = metrics::set_global_recorder(recorder);
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .expect("spawn metrics upkeep thread");
+            handle
+        })
+        .clone()
+}
+
+/// Cached metric handles.
+pub struct Metrics {
+    pub connections_protocol: Gauge,
+    pub connections_relay: Gauge,
+    pub subscriptions: Gauge,
+    pub channels: Gauge,
+    pub messages_out_pub: Counter,
+    pub messages_out_join: Counter,
+    pub messages_out_leave: Counter,
+    pub messages_out_reply: Counter,
+    pub messages_out_relay: Counter,
+    pub messages_in_relay: Counter,
+    pub bytes_out: Counter,
+    pub bytes_in: Counter,
+    pub frames_out: Counter,
+}
+
+impl Metrics {
+    pub fn get() -> &'static Metrics {
+        METRICS.get_or_init(|| {
+            install();
+            describe();
+            Metrics {
+                connections_protocol: metrics::gauge!("groupcast_connections", "protocol" => "centrifugo"),
+                connections_relay: metrics::gauge!("groupcast_connections", "protocol" => "relay"),
+                subscriptions: metrics::gauge!("groupcast_subscriptions"),
+                channels: metrics::gauge!("groupcast_channels"),
+                messages_out_pub: metrics::counter!("groupcast_messages_out_total", "kind" => "pub"),
+                messages_out_join: metrics::counter!("groupcast_messages_out_total", "kind" => "join"),
+                messages_out_leave: metrics::counter!("groupcast_messages_out_total", "kind" => "leave"),
+                messages_out_reply: metrics::counter!("groupcast_messages_out_total", "kind" => "reply"),
+                messages_out_relay: metrics::counter!("groupcast_messages_out_total", "kind" => "relay"),
+                messages_in_relay: metrics::counter!("groupcast_messages_in_total", "kind" => "relay"),
+                bytes_out: metrics::counter!("groupcast_bytes_out_total"),
+                bytes_in: metrics::counter!("groupcast_bytes_in_total"),
+                frames_out: metrics::counter!("groupcast_frames_out_total"),
+            }
+        })
+    }
+
+    /// A client command arrived (by method).
+    pub fn command_in(method: &'static str) {
+        metrics::counter!("groupcast_messages_in_total", "kind" => method).increment(1);
+    }
+
+    /// How long a client command took (by method).
+    pub fn command_duration(method: &'static str, d: Duration) {
+        metrics::histogram!("groupcast_command_duration_seconds", "method" => method)
+            .record(d.as_secs_f64());
+    }
+
+    /// An error reply was sent (by protocol error code).
+    pub fn error(code: u32) {
+        metrics::counter!("groupcast_errors_total", "code" => code.to_string()).increment(1);
+    }
+
+    /// A connection was closed by the server (by disconnect code).
+    pub fn disconnect(code: u16) {
+        metrics::counter!("groupcast_disconnects_total", "code" => code.to_string()).increment(1);
+    }
+
+    /// A server API call (by method and outcome).
+    pub fn api_call(method: &str, outcome: &'static str) {
+        metrics::counter!("groupcast_api_requests_total", "method" => method.to_string(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// How long a served API call took (by method).
+    pub fn api_duration(method: &str, d: Duration) {
+        metrics::histogram!("groupcast_api_duration_seconds", "method" => method.to_string())
+            .record(d.as_secs_f64());
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "groupcast_connections",
+        "Open client connections by protocol."
+    );
+    describe_gauge!(
+        "groupcast_subscriptions",
+        "Channel subscriptions held by local connections."
+    );
+    describe_gauge!(
+        "groupcast_channels",
+        "Channels with at least one local subscriber."
+    );
+    describe_counter!(
+        "groupcast_messages_in_total",
+        "Messages received from clients, by command or relay."
+    );
+    describe_counter!(
+        "groupcast_messages_out_total",
+        "Messages queued to clients, by kind."
+    );
+    describe_counter!(
+        "groupcast_bytes_out_total",
+        Unit::Bytes,
+        "Bytes written to client WebSockets."
+    );
+    describe_counter!(
+        "groupcast_bytes_in_total",
+        Unit::Bytes,
+        "Bytes read from client WebSockets."
+    );
+    describe_counter!(
+        "groupcast_frames_out_total",
+        "WebSocket frames written (one frame may batch messages)."
+    );
+    describe_histogram!(
+        "groupcast_command_duration_seconds",
+        Unit::Seconds,
+        "Client command handling time."
+    );
+    describe_counter!(
+        "groupcast_errors_total",
+        "Protocol error replies sent, by code."
+    );
+    describe_counter!(
+        "groupcast_disconnects_total",
+        "Server-initiated disconnects, by code."
+    );
+    describe_counter!(
+        "groupcast_api_requests_total",
+        "Server API calls by method and outcome."
+    );
+    describe_histogram!(
+        "groupcast_api_duration_seconds",
+        Unit::Seconds,
+        "Server API call handling time."
+    );
+}

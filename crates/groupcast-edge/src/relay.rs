@@ -1,0 +1,180 @@
+//! The raw relay: `/ws/relay/{channel}` for a plain `new WebSocket(url)`.
+//!
+//! Every text or binary frame a connection sends is published, verbatim, to
+//! the channel; every publication of the channel reaches the connection as
+//! one frame, except the connection's own frames. Relay channels are
+//! ordinary channels: the namespace's options apply (history, presence,
+//! who may publish), API publications arrive as raw frames, and relay frames
+//! reach Centrifugo-protocol subscribers as publications (see
+//! [`groupcast_core::Payload`] for how text, JSON and binary map).
+//!
+//! Authentication is optional: `?token=JWT` (a connection token) sets the
+//! user; without it the connection is anonymous. The upgrade is refused with
+//! 403 when the user may not subscribe to the channel. Keepalive uses
+//! WebSocket pings (browsers answer them); a peer silent for
+//! `ping_interval + pong_timeout` is closed with 3012.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::StreamExt;
+use groupcast_core::broker::PublishOptions;
+use groupcast_core::hub::SubscriberKind;
+use groupcast_core::{ChannelOptions, Payload, Publication};
+use groupcast_proto::client::ClientInfo;
+use groupcast_proto::{DisconnectCode, ErrorCode};
+
+use crate::conn::Conn;
+use crate::metrics::Metrics;
+use crate::session::read_error_code;
+use crate::state::EdgeState;
+
+/// Who a relay connection is, decided before the upgrade.
+pub struct RelayAuth {
+    pub channel: String,
+    pub user: String,
+    pub conn_info: Option<Arc<serde_json::value::RawValue>>,
+    pub can_publish: bool,
+}
+
+/// Check a relay request before upgrading: channel, token, permissions.
+pub fn authorize(
+    state: &EdgeState,
+    channel: &str,
+    token: Option<&str>,
+) -> Result<RelayAuth, ErrorCode> {
+    let (ch, opts) = state.channel(channel)?;
+    let (user, conn_info) = match token {
+        Some(t) if !t.is_empty() => {
+            let claims = state.verifier.verify_connect(t).map_err(|e| match e {
+                crate::auth::TokenError::Expired => ErrorCode::TOKEN_EXPIRED,
+                crate::auth::TokenError::Invalid(_) => ErrorCode::UNAUTHORIZED,
+            })?;
+            (claims.sub, claims.info.map(Arc::from))
+        }
+        _ => (String::new(), None),
+    };
+    if !state.can_subscribe(&ch, opts, &user) {
+        return Err(ErrorCode::PERMISSION_DENIED);
+    }
+    let can_publish = opts.allow_publish_for_client || opts.allow_publish_for_subscriber;
+    Ok(RelayAuth {
+        channel: channel.to_string(),
+        user,
+        conn_info,
+        can_publish,
+    })
+}
+
+pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
+    let (sink, mut stream) = socket.split();
+    let (conn, outbox) = Conn::new(
+        state.next_conn_id(),
+        SubscriberKind::Relay,
+        state.config.client.max_queue_bytes,
+    );
+    let writer = tokio::spawn(conn.clone().run_writer(sink, outbox));
+    let m = Metrics::get();
+    m.connections_relay.increment(1.0);
+    let channel = auth.channel.as_str();
+    let opts: ChannelOptions = match state.channel(channel) {
+        Ok((_, o)) => o.clone(),
+        Err(_) => return,
+    };
+    let info = Arc::new(ClientInfo {
+        user: auth.user.clone(),
+        client: conn.client.clone(),
+        conn_info: auth.conn_info.clone(),
+        chan_info: None,
+    });
+    let node = state.node.clone();
+    let subscribed = node
+        .add_subscriber(channel, conn.clone(), false)
+        .await
+        .is_ok();
+    let mut present = false;
+    if !subscribed {
+        conn.close(DisconnectCode::SERVER_ERROR);
+    } else if opts.presence {
+        present = node
+            .membership
+            .add_presence(channel, (*info).clone())
+            .await
+            .is_ok();
+        if present && opts.join_leave {
+            let _ = node.broker.publish_join(channel, info.clone()).await;
+        }
+    }
+    let publish_opts = PublishOptions {
+        history_size: opts.history_size,
+        history_ttl: opts.history_ttl,
+    };
+    let cfg = &state.config.client;
+    let silent_limit = cfg.ping_interval + cfg.pong_timeout;
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.ping_interval,
+        cfg.ping_interval,
+    );
+    let mut last_seen = Instant::now();
+    while subscribed {
+        tokio::select! {
+            _ = conn.cancelled() => break,
+            _ = state.shutdown.cancelled() => {
+                conn.close(DisconnectCode::SHUTDOWN);
+                break;
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > silent_limit {
+                    conn.close(DisconnectCode::NO_PONG);
+                    break;
+                }
+                conn.send_ws_ping();
+            }
+            msg = stream.next() => {
+                last_seen = Instant::now();
+                let data = match msg {
+                    None | Some(Ok(Message::Close(_))) => {
+                        conn.closed_by_peer();
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        match read_error_code(e) {
+                            Some(code) => conn.close(code),
+                            None => conn.closed_by_peer(),
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Text(t))) => Payload::from_text(t.as_str()),
+                    Some(Ok(Message::Binary(b))) => Payload::Binary(b),
+                    Some(Ok(_)) => continue,
+                };
+                if !auth.can_publish {
+                    conn.close(DisconnectCode::PERMISSION_DENIED);
+                    break;
+                }
+                m.messages_in_relay.increment(1);
+                m.bytes_in.increment(data.len() as u64);
+                let mut p = Publication::new(data);
+                p.origin = Some(conn.id);
+                p.info = Some(info.clone());
+                if node.broker.publish(channel, p, &publish_opts).await.is_err() {
+                    conn.close(DisconnectCode::SERVER_ERROR);
+                    break;
+                }
+            }
+        }
+    }
+    if subscribed {
+        node.remove_subscriber(channel, conn.id).await;
+    }
+    if present {
+        let _ = node.membership.remove_presence(channel, &conn.client).await;
+        if opts.join_leave {
+            let _ = node.broker.publish_leave(channel, info).await;
+        }
+    }
+    m.connections_relay.decrement(1.0);
+    conn.closed_by_peer();
+    let _ = writer.await;
+}

@@ -1,0 +1,852 @@
+//! A Centrifugo-protocol connection: command dispatch, subscriptions,
+//! pings, expiry and server-initiated actions.
+//!
+//! One task per connection reads frames and runs commands in order; a second
+//! task ([`Conn::run_writer`]) writes. Protocol rules (see `docs/protocol.md`):
+//! * the first command must be `connect`; anything else, a second `connect`,
+//!   an undecodable frame, a binary frame, or a command without `id` (other
+//!   than the `{}` pong and `send`) disconnects with 3501 "bad request";
+//! * a connection that sends no `connect` within `client.ping_interval` is
+//!   closed with 3502 "stale"; one that misses a pong with 3012 "no pong";
+//! * an expired connection that did not refresh within
+//!   `client.expired_close_delay` is closed with 3005; an expired subscription is
+//!   ended with unsubscribe code 2501 (the SDK resubscribes with a new token).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
+use groupcast_core::broker::{BrokerError, HistoryQuery, PublishOptions};
+use groupcast_core::hub::{AddOutcome, SubscriberKind};
+use groupcast_core::{ChannelOptions, Payload, Publication, StreamPosition};
+use groupcast_proto::client::{self as proto, ClientInfo, Command, RawJson, Reply};
+use groupcast_proto::{DisconnectCode, ErrorCode};
+
+use crate::auth::{now_unix, TokenError};
+use crate::conn::{Conn, Control, OutKind};
+use crate::metrics::Metrics;
+use crate::state::EdgeState;
+
+/// How a command ended when it did not produce a normal reply.
+enum Fail {
+    Error(ErrorCode),
+    Disconnect(DisconnectCode),
+}
+
+impl From<ErrorCode> for Fail {
+    fn from(e: ErrorCode) -> Self {
+        Fail::Error(e)
+    }
+}
+
+fn broker_error(e: BrokerError) -> ErrorCode {
+    match e {
+        BrokerError::Unavailable(_) => ErrorCode::NOT_AVAILABLE,
+        BrokerError::UnrecoverablePosition => ErrorCode::UNRECOVERABLE_POSITION,
+        BrokerError::Internal(_) => ErrorCode::INTERNAL,
+    }
+}
+
+/// State of one subscription.
+struct Sub {
+    info: Arc<ClientInfo>,
+    presence: bool,
+    join_leave: bool,
+    /// Unix seconds when the subscription token expires.
+    expires_at: Option<i64>,
+}
+
+/// How a subscribe was requested.
+struct SubscribeSpec<'a> {
+    channel: &'a str,
+    token: &'a str,
+    recover: Option<StreamPosition>,
+    /// Server-side subscription (token `channels`, API): no permission check.
+    server_side: bool,
+}
+
+pub struct Session {
+    state: Arc<EdgeState>,
+    conn: Arc<Conn>,
+    connected: bool,
+    user: String,
+    conn_info: Option<RawJson>,
+    expires_at: Option<i64>,
+    subs: HashMap<String, Sub>,
+    pong_deadline: Option<Instant>,
+}
+
+/// Serve one upgraded WebSocket with the Centrifugo protocol.
+pub async fn serve(state: Arc<EdgeState>, socket: WebSocket) {
+    let (sink, stream) = socket.split();
+    let (conn, outbox) = Conn::new(
+        state.next_conn_id(),
+        SubscriberKind::Protocol,
+        state.config.client.max_queue_bytes,
+    );
+    let writer = tokio::spawn(conn.clone().run_writer(sink, outbox));
+    let m = Metrics::get();
+    m.connections_protocol.increment(1.0);
+    let mut session = Session {
+        state,
+        conn,
+        connected: false,
+        user: String::new(),
+        conn_info: None,
+        expires_at: None,
+        subs: HashMap::new(),
+        pong_deadline: None,
+    };
+    session.run(stream).await;
+    session.cleanup().await;
+    m.connections_protocol.decrement(1.0);
+    let _ = writer.await;
+}
+
+fn deadline_from_unix(at: i64) -> tokio::time::Instant {
+    let left = at - now_unix();
+    tokio::time::Instant::now() + Duration::from_secs(left.max(0) as u64)
+}
+
+impl Session {
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>) {
+        let cfg = &self.state.config.client;
+        let ping_interval = cfg.ping_interval;
+        let pong_timeout = cfg.pong_timeout;
+        let stale_at = tokio::time::Instant::now() + ping_interval;
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let conn = self.conn.clone();
+        let shutdown = self.state.shutdown.clone();
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let pong_at = self
+                .pong_deadline
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or(far);
+            let expiry_at = self.next_expiry().map(deadline_from_unix).unwrap_or(far);
+            tokio::select! {
+                _ = conn.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    conn.close(DisconnectCode::SHUTDOWN);
+                    break;
+                }
+                msg = stream.next() => match msg {
+                    None | Some(Ok(Message::Close(_))) => {
+                        conn.closed_by_peer();
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        match read_error_code(e) {
+                            Some(code) => conn.close(code),
+                            None => conn.closed_by_peer(),
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        Metrics::get().bytes_in.increment(t.len() as u64);
+                        self.handle_frame(t.as_bytes()).await;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        conn.close(DisconnectCode::BAD_REQUEST);
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                },
+                _ = tokio::time::sleep_until(stale_at), if !self.connected => {
+                    conn.close(DisconnectCode::STALE);
+                    break;
+                }
+                _ = ping.tick(), if self.connected => {
+                    conn.send_json(Bytes::from_static(b"{}"), OutKind::Ping);
+                    if self.pong_deadline.is_none() {
+                        self.pong_deadline = Some(Instant::now() + pong_timeout);
+                    }
+                }
+                _ = tokio::time::sleep_until(pong_at), if self.pong_deadline.is_some() => {
+                    conn.close(DisconnectCode::NO_PONG);
+                    break;
+                }
+                _ = tokio::time::sleep_until(expiry_at), if self.next_expiry().is_some() => {
+                    self.expire().await;
+                }
+                control = conn.next_control() => self.handle_control(control).await,
+            }
+        }
+    }
+
+    /// Earliest connection or subscription expiry that still needs action.
+    fn close_delay(&self) -> i64 {
+        self.state.config.client.expired_close_delay.as_secs() as i64
+    }
+
+    fn next_expiry(&self) -> Option<i64> {
+        let conn = self.expires_at.map(|e| e + self.close_delay());
+        let subs = self.subs.values().filter_map(|s| s.expires_at).min();
+        match (conn, subs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn expire(&mut self) {
+        let now = now_unix();
+        if let Some(e) = self.expires_at {
+            if now >= e + self.close_delay() {
+                self.conn.close(DisconnectCode::EXPIRED);
+                return;
+            }
+        }
+        let expired: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|e| now >= e))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in expired {
+            self.remove_sub(&channel).await;
+            let push = proto::encode_unsubscribe_push(&channel, 2501, "subscription expired");
+            self.conn.send_json(Bytes::from(push), OutKind::Reply);
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: &[u8]) {
+        let commands = match proto::decode_commands(frame) {
+            Ok(c) => c,
+            Err(_) => {
+                self.conn.close(DisconnectCode::BAD_REQUEST);
+                return;
+            }
+        };
+        for cmd in commands {
+            if self.conn.is_closed() {
+                return;
+            }
+            self.handle_command(cmd).await;
+        }
+    }
+
+    fn reply(&self, reply: Reply) {
+        if let Some(e) = reply.error {
+            Metrics::error(e.code);
+        }
+        self.conn
+            .send_json(Bytes::from(reply.encode()), OutKind::Reply);
+    }
+
+    async fn handle_command(&mut self, cmd: Command) {
+        let Some(method) = cmd.method() else {
+            if cmd.id == 0 {
+                // `{}`: the pong to our ping.
+                self.pong_deadline = None;
+            } else {
+                self.reply(Reply::error(cmd.id, ErrorCode::METHOD_NOT_FOUND));
+            }
+            return;
+        };
+        Metrics::command_in(method);
+        if cmd.id == 0 && method != "send" {
+            self.conn.close(DisconnectCode::BAD_REQUEST);
+            return;
+        }
+        if self.connected == (method == "connect") {
+            // Not connected yet and not a connect, or a second connect.
+            self.conn.close(DisconnectCode::BAD_REQUEST);
+            return;
+        }
+        let started = Instant::now();
+        let id = cmd.id;
+        let result = self.dispatch(cmd).await;
+        Metrics::command_duration(method, started.elapsed());
+        match result {
+            Ok(Some(reply)) => self.reply(reply),
+            Ok(None) => {}
+            Err(Fail::Error(e)) => self.reply(Reply::error(id, e)),
+            Err(Fail::Disconnect(d)) => self.conn.close(d),
+        }
+    }
+
+    /// Run one command. `Ok(None)`: the reply was already queued (subscribe
+    /// merges it with the recovery) or none is due (`send`).
+    async fn dispatch(&mut self, cmd: Command) -> Result<Option<Reply>, Fail> {
+        let id = cmd.id;
+        let ok = |r: Reply| Ok(Some(Reply { id, ..r }));
+        if let Some(req) = cmd.connect {
+            return self.connect(id, req).await.map(|_| None);
+        }
+        if let Some(req) = cmd.subscribe {
+            let recover = req.recover.then(|| StreamPosition {
+                offset: req.offset,
+                epoch: req.epoch.clone(),
+            });
+            let spec = SubscribeSpec {
+                channel: &req.channel,
+                token: &req.token,
+                recover,
+                server_side: false,
+            };
+            let result = self.subscribe(spec).await?;
+            let reply = Reply {
+                id,
+                subscribe: Some(result.0),
+                ..Default::default()
+            };
+            self.finish_subscribe(&req.channel, result.1, |conn| {
+                conn.send_json(Bytes::from(reply.encode()), OutKind::Reply);
+            })
+            .await?;
+            return Ok(None);
+        }
+        if let Some(req) = cmd.unsubscribe {
+            self.remove_sub(&req.channel).await;
+            return ok(Reply {
+                unsubscribe: Some(proto::Empty {}),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.publish {
+            self.publish(req).await?;
+            return ok(Reply {
+                publish: Some(proto::Empty {}),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.presence {
+            let (ch, opts) = self.state.channel(&req.channel)?;
+            self.check_presence(ch.as_str(), opts)?;
+            let presence = self
+                .state
+                .node
+                .membership
+                .presence(ch.as_str())
+                .await
+                .map_err(|_| ErrorCode::NOT_AVAILABLE)?;
+            return ok(Reply {
+                presence: Some(proto::PresenceResult { presence }),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.presence_stats {
+            let (ch, opts) = self.state.channel(&req.channel)?;
+            self.check_presence(ch.as_str(), opts)?;
+            let s = self
+                .state
+                .node
+                .membership
+                .presence_stats(ch.as_str())
+                .await
+                .map_err(|_| ErrorCode::NOT_AVAILABLE)?;
+            return ok(Reply {
+                presence_stats: Some(proto::PresenceStatsResult {
+                    num_clients: s.num_clients,
+                    num_users: s.num_users,
+                }),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.history {
+            return ok(Reply {
+                history: Some(self.history(req).await?),
+                ..Default::default()
+            });
+        }
+        if cmd.ping.is_some() {
+            return ok(Reply {
+                ping: Some(proto::Empty {}),
+                ..Default::default()
+            });
+        }
+        if cmd.send.is_some() {
+            // Asynchronous message: no backend is connected yet (see docs).
+            return if id == 0 {
+                Ok(None)
+            } else {
+                Err(ErrorCode::NOT_AVAILABLE.into())
+            };
+        }
+        if cmd.rpc.is_some() {
+            return Err(ErrorCode::NOT_AVAILABLE.into());
+        }
+        if let Some(req) = cmd.refresh {
+            return ok(Reply {
+                refresh: Some(self.refresh(&req.token)?),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.sub_refresh {
+            return ok(Reply {
+                sub_refresh: Some(self.sub_refresh(&req.channel, &req.token)?),
+                ..Default::default()
+            });
+        }
+        Err(ErrorCode::METHOD_NOT_FOUND.into())
+    }
+
+    async fn connect(&mut self, id: u32, req: proto::ConnectRequest) -> Result<(), Fail> {
+        let state = self.state.clone();
+        let cfg = &state.config.client;
+        let mut channels = Vec::new();
+        if req.token.is_empty() {
+            if !cfg.allow_anonymous_connect_without_token {
+                return Err(ErrorCode::UNAUTHORIZED.into());
+            }
+        } else {
+            let claims = match self.state.verifier.verify_connect(&req.token) {
+                Ok(c) => c,
+                Err(TokenError::Expired) => return Err(ErrorCode::TOKEN_EXPIRED.into()),
+                Err(TokenError::Invalid(_)) => {
+                    return Err(Fail::Disconnect(DisconnectCode::INVALID_TOKEN))
+                }
+            };
+            self.user = claims.sub;
+            self.conn_info = claims.info.map(Arc::from);
+            self.expires_at = claims.exp;
+            channels = claims.channels;
+        }
+        self.connected = true;
+        self.state.registry.add(self.conn.clone(), &self.user);
+
+        // Server-side subscriptions from the token, recovering where the
+        // client says it was (`subs` in the connect request).
+        let mut subs = std::collections::BTreeMap::new();
+        let mut positions = Vec::new();
+        for channel in channels {
+            let recover = req
+                .subs
+                .get(&channel)
+                .filter(|s| s.recover)
+                .map(|s| StreamPosition {
+                    offset: s.offset,
+                    epoch: s.epoch.clone(),
+                });
+            let spec = SubscribeSpec {
+                channel: &channel,
+                token: "",
+                recover,
+                server_side: true,
+            };
+            match self.subscribe(spec).await {
+                Ok((result, position)) => {
+                    subs.insert(channel.clone(), result);
+                    positions.push((channel, position));
+                }
+                // A server-side channel that cannot be joined is skipped, as
+                // Centrifugo does; the client still connects.
+                Err(_) => continue,
+            }
+        }
+        let (expires, ttl) = self.ttl();
+        let reply = Reply {
+            id,
+            connect: Some(proto::ConnectResult {
+                client: self.conn.client.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                expires,
+                ttl,
+                subs,
+                ping: cfg.ping_interval.as_secs() as u32,
+                pong: true,
+                node: self.state.uid.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.reply(reply);
+        for (channel, position) in positions {
+            self.finish_subscribe(&channel, position, |_| {}).await?;
+        }
+        Ok(())
+    }
+
+    fn ttl(&self) -> (bool, u32) {
+        match self.expires_at {
+            Some(exp) => (true, (exp - now_unix()).max(0) as u32),
+            None => (false, 0),
+        }
+    }
+
+    /// Check, register (buffering) and position a subscription. The caller
+    /// sends the result and then calls [`Self::finish_subscribe`].
+    async fn subscribe(
+        &mut self,
+        spec: SubscribeSpec<'_>,
+    ) -> Result<(proto::SubscribeResult, u64), Fail> {
+        let state = self.state.clone();
+        let (ch, opts) = state.channel(spec.channel)?;
+        if self.subs.contains_key(spec.channel) {
+            return Err(ErrorCode::ALREADY_SUBSCRIBED.into());
+        }
+        let mut chan_info = None;
+        let mut expires_at = None;
+        if !spec.token.is_empty() {
+            let claims = match state.verifier.verify_subscribe(spec.token) {
+                Ok(c) => c,
+                Err(TokenError::Expired) => return Err(ErrorCode::TOKEN_EXPIRED.into()),
+                Err(TokenError::Invalid(_)) => return Err(ErrorCode::PERMISSION_DENIED.into()),
+            };
+            if claims.channel != spec.channel || claims.sub != self.user {
+                return Err(ErrorCode::PERMISSION_DENIED.into());
+            }
+            chan_info = claims.info.map(Arc::from);
+            expires_at = claims.exp;
+        } else if !spec.server_side && !state.can_subscribe(&ch, opts, &self.user) {
+            return Err(ErrorCode::PERMISSION_DENIED.into());
+        }
+        let info = Arc::new(ClientInfo {
+            user: self.user.clone(),
+            client: self.conn.client.clone(),
+            conn_info: self.conn_info.clone(),
+            chan_info,
+        });
+        let node = &state.node;
+        match node
+            .add_subscriber(spec.channel, self.conn.clone(), true)
+            .await
+        {
+            Ok(AddOutcome::AlreadySubscribed) => return Err(ErrorCode::ALREADY_SUBSCRIBED.into()),
+            Ok(_) => {}
+            Err(e) => return Err(broker_error(e).into()),
+        }
+        let result = self.position(spec.channel, opts, spec.recover).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                node.remove_subscriber(spec.channel, self.conn.id).await;
+                return Err(e.into());
+            }
+        };
+        if opts.presence {
+            if let Err(e) = node
+                .membership
+                .add_presence(spec.channel, (*info).clone())
+                .await
+            {
+                node.remove_subscriber(spec.channel, self.conn.id).await;
+                let code = match e {
+                    groupcast_core::MembershipError::LimitExceeded(_) => ErrorCode::LIMIT_EXCEEDED,
+                    groupcast_core::MembershipError::Unavailable(_) => ErrorCode::NOT_AVAILABLE,
+                };
+                return Err(code.into());
+            }
+        }
+        let mut result = result;
+        if let Some(exp) = expires_at {
+            result.0.expires = true;
+            result.0.ttl = (exp - now_unix()).max(0) as u32;
+        }
+        self.subs.insert(
+            spec.channel.to_string(),
+            Sub {
+                info,
+                presence: opts.presence,
+                join_leave: opts.join_leave,
+                expires_at,
+            },
+        );
+        Metrics::get().subscriptions.increment(1.0);
+        Ok(result)
+    }
+
+    /// Read the stream position (and missed publications when recovering).
+    async fn position(
+        &self,
+        channel: &str,
+        opts: &ChannelOptions,
+        recover: Option<StreamPosition>,
+    ) -> Result<(proto::SubscribeResult, u64), ErrorCode> {
+        if !opts.has_history() {
+            return Ok((proto::SubscribeResult::default(), 0));
+        }
+        let broker = &self.state.node.broker;
+        let mut result = proto::SubscribeResult {
+            recoverable: opts.allow_recovery,
+            positioned: true,
+            ..Default::default()
+        };
+        let top_only = HistoryQuery {
+            limit: Some(0),
+            ..Default::default()
+        };
+        let recover = recover.filter(|_| opts.allow_recovery);
+        let history = match &recover {
+            Some(since) => {
+                result.was_recovering = true;
+                let q = HistoryQuery {
+                    since: Some(since.clone()),
+                    limit: None,
+                    reverse: false,
+                };
+                match broker.history(channel, q).await {
+                    Err(BrokerError::UnrecoverablePosition) => {
+                        broker.history(channel, top_only).await
+                    }
+                    other => other,
+                }
+            }
+            None => broker.history(channel, top_only).await,
+        }
+        .map_err(broker_error)?;
+        result.epoch = history.position.epoch.clone();
+        result.offset = history.position.offset;
+        if let Some(since) = recover {
+            let same_epoch = since.epoch == history.position.epoch;
+            let first = history.publications.first().map(|p| p.offset);
+            let complete = match first {
+                Some(first) => first == since.offset + 1,
+                None => since.offset == history.position.offset,
+            };
+            if same_epoch && complete && since.offset <= history.position.offset {
+                result.recovered = true;
+                result.publications = history.publications.iter().map(|p| p.to_out()).collect();
+            }
+        }
+        Ok((result, history.position.offset))
+    }
+
+    /// Queue the subscribe answer (via `send`) and switch the subscription
+    /// from buffering to live, then announce the join.
+    async fn finish_subscribe(
+        &mut self,
+        channel: &str,
+        position: u64,
+        send: impl FnOnce(&Conn),
+    ) -> Result<(), Fail> {
+        let conn = self.conn.clone();
+        let hub = &self.state.node.hub;
+        if hub
+            .finish_buffering(channel, conn.id, position, || send(&conn))
+            .is_err()
+        {
+            self.remove_sub(channel).await;
+            return Err(Fail::Disconnect(DisconnectCode::INSUFFICIENT_STATE));
+        }
+        if let Some(sub) = self.subs.get(channel) {
+            if sub.join_leave {
+                let _ = self
+                    .state
+                    .node
+                    .broker
+                    .publish_join(channel, sub.info.clone())
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop a subscription: hub, presence, leave.
+    async fn remove_sub(&mut self, channel: &str) {
+        let Some(sub) = self.subs.remove(channel) else {
+            return;
+        };
+        let node = &self.state.node;
+        node.remove_subscriber(channel, self.conn.id).await;
+        if sub.presence {
+            let _ = node
+                .membership
+                .remove_presence(channel, &self.conn.client)
+                .await;
+        }
+        if sub.join_leave {
+            let _ = node.broker.publish_leave(channel, sub.info).await;
+        }
+        Metrics::get().subscriptions.decrement(1.0);
+    }
+
+    async fn publish(&mut self, req: proto::PublishRequest) -> Result<(), Fail> {
+        let state = self.state.clone();
+        let (ch, opts) = state.channel(&req.channel)?;
+        let data = req.data.ok_or(ErrorCode::BAD_REQUEST)?;
+        let subscribed = self.subs.get(ch.as_str());
+        let allowed = (opts.allow_publish_for_client
+            || (opts.allow_publish_for_subscriber && subscribed.is_some()))
+            && (opts.allow_anonymous || !self.user.is_empty());
+        if !allowed {
+            return Err(ErrorCode::PERMISSION_DENIED.into());
+        }
+        let mut p = Publication::new(Payload::Json(data));
+        p.info = Some(match subscribed {
+            Some(sub) => sub.info.clone(),
+            None => Arc::new(ClientInfo {
+                user: self.user.clone(),
+                client: self.conn.client.clone(),
+                conn_info: self.conn_info.clone(),
+                chan_info: None,
+            }),
+        });
+        let po = PublishOptions {
+            history_size: opts.history_size,
+            history_ttl: opts.history_ttl,
+        };
+        state
+            .node
+            .broker
+            .publish(ch.as_str(), p, &po)
+            .await
+            .map_err(broker_error)?;
+        Ok(())
+    }
+
+    fn check_presence(&self, channel: &str, opts: &ChannelOptions) -> Result<(), ErrorCode> {
+        if !opts.presence {
+            return Err(ErrorCode::NOT_AVAILABLE);
+        }
+        if !(opts.allow_presence_for_subscriber && self.subs.contains_key(channel)) {
+            return Err(ErrorCode::PERMISSION_DENIED);
+        }
+        Ok(())
+    }
+
+    async fn history(&self, req: proto::HistoryRequest) -> Result<proto::HistoryResult, Fail> {
+        let (ch, opts) = self.state.channel(&req.channel)?;
+        if !opts.has_history() {
+            return Err(ErrorCode::NOT_AVAILABLE.into());
+        }
+        if !(opts.allow_history_for_subscriber && self.subs.contains_key(ch.as_str())) {
+            return Err(ErrorCode::PERMISSION_DENIED.into());
+        }
+        let max = self.state.config.client.history_max_limit;
+        let limit = match req.limit {
+            l if l < 0 => max,
+            l if l as usize > max => return Err(ErrorCode::LIMIT_EXCEEDED.into()),
+            l => l as usize,
+        };
+        let since = req.since.map(|s| StreamPosition {
+            offset: s.offset,
+            epoch: s.epoch,
+        });
+        let h = self
+            .state
+            .node
+            .broker
+            .history(
+                ch.as_str(),
+                HistoryQuery {
+                    since,
+                    limit: Some(limit),
+                    reverse: req.reverse,
+                },
+            )
+            .await
+            .map_err(broker_error)?;
+        Ok(proto::HistoryResult {
+            publications: h.publications.iter().map(|p| p.to_out()).collect(),
+            epoch: h.position.epoch,
+            offset: h.position.offset,
+        })
+    }
+
+    fn refresh(&mut self, token: &str) -> Result<proto::RefreshResult, Fail> {
+        let claims = match self.state.verifier.verify_connect(token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Err(Fail::Disconnect(DisconnectCode::EXPIRED)),
+            Err(TokenError::Invalid(_)) => {
+                return Err(Fail::Disconnect(DisconnectCode::INVALID_TOKEN))
+            }
+        };
+        if claims.sub != self.user {
+            return Err(Fail::Disconnect(DisconnectCode::INVALID_TOKEN));
+        }
+        self.expires_at = claims.exp;
+        if let Some(info) = claims.info {
+            self.conn_info = Some(Arc::from(info));
+        }
+        let (expires, ttl) = self.ttl();
+        Ok(proto::RefreshResult {
+            client: self.conn.client.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            expires,
+            ttl,
+        })
+    }
+
+    fn sub_refresh(&mut self, channel: &str, token: &str) -> Result<proto::SubRefreshResult, Fail> {
+        if !self.subs.contains_key(channel) {
+            return Err(ErrorCode::PERMISSION_DENIED.into());
+        }
+        let claims = match self.state.verifier.verify_subscribe(token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Err(ErrorCode::EXPIRED.into()),
+            Err(TokenError::Invalid(_)) => return Err(ErrorCode::PERMISSION_DENIED.into()),
+        };
+        if claims.channel != channel || claims.sub != self.user {
+            return Err(ErrorCode::PERMISSION_DENIED.into());
+        }
+        let sub = self.subs.get_mut(channel).expect("checked above");
+        sub.expires_at = claims.exp;
+        Ok(match claims.exp {
+            Some(exp) => proto::SubRefreshResult {
+                expires: true,
+                ttl: (exp - now_unix()).max(0) as u32,
+            },
+            None => proto::SubRefreshResult::default(),
+        })
+    }
+
+    async fn handle_control(&mut self, control: Control) {
+        if !self.connected {
+            return;
+        }
+        match control {
+            Control::Disconnect(code) => self.conn.close(code),
+            Control::Refresh { expired, expire_at } => {
+                if expired {
+                    self.conn.close(DisconnectCode::EXPIRED);
+                } else {
+                    self.expires_at = (expire_at > 0).then_some(expire_at);
+                }
+            }
+            Control::Unsubscribe { channel } => {
+                if self.subs.contains_key(&channel) {
+                    self.remove_sub(&channel).await;
+                    let u = groupcast_proto::codes::UnsubscribeCode::SERVER;
+                    let push = proto::encode_unsubscribe_push(&channel, u.code, u.reason);
+                    self.conn.send_json(Bytes::from(push), OutKind::Reply);
+                }
+            }
+            Control::Subscribe { channel, data } => {
+                let spec = SubscribeSpec {
+                    channel: &channel,
+                    token: "",
+                    recover: None,
+                    server_side: true,
+                };
+                if let Ok((mut result, position)) = self.subscribe(spec).await {
+                    result.data = data;
+                    let push = proto::encode_subscribe_push(&channel, &result);
+                    let _ = self
+                        .finish_subscribe(&channel, position, |c| {
+                            c.send_json(Bytes::from(push), OutKind::Reply);
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn cleanup(&mut self) {
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for channel in channels {
+            self.remove_sub(&channel).await;
+        }
+        if self.connected {
+            self.state.registry.remove(&self.conn.client);
+        }
+    }
+}
+
+/// Map a WebSocket read error to the close code we answer with; `None`
+/// when the peer is simply gone (nothing to tell it).
+pub fn read_error_code(e: axum::Error) -> Option<DisconnectCode> {
+    match *e.into_inner().downcast::<tungstenite::Error>().ok()? {
+        tungstenite::Error::Capacity(_) => Some(DisconnectCode::MESSAGE_TOO_BIG),
+        tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_) => {
+            Some(DisconnectCode::BAD_REQUEST)
+        }
+        _ => None,
+    }
+}

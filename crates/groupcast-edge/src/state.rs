@@ -1,0 +1,151 @@
+//! State shared by every connection and API call of one edge.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use groupcast_core::{ChannelName, ChannelOptions, Namespaces, Node};
+use groupcast_proto::ErrorCode;
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::conn::Conn;
+
+/// Connected clients by client id and by user, for server API actions.
+#[derive(Default)]
+pub struct Registry {
+    inner: RwLock<RegistryInner>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    clients: HashMap<String, (Arc<Conn>, String)>,
+    users: HashMap<String, HashSet<String>>,
+}
+
+impl Registry {
+    pub fn add(&self, conn: Arc<Conn>, user: &str) {
+        let mut r = self.inner.write();
+        r.users
+            .entry(user.to_string())
+            .or_default()
+            .insert(conn.client.clone());
+        r.clients
+            .insert(conn.client.clone(), (conn, user.to_string()));
+    }
+
+    pub fn remove(&self, client: &str) {
+        let mut r = self.inner.write();
+        if let Some((_, user)) = r.clients.remove(client) {
+            if let Some(set) = r.users.get_mut(&user) {
+                set.remove(client);
+                if set.is_empty() {
+                    r.users.remove(&user);
+                }
+            }
+        }
+    }
+
+    /// Connections of `user`, narrowed to `client` when it is not empty.
+    pub fn find(&self, user: &str, client: &str) -> Vec<Arc<Conn>> {
+        let r = self.inner.read();
+        if !client.is_empty() {
+            return r
+                .clients
+                .get(client)
+                .filter(|(_, u)| user.is_empty() || u == user)
+                .map(|(c, _)| vec![c.clone()])
+                .unwrap_or_default();
+        }
+        r.users
+            .get(user)
+            .map(|set| {
+                set.iter()
+                    .filter_map(|c| r.clients.get(c).map(|(c, _)| c.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn num_clients(&self) -> usize {
+        self.inner.read().clients.len()
+    }
+
+    pub fn num_users(&self) -> usize {
+        self.inner.read().users.len()
+    }
+}
+
+/// Everything a session or API handler needs.
+pub struct EdgeState {
+    pub config: Config,
+    pub node: Arc<Node>,
+    pub namespaces: Namespaces,
+    pub verifier: Verifier,
+    pub registry: Registry,
+    pub started: Instant,
+    /// Cancelled when the edge shuts down.
+    pub shutdown: CancellationToken,
+    pub uid: String,
+    next_id: AtomicU64,
+}
+
+impl EdgeState {
+    pub fn new(
+        config: Config,
+        node: Arc<Node>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<EdgeState>, String> {
+        config.validate()?;
+        let namespaces = config.namespaces()?;
+        let verifier = Verifier::from_config(&config.client).map_err(|e| e.to_string())?;
+        Ok(Arc::new(EdgeState {
+            config,
+            node,
+            namespaces,
+            verifier,
+            registry: Registry::default(),
+            started: Instant::now(),
+            shutdown,
+            uid: uuid::Uuid::new_v4().to_string(),
+            // Random start: ids double as relay origins and must not collide
+            // between nodes in practice.
+            next_id: AtomicU64::new(rand::random::<u64>() >> 1),
+        }))
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Validate a channel name and find its namespace options.
+    pub fn channel<'a>(
+        &self,
+        name: &'a str,
+    ) -> Result<(ChannelName<'a>, &ChannelOptions), ErrorCode> {
+        let ch = ChannelName::parse(name, self.config.client.channel_max_length)
+            .map_err(|_| ErrorCode::BAD_REQUEST)?;
+        let opts = self
+            .namespaces
+            .options(&ch)
+            .ok_or(ErrorCode::UNKNOWN_CHANNEL)?;
+        Ok((ch, opts))
+    }
+
+    /// May `user` subscribe to `ch` without a subscription token?
+    pub fn can_subscribe(&self, ch: &ChannelName<'_>, opts: &ChannelOptions, user: &str) -> bool {
+        if user.is_empty() && !opts.allow_anonymous {
+            return false;
+        }
+        if ch.rest().starts_with('$') || !opts.allow_subscribe_for_client {
+            return false;
+        }
+        match ch.allowed_users() {
+            None => true,
+            Some(mut users) => opts.allow_user_limited_channels && users.any(|u| u == user),
+        }
+    }
+}
