@@ -43,7 +43,10 @@ pub enum Incoming {
 pub struct Client {
     ws: Ws,
     next_id: u32,
+    /// Messages read but not yet claimed by a caller.
     queue: VecDeque<Incoming>,
+    /// Later messages of a multi-message frame, not yet examined.
+    pending: VecDeque<Incoming>,
     /// Answer server pings automatically (default true).
     pub auto_pong: bool,
     closed: Option<Option<(u16, String)>>,
@@ -72,6 +75,7 @@ impl Client {
             ws: open(url).await?,
             next_id: 0,
             queue: VecDeque::new(),
+            pending: VecDeque::new(),
             auto_pong: true,
             closed: None,
         })
@@ -109,7 +113,6 @@ impl Client {
     /// Wait for the reply with `id`, keeping other messages for later.
     pub async fn reply(&mut self, id: u32) -> Result<Value, ClientError> {
         let deadline = tokio::time::Instant::now() + DEFAULT_TIMEOUT;
-        let mut kept = VecDeque::new();
         if let Some(pos) = self
             .queue
             .iter()
@@ -121,21 +124,10 @@ impl Client {
             return Ok(v);
         }
         loop {
-            let msg = self.read_one(deadline).await;
-            match msg {
-                Ok(Incoming::Reply(v)) if v["id"] == id => {
-                    self.queue.extend(kept);
-                    return Ok(v);
-                }
-                Ok(Incoming::Close(code)) => {
-                    self.queue.extend(kept);
-                    return Err(ClientError::Closed(code));
-                }
-                Ok(other) => kept.push_back(other),
-                Err(e) => {
-                    self.queue.extend(kept);
-                    return Err(e);
-                }
+            match self.read_one(deadline).await? {
+                Incoming::Reply(v) if v["id"] == id => return Ok(v),
+                Incoming::Close(code) => return Err(ClientError::Closed(code)),
+                other => self.queue.push_back(other),
             }
         }
     }
@@ -197,11 +189,13 @@ impl Client {
         }
     }
 
+    /// Read the next message from the socket (never from the queue). One
+    /// frame may carry several messages: the rest are queued.
     async fn read_one(&mut self, deadline: tokio::time::Instant) -> Result<Incoming, ClientError> {
+        if let Some(m) = self.pending.pop_front() {
+            return Ok(m);
+        }
         loop {
-            if let Some(m) = self.queue.pop_front() {
-                return Ok(m);
-            }
             if let Some(c) = &self.closed {
                 return Ok(Incoming::Close(c.clone()));
             }
@@ -209,11 +203,7 @@ impl Client {
                 .await
                 .map_err(|_| ClientError::Timeout)?;
             let text = match msg {
-                None => {
-                    self.closed = Some(None);
-                    continue;
-                }
-                Some(Err(_)) => {
+                None | Some(Err(_)) => {
                     self.closed = Some(None);
                     continue;
                 }
@@ -225,10 +215,11 @@ impl Client {
                 Some(Ok(Message::Text(t))) => t.to_string(),
                 Some(Ok(_)) => continue,
             };
+            let mut messages = Vec::new();
             for line in text.split('\n') {
                 let v: Value = serde_json::from_str(line)
                     .map_err(|e| ClientError::Json(format!("{e}: {line}")))?;
-                let m = if v.as_object().is_some_and(|o| o.is_empty()) {
+                messages.push(if v.as_object().is_some_and(|o| o.is_empty()) {
                     if self.auto_pong {
                         self.ws.send(Message::text("{}")).await?;
                     }
@@ -237,9 +228,12 @@ impl Client {
                     Incoming::Push(v["push"].clone())
                 } else {
                     Incoming::Reply(v)
-                };
-                self.queue.push_back(m);
+                });
             }
+            let mut it = messages.into_iter();
+            let first = it.next().expect("split yields at least one line");
+            self.pending.extend(it);
+            return Ok(first);
         }
     }
 

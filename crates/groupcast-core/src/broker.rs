@@ -50,7 +50,8 @@ pub struct PublishOptions {
 /// Which part of a channel's history to read.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryQuery {
-    /// Only publications after this position (its epoch must match).
+    /// Start from this position (its epoch must match): forward reads return
+    /// publications after its offset, reverse reads those before it, newest first.
     pub since: Option<StreamPosition>,
     /// Maximum publications to return; `None` for all, `Some(0)` for only the position.
     pub limit: Option<usize>,

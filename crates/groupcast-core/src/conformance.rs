@@ -203,6 +203,28 @@ pub async fn history_window_and_epoch(b: Arc<dyn Broker>) {
         .unwrap();
     let offs: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
     assert_eq!(offs, vec![7, 8], "since returns only later publications");
+    let since = StreamPosition {
+        offset: 8,
+        epoch: epoch.clone(),
+    };
+    let q = HistoryQuery {
+        since: Some(since),
+        limit: Some(10),
+        reverse: true,
+    };
+    let offs: Vec<u64> = b
+        .history(&ch, q)
+        .await
+        .unwrap()
+        .publications
+        .iter()
+        .map(|p| p.offset)
+        .collect();
+    assert_eq!(
+        offs,
+        vec![7, 6],
+        "reverse with since walks back from the position"
+    );
     let foreign = StreamPosition {
         offset: 6,
         epoch: format!("{epoch}x"),

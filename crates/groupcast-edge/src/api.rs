@@ -20,9 +20,11 @@ use groupcast_core::{Payload, Publication, StreamPosition};
 use groupcast_proto::api::{self, ApiError};
 use groupcast_proto::{DisconnectCode, ErrorCode};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::conn::Control;
+use crate::conn::{Control, MAX_CLOSE_REASON};
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
 
@@ -104,27 +106,56 @@ pub async fn handle(
         batch(&state, value).await
     } else {
         match call(&state, &method, value).await {
-            Ok(result) => Ok(json!({ "result": result })),
-            Err(Failure::Api(e)) => Ok(json!({ "error": e })),
+            Ok(result) => Ok((encode(&Reply::result(&result)), "ok")),
+            Err(Failure::Api(e)) => Ok((encode(&Reply::error(e)), "error")),
             Err(Failure::BadBody) => Err(()),
         }
     };
     match out {
-        Ok(v) => {
-            let outcome = if v.get("error").is_some() {
-                "error"
-            } else {
-                "ok"
-            };
+        Ok((body, outcome)) => {
             Metrics::api_call(&method, outcome);
             Metrics::api_duration(&method, started.elapsed());
-            axum::Json(v).into_response()
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
         }
         Err(()) => {
             Metrics::api_call(&method, "bad_request");
             (StatusCode::BAD_REQUEST, "Bad Request").into_response()
         }
     }
+}
+
+/// `{"result":..}` or `{"error":..}`. Results are carried as raw JSON text:
+/// publication data is embedded verbatim and never re-parsed (a `Value`
+/// round trip would hit serde_json's nesting limit on deep client data).
+#[derive(Serialize)]
+struct Reply<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ApiError>,
+}
+
+impl<'a> Reply<'a> {
+    fn result(r: &'a RawValue) -> Self {
+        Reply {
+            result: Some(r),
+            error: None,
+        }
+    }
+    fn error(e: ApiError) -> Self {
+        Reply {
+            result: None,
+            error: Some(e),
+        }
+    }
+}
+
+fn encode<T: Serialize>(t: &T) -> String {
+    serde_json::to_string(t).expect("API reply types always serialize")
 }
 
 enum Failure {
@@ -159,30 +190,36 @@ fn broker_error(e: BrokerError) -> ApiError {
     }
 }
 
-fn to_value<T: serde::Serialize>(t: T) -> Value {
-    serde_json::to_value(t).expect("API result types always serialize")
+/// Serialize a result to raw JSON text (no re-parse of embedded data).
+fn to_value<T: Serialize>(t: T) -> Box<RawValue> {
+    RawValue::from_string(encode(&t)).expect("serde_json output is valid JSON")
 }
 
-async fn batch(state: &EdgeState, value: Value) -> Result<Value, ()> {
+fn empty() -> Box<RawValue> {
+    RawValue::from_string("{}".into()).expect("valid JSON")
+}
+
+async fn batch(state: &EdgeState, value: Value) -> Result<(String, &'static str), ()> {
     let req: api::BatchRequest = serde_json::from_value(value).map_err(|_| ())?;
     if req.commands.len() > MAX_BATCH_COMMANDS {
-        return Ok(json!({ "error": ApiError::LIMIT_EXCEEDED }));
+        return Ok((encode(&Reply::error(ApiError::LIMIT_EXCEEDED)), "error"));
     }
+    let error = |e: ApiError| encode(&json!({ "error": e }));
     let run = |cmd: serde_json::Map<String, Value>| async move {
         let mut it = cmd.into_iter();
         let (Some((method, body)), None) = (it.next(), it.next()) else {
-            return json!({ "error": ApiError::BAD_REQUEST });
+            return error(ApiError::BAD_REQUEST);
         };
         if method == "batch" || !METHODS.contains(&method.as_str()) {
-            return json!({ "error": ApiError::METHOD_NOT_FOUND });
+            return error(ApiError::METHOD_NOT_FOUND);
         }
         match call(state, &method, body).await {
-            Ok(result) => json!({ method: result }),
-            Err(Failure::Api(e)) => json!({ "error": e }),
-            Err(Failure::BadBody) => json!({ "error": ApiError::BAD_REQUEST }),
+            Ok(result) => format!("{{{}:{}}}", encode(&method), result.get()),
+            Err(Failure::Api(e)) => error(e),
+            Err(Failure::BadBody) => error(ApiError::BAD_REQUEST),
         }
     };
-    let replies: Vec<Value> = if req.parallel {
+    let replies: Vec<String> = if req.parallel {
         futures_util::future::join_all(req.commands.into_iter().map(run)).await
     } else {
         let mut out = Vec::with_capacity(req.commands.len());
@@ -191,7 +228,7 @@ async fn batch(state: &EdgeState, value: Value) -> Result<Value, ()> {
         }
         out
     };
-    Ok(json!({ "replies": replies }))
+    Ok((format!("{{\"replies\":[{}]}}", replies.join(",")), "ok"))
 }
 
 async fn publish_one(
@@ -235,7 +272,7 @@ fn payload(data: Option<groupcast_proto::client::RawJson>, b64: &str) -> Result<
     }
 }
 
-async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Value, Failure> {
+async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawValue>, Failure> {
     match method {
         "publish" => {
             let r: api::PublishRequest = parse(body)?;
@@ -279,7 +316,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Value, Fai
                     data: r.data.clone(),
                 });
             }
-            Ok(json!({}))
+            Ok(empty())
         }
         "unsubscribe" => {
             let r: api::UnsubscribeRequest = parse(body)?;
@@ -292,26 +329,23 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Value, Fai
                     channel: r.channel.clone(),
                 });
             }
-            Ok(json!({}))
+            Ok(empty())
         }
         "disconnect" => {
             let r: api::DisconnectRequest = parse(body)?;
             if r.user.is_empty() && r.client.is_empty() {
                 return Err(ApiError::BAD_REQUEST.into());
             }
-            let code = match &r.disconnect {
-                None => DisconnectCode::FORCE_NO_RECONNECT,
-                Some(d) => u16::try_from(d.code)
-                    .ok()
-                    .and_then(DisconnectCode::from_code)
-                    .ok_or(ApiError::BAD_REQUEST)?,
-            };
+            let (code, reason) = disconnect_code(r.disconnect.as_ref())?;
             for conn in state.registry.find(&r.user, &r.client) {
                 if !r.whitelist.contains(&conn.client) {
-                    conn.control(Control::Disconnect(code));
+                    conn.control(Control::Disconnect {
+                        code,
+                        reason: reason.clone(),
+                    });
                 }
             }
-            Ok(json!({}))
+            Ok(empty())
         }
         "refresh" => {
             let r: api::RefreshRequest = parse(body)?;
@@ -324,7 +358,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Value, Fai
                     expire_at: r.expire_at,
                 });
             }
-            Ok(json!({}))
+            Ok(empty())
         }
         "presence" | "presence_stats" => {
             let r: api::ChannelRequest = parse(body)?;
@@ -344,7 +378,9 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Value, Fai
                     .presence_stats(ch.as_str())
                     .await
                     .map_err(|_| ApiError::NOT_AVAILABLE)?;
-                Ok(json!({ "num_clients": s.num_clients, "num_users": s.num_users }))
+                Ok(to_value(
+                    json!({ "num_clients": s.num_clients, "num_users": s.num_users }),
+                ))
             }
         }
         "history" => {
@@ -388,7 +424,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Value, Fai
                 .remove_history(ch.as_str())
                 .await
                 .map_err(broker_error)?;
-            Ok(json!({}))
+            Ok(empty())
         }
         "channels" => {
             let r: api::ChannelsRequest = parse(body)?;
@@ -426,6 +462,31 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Value, Fai
         }
         _ => Err(ApiError::METHOD_NOT_FOUND.into()),
     }
+}
+
+/// The close code and reason for an API `disconnect`: none given means 3503
+/// "force disconnect"; otherwise any code in 3000..=4999 (4000..4999 are
+/// the application's), with the given reason or the table's. Reasons over
+/// [`MAX_CLOSE_REASON`] bytes are refused (they cannot fit a close frame).
+fn disconnect_code(d: Option<&api::DisconnectObject>) -> Result<(u16, String), ApiError> {
+    let Some(d) = d.filter(|d| d.code != 0) else {
+        let c = DisconnectCode::FORCE_NO_RECONNECT;
+        return Ok((c.code, c.reason.to_string()));
+    };
+    let code = u16::try_from(d.code)
+        .ok()
+        .filter(|c| (3000..=4999).contains(c))
+        .ok_or(ApiError::BAD_REQUEST)?;
+    if d.reason.len() > MAX_CLOSE_REASON {
+        return Err(ApiError::BAD_REQUEST);
+    }
+    let reason = match (d.reason.is_empty(), DisconnectCode::from_code(code)) {
+        (false, _) => d.reason.clone(),
+        (true, Some(known)) => known.reason.to_string(),
+        // Clients treat an empty reason as "reconnect"; never send one.
+        (true, None) => "disconnect".to_string(),
+    };
+    Ok((code, reason))
 }
 
 /// `*` matches any run of characters; empty pattern matches everything.

@@ -8,6 +8,7 @@
 //! The writer batches queued protocol messages into one frame (newline
 //! separated, as the protocol allows); relay frames are written one by one.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,6 +33,9 @@ const MAX_BATCH_MESSAGES: usize = 128;
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Queued server-initiated actions per connection (`control_queue_max`).
 pub const MAX_CONTROL_QUEUE: usize = 64;
+/// Longest close reason in bytes: a close frame's payload is at most 125
+/// bytes, two of which hold the code.
+pub const MAX_CLOSE_REASON: usize = 123;
 /// Time allowed for the close frame when a connection ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -71,7 +75,11 @@ pub enum Control {
     Unsubscribe {
         channel: String,
     },
-    Disconnect(DisconnectCode),
+    /// Close with this code and reason (reason at most [`MAX_CLOSE_REASON`] bytes).
+    Disconnect {
+        code: u16,
+        reason: String,
+    },
     /// Set a new expiry (Unix seconds; 0: never) or expire now.
     Refresh {
         expired: bool,
@@ -89,7 +97,7 @@ pub struct Conn {
     queued: AtomicUsize,
     max_queue: usize,
     cancel: CancellationToken,
-    close_reason: Mutex<Option<DisconnectCode>>,
+    close_reason: Mutex<Option<(u16, Cow<'static, str>)>>,
     controls: Mutex<VecDeque<Control>>,
     control_notify: Notify,
 }
@@ -150,10 +158,17 @@ impl Conn {
 
     /// Close the connection with `code` (the first reason wins).
     pub fn close(&self, code: DisconnectCode) {
+        self.close_with(code.code, Cow::Borrowed(code.reason));
+    }
+
+    /// Close with any code and reason (server API `disconnect`, application
+    /// codes 4000..4999). The caller keeps `reason` within
+    /// [`MAX_CLOSE_REASON`] bytes.
+    pub fn close_with(&self, code: u16, reason: Cow<'static, str>) {
         {
             let mut r = self.close_reason.lock();
             if r.is_none() && !self.cancel.is_cancelled() {
-                *r = Some(code);
+                *r = Some((code, reason));
             }
         }
         self.cancel.cancel();
@@ -288,11 +303,11 @@ impl Conn {
             m.bytes_out.increment(bytes as u64);
         }
         let reason = self.close_reason.lock().take();
-        let frame = reason.map(|code| {
-            Metrics::disconnect(code.code);
+        let frame = reason.map(|(code, reason)| {
+            Metrics::disconnect(code);
             CloseFrame {
-                code: code.code,
-                reason: Utf8Bytes::from(code.reason),
+                code,
+                reason: Utf8Bytes::from(reason.as_ref()),
             }
         });
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(frame))).await;

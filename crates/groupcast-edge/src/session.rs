@@ -792,7 +792,7 @@ impl Session {
             return;
         }
         match control {
-            Control::Disconnect(code) => self.conn.close(code),
+            Control::Disconnect { code, reason } => self.conn.close_with(code, reason.into()),
             Control::Refresh { expired, expire_at } => {
                 if expired {
                     self.conn.close(DisconnectCode::EXPIRED);

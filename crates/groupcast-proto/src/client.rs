@@ -641,3 +641,28 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod nesting {
+    /// Embedded data is skipped iteratively: 30,000 levels decode on a
+    /// 128 KiB stack (a recursive parser would overflow it).
+    #[test]
+    fn deep_data_decodes_without_recursion() {
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(|| {
+                let depth = 30_000;
+                let frame = format!(
+                    "{{\"id\":1,\"publish\":{{\"channel\":\"a\",\"data\":{}{}}}}}",
+                    "[".repeat(depth),
+                    "]".repeat(depth)
+                );
+                let cmds = super::decode_commands(frame.as_bytes()).unwrap();
+                let data = cmds[0].publish.as_ref().unwrap().data.as_ref().unwrap();
+                assert_eq!(data.get().len(), 2 * depth);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}

@@ -197,23 +197,31 @@ impl Broker for MemoryBroker {
         let mut s = stream.lock();
         s.trim(Instant::now(), usize::MAX);
         let position = s.position();
-        let after = match &query.since {
+        let since = match &query.since {
             Some(since) if since.epoch != s.epoch => {
                 return Err(BrokerError::UnrecoverablePosition)
             }
-            Some(since) => since.offset,
-            None => 0,
+            Some(since) => Some(since.offset),
+            None => None,
         };
         let limit = query.limit.unwrap_or(usize::MAX);
-        let matching = s
-            .items
-            .iter()
-            .filter(|(p, _)| p.offset > after)
-            .map(|(p, _)| p.clone());
-        let publications: Vec<_> = if query.reverse {
-            matching.rev().take(limit).collect()
-        } else {
-            matching.take(limit).collect()
+        let items = s.items.iter().map(|(p, _)| p);
+        let publications: Vec<_> = match (query.reverse, since) {
+            (false, since) => {
+                let after = since.unwrap_or(0);
+                items
+                    .filter(|p| p.offset > after)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            }
+            (true, None) => items.rev().take(limit).cloned().collect(),
+            (true, Some(before)) => items
+                .rev()
+                .filter(|p| p.offset < before)
+                .take(limit)
+                .cloned()
+                .collect(),
         };
         Ok(HistoryResult {
             publications,

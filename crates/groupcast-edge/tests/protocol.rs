@@ -1,0 +1,560 @@
+//! Centrifugo client protocol against a live in-process server: every
+//! command's round trip, the error codes, tokens, namespaces, presence.
+
+use std::time::Duration;
+
+use groupcast_core::{ChannelOptions, NamespaceConfig};
+use groupcast_edge::auth::now_unix;
+use groupcast_testkit::{Client, Incoming, TestServer};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(5);
+
+fn err_code(reply: &Value) -> Option<u64> {
+    reply["error"]["code"].as_u64()
+}
+
+async fn subscribe(c: &mut Client, channel: &str) -> Value {
+    let r = c
+        .command("subscribe", json!({ "channel": channel }))
+        .await
+        .unwrap();
+    assert!(
+        r.get("subscribe").is_some(),
+        "subscribe {channel} failed: {r}"
+    );
+    r["subscribe"].clone()
+}
+
+/// Next push that is a publication (skipping join/leave).
+async fn next_pub(c: &mut Client) -> Value {
+    loop {
+        let p = c.push(T).await.unwrap();
+        if p.get("pub").is_some() {
+            return p;
+        }
+    }
+}
+
+#[tokio::test]
+async fn connect_reply_has_client_id_and_ping_settings() {
+    let s = TestServer::start().await;
+    let (_c, reply) = Client::connect(&s.ws_url(), &s.token("alice", json!({})))
+        .await
+        .unwrap();
+    let r = &reply["connect"];
+    assert_eq!(
+        r["client"].as_str().unwrap().len(),
+        36,
+        "client id is a UUID: {reply}"
+    );
+    assert_eq!(r["ping"], 25);
+    assert_eq!(r["pong"], true);
+    assert_eq!(r["expires"], true, "token has exp");
+    assert!(r["ttl"].as_u64().unwrap() > 3500);
+    assert!(r["version"].is_string());
+}
+
+#[tokio::test]
+async fn every_command_round_trips() {
+    let s = TestServer::start().await;
+    let mut c = s.client("alice").await;
+
+    let sub = subscribe(&mut c, "news").await;
+    assert_eq!(sub["recoverable"], true);
+    assert_eq!(sub["positioned"], true);
+    assert!(sub["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+
+    // publish: reply {} and the publication pushed to the subscriber.
+    let r = c
+        .command("publish", json!({"channel":"news","data":{"text":"hi"}}))
+        .await
+        .unwrap();
+    assert_eq!(r["publish"], json!({}), "{r}");
+    let p = next_pub(&mut c).await;
+    assert_eq!(p["channel"], "news");
+    assert_eq!(p["pub"]["data"], json!({"text":"hi"}));
+    assert_eq!(p["pub"]["offset"], 1);
+    assert_eq!(p["pub"]["info"]["user"], "alice");
+
+    let r = c
+        .command("presence", json!({"channel":"news"}))
+        .await
+        .unwrap();
+    let presence = r["presence"]["presence"].as_object().unwrap();
+    assert_eq!(presence.len(), 1);
+    assert_eq!(presence.values().next().unwrap()["user"], "alice");
+
+    let r = c
+        .command("presence_stats", json!({"channel":"news"}))
+        .await
+        .unwrap();
+    assert_eq!(r["presence_stats"], json!({"num_clients":1,"num_users":1}));
+
+    let r = c
+        .command("history", json!({"channel":"news","limit":10}))
+        .await
+        .unwrap();
+    let pubs = r["history"]["publications"].as_array().unwrap();
+    assert_eq!(pubs.len(), 1);
+    assert_eq!(pubs[0]["data"], json!({"text":"hi"}));
+    assert_eq!(r["history"]["offset"], 1);
+
+    let r = c.command("ping", json!({})).await.unwrap();
+    assert_eq!(r["ping"], json!({}));
+
+    let r = c.command("send", json!({"data":{}})).await.unwrap();
+    assert_eq!(err_code(&r), Some(108), "send has no backend yet: {r}");
+    let r = c
+        .command("rpc", json!({"method":"x","data":{}}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(108), "rpc has no backend yet: {r}");
+
+    let r = c
+        .command("refresh", json!({"token": s.token("alice", json!({}))}))
+        .await
+        .unwrap();
+    assert_eq!(r["refresh"]["expires"], true, "{r}");
+    assert!(r["refresh"]["ttl"].as_u64().unwrap() > 3500);
+
+    // sub_refresh needs a subscription made with a subscription token.
+    let tok = s.sub_token("alice", "private", json!({}));
+    let r = c
+        .command("subscribe", json!({"channel":"private","token":tok}))
+        .await
+        .unwrap();
+    assert_eq!(r["subscribe"]["expires"], true, "{r}");
+    let tok = s.sub_token("alice", "private", json!({}));
+    let r = c
+        .command("sub_refresh", json!({"channel":"private","token":tok}))
+        .await
+        .unwrap();
+    assert_eq!(r["sub_refresh"]["expires"], true, "{r}");
+
+    let r = c
+        .command("unsubscribe", json!({"channel":"news"}))
+        .await
+        .unwrap();
+    assert_eq!(r["unsubscribe"], json!({}));
+    s.api("publish", json!({"channel":"news","data":"after"}))
+        .await;
+    // Nothing more arrives on news: the next push (if any) is not a news pub.
+    match c.push(Duration::from_millis(300)).await {
+        Err(groupcast_client::ClientError::Timeout) => {}
+        Ok(p) => assert_ne!(p["channel"], "news", "publication after unsubscribe: {p}"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn several_commands_in_one_frame() {
+    let s = TestServer::start().await;
+    let mut c = s.client("alice").await;
+    c.send_text("{\"id\":10,\"subscribe\":{\"channel\":\"a\"}}\n{\"id\":11,\"subscribe\":{\"channel\":\"b\"}}")
+        .await
+        .unwrap();
+    let r10 = c.reply(10).await.unwrap();
+    let r11 = c.reply(11).await.unwrap();
+    assert!(r10.get("subscribe").is_some() && r11.get("subscribe").is_some());
+}
+
+#[tokio::test]
+async fn error_codes() {
+    let mut config = TestServer::dev_config();
+    config.client.history_max_limit = 50;
+    config.namespaces = vec![NamespaceConfig {
+        name: "quiet".into(),
+        options: ChannelOptions::default(),
+    }];
+    let s = TestServer::start_with(config).await;
+    let mut c = s.client("alice").await;
+    let cases = [
+        (
+            "unknown namespace",
+            "subscribe",
+            json!({"channel":"nope:x"}),
+            102,
+        ),
+        ("empty channel", "subscribe", json!({"channel":""}), 107),
+        (
+            "control char",
+            "subscribe",
+            json!({"channel":"a\u{1}b"}),
+            107,
+        ),
+        (
+            "too long",
+            "subscribe",
+            json!({"channel":"x".repeat(256)}),
+            107,
+        ),
+        (
+            "private $ channel",
+            "subscribe",
+            json!({"channel":"$secret"}),
+            103,
+        ),
+        (
+            "presence off",
+            "presence",
+            json!({"channel":"quiet:x"}),
+            108,
+        ),
+        ("history off", "history", json!({"channel":"quiet:x"}), 108),
+        (
+            "publish off",
+            "publish",
+            json!({"channel":"quiet:x","data":{}}),
+            103,
+        ),
+        (
+            "presence unsubscribed",
+            "presence",
+            json!({"channel":"other"}),
+            103,
+        ),
+        (
+            "history unsubscribed",
+            "history",
+            json!({"channel":"other"}),
+            103,
+        ),
+        (
+            "publish without data",
+            "publish",
+            json!({"channel":"news"}),
+            107,
+        ),
+    ];
+    for (what, method, body, code) in cases {
+        let r = c.command(method, body).await.unwrap();
+        assert_eq!(err_code(&r), Some(code), "{what}: {r}");
+    }
+    subscribe(&mut c, "news").await;
+    let r = c
+        .command("subscribe", json!({"channel":"news"}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(105), "already subscribed: {r}");
+    let r = c
+        .command("history", json!({"channel":"news","limit":51}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(106), "history limit: {r}");
+    let r = c
+        .command(
+            "history",
+            json!({"channel":"news","limit":5,"since":{"offset":0,"epoch":"wrong"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(112), "foreign epoch: {r}");
+    c.send_text(r#"{"id":99,"frobnicate":{}}"#).await.unwrap();
+    assert_eq!(
+        err_code(&c.reply(99).await.unwrap()),
+        Some(104),
+        "unknown method"
+    );
+    // The connection is still usable after every error.
+    let r = c.command("ping", json!({})).await.unwrap();
+    assert_eq!(r["ping"], json!({}));
+}
+
+#[tokio::test]
+async fn connect_token_checks() {
+    let mut config = TestServer::dev_config();
+    config.client.allow_anonymous_connect_without_token = false;
+    let s = TestServer::start_with(config).await;
+    let url = s.ws_url();
+
+    let (_, r) = Client::connect(&url, "").await.unwrap();
+    assert_eq!(err_code(&r), Some(101), "no token, anonymous off: {r}");
+
+    let expired = s.token("a", json!({"exp": now_unix() - 10}));
+    let (_, r) = Client::connect(&url, &expired).await.unwrap();
+    assert_eq!(err_code(&r), Some(109), "expired: {r}");
+
+    let forged = groupcast_edge::auth::mint_hs256("wrong-secret", &json!({"sub":"a"}));
+    for token in [
+        forged.as_str(),
+        "garbage",
+        "a.b.c",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0.",
+    ] {
+        let mut c = Client::open(&url).await.unwrap();
+        let err = c
+            .command("connect", json!({"token": token}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, groupcast_client::ClientError::Closed(Some((3500, _)))),
+            "token {token}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn audience_and_issuer_are_enforced() {
+    let mut config = TestServer::dev_config();
+    config.client.token_audience = "app".into();
+    config.client.token_issuer = "auth".into();
+    let s = TestServer::start_with(config).await;
+    let good = s.token("a", json!({"aud":"app","iss":"auth"}));
+    let (_, r) = Client::connect(&s.ws_url(), &good).await.unwrap();
+    assert!(r.get("connect").is_some(), "{r}");
+    let bad = s.token("a", json!({"aud":"other","iss":"auth"}));
+    let mut c = Client::open(&s.ws_url()).await.unwrap();
+    let err = c
+        .command("connect", json!({"token": bad}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, groupcast_client::ClientError::Closed(Some((3500, _)))),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn connection_expires_without_refresh() {
+    let mut config = TestServer::dev_config();
+    config.client.expired_close_delay = Duration::ZERO;
+    let s = TestServer::start_with(config).await;
+    let token = s.token("a", json!({"exp": now_unix() + 1}));
+    let (mut c, r) = Client::connect(&s.ws_url(), &token).await.unwrap();
+    assert_eq!(r["connect"]["expires"], true);
+    let code = c.closed(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(code.map(|c| c.0), Some(3005));
+}
+
+#[tokio::test]
+async fn server_side_subscriptions_from_token() {
+    let s = TestServer::start().await;
+    let token = s.token("a", json!({"channels":["feed"]}));
+    let (mut c, r) = Client::connect(&s.ws_url(), &token).await.unwrap();
+    assert!(r["connect"]["subs"]["feed"].is_object(), "{r}");
+    s.api("publish", json!({"channel":"feed","data":{"x":1}}))
+        .await;
+    let p = next_pub(&mut c).await;
+    assert_eq!(
+        (p["channel"].clone(), p["pub"]["data"].clone()),
+        (json!("feed"), json!({"x":1}))
+    );
+}
+
+#[tokio::test]
+async fn namespace_permissions() {
+    let mut config = TestServer::dev_config();
+    let base = ChannelOptions {
+        allow_subscribe_for_client: true,
+        allow_anonymous: true,
+        ..Default::default()
+    };
+    config.namespaces = vec![
+        NamespaceConfig {
+            name: "sub".into(),
+            options: ChannelOptions {
+                allow_publish_for_subscriber: true,
+                ..base.clone()
+            },
+        },
+        NamespaceConfig {
+            name: "members".into(),
+            options: ChannelOptions {
+                allow_anonymous: false,
+                ..base.clone()
+            },
+        },
+        NamespaceConfig {
+            name: "dm".into(),
+            options: ChannelOptions {
+                allow_user_limited_channels: true,
+                ..base.clone()
+            },
+        },
+        NamespaceConfig {
+            name: "private".into(),
+            options: ChannelOptions {
+                allow_subscribe_for_client: false,
+                ..base.clone()
+            },
+        },
+    ];
+    let s = TestServer::start_with(config).await;
+    let mut alice = s.client("alice").await;
+    let mut carol = s.client("carol").await;
+    let (mut anon, _) = Client::connect(&s.ws_url(), "").await.unwrap();
+
+    // Publish only while subscribed.
+    let r = alice
+        .command("publish", json!({"channel":"sub:x","data":1}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(103), "{r}");
+    subscribe(&mut alice, "sub:x").await;
+    let r = alice
+        .command("publish", json!({"channel":"sub:x","data":1}))
+        .await
+        .unwrap();
+    assert_eq!(r["publish"], json!({}), "{r}");
+
+    // Anonymous excluded.
+    let r = anon
+        .command("subscribe", json!({"channel":"members:x"}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(103), "{r}");
+    subscribe(&mut alice, "members:x").await;
+
+    // User-limited channels.
+    subscribe(&mut alice, "dm:chat#alice,bob").await;
+    let r = carol
+        .command("subscribe", json!({"channel":"dm:chat#alice,bob"}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(103), "{r}");
+    let r = alice
+        .command("subscribe", json!({"channel":"members:chat#alice"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        err_code(&r),
+        Some(103),
+        "user-limited channels are off in members: {r}"
+    );
+
+    // Private namespace: subscription token required and checked.
+    let r = alice
+        .command("subscribe", json!({"channel":"private:x"}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(103), "{r}");
+    let wrong_channel = s.sub_token("alice", "private:y", json!({}));
+    let r = alice
+        .command(
+            "subscribe",
+            json!({"channel":"private:x","token":wrong_channel}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(103), "{r}");
+    let other_user = s.sub_token("carol", "private:x", json!({}));
+    let r = alice
+        .command(
+            "subscribe",
+            json!({"channel":"private:x","token":other_user}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(103), "{r}");
+    let expired = s.sub_token("alice", "private:x", json!({"exp": now_unix() - 5}));
+    let r = alice
+        .command("subscribe", json!({"channel":"private:x","token":expired}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(109), "{r}");
+    let good = s.sub_token("alice", "private:x", json!({"info":{"role":"admin"}}));
+    let r = alice
+        .command("subscribe", json!({"channel":"private:x","token":good}))
+        .await
+        .unwrap();
+    assert!(r.get("subscribe").is_some(), "{r}");
+}
+
+#[tokio::test]
+async fn presence_join_and_leave() {
+    let s = TestServer::start().await;
+    let mut a = s.client("alice").await;
+    let mut b = s.client("bob").await;
+    subscribe(&mut a, "room").await;
+    // a sees its own join first.
+    let j = a.push(T).await.unwrap();
+    assert_eq!(j["join"]["info"]["user"], "alice", "{j}");
+    subscribe(&mut b, "room").await;
+    let j = a.push(T).await.unwrap();
+    assert_eq!(j["channel"], "room");
+    assert_eq!(j["join"]["info"]["user"], "bob", "{j}");
+    // Invariant 3: after join(bob), presence shows bob.
+    let r = a
+        .command("presence", json!({"channel":"room"}))
+        .await
+        .unwrap();
+    let users: Vec<&str> = r["presence"]["presence"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v["user"].as_str().unwrap())
+        .collect();
+    assert!(users.contains(&"alice") && users.contains(&"bob"), "{r}");
+    b.command("unsubscribe", json!({"channel":"room"}))
+        .await
+        .unwrap();
+    let l = a.push(T).await.unwrap();
+    assert_eq!(l["leave"]["info"]["user"], "bob", "{l}");
+    let r = a
+        .command("presence_stats", json!({"channel":"room"}))
+        .await
+        .unwrap();
+    assert_eq!(r["presence_stats"], json!({"num_clients":1,"num_users":1}));
+    // Disconnecting also leaves.
+    subscribe(&mut b, "room").await;
+    let j = a.push(T).await.unwrap();
+    assert_eq!(j["join"]["info"]["user"], "bob");
+    b.close().await;
+    let l = a.push(T).await.unwrap();
+    assert_eq!(l["leave"]["info"]["user"], "bob", "{l}");
+}
+
+#[tokio::test]
+async fn server_pings_and_pong_keeps_connection() {
+    let mut config = TestServer::dev_config();
+    config.client.ping_interval = Duration::from_secs(1);
+    config.client.pong_timeout = Duration::from_millis(500);
+    let s = TestServer::start_with(config).await;
+    let mut c = s.client("a").await;
+    let mut pings = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2600);
+    while tokio::time::Instant::now() < deadline {
+        match c.next(Duration::from_millis(200)).await {
+            Ok(Incoming::Ping) => pings += 1,
+            Ok(Incoming::Close(code)) => panic!("closed while answering pings: {code:?}"),
+            _ => {}
+        }
+    }
+    assert!(pings >= 2, "expected pings every second, got {pings}");
+    let r = c.command("ping", json!({})).await.unwrap();
+    assert_eq!(r["ping"], json!({}));
+}
+
+#[tokio::test]
+async fn server_api_actions_reach_connections() {
+    let s = TestServer::start().await;
+    let mut c = s.client("alice").await;
+    let (status, _) = s
+        .api("subscribe", json!({"user":"alice","channel":"ops"}))
+        .await;
+    assert_eq!(status, 200);
+    let p = c.push(T).await.unwrap();
+    assert_eq!(p["channel"], "ops");
+    assert!(p["subscribe"].is_object(), "{p}");
+    s.api("publish", json!({"channel":"ops","data":{"k":1}}))
+        .await;
+    let p = next_pub(&mut c).await;
+    assert_eq!(p["pub"]["data"], json!({"k":1}));
+    s.api("unsubscribe", json!({"user":"alice","channel":"ops"}))
+        .await;
+    let p = loop {
+        let p = c.push(T).await.unwrap();
+        if p.get("unsubscribe").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(p["unsubscribe"]["code"], 2000);
+    s.api(
+        "disconnect",
+        json!({"user":"alice","disconnect":{"code":3011,"reason":"x"}}),
+    )
+    .await;
+    let code = c.closed(T).await.unwrap();
+    assert_eq!(code.map(|c| c.0), Some(3011));
+}

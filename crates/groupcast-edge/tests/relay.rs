@@ -1,0 +1,160 @@
+//! The raw relay: plain WebSockets relaying frames to each other, and to and
+//! from Centrifugo-protocol subscribers and the server API.
+
+use std::time::Duration;
+
+use groupcast_testkit::{Frame, RelayClient, TestServer};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(5);
+
+async fn expect_silence(c: &mut RelayClient) {
+    match c.recv(Duration::from_millis(300)).await {
+        Err(groupcast_client::ClientError::Timeout) => {}
+        other => panic!("expected nothing, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn frames_reach_the_other_relay_clients_verbatim() {
+    let s = TestServer::start().await;
+    let mut a = RelayClient::open(&s.relay_url("relay")).await.unwrap();
+    let mut b = RelayClient::open(&s.relay_url("relay")).await.unwrap();
+    let mut c = RelayClient::open(&s.relay_url("relay")).await.unwrap();
+    let mut other = RelayClient::open(&s.relay_url("elsewhere")).await.unwrap();
+    // Give the subscriptions a moment to register.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The seed's message, byte for byte (note the spacing: not re-encoded).
+    let msg = r#"{"type": "message", "text": "Hello from client", "timestamp": "2025-10-30T19:00:00.000Z"}"#;
+    a.send_text(msg).await.unwrap();
+    assert_eq!(b.recv(T).await.unwrap(), Frame::Text(msg.into()));
+    assert_eq!(c.recv(T).await.unwrap(), Frame::Text(msg.into()));
+    a.send_text("not json at all").await.unwrap();
+    assert_eq!(
+        b.recv(T).await.unwrap(),
+        Frame::Text("not json at all".into())
+    );
+    a.send_binary(&[0, 159, 255]).await.unwrap();
+    assert_eq!(b.recv(T).await.unwrap(), Frame::Binary(vec![0, 159, 255]));
+    expect_silence(&mut a).await; // no echo to the sender
+    expect_silence(&mut other).await; // other channels see nothing
+}
+
+#[tokio::test]
+async fn relay_and_protocol_clients_share_channels() {
+    let s = TestServer::start().await;
+    let mut relay = RelayClient::open(&s.relay_url("relay")).await.unwrap();
+    let mut proto = s.client("alice").await;
+    let r = proto
+        .command("subscribe", json!({"channel":"relay"}))
+        .await
+        .unwrap();
+    assert!(r.get("subscribe").is_some());
+
+    // Relay frame -> protocol publication.
+    relay.send_text(r#"{"text":"from relay"}"#).await.unwrap();
+    let p = loop {
+        let p = proto.push(T).await.unwrap();
+        if p.get("pub").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(p["pub"]["data"], json!({"text":"from relay"}));
+    relay.send_text("plain").await.unwrap();
+    let p = loop {
+        let p = proto.push(T).await.unwrap();
+        if p.get("pub").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(
+        p["pub"]["data"],
+        json!("plain"),
+        "non-JSON text arrives as a JSON string"
+    );
+    relay.send_binary(&[1, 2, 3]).await.unwrap();
+    let p = loop {
+        let p = proto.push(T).await.unwrap();
+        if p.get("pub").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(p["pub"]["data"], json!("AQID"));
+    assert_eq!(p["pub"]["tags"]["encoding"], "base64");
+
+    // Protocol publication and API publication -> relay frames.
+    proto
+        .command(
+            "publish",
+            json!({"channel":"relay","data":{"text":"from sdk"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        relay.recv(T).await.unwrap(),
+        Frame::Text(r#"{"text":"from sdk"}"#.into())
+    );
+    s.api(
+        "publish",
+        json!({"channel":"relay","data":{"text":"from api"}}),
+    )
+    .await;
+    assert_eq!(
+        relay.recv(T).await.unwrap(),
+        Frame::Text(r#"{"text":"from api"}"#.into())
+    );
+    s.api("publish", json!({"channel":"relay","b64data":"AAEC"}))
+        .await;
+    assert_eq!(relay.recv(T).await.unwrap(), Frame::Binary(vec![0, 1, 2]));
+}
+
+#[tokio::test]
+async fn default_channel_and_rejections() {
+    let mut config = TestServer::dev_config();
+    config.client.allowed_origins = vec!["https://*.example.com".into()];
+    let s = TestServer::start_with(config).await;
+    // `/ws/relay/` uses relay.default_channel ("relay").
+    let mut a = RelayClient::open(&format!("ws://{}/ws/relay/", s.addr))
+        .await
+        .unwrap();
+    let mut b = RelayClient::open(&s.relay_url("relay")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.send_text("hi").await.unwrap();
+    assert_eq!(b.recv(T).await.unwrap(), Frame::Text("hi".into()));
+
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let get = |path: &'static str, extra: &'static str| {
+        let headers = format!("{upgrade}{extra}");
+        let s = &s;
+        async move { s.http_raw("GET", path, &headers, b"").await.0 }
+    };
+    assert_eq!(get("/ws/relay/nope:x", "").await, 400, "unknown namespace");
+    assert_eq!(get("/ws/relay/$private", "").await, 403, "private channel");
+    assert_eq!(
+        get("/ws/relay/relay", "Origin: https://evil.test\r\n").await,
+        403,
+        "foreign origin"
+    );
+    assert_eq!(
+        get("/ws/relay/relay", "Origin: https://app.example.com\r\n").await,
+        101,
+        "allowed origin"
+    );
+    assert_eq!(
+        get("/connection/websocket", "Origin: https://evil.test\r\n").await,
+        403,
+        "foreign origin"
+    );
+    assert_eq!(get("/ws/relay/relay?token=bad", "").await, 401, "bad token");
+}
+
+#[tokio::test]
+async fn oversized_relay_frame_closes_with_1009() {
+    let s = TestServer::start().await;
+    let mut a = RelayClient::open(&s.relay_url("relay")).await.unwrap();
+    a.send_text(&"x".repeat(70_000)).await.unwrap();
+    match a.recv(T).await.unwrap() {
+        Frame::Close(Some((code, _))) => assert_eq!(code, 1009),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+}

@@ -1,0 +1,147 @@
+//! The real Centrifugo SDKs against a live in-process server:
+//! `centrifuge` (npm, centrifuge-js) for the client protocol and recovery,
+//! `cent` (PyPI) for the server HTTP API.
+//!
+//! The scripts live in `tests/sdk/`; their dependencies are pinned in
+//! `tests/sdk/package.json` (+ lock) and `tests/sdk/requirements.txt` and are
+//! installed by `scripts/test.sh` into `tests/sdk/node_modules` and
+//! `.tools/venv`. A missing install fails these tests (they never skip).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use groupcast_testkit::{TestServer, API_KEY};
+use serde_json::json;
+use tokio::process::Command;
+
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+const INSTALL_HINT: &str = "run scripts/test.sh, which installs the SDK test dependencies \
+     (npm ci in tests/sdk, and .tools/venv with tests/sdk/requirements.txt)";
+
+/// Repository root: the parent of this crate's manifest directory (`tests/`).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn sdk_dir() -> PathBuf {
+    repo_root().join("tests").join("sdk")
+}
+
+/// Run `program args…` in `cwd` with a timeout; panic with its output unless
+/// it exits with success. Returns stdout.
+async fn run_script(what: &str, program: &Path, args: &[String], cwd: &Path) -> String {
+    let child = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{what}: cannot start {}: {e}; {INSTALL_HINT}",
+                program.display()
+            )
+        });
+    let out = match tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("{what}: waiting for {} failed: {e}", program.display()),
+        Err(_) => panic!(
+            "{what}: {} did not finish within {SCRIPT_TIMEOUT:?} (killed)",
+            program.display()
+        ),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}).\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        out.status
+    );
+    eprintln!("{what}: {}", stdout.trim());
+    stdout
+}
+
+/// `node`, checked to exist, with `tests/sdk/node_modules` installed.
+fn node_with_sdk() -> PathBuf {
+    let modules = sdk_dir().join("node_modules");
+    for pkg in ["centrifuge", "ws"] {
+        assert!(
+            modules.join(pkg).join("package.json").is_file(),
+            "{} is missing: {INSTALL_HINT}",
+            modules.join(pkg).display()
+        );
+    }
+    PathBuf::from("node")
+}
+
+/// `.tools/venv/bin/python`, checked to have `cent` installed.
+fn python_with_cent() -> PathBuf {
+    let python = repo_root()
+        .join(".tools")
+        .join("venv")
+        .join("bin")
+        .join("python");
+    assert!(
+        python.is_file(),
+        "{} is missing: {INSTALL_HINT}",
+        python.display()
+    );
+    let has_cent = std::process::Command::new(&python)
+        .args(["-c", "import cent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        has_cent,
+        "`cent` is not installed in {}: {INSTALL_HINT}",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_js_connects_subscribes_and_recovers() {
+    let node = node_with_sdk();
+    let server = TestServer::start().await;
+    let token = server.token("sdk-user", json!({}));
+    let script = sdk_dir().join("centrifuge_recovery.mjs");
+    let args = [
+        script.display().to_string(),
+        server.ws_url(),
+        server.api_url(),
+        API_KEY.to_string(),
+        token,
+    ];
+    let out = run_script("centrifuge_recovery.mjs", &node, &args, &sdk_dir()).await;
+    let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("centrifuge_recovery.mjs summary is not JSON ({e}): {out}"));
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["publications"], json!([1, 2, 3, 4, 5]), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cent_python_server_api() {
+    let python = python_with_cent();
+    let server = TestServer::start().await;
+    let token = server.token("sdk-user", json!({}));
+    let script = sdk_dir().join("cent_api.py");
+    let args = [
+        script.display().to_string(),
+        server.api_url(),
+        API_KEY.to_string(),
+        token,
+        server.ws_url(),
+    ];
+    let out = run_script("cent_api.py", &python, &args, &sdk_dir()).await;
+    let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("cent_api.py summary is not JSON ({e}): {out}"));
+    assert_eq!(summary["ok"], true, "{summary}");
+}
