@@ -152,11 +152,16 @@ impl Default for RelayConfig {
 impl Config {
     /// The `groupcast dev` profile: every feature on, any origin, anonymous OK.
     pub fn dev() -> Config {
-        let mut c = Config::default();
-        c.channel = ChannelOptions::dev();
-        c.client.allow_anonymous_connect_without_token = true;
-        c.client.allowed_origins = vec!["*".into()];
-        c
+        let defaults = Config::default();
+        Config {
+            channel: ChannelOptions::dev(),
+            client: ClientConfig {
+                allow_anonymous_connect_without_token: true,
+                allowed_origins: vec!["*".into()],
+                ..defaults.client.clone()
+            },
+            ..defaults
+        }
     }
 
     /// Layer `base`, the TOML file, `GROUPCAST_*` env vars and `overrides`

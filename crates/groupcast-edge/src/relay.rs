@@ -117,7 +117,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
         cfg.ping_interval,
     );
     let mut last_seen = Instant::now();
-    while subscribed {
+    while !conn.is_closed() {
         tokio::select! {
             _ = conn.cancelled() => break,
             _ = state.shutdown.cancelled() => {

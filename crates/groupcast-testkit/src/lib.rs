@@ -43,16 +43,21 @@ impl TestServer {
         Self::start_with(Self::dev_config()).await
     }
 
-    pub async fn start_with(mut config: Config) -> TestServer {
+    pub async fn start_with(config: Config) -> TestServer {
+        let node = Node::new(
+            Arc::new(MemoryBroker::default()),
+            Arc::new(MemoryMembership::default()),
+        );
+        Self::start_with_node(config, node).await
+    }
+
+    /// Start on a given node (e.g. a broker wrapped to inject latency).
+    pub async fn start_with_node(mut config: Config, node: Arc<Node>) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         config.listen = addr;
-        let node = Node::new(
-            Arc::new(MemoryBroker::default()),
-            Arc::new(MemoryMembership::default()),
-        );
         let shutdown = CancellationToken::new();
         let (c, n, s) = (config.clone(), node.clone(), shutdown.clone());
         tokio::spawn(async move {

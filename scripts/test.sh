@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh checkout: installs what the tests need
+# (pinned), then checks formatting and lints and runs every test.
+#
+#   scripts/test.sh            # everything (what CI runs)
+#   scripts/test.sh -E 'test(relay)'   # extra arguments go to cargo nextest
+#
+# Installs, all project-local and git-ignored:
+#   .tools/venv             Python venv with tests/sdk/requirements.txt (cent)
+#   tests/sdk/node_modules  npm packages from tests/sdk/package-lock.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n== %s\n' "$*"; }
+
+# Reinstall when the pinned requirements change (a stamp holds their hash).
+stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+
+step "test tools: Python venv (.tools/venv)"
+venv="$root/.tools/venv"
+req_hash=$(sha256sum tests/sdk/requirements.txt | cut -d' ' -f1)
+if ! stamp_ok "$venv/.stamp" "$req_hash" || ! "$venv/bin/python" -c 'import cent' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+  echo "$req_hash" > "$venv/.stamp"
+fi
+"$venv/bin/python" -c 'import cent, importlib.metadata as m; print("cent", m.version("cent"))'
+
+step "test tools: npm packages (tests/sdk)"
+lock_hash=$(sha256sum tests/sdk/package-lock.json | cut -d' ' -f1)
+if ! stamp_ok tests/sdk/node_modules/.stamp "$lock_hash"; then
+  (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_hash" > tests/sdk/node_modules/.stamp
+fi
+node -e 'console.log("centrifuge", require("./tests/sdk/node_modules/centrifuge/package.json").version)'
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests (cargo nextest)"
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
+cargo nextest run --workspace --locked --no-fail-fast "$@"
