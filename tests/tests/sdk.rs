@@ -145,3 +145,20 @@ async fn cent_python_server_api() {
         .unwrap_or_else(|e| panic!("cent_api.py summary is not JSON ({e}): {out}"));
     assert_eq!(summary["ok"], true, "{summary}");
 }
+
+/// The seed's plain `new WebSocket(url)` relay snippet, with Node's
+/// browser-compatible WebSocket, in two "tabs".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_relay_snippet_with_a_browser_websocket() {
+    let server = TestServer::start().await;
+    let script = sdk_dir().join("relay_snippet.mjs");
+    let args = [
+        "--experimental-websocket".to_string(),
+        script.display().to_string(),
+        server.relay_url("relay"),
+    ];
+    let out = run_script("relay_snippet.mjs", Path::new("node"), &args, &sdk_dir()).await;
+    let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("relay_snippet.mjs summary is not JSON ({e}): {out}"));
+    assert_eq!(summary["ok"], true, "{summary}");
+}
