@@ -8,6 +8,8 @@
 # Installs, all project-local and git-ignored:
 #   .tools/venv             Python venv with tests/sdk/requirements.txt (cent)
 #   tests/sdk/node_modules  npm packages from tests/sdk/package-lock.json
+# and, when missing, Debian's chromium package (system-wide, needs root or
+# sudo) for the demo page test in a real browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -34,6 +36,15 @@ if ! stamp_ok tests/sdk/node_modules/.stamp "$lock_hash"; then
   echo "$lock_hash" > tests/sdk/node_modules/.stamp
 fi
 node -e 'console.log("centrifuge", require("./tests/sdk/node_modules/centrifuge/package.json").version)'
+
+step "test tools: Chromium (Debian package)"
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+/usr/bin/chromium --version
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -16,7 +16,8 @@ use serde_json::json;
 use tokio::process::Command;
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
-const INSTALL_HINT: &str = "run scripts/test.sh, which installs the SDK test dependencies \
+const INSTALL_HINT: &str =
+    "run scripts/test.sh, which installs the SDK test dependencies (and Chromium) \
      (npm ci in tests/sdk, and .tools/venv with tests/sdk/requirements.txt)";
 
 /// Repository root: the parent of this crate's manifest directory (`tests/`).
@@ -161,4 +162,23 @@ async fn seed_relay_snippet_with_a_browser_websocket() {
     let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("relay_snippet.mjs summary is not JSON ({e}): {out}"));
     assert_eq!(summary["ok"], true, "{summary}");
+}
+
+/// The relay demo page (`GET /`) in a real browser (Debian's Chromium via
+/// playwright-core): two tabs exchange messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_relays_between_two_browser_tabs() {
+    let _node = node_with_sdk();
+    assert!(
+        Path::new("/usr/bin/chromium").is_file() || std::env::var_os("CHROMIUM").is_some(),
+        "chromium is missing: {INSTALL_HINT}"
+    );
+    let server = TestServer::start().await;
+    let script = sdk_dir().join("demo_page.mjs");
+    let args = [
+        script.display().to_string(),
+        format!("http://{}/", server.addr),
+    ];
+    let out = run_script("demo_page.mjs", Path::new("node"), &args, &sdk_dir()).await;
+    assert!(out.contains("\"ok\":true"), "{out}");
 }

@@ -81,7 +81,11 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .context("no VmRSS line")?;
-    Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("no value")?
+        .parse()?)
 }
 
 /// Open a WebSocket from source address 127.0.0.(2 + i % n).
@@ -90,7 +94,9 @@ async fn open(server: SocketAddr, i: usize, source_ips: u8) -> anyhow::Result<Ws
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
     let stream = sock.connect(server).await?;
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
     let url = format!("ws://{server}/connection/websocket");
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     Ok(ws)
@@ -127,7 +133,12 @@ async fn handshake(ws: &mut Ws, token: &str, channel: &str) -> anyhow::Result<()
 }
 
 /// Keep a connection alive: answer pings, count publications.
-async fn drain(mut ws: Ws, delivered: Arc<AtomicU64>, latencies: Option<Arc<std::sync::Mutex<Vec<u64>>>>, t0: Instant) {
+async fn drain(
+    mut ws: Ws,
+    delivered: Arc<AtomicU64>,
+    latencies: Option<Arc<std::sync::Mutex<Vec<u64>>>>,
+    t0: Instant,
+) {
     let mut n: u64 = 0;
     while let Some(Ok(msg)) = ws.next().await {
         let Message::Text(t) = msg else { continue };
@@ -138,10 +149,12 @@ async fn drain(mut ws: Ws, delivered: Arc<AtomicU64>, latencies: Option<Arc<std:
             } else if line.contains("\"pub\":") {
                 pubs += 1;
                 n += 1;
-                if let (Some(l), true) = (&latencies, n % 97 == 0) {
+                if let (Some(l), true) = (&latencies, n.is_multiple_of(97)) {
                     if let Some(sent) = sent_at(line) {
                         let now = t0.elapsed().as_micros() as u64;
-                        l.lock().expect("latency lock").push(now.saturating_sub(sent));
+                        l.lock()
+                            .expect("latency lock")
+                            .push(now.saturating_sub(sent));
                     }
                 }
             }
@@ -153,7 +166,10 @@ async fn drain(mut ws: Ws, delivered: Arc<AtomicU64>, latencies: Option<Arc<std:
 /// The publisher embeds `"t":<micros since start>` in every publication.
 fn sent_at(line: &str) -> Option<u64> {
     let i = line.find("\"t\":")? + 4;
-    let digits: String = line[i..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = line[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits.parse().ok()
 }
 
@@ -188,11 +204,18 @@ async fn main() -> anyhow::Result<()> {
             let opened = started.elapsed();
             tokio::time::sleep(Duration::from_secs(settle_secs)).await;
             let after = server_pid.map(rss_kib).transpose()?;
-            println!("idle connections: {connections} (opened in {:.1}s)", opened.as_secs_f64());
+            println!(
+                "idle connections: {connections} (opened in {:.1}s)",
+                opened.as_secs_f64()
+            );
             if let (Some(b), Some(a)) = (before, after) {
                 let per = (a.saturating_sub(b)) as f64 * 1024.0 / connections as f64;
                 println!("server RSS: {b} KiB before, {a} KiB after");
-                println!("server memory per idle connection: {:.0} bytes ({:.1} KiB)", per, per / 1024.0);
+                println!(
+                    "server memory per idle connection: {:.0} bytes ({:.1} KiB)",
+                    per,
+                    per / 1024.0
+                );
             }
             for t in tasks {
                 t.abort();
@@ -213,7 +236,12 @@ async fn main() -> anyhow::Result<()> {
             for i in 0..subscribers {
                 let mut ws = open(cli.server, i, source_ips).await?;
                 handshake(&mut ws, &cli.token, &channel).await?;
-                tasks.push(tokio::spawn(drain(ws, delivered.clone(), Some(latencies.clone()), t0)));
+                tasks.push(tokio::spawn(drain(
+                    ws,
+                    delivered.clone(),
+                    Some(latencies.clone()),
+                    t0,
+                )));
             }
             let mut publisher = open(cli.server, subscribers, source_ips).await?;
             handshake(&mut publisher, &cli.token, &format!("{channel}-publisher")).await?;
@@ -242,7 +270,9 @@ async fn main() -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_micros(200)).await;
                     continue;
                 }
-                let batch = 16.min(window as u64 - (sent - acked.load(Ordering::Relaxed))).max(1);
+                let batch = 16
+                    .min(window as u64 - (sent - acked.load(Ordering::Relaxed)))
+                    .max(1);
                 let mut frame = String::new();
                 for _ in 0..batch {
                     id += 1;
@@ -250,7 +280,9 @@ async fn main() -> anyhow::Result<()> {
                     if !frame.is_empty() {
                         frame.push('\n');
                     }
-                    frame.push_str(&format!("{{\"id\":{id},\"publish\":{{\"channel\":\"{channel}\",\"data\":{data}}}}}"));
+                    frame.push_str(&format!(
+                        "{{\"id\":{id},\"publish\":{{\"channel\":\"{channel}\",\"data\":{data}}}}}"
+                    ));
                 }
                 tx.send(Message::text(frame)).await?;
                 sent += batch;
@@ -263,7 +295,10 @@ async fn main() -> anyhow::Result<()> {
             let mut l = latencies.lock().expect("latency lock").clone();
             l.sort_unstable();
             println!("fan-out: {subscribers} subscribers, {size}-byte publications, {secs}s");
-            println!("published (acknowledged): {acked_n} ({:.0}/s)", acked_n as f64 / elapsed);
+            println!(
+                "published (acknowledged): {acked_n} ({:.0}/s)",
+                acked_n as f64 / elapsed
+            );
             println!(
                 "delivered: {got} ({:.0}/s), expected {} ({:.1}%)",
                 got as f64 / elapsed,

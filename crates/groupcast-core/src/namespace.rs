@@ -100,13 +100,33 @@ impl ChannelOptions {
     }
 }
 
-/// A named namespace in configuration (`[[namespaces]]`).
+/// A named namespace in configuration (`[[namespaces]]`): `name` plus the
+/// [`ChannelOptions`] fields at the same level.
+///
+/// Deserialized by hand: serde's `flatten` would swallow unknown keys, and a
+/// misspelled option must be an error that names it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct NamespaceConfig {
     /// Namespace name: letters, digits, `_`, `-`, `.`.
     pub name: String,
     #[serde(flatten)]
     pub options: ChannelOptions,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for NamespaceConfig {
+    type Error = String;
+
+    fn try_from(mut map: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        let name = match map.remove("name") {
+            Some(serde_json::Value::String(s)) => s,
+            Some(other) => return Err(format!("name: expected a string, found {other}")),
+            None => return Err("missing field `name`".into()),
+        };
+        let options = serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| format!("namespace {name:?}: {e}"))?;
+        Ok(NamespaceConfig { name, options })
+    }
 }
 
 /// Namespace lookup by channel name.

@@ -239,6 +239,11 @@ async fn publish_one(
     tags: &std::collections::BTreeMap<String, String>,
 ) -> Result<api::PublishResult, ApiError> {
     let (ch, opts) = state.channel(channel).map_err(channel_error)?;
+    // Publications reach clients in one frame: the client message limit
+    // applies, and keeps one publication below a reader's queue limit.
+    if data.len() > state.config.client.max_message_size {
+        return Err(ApiError::LIMIT_EXCEEDED);
+    }
     let po = if skip_history {
         PublishOptions::default()
     } else {

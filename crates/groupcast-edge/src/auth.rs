@@ -7,10 +7,12 @@
 //! `alg: none`). `exp` and `nbf` are checked without leeway; `aud` and `iss`
 //! when configured.
 //!
-//! Outcomes map to the protocol in `session.rs`: an expired connection token
-//! answers error 109 (the SDK fetches a new one); any other invalid
-//! connection token disconnects with 3500. An expired subscription token
-//! answers 109, an invalid one 103.
+//! Outcomes map to the protocol in `session.rs`: an expired (or not yet
+//! valid, `nbf`) connection token answers error 109 (the SDK fetches a new
+//! one); any other invalid connection token disconnects with 3500, and so does
+//! a subscription token used as a connection token (it has a `channel`
+//! claim). A subscription token that expired answers 109 on `subscribe` and
+//! 110 on `sub_refresh`; an invalid one answers 103.
 
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -54,6 +56,8 @@ pub struct ConnectClaims {
     /// Server-side subscriptions made at connect.
     #[serde(default)]
     pub channels: Vec<String>,
+    /// Only subscription tokens have it: such a token is refused here.
+    pub channel: Option<String>,
 }
 
 /// Claims of a subscription token.
@@ -144,13 +148,19 @@ impl Verifier {
         jsonwebtoken::decode::<T>(token, key, &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => TokenError::Expired,
                 _ => TokenError::Invalid(e.to_string()),
             })
     }
 
     pub fn verify_connect(&self, token: &str) -> Result<ConnectClaims, TokenError> {
-        self.decode(token)
+        let claims: ConnectClaims = self.decode(token)?;
+        if claims.channel.is_some() {
+            return Err(TokenError::Invalid(
+                "a subscription token is not a connection token".into(),
+            ));
+        }
+        Ok(claims)
     }
 
     pub fn verify_subscribe(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
@@ -220,10 +230,17 @@ mod tests {
             Err(TokenError::Invalid(_))
         ));
         let nbf = mint_hs256("secret", &json!({"sub":"1","nbf":now_unix()+600}));
+        assert_eq!(
+            v.verify_connect(&nbf).unwrap_err(),
+            TokenError::Expired,
+            "not yet valid: the client gets a new token"
+        );
+        let sub_token = mint_hs256("secret", &json!({"sub":"1","channel":"news"}));
         assert!(matches!(
-            v.verify_connect(&nbf),
+            v.verify_connect(&sub_token),
             Err(TokenError::Invalid(_))
         ));
+        assert!(v.verify_subscribe(&sub_token).is_ok());
         // alg none: header {"alg":"none"}, no signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIxIn0.";
         assert!(matches!(

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address of the HTTP + WebSocket listener.
     pub listen: SocketAddr,
-    /// Node name shown in `info` and metrics (default: the host name or "groupcast").
+    /// Node name shown in the API's `info`.
+    #[serde(deserialize_with = "lenient::string")]
     pub name: String,
     /// Server HTTP API.
     pub api: ApiConfig,
@@ -39,6 +40,7 @@ pub struct Config {
 pub struct ApiConfig {
     /// Key for `/api/*` (`X-API-Key: KEY` or `Authorization: apikey KEY`).
     /// Empty: the API answers 401 to every call.
+    #[serde(deserialize_with = "lenient::string")]
     pub key: String,
     /// Largest accepted API request body in bytes.
     pub max_body_bytes: usize,
@@ -48,14 +50,17 @@ pub struct ApiConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {
     /// HMAC secret for HS256/384/512 connection and subscription tokens.
+    #[serde(deserialize_with = "lenient::string")]
     pub token_hmac_secret: String,
     /// PEM public key for RS256/384/512 tokens (inline PEM text).
     pub token_rsa_public_key: String,
     /// PEM public key for ES256/384 tokens (inline PEM text).
     pub token_ecdsa_public_key: String,
     /// Required `aud` claim, when set.
+    #[serde(deserialize_with = "lenient::string")]
     pub token_audience: String,
     /// Required `iss` claim, when set.
+    #[serde(deserialize_with = "lenient::string")]
     pub token_issuer: String,
     /// Accept `connect` without a token (user is empty: anonymous).
     pub allow_anonymous_connect_without_token: bool,
@@ -80,6 +85,8 @@ pub struct ClientConfig {
     pub read_buffer_size: usize,
     /// Most publications a `history` command may ask for at once.
     pub history_max_limit: usize,
+    /// Most channels one connection may subscribe to (106 beyond).
+    pub max_channels_per_connection: usize,
     /// Grace after a connection token's expiry for the client to `refresh`
     /// before it is closed with 3005 "connection expired".
     #[serde(with = "humantime_serde")]
@@ -135,6 +142,7 @@ impl Default for ClientConfig {
             channel_max_length: groupcast_core::channel::DEFAULT_MAX_LENGTH,
             read_buffer_size: 4096,
             history_max_limit: 1000,
+            max_channels_per_connection: 128,
             expired_close_delay: Duration::from_secs(25),
         }
     }
@@ -214,6 +222,9 @@ impl Config {
         if !(256..=1 << 20).contains(&c.read_buffer_size) {
             return Err("client.read_buffer_size: must be between 256 and 1048576".into());
         }
+        if c.max_channels_per_connection == 0 {
+            return Err("client.max_channels_per_connection: must be above 0".into());
+        }
         if c.history_max_limit == 0 {
             return Err("client.history_max_limit: must be above 0".into());
         }
@@ -235,6 +246,32 @@ impl Config {
 
     pub fn namespaces(&self) -> Result<Namespaces, String> {
         Namespaces::new(self.channel.clone(), &self.namespaces)
+    }
+}
+
+/// Environment values are typed by their look (`GROUPCAST_API__KEY=123456`
+/// arrives as a number); free-text settings accept any scalar as text.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(match Scalar::deserialize(d)? {
+            Scalar::S(s) => s,
+            Scalar::I(i) => i.to_string(),
+            Scalar::U(u) => u.to_string(),
+            Scalar::F(f) => f.to_string(),
+            Scalar::B(b) => b.to_string(),
+        })
     }
 }
 
@@ -294,6 +331,14 @@ join_leave = true
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9002);
+    }
+
+    #[test]
+    fn numeric_looking_secrets_are_text() {
+        let f = write("name = 7\n[api]\nkey = 123456\n[client]\ntoken_hmac_secret = 42\n");
+        let c = Config::load(Config::dev(), Some(&f.0), none()).unwrap();
+        assert_eq!((c.name.as_str(), c.api.key.as_str()), ("7", "123456"));
+        assert_eq!(c.client.token_hmac_secret, "42");
     }
 
     #[test]

@@ -129,7 +129,9 @@ impl Conn {
         }
         let len = out.len();
         let prev = self.queued.fetch_add(len, Ordering::AcqRel);
-        if prev + len > self.max_queue {
+        // An empty queue always takes one message, so a single large
+        // publication cannot cut off a reader that is keeping up.
+        if prev > 0 && prev + len > self.max_queue {
             self.queued.fetch_sub(len, Ordering::AcqRel);
             self.close(DisconnectCode::SLOW);
             return false;
@@ -187,11 +189,14 @@ impl Conn {
         self.cancel.cancelled()
     }
 
-    /// Deliver a server-initiated action; false when the inbox is full.
+    /// Deliver a server-initiated action; false (counted in
+    /// `groupcast_control_dropped_total`) when the inbox is full.
     pub fn control(&self, c: Control) -> bool {
         {
             let mut q = self.controls.lock();
             if q.len() >= MAX_CONTROL_QUEUE {
+                Metrics::get().control_dropped.increment(1);
+                tracing::warn!(client = %self.client, "control inbox full: server action dropped");
                 return false;
             }
             q.push_back(c);

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub bytes_out: Counter,
     pub bytes_in: Counter,
     pub frames_out: Counter,
+    pub control_dropped: Counter,
 }
 
 impl Metrics {
@@ -79,6 +80,7 @@ impl Metrics {
                 bytes_out: metrics::counter!("groupcast_bytes_out_total"),
                 bytes_in: metrics::counter!("groupcast_bytes_in_total"),
                 frames_out: metrics::counter!("groupcast_frames_out_total"),
+                control_dropped: metrics::counter!("groupcast_control_dropped_total"),
             }
         })
     }
@@ -152,6 +154,10 @@ fn describe() {
     describe_counter!(
         "groupcast_frames_out_total",
         "WebSocket frames written (one frame may batch messages)."
+    );
+    describe_counter!(
+        "groupcast_control_dropped_total",
+        "Server API actions dropped because a connection's inbox was full."
     );
     describe_histogram!(
         "groupcast_command_duration_seconds",

@@ -11,8 +11,9 @@
 //! Authentication is optional: `?token=JWT` (a connection token) sets the
 //! user; without it the connection is anonymous. The upgrade is refused with
 //! 403 when the user may not subscribe to the channel. Keepalive uses
-//! WebSocket pings (browsers answer them); a peer silent for
-//! `ping_interval + pong_timeout` is closed with 3012.
+//! WebSocket pings (browsers answer them); at each ping tick, a peer silent
+//! for more than `ping_interval + pong_timeout` is closed with 3012 (so a
+//! dead peer is noticed within about two ping intervals).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +37,8 @@ pub struct RelayAuth {
     pub user: String,
     pub conn_info: Option<Arc<serde_json::value::RawValue>>,
     pub can_publish: bool,
+    /// The channel's namespace options.
+    pub opts: ChannelOptions,
 }
 
 /// Check a relay request before upgrading: channel, token, permissions.
@@ -64,6 +67,7 @@ pub fn authorize(
         user,
         conn_info,
         can_publish,
+        opts: opts.clone(),
     })
 }
 
@@ -78,10 +82,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
     let m = Metrics::get();
     m.connections_relay.increment(1.0);
     let channel = auth.channel.as_str();
-    let opts: ChannelOptions = match state.channel(channel) {
-        Ok((_, o)) => o.clone(),
-        Err(_) => return,
-    };
+    let opts = &auth.opts;
     let info = Arc::new(ClientInfo {
         user: auth.user.clone(),
         client: conn.client.clone(),

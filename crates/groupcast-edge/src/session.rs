@@ -210,7 +210,8 @@ impl Session {
             .collect();
         for channel in expired {
             self.remove_sub(&channel).await;
-            let push = proto::encode_unsubscribe_push(&channel, 2501, "subscription expired");
+            let u = groupcast_proto::codes::UnsubscribeCode::EXPIRED;
+            let push = proto::encode_unsubscribe_push(&channel, u.code, u.reason);
             self.conn.send_json(Bytes::from(push), OutKind::Reply);
         }
     }
@@ -481,6 +482,9 @@ impl Session {
         if self.subs.contains_key(spec.channel) {
             return Err(ErrorCode::ALREADY_SUBSCRIBED.into());
         }
+        if self.subs.len() >= state.config.client.max_channels_per_connection {
+            return Err(ErrorCode::LIMIT_EXCEEDED.into());
+        }
         let mut chan_info = None;
         let mut expires_at = None;
         if !spec.token.is_empty() {
@@ -622,7 +626,7 @@ impl Session {
             .finish_buffering(channel, conn.id, position, || send(&conn))
             .is_err()
         {
-            self.remove_sub(channel).await;
+            self.drop_sub(channel, false).await;
             return Err(Fail::Disconnect(DisconnectCode::INSUFFICIENT_STATE));
         }
         if let Some(sub) = self.subs.get(channel) {
@@ -640,6 +644,12 @@ impl Session {
 
     /// Drop a subscription: hub, presence, leave.
     async fn remove_sub(&mut self, channel: &str) {
+        self.drop_sub(channel, true).await
+    }
+
+    /// Drop a subscription; `announce`: publish the `leave` (only when the
+    /// `join` went out).
+    async fn drop_sub(&mut self, channel: &str, announce: bool) {
         let Some(sub) = self.subs.remove(channel) else {
             return;
         };
@@ -651,7 +661,7 @@ impl Session {
                 .remove_presence(channel, &self.conn.client)
                 .await;
         }
-        if sub.join_leave {
+        if sub.join_leave && announce {
             let _ = node.broker.publish_leave(channel, sub.info).await;
         }
         Metrics::get().subscriptions.decrement(1.0);
@@ -815,14 +825,25 @@ impl Session {
                     recover: None,
                     server_side: true,
                 };
-                if let Ok((mut result, position)) = self.subscribe(spec).await {
-                    result.data = data;
-                    let push = proto::encode_subscribe_push(&channel, &result);
-                    let _ = self
-                        .finish_subscribe(&channel, position, |c| {
-                            c.send_json(Bytes::from(push), OutKind::Reply);
-                        })
-                        .await;
+                match self.subscribe(spec).await {
+                    Ok((mut result, position)) => {
+                        result.data = data;
+                        let push = proto::encode_subscribe_push(&channel, &result);
+                        let done = self
+                            .finish_subscribe(&channel, position, |c| {
+                                c.send_json(Bytes::from(push), OutKind::Reply);
+                            })
+                            .await;
+                        if let Err(Fail::Disconnect(code)) = done {
+                            self.conn.close(code);
+                        }
+                    }
+                    Err(Fail::Disconnect(code)) => self.conn.close(code),
+                    // Already subscribed, a limit, an unknown channel: the
+                    // client asked for nothing, so there is nothing to answer.
+                    Err(Fail::Error(e)) => {
+                        tracing::debug!(client = %self.conn.client, %channel, "server-side subscribe refused: {e}")
+                    }
                 }
             }
         }

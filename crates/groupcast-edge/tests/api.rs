@@ -107,6 +107,11 @@ async fn api_errors_come_back_in_the_body() {
         ),
         ("history", json!({"channel":"a","limit":100000}), 106),
         (
+            "publish",
+            json!({"channel":"a","data":"x".repeat(70_000)}),
+            106,
+        ),
+        (
             "disconnect",
             json!({"user":"u","disconnect":{"code":1000,"reason":"x"}}),
             107,

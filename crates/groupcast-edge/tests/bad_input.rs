@@ -207,7 +207,7 @@ fn cases() -> Vec<Case> {
             Error(8, 107),
         ),
         c(
-            "history limit too big",
+            "history without subscribing",
             true,
             text(r#"{"id":9,"history":{"channel":"a","limit":100000}}"#),
             Error(9, 103),

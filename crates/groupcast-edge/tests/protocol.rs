@@ -262,6 +262,27 @@ async fn error_codes() {
 }
 
 #[tokio::test]
+async fn channels_per_connection_are_limited() {
+    let mut config = TestServer::dev_config();
+    config.client.max_channels_per_connection = 3;
+    let s = TestServer::start_with(config).await;
+    let mut c = s.client("alice").await;
+    for ch in ["a", "b", "c"] {
+        subscribe(&mut c, ch).await;
+    }
+    let r = c
+        .command("subscribe", json!({"channel":"d"}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(106), "{r}");
+    // Leaving one makes room again.
+    c.command("unsubscribe", json!({"channel":"a"}))
+        .await
+        .unwrap();
+    subscribe(&mut c, "d").await;
+}
+
+#[tokio::test]
 async fn connect_token_checks() {
     let mut config = TestServer::dev_config();
     config.client.allow_anonymous_connect_without_token = false;
@@ -274,6 +295,20 @@ async fn connect_token_checks() {
     let expired = s.token("a", json!({"exp": now_unix() - 10}));
     let (_, r) = Client::connect(&url, &expired).await.unwrap();
     assert_eq!(err_code(&r), Some(109), "expired: {r}");
+    let early = s.token("a", json!({"nbf": now_unix() + 600}));
+    let (_, r) = Client::connect(&url, &early).await.unwrap();
+    assert_eq!(err_code(&r), Some(109), "not yet valid: {r}");
+
+    let sub_token = s.sub_token("a", "news", json!({}));
+    let mut c = Client::open(&url).await.unwrap();
+    let err = c
+        .command("connect", json!({"token": sub_token}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, groupcast_client::ClientError::Closed(Some((3500, _)))),
+        "subscription token as connection token: {err}"
+    );
 
     let forged = groupcast_edge::auth::mint_hs256("wrong-secret", &json!({"sub":"a"}));
     for token in [

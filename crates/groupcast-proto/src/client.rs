@@ -498,10 +498,6 @@ struct CodeReason<'a> {
 struct UnsubKind<'a> {
     unsubscribe: CodeReason<'a>,
 }
-#[derive(Serialize)]
-struct DisconnectKind<'a> {
-    disconnect: CodeReason<'a>,
-}
 
 /// `{"push":{"channel":C,"unsubscribe":{"code":..,"reason":..}}}`
 pub fn encode_unsubscribe_push(channel: &str, code: u32, reason: &str) -> Vec<u8> {
@@ -509,19 +505,6 @@ pub fn encode_unsubscribe_push(channel: &str, code: u32, reason: &str) -> Vec<u8
         channel,
         UnsubKind {
             unsubscribe: CodeReason { code, reason },
-        },
-    )
-}
-
-/// `{"push":{"disconnect":{"code":..,"reason":..}}}`
-pub fn encode_disconnect_push(code: u16, reason: &str) -> Vec<u8> {
-    encode_push(
-        "",
-        DisconnectKind {
-            disconnect: CodeReason {
-                code: u32::from(code),
-                reason,
-            },
         },
     )
 }
@@ -628,11 +611,6 @@ mod tests {
             serde_json::from_slice::<serde_json::Value>(&j).unwrap()["push"]["join"]["info"]
                 ["user"],
             "u"
-        );
-        let d = encode_disconnect_push(3001, "shutdown");
-        assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&d).unwrap(),
-            json!({"push":{"disconnect":{"code":3001,"reason":"shutdown"}}})
         );
         let u = encode_unsubscribe_push("news", 2000, "server unsubscribe");
         assert_eq!(

@@ -67,8 +67,8 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// Why the server closes a connection: sent as a `disconnect` push and as the
-/// WebSocket close code and reason.
+/// Why the server closes a connection: sent as the WebSocket close frame's
+/// code and reason (over WebSocket the protocol uses no `disconnect` push).
 ///
 /// Codes 3000..3499 tell the client to reconnect; 3500..3999 are terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +162,12 @@ impl UnsubscribeCode {
     pub const INSUFFICIENT: UnsubscribeCode = UnsubscribeCode {
         code: 2500,
         reason: "insufficient state",
+    };
+    /// The subscription token expired without `sub_refresh`; the client
+    /// resubscribes with a new token.
+    pub const EXPIRED: UnsubscribeCode = UnsubscribeCode {
+        code: 2501,
+        reason: "subscription expired",
     };
 }
 

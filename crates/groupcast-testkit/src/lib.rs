@@ -165,29 +165,62 @@ pub async fn http_request(
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to test server");
+    // The caller may set its own Connection header (an upgrade request).
+    let connection = if headers.to_ascii_lowercase().contains("connection:") {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{connection}Content-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await.expect("write request");
     s.write_all(body).await.expect("write body");
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read response");
-    let text_end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let head = String::from_utf8_lossy(&buf[..text_end]).to_string();
+    let mut chunk = [0u8; 8192];
+    let text_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = s.read(&mut chunk).await.expect("read response head");
+        assert!(n > 0, "connection closed before the response head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    // A 101 keeps the connection open (WebSocket): the head is the answer.
+    if buf.starts_with(b"HTTP/1.1 101") {
+        return (101, Vec::new());
+    }
+    let head = String::from_utf8_lossy(&buf[..text_end]).to_ascii_lowercase();
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status code");
+    let content_length: Option<usize> = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok());
+    let chunked = head.contains("transfer-encoding: chunked");
+    // Read the body by its framing: the connection may stay open.
+    loop {
+        let body = &buf[text_end + 4..];
+        let complete = if chunked {
+            body.ends_with(b"0\r\n\r\n")
+        } else {
+            content_length.is_some_and(|n| body.len() >= n)
+        };
+        if complete {
+            break;
+        }
+        let n = s.read(&mut chunk).await.expect("read response body");
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
     let mut body = buf[text_end + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    if chunked {
         body = dechunk(&body);
     }
     (status, body)
