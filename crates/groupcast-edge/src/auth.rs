@@ -260,6 +260,67 @@ mod tests {
         assert!(matches!(v.verify_connect(rs), Err(TokenError::Invalid(_))));
     }
 
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn rs256_and_es256_with_configured_public_keys() {
+        let rsa_public = fixture("rsa_public.pem");
+        let v = Verifier::from_config(&ClientConfig {
+            token_hmac_secret: "secret".into(),
+            token_rsa_public_key: rsa_public.clone(),
+            token_ecdsa_public_key: fixture("ec_public.pem"),
+            ..Default::default()
+        })
+        .unwrap();
+        let claims = json!({"sub":"7","exp":now_unix()+60});
+        let rs = jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(fixture("rsa_private.pem").as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v.verify_connect(&rs).unwrap().sub, "7");
+        let es = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &claims,
+            &EncodingKey::from_ec_pem(fixture("ec_private.pem").as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v.verify_connect(&es).unwrap().sub, "7");
+        // A tampered signature fails.
+        let mut bad = rs.clone();
+        bad.truncate(bad.len() - 4);
+        bad.push_str("AAAA");
+        assert!(matches!(
+            v.verify_connect(&bad),
+            Err(TokenError::Invalid(_))
+        ));
+        // Algorithm confusion: HS256 "signed" with the RSA public key as the
+        // HMAC secret must not verify, with or without an HMAC key configured.
+        let confused = mint_hs256(&rsa_public, &claims);
+        assert!(matches!(
+            v.verify_connect(&confused),
+            Err(TokenError::Invalid(_))
+        ));
+        let rsa_only = Verifier::from_config(&ClientConfig {
+            token_rsa_public_key: rsa_public,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            rsa_only.verify_connect(&confused),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(rsa_only.verify_connect(&rs).is_ok());
+        assert!(
+            matches!(rsa_only.verify_connect(&es), Err(TokenError::Invalid(_))),
+            "no EC key configured"
+        );
+    }
+
     #[test]
     fn audience_and_issuer() {
         let v = verifier("app", "auth");

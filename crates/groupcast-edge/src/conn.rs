@@ -181,6 +181,23 @@ impl Conn {
         self.cancel.cancel();
     }
 
+    /// The socket could not be read: close with the matching code (1009 for
+    /// an oversized message, 3501 for invalid UTF-8 or a protocol
+    /// violation), or just end when the peer is gone.
+    pub fn read_failed(&self, e: axum::Error) {
+        let code = match e.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
+            Ok(tungstenite::Error::Capacity(_)) => Some(DisconnectCode::MESSAGE_TOO_BIG),
+            Ok(tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_)) => {
+                Some(DisconnectCode::BAD_REQUEST)
+            }
+            _ => None,
+        };
+        match code {
+            Some(code) => self.close(code),
+            None => self.closed_by_peer(),
+        }
+    }
+
     pub fn is_closed(&self) -> bool {
         self.cancel.is_cancelled()
     }

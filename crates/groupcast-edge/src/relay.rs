@@ -28,7 +28,6 @@ use groupcast_proto::{DisconnectCode, ErrorCode};
 
 use crate::conn::Conn;
 use crate::metrics::Metrics;
-use crate::session::read_error_code;
 use crate::state::EdgeState;
 
 /// Who a relay connection is, decided before the upgrade.
@@ -140,10 +139,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
                         break;
                     }
                     Some(Err(e)) => {
-                        match read_error_code(e) {
-                            Some(code) => conn.close(code),
-                            None => conn.closed_by_peer(),
-                        }
+                        conn.read_failed(e);
                         break;
                     }
                     Some(Ok(Message::Text(t))) => Payload::from_text(t.as_str()),

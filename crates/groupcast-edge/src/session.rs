@@ -142,10 +142,7 @@ impl Session {
                         break;
                     }
                     Some(Err(e)) => {
-                        match read_error_code(e) {
-                            Some(code) => conn.close(code),
-                            None => conn.closed_by_peer(),
-                        }
+                        conn.read_failed(e);
                         break;
                     }
                     Some(Ok(Message::Text(t))) => {
@@ -180,11 +177,12 @@ impl Session {
         }
     }
 
-    /// Earliest connection or subscription expiry that still needs action.
+    /// Seconds an expired connection may still `refresh` before 3005.
     fn close_delay(&self) -> i64 {
         self.state.config.client.expired_close_delay.as_secs() as i64
     }
 
+    /// Earliest connection or subscription expiry that still needs action.
     fn next_expiry(&self) -> Option<i64> {
         let conn = self.expires_at.map(|e| e + self.close_delay());
         let subs = self.subs.values().filter_map(|s| s.expires_at).min();
@@ -857,17 +855,5 @@ impl Session {
         if self.connected {
             self.state.registry.remove(&self.conn.client);
         }
-    }
-}
-
-/// Map a WebSocket read error to the close code we answer with; `None`
-/// when the peer is simply gone (nothing to tell it).
-pub fn read_error_code(e: axum::Error) -> Option<DisconnectCode> {
-    match *e.into_inner().downcast::<tungstenite::Error>().ok()? {
-        tungstenite::Error::Capacity(_) => Some(DisconnectCode::MESSAGE_TOO_BIG),
-        tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_) => {
-            Some(DisconnectCode::BAD_REQUEST)
-        }
-        _ => None,
     }
 }

@@ -230,3 +230,42 @@ async fn methods_answer_centrifugo_shapes() {
     let text = String::from_utf8(raw).unwrap();
     assert!(text.contains(&deep), "deep data returned verbatim");
 }
+
+#[tokio::test]
+async fn metrics_expose_what_operators_watch() {
+    let s = TestServer::start().await;
+    let mut c = s.client("alice").await;
+    c.command("subscribe", json!({"channel":"m"}))
+        .await
+        .unwrap();
+    c.command("subscribe", json!({"channel":"nope:x"}))
+        .await
+        .unwrap();
+    s.api("publish", json!({"channel":"m","data":{"x":1}}))
+        .await;
+    c.push(std::time::Duration::from_secs(5)).await.unwrap();
+    let (status, body) = s.http_raw("GET", "/metrics", "", b"").await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    // Metrics are process-wide; other tests in this binary add to them, so
+    // check what this test itself must have caused.
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {prefix} in:\n{text}"))
+    };
+    assert!(value("groupcast_connections{protocol=\"centrifugo\"}") >= 1.0);
+    assert!(value("groupcast_subscriptions ") >= 1.0);
+    assert!(value("groupcast_channels ") >= 1.0);
+    assert!(value("groupcast_messages_in_total{kind=\"subscribe\"}") >= 2.0);
+    assert!(value("groupcast_messages_out_total{kind=\"pub\"}") >= 1.0);
+    assert!(value("groupcast_messages_out_total{kind=\"reply\"}") >= 3.0);
+    assert!(value("groupcast_bytes_out_total ") > 0.0);
+    assert!(value("groupcast_errors_total{code=\"102\"}") >= 1.0);
+    assert!(
+        value("groupcast_command_duration_seconds_bucket{method=\"subscribe\",le=\"+Inf\"}") >= 2.0
+    );
+    assert!(value("groupcast_api_requests_total{method=\"publish\",outcome=\"ok\"}") >= 1.0);
+}

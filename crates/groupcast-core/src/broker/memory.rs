@@ -250,6 +250,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn history_expires_by_ttl_and_keeps_the_position() {
+        let b = MemoryBroker::default();
+        let opts = PublishOptions {
+            history_size: 10,
+            history_ttl: Duration::from_millis(50),
+        };
+        let text = || Publication::new(crate::Payload::Text("x".into()));
+        b.publish("c", text(), &opts).await.unwrap();
+        b.publish("c", text(), &opts).await.unwrap();
+        let h = b.history("c", HistoryQuery::default()).await.unwrap();
+        assert_eq!(h.publications.len(), 2);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let pos = b.publish("c", text(), &opts).await.unwrap();
+        let h = b.history("c", HistoryQuery::default()).await.unwrap();
+        let offs: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offs, [3], "the two older publications aged out");
+        assert_eq!(h.position, pos, "offsets and epoch survive expiry");
+    }
+
+    #[tokio::test]
     async fn sweep_forgets_idle_streams() {
         let b = MemoryBroker::new(Duration::from_millis(20));
         let opts = PublishOptions {

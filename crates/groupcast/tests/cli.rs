@@ -1,0 +1,249 @@
+//! The `groupcast` binary as a user runs it: `groupcast dev` (banner,
+//! configuration layering and errors, serving, SIGTERM) and `groupcast token`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use groupcast_testkit::{http_request, Client};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
+
+/// Kills the child on drop (a failed test must not leave a server behind).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn temp_file(content: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "gc-cli-{}-{:?}.toml",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run groupcast")
+}
+
+#[test]
+fn invalid_configuration_fails_at_start_naming_the_key() {
+    let file = temp_file("[client]\nping_interval = 5\n");
+    let out = run(
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let _ = std::fs::remove_file(&file);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ping_interval"), "{err}");
+
+    let out = run(
+        &["dev", "--listen", "127.0.0.1:0"],
+        &[("GROUPCAST_CLIENT__PONG_TIMEOUT", "60s")],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("client.pong_timeout"), "{err}");
+
+    let out = run(
+        &["dev", "--listen", "127.0.0.1:0"],
+        &[("GROUPCAST_NO_SUCH_KEY", "1")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_key"));
+}
+
+fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn token_mints_the_requested_claims() {
+    let out = run(
+        &[
+            "token",
+            "--user",
+            "42",
+            "--ttl",
+            "2h",
+            "--channel",
+            "a",
+            "--channel",
+            "b",
+            "--info",
+            r#"{"name":"Ann"}"#,
+        ],
+        &[("GROUPCAST_CLIENT__TOKEN_HMAC_SECRET", "s3cret")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let c = jwt_claims(&token);
+    assert_eq!(c["sub"], "42");
+    assert_eq!(c["channels"], json!(["a", "b"]));
+    assert_eq!(c["info"], json!({"name":"Ann"}));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let exp = c["exp"].as_i64().unwrap();
+    assert!((exp - now - 7200).abs() < 60, "exp {exp} vs now {now}");
+    // The token verifies with that secret.
+    let mut cfg = groupcast_edge::config::ClientConfig::default();
+    cfg.token_hmac_secret = "s3cret".into();
+    let v = groupcast_edge::auth::Verifier::from_config(&cfg).unwrap();
+    assert_eq!(v.verify_connect(&token).unwrap().sub, "42");
+
+    let out = run(&["token", "--user", "42"], &[]);
+    assert!(!out.status.success(), "no secret configured");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secret"));
+    let out = run(
+        &[
+            "token",
+            "--user",
+            "1",
+            "--token-hmac-secret",
+            "s",
+            "--info",
+            "{not json",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--info"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_prints_what_a_user_needs_serves_it_and_stops_on_sigterm() {
+    let child = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--api-key", "the-key"])
+        // Any setting can come from the environment: keep 3 messages.
+        .env("GROUPCAST_CHANNEL__HISTORY_SIZE", "3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Running(child);
+    let stdout = server.0.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("metrics:");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(20), banner)
+        .await
+        .unwrap()
+        .unwrap();
+    let field = |label: &str| -> String {
+        let line = banner
+            .iter()
+            .find(|l| l.contains(label))
+            .unwrap_or_else(|| panic!("no {label:?} in {banner:?}"));
+        line.rsplit(' ').next().unwrap().to_string()
+    };
+    let ws_url = field("client URL");
+    let api_url = field("server API URL");
+    assert_eq!(field("API key:"), "the-key");
+    let token = field("connection token");
+    assert!(!field("token HMAC secret").is_empty());
+    let addr: std::net::SocketAddr = api_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/api")
+        .parse()
+        .unwrap();
+
+    // The printed token and URL work; the printed API key publishes.
+    let (mut c, reply) = Client::connect(&ws_url, &token).await.unwrap();
+    assert!(reply.get("connect").is_some(), "{reply}");
+    c.command("subscribe", json!({"channel":"news"}))
+        .await
+        .unwrap();
+    for n in 1..=5 {
+        let body = json!({"channel":"news","data":{"n":n}}).to_string();
+        let (status, _) = http_request(
+            addr,
+            "POST",
+            "/api/publish",
+            "X-API-Key: the-key\r\n",
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let p = loop {
+        let p = c.push(Duration::from_secs(5)).await.unwrap();
+        if p.get("pub").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(p["pub"]["data"], json!({"n":1}));
+    let body = json!({"channel":"news","limit":-1}).to_string();
+    let (_, history) = http_request(
+        addr,
+        "POST",
+        "/api/history",
+        "X-API-Key: the-key\r\n",
+        body.as_bytes(),
+    )
+    .await;
+    let history: Value = serde_json::from_slice(&history).unwrap();
+    assert_eq!(
+        history["result"]["publications"].as_array().unwrap().len(),
+        3,
+        "history_size from the environment"
+    );
+    let (status, _) = http_request(addr, "GET", "/readyz", "", b"").await;
+    assert_eq!(status, 200);
+
+    // SIGTERM: clients are told to reconnect (3001) and the process exits 0.
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let code = c.closed(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(code.map(|c| c.0), Some(3001));
+    let status = tokio::task::spawn_blocking(move || server.0.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(10), status)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
