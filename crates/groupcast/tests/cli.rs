@@ -117,8 +117,10 @@ fn token_mints_the_requested_claims() {
     let exp = c["exp"].as_i64().unwrap();
     assert!((exp - now - 7200).abs() < 60, "exp {exp} vs now {now}");
     // The token verifies with that secret.
-    let mut cfg = groupcast_edge::config::ClientConfig::default();
-    cfg.token_hmac_secret = "s3cret".into();
+    let cfg = groupcast_edge::config::ClientConfig {
+        token_hmac_secret: "s3cret".into(),
+        ..Default::default()
+    };
     let v = groupcast_edge::auth::Verifier::from_config(&cfg).unwrap();
     assert_eq!(v.verify_connect(&token).unwrap().sub, "42");
 
