@@ -33,6 +33,33 @@ pub struct Config {
     pub namespaces: Vec<NamespaceConfig>,
     /// Raw WebSocket relay at `/ws/relay/{channel}`.
     pub relay: RelayConfig,
+    /// Graceful shutdown (SIGTERM, SIGINT).
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// The whole drain must finish within this; then the process exits.
+    /// Keep it below the orchestrator's kill timeout (Kubernetes: 30 s).
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// Connections told to reconnect per batch ("shutdown", 3001), so
+    /// clients do not all reconnect to the other nodes at once.
+    pub drain_batch_size: usize,
+    /// Pause between batches.
+    #[serde(with = "humantime_serde")]
+    pub drain_batch_interval: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period: Duration::from_secs(25),
+            drain_batch_size: 1000,
+            drain_batch_interval: Duration::from_millis(100),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +139,7 @@ impl Default for Config {
             channel: ChannelOptions::default(),
             namespaces: Vec::new(),
             relay: RelayConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -236,6 +264,18 @@ impl Config {
         if self.api.max_body_bytes < 1024 {
             return Err("api.max_body_bytes: must be at least 1024".into());
         }
+        let s = &self.shutdown;
+        if s.grace_period < Duration::from_secs(1) {
+            return Err("shutdown.grace_period: must be at least 1s".into());
+        }
+        if s.drain_batch_size == 0 {
+            return Err("shutdown.drain_batch_size: must be above 0".into());
+        }
+        if s.drain_batch_interval >= s.grace_period {
+            return Err(
+                "shutdown.drain_batch_interval: must be below shutdown.grace_period".into(),
+            );
+        }
         if self.relay.enabled && self.relay.default_channel.is_empty() {
             return Err("relay.default_channel: must not be empty".into());
         }
@@ -331,6 +371,21 @@ join_leave = true
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9002);
+    }
+
+    /// The example in docs/configuration.md is a valid configuration.
+    #[test]
+    fn documented_example_loads() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/configuration.md"
+        ))
+        .unwrap();
+        let start = doc.find("```toml\n").expect("a toml example in the doc") + 8;
+        let end = start + doc[start..].find("```").unwrap();
+        let f = write(&doc[start..end]);
+        let c = Config::load(Config::default(), Some(&f.0), none()).unwrap();
+        assert!(!c.namespaces.is_empty(), "the example shows namespaces");
     }
 
     #[test]

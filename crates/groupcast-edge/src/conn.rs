@@ -54,13 +54,15 @@ enum Out {
     Relay(Bytes, bool),
     /// A WebSocket-level ping (relay connections).
     WsPing,
+    /// End of output: close after everything queued before it.
+    Close,
 }
 
 impl Out {
     fn len(&self) -> usize {
         match self {
             Out::Json(b, _) | Out::Relay(b, _) => b.len(),
-            Out::WsPing => 0,
+            Out::WsPing | Out::Close => 0,
         }
     }
 }
@@ -158,7 +160,22 @@ impl Conn {
         self.queued.load(Ordering::Acquire)
     }
 
-    /// Close the connection with `code` (the first reason wins).
+    /// Close with `code` after the output already queued is written
+    /// (graceful shutdown). Not bounded by the queue limit.
+    pub fn drain(&self, code: DisconnectCode) {
+        {
+            let mut r = self.close_reason.lock();
+            if r.is_some() || self.cancel.is_cancelled() {
+                return;
+            }
+            *r = Some((code.code, Cow::Borrowed(code.reason)));
+        }
+        if self.tx.send(Out::Close).is_err() {
+            self.cancel.cancel();
+        }
+    }
+
+    /// Close the connection with `code` at once (the first reason wins).
     pub fn close(&self, code: DisconnectCode) {
         self.close_with(code.code, Cow::Borrowed(code.reason));
     }
@@ -233,7 +250,8 @@ impl Conn {
     }
 
     /// The writer task: drains the queue into the socket until the
-    /// connection is closed, then sends the close frame.
+    /// connection is closed (at once) or drained (after what was queued
+    /// before the drain), then sends the close frame.
     pub async fn run_writer(
         self: Arc<Self>,
         mut sink: SplitSink<WebSocket, Message>,
@@ -242,16 +260,22 @@ impl Conn {
         let mut rx = outbox.0;
         let m = Metrics::get();
         let mut batch = Vec::new();
+        // An item taken while batching that belongs in the next frame.
+        let mut held: Option<Out> = None;
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => break,
-                item = rx.recv() => match item {
-                    Some(item) => item,
-                    None => break,
+            let first = match held.take() {
+                Some(item) => item,
+                None => tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break,
+                    item = rx.recv() => match item {
+                        Some(item) => item,
+                        None => break,
+                    },
                 },
             };
             let (msg, bytes) = match first {
+                Out::Close => break,
                 Out::WsPing => (Message::Ping(Bytes::new()), 0),
                 Out::Relay(b, binary) => {
                     m.messages_out_relay.increment(1);
@@ -282,8 +306,7 @@ impl Conn {
                                 batch.push(b);
                             }
                             Ok(other) => {
-                                // Protocol connections never get relay frames; keep order anyway.
-                                self.queued.fetch_sub(other.len(), Ordering::AcqRel);
+                                held = Some(other);
                                 break;
                             }
                             Err(_) => break,
@@ -334,6 +357,8 @@ impl Conn {
         });
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(frame))).await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        // A drained connection ends here: let the session finish.
+        self.cancel.cancel();
     }
 }
 

@@ -77,6 +77,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
         SubscriberKind::Relay,
         state.config.client.max_queue_bytes,
     );
+    let _tracked = state.track(&conn);
     let writer = tokio::spawn(conn.clone().run_writer(sink, outbox));
     let m = Metrics::get();
     m.connections_relay.increment(1.0);
@@ -120,10 +121,6 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
     while !conn.is_closed() {
         tokio::select! {
             _ = conn.cancelled() => break,
-            _ = state.shutdown.cancelled() => {
-                conn.close(DisconnectCode::SHUTDOWN);
-                break;
-            }
             _ = ping.tick() => {
                 if last_seen.elapsed() > silent_limit {
                     conn.close(DisconnectCode::NO_PONG);

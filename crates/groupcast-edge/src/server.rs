@@ -23,12 +23,23 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use std::future::IntoFuture;
+
+use groupcast_proto::DisconnectCode;
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
 use crate::{api, relay, session};
 
-/// Serve `config` on `listener` until `shutdown` is cancelled.
+/// Serve `config` on `listener` until `shutdown` is cancelled, then drain.
+///
+/// Drain, all within `shutdown.grace_period`: `/readyz` answers 503 and the
+/// listener stops accepting at once; open connections are told "shutdown"
+/// (3001, reconnect) in batches of `shutdown.drain_batch_size` every
+/// `shutdown.drain_batch_interval`, each after its queued output is written;
+/// then their tasks are awaited. What is still open at the deadline is
+/// closed without waiting. Returns when done.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -37,11 +48,57 @@ pub async fn run(
 ) -> Result<(), crate::EdgeError> {
     let state = EdgeState::new(config, node, shutdown.clone()).map_err(crate::EdgeError::Config)?;
     Metrics::get();
-    let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    let app = router(state.clone());
+    let stop = shutdown.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .into_future();
+    // The drain starts at the signal, not when plain HTTP requests finish.
+    let drained = async {
+        shutdown.cancelled().await;
+        drain(&state).await;
+    };
+    let (served, ()) = tokio::join!(served, drained);
+    served.map_err(crate::EdgeError::Io)
+}
+
+async fn drain(state: &EdgeState) {
+    let cfg = &state.config.shutdown;
+    let deadline = tokio::time::Instant::now() + cfg.grace_period;
+    let conns = state.open_connections();
+    tracing::info!(connections = conns.len(), "draining");
+    for (i, batch) in conns.chunks(cfg.drain_batch_size).enumerate() {
+        if i > 0 {
+            tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + cfg.drain_batch_interval),
+            )
+            .await;
+        }
+        for conn in batch {
+            conn.drain(DisconnectCode::SHUTDOWN);
+        }
+    }
+    // Upgrades that slipped in while the listener closed.
+    for conn in state.open_connections() {
+        conn.drain(DisconnectCode::SHUTDOWN);
+    }
+    state.tasks.close();
+    if tokio::time::timeout_at(deadline, state.tasks.wait())
         .await
-        .map_err(crate::EdgeError::Io)
+        .is_err()
+    {
+        let left = state.open_connections();
+        tracing::warn!(
+            connections = left.len(),
+            "grace period over: closing the rest"
+        );
+        for conn in left {
+            conn.close(DisconnectCode::SHUTDOWN);
+        }
+        // Closing is immediate; give the tasks a moment to finish cleanup.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(500), state.tasks.wait()).await;
+    }
 }
 
 pub fn router(state: Arc<EdgeState>) -> Router {
@@ -94,7 +151,8 @@ async fn websocket(
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let st = state.clone();
-    configure(ws, &state).on_upgrade(move |socket| session::serve(st, socket))
+    configure(ws, &state)
+        .on_upgrade(move |socket| state.tasks.track_future(session::serve(st, socket)))
 }
 
 #[derive(Deserialize)]
@@ -150,7 +208,8 @@ fn relay_upgrade(
         }
     };
     let st = state.clone();
-    configure(ws, &state).on_upgrade(move |socket| relay::serve(st, socket, auth))
+    configure(ws, &state)
+        .on_upgrade(move |socket| state.tasks.track_future(relay::serve(st, socket, auth)))
 }
 
 async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {

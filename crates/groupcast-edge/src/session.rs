@@ -10,7 +10,9 @@
 //!   closed with 3502 "stale"; one that misses a pong with 3012 "no pong";
 //! * an expired connection that did not refresh within
 //!   `client.expired_close_delay` is closed with 3005; an expired subscription is
-//!   ended with unsubscribe code 2501 (the SDK resubscribes with a new token).
+//!   ended with unsubscribe code 2501 (the SDK resubscribes with a new token);
+//! * at shutdown the edge drains connections (see `server.rs`): queued output
+//!   is written, then the close frame 3001 "shutdown".
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -88,6 +90,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket) {
         SubscriberKind::Protocol,
         state.config.client.max_queue_bytes,
     );
+    let _tracked = state.track(&conn);
     let writer = tokio::spawn(conn.clone().run_writer(sink, outbox));
     let m = Metrics::get();
     m.connections_protocol.increment(1.0);
@@ -122,7 +125,6 @@ impl Session {
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let conn = self.conn.clone();
-        let shutdown = self.state.shutdown.clone();
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             let pong_at = self
@@ -132,10 +134,6 @@ impl Session {
             let expiry_at = self.next_expiry().map(deadline_from_unix).unwrap_or(far);
             tokio::select! {
                 _ = conn.cancelled() => break,
-                _ = shutdown.cancelled() => {
-                    conn.close(DisconnectCode::SHUTDOWN);
-                    break;
-                }
                 msg = stream.next() => match msg {
                     None | Some(Ok(Message::Close(_))) => {
                         conn.closed_by_peer();

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use groupcast_core::{ChannelName, ChannelOptions, Namespaces, Node};
 use groupcast_proto::ErrorCode;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -91,6 +92,23 @@ pub struct EdgeState {
     pub shutdown: CancellationToken,
     pub uid: String,
     next_id: AtomicU64,
+    /// Every open connection (protocol and relay, connected or not), for
+    /// the shutdown drain.
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// Connection tasks, awaited (within the grace period) at shutdown.
+    pub tasks: TaskTracker,
+}
+
+/// Keeps a connection in [`EdgeState`]'s list while alive.
+pub struct ConnGuard {
+    state: Arc<EdgeState>,
+    id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.state.conns.lock().remove(&self.id);
+    }
 }
 
 impl EdgeState {
@@ -114,7 +132,27 @@ impl EdgeState {
             // Random start: ids double as relay origins and must not collide
             // between nodes in practice.
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
+            conns: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
         }))
+    }
+
+    /// List a new connection until the guard drops. A connection that opens
+    /// after the drain started is drained at once.
+    pub fn track(self: &Arc<Self>, conn: &Arc<Conn>) -> ConnGuard {
+        self.conns.lock().insert(conn.id, conn.clone());
+        if self.shutdown.is_cancelled() {
+            conn.drain(groupcast_proto::DisconnectCode::SHUTDOWN);
+        }
+        ConnGuard {
+            state: self.clone(),
+            id: conn.id,
+        }
+    }
+
+    /// Open connections right now.
+    pub fn open_connections(&self) -> Vec<Arc<Conn>> {
+        self.conns.lock().values().cloned().collect()
     }
 
     pub fn next_conn_id(&self) -> u64 {

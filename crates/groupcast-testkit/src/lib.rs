@@ -28,6 +28,7 @@ pub struct TestServer {
     pub config: Config,
     pub node: Arc<Node>,
     shutdown: CancellationToken,
+    stopped: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -60,7 +61,7 @@ impl TestServer {
         config.listen = addr;
         let shutdown = CancellationToken::new();
         let (c, n, s) = (config.clone(), node.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        let stopped = tokio::spawn(async move {
             if let Err(e) = groupcast_edge::run(c, listener, n, s).await {
                 panic!("test server failed: {e}");
             }
@@ -70,6 +71,20 @@ impl TestServer {
             config,
             node,
             shutdown,
+            stopped: Some(stopped),
+        }
+    }
+
+    /// Start the graceful shutdown (what SIGTERM does in the binary).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Wait until `run` returned (the drain is over); false on timeout.
+    pub async fn stopped(&mut self, timeout: std::time::Duration) -> bool {
+        match self.stopped.take() {
+            Some(handle) => tokio::time::timeout(timeout, handle).await.is_ok(),
+            None => true,
         }
     }
 

@@ -201,9 +201,9 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             signals.cancel();
         });
+        // Returns once the drain is done (within shutdown.grace_period).
         groupcast_edge::run(config, listener, node, shutdown).await?;
-        // Sessions saw the shutdown and are sending their close frames.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tracing::info!("stopped");
         Ok(())
     })
 }
