@@ -114,6 +114,31 @@ pub struct ClientConfig {
     pub history_max_limit: usize,
     /// Most channels one connection may subscribe to (106 beyond).
     pub max_channels_per_connection: usize,
+    /// Most open connections on this node (protocol and relay); beyond it
+    /// upgrades answer HTTP 503 and clients retry (elsewhere, behind a LB).
+    pub max_connections: usize,
+    /// Most connections of one user on this node (0: unlimited); beyond it
+    /// `connect` closes with 3504 "connection limit". Anonymous is exempt.
+    pub max_connections_per_user: usize,
+    /// New connections per second per client address (0: off); beyond the
+    /// burst, upgrades answer HTTP 429.
+    pub connection_rate_per_ip: f64,
+    /// Burst for `connection_rate_per_ip`.
+    pub connection_burst_per_ip: f64,
+    /// Header carrying the client address, set by a trusted load balancer
+    /// (e.g. `X-Forwarded-For`: the right-most address is used). Empty: the
+    /// TCP peer address. Only set it when every request passes the proxy.
+    #[serde(deserialize_with = "lenient::string")]
+    pub client_ip_header: String,
+    /// Commands per second per connection (0: off); beyond the burst a
+    /// command answers 111 "too many requests".
+    pub command_rate: f64,
+    /// Burst for `command_rate`.
+    pub command_burst: f64,
+    /// Publishes per second per connection, on top of `command_rate` (0: off).
+    pub publish_rate: f64,
+    /// Burst for `publish_rate`.
+    pub publish_burst: f64,
     /// Grace after a connection token's expiry for the client to `refresh`
     /// before it is closed with 3005 "connection expired".
     #[serde(with = "humantime_serde")]
@@ -172,6 +197,15 @@ impl Default for ClientConfig {
             history_max_limit: 1000,
             max_channels_per_connection: 128,
             expired_close_delay: Duration::from_secs(25),
+            max_connections: 100_000,
+            max_connections_per_user: 0,
+            connection_rate_per_ip: 0.0,
+            connection_burst_per_ip: 50.0,
+            client_ip_header: String::new(),
+            command_rate: 100.0,
+            command_burst: 200.0,
+            publish_rate: 0.0,
+            publish_burst: 50.0,
         }
     }
 }
@@ -249,6 +283,36 @@ impl Config {
         }
         if !(256..=1 << 20).contains(&c.read_buffer_size) {
             return Err("client.read_buffer_size: must be between 256 and 1048576".into());
+        }
+        if c.max_connections == 0 {
+            return Err("client.max_connections: must be above 0".into());
+        }
+        for (key, v) in [
+            ("connection_rate_per_ip", c.connection_rate_per_ip),
+            ("connection_burst_per_ip", c.connection_burst_per_ip),
+            ("command_rate", c.command_rate),
+            ("command_burst", c.command_burst),
+            ("publish_rate", c.publish_rate),
+            ("publish_burst", c.publish_burst),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("client.{key}: must be a number >= 0"));
+            }
+        }
+        for (key, rate, burst) in [
+            (
+                "connection_burst_per_ip",
+                c.connection_rate_per_ip,
+                c.connection_burst_per_ip,
+            ),
+            ("command_burst", c.command_rate, c.command_burst),
+            ("publish_burst", c.publish_rate, c.publish_burst),
+        ] {
+            if rate > 0.0 && burst < 1.0 {
+                return Err(format!(
+                    "client.{key}: must be at least 1 when the rate is on"
+                ));
+            }
         }
         if c.max_channels_per_connection == 0 {
             return Err("client.max_channels_per_connection: must be above 0".into());

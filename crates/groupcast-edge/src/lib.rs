@@ -10,6 +10,7 @@
 //! * [`config`]: the configuration tree, layering and validation.
 //! * [`auth`]: connection and subscription token verification, minting.
 //! * [`conn`]: per-connection outgoing queue (bounded in bytes), writer task, control inbox.
+//! * [`limits`]: token buckets for command, publish and new-connection rates.
 //! * [`session`]: the Centrifugo protocol session (commands, subscriptions, recovery, pings).
 //! * [`relay`]: the raw relay session.
 //! * [`api`]: the server HTTP API.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod limits;
 pub mod metrics;
 pub mod relay;
 pub mod server;

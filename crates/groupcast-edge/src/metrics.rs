@@ -106,6 +106,11 @@ impl Metrics {
         metrics::counter!("groupcast_disconnects_total", "code" => code.to_string()).increment(1);
     }
 
+    /// A named limit refused something (the limit's configuration key).
+    pub fn limit_hit(limit: &'static str) {
+        metrics::counter!("groupcast_limit_hits_total", "limit" => limit).increment(1);
+    }
+
     /// A server API call (by method and outcome).
     pub fn api_call(method: &str, outcome: &'static str) {
         metrics::counter!("groupcast_api_requests_total", "method" => method.to_string(), "outcome" => outcome)
@@ -154,6 +159,10 @@ fn describe() {
     describe_counter!(
         "groupcast_frames_out_total",
         "WebSocket frames written (one frame may batch messages)."
+    );
+    describe_counter!(
+        "groupcast_limit_hits_total",
+        "Requests refused by a named limit, by the limit's configuration key."
     );
     describe_counter!(
         "groupcast_control_dropped_total",

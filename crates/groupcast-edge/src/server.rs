@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use std::future::IntoFuture;
+use std::net::{IpAddr, SocketAddr};
 
 use groupcast_proto::DisconnectCode;
 
@@ -50,6 +51,7 @@ pub async fn run(
     Metrics::get();
     let app = router(state.clone());
     let stop = shutdown.clone();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .into_future();
@@ -139,16 +141,55 @@ fn configure(ws: WebSocketUpgrade, state: &EdgeState) -> WebSocketUpgrade {
         .max_frame_size(c.max_message_size)
 }
 
+/// The client's address: from `client.client_ip_header` when configured
+/// (right-most entry of a comma list, the one the proxy added), else the peer.
+pub fn client_ip(header: &str, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    if header.is_empty() {
+        return peer.ip();
+    }
+    headers
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer.ip())
+}
+
+/// Checks every WebSocket upgrade passes before it is accepted.
+fn admit(
+    state: &EdgeState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<(), (StatusCode, &'static str)> {
+    let c = &state.config.client;
+    if !origin_allowed(&c.allowed_origins, headers) {
+        return Err((StatusCode::FORBIDDEN, "origin not allowed"));
+    }
+    if state.shutdown.is_cancelled() {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    }
+    if state.num_connections() >= c.max_connections {
+        Metrics::limit_hit("max_connections");
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "connection limit"));
+    }
+    if !state
+        .connection_rate
+        .allow(client_ip(&c.client_ip_header, headers, peer))
+    {
+        Metrics::limit_hit("connection_rate_per_ip");
+        return Err((StatusCode::TOO_MANY_REQUESTS, "too many new connections"));
+    }
+    Ok(())
+}
+
 async fn websocket(
     State(state): State<Arc<EdgeState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&state.config.client.allowed_origins, &headers) {
-        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-    }
-    if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    if let Err(refused) = admit(&state, &headers, peer) {
+        return refused.into_response();
     }
     let st = state.clone();
     configure(ws, &state)
@@ -162,26 +203,29 @@ struct RelayQuery {
 
 async fn relay_default(
     State(state): State<Arc<EdgeState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<RelayQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let channel = state.config.relay.default_channel.clone();
-    relay_upgrade(state, headers, channel, q, ws)
+    relay_upgrade(state, peer, headers, channel, q, ws)
 }
 
 async fn relay_channel(
     State(state): State<Arc<EdgeState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(channel): Path<String>,
     Query(q): Query<RelayQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    relay_upgrade(state, headers, channel, q, ws)
+    relay_upgrade(state, peer, headers, channel, q, ws)
 }
 
 fn relay_upgrade(
     state: Arc<EdgeState>,
+    peer: SocketAddr,
     headers: HeaderMap,
     channel: String,
     q: RelayQuery,
@@ -190,11 +234,8 @@ fn relay_upgrade(
     if !state.config.relay.enabled {
         return (StatusCode::NOT_FOUND, "relay disabled").into_response();
     }
-    if !origin_allowed(&state.config.client.allowed_origins, &headers) {
-        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-    }
-    if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    if let Err(refused) = admit(&state, &headers, peer) {
+        return refused.into_response();
     }
     let auth = match relay::authorize(&state, &channel, q.token.as_deref()) {
         Ok(a) => a,

@@ -30,6 +30,7 @@ use groupcast_proto::{DisconnectCode, ErrorCode};
 
 use crate::auth::{now_unix, TokenError};
 use crate::conn::{Conn, Control, OutKind};
+use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
 
@@ -80,6 +81,8 @@ pub struct Session {
     expires_at: Option<i64>,
     subs: HashMap<String, Sub>,
     pong_deadline: Option<Instant>,
+    commands: TokenBucket,
+    publishes: TokenBucket,
 }
 
 /// Serve one upgraded WebSocket with the Centrifugo protocol.
@@ -95,7 +98,6 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket) {
     let m = Metrics::get();
     m.connections_protocol.increment(1.0);
     let mut session = Session {
-        state,
         conn,
         connected: false,
         user: String::new(),
@@ -103,6 +105,15 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket) {
         expires_at: None,
         subs: HashMap::new(),
         pong_deadline: None,
+        commands: TokenBucket::new(
+            state.config.client.command_rate,
+            state.config.client.command_burst,
+        ),
+        publishes: TokenBucket::new(
+            state.config.client.publish_rate,
+            state.config.client.publish_burst,
+        ),
+        state,
     };
     session.run(stream).await;
     session.cleanup().await;
@@ -256,6 +267,18 @@ impl Session {
             self.conn.close(DisconnectCode::BAD_REQUEST);
             return;
         }
+        let limited = !self.commands.allow() || (cmd.publish.is_some() && !self.publishes.allow());
+        if limited {
+            Metrics::limit_hit(if cmd.publish.is_some() {
+                "publish_rate"
+            } else {
+                "command_rate"
+            });
+            if cmd.id != 0 {
+                self.reply(Reply::error(cmd.id, ErrorCode::TOO_MANY_REQUESTS));
+            }
+            return;
+        }
         let started = Instant::now();
         let id = cmd.id;
         let result = self.dispatch(cmd).await;
@@ -400,6 +423,14 @@ impl Session {
                     return Err(Fail::Disconnect(DisconnectCode::INVALID_TOKEN))
                 }
             };
+            let per_user = cfg.max_connections_per_user;
+            if per_user > 0
+                && !claims.sub.is_empty()
+                && state.registry.find(&claims.sub, "").len() >= per_user
+            {
+                Metrics::limit_hit("max_connections_per_user");
+                return Err(Fail::Disconnect(DisconnectCode::CONNECTION_LIMIT));
+            }
             self.user = claims.sub;
             self.conn_info = claims.info.map(Arc::from);
             self.expires_at = claims.exp;

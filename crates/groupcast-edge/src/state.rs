@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::conn::Conn;
+use crate::limits::IpRateLimiter;
 
 /// Connected clients by client id and by user, for server API actions.
 #[derive(Default)]
@@ -97,6 +98,8 @@ pub struct EdgeState {
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     /// Connection tasks, awaited (within the grace period) at shutdown.
     pub tasks: TaskTracker,
+    /// New connections per client address.
+    pub connection_rate: IpRateLimiter,
 }
 
 /// Keeps a connection in [`EdgeState`]'s list while alive.
@@ -121,7 +124,6 @@ impl EdgeState {
         let namespaces = config.namespaces()?;
         let verifier = Verifier::from_config(&config.client).map_err(|e| e.to_string())?;
         Ok(Arc::new(EdgeState {
-            config,
             node,
             namespaces,
             verifier,
@@ -134,6 +136,11 @@ impl EdgeState {
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
             conns: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            connection_rate: IpRateLimiter::new(
+                config.client.connection_rate_per_ip,
+                config.client.connection_burst_per_ip,
+            ),
+            config,
         }))
     }
 
@@ -148,6 +155,10 @@ impl EdgeState {
             state: self.clone(),
             id: conn.id,
         }
+    }
+
+    pub fn num_connections(&self) -> usize {
+        self.conns.lock().len()
     }
 
     /// Open connections right now.

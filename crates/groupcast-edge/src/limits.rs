@@ -1,0 +1,124 @@
+//! Rate limits: a token bucket, and per-IP buckets for new connections.
+//!
+//! Written here rather than with `governor`: the per-connection bucket lives
+//! inside the session (no lock, no map), and the per-IP map needs a hard
+//! bound on tracked addresses, which we keep by forgetting idle (full)
+//! buckets when the map is at its bound.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::metrics::Metrics;
+
+/// Addresses tracked by [`IpRateLimiter`] (`connection_rate_ips_max`).
+pub const MAX_TRACKED_IPS: usize = 100_000;
+
+/// `rate` tokens per second, at most `burst` saved up. A rate of 0 disables it.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: f64) -> TokenBucket {
+        TokenBucket {
+            rate,
+            burst: burst.max(1.0),
+            tokens: burst.max(1.0),
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// Take one token; false when the bucket is empty.
+    pub fn allow(&mut self) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        self.refill(Instant::now());
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+}
+
+/// New-connection rate per client address.
+pub struct IpRateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+}
+
+impl IpRateLimiter {
+    pub fn new(rate: f64, burst: f64) -> IpRateLimiter {
+        IpRateLimiter {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let mut map = self.buckets.lock();
+        if map.len() >= MAX_TRACKED_IPS && !map.contains_key(&ip) {
+            let now = Instant::now();
+            map.retain(|_, b| !b.is_full(now));
+            if map.len() >= MAX_TRACKED_IPS {
+                // Every tracked address is active: admit rather than track more.
+                Metrics::limit_hit("connection_rate_ips_max");
+                return true;
+            }
+        }
+        map.entry(ip)
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+            .allow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let mut b = TokenBucket::new(1000.0, 3.0);
+        assert!(b.allow() && b.allow() && b.allow());
+        assert!(!b.allow(), "burst spent");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(b.allow(), "refilled at the rate");
+        let mut off = TokenBucket::new(0.0, 1.0);
+        assert!((0..1000).all(|_| off.allow()), "rate 0 is off");
+    }
+
+    #[test]
+    fn per_ip_buckets_are_separate() {
+        let l = IpRateLimiter::new(0.001, 2.0);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.allow(a) && l.allow(a));
+        assert!(!l.allow(a));
+        assert!(l.allow(b), "another address has its own bucket");
+    }
+}

@@ -1,0 +1,140 @@
+//! Named limits: connections per node and per user, new connections per
+//! client address (with a trusted proxy header), command and publish rates.
+//! Each refusal has its documented answer and is counted in
+//! `groupcast_limit_hits_total{limit=...}`.
+
+use std::time::Duration;
+
+use groupcast_testkit::{Client, RelayClient, TestServer};
+use serde_json::json;
+
+const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+async fn upgrade_status(s: &TestServer, path: &str, extra: &str) -> u16 {
+    s.http_raw("GET", path, &format!("{UPGRADE}{extra}"), b"")
+        .await
+        .0
+}
+
+async fn limit_hits(s: &TestServer, limit: &str) -> f64 {
+    let (_, body) = s.http_raw("GET", "/metrics", "", b"").await;
+    let text = String::from_utf8(body).unwrap();
+    let prefix = format!("groupcast_limit_hits_total{{limit=\"{limit}\"}}");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn connections_per_node() {
+    let mut config = TestServer::dev_config();
+    config.client.max_connections = 3;
+    let s = TestServer::start_with(config).await;
+    let _a = s.client("a").await;
+    let _b = RelayClient::open(&s.relay_url("relay")).await.unwrap();
+    let c = s.client("c").await;
+    assert_eq!(upgrade_status(&s, "/connection/websocket", "").await, 503);
+    assert_eq!(upgrade_status(&s, "/ws/relay/relay", "").await, 503);
+    assert!(limit_hits(&s, "max_connections").await >= 2.0);
+    // A slot frees when a connection leaves.
+    c.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _d = s.client("d").await;
+}
+
+#[tokio::test]
+async fn connections_per_user() {
+    let mut config = TestServer::dev_config();
+    config.client.max_connections_per_user = 2;
+    let s = TestServer::start_with(config).await;
+    let _a1 = s.client("alice").await;
+    let _a2 = s.client("alice").await;
+    let mut a3 = Client::open(&s.ws_url()).await.unwrap();
+    let err = a3
+        .command("connect", json!({"token": s.token("alice", json!({}))}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, groupcast_client::ClientError::Closed(Some((3504, _)))),
+        "third connection of alice: {err}"
+    );
+    let _bob = s.client("bob").await;
+    for _ in 0..3 {
+        let (_c, r) = Client::connect(&s.ws_url(), "").await.unwrap();
+        assert!(
+            r.get("connect").is_some(),
+            "anonymous connections are not per-user limited"
+        );
+    }
+    assert!(limit_hits(&s, "max_connections_per_user").await >= 1.0);
+}
+
+#[tokio::test]
+async fn new_connections_per_client_address() {
+    let mut config = TestServer::dev_config();
+    config.client.connection_rate_per_ip = 0.001;
+    config.client.connection_burst_per_ip = 3.0;
+    let s = TestServer::start_with(config).await;
+    for _ in 0..3 {
+        assert_eq!(upgrade_status(&s, "/connection/websocket", "").await, 101);
+    }
+    assert_eq!(upgrade_status(&s, "/connection/websocket", "").await, 429);
+    assert_eq!(upgrade_status(&s, "/ws/relay/relay", "").await, 429);
+    assert!(limit_hits(&s, "connection_rate_per_ip").await >= 2.0);
+
+    // Behind a proxy: the configured header names the client.
+    let mut config = TestServer::dev_config();
+    config.client.connection_rate_per_ip = 0.001;
+    config.client.connection_burst_per_ip = 1.0;
+    config.client.client_ip_header = "X-Forwarded-For".into();
+    let s = TestServer::start_with(config).await;
+    let from = |ip: &str| format!("X-Forwarded-For: 198.51.100.7, {ip}\r\n");
+    assert_eq!(
+        upgrade_status(&s, "/connection/websocket", &from("203.0.113.1")).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&s, "/connection/websocket", &from("203.0.113.2")).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&s, "/connection/websocket", &from("203.0.113.1")).await,
+        429,
+        "the right-most address (added by the proxy) is the client"
+    );
+}
+
+#[tokio::test]
+async fn command_and_publish_rates() {
+    let mut config = TestServer::dev_config();
+    config.client.command_rate = 0.001;
+    config.client.command_burst = 6.0;
+    config.client.publish_rate = 0.001;
+    config.client.publish_burst = 2.0;
+    let s = TestServer::start_with(config).await;
+    let mut c = s.client("a").await; // connect: 1 command
+    for n in 0..2 {
+        let r = c
+            .command("publish", json!({"channel":"x","data":n}))
+            .await
+            .unwrap();
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    let r = c
+        .command("publish", json!({"channel":"x","data":3}))
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], 111, "publish burst spent: {r}");
+    assert_eq!(r["error"]["temporary"], true);
+    // Commands so far: connect, 3 publishes (the refused one counts too).
+    for _ in 0..2 {
+        let r = c.command("ping", json!({})).await.unwrap();
+        assert_eq!(r["ping"], json!({}), "other commands still pass: {r}");
+    }
+    let r = c.command("ping", json!({})).await.unwrap();
+    assert_eq!(r["error"]["code"], 111, "command burst (6) spent: {r}");
+    assert!(limit_hits(&s, "publish_rate").await >= 1.0);
+    assert!(limit_hits(&s, "command_rate").await >= 1.0);
+}
