@@ -30,6 +30,15 @@ pub enum ClientError {
     Json(String),
 }
 
+/// Opcode of a raw frame for [`Client::send_frame`].
+#[derive(Debug, Clone, Copy)]
+pub enum RawFrame {
+    Text,
+    Binary,
+    Continuation,
+    Ping,
+}
+
 /// What the server sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
@@ -97,6 +106,28 @@ impl Client {
     /// Send one binary frame.
     pub async fn send_binary(&mut self, data: Vec<u8>) -> Result<(), ClientError> {
         self.ws.send(Message::Binary(Bytes::from(data))).await?;
+        Ok(())
+    }
+
+    /// Send one raw WebSocket frame, as a hostile peer would: any opcode,
+    /// any payload (invalid UTF-8 in a text frame, oversized control frames),
+    /// `fin` false for a fragment.
+    pub async fn send_frame(
+        &mut self,
+        frame: RawFrame,
+        payload: Vec<u8>,
+        fin: bool,
+    ) -> Result<(), ClientError> {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        let payload = Bytes::from(payload);
+        let raw = match frame {
+            RawFrame::Text => Frame::message(payload, OpCode::Data(Data::Text), fin),
+            RawFrame::Binary => Frame::message(payload, OpCode::Data(Data::Binary), fin),
+            RawFrame::Continuation => Frame::message(payload, OpCode::Data(Data::Continue), fin),
+            RawFrame::Ping => Frame::ping(payload),
+        };
+        self.ws.send(Message::Frame(raw)).await?;
         Ok(())
     }
 

@@ -699,8 +699,12 @@ impl Session {
         let (ch, opts) = state.channel(&req.channel)?;
         let data = req.data.ok_or(ErrorCode::BAD_REQUEST)?;
         let subscribed = self.subs.get(ch.as_str());
-        let allowed = (opts.allow_publish_for_client
-            || (opts.allow_publish_for_subscriber && subscribed.is_some()))
+        // Private and user-limited channels: only a subscriber (who proved
+        // access) may publish, whatever allow_publish_for_client says.
+        let open_to_all = !state.is_restricted(&ch, opts);
+        let allowed = ((opts.allow_publish_for_client && open_to_all)
+            || ((opts.allow_publish_for_subscriber || opts.allow_publish_for_client)
+                && subscribed.is_some()))
             && (opts.allow_anonymous || !self.user.is_empty());
         if !allowed {
             return Err(ErrorCode::PERMISSION_DENIED.into());

@@ -184,6 +184,15 @@ impl EdgeState {
         Ok((ch, opts))
     }
 
+    /// Private (`$` prefix, or a namespace without
+    /// `allow_subscribe_for_client`) or user-limited (`#`): access must be
+    /// proven by a subscription token or by being listed.
+    pub fn is_restricted(&self, ch: &ChannelName<'_>, opts: &ChannelOptions) -> bool {
+        ch.rest().starts_with('$')
+            || !opts.allow_subscribe_for_client
+            || ch.allowed_users().is_some()
+    }
+
     /// May `user` subscribe to `ch` without a subscription token?
     pub fn can_subscribe(&self, ch: &ChannelName<'_>, opts: &ChannelOptions, user: &str) -> bool {
         if user.is_empty() && !opts.allow_anonymous {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use groupcast_client::ClientError;
-use groupcast_testkit::{Client, TestServer};
+use groupcast_testkit::{Client, RawFrame, TestServer};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(5);
@@ -24,6 +24,8 @@ enum Expect {
 enum Input {
     Text(String),
     Binary(Vec<u8>),
+    /// Raw frames, in order: (opcode, payload, fin).
+    Frames(Vec<(RawFrame, Vec<u8>, bool)>),
 }
 
 struct Case {
@@ -230,6 +232,204 @@ fn cases() -> Vec<Case> {
             text(r#"{"id":12,"rpc":{"method":"m"}}"#),
             Error(12, 108),
         ),
+        // WebSocket framing abuse.
+        c(
+            "invalid UTF-8 in a text frame",
+            true,
+            Input::Frames(vec![(RawFrame::Text, vec![b'{', 0xff, 0xfe, b'}'], true)]),
+            Close(3501),
+        ),
+        c(
+            "oversized ping control frame (200 bytes)",
+            true,
+            Input::Frames(vec![(RawFrame::Ping, vec![b'p'; 200], true)]),
+            Close(3501),
+        ),
+        c(
+            "continuation without a first fragment",
+            true,
+            Input::Frames(vec![(RawFrame::Continuation, b"{}".to_vec(), true)]),
+            Close(3501),
+        ),
+        c(
+            "fragmented message over the size limit",
+            true,
+            Input::Frames(
+                (0..5)
+                    .map(|i| {
+                        (
+                            if i == 0 {
+                                RawFrame::Text
+                            } else {
+                                RawFrame::Continuation
+                            },
+                            vec![b' '; 20_000],
+                            i == 4,
+                        )
+                    })
+                    .collect(),
+            ),
+            Close(1009),
+        ),
+        c(
+            "fragmented command under the limit",
+            true,
+            Input::Frames(vec![
+                (RawFrame::Text, br#"{"id":21,"#.to_vec(), false),
+                (RawFrame::Continuation, br#""ping":{}}"#.to_vec(), true),
+            ]),
+            Accept(21),
+        ),
+        c(
+            "binary fragment then text",
+            true,
+            Input::Frames(vec![
+                (RawFrame::Binary, vec![1], false),
+                (RawFrame::Text, vec![b'x'], true),
+            ]),
+            Close(3501),
+        ),
+        // Numbers and types.
+        c(
+            "number out of range for limit",
+            true,
+            text(r#"{"id":1,"history":{"channel":"a","limit":1e400}}"#),
+            Close(3501),
+        ),
+        c(
+            "fractional id",
+            true,
+            text(r#"{"id":1.5,"ping":{}}"#),
+            Close(3501),
+        ),
+        c(
+            "id above u32",
+            true,
+            text(r#"{"id":4294967296,"ping":{}}"#),
+            Close(3501),
+        ),
+        c(
+            "subs of the wrong type in connect",
+            false,
+            text(r#"{"id":1,"connect":{"subs":"x"}}"#),
+            Close(3501),
+        ),
+        c(
+            "token of the wrong type",
+            false,
+            text(r#"{"id":1,"connect":{"token":123}}"#),
+            Close(3501),
+        ),
+        c(
+            "recover of the wrong type",
+            true,
+            text(r#"{"id":1,"subscribe":{"channel":"a","recover":"yes"}}"#),
+            Close(3501),
+        ),
+        c(
+            "null method body",
+            true,
+            text(r#"{"id":22,"subscribe":null}"#),
+            Error(22, 104),
+        ),
+        c(
+            "empty subscribe body",
+            true,
+            text(r#"{"id":23,"subscribe":{}}"#),
+            Error(23, 107),
+        ),
+        c(
+            "NUL in a channel name",
+            true,
+            text(r#"{"id":24,"subscribe":{"channel":"a\u0000b"}}"#),
+            Error(24, 107),
+        ),
+        c(
+            "huge method name",
+            true,
+            text(format!(r#"{{"id":25,"{}":{{}}}}"#, "m".repeat(10_000))),
+            Error(25, 104),
+        ),
+        c(
+            "non-ASCII channel name is fine",
+            true,
+            text(r#"{"id":26,"subscribe":{"channel":"café ☕"}}"#),
+            Accept(26),
+        ),
+        // Tokens.
+        c(
+            "huge token",
+            false,
+            text(format!(
+                r#"{{"id":1,"connect":{{"token":"{}"}}}}"#,
+                "a".repeat(20_000)
+            )),
+            Close(3500),
+        ),
+        c(
+            "refresh with a garbage token",
+            true,
+            text(r#"{"id":1,"refresh":{"token":"x.y.z"}}"#),
+            Close(3500),
+        ),
+        c(
+            "subscription token for another channel",
+            true,
+            Input::Text(String::new()),
+            Error(27, 103),
+        ),
+        // Access.
+        c(
+            "publish into another user's channel",
+            true,
+            text(r#"{"id":28,"publish":{"channel":"dm#alice,bob","data":{}}}"#),
+            Error(28, 103),
+        ),
+        c(
+            "publish into a private channel",
+            true,
+            text(r#"{"id":29,"publish":{"channel":"$secret","data":{}}}"#),
+            Error(29, 103),
+        ),
+        c(
+            "subscribe to another user's channel",
+            true,
+            text(r#"{"id":30,"subscribe":{"channel":"dm#alice,bob"}}"#),
+            Error(30, 103),
+        ),
+        // Floods.
+        c(
+            "10,000 pongs in one frame",
+            true,
+            text(format!(
+                "{}\n{}",
+                vec!["{}"; 10_000].join("\n"),
+                r#"{"id":31,"ping":{}}"#
+            )),
+            Accept(31),
+        ),
+        c(
+            "command flood over the rate limit",
+            true,
+            text(
+                (1001..=1250)
+                    .map(|i| format!(r#"{{"id":{i},"ping":{{}}}}"#))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            Error(1250, 111),
+        ),
+        c(
+            "subscribe flood over the channel limit",
+            true,
+            text(
+                (1001..=1130)
+                    .map(|i| format!(r#"{{"id":{i},"subscribe":{{"channel":"flood{i}"}}}}"#))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            Error(1130, 106),
+        ),
     ]
 }
 
@@ -253,8 +453,25 @@ async fn bad_input_is_answered_and_harms_no_one() {
             assert!(r.get("connect").is_some());
         }
         match case.input {
+            // Placeholder: a subscription token minted for this server.
+            Input::Text(t) if t.is_empty() => {
+                let token = s.sub_token("mallory", "$other", json!({}));
+                c.send_text(
+                    json!({"id":27,"subscribe":{"channel":"$mine","token":token}}).to_string(),
+                )
+                .await
+                .unwrap()
+            }
             Input::Text(t) => c.send_text(t).await.unwrap(),
             Input::Binary(b) => c.send_binary(b).await.unwrap(),
+            Input::Frames(frames) => {
+                for (op, payload, fin) in frames {
+                    // The server may close mid-way; that is the outcome checked below.
+                    if c.send_frame(op, payload, fin).await.is_err() {
+                        break;
+                    }
+                }
+            }
         }
         match case.expect {
             Expect::Close(code) => {
@@ -312,6 +529,24 @@ async fn bad_input_is_answered_and_harms_no_one() {
             case.what
         );
     }
+    assert!(published >= 50, "the table has {published} cases");
+
+    // Afterwards the server holds exactly the bystander's state again: no
+    // leaked connection, subscription, channel or presence entry.
+    let mut left = Value::Null;
+    for _ in 0..50 {
+        let (_, info) = s.api("info", json!({})).await;
+        left = info["result"]["nodes"][0].clone();
+        if left["num_clients"] == 1 && left["num_channels"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left["num_clients"], 1, "{left}");
+    assert_eq!(left["num_channels"], 1, "{left}");
+    assert_eq!(left["num_subs"], 1, "{left}");
+    let (_, p) = s.api("presence_stats", json!({"channel":"watch"})).await;
+    assert_eq!(p["result"], json!({"num_clients":1,"num_users":1}));
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-pub use groupcast_client::{Client, Frame, Incoming, RelayClient};
+pub use groupcast_client::{Client, Frame, Incoming, RawFrame, RelayClient};
 
 pub const API_KEY: &str = "test-api-key";
 pub const SECRET: &str = "test-secret";
