@@ -68,11 +68,14 @@ fn key_ok(state: &EdgeState, headers: &HeaderMap) -> bool {
     constant_time_eq(given.as_bytes(), expected)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Compare `given` with `expected` in time that depends only on the length
+/// of `expected` (not on where they differ, nor on `given`'s length).
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    diff == 0
 }
 
 /// axum handler for `POST /api/{method}`.
@@ -543,5 +546,8 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"ab\0", b"ab"));
+        assert!(!constant_time_eq(b"", b"abc"));
     }
 }

@@ -107,6 +107,19 @@ pub struct Conn {
 /// The receiving half, consumed by [`Conn::run_writer`].
 pub struct Outbox(mpsc::UnboundedReceiver<Out>);
 
+impl Outbox {
+    /// Take every protocol message queued so far (no socket: replay, fuzzing).
+    pub fn take_messages(&mut self) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Ok(item) = self.0.try_recv() {
+            if let Out::Json(b, _) = item {
+                out.push(b);
+            }
+        }
+        out
+    }
+}
+
 impl Conn {
     pub fn new(id: u64, kind: SubscriberKind, max_queue: usize) -> (Arc<Conn>, Outbox) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -213,6 +226,11 @@ impl Conn {
             Some(code) => self.close(code),
             None => self.closed_by_peer(),
         }
+    }
+
+    /// The close code set by the server, if any.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_reason.lock().as_ref().map(|(code, _)| *code)
     }
 
     pub fn is_closed(&self) -> bool {

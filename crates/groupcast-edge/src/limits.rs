@@ -55,6 +55,11 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the last `allow` found no token (for naming the limit hit).
+    pub fn is_empty(&self) -> bool {
+        self.rate > 0.0 && self.tokens < 1.0
+    }
+
     fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= self.burst

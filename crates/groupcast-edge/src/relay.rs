@@ -27,6 +27,7 @@ use groupcast_proto::client::ClientInfo;
 use groupcast_proto::{DisconnectCode, ErrorCode};
 
 use crate::conn::Conn;
+use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
 
@@ -118,6 +119,8 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
         cfg.ping_interval,
     );
     let mut last_seen = Instant::now();
+    let mut commands = TokenBucket::new(cfg.command_rate, cfg.command_burst);
+    let mut publishes = TokenBucket::new(cfg.publish_rate, cfg.publish_burst);
     while !conn.is_closed() {
         tokio::select! {
             _ = conn.cancelled() => break,
@@ -145,6 +148,13 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
                 };
                 if !auth.can_publish {
                     conn.close(DisconnectCode::PERMISSION_DENIED);
+                    break;
+                }
+                // The relay has no error reply: over the rate, it closes
+                // with 3013 (the client may reconnect).
+                if !commands.allow() || !publishes.allow() {
+                    Metrics::limit_hit(if publishes.is_empty() { "publish_rate" } else { "command_rate" });
+                    conn.close(DisconnectCode::TOO_MANY_REQUESTS);
                     break;
                 }
                 m.messages_in_relay.increment(1);

@@ -85,6 +85,39 @@ pub struct Session {
     publishes: TokenBucket,
 }
 
+/// What [`replay`] saw.
+#[derive(Debug)]
+pub struct Replay {
+    /// Everything the session queued (replies, pushes), in order.
+    pub messages: Vec<Bytes>,
+    /// The close code, when the session closed the connection.
+    pub closed: Option<u16>,
+}
+
+/// Run text frames through a session with no socket, then end it as a
+/// disconnect would. This is the command dispatcher as the fuzz target and
+/// the property tests drive it; it shares every line with [`serve`] but the
+/// socket loop.
+pub async fn replay(state: Arc<EdgeState>, frames: &[&[u8]]) -> Replay {
+    let (conn, mut outbox) = Conn::new(
+        state.next_conn_id(),
+        SubscriberKind::Protocol,
+        state.config.client.max_queue_bytes,
+    );
+    let mut session = Session::new(state, conn.clone());
+    for frame in frames {
+        if conn.is_closed() {
+            break;
+        }
+        session.handle_frame(frame).await;
+    }
+    session.cleanup().await;
+    Replay {
+        messages: outbox.take_messages(),
+        closed: conn.close_code(),
+    }
+}
+
 /// Serve one upgraded WebSocket with the Centrifugo protocol.
 pub async fn serve(state: Arc<EdgeState>, socket: WebSocket) {
     let (sink, stream) = socket.split();
@@ -97,24 +130,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket) {
     let writer = tokio::spawn(conn.clone().run_writer(sink, outbox));
     let m = Metrics::get();
     m.connections_protocol.increment(1.0);
-    let mut session = Session {
-        conn,
-        connected: false,
-        user: String::new(),
-        conn_info: None,
-        expires_at: None,
-        subs: HashMap::new(),
-        pong_deadline: None,
-        commands: TokenBucket::new(
-            state.config.client.command_rate,
-            state.config.client.command_burst,
-        ),
-        publishes: TokenBucket::new(
-            state.config.client.publish_rate,
-            state.config.client.publish_burst,
-        ),
-        state,
-    };
+    let mut session = Session::new(state, conn);
     session.run(stream).await;
     session.cleanup().await;
     m.connections_protocol.decrement(1.0);
@@ -127,6 +143,22 @@ fn deadline_from_unix(at: i64) -> tokio::time::Instant {
 }
 
 impl Session {
+    fn new(state: Arc<EdgeState>, conn: Arc<Conn>) -> Session {
+        let c = &state.config.client;
+        Session {
+            commands: TokenBucket::new(c.command_rate, c.command_burst),
+            publishes: TokenBucket::new(c.publish_rate, c.publish_burst),
+            conn,
+            connected: false,
+            user: String::new(),
+            conn_info: None,
+            expires_at: None,
+            subs: HashMap::new(),
+            pong_deadline: None,
+            state,
+        }
+    }
+
     async fn run(&mut self, mut stream: SplitStream<WebSocket>) {
         let cfg = &self.state.config.client;
         let ping_interval = cfg.ping_interval;

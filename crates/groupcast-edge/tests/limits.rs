@@ -138,3 +138,31 @@ async fn command_and_publish_rates() {
     assert!(limit_hits(&s, "publish_rate").await >= 1.0);
     assert!(limit_hits(&s, "command_rate").await >= 1.0);
 }
+
+#[tokio::test]
+async fn relay_frames_are_rate_limited() {
+    let mut config = TestServer::dev_config();
+    config.client.command_rate = 0.001;
+    config.client.command_burst = 3.0;
+    let s = TestServer::start_with(config).await;
+    let mut a = RelayClient::open(&s.relay_url("relay")).await.unwrap();
+    for _ in 0..4 {
+        if a.send_text("x").await.is_err() {
+            break;
+        }
+    }
+    loop {
+        match a.recv(Duration::from_secs(5)).await.unwrap() {
+            groupcast_testkit::Frame::Close(code) => {
+                assert_eq!(
+                    code.map(|c| c.0),
+                    Some(3013),
+                    "over the rate: too many requests"
+                );
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(limit_hits(&s, "command_rate").await >= 1.0);
+}

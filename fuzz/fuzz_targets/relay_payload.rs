@@ -1,0 +1,51 @@
+//! The raw relay path: a frame is relayed verbatim to relay clients, and
+//! reaches protocol clients as valid JSON (publication data and the encoded
+//! push), whatever its bytes.
+#![no_main]
+
+use std::sync::Arc;
+
+use groupcast_core::hub::{Hub, PreparedPush, Subscriber, SubscriberKind};
+use groupcast_core::{BrokerHandler, Payload, Publication};
+use libfuzzer_sys::fuzz_target;
+
+struct Check {
+    kind: SubscriberKind,
+    expect: Vec<u8>,
+}
+
+impl Subscriber for Check {
+    fn id(&self) -> u64 {
+        match self.kind {
+            SubscriberKind::Protocol => 1,
+            SubscriberKind::Relay => 2,
+        }
+    }
+    fn kind(&self) -> SubscriberKind {
+        self.kind
+    }
+    fn push(&self, push: &PreparedPush) {
+        match self.kind {
+            SubscriberKind::Protocol => {
+                let v: serde_json::Value = serde_json::from_slice(push.json()).expect("push is JSON");
+                assert!(v["push"]["pub"].get("data").is_some());
+            }
+            SubscriberKind::Relay => {
+                let (bytes, _) = push.relay().expect("a publication has a relay frame");
+                assert_eq!(&bytes[..], &self.expect[..], "relayed verbatim");
+            }
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let payload = match std::str::from_utf8(data) {
+        Ok(text) => Payload::from_text(text),
+        Err(_) => Payload::Binary(bytes::Bytes::copy_from_slice(data)),
+    };
+    serde_json::from_str::<serde_json::Value>(payload.to_json().get()).expect("data is JSON");
+    let hub = Hub::default();
+    hub.add("c", Arc::new(Check { kind: SubscriberKind::Protocol, expect: Vec::new() }), false);
+    hub.add("c", Arc::new(Check { kind: SubscriberKind::Relay, expect: data.to_vec() }), false);
+    hub.on_publication("c", Arc::new(Publication::new(payload)));
+});
