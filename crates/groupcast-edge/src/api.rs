@@ -95,6 +95,7 @@ pub async fn handle(
     }
     if body.len() > state.config.api.max_body_bytes {
         Metrics::api_call(&method, "too_large");
+        Metrics::limit_hit("api.max_body_bytes");
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     }
     let value: Value = match serde_json::from_slice(&body) {
@@ -205,6 +206,7 @@ fn empty() -> Box<RawValue> {
 async fn batch(state: &EdgeState, value: Value) -> Result<(String, &'static str), ()> {
     let req: api::BatchRequest = serde_json::from_value(value).map_err(|_| ())?;
     if req.commands.len() > MAX_BATCH_COMMANDS {
+        Metrics::limit_hit("api_batch_max_commands");
         return Ok((encode(&Reply::error(ApiError::LIMIT_EXCEEDED)), "error"));
     }
     let error = |e: ApiError| encode(&json!({ "error": e }));
@@ -245,6 +247,7 @@ async fn publish_one(
     // Publications reach clients in one frame: the client message limit
     // applies, and keeps one publication below a reader's queue limit.
     if data.len() > state.config.client.max_message_size {
+        Metrics::limit_hit("max_message_size");
         return Err(ApiError::LIMIT_EXCEEDED);
     }
     let po = if skip_history {
@@ -292,6 +295,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
         "broadcast" => {
             let r: api::BroadcastRequest = parse(body)?;
             if r.channels.len() > MAX_BROADCAST_CHANNELS {
+                Metrics::limit_hit("api_broadcast_max_channels");
                 return Err(ApiError::LIMIT_EXCEEDED.into());
             }
             let data = payload(r.data, &r.b64data)?;
@@ -400,7 +404,10 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             let max = state.config.client.history_max_limit;
             let limit = match r.limit {
                 l if l < 0 => max,
-                l if l as usize > max => return Err(ApiError::LIMIT_EXCEEDED.into()),
+                l if l as usize > max => {
+                    Metrics::limit_hit("history_max_limit");
+                    return Err(ApiError::LIMIT_EXCEEDED.into());
+                }
                 l => l as usize,
             };
             let q = HistoryQuery {

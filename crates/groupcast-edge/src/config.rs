@@ -35,6 +35,31 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Graceful shutdown (SIGTERM, SIGINT).
     pub shutdown: ShutdownConfig,
+    /// TLS on the listener (WebSocket and HTTP API alike).
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Empty (with `key_file`): plain TCP.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// How often to check the files for changes (reloaded without a
+    /// restart; SIGHUP reloads at once). Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Option<Duration>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty() || !self.key_file.is_empty()
+    }
+
+    pub fn reload_every(&self) -> Duration {
+        self.reload_interval.unwrap_or(Duration::from_secs(10))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +119,10 @@ pub struct ClientConfig {
     /// Browser origins allowed to open WebSockets (`*` wildcards; `["*"]`: any).
     /// Requests without an `Origin` header (non-browsers) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// A socket that has not sent a successful `connect` within this is
+    /// closed with 3502 "stale" (a socket that opens and says nothing).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Server ping interval (`{}`); clients answer with `{}`.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -165,6 +194,7 @@ impl Default for Config {
             namespaces: Vec::new(),
             relay: RelayConfig::default(),
             shutdown: ShutdownConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -188,6 +218,7 @@ impl Default for ClientConfig {
             token_issuer: String::new(),
             allow_anonymous_connect_without_token: false,
             allowed_origins: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),
             max_message_size: 65_536,
@@ -272,6 +303,9 @@ impl Config {
                 "client.pong_timeout: must be above 0 and below client.ping_interval".into(),
             );
         }
+        if c.connect_timeout < Duration::from_millis(100) {
+            return Err("client.connect_timeout: must be at least 100ms".into());
+        }
         if c.max_message_size < 1024 {
             return Err("client.max_message_size: must be at least 1024".into());
         }
@@ -327,6 +361,18 @@ impl Config {
         }
         if self.api.max_body_bytes < 1024 {
             return Err("api.max_body_bytes: must be at least 1024".into());
+        }
+        if self.tls.enabled() {
+            if self.tls.cert_file.is_empty() || self.tls.key_file.is_empty() {
+                return Err("tls: set both tls.cert_file and tls.key_file".into());
+            }
+            crate::tls::load_certified_key(
+                self.tls.cert_file.as_ref(),
+                self.tls.key_file.as_ref(),
+            )?;
+            if self.tls.reload_every() < Duration::from_millis(100) {
+                return Err("tls.reload_interval: must be at least 100ms".into());
+            }
         }
         let s = &self.shutdown;
         if s.grace_period < Duration::from_secs(1) {

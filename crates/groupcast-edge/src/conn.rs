@@ -148,6 +148,7 @@ impl Conn {
         // publication cannot cut off a reader that is keeping up.
         if prev > 0 && prev + len > self.max_queue {
             self.queued.fetch_sub(len, Ordering::AcqRel);
+            Metrics::limit_hit("max_queue_bytes");
             self.close(DisconnectCode::SLOW);
             return false;
         }
@@ -216,7 +217,10 @@ impl Conn {
     /// violation), or just end when the peer is gone.
     pub fn read_failed(&self, e: axum::Error) {
         let code = match e.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
-            Ok(tungstenite::Error::Capacity(_)) => Some(DisconnectCode::MESSAGE_TOO_BIG),
+            Ok(tungstenite::Error::Capacity(_)) => {
+                Metrics::limit_hit("max_message_size");
+                Some(DisconnectCode::MESSAGE_TOO_BIG)
+            }
             Ok(tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_)) => {
                 Some(DisconnectCode::BAD_REQUEST)
             }

@@ -16,6 +16,7 @@
 //! * [`api`]: the server HTTP API.
 //! * [`state`]: state shared by sessions and the API; the client registry.
 //! * [`server`]: the router and [`run`].
+//! * [`tls`]: the listener (TCP or TLS with rustls/ring) and certificate reload.
 //! * [`metrics`]: Prometheus recorder and cached handles.
 //!
 //! [`Node`]: groupcast_core::Node
@@ -30,6 +31,7 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod tls;
 
 pub use config::Config;
 pub use server::run;

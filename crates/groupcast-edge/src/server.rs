@@ -31,6 +31,7 @@ use groupcast_proto::DisconnectCode;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
+use crate::tls::{CertStore, ClientAddr, EdgeListener};
 use crate::{api, relay, session};
 
 /// Serve `config` on `listener` until `shutdown` is cancelled, then drain.
@@ -51,7 +52,20 @@ pub async fn run(
     Metrics::get();
     let app = router(state.clone());
     let stop = shutdown.clone();
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let app = app.into_make_service_with_connect_info::<ClientAddr>();
+    let tls = match state.config.tls.enabled() {
+        false => None,
+        true => {
+            let t = &state.config.tls;
+            let store = Arc::new(
+                CertStore::open(t.cert_file.as_ref(), t.key_file.as_ref())
+                    .map_err(crate::EdgeError::Config)?,
+            );
+            tokio::spawn(store.clone().watch(t.reload_every(), shutdown.clone()));
+            Some(store.server_config())
+        }
+    };
+    let listener = EdgeListener::new(listener, tls, shutdown.clone())?;
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .into_future();
@@ -184,7 +198,7 @@ fn admit(
 
 async fn websocket(
     State(state): State<Arc<EdgeState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -203,7 +217,7 @@ struct RelayQuery {
 
 async fn relay_default(
     State(state): State<Arc<EdgeState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     Query(q): Query<RelayQuery>,
     ws: WebSocketUpgrade,
@@ -214,7 +228,7 @@ async fn relay_default(
 
 async fn relay_channel(
     State(state): State<Arc<EdgeState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     Path(channel): Path<String>,
     Query(q): Query<RelayQuery>,

@@ -6,7 +6,7 @@
 //! * the first command must be `connect`; anything else, a second `connect`,
 //!   an undecodable frame, a binary frame, or a command without `id` (other
 //!   than the `{}` pong and `send`) disconnects with 3501 "bad request";
-//! * a connection that sends no `connect` within `client.ping_interval` is
+//! * a connection that sends no `connect` within `client.connect_timeout` is
 //!   closed with 3502 "stale"; one that misses a pong with 3012 "no pong";
 //! * an expired connection that did not refresh within
 //!   `client.expired_close_delay` is closed with 3005; an expired subscription is
@@ -163,7 +163,7 @@ impl Session {
         let cfg = &self.state.config.client;
         let ping_interval = cfg.ping_interval;
         let pong_timeout = cfg.pong_timeout;
-        let stale_at = tokio::time::Instant::now() + ping_interval;
+        let stale_at = tokio::time::Instant::now() + cfg.connect_timeout;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -542,6 +542,7 @@ impl Session {
             return Err(ErrorCode::ALREADY_SUBSCRIBED.into());
         }
         if self.subs.len() >= state.config.client.max_channels_per_connection {
+            Metrics::limit_hit("max_channels_per_connection");
             return Err(ErrorCode::LIMIT_EXCEEDED.into());
         }
         let mut chan_info = None;
@@ -591,7 +592,10 @@ impl Session {
             {
                 node.remove_subscriber(spec.channel, self.conn.id).await;
                 let code = match e {
-                    groupcast_core::MembershipError::LimitExceeded(_) => ErrorCode::LIMIT_EXCEEDED,
+                    groupcast_core::MembershipError::LimitExceeded(limit) => {
+                        Metrics::limit_hit(limit);
+                        ErrorCode::LIMIT_EXCEEDED
+                    }
                     groupcast_core::MembershipError::Unavailable(_) => ErrorCode::NOT_AVAILABLE,
                 };
                 return Err(code.into());
@@ -686,6 +690,7 @@ impl Session {
             .is_err()
         {
             self.drop_sub(channel, false).await;
+            Metrics::limit_hit("recovery_buffer_max");
             return Err(Fail::Disconnect(DisconnectCode::INSUFFICIENT_STATE));
         }
         if let Some(sub) = self.subs.get(channel) {
@@ -785,7 +790,10 @@ impl Session {
         let max = self.state.config.client.history_max_limit;
         let limit = match req.limit {
             l if l < 0 => max,
-            l if l as usize > max => return Err(ErrorCode::LIMIT_EXCEEDED.into()),
+            l if l as usize > max => {
+                Metrics::limit_hit("history_max_limit");
+                return Err(ErrorCode::LIMIT_EXCEEDED.into());
+            }
             l => l as usize,
         };
         let since = req.since.map(|s| StreamPosition {

@@ -158,3 +158,23 @@ async fn oversized_relay_frame_closes_with_1009() {
         other => panic!("expected close 1009, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn silent_relay_peer_is_closed_with_no_pong() {
+    let mut config = TestServer::dev_config();
+    config.client.ping_interval = Duration::from_secs(1);
+    config.client.pong_timeout = Duration::from_millis(500);
+    let s = TestServer::start_with(config).await;
+    // Never reads, so never answers the server's WebSocket pings.
+    let mut a = RelayClient::open(&s.relay_url("relay")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    loop {
+        match a.recv(T).await.unwrap() {
+            Frame::Close(code) => {
+                assert_eq!(code.map(|c| c.0), Some(3012));
+                break;
+            }
+            _ => continue,
+        }
+    }
+}
