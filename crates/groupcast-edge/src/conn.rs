@@ -421,3 +421,37 @@ impl Subscriber for Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_inbox_is_bounded() {
+        let (conn, _outbox) = Conn::new(1, SubscriberKind::Protocol, 1 << 20);
+        for _ in 0..MAX_CONTROL_QUEUE {
+            assert!(conn.control(Control::Unsubscribe {
+                channel: "a".into()
+            }));
+        }
+        assert!(
+            !conn.control(Control::Unsubscribe {
+                channel: "a".into()
+            }),
+            "65th action dropped"
+        );
+        assert_eq!(conn.controls.lock().len(), MAX_CONTROL_QUEUE);
+    }
+
+    #[test]
+    fn queue_limit_closes_slow_connection_but_takes_one_large_message() {
+        let (conn, _outbox) = Conn::new(1, SubscriberKind::Protocol, 100);
+        assert!(
+            conn.send_json(Bytes::from(vec![b'x'; 500]), OutKind::Reply),
+            "empty queue takes one"
+        );
+        assert!(!conn.send_json(Bytes::from_static(b"{}"), OutKind::Reply));
+        assert!(conn.is_closed());
+        assert_eq!(conn.close_code(), Some(3008));
+    }
+}

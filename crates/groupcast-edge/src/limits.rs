@@ -70,14 +70,21 @@ impl TokenBucket {
 pub struct IpRateLimiter {
     rate: f64,
     burst: f64,
+    capacity: usize,
     buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
 impl IpRateLimiter {
     pub fn new(rate: f64, burst: f64) -> IpRateLimiter {
+        Self::with_capacity(rate, burst, MAX_TRACKED_IPS)
+    }
+
+    /// At most `capacity` addresses tracked at once.
+    pub fn with_capacity(rate: f64, burst: f64, capacity: usize) -> IpRateLimiter {
         IpRateLimiter {
             rate,
             burst,
+            capacity,
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -87,10 +94,10 @@ impl IpRateLimiter {
             return true;
         }
         let mut map = self.buckets.lock();
-        if map.len() >= MAX_TRACKED_IPS && !map.contains_key(&ip) {
+        if map.len() >= self.capacity && !map.contains_key(&ip) {
             let now = Instant::now();
             map.retain(|_, b| !b.is_full(now));
-            if map.len() >= MAX_TRACKED_IPS {
+            if map.len() >= self.capacity {
                 // Every tracked address is active: admit rather than track more.
                 Metrics::limit_hit("connection_rate_ips_max");
                 return true;
@@ -115,6 +122,21 @@ mod tests {
         assert!(b.allow(), "refilled at the rate");
         let mut off = TokenBucket::new(0.0, 1.0);
         assert!((0..1000).all(|_| off.allow()), "rate 0 is off");
+    }
+
+    #[test]
+    fn tracked_addresses_are_bounded() {
+        let l = IpRateLimiter::with_capacity(1000.0, 1.0, 2);
+        let ip = |n: u8| -> IpAddr { std::net::Ipv4Addr::new(10, 0, 0, n).into() };
+        assert!(l.allow(ip(1)) && l.allow(ip(2)));
+        // Both buckets are empty (active): a third address is admitted untracked.
+        assert!(l.allow(ip(3)));
+        assert_eq!(l.buckets.lock().len(), 2, "never more than the capacity");
+        // Once the others refill (idle), they are forgotten to make room.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(l.allow(ip(4)));
+        assert!(l.buckets.lock().contains_key(&ip(4)));
+        assert!(l.buckets.lock().len() <= 2);
     }
 
     #[test]

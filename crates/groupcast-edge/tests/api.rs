@@ -269,3 +269,23 @@ async fn metrics_expose_what_operators_watch() {
     );
     assert!(value("groupcast_api_requests_total{method=\"publish\",outcome=\"ok\"}") >= 1.0);
 }
+
+#[tokio::test]
+async fn batch_and_broadcast_sizes_are_limited() {
+    let s = TestServer::start().await;
+    let commands: Vec<_> = (0..1001).map(|_| json!({"info":{}})).collect();
+    let (status, r) = s.api("batch", json!({ "commands": commands })).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        r["error"]["code"],
+        106,
+        "1,001 commands: {}",
+        &r.to_string()[..80.min(r.to_string().len())]
+    );
+    let channels: Vec<_> = (0..10_001).map(|i| format!("c{i}")).collect();
+    let (_, r) = s
+        .api("broadcast", json!({ "channels": channels, "data": {} }))
+        .await;
+    assert_eq!(r["error"]["code"], 106);
+    assert_eq!(history_len(&s, "c0").await, 0, "nothing was published");
+}

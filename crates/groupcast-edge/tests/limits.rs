@@ -166,3 +166,35 @@ async fn relay_frames_are_rate_limited() {
     }
     assert!(limit_hits(&s, "command_rate").await >= 1.0);
 }
+
+#[tokio::test]
+async fn presence_entries_per_channel() {
+    use groupcast_core::broker::memory::MemoryBroker;
+    use groupcast_core::membership::memory::MemoryMembership;
+    use std::sync::Arc;
+    let node = groupcast_core::Node::new(
+        Arc::new(MemoryBroker::default()),
+        Arc::new(MemoryMembership::new(2)),
+    );
+    let s = TestServer::start_with_node(TestServer::dev_config(), node).await;
+    let mut clients = Vec::new();
+    for user in ["a", "b"] {
+        let mut c = s.client(user).await;
+        let r = c
+            .command("subscribe", json!({"channel":"room"}))
+            .await
+            .unwrap();
+        assert!(r.get("subscribe").is_some(), "{r}");
+        clients.push(c);
+    }
+    let mut third = s.client("c").await;
+    let r = third
+        .command("subscribe", json!({"channel":"room"}))
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], 106, "presence full: {r}");
+    // The refused subscriber got nothing and holds nothing.
+    let (_, stats) = s.api("presence_stats", json!({"channel":"room"})).await;
+    assert_eq!(stats["result"]["num_clients"], 2);
+    assert!(limit_hits(&s, "presence_max_clients").await >= 1.0);
+}

@@ -177,3 +177,38 @@ fn rand_id() -> u64 {
     h.write_u64(std::process::id() as u64);
     h.finish()
 }
+
+/// SIGHUP reloads at once (the file check interval is an hour here). Each
+/// nextest test is its own process, so the signal reaches only this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate() {
+    let dir = Dir(std::env::temp_dir().join(format!("gc-tls-hup-{:x}", rand_id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let (a, b) = (self_signed(), self_signed());
+    write(&dir.0, &a);
+    let mut config = TestServer::dev_config();
+    config.tls.cert_file = dir.0.join("cert.pem").display().to_string();
+    config.tls.key_file = dir.0.join("key.pem").display().to_string();
+    config.tls.reload_interval = Some(Duration::from_secs(3600));
+    let s = TestServer::start_with(config).await;
+    let trusting = connector(&[&a, &b]);
+    // A handshake proves the server (and its signal handler) is running.
+    assert_eq!(served_cert(&s, &trusting).await, a.der);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    write(&dir.0, &b);
+    let pid = std::process::id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut switched = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if served_cert(&s, &trusting).await == b.der {
+            switched = true;
+            break;
+        }
+    }
+    assert!(switched, "SIGHUP did not reload the certificate");
+}
