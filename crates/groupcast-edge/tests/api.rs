@@ -75,6 +75,17 @@ async fn malformed_requests_get_http_errors() {
         ("POST", "/api/nope", b"{}".to_vec(), 404),
         ("GET", "/api/publish", Vec::new(), 405),
         ("POST", "/api/publish", vec![b' '; 2 << 20], 413),
+        (
+            "POST",
+            "/api/publish",
+            format!(
+                r#"{{"channel":"a","data":{}{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            )
+            .into_bytes(),
+            400,
+        ),
     ];
     for (method, path, body, want) in cases {
         let (status, _) = s.http_raw(method, path, &key, &body).await;
