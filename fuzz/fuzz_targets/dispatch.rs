@@ -28,11 +28,21 @@ fn world() -> &'static World {
         let mut config = Config::dev();
         config.client.token_hmac_secret = "fuzz".into();
         config.client.command_rate = 0.0;
-        let node = Node::new(Arc::new(MemoryBroker::default()), Arc::new(MemoryMembership::default()));
-        let state = EdgeState::new(config, node.clone(), CancellationToken::new()).expect("valid config");
-        let token = mint_hs256("fuzz", &serde_json::json!({"sub":"f","exp": now_unix() + 86_400}));
+        let node = Node::new(
+            Arc::new(MemoryBroker::default()),
+            Arc::new(MemoryMembership::default()),
+        );
+        let state =
+            EdgeState::new(config, node.clone(), CancellationToken::new()).expect("valid config");
+        let token = mint_hs256(
+            "fuzz",
+            &serde_json::json!({"sub":"f","exp": now_unix() + 86_400}),
+        );
         World {
-            rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
             state,
             node,
             connect: format!(r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#),
@@ -46,10 +56,20 @@ fuzz_target!(|data: &[u8]| {
     if data.first().is_some_and(|b| b % 2 == 0) {
         frames.push(w.connect.as_bytes());
     }
-    frames.extend(data.get(1..).unwrap_or_default().split(|b| *b == 0).take(64));
-    let out = w.rt.block_on(groupcast_edge::session::replay(w.state.clone(), &frames));
+    frames.extend(
+        data.get(1..)
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .take(64),
+    );
+    let out =
+        w.rt.block_on(groupcast_edge::session::replay(w.state.clone(), &frames));
     for m in &out.messages {
         serde_json::from_slice::<serde_json::Value>(m).expect("every queued message is JSON");
     }
-    assert_eq!(w.node.hub.num_channels(), 0, "subscriptions outlived the session");
+    assert_eq!(
+        w.node.hub.num_channels(),
+        0,
+        "subscriptions outlived the session"
+    );
 });

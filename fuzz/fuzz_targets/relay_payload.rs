@@ -27,7 +27,8 @@ impl Subscriber for Check {
     fn push(&self, push: &PreparedPush) {
         match self.kind {
             SubscriberKind::Protocol => {
-                let v: serde_json::Value = serde_json::from_slice(push.json()).expect("push is JSON");
+                let v: serde_json::Value =
+                    serde_json::from_slice(push.json()).expect("push is JSON");
                 assert!(v["push"]["pub"].get("data").is_some());
             }
             SubscriberKind::Relay => {
@@ -45,7 +46,21 @@ fuzz_target!(|data: &[u8]| {
     };
     serde_json::from_str::<serde_json::Value>(payload.to_json().get()).expect("data is JSON");
     let hub = Hub::default();
-    hub.add("c", Arc::new(Check { kind: SubscriberKind::Protocol, expect: Vec::new() }), false);
-    hub.add("c", Arc::new(Check { kind: SubscriberKind::Relay, expect: data.to_vec() }), false);
+    hub.add(
+        "c",
+        Arc::new(Check {
+            kind: SubscriberKind::Protocol,
+            expect: Vec::new(),
+        }),
+        false,
+    );
+    hub.add(
+        "c",
+        Arc::new(Check {
+            kind: SubscriberKind::Relay,
+            expect: data.to_vec(),
+        }),
+        false,
+    );
     hub.on_publication("c", Arc::new(Publication::new(payload)));
 });
