@@ -401,15 +401,9 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             if !opts.has_history() {
                 return Err(ApiError::NOT_AVAILABLE.into());
             }
-            let max = state.config.client.history_max_limit;
-            let limit = match r.limit {
-                l if l < 0 => max,
-                l if l as usize > max => {
-                    Metrics::limit_hit("history_max_limit");
-                    return Err(ApiError::LIMIT_EXCEEDED.into());
-                }
-                l => l as usize,
-            };
+            let limit = state
+                .history_limit(r.limit)
+                .ok_or(ApiError::LIMIT_EXCEEDED)?;
             let q = HistoryQuery {
                 since: r.since.map(|s| StreamPosition {
                     offset: s.offset,

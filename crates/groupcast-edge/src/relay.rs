@@ -26,7 +26,6 @@ use groupcast_core::{ChannelOptions, Payload, Publication};
 use groupcast_proto::client::ClientInfo;
 use groupcast_proto::{DisconnectCode, ErrorCode};
 
-use crate::conn::Conn;
 use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
@@ -72,16 +71,9 @@ pub fn authorize(
 }
 
 pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
-    let (sink, mut stream) = socket.split();
-    let (conn, outbox) = Conn::new(
-        state.next_conn_id(),
-        SubscriberKind::Relay,
-        state.config.client.max_queue_bytes,
-    );
-    let _tracked = state.track(&conn);
-    let writer = tokio::spawn(conn.clone().run_writer(sink, outbox));
+    let (opened, mut stream) = state.open(socket, SubscriberKind::Relay);
+    let conn = opened.conn.clone();
     let m = Metrics::get();
-    m.connections_relay.increment(1.0);
     let channel = auth.channel.as_str();
     let opts = &auth.opts;
     let info = Arc::new(ClientInfo {
@@ -178,7 +170,5 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
             let _ = node.broker.publish_leave(channel, info).await;
         }
     }
-    m.connections_relay.decrement(1.0);
-    conn.closed_by_peer();
-    let _ = writer.await;
+    opened.finish().await;
 }

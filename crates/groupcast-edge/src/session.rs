@@ -120,21 +120,11 @@ pub async fn replay(state: Arc<EdgeState>, frames: &[&[u8]]) -> Replay {
 
 /// Serve one upgraded WebSocket with the Centrifugo protocol.
 pub async fn serve(state: Arc<EdgeState>, socket: WebSocket) {
-    let (sink, stream) = socket.split();
-    let (conn, outbox) = Conn::new(
-        state.next_conn_id(),
-        SubscriberKind::Protocol,
-        state.config.client.max_queue_bytes,
-    );
-    let _tracked = state.track(&conn);
-    let writer = tokio::spawn(conn.clone().run_writer(sink, outbox));
-    let m = Metrics::get();
-    m.connections_protocol.increment(1.0);
-    let mut session = Session::new(state, conn);
+    let (opened, stream) = state.open(socket, SubscriberKind::Protocol);
+    let mut session = Session::new(state, opened.conn.clone());
     session.run(stream).await;
     session.cleanup().await;
-    m.connections_protocol.decrement(1.0);
-    let _ = writer.await;
+    opened.finish().await;
 }
 
 fn deadline_from_unix(at: i64) -> tokio::time::Instant {
@@ -787,15 +777,10 @@ impl Session {
         if !(opts.allow_history_for_subscriber && self.subs.contains_key(ch.as_str())) {
             return Err(ErrorCode::PERMISSION_DENIED.into());
         }
-        let max = self.state.config.client.history_max_limit;
-        let limit = match req.limit {
-            l if l < 0 => max,
-            l if l as usize > max => {
-                Metrics::limit_hit("history_max_limit");
-                return Err(ErrorCode::LIMIT_EXCEEDED.into());
-            }
-            l => l as usize,
-        };
+        let limit = self
+            .state
+            .history_limit(req.limit)
+            .ok_or(ErrorCode::LIMIT_EXCEEDED)?;
         let since = req.since.map(|s| StreamPosition {
             offset: s.offset,
             epoch: s.epoch,

@@ -12,9 +12,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
+use axum::extract::ws::WebSocket;
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
+use groupcast_core::hub::SubscriberKind;
+
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::limits::IpRateLimiter;
+use crate::metrics::Metrics;
 
 /// Connected clients by client id and by user, for server API actions.
 #[derive(Default)]
@@ -102,6 +108,31 @@ pub struct EdgeState {
     pub connection_rate: IpRateLimiter,
 }
 
+fn gauge(kind: SubscriberKind) -> &'static metrics::Gauge {
+    let m = Metrics::get();
+    match kind {
+        SubscriberKind::Protocol => &m.connections_protocol,
+        SubscriberKind::Relay => &m.connections_relay,
+    }
+}
+
+/// A connection set up by [`EdgeState::open`]; [`Opened::finish`] ends it.
+pub struct Opened {
+    pub conn: Arc<Conn>,
+    writer: tokio::task::JoinHandle<()>,
+    _guard: ConnGuard,
+}
+
+impl Opened {
+    /// The session is over: let the writer send the close frame, then
+    /// leave the drain list and the gauge.
+    pub async fn finish(self) {
+        self.conn.closed_by_peer();
+        let _ = self.writer.await;
+        gauge(self.conn.kind).decrement(1.0);
+    }
+}
+
 /// Keeps a connection in [`EdgeState`]'s list while alive.
 pub struct ConnGuard {
     state: Arc<EdgeState>,
@@ -159,6 +190,46 @@ impl EdgeState {
 
     pub fn num_connections(&self) -> usize {
         self.conns.lock().len()
+    }
+
+    /// The `limit` of a `history` call (client or API): negative means up to
+    /// `client.history_max_limit`; above it, `None` (the call answers 106).
+    pub fn history_limit(&self, limit: i32) -> Option<usize> {
+        let max = self.config.client.history_max_limit;
+        match limit {
+            l if l < 0 => Some(max),
+            l if l as usize > max => {
+                Metrics::limit_hit("history_max_limit");
+                None
+            }
+            l => Some(l as usize),
+        }
+    }
+
+    /// Set up a new connection on an upgraded socket: its queue and writer
+    /// task, its place in the drain list, the connection gauge.
+    pub fn open(
+        self: &Arc<Self>,
+        socket: WebSocket,
+        kind: SubscriberKind,
+    ) -> (Opened, SplitStream<WebSocket>) {
+        let (sink, stream) = socket.split();
+        let (conn, outbox) = Conn::new(
+            self.next_conn_id(),
+            kind,
+            self.config.client.max_queue_bytes,
+        );
+        let guard = self.track(&conn);
+        let writer = tokio::spawn(conn.clone().run_writer(sink, outbox));
+        gauge(kind).increment(1.0);
+        (
+            Opened {
+                conn,
+                writer,
+                _guard: guard,
+            },
+            stream,
+        )
     }
 
     /// Open connections right now.
