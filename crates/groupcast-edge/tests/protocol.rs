@@ -548,7 +548,7 @@ async fn server_pings_and_pong_keeps_connection() {
     let s = TestServer::start_with(config).await;
     let mut c = s.client("a").await;
     let mut pings = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(2600);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(3500);
     while tokio::time::Instant::now() < deadline {
         match c.next(Duration::from_millis(200)).await {
             Ok(Incoming::Ping) => pings += 1,
