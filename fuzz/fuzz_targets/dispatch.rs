@@ -65,7 +65,14 @@ fuzz_target!(|data: &[u8]| {
     let out =
         w.rt.block_on(groupcast_edge::session::replay(w.state.clone(), &frames));
     for m in &out.messages {
-        serde_json::from_slice::<serde_json::Value>(m).expect("every queued message is JSON");
+        // Strict check (numbers must fit a double); serde_json's 128-level
+        // nesting limit is not a defect of the message and is tolerated.
+        if let Err(e) = serde_json::from_slice::<serde_json::Value>(m) {
+            assert!(
+                e.to_string().contains("recursion limit exceeded"),
+                "queued message is not JSON: {e}"
+            );
+        }
     }
     assert_eq!(
         w.node.hub.num_channels(),

@@ -9,6 +9,17 @@ use groupcast_core::hub::{Hub, PreparedPush, Subscriber, SubscriberKind};
 use groupcast_core::{BrokerHandler, Payload, Publication};
 use libfuzzer_sys::fuzz_target;
 
+/// Strict JSON check (serde_json refuses numbers that overflow a double).
+/// Its 128-level nesting limit is not a defect of the data: tolerated.
+fn assert_json(bytes: &[u8], what: &str) {
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        assert!(
+            e.to_string().contains("recursion limit exceeded"),
+            "{what} is not JSON: {e}"
+        );
+    }
+}
+
 struct Check {
     kind: SubscriberKind,
     expect: Vec<u8>,
@@ -44,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(text) => Payload::from_text(text),
         Err(_) => Payload::Binary(bytes::Bytes::copy_from_slice(data)),
     };
-    serde_json::from_str::<serde_json::Value>(payload.to_json().get()).expect("data is JSON");
+    assert_json(payload.to_json().get().as_bytes(), "the data");
     let hub = Hub::default();
     hub.add(
         "c",

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use groupcast_proto::client::{ClientInfo, PublicationOut, RawJson};
+use groupcast_proto::client::{json_numbers_are_finite, ClientInfo, PublicationOut, RawJson};
 use serde_json::value::RawValue;
 
 /// Tag set on publications whose data arrived as a binary relay frame and is
@@ -25,10 +25,14 @@ pub enum Payload {
 }
 
 impl Payload {
-    /// Classify a relay text frame: JSON stays JSON, anything else is text.
+    /// Classify a relay text frame: JSON stays JSON, anything else is text
+    /// (a JSON string for protocol clients). JSON with numbers no decoder
+    /// can hold (`1e999`) counts as text, so it cannot break subscribers.
     pub fn from_text(text: &str) -> Payload {
         match serde_json::from_str::<Box<RawValue>>(text) {
-            Ok(raw) if raw.get().len() == text.len() => Payload::Json(Arc::from(raw)),
+            Ok(raw) if raw.get().len() == text.len() && json_numbers_are_finite(text) => {
+                Payload::Json(Arc::from(raw))
+            }
             _ => Payload::Text(Arc::from(text)),
         }
     }
@@ -131,6 +135,11 @@ mod tests {
             Payload::Json(_)
         ));
         assert!(matches!(Payload::from_text("hello"), Payload::Text(_)));
+        assert!(
+            matches!(Payload::from_text("6E6666"), Payload::Text(_)),
+            "found by the relay_payload fuzzer"
+        );
+        assert_eq!(Payload::from_text("6E6666").to_json().get(), r#""6E6666""#);
         assert_eq!(Payload::from_text("hello").to_json().get(), r#""hello""#);
         let (b, bin) = Payload::from_text(r#"{"a":1}"#).to_relay();
         assert_eq!((&b[..], bin), (&br#"{"a":1}"#[..], false));

@@ -274,7 +274,9 @@ async fn publish_one(
 
 fn payload(data: Option<groupcast_proto::client::RawJson>, b64: &str) -> Result<Payload, ApiError> {
     match (data, b64.is_empty()) {
-        (Some(d), true) => Ok(Payload::Json(d)),
+        (Some(d), true) if groupcast_proto::client::json_numbers_are_finite(d.get()) => {
+            Ok(Payload::Json(d))
+        }
         (None, false) => base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map(|b| Payload::Binary(Bytes::from(b)))

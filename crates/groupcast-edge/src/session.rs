@@ -725,6 +725,9 @@ impl Session {
         let state = self.state.clone();
         let (ch, opts) = state.channel(&req.channel)?;
         let data = req.data.ok_or(ErrorCode::BAD_REQUEST)?;
+        if !proto::json_numbers_are_finite(data.get()) {
+            return Err(ErrorCode::BAD_REQUEST.into());
+        }
         let subscribed = self.subs.get(ch.as_str());
         // Private and user-limited channels: only a subscriber (who proved
         // access) may publish, whatever allow_publish_for_client says.

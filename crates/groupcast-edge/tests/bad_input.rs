@@ -327,6 +327,12 @@ fn cases() -> Vec<Case> {
             Close(3501),
         ),
         c(
+            "number out of double range in data",
+            true,
+            text(r#"{"id":32,"publish":{"channel":"a","data":{"n":1e999}}}"#),
+            Error(32, 107),
+        ),
+        c(
             "null method body",
             true,
             text(r#"{"id":22,"subscribe":null}"#),

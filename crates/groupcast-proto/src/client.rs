@@ -42,6 +42,41 @@ pub(crate) mod raw_opt {
     }
 }
 
+/// Whether every number in a (syntactically valid) JSON text fits a finite
+/// double. The JSON grammar allows `1e999`, but common decoders (Go,
+/// serde_json) refuse a document containing it, so such data would break
+/// every subscriber that decodes the push. Iterative, O(n), no nesting limit.
+pub fn json_numbers_are_finite(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, honouring escapes.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                match json[start..i].parse::<f64>() {
+                    Ok(n) if n.is_finite() => {}
+                    _ => return false,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
+}
+
 /// Decode every command in one frame (newline-separated JSON objects).
 ///
 /// Blank lines are skipped. Any line that is not a valid command makes the
@@ -554,6 +589,24 @@ mod tests {
         assert!(decode_commands(b"not json").is_err());
         assert!(decode_commands(br#"{"id":1}"#).is_ok());
         assert!(decode_commands(br#"[1,2]"#).is_err());
+    }
+
+    #[test]
+    fn finite_numbers() {
+        assert!(json_numbers_are_finite(
+            r#"{"a":[1,-2.5e10,0.1],"s":"1e999 \" 9e9999"}"#
+        ));
+        assert!(json_numbers_are_finite("1.7976931348623157e308"));
+        assert!(!json_numbers_are_finite("6E6666"));
+        assert!(!json_numbers_are_finite(r#"{"a":[1,{"b":-1e400}]}"#));
+        assert!(json_numbers_are_finite(
+            r#""just a string with 1e999 inside""#
+        ));
+        assert!(json_numbers_are_finite(&format!(
+            "{}1{}",
+            "[".repeat(50_000),
+            "]".repeat(50_000)
+        )));
     }
 
     #[test]
