@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use groupcast_proto::client::{json_numbers_are_finite, ClientInfo, PublicationOut, RawJson};
+use groupcast_proto::client::{json_is_portable, ClientInfo, PublicationOut, RawJson};
 use serde_json::value::RawValue;
 
 /// Tag set on publications whose data arrived as a binary relay frame and is
@@ -26,11 +26,12 @@ pub enum Payload {
 
 impl Payload {
     /// Classify a relay text frame: JSON stays JSON, anything else is text
-    /// (a JSON string for protocol clients). JSON with numbers no decoder
-    /// can hold (`1e999`) counts as text, so it cannot break subscribers.
+    /// (a JSON string for protocol clients). JSON that strict decoders refuse
+    /// (`1e999`, lone surrogate escapes) counts as text, so it cannot break
+    /// subscribers.
     pub fn from_text(text: &str) -> Payload {
         match serde_json::from_str::<Box<RawValue>>(text) {
-            Ok(raw) if raw.get().len() == text.len() && json_numbers_are_finite(text) => {
+            Ok(raw) if raw.get().len() == text.len() && json_is_portable(text) => {
                 Payload::Json(Arc::from(raw))
             }
             _ => Payload::Text(Arc::from(text)),
@@ -140,6 +141,17 @@ mod tests {
             "found by the relay_payload fuzzer"
         );
         assert_eq!(Payload::from_text("6E6666").to_json().get(), r#""6E6666""#);
+        let lone = r#""5\udbbb""#;
+        assert!(
+            matches!(Payload::from_text(lone), Payload::Text(_)),
+            "found by the relay_payload fuzzer"
+        );
+        let as_json = Payload::from_text(lone).to_json();
+        assert_eq!(
+            serde_json::from_str::<String>(as_json.get()).unwrap(),
+            lone,
+            "carried verbatim as a string"
+        );
         assert_eq!(Payload::from_text("hello").to_json().get(), r#""hello""#);
         let (b, bin) = Payload::from_text(r#"{"a":1}"#).to_relay();
         assert_eq!((&b[..], bin), (&br#"{"a":1}"#[..], false));

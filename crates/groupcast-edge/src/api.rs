@@ -274,7 +274,7 @@ async fn publish_one(
 
 fn payload(data: Option<groupcast_proto::client::RawJson>, b64: &str) -> Result<Payload, ApiError> {
     match (data, b64.is_empty()) {
-        (Some(d), true) if groupcast_proto::client::json_numbers_are_finite(d.get()) => {
+        (Some(d), true) if groupcast_proto::client::json_is_portable(d.get()) => {
             Ok(Payload::Json(d))
         }
         (None, false) => base64::engine::general_purpose::STANDARD

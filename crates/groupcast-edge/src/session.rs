@@ -725,7 +725,7 @@ impl Session {
         let state = self.state.clone();
         let (ch, opts) = state.channel(&req.channel)?;
         let data = req.data.ok_or(ErrorCode::BAD_REQUEST)?;
-        if !proto::json_numbers_are_finite(data.get()) {
+        if !proto::json_is_portable(data.get()) {
             return Err(ErrorCode::BAD_REQUEST.into());
         }
         let subscribed = self.subs.get(ch.as_str());

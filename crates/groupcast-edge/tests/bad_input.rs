@@ -333,6 +333,12 @@ fn cases() -> Vec<Case> {
             Error(32, 107),
         ),
         c(
+            "lone surrogate escape in data",
+            true,
+            text(r#"{"id":33,"publish":{"channel":"a","data":"5\udbbb"}}"#),
+            Error(33, 107),
+        ),
+        c(
             "null method body",
             true,
             text(r#"{"id":22,"subscribe":null}"#),
