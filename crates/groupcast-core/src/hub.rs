@@ -82,10 +82,6 @@ impl PreparedPush {
         }
     }
 
-    pub fn channel(&self) -> &str {
-        &self.channel
-    }
-
     pub fn push_type(&self) -> PushType {
         match &self.kind {
             PushKind::Pub(_) => PushType::Pub,
@@ -315,10 +311,6 @@ impl Hub {
             entry.deliver(&push);
         }
         n
-    }
-
-    pub fn num_subscribers(&self, channel: &str) -> usize {
-        self.get(channel).map(|c| c.lock().len()).unwrap_or(0)
     }
 
     pub fn num_channels(&self) -> usize {

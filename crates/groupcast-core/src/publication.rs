@@ -25,14 +25,22 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// JSON data from a client or the API, if strict decoders accept it too
+    /// ([`json_is_portable`]); `None` means the caller must refuse it (or,
+    /// for relay text, carry it as text), so no subscriber gets a push it
+    /// cannot decode. Every JSON payload enters through here.
+    pub fn json(raw: RawJson) -> Option<Payload> {
+        json_is_portable(raw.get()).then_some(Payload::Json(raw))
+    }
+
     /// Classify a relay text frame: JSON stays JSON, anything else is text
     /// (a JSON string for protocol clients). JSON that strict decoders refuse
     /// (`1e999`, lone surrogate escapes) counts as text, so it cannot break
     /// subscribers.
     pub fn from_text(text: &str) -> Payload {
         match serde_json::from_str::<Box<RawValue>>(text) {
-            Ok(raw) if raw.get().len() == text.len() && json_is_portable(text) => {
-                Payload::Json(Arc::from(raw))
+            Ok(raw) if raw.get().len() == text.len() => {
+                Payload::json(Arc::from(raw)).unwrap_or_else(|| Payload::Text(Arc::from(text)))
             }
             _ => Payload::Text(Arc::from(text)),
         }

@@ -274,9 +274,7 @@ async fn publish_one(
 
 fn payload(data: Option<groupcast_proto::client::RawJson>, b64: &str) -> Result<Payload, ApiError> {
     match (data, b64.is_empty()) {
-        (Some(d), true) if groupcast_proto::client::json_is_portable(d.get()) => {
-            Ok(Payload::Json(d))
-        }
+        (Some(d), true) => Payload::json(d).ok_or(ApiError::BAD_REQUEST),
         (None, false) => base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map(|b| Payload::Binary(Bytes::from(b)))

@@ -81,32 +81,33 @@ pub struct Verifier {
     issuer: String,
 }
 
+/// A configured PEM public key; `None` when the setting is empty.
+fn pem_key(
+    key: &'static str,
+    pem: &str,
+    parse: fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
+) -> Result<Option<DecodingKey>, KeyError> {
+    if pem.is_empty() {
+        return Ok(None);
+    }
+    parse(pem.as_bytes()).map(Some).map_err(|e| KeyError {
+        key,
+        reason: e.to_string(),
+    })
+}
+
 impl Verifier {
     pub fn from_config(c: &ClientConfig) -> Result<Verifier, KeyError> {
-        let rsa = if c.token_rsa_public_key.is_empty() {
-            None
-        } else {
-            Some(
-                DecodingKey::from_rsa_pem(c.token_rsa_public_key.as_bytes()).map_err(|e| {
-                    KeyError {
-                        key: "token_rsa_public_key",
-                        reason: e.to_string(),
-                    }
-                })?,
-            )
-        };
-        let ec = if c.token_ecdsa_public_key.is_empty() {
-            None
-        } else {
-            Some(
-                DecodingKey::from_ec_pem(c.token_ecdsa_public_key.as_bytes()).map_err(|e| {
-                    KeyError {
-                        key: "token_ecdsa_public_key",
-                        reason: e.to_string(),
-                    }
-                })?,
-            )
-        };
+        let rsa = pem_key(
+            "token_rsa_public_key",
+            &c.token_rsa_public_key,
+            DecodingKey::from_rsa_pem,
+        )?;
+        let ec = pem_key(
+            "token_ecdsa_public_key",
+            &c.token_ecdsa_public_key,
+            DecodingKey::from_ec_pem,
+        )?;
         let hmac = (!c.token_hmac_secret.is_empty())
             .then(|| DecodingKey::from_secret(c.token_hmac_secret.as_bytes()));
         Ok(Verifier {
@@ -348,5 +349,12 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("client.token_rsa_public_key"));
+        let e = Verifier::from_config(&ClientConfig {
+            token_ecdsa_public_key: "not a pem".into(),
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("client.token_ecdsa_public_key"));
     }
 }

@@ -169,11 +169,6 @@ impl Conn {
         self.enqueue(Out::WsPing)
     }
 
-    /// Bytes waiting to be written.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
-    }
-
     /// Close with `code` after the output already queued is written
     /// (graceful shutdown). Not bounded by the queue limit.
     pub fn drain(&self, code: DisconnectCode) {
@@ -282,6 +277,7 @@ impl Conn {
         let mut rx = outbox.0;
         let m = Metrics::get();
         let mut batch = Vec::new();
+        let mut counts = KindCounts::default();
         // An item taken while batching that belongs in the next frame.
         let mut held: Option<Out> = None;
         loop {
@@ -317,13 +313,13 @@ impl Conn {
                 }
                 Out::Json(b, kind) => {
                     batch.clear();
-                    count(m, kind);
+                    counts.add(kind);
                     let mut total = b.len();
                     batch.push(b);
                     while batch.len() < MAX_BATCH_MESSAGES && total < MAX_BATCH_BYTES {
                         match rx.try_recv() {
                             Ok(Out::Json(b, kind)) => {
-                                count(m, kind);
+                                counts.add(kind);
                                 total += b.len();
                                 batch.push(b);
                             }
@@ -368,6 +364,7 @@ impl Conn {
             }
             m.frames_out.increment(1);
             m.bytes_out.increment(bytes as u64);
+            counts.flush(m);
         }
         let reason = self.close_reason.lock().take();
         let frame = reason.map(|(code, reason)| {
@@ -384,13 +381,36 @@ impl Conn {
     }
 }
 
-fn count(m: &Metrics, kind: OutKind) {
-    match kind {
-        OutKind::Pub => m.messages_out_pub.increment(1),
-        OutKind::Join => m.messages_out_join.increment(1),
-        OutKind::Leave => m.messages_out_leave.increment(1),
-        OutKind::Reply => m.messages_out_reply.increment(1),
-        OutKind::Ping => {}
+/// Messages of one frame by kind, added to the shared counters once per
+/// frame rather than once per message (these counters are hit by every
+/// subscriber's writer on every fan-out).
+#[derive(Default)]
+struct KindCounts([u64; 4]);
+
+impl KindCounts {
+    fn add(&mut self, kind: OutKind) {
+        match kind {
+            OutKind::Pub => self.0[0] += 1,
+            OutKind::Join => self.0[1] += 1,
+            OutKind::Leave => self.0[2] += 1,
+            OutKind::Reply => self.0[3] += 1,
+            OutKind::Ping => {}
+        }
+    }
+
+    fn flush(&mut self, m: &Metrics) {
+        let counters = [
+            &m.messages_out_pub,
+            &m.messages_out_join,
+            &m.messages_out_leave,
+            &m.messages_out_reply,
+        ];
+        for (n, c) in self.0.iter_mut().zip(counters) {
+            if *n > 0 {
+                c.increment(*n);
+                *n = 0;
+            }
+        }
     }
 }
 

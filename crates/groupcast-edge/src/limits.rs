@@ -55,14 +55,42 @@ impl TokenBucket {
         }
     }
 
-    /// Whether the last `allow` found no token (for naming the limit hit).
-    pub fn is_empty(&self) -> bool {
-        self.rate > 0.0 && self.tokens < 1.0
-    }
-
     fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= self.burst
+    }
+}
+
+/// A connection's command and publish rates (`client.command_rate`,
+/// `client.publish_rate`), shared by protocol and relay sessions.
+#[derive(Debug, Clone)]
+pub struct ConnRates {
+    commands: TokenBucket,
+    publishes: TokenBucket,
+}
+
+impl ConnRates {
+    pub fn new(c: &crate::config::ClientConfig) -> ConnRates {
+        ConnRates {
+            commands: TokenBucket::new(c.command_rate, c.command_burst),
+            publishes: TokenBucket::new(c.publish_rate, c.publish_burst),
+        }
+    }
+
+    /// Take a token for one command (and one publish when `publish`).
+    /// `Err` names the limit that refused it, already counted in
+    /// `groupcast_limit_hits_total`. A refused command still spends its
+    /// command token.
+    pub fn check(&mut self, publish: bool) -> Result<(), &'static str> {
+        let limit = if !self.commands.allow() {
+            "command_rate"
+        } else if publish && !self.publishes.allow() {
+            "publish_rate"
+        } else {
+            return Ok(());
+        };
+        Metrics::limit_hit(limit);
+        Err(limit)
     }
 }
 
@@ -137,6 +165,36 @@ mod tests {
         assert!(l.allow(ip(4)));
         assert!(l.buckets.lock().contains_key(&ip(4)));
         assert!(l.buckets.lock().len() <= 2);
+    }
+
+    #[test]
+    fn conn_rates_name_the_bucket_that_refused() {
+        let mut c = crate::config::ClientConfig {
+            command_rate: 0.001,
+            command_burst: 2.0,
+            publish_rate: 0.001,
+            publish_burst: 1.0,
+            ..Default::default()
+        };
+        let mut r = ConnRates::new(&c);
+        assert_eq!(r.check(true), Ok(()));
+        assert_eq!(
+            r.check(true),
+            Err("publish_rate"),
+            "publish bucket empty first"
+        );
+        assert_eq!(
+            r.check(true),
+            Err("command_rate"),
+            "then the command bucket"
+        );
+        c.command_rate = 0.0;
+        c.publish_rate = 0.0;
+        let mut off = ConnRates::new(&c);
+        assert!(
+            (0..1000).all(|_| off.check(true).is_ok()),
+            "rates 0 are off"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use groupcast_core::{ChannelOptions, Payload, Publication};
 use groupcast_proto::client::ClientInfo;
 use groupcast_proto::{DisconnectCode, ErrorCode};
 
-use crate::limits::TokenBucket;
+use crate::limits::ConnRates;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
 
@@ -111,8 +111,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
         cfg.ping_interval,
     );
     let mut last_seen = Instant::now();
-    let mut commands = TokenBucket::new(cfg.command_rate, cfg.command_burst);
-    let mut publishes = TokenBucket::new(cfg.publish_rate, cfg.publish_burst);
+    let mut rates = ConnRates::new(cfg);
     while !conn.is_closed() {
         tokio::select! {
             _ = conn.cancelled() => break,
@@ -144,8 +143,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
                 }
                 // The relay has no error reply: over the rate, it closes
                 // with 3013 (the client may reconnect).
-                if !commands.allow() || !publishes.allow() {
-                    Metrics::limit_hit(if publishes.is_empty() { "publish_rate" } else { "command_rate" });
+                if rates.check(true).is_err() {
                     conn.close(DisconnectCode::TOO_MANY_REQUESTS);
                     break;
                 }

@@ -30,7 +30,7 @@ use groupcast_proto::{DisconnectCode, ErrorCode};
 
 use crate::auth::{now_unix, TokenError};
 use crate::conn::{Conn, Control, OutKind};
-use crate::limits::TokenBucket;
+use crate::limits::ConnRates;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
 
@@ -81,8 +81,7 @@ pub struct Session {
     expires_at: Option<i64>,
     subs: HashMap<String, Sub>,
     pong_deadline: Option<Instant>,
-    commands: TokenBucket,
-    publishes: TokenBucket,
+    rates: ConnRates,
 }
 
 /// What [`replay`] saw.
@@ -134,10 +133,8 @@ fn deadline_from_unix(at: i64) -> tokio::time::Instant {
 
 impl Session {
     fn new(state: Arc<EdgeState>, conn: Arc<Conn>) -> Session {
-        let c = &state.config.client;
         Session {
-            commands: TokenBucket::new(c.command_rate, c.command_burst),
-            publishes: TokenBucket::new(c.publish_rate, c.publish_burst),
+            rates: ConnRates::new(&state.config.client),
             conn,
             connected: false,
             user: String::new(),
@@ -289,13 +286,7 @@ impl Session {
             self.conn.close(DisconnectCode::BAD_REQUEST);
             return;
         }
-        let limited = !self.commands.allow() || (cmd.publish.is_some() && !self.publishes.allow());
-        if limited {
-            Metrics::limit_hit(if cmd.publish.is_some() {
-                "publish_rate"
-            } else {
-                "command_rate"
-            });
+        if self.rates.check(cmd.publish.is_some()).is_err() {
             if cmd.id != 0 {
                 self.reply(Reply::error(cmd.id, ErrorCode::TOO_MANY_REQUESTS));
             }
@@ -724,10 +715,10 @@ impl Session {
     async fn publish(&mut self, req: proto::PublishRequest) -> Result<(), Fail> {
         let state = self.state.clone();
         let (ch, opts) = state.channel(&req.channel)?;
-        let data = req.data.ok_or(ErrorCode::BAD_REQUEST)?;
-        if !proto::json_is_portable(data.get()) {
-            return Err(ErrorCode::BAD_REQUEST.into());
-        }
+        let data = req
+            .data
+            .and_then(Payload::json)
+            .ok_or(ErrorCode::BAD_REQUEST)?;
         let subscribed = self.subs.get(ch.as_str());
         // Private and user-limited channels: only a subscriber (who proved
         // access) may publish, whatever allow_publish_for_client says.
@@ -739,7 +730,7 @@ impl Session {
         if !allowed {
             return Err(ErrorCode::PERMISSION_DENIED.into());
         }
-        let mut p = Publication::new(Payload::Json(data));
+        let mut p = Publication::new(data);
         p.info = Some(match subscribed {
             Some(sub) => sub.info.clone(),
             None => Arc::new(ClientInfo {

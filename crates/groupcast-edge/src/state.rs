@@ -177,7 +177,7 @@ impl EdgeState {
 
     /// List a new connection until the guard drops. A connection that opens
     /// after the drain started is drained at once.
-    pub fn track(self: &Arc<Self>, conn: &Arc<Conn>) -> ConnGuard {
+    fn track(self: &Arc<Self>, conn: &Arc<Conn>) -> ConnGuard {
         self.conns.lock().insert(conn.id, conn.clone());
         if self.shutdown.is_cancelled() {
             conn.drain(groupcast_proto::DisconnectCode::SHUTDOWN);

@@ -76,18 +76,47 @@ async fn served_cert(s: &TestServer, c: &TlsConnector) -> CertificateDer<'static
         .into_owned()
 }
 
+/// A TLS server on its own certificate directory: it serves pair `a`;
+/// `b` is ready to swap in; the client trusts both.
+struct Fixture {
+    dir: Dir,
+    a: Pair,
+    b: Pair,
+    s: TestServer,
+    trusting: TlsConnector,
+}
+
+impl Fixture {
+    async fn start(reload_interval: Duration) -> Fixture {
+        let dir = Dir(std::env::temp_dir().join(format!("gc-tls-{:x}", rand_id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let (a, b) = (self_signed(), self_signed());
+        write(&dir.0, &a);
+        let mut config = TestServer::dev_config();
+        config.tls.cert_file = dir.0.join("cert.pem").display().to_string();
+        config.tls.key_file = dir.0.join("key.pem").display().to_string();
+        config.tls.reload_interval = Some(reload_interval);
+        let s = TestServer::start_with(config).await;
+        let trusting = connector(&[&a, &b]);
+        Fixture {
+            dir,
+            a,
+            b,
+            s,
+            trusting,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_and_api_over_tls_with_reload() {
-    let dir = Dir(std::env::temp_dir().join(format!("gc-tls-{:x}", rand_id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let (a, b) = (self_signed(), self_signed());
-    write(&dir.0, &a);
-    let mut config = TestServer::dev_config();
-    config.tls.cert_file = dir.0.join("cert.pem").display().to_string();
-    config.tls.key_file = dir.0.join("key.pem").display().to_string();
-    config.tls.reload_interval = Some(Duration::from_millis(100));
-    let s = TestServer::start_with(config).await;
-    let trusting = connector(&[&a, &b]);
+    let Fixture {
+        dir,
+        a,
+        b,
+        s,
+        trusting,
+    } = Fixture::start(Duration::from_millis(100)).await;
 
     // The Centrifugo protocol over wss.
     let stream = tls_stream(&s, &trusting).await;
@@ -182,16 +211,13 @@ fn rand_id() -> u64 {
 /// nextest test is its own process, so the signal reaches only this one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificate() {
-    let dir = Dir(std::env::temp_dir().join(format!("gc-tls-hup-{:x}", rand_id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let (a, b) = (self_signed(), self_signed());
-    write(&dir.0, &a);
-    let mut config = TestServer::dev_config();
-    config.tls.cert_file = dir.0.join("cert.pem").display().to_string();
-    config.tls.key_file = dir.0.join("key.pem").display().to_string();
-    config.tls.reload_interval = Some(Duration::from_secs(3600));
-    let s = TestServer::start_with(config).await;
-    let trusting = connector(&[&a, &b]);
+    let Fixture {
+        dir,
+        a,
+        b,
+        s,
+        trusting,
+    } = Fixture::start(Duration::from_secs(3600)).await;
     // A handshake proves the server (and its signal handler) is running.
     assert_eq!(served_cert(&s, &trusting).await, a.der);
     tokio::time::sleep(Duration::from_millis(200)).await;
