@@ -593,3 +593,67 @@ async fn server_api_actions_reach_connections() {
     let code = c.closed(T).await.unwrap();
     assert_eq!(code.map(|c| c.0), Some(3011));
 }
+
+#[tokio::test]
+async fn subscription_token_expiry_and_sub_refresh() {
+    let s = TestServer::start().await;
+    let mut c = s.client("alice").await;
+    let short = s.sub_token("alice", "$short", json!({"exp": now_unix() + 1}));
+    let r = c
+        .command("subscribe", json!({"channel":"$short","token":short}))
+        .await
+        .unwrap();
+    assert_eq!(r["subscribe"]["expires"], true, "{r}");
+    // An expired token cannot extend it.
+    let expired = s.sub_token("alice", "$short", json!({"exp": now_unix() - 5}));
+    let r = c
+        .command("sub_refresh", json!({"channel":"$short","token":expired}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(110), "{r}");
+    // Without a refresh the subscription ends with 2501 (resubscribe).
+    let p = loop {
+        let p = c.push(T).await.unwrap();
+        if p.get("unsubscribe").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(p["channel"], "$short");
+    assert_eq!(p["unsubscribe"]["code"], 2501, "{p}");
+    // It is gone: presence for it is refused as for any non-subscriber.
+    let r = c
+        .command("presence", json!({"channel":"$short"}))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&r), Some(103), "{r}");
+}
+
+#[tokio::test]
+async fn refresh_with_a_bad_token_disconnects() {
+    let s = TestServer::start().await;
+    let mut c = s.client("alice").await;
+    let expired = s.token("alice", json!({"exp": now_unix() - 5}));
+    let err = c
+        .command("refresh", json!({"token": expired}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, groupcast_client::ClientError::Closed(Some((3005, _)))),
+        "expired: {err}"
+    );
+    let mut c = s.client("alice").await;
+    let other = s.token("mallory", json!({}));
+    let err = c
+        .command("refresh", json!({"token": other}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, groupcast_client::ClientError::Closed(Some((3500, _)))),
+        "another user's: {err}"
+    );
+    // The API can expire a connection too.
+    let mut c = s.client("bob").await;
+    s.api("refresh", json!({"user":"bob","expired":true})).await;
+    let code = c.closed(T).await.unwrap();
+    assert_eq!(code.map(|c| c.0), Some(3005));
+}

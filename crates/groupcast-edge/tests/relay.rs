@@ -188,3 +188,34 @@ async fn silent_relay_peer_is_closed_with_no_pong() {
         }
     }
 }
+
+#[tokio::test]
+async fn relay_frames_need_publish_permission() {
+    let mut config = TestServer::dev_config();
+    config.namespaces = vec![groupcast_core::NamespaceConfig {
+        name: "feed".into(),
+        options: groupcast_core::ChannelOptions {
+            allow_anonymous: true,
+            ..Default::default()
+        },
+    }];
+    let s = TestServer::start_with(config).await;
+    // Receiving works: API publications arrive.
+    let mut r = RelayClient::open(&s.relay_url("feed:news")).await.unwrap();
+    let mut other = RelayClient::open(&s.relay_url("feed:news")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.api("publish", json!({"channel":"feed:news","data":{"n":1}}))
+        .await;
+    assert_eq!(r.recv(T).await.unwrap(), Frame::Text(r#"{"n":1}"#.into()));
+    assert_eq!(
+        other.recv(T).await.unwrap(),
+        Frame::Text(r#"{"n":1}"#.into())
+    );
+    // Sending does not: the namespace does not let clients publish.
+    r.send_text("hello").await.unwrap();
+    match r.recv(T).await.unwrap() {
+        Frame::Close(Some((code, _))) => assert_eq!(code, 3507),
+        other => panic!("expected close 3507, got {other:?}"),
+    }
+    expect_silence(&mut other).await; // the frame was not relayed
+}
