@@ -9,9 +9,19 @@
 //!   stored the publications (offset order when the channel has history), and
 //!   never concurrently for the same channel.
 //! * **History.** With `history_size > 0` and a non-zero TTL, a publish stores
-//!   the publication, assigns the next offset (1, 2, 3, ... per stream) and
-//!   returns the stream position; `history` reads it back. The epoch names the
-//!   stream: when it changes, offsets from the old epoch mean nothing.
+//!   the publication, assigns it an offset and returns the stream position;
+//!   `history` reads it back. Offsets of one channel strictly increase and
+//!   start above 0, but need not be consecutive (the in-memory broker counts
+//!   1, 2, 3...; JetStream uses its stream sequence, shared by a namespace).
+//!   The epoch names the stream: when it changes, offsets from the old epoch
+//!   mean nothing.
+//! * **Completeness.** A forward `history` read from a position says whether
+//!   it provably returned *every* publication after that position
+//!   ([`HistoryResult::complete`]); recovery is reported only then.
+//! * **Repair.** When a broker finds it lost live publications of a
+//!   subscribed channel and cannot read them back, it calls
+//!   [`BrokerHandler::on_insufficient_state`]: local subscribers must
+//!   resubscribe (and recover) rather than silently miss them.
 //! * **Join/leave** are delivered like publications but are not stored.
 //! * **Handler calls must not block**: they enqueue and return.
 
@@ -64,6 +74,10 @@ pub struct HistoryQuery {
 pub struct HistoryResult {
     pub publications: Vec<Arc<Publication>>,
     pub position: StreamPosition,
+    /// For a forward read with `since` and no limit: `publications` are
+    /// provably every publication after `since` (none was trimmed in
+    /// between). False for other reads.
+    pub complete: bool,
 }
 
 /// Receives what the broker delivers for the channels this node subscribed to.
@@ -71,6 +85,9 @@ pub trait BrokerHandler: Send + Sync + 'static {
     fn on_publication(&self, channel: &str, publication: Arc<Publication>);
     fn on_join(&self, channel: &str, info: Arc<ClientInfo>);
     fn on_leave(&self, channel: &str, info: Arc<ClientInfo>);
+    /// Publications of `channel` were lost on the way and cannot be read
+    /// back: every local subscriber must resubscribe and recover.
+    fn on_insufficient_state(&self, channel: &str);
 }
 
 #[async_trait]

@@ -31,6 +31,9 @@ pub enum Event {
         channel: String,
         client: String,
     },
+    Insufficient {
+        channel: String,
+    },
 }
 
 /// A handler that records every delivery.
@@ -77,6 +80,11 @@ impl BrokerHandler for Recorder {
             client: info.client.clone(),
         });
     }
+    fn on_insufficient_state(&self, channel: &str) {
+        self.events.lock().push(Event::Insufficient {
+            channel: channel.into(),
+        });
+    }
 }
 
 fn text(s: &str) -> Publication {
@@ -87,15 +95,25 @@ fn text(s: &str) -> Publication {
     ))
 }
 
-fn history_opts(size: usize) -> PublishOptions {
+/// History size every history check of the suite publishes with. A broker
+/// whose streams are configured up front (JetStream) must give the suite's
+/// channels (no namespace) these limits: [`history_options`].
+pub const HISTORY_SIZE: usize = 5;
+
+/// The publish options the suite uses for history channels.
+pub fn history_options() -> PublishOptions {
     PublishOptions {
-        history_size: size,
+        history_size: HISTORY_SIZE,
         history_ttl: Duration::from_secs(60),
     }
 }
 
 fn unique(prefix: &str) -> String {
     format!("conf-{prefix}-{:x}", rand::random::<u64>())
+}
+
+fn offsets(h: &crate::broker::HistoryResult) -> Vec<u64> {
+    h.publications.iter().map(|p| p.offset).collect()
 }
 
 /// Run every check, each on a fresh broker from `make`.
@@ -109,36 +127,48 @@ where
     delivery_follows_interest(make().await).await;
     order_under_concurrent_publishers(make().await).await;
     join_and_leave(make().await).await;
-    remove_history_keeps_position(make().await).await;
+    remove_history_keeps_epoch(make().await).await;
     plain_channels_have_no_offsets(make().await).await;
 }
 
-/// Offsets are 1, 2, 3... per channel; history returns them in order.
-pub async fn offsets_and_history(b: Arc<dyn Broker>) {
-    let ch = unique("offsets");
-    let mut epoch = String::new();
-    for i in 1..=5u64 {
+/// Publish `n` publications "m1".."mn"; returns their positions.
+async fn publish_n(b: &Arc<dyn Broker>, ch: &str, n: usize) -> Vec<StreamPosition> {
+    let mut out = Vec::new();
+    for i in 1..=n {
         let pos = b
-            .publish(&ch, text(&format!("m{i}")), &history_opts(10))
+            .publish(ch, text(&format!("m{i}")), &history_options())
             .await
             .unwrap();
-        assert_eq!(pos.offset, i, "offsets must be consecutive from 1");
-        if i > 1 {
-            assert_eq!(pos.epoch, epoch, "epoch must be stable within a stream");
-        }
-        epoch = pos.epoch;
+        out.push(pos);
     }
-    assert!(!epoch.is_empty(), "a history stream has an epoch");
-    let h = b.history(&ch, HistoryQuery::default()).await.unwrap();
-    let offs: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
-    assert_eq!(offs, vec![1, 2, 3, 4, 5], "history in offset order");
-    assert_eq!(
-        h.position,
-        StreamPosition {
-            offset: 5,
-            epoch: epoch.clone()
-        }
+    out
+}
+
+/// Offsets strictly increase per channel; history returns them in order.
+pub async fn offsets_and_history(b: Arc<dyn Broker>) {
+    let ch = unique("offsets");
+    let pos = publish_n(&b, &ch, HISTORY_SIZE).await;
+    let offs: Vec<u64> = pos.iter().map(|p| p.offset).collect();
+    assert!(offs[0] > 0, "offsets start above 0");
+    assert!(
+        offs.windows(2).all(|w| w[0] < w[1]),
+        "offsets strictly increase: {offs:?}"
     );
+    let epoch = pos[0].epoch.clone();
+    assert!(!epoch.is_empty(), "a history stream has an epoch");
+    assert!(
+        pos.iter().all(|p| p.epoch == epoch),
+        "epoch must be stable within a stream"
+    );
+    let h = b.history(&ch, HistoryQuery::default()).await.unwrap();
+    assert_eq!(offsets(&h), offs, "history in offset order");
+    let data: Vec<String> = h
+        .publications
+        .iter()
+        .map(|p| p.data.to_json().get().to_string())
+        .collect();
+    assert_eq!(data[0], "\"m1\"", "history keeps the data");
+    assert_eq!(&h.position, pos.last().unwrap(), "position is the top");
     let h = b
         .history(
             &ch,
@@ -150,10 +180,9 @@ pub async fn offsets_and_history(b: Arc<dyn Broker>) {
         )
         .await
         .unwrap();
-    let offs: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
     assert_eq!(
-        offs,
-        vec![5, 4],
+        offsets(&h),
+        vec![offs[4], offs[3]],
         "reverse with limit gives the newest first"
     );
     let h = b
@@ -170,63 +199,60 @@ pub async fn offsets_and_history(b: Arc<dyn Broker>) {
         h.publications.is_empty(),
         "limit 0 returns only the position"
     );
-    assert_eq!(h.position.offset, 5);
+    assert_eq!(h.position.offset, offs[4]);
+    let fresh = b.history(&unique("fresh"), HistoryQuery::default()).await;
+    let fresh = fresh.unwrap();
+    assert!(fresh.publications.is_empty(), "an unused channel is empty");
+    assert_eq!(fresh.position.offset, 0, "an unused channel is at offset 0");
 }
 
-/// `since` reads after a position; size bounds the window; a foreign epoch is refused.
+/// `since` reads after a position and says whether the read is complete;
+/// size bounds the window; a foreign epoch is refused.
 pub async fn history_window_and_epoch(b: Arc<dyn Broker>) {
     let ch = unique("window");
-    let mut epoch = String::new();
-    for i in 1..=8 {
-        epoch = b
-            .publish(&ch, text(&format!("m{i}")), &history_opts(3))
-            .await
-            .unwrap()
-            .epoch;
-    }
+    let pos = publish_n(&b, &ch, HISTORY_SIZE + 3).await;
+    let offs: Vec<u64> = pos.iter().map(|p| p.offset).collect();
+    let epoch = pos[0].epoch.clone();
     let h = b.history(&ch, HistoryQuery::default()).await.unwrap();
-    let offs: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
-    assert_eq!(offs, vec![6, 7, 8], "history keeps the newest history_size");
-    let since = StreamPosition {
-        offset: 6,
-        epoch: epoch.clone(),
+    assert_eq!(
+        offsets(&h),
+        offs[3..],
+        "history keeps the newest history_size"
+    );
+    let since = |i: usize| HistoryQuery {
+        since: Some(pos[i].clone()),
+        ..Default::default()
     };
-    let h = b
-        .history(
-            &ch,
-            HistoryQuery {
-                since: Some(since),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let offs: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
-    assert_eq!(offs, vec![7, 8], "since returns only later publications");
-    let since = StreamPosition {
-        offset: 8,
-        epoch: epoch.clone(),
-    };
+    let h = b.history(&ch, since(5)).await.unwrap();
+    assert_eq!(
+        offsets(&h),
+        offs[6..],
+        "since returns only later publications"
+    );
+    assert!(h.complete, "a read from a kept position is complete");
+    let h = b.history(&ch, since(7)).await.unwrap();
+    assert!(h.publications.is_empty(), "nothing after the top");
+    assert!(h.complete, "a read from the top is complete");
+    let h = b.history(&ch, since(0)).await.unwrap();
+    assert!(
+        !h.complete,
+        "publications after the position were trimmed: not complete"
+    );
     let q = HistoryQuery {
-        since: Some(since),
+        since: Some(pos[7].clone()),
         limit: Some(10),
         reverse: true,
     };
-    let offs: Vec<u64> = b
-        .history(&ch, q)
-        .await
-        .unwrap()
-        .publications
-        .iter()
-        .map(|p| p.offset)
-        .collect();
+    let h = b.history(&ch, q).await.unwrap();
+    let mut back = offs[3..7].to_vec();
+    back.reverse();
     assert_eq!(
-        offs,
-        vec![7, 6],
+        offsets(&h),
+        back,
         "reverse with since walks back from the position"
     );
     let foreign = StreamPosition {
-        offset: 6,
+        offset: offs[5],
         epoch: format!("{epoch}x"),
     };
     let err = b
@@ -251,16 +277,17 @@ pub async fn delivery_follows_interest(b: Arc<dyn Broker>) {
     let rec = Arc::new(Recorder::default());
     b.set_handler(rec.clone());
     let ch = unique("interest");
-    b.publish(&ch, text("before"), &history_opts(10))
+    b.publish(&ch, text("before"), &history_options())
         .await
         .unwrap();
     b.subscribe(&ch).await.unwrap();
-    b.publish(&ch, text("during"), &history_opts(10))
+    let during = b
+        .publish(&ch, text("during"), &history_options())
         .await
         .unwrap();
     let ev = rec.wait_for(1).await;
     b.unsubscribe(&ch).await.unwrap();
-    b.publish(&ch, text("after"), &history_opts(10))
+    b.publish(&ch, text("after"), &history_options())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -269,7 +296,7 @@ pub async fn delivery_follows_interest(b: Arc<dyn Broker>) {
         ev,
         vec![Event::Pub {
             channel: ch.clone(),
-            offset: 2,
+            offset: during.offset,
             data: "\"during\"".into()
         }],
         "only the publication made while subscribed is delivered"
@@ -287,16 +314,22 @@ pub async fn order_under_concurrent_publishers(b: Arc<dyn Broker>) {
     for t in 0..4 {
         let (b, ch) = (b.clone(), ch.clone());
         tasks.push(tokio::spawn(async move {
+            let mut offs = Vec::new();
             for i in 0..50 {
-                b.publish(&ch, text(&format!("{t}-{i}")), &history_opts(1000))
+                let pos = b
+                    .publish(&ch, text(&format!("{t}-{i}")), &history_options())
                     .await
                     .unwrap();
+                offs.push(pos.offset);
             }
+            offs
         }));
     }
+    let mut published = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        published.extend(t.await.unwrap());
     }
+    published.sort_unstable();
     let ev = rec.wait_for(200).await;
     let offs: Vec<u64> = ev
         .iter()
@@ -305,11 +338,7 @@ pub async fn order_under_concurrent_publishers(b: Arc<dyn Broker>) {
             other => panic!("unexpected {other:?}"),
         })
         .collect();
-    assert_eq!(
-        offs,
-        (1..=200).collect::<Vec<_>>(),
-        "deliveries in stored order, none lost"
-    );
+    assert_eq!(offs, published, "deliveries in stored order, none lost");
     b.unsubscribe(&ch).await.unwrap();
 }
 
@@ -341,19 +370,25 @@ pub async fn join_and_leave(b: Arc<dyn Broker>) {
     );
 }
 
-pub async fn remove_history_keeps_position(b: Arc<dyn Broker>) {
+/// `remove_history` empties the history; the epoch stays and later offsets
+/// are still above every earlier one.
+pub async fn remove_history_keeps_epoch(b: Arc<dyn Broker>) {
     let ch = unique("remove");
-    let pos = b.publish(&ch, text("a"), &history_opts(10)).await.unwrap();
+    let pos = b.publish(&ch, text("a"), &history_options()).await.unwrap();
     b.remove_history(&ch).await.unwrap();
     let h = b.history(&ch, HistoryQuery::default()).await.unwrap();
     assert!(h.publications.is_empty(), "history removed");
-    assert_eq!(h.position, pos, "position survives history_remove");
-    let next = b.publish(&ch, text("b"), &history_opts(10)).await.unwrap();
-    assert_eq!(
-        next.offset,
-        pos.offset + 1,
-        "offsets continue after history_remove"
+    assert_eq!(h.position.epoch, pos.epoch, "epoch survives history_remove");
+    assert!(
+        h.position.offset <= pos.offset,
+        "position never moves ahead"
     );
+    let next = b.publish(&ch, text("b"), &history_options()).await.unwrap();
+    assert!(
+        next.offset > pos.offset,
+        "offsets keep increasing after history_remove"
+    );
+    assert_eq!(next.epoch, pos.epoch);
 }
 
 pub async fn plain_channels_have_no_offsets(b: Arc<dyn Broker>) {

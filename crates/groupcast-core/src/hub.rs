@@ -48,6 +48,10 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Enqueue a push. Must not block; a connection that cannot take it
     /// closes itself (slow consumer) rather than stall the fan-out.
     fn push(&self, push: &PreparedPush);
+    /// The broker lost publications of `channel` it cannot read back: the
+    /// subscriber should be unsubscribed with "insufficient state" so that
+    /// it resubscribes and recovers. Must not block.
+    fn insufficient_state(&self, channel: &str);
 }
 
 /// What a [`PreparedPush`] carries.
@@ -336,6 +340,22 @@ impl BrokerHandler for Hub {
     fn on_leave(&self, channel: &str, info: Arc<ClientInfo>) {
         self.fan_out(PreparedPush::new(channel, PushKind::Leave(info)));
     }
+    fn on_insufficient_state(&self, channel: &str) {
+        let Some(ch) = self.get(channel) else {
+            return;
+        };
+        let mut subs = ch.lock();
+        for entry in subs.values_mut() {
+            match &mut entry.phase {
+                // Its history read may have missed the lost ones: restart it.
+                Phase::Buffering { overflow, items } => {
+                    *overflow = true;
+                    items.clear();
+                }
+                Phase::Live { .. } => entry.sub.insufficient_state(channel),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -347,6 +367,7 @@ mod tests {
         id: u64,
         kind: SubscriberKind,
         got: Mutex<Vec<Bytes>>,
+        insufficient: Mutex<Vec<String>>,
     }
     impl Subscriber for Sink {
         fn id(&self) -> u64 {
@@ -362,12 +383,16 @@ mod tests {
             };
             self.got.lock().push(b);
         }
+        fn insufficient_state(&self, channel: &str) {
+            self.insufficient.lock().push(channel.to_string());
+        }
     }
     fn sink(id: u64, kind: SubscriberKind) -> Arc<Sink> {
         Arc::new(Sink {
             id,
             kind,
             got: Mutex::new(Vec::new()),
+            insufficient: Mutex::new(Vec::new()),
         })
     }
     fn publication(offset: u64, text: &str, origin: Option<u64>) -> Arc<Publication> {
@@ -467,5 +492,27 @@ mod tests {
         assert!(!hub.remove("c", 1));
         assert!(hub.remove("c", 2));
         assert_eq!(hub.num_channels(), 0);
+    }
+
+    #[test]
+    fn insufficient_state_restarts_live_and_recovering_subscribers() {
+        let hub = Hub::default();
+        let live = sink(1, SubscriberKind::Protocol);
+        let recovering = sink(2, SubscriberKind::Protocol);
+        let other = sink(3, SubscriberKind::Protocol);
+        hub.add("c", live.clone(), false);
+        hub.add("c", recovering.clone(), true);
+        hub.add("d", other.clone(), false);
+        hub.on_insufficient_state("c");
+        assert_eq!(*live.insufficient.lock(), ["c"], "live one told once");
+        assert_eq!(
+            hub.finish_buffering("c", 2, 0, || panic!("not run")),
+            Err(BufferOverflow),
+            "a recovering one must restart its recovery"
+        );
+        assert!(
+            other.insufficient.lock().is_empty(),
+            "other channels untouched"
+        );
     }
 }

@@ -339,6 +339,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             for conn in state.registry.find(&r.user, &r.client) {
                 conn.control(Control::Unsubscribe {
                     channel: r.channel.clone(),
+                    code: groupcast_proto::codes::UnsubscribeCode::SERVER,
                 });
             }
             Ok(empty())

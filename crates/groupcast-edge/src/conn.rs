@@ -20,6 +20,7 @@ use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use groupcast_core::hub::{PreparedPush, PushType, Subscriber, SubscriberKind};
 use groupcast_proto::client::RawJson;
+use groupcast_proto::codes::UnsubscribeCode;
 use groupcast_proto::DisconnectCode;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
@@ -74,19 +75,17 @@ pub enum Control {
         channel: String,
         data: Option<RawJson>,
     },
+    /// End a subscription with an unsubscribe push carrying `code`
+    /// (2000: server unsubscribe, terminal; 2500: insufficient state, the
+    /// client resubscribes and recovers).
     Unsubscribe {
         channel: String,
+        code: UnsubscribeCode,
     },
     /// Close with this code and reason (reason at most [`MAX_CLOSE_REASON`] bytes).
-    Disconnect {
-        code: u16,
-        reason: String,
-    },
+    Disconnect { code: u16, reason: String },
     /// Set a new expiry (Unix seconds; 0: never) or expire now.
-    Refresh {
-        expired: bool,
-        expire_at: i64,
-    },
+    Refresh { expired: bool, expire_at: i64 },
 }
 
 /// The shared half of a connection. The session task owns the rest.
@@ -440,6 +439,17 @@ impl Subscriber for Conn {
             }
         }
     }
+
+    fn insufficient_state(&self, channel: &str) {
+        // Relay connections are at-most-once and have no recovery: they
+        // just go on. Protocol clients resubscribe and recover.
+        if self.kind == SubscriberKind::Protocol {
+            self.control(Control::Unsubscribe {
+                channel: channel.to_string(),
+                code: UnsubscribeCode::INSUFFICIENT,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -451,12 +461,14 @@ mod tests {
         let (conn, _outbox) = Conn::new(1, SubscriberKind::Protocol, 1 << 20);
         for _ in 0..MAX_CONTROL_QUEUE {
             assert!(conn.control(Control::Unsubscribe {
-                channel: "a".into()
+                channel: "a".into(),
+                code: UnsubscribeCode::SERVER,
             }));
         }
         assert!(
             !conn.control(Control::Unsubscribe {
-                channel: "a".into()
+                channel: "a".into(),
+                code: UnsubscribeCode::SERVER,
             }),
             "65th action dropped"
         );

@@ -643,12 +643,7 @@ impl Session {
         result.offset = history.position.offset;
         if let Some(since) = recover {
             let same_epoch = since.epoch == history.position.epoch;
-            let first = history.publications.first().map(|p| p.offset);
-            let complete = match first {
-                Some(first) => first == since.offset + 1,
-                None => since.offset == history.position.offset,
-            };
-            if same_epoch && complete && since.offset <= history.position.offset {
+            if same_epoch && history.complete {
                 result.recovered = true;
                 result.publications = history.publications.iter().map(|p| p.to_out()).collect();
             }
@@ -860,10 +855,9 @@ impl Session {
                     self.expires_at = (expire_at > 0).then_some(expire_at);
                 }
             }
-            Control::Unsubscribe { channel } => {
+            Control::Unsubscribe { channel, code: u } => {
                 if self.subs.contains_key(&channel) {
                     self.remove_sub(&channel).await;
-                    let u = groupcast_proto::codes::UnsubscribeCode::SERVER;
                     let push = proto::encode_unsubscribe_push(&channel, u.code, u.reason);
                     self.conn.send_json(Bytes::from(push), OutKind::Reply);
                 }

@@ -205,6 +205,16 @@ impl Broker for MemoryBroker {
             None => None,
         };
         let limit = query.limit.unwrap_or(usize::MAX);
+        // Offsets are consecutive here, so a read from `since` is complete
+        // when it starts right after it (or nothing came after it).
+        let complete = match since {
+            Some(since) if !query.reverse && query.limit.is_none() => match s.items.front() {
+                _ if since == s.top => true,
+                Some((first, _)) => first.offset <= since + 1 && since <= s.top,
+                None => false,
+            },
+            _ => false,
+        };
         let items = s.items.iter().map(|(p, _)| p);
         let publications: Vec<_> = match (query.reverse, since) {
             (false, since) => {
@@ -226,6 +236,7 @@ impl Broker for MemoryBroker {
         Ok(HistoryResult {
             publications,
             position,
+            complete,
         })
     }
 

@@ -1,0 +1,759 @@
+//! [`NatsBroker`]: the Broker contract over core NATS and JetStream.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::{Client, ConnectOptions, Event, HeaderMap};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use groupcast_core::broker::{
+    Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
+};
+use groupcast_core::{ChannelName, Publication, StreamPosition};
+use groupcast_proto::client::ClientInfo;
+use parking_lot::{Mutex, RwLock};
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::{self, Envelope};
+use crate::subjects::Subjects;
+use crate::NatsConfig;
+
+/// Messages asked for per batched direct-get request.
+const READ_BATCH: usize = 256;
+
+/// Where a namespace keeps its history: the JetStream stream's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// `max_msgs_per_subject`: publications kept per channel.
+    pub history_size: usize,
+    /// `max_age`.
+    pub history_ttl: Duration,
+    /// Stream replicas (1 to 5; 3 in a NATS cluster survives a server loss).
+    pub replicas: usize,
+    /// `file` (survives a NATS restart) or `memory`.
+    pub memory_storage: bool,
+}
+
+/// A stream this broker made sure exists.
+struct StreamState {
+    name: String,
+    epoch: String,
+    spec: StreamSpec,
+}
+
+struct LiveSub {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
+    client: Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    specs: HashMap<String, StreamSpec>,
+    streams: RwLock<HashMap<String, Arc<StreamState>>>,
+    handler: OnceLock<Arc<dyn BrokerHandler>>,
+    /// Channel subscriptions. The node never subscribes and unsubscribes
+    /// one channel concurrently (its per-channel lock), so this lock is
+    /// held only for map updates, never across network calls.
+    subs: Mutex<HashMap<String, LiveSub>>,
+    connected: Arc<AtomicBool>,
+    /// Bumped on every reconnect: history subscriptions then look for gaps.
+    reconnects: watch::Receiver<u64>,
+    request_timeout: Duration,
+}
+
+/// The NATS broker. Cheap to clone; all clones share one connection.
+#[derive(Clone)]
+pub struct NatsBroker {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    metrics::counter!("groupcast_nats_publish_errors_total").increment(1);
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn namespace_of(channel: &str) -> &str {
+    ChannelName::parse(channel, usize::MAX)
+        .map(|c| c.namespace())
+        .unwrap_or("")
+}
+
+fn header_u64(h: Option<&HeaderMap>, name: &str) -> Option<u64> {
+    h?.get(name)?.as_str().parse().ok()
+}
+
+fn event_name(e: &Event) -> &'static str {
+    match e {
+        Event::Connected => "connected",
+        Event::Disconnected => "disconnected",
+        Event::LameDuckMode => "lame_duck",
+        Event::Draining => "draining",
+        Event::Closed => "closed",
+        Event::SlowConsumer(_) => "slow_consumer",
+        Event::ServerError(_) => "server_error",
+        Event::ClientError(_) => "client_error",
+    }
+}
+
+impl NatsBroker {
+    /// Connect to NATS and make sure the history streams of `specs`
+    /// (namespace → limits; `""` is the default namespace) exist with those
+    /// limits. Fails when NATS cannot be reached within
+    /// `config.connect_timeout` or JetStream refuses a stream.
+    pub async fn connect(
+        config: &NatsConfig,
+        specs: HashMap<String, StreamSpec>,
+    ) -> Result<NatsBroker, BrokerError> {
+        config.validate().map_err(BrokerError::Internal)?;
+        if config.urls.is_empty() {
+            return Err(BrokerError::Internal("nats.urls is empty".into()));
+        }
+        let connected = Arc::new(AtomicBool::new(false));
+        let (reconnect_tx, reconnects) = watch::channel(0u64);
+        let flag = connected.clone();
+        let mut opts = ConnectOptions::new()
+            .subscription_capacity(config.subscription_capacity)
+            .request_timeout(Some(config.request_timeout))
+            .connection_timeout(config.connect_timeout)
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                let flag = flag.clone();
+                let reconnect_tx = reconnect_tx.clone();
+                async move {
+                    metrics::counter!("groupcast_nats_events_total", "event" => event_name(&event))
+                        .increment(1);
+                    match &event {
+                        Event::Connected => {
+                            flag.store(true, Ordering::SeqCst);
+                            metrics::gauge!("groupcast_nats_connected").set(1.0);
+                            reconnect_tx.send_modify(|n| *n += 1);
+                            tracing::info!("NATS connected");
+                        }
+                        Event::Disconnected | Event::Closed => {
+                            flag.store(false, Ordering::SeqCst);
+                            metrics::gauge!("groupcast_nats_connected").set(0.0);
+                            tracing::warn!("NATS {event}");
+                        }
+                        _ => tracing::warn!("NATS {event}"),
+                    }
+                }
+            });
+        if !config.name.is_empty() {
+            opts = opts.name(&config.name);
+        }
+        if let Some(path) = &config.credentials_file {
+            opts = opts.credentials_file(path).await.map_err(|e| {
+                BrokerError::Internal(format!("nats.credentials_file {}: {e}", path.display()))
+            })?;
+        }
+        if !config.user.is_empty() {
+            opts = opts.user_and_password(config.user.clone(), config.password.clone());
+        }
+        if !config.token.is_empty() {
+            opts = opts.token(config.token.clone());
+        }
+        if let Some(ca) = &config.tls_ca_file {
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+        if config.tls_required {
+            opts = opts.require_tls(true);
+        }
+        let urls: Vec<async_nats::ServerAddr> = config
+            .urls
+            .iter()
+            .map(|u| {
+                u.parse()
+                    .map_err(|e| BrokerError::Internal(format!("nats.urls: {u:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let client = opts.connect(urls).await.map_err(|e| {
+            BrokerError::Unavailable(format!("cannot connect to NATS {:?}: {e}", config.urls))
+        })?;
+        connected.store(true, Ordering::SeqCst);
+        metrics::gauge!("groupcast_nats_connected").set(1.0);
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.request_timeout);
+        let broker = NatsBroker {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                subjects: Subjects::new(&config.prefix),
+                specs,
+                streams: RwLock::new(HashMap::new()),
+                handler: OnceLock::new(),
+                subs: Mutex::new(HashMap::new()),
+                connected,
+                reconnects,
+                request_timeout: config.request_timeout,
+            }),
+        };
+        let namespaces: Vec<String> = broker.inner.specs.keys().cloned().collect();
+        for ns in namespaces {
+            broker.inner.stream(&ns).await?;
+        }
+        Ok(broker)
+    }
+
+    /// The underlying NATS client (for tests and tools).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The JetStream stream name holding a namespace's history.
+    pub fn stream_name(&self, namespace: &str) -> String {
+        self.inner.subjects.stream(namespace)
+    }
+
+    /// End every channel subscription, flush and close the connection (at
+    /// shutdown, after the last publish).
+    pub async fn close(&self) {
+        let live: Vec<LiveSub> = self.inner.subs.lock().drain().map(|(_, l)| l).collect();
+        for l in live {
+            l.cancel.cancel();
+            let _ = l.task.await;
+        }
+        let _ = self.inner.client.flush().await;
+        let _ = self.inner.client.drain().await;
+    }
+}
+
+impl Inner {
+    fn handler(&self) -> Option<&Arc<dyn BrokerHandler>> {
+        self.handler.get()
+    }
+
+    /// The history stream of a namespace, created or updated to its spec on
+    /// first use. `Ok(None)` when the namespace keeps no history.
+    async fn stream(&self, ns: &str) -> Result<Option<Arc<StreamState>>, BrokerError> {
+        if let Some(s) = self.streams.read().get(ns) {
+            return Ok(Some(s.clone()));
+        }
+        let Some(spec) = self.specs.get(ns).cloned() else {
+            return Ok(None);
+        };
+        let name = self.subjects.stream(ns);
+        let config = stream::Config {
+            name: name.clone(),
+            description: Some(format!("Groupcast history of namespace {ns:?}")),
+            subjects: vec![self.subjects.stream_subjects(ns)],
+            max_messages_per_subject: spec.history_size as i64,
+            max_age: spec.history_ttl,
+            num_replicas: spec.replicas,
+            storage: if spec.memory_storage {
+                stream::StorageType::Memory
+            } else {
+                stream::StorageType::File
+            },
+            discard: stream::DiscardPolicy::Old,
+            allow_direct: true,
+            republish: Some(stream::Republish {
+                source: self.subjects.stream_subjects(ns),
+                destination: self.subjects.republish_destination(ns),
+                headers_only: false,
+            }),
+            ..Default::default()
+        };
+        let info = self
+            .js
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("JetStream stream {name}: {e}")))?;
+        let epoch = format!("{:x}", info.created.unix_timestamp_nanos() as u64);
+        let state = Arc::new(StreamState { name, epoch, spec });
+        self.streams.write().insert(ns.to_string(), state.clone());
+        Ok(Some(state))
+    }
+
+    /// Forget a stream after an error that may mean it was deleted; the next
+    /// use creates it again (with a new epoch).
+    fn forget_stream(&self, ns: &str) {
+        self.streams.write().remove(ns);
+    }
+
+    fn check_connected(&self) -> Result<(), BrokerError> {
+        if self.connected.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(unavailable("NATS is not connected"))
+        }
+    }
+
+    /// Offset of the newest stored publication of `subject` (0: none).
+    async fn last_offset(&self, stream: &StreamState, subject: &str) -> Result<u64, BrokerError> {
+        #[derive(Deserialize)]
+        struct Msg {
+            seq: u64,
+        }
+        #[derive(Deserialize)]
+        struct ApiErr {
+            code: u16,
+            description: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Resp {
+            message: Option<Msg>,
+            error: Option<ApiErr>,
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "last_by_subj": subject }))
+            .expect("serializes");
+        let api = format!("$JS.API.STREAM.MSG.GET.{}", stream.name);
+        let reply = self
+            .client
+            .request(api, body.into())
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("JetStream: {e}")))?;
+        let resp: Resp = serde_json::from_slice(&reply.payload)
+            .map_err(|e| BrokerError::Internal(format!("JetStream reply: {e}")))?;
+        match (resp.message, resp.error) {
+            (Some(m), _) => Ok(m.seq),
+            (None, Some(e)) if e.code == 404 => Ok(0),
+            (None, e) => Err(BrokerError::Unavailable(format!(
+                "JetStream: {}",
+                e.and_then(|e| e.description).unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Stored publications of `subject` with offsets in `from..=to`, oldest
+    /// first, read with batched direct gets.
+    async fn read_range(
+        &self,
+        stream: &StreamState,
+        subject: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Publication>, BrokerError> {
+        let mut out = Vec::new();
+        let mut next = from.max(1);
+        let api = format!("$JS.API.DIRECT.GET.{}", stream.name);
+        // A channel holds at most `history_size` publications: bound the
+        // loop by that (plus one batch of slack for concurrent publishes).
+        let max = stream.spec.history_size + READ_BATCH;
+        while next <= to && out.len() < max {
+            let inbox = self.client.new_inbox();
+            let mut replies = self
+                .client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| BrokerError::Unavailable(format!("NATS: {e}")))?;
+            let req =
+                serde_json::json!({ "seq": next, "next_by_subj": subject, "batch": READ_BATCH });
+            self.client
+                .publish_with_reply(
+                    api.clone(),
+                    inbox,
+                    serde_json::to_vec(&req).expect("json").into(),
+                )
+                .await
+                .map_err(|e| BrokerError::Unavailable(format!("NATS: {e}")))?;
+            let mut got = 0;
+            let mut done = false;
+            loop {
+                let msg = tokio::time::timeout(self.request_timeout, replies.next())
+                    .await
+                    .map_err(|_| BrokerError::Unavailable("JetStream read timed out".into()))?
+                    .ok_or_else(|| BrokerError::Unavailable("NATS connection closed".into()))?;
+                if let Some(status) = msg.status {
+                    // 204: end of batch; 404: nothing (more) for this subject.
+                    match status.as_u16() {
+                        204 => break,
+                        404 => {
+                            done = true;
+                            break;
+                        }
+                        code => {
+                            return Err(BrokerError::Unavailable(format!(
+                                "JetStream direct get: {code} {}",
+                                msg.description.unwrap_or_default()
+                            )))
+                        }
+                    }
+                }
+                let Some(seq) = header_u64(msg.headers.as_ref(), "Nats-Sequence") else {
+                    return Err(BrokerError::Internal(
+                        "direct get without Nats-Sequence".into(),
+                    ));
+                };
+                got += 1;
+                next = seq + 1;
+                if seq > to {
+                    done = true;
+                    continue;
+                }
+                match envelope::decode(msg.payload) {
+                    Ok(Envelope::Pub(mut p)) => {
+                        p.offset = seq;
+                        out.push(p);
+                    }
+                    _ => {
+                        metrics::counter!("groupcast_nats_invalid_messages_total").increment(1);
+                    }
+                }
+            }
+            let _ = replies.unsubscribe().await;
+            if done || got < READ_BATCH {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read the publications after offset `after` up to `to` and say whether
+    /// they are provably all of them: the stored publication at `after` is
+    /// still there (trimming is oldest first), or `after` is 0 and nothing
+    /// was ever trimmed from this channel as far as the count shows.
+    async fn read_after(
+        &self,
+        stream: &StreamState,
+        subject: &str,
+        after: u64,
+        to: u64,
+    ) -> Result<(Vec<Publication>, bool), BrokerError> {
+        let mut pubs = self.read_range(stream, subject, after, to).await?;
+        let complete = if after == 0 {
+            pubs.len() < stream.spec.history_size
+        } else if pubs.first().map(|p| p.offset) == Some(after) {
+            pubs.remove(0);
+            true
+        } else {
+            false
+        };
+        Ok((pubs, complete))
+    }
+
+    fn deliver(&self, channel: &str, env: Envelope) {
+        let Some(h) = self.handler() else { return };
+        match env {
+            Envelope::Pub(p) => h.on_publication(channel, Arc::new(p)),
+            Envelope::Join(i) => h.on_join(channel, i),
+            Envelope::Leave(i) => h.on_leave(channel, i),
+        }
+    }
+
+    /// Deliver the stored publications between `last` and `upto` (exclusive)
+    /// before the live one at `upto`, or tell subscribers to recover.
+    async fn repair(&self, channel: &str, stream: &StreamState, last: u64, upto: u64) {
+        let subject = self.subjects.history(channel);
+        match self.read_after(stream, &subject, last, upto - 1).await {
+            Ok((pubs, true)) => {
+                metrics::counter!("groupcast_nats_gaps_total", "outcome" => "repaired")
+                    .increment(1);
+                tracing::debug!(
+                    channel,
+                    last,
+                    upto,
+                    n = pubs.len(),
+                    "gap repaired from JetStream"
+                );
+                for p in pubs {
+                    self.deliver(channel, Envelope::Pub(p));
+                }
+            }
+            other => {
+                metrics::counter!("groupcast_nats_gaps_total", "outcome" => "insufficient")
+                    .increment(1);
+                tracing::warn!(channel, last, upto, error = ?other.err(), "gap not repairable: subscribers must recover");
+                if let Some(h) = self.handler() {
+                    h.on_insufficient_state(channel);
+                }
+            }
+        }
+    }
+
+    /// One channel's subscription: delivers in arrival (= stored) order,
+    /// one message at a time, repairing gaps in the offsets.
+    async fn run_subscription(
+        self: Arc<Self>,
+        channel: String,
+        mut sub: async_nats::Subscriber,
+        cancel: CancellationToken,
+        stream: Option<Arc<StreamState>>,
+        mut last: Option<u64>,
+    ) {
+        let mut reconnects = self.reconnects.clone();
+        reconnects.mark_unchanged();
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => break,
+                changed = reconnects.changed() => {
+                    if changed.is_err() { break; }
+                    // Anything stored while we were away arrives on no
+                    // subject: compare with the stream's top and repair.
+                    if let (Some(stream), Some(l)) = (&stream, last) {
+                        let subject = self.subjects.history(&channel);
+                        if let Ok(top) = self.last_offset(stream, &subject).await {
+                            if top > l {
+                                // Delivers everything after `l` up to `top`.
+                                self.repair(&channel, stream, l, top + 1).await;
+                                last = Some(top);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                msg = sub.next() => match msg {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            metrics::counter!("groupcast_nats_messages_received_total").increment(1);
+            let seq = header_u64(msg.headers.as_ref(), "Nats-Sequence");
+            let prev = header_u64(msg.headers.as_ref(), "Nats-Last-Sequence").unwrap_or(0);
+            let mut env = match envelope::decode(msg.payload) {
+                Ok(env) => env,
+                Err(e) => {
+                    metrics::counter!("groupcast_nats_invalid_messages_total").increment(1);
+                    tracing::debug!(channel, error = %e, "dropping an invalid NATS message");
+                    continue;
+                }
+            };
+            if let (Some(seq), Envelope::Pub(p)) = (seq, &mut env) {
+                if let Some(l) = last {
+                    if seq <= l {
+                        continue; // already delivered (by a repair)
+                    }
+                    if prev > l {
+                        if let Some(stream) = &stream {
+                            self.repair(&channel, stream, l, seq).await;
+                        }
+                    }
+                }
+                p.offset = seq;
+                last = Some(seq);
+            }
+            self.deliver(&channel, env);
+        }
+        let _ = sub.unsubscribe().await;
+    }
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>) {
+        let _ = self.inner.handler.set(handler);
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        if inner.subs.lock().contains_key(channel) {
+            return Ok(());
+        }
+        inner.check_connected()?;
+        let stream = inner.stream(namespace_of(channel)).await?;
+        let sub = inner
+            .client
+            .subscribe(inner.subjects.live(channel))
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("NATS subscribe: {e}")))?;
+        // The server has the interest once the flush returns: everything
+        // stored after this point reaches the subscription.
+        let ready = async {
+            inner.client.flush().await.map_err(unavailable)?;
+            match &stream {
+                Some(s) => inner
+                    .last_offset(s, &inner.subjects.history(channel))
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let last = match ready.await {
+            Ok(last) => last,
+            Err(e) => {
+                let mut sub = sub;
+                let _ = sub.unsubscribe().await;
+                return Err(e);
+            }
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(inner.clone().run_subscription(
+            channel.to_string(),
+            sub,
+            cancel.clone(),
+            stream,
+            last,
+        ));
+        let mut subs = inner.subs.lock();
+        subs.insert(channel.to_string(), LiveSub { cancel, task });
+        metrics::gauge!("groupcast_nats_subscriptions").set(subs.len() as f64);
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let live = {
+            let mut subs = self.inner.subs.lock();
+            let live = subs.remove(channel);
+            metrics::gauge!("groupcast_nats_subscriptions").set(subs.len() as f64);
+            live
+        };
+        if let Some(live) = live {
+            live.cancel.cancel();
+            // Wait for the task: no delivery of this channel may overlap a
+            // later subscription's.
+            let _ = live.task.await;
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, BrokerError> {
+        let inner = &self.inner;
+        inner.check_connected()?;
+        let payload: Bytes = envelope::encode_pub(&publication);
+        let ns = namespace_of(channel);
+        let stream = if opts.history_size > 0 && !opts.history_ttl.is_zero() {
+            match inner.stream(ns).await? {
+                Some(s) => Some(s),
+                None => {
+                    return Err(BrokerError::Internal(format!(
+                        "namespace {ns:?} has no history stream configured"
+                    )))
+                }
+            }
+        } else {
+            None
+        };
+        let Some(stream) = stream else {
+            inner
+                .client
+                .publish(inner.subjects.live(channel), payload)
+                .await
+                .map_err(unavailable)?;
+            return Ok(StreamPosition::default());
+        };
+        let ack = async {
+            inner
+                .js
+                .publish(inner.subjects.history(channel), payload)
+                .await
+                .map_err(unavailable)?
+                .await
+                .map_err(unavailable)
+        }
+        .await;
+        match ack {
+            Ok(ack) => Ok(StreamPosition {
+                offset: ack.sequence,
+                epoch: stream.epoch.clone(),
+            }),
+            Err(e) => {
+                inner.forget_stream(ns);
+                Err(e)
+            }
+        }
+    }
+
+    async fn publish_join(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner.check_connected()?;
+        inner
+            .client
+            .publish(inner.subjects.live(channel), envelope::encode_join(&info))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn publish_leave(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner.check_connected()?;
+        inner
+            .client
+            .publish(inner.subjects.live(channel), envelope::encode_leave(&info))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, BrokerError> {
+        let inner = &self.inner;
+        let Some(stream) = inner.stream(namespace_of(channel)).await? else {
+            return Ok(HistoryResult::default());
+        };
+        if let Some(since) = &query.since {
+            if since.epoch != stream.epoch {
+                return Err(BrokerError::UnrecoverablePosition);
+            }
+        }
+        let subject = inner.subjects.history(channel);
+        let top = inner.last_offset(&stream, &subject).await?;
+        let position = StreamPosition {
+            offset: top,
+            epoch: stream.epoch.clone(),
+        };
+        let since = query.since.as_ref().map(|s| s.offset);
+        let mut result = HistoryResult {
+            publications: Vec::new(),
+            position,
+            complete: false,
+        };
+        if let (Some(s), false, None) = (since, query.reverse, query.limit) {
+            if s >= top {
+                result.complete = s == top;
+                return Ok(result);
+            }
+        }
+        if query.limit == Some(0) {
+            return Ok(result);
+        }
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let pubs = match (query.reverse, since) {
+            (false, None) => inner.read_range(&stream, &subject, 1, top).await?,
+            (false, Some(after)) => {
+                let (pubs, complete) = inner.read_after(&stream, &subject, after, top).await?;
+                result.complete = complete && query.limit.is_none();
+                pubs
+            }
+            (true, None) => inner.read_range(&stream, &subject, 1, top).await?,
+            (true, Some(before)) => {
+                let end = before.min(top + 1).saturating_sub(1);
+                if end == 0 {
+                    Vec::new()
+                } else {
+                    inner.read_range(&stream, &subject, 1, end).await?
+                }
+            }
+        };
+        let pubs = pubs.into_iter().map(Arc::new);
+        result.publications = if query.reverse {
+            pubs.rev().take(limit).collect()
+        } else {
+            pubs.take(limit).collect()
+        };
+        Ok(result)
+    }
+
+    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let Some(stream) = inner.stream(namespace_of(channel)).await? else {
+            return Ok(());
+        };
+        let s = inner
+            .js
+            .get_stream(&stream.name)
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("JetStream: {e}")))?;
+        s.purge()
+            .filter(inner.subjects.history(channel))
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("JetStream purge: {e}")))?;
+        Ok(())
+    }
+}

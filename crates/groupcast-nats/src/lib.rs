@@ -1,0 +1,154 @@
+//! `groupcast-nats`: the [`Broker`](groupcast_core::Broker) over NATS.
+//!
+//! * **Live fan-out** on core NATS: one subject per channel
+//!   ([`subjects::Subjects::live`]). An edge subscribes to a channel's subject
+//!   only while it has local subscribers (the node calls
+//!   `subscribe`/`unsubscribe` on the first/last one), so an edge receives
+//!   none of the traffic of channels nobody on it watches.
+//! * **History** on JetStream: one stream per history namespace, limits from
+//!   the namespace ([`StreamSpec`]). A publish stores the message and waits
+//!   for JetStream's acknowledgement; its stream sequence is the
+//!   publication's **offset**. The stream's RePublish sends the stored message
+//!   to the live subject with `Nats-Sequence` (the offset) and
+//!   `Nats-Last-Sequence` (the previous offset of that channel). The stream's
+//!   creation time is the **epoch**.
+//! * **Gaps** (a republished message whose `Nats-Last-Sequence` is not the
+//!   last offset this edge delivered: lost in transport, a slow consumer, a
+//!   reconnect) are **repaired** from JetStream before delivering; when the
+//!   missing publications are no longer stored the local subscribers are
+//!   told to resubscribe and recover (`insufficient state`). After a NATS
+//!   reconnect every history channel is checked the same way.
+//! * Namespaces without history use core NATS only: at-most-once.
+//!
+//! See `docs/operations.md` (NATS backbone) for configuration and metrics.
+
+mod broker;
+pub mod envelope;
+pub mod subjects;
+
+pub use broker::{NatsBroker, StreamSpec};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How an edge connects to NATS (`[nats]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// NATS server URLs (`nats://host:4222`, `tls://host:4222`); several for a
+    /// NATS cluster. Empty: no NATS (the in-memory broker, `groupcast dev`).
+    pub urls: Vec<String>,
+    /// Connection name shown in NATS monitoring (default: the node name).
+    pub name: String,
+    /// Prefix of every subject and stream name (letters, digits, `_`, `-`);
+    /// separate Groupcast installations sharing one NATS use different ones.
+    pub prefix: String,
+    /// NATS credentials file (JWT + NKey seed), e.g. from a Kubernetes Secret.
+    pub credentials_file: Option<PathBuf>,
+    /// User and password authentication.
+    pub user: String,
+    pub password: String,
+    /// Token authentication.
+    pub token: String,
+    /// CA certificate (PEM) to verify the NATS servers with; setting it
+    /// requires TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for NATS servers that verify clients.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Require TLS even without a CA file (system roots are used).
+    pub tls_required: bool,
+    /// Time limit for one JetStream request (publish acknowledgement,
+    /// history read).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Time limit for the first connection at start.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Messages buffered per channel subscription before NATS reports a slow
+    /// consumer and drops (history channels then repair from JetStream).
+    pub subscription_capacity: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            urls: Vec::new(),
+            name: String::new(),
+            prefix: "gc".into(),
+            credentials_file: None,
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            subscription_capacity: 65_536,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Check the settings; `Err` names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !subjects::valid_prefix(&self.prefix) {
+            return Err("nats.prefix: 1 to 32 letters, digits, `_` or `-`".into());
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("nats.tls_cert_file and nats.tls_key_file go together".into());
+        }
+        if self.user.is_empty() != self.password.is_empty() {
+            return Err("nats.user and nats.password go together".into());
+        }
+        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err("nats.request_timeout and nats.connect_timeout must be > 0".into());
+        }
+        if self.subscription_capacity == 0 {
+            return Err("nats.subscription_capacity must be > 0".into());
+        }
+        for u in &self.urls {
+            if u.trim().is_empty() {
+                return Err("nats.urls: empty URL".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Describe the backbone's metrics (call once after installing a recorder).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "groupcast_nats_connected",
+        "1 while the edge is connected to NATS"
+    );
+    describe_counter!(
+        "groupcast_nats_events_total",
+        "NATS connection events by kind (connected, disconnected, lame_duck, slow_consumer, server_error, client_error, closed)"
+    );
+    describe_gauge!(
+        "groupcast_nats_subscriptions",
+        "Channel subjects this edge is subscribed to (channels with local subscribers)"
+    );
+    describe_counter!(
+        "groupcast_nats_messages_received_total",
+        "Messages received from NATS channel subjects"
+    );
+    describe_counter!(
+        "groupcast_nats_invalid_messages_total",
+        "Messages on Groupcast subjects that were not valid envelopes (dropped)"
+    );
+    describe_counter!(
+        "groupcast_nats_gaps_total",
+        "Gaps in a channel's offsets seen on the live subject, by outcome (repaired from JetStream, or insufficient: subscribers told to recover)"
+    );
+    describe_counter!(
+        "groupcast_nats_publish_errors_total",
+        "Publishes that failed (NATS unreachable, no JetStream acknowledgement)"
+    );
+}

