@@ -55,6 +55,11 @@ pub struct PublishOptions {
     pub history_size: usize,
     /// How long they are kept.
     pub history_ttl: Duration,
+    /// The API's `idempotency_key`: a publish repeated with the same key on
+    /// the same channel within the backbone's window (JetStream's duplicate
+    /// window, 2 minutes) is stored once and answers the first position.
+    /// Honoured for history publishes on NATS; ignored otherwise.
+    pub idempotency_key: Option<String>,
 }
 
 /// Which part of a channel's history to read.
@@ -112,6 +117,11 @@ pub trait Broker: Send + Sync + 'static {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryResult, BrokerError>;
-    /// Drop stored publications; the position (offset, epoch) is kept.
+    /// Drop stored publications; the epoch is kept and later offsets stay
+    /// above earlier ones.
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError>;
+    /// Whether the backbone is usable now (`/readyz`); `Err` says why not.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

@@ -105,6 +105,7 @@ pub fn history_options() -> PublishOptions {
     PublishOptions {
         history_size: HISTORY_SIZE,
         history_ttl: Duration::from_secs(60),
+        idempotency_key: None,
     }
 }
 

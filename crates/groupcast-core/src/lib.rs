@@ -30,6 +30,6 @@ pub use broker::{Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult
 pub use channel::{ChannelError, ChannelName};
 pub use hub::{Hub, PreparedPush, PushType, Subscriber, SubscriberKind};
 pub use membership::{Membership, MembershipError};
-pub use namespace::{ChannelOptions, NamespaceConfig, Namespaces};
+pub use namespace::{ChannelOptions, HistoryStorage, NamespaceConfig, Namespaces};
 pub use node::Node;
 pub use publication::{Payload, Publication, StreamPosition};

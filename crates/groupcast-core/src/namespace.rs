@@ -37,6 +37,22 @@ pub struct ChannelOptions {
     pub allow_anonymous: bool,
     /// `chan#u1,u2` channels: only the listed users may subscribe.
     pub allow_user_limited_channels: bool,
+    /// With NATS: replicas of the namespace's JetStream history stream (1 to
+    /// 5; 3 in a three-server NATS cluster survives losing one). Ignored by
+    /// the in-memory broker.
+    pub history_replicas: usize,
+    /// With NATS: where JetStream keeps the history, `file` (survives a NATS
+    /// restart) or `memory`. Ignored by the in-memory broker.
+    pub history_storage: HistoryStorage,
+}
+
+/// Where a backbone stores history (`history_storage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStorage {
+    #[default]
+    File,
+    Memory,
 }
 
 impl Default for ChannelOptions {
@@ -54,6 +70,8 @@ impl Default for ChannelOptions {
             allow_subscribe_for_client: true,
             allow_anonymous: false,
             allow_user_limited_channels: false,
+            history_replicas: 1,
+            history_storage: HistoryStorage::File,
         }
     }
 }
@@ -74,6 +92,7 @@ impl ChannelOptions {
             allow_subscribe_for_client: true,
             allow_anonymous: true,
             allow_user_limited_channels: true,
+            ..ChannelOptions::default()
         }
     }
 
@@ -92,6 +111,9 @@ impl ChannelOptions {
         }
         if self.allow_recovery && !self.has_history() {
             return Err("allow_recovery needs history_size and history_ttl".into());
+        }
+        if !(1..=5).contains(&self.history_replicas) {
+            return Err("history_replicas must be between 1 and 5".into());
         }
         if self.join_leave && !self.presence {
             return Err("join_leave needs presence".into());

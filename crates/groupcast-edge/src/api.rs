@@ -242,6 +242,7 @@ async fn publish_one(
     data: Payload,
     skip_history: bool,
     tags: &std::collections::BTreeMap<String, String>,
+    idempotency_key: &str,
 ) -> Result<api::PublishResult, ApiError> {
     let (ch, opts) = state.channel(channel).map_err(channel_error)?;
     // Publications reach clients in one frame: the client message limit
@@ -256,6 +257,7 @@ async fn publish_one(
         PublishOptions {
             history_size: opts.history_size,
             history_ttl: opts.history_ttl,
+            idempotency_key: (!idempotency_key.is_empty()).then(|| idempotency_key.to_string()),
         }
     };
     let mut p = Publication::new(data);
@@ -289,7 +291,15 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             let r: api::PublishRequest = parse(body)?;
             let data = payload(r.data, &r.b64data)?;
             Ok(to_value(
-                publish_one(state, &r.channel, data, r.skip_history, &r.tags).await?,
+                publish_one(
+                    state,
+                    &r.channel,
+                    data,
+                    r.skip_history,
+                    &r.tags,
+                    &r.idempotency_key,
+                )
+                .await?,
             ))
         }
         "broadcast" => {
@@ -302,7 +312,16 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             let mut responses = Vec::with_capacity(r.channels.len());
             for channel in &r.channels {
                 responses.push(
-                    match publish_one(state, channel, data.clone(), r.skip_history, &r.tags).await {
+                    match publish_one(
+                        state,
+                        channel,
+                        data.clone(),
+                        r.skip_history,
+                        &r.tags,
+                        &r.idempotency_key,
+                    )
+                    .await
+                    {
                         Ok(res) => api::BroadcastEntry {
                             error: None,
                             result: Some(res),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use groupcast_core::{ChannelOptions, NamespaceConfig, Namespaces};
+use groupcast_nats::NatsConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +38,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// TLS on the listener (WebSocket and HTTP API alike).
     pub tls: TlsConfig,
+    /// The NATS backbone (`groupcast edge`; `groupcast dev --nats`). Without
+    /// URLs the node uses the in-memory broker.
+    pub nats: NatsConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -195,6 +199,7 @@ impl Default for Config {
             relay: RelayConfig::default(),
             shutdown: ShutdownConfig::default(),
             tls: TlsConfig::default(),
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -359,6 +364,7 @@ impl Config {
                 return Err(format!("client.allowed_origins[{i}]: empty origin"));
             }
         }
+        self.nats.validate()?;
         if self.api.max_body_bytes < 1024 {
             return Err("api.max_body_bytes: must be at least 1024".into());
         }

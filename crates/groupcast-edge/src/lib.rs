@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backbone;
 pub mod config;
 pub mod conn;
 pub mod limits;

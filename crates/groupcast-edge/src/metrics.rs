@@ -30,6 +30,7 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may already be installed (embedding application):
             // then our handles record there and this handle renders empty.
             let _ = metrics::set_global_recorder(recorder);
+            groupcast_nats::describe_metrics();
             let upkeep = handle.clone();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())

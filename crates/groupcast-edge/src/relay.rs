@@ -103,6 +103,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
     let publish_opts = PublishOptions {
         history_size: opts.history_size,
         history_ttl: opts.history_ttl,
+        ..Default::default()
     };
     let cfg = &state.config.client;
     let silent_limit = cfg.ping_interval + cfg.pong_timeout;

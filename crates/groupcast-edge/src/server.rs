@@ -7,7 +7,7 @@
 //! | `POST /api/{method}` | server API |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the process serves |
-//! | `GET /readyz` | 200 while accepting clients, 503 once shutting down |
+//! | `GET /readyz` | 200 while accepting clients; 503 once shutting down or while the backbone (NATS) is unreachable |
 //! | `GET /` | a relay demo page (two tabs talk to each other) |
 
 use std::sync::Arc;
@@ -277,6 +277,8 @@ async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
 async fn readyz(State(state): State<Arc<EdgeState>>) -> Response {
     if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if let Err(why) = state.node.broker.health() {
+        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
     } else {
         "ready".into_response()
     }

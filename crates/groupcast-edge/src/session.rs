@@ -738,6 +738,7 @@ impl Session {
         let po = PublishOptions {
             history_size: opts.history_size,
             history_ttl: opts.history_ttl,
+            ..Default::default()
         };
         state
             .node

@@ -1,7 +1,7 @@
 //! [`NatsBroker`]: the Broker contract over core NATS and JetStream.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{self, Envelope};
-use crate::subjects::Subjects;
+use crate::subjects::{encode_token, Subjects};
 use crate::NatsConfig;
 
 /// Messages asked for per batched direct-get request.
@@ -67,6 +67,20 @@ struct Inner {
     /// Bumped on every reconnect: history subscriptions then look for gaps.
     reconnects: watch::Receiver<u64>,
     request_timeout: Duration,
+    /// Messages asked for per direct-get request: the reply subscription
+    /// must hold a whole batch (`nats.subscription_capacity`).
+    read_batch: usize,
+    gaps_repaired: AtomicU64,
+    gaps_insufficient: AtomicU64,
+}
+
+/// Counters of what the live path had to mend (also exported as metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GapStats {
+    /// Gaps filled from JetStream before delivering.
+    pub repaired: u64,
+    /// Gaps JetStream no longer had: subscribers told to recover.
+    pub insufficient: u64,
 }
 
 /// The NATS broker. Cheap to clone; all clones share one connection.
@@ -196,6 +210,9 @@ impl NatsBroker {
                 connected,
                 reconnects,
                 request_timeout: config.request_timeout,
+                read_batch: READ_BATCH.min(config.subscription_capacity / 2).max(1),
+                gaps_repaired: AtomicU64::new(0),
+                gaps_insufficient: AtomicU64::new(0),
             }),
         };
         let namespaces: Vec<String> = broker.inner.specs.keys().cloned().collect();
@@ -203,6 +220,14 @@ impl NatsBroker {
             broker.inner.stream(&ns).await?;
         }
         Ok(broker)
+    }
+
+    /// Gaps seen on live subjects since start.
+    pub fn gap_stats(&self) -> GapStats {
+        GapStats {
+            repaired: self.inner.gaps_repaired.load(Ordering::Relaxed),
+            insufficient: self.inner.gaps_insufficient.load(Ordering::Relaxed),
+        }
     }
 
     /// The underlying NATS client (for tests and tools).
@@ -339,7 +364,7 @@ impl Inner {
         let api = format!("$JS.API.DIRECT.GET.{}", stream.name);
         // A channel holds at most `history_size` publications: bound the
         // loop by that (plus one batch of slack for concurrent publishes).
-        let max = stream.spec.history_size + READ_BATCH;
+        let max = stream.spec.history_size + self.read_batch;
         while next <= to && out.len() < max {
             let inbox = self.client.new_inbox();
             let mut replies = self
@@ -348,7 +373,7 @@ impl Inner {
                 .await
                 .map_err(|e| BrokerError::Unavailable(format!("NATS: {e}")))?;
             let req =
-                serde_json::json!({ "seq": next, "next_by_subj": subject, "batch": READ_BATCH });
+                serde_json::json!({ "seq": next, "next_by_subj": subject, "batch": self.read_batch });
             self.client
                 .publish_with_reply(
                     api.clone(),
@@ -402,7 +427,7 @@ impl Inner {
                 }
             }
             let _ = replies.unsubscribe().await;
-            if done || got < READ_BATCH {
+            if done || got < self.read_batch {
                 break;
             }
         }
@@ -447,6 +472,7 @@ impl Inner {
         let subject = self.subjects.history(channel);
         match self.read_after(stream, &subject, last, upto - 1).await {
             Ok((pubs, true)) => {
+                self.gaps_repaired.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("groupcast_nats_gaps_total", "outcome" => "repaired")
                     .increment(1);
                 tracing::debug!(
@@ -461,6 +487,7 @@ impl Inner {
                 }
             }
             other => {
+                self.gaps_insufficient.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("groupcast_nats_gaps_total", "outcome" => "insufficient")
                     .increment(1);
                 tracing::warn!(channel, last, upto, error = ?other.err(), "gap not repairable: subscribers must recover");
@@ -636,10 +663,17 @@ impl Broker for NatsBroker {
                 .map_err(unavailable)?;
             return Ok(StreamPosition::default());
         };
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &opts.idempotency_key {
+            // JetStream deduplicates per stream (namespace): scope the key
+            // to the channel.
+            let id = format!("{}:{}", encode_token(channel), encode_token(key));
+            headers.insert("Nats-Msg-Id", id.as_str());
+        }
         let ack = async {
             inner
                 .js
-                .publish(inner.subjects.history(channel), payload)
+                .publish_with_headers(inner.subjects.history(channel), headers, payload)
                 .await
                 .map_err(unavailable)?
                 .await
@@ -755,5 +789,13 @@ impl Broker for NatsBroker {
             .await
             .map_err(|e| BrokerError::Unavailable(format!("JetStream purge: {e}")))?;
         Ok(())
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if self.inner.connected.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("NATS backbone disconnected".into())
+        }
     }
 }

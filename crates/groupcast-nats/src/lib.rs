@@ -26,7 +26,7 @@ mod broker;
 pub mod envelope;
 pub mod subjects;
 
-pub use broker::{NatsBroker, StreamSpec};
+pub use broker::{GapStats, NatsBroker, StreamSpec};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,18 +1,16 @@
 //! `groupcast`: the one binary. Thin: parse flags, load config, call a role's
-//! `run`. Roles: `dev` (all-in-one, no external services), `token` (mint a
+//! `run`. Roles: `dev` (all-in-one, no external services; `--nats` to use a
+//! real NATS), `edge` (production edge on a NATS backbone), `token` (mint a
 //! connection token).
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use groupcast_core::broker::memory::MemoryBroker;
-use groupcast_core::membership::memory::MemoryMembership;
-use groupcast_core::Node;
 use groupcast_edge::auth::{mint_hs256, now_unix};
+use groupcast_edge::backbone::{self, Backbone};
 use groupcast_edge::Config;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +30,9 @@ struct Cli {
 enum Command {
     /// Run the all-in-one broker: one process, in-memory bus, history and presence.
     Dev(DevArgs),
+    /// Run a production edge: WebSocket clients, relay and server API, with
+    /// channels shared with every other edge over NATS (needs `nats.urls`).
+    Edge(EdgeArgs),
     /// Mint a connection token (HS256) from the configured HMAC secret.
     Token(TokenArgs),
 }
@@ -47,6 +48,26 @@ struct DevArgs {
     /// HMAC secret for connection tokens (default: random, printed at start).
     #[arg(long)]
     token_hmac_secret: Option<String>,
+    /// TOML configuration file; `GROUPCAST_*` variables override it, flags override both.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Use this NATS server (JetStream enabled) instead of the in-memory bus;
+    /// repeat for a NATS cluster.
+    #[arg(long = "nats")]
+    nats: Vec<String>,
+}
+
+#[derive(Args)]
+struct EdgeArgs {
+    /// Listen address for HTTP and WebSocket (`listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Node name, also the NATS connection name (`name`).
+    #[arg(long)]
+    name: Option<String>,
+    /// NATS server URL (`nats.urls`); repeat for a NATS cluster.
+    #[arg(long = "nats")]
+    nats: Vec<String>,
     /// TOML configuration file; `GROUPCAST_*` variables override it, flags override both.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -104,6 +125,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Dev(args) => dev(args),
+        Command::Edge(args) => edge(args),
         Command::Token(args) => token(args),
     }
 }
@@ -133,12 +155,58 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn dev(args: DevArgs) -> anyhow::Result<()> {
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+}
+
+fn list(v: Vec<String>) -> Option<Value> {
+    (!v.is_empty()).then(|| Value::from(v))
+}
+
+fn edge(args: EdgeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config = Config::load(
+        Config::default(),
+        args.config.as_deref(),
+        overrides(&[
+            ("listen", args.listen.map(Value::String)),
+            ("name", args.name.map(Value::String)),
+            ("nats.urls", list(args.nats)),
+        ]),
+    )
+    .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    if config.nats.urls.is_empty() {
+        bail!("groupcast edge needs NATS: pass --nats URL, set GROUPCAST_NATS__URLS or nats.urls in --config (groupcast dev runs without)");
+    }
+    if config.api.key.is_empty() {
+        tracing::warn!("api.key is empty: the server API refuses every call");
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let shutdown = CancellationToken::new();
+        let backbone = backbone::build(&config, shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("backbone: {e}"))?;
+        tracing::info!(
+            name = %config.name,
+            listen = %listener.local_addr()?,
+            nats = ?config.nats.urls,
+            "Groupcast {} edge started",
+            env!("CARGO_PKG_VERSION")
+        );
+        serve(config, listener, backbone, shutdown).await
+    })
+}
+
+fn dev(args: DevArgs) -> anyhow::Result<()> {
+    init_tracing();
     let mut config = Config::load(
         Config::dev(),
         args.config.as_deref(),
@@ -149,6 +217,7 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
                 "client.token_hmac_secret",
                 args.token_hmac_secret.map(Value::String),
             ),
+            ("nats.urls", list(args.nats)),
         ]),
     )
     .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -164,12 +233,21 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let backbone = backbone::build(&config, shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("backbone: {e}"))?;
+        let bus = if backbone.is_nats() {
+            format!("NATS backbone {}", config.nats.urls.join(","))
+        } else {
+            "all-in-one, in-memory, no external services".to_string()
+        };
         let token = mint_hs256(
             &config.client.token_hmac_secret,
             &json!({ "sub": "dev", "exp": now_unix() + 24 * 3600 }),
         );
         let mut out = std::io::stdout().lock();
-        writeln!(out, "Groupcast {} (dev: all-in-one, in-memory, no external services)", env!("CARGO_PKG_VERSION"))?;
+        writeln!(out, "Groupcast {} (dev: {bus})", env!("CARGO_PKG_VERSION"))?;
         writeln!(out, "  client URL (Centrifugo protocol): ws://{addr}/connection/websocket")?;
         writeln!(out, "  relay URL (plain WebSocket):      ws://{addr}/ws/relay/<channel>")?;
         writeln!(out, "  relay demo page:                  http://{addr}/")?;
@@ -181,20 +259,19 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
         out.flush()?;
         drop(out);
 
-        let shutdown = CancellationToken::new();
-        let broker = Arc::new(MemoryBroker::default());
-        let sweeper = broker.clone();
-        let sweep_stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = sweep_stop.cancelled() => break,
-                    _ = tick.tick() => { sweeper.sweep(); }
-                }
-            }
-        });
-        let node = Node::new(broker, Arc::new(MemoryMembership::default()));
+        serve(config, listener, backbone, shutdown).await
+    })
+}
+
+/// Run the edge until SIGTERM/SIGINT, then drain and close the backbone.
+async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    backbone: Backbone,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    {
+        let node = backbone.node.clone();
         let signals = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -203,9 +280,10 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
         });
         // Returns once the drain is done (within shutdown.grace_period).
         groupcast_edge::run(config, listener, node, shutdown).await?;
-        tracing::info!("stopped");
-        Ok(())
-    })
+    }
+    backbone.close().await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -266,6 +266,7 @@ mod tests {
         let opts = PublishOptions {
             history_size: 10,
             history_ttl: Duration::from_millis(50),
+            ..Default::default()
         };
         let text = || Publication::new(crate::Payload::Text("x".into()));
         b.publish("c", text(), &opts).await.unwrap();
@@ -286,6 +287,7 @@ mod tests {
         let opts = PublishOptions {
             history_size: 10,
             history_ttl: Duration::from_millis(10),
+            ..Default::default()
         };
         b.publish(
             "a",

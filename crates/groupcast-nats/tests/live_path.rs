@@ -1,0 +1,205 @@
+//! What the NATS broker does beyond the shared conformance suite, against a
+//! real `nats-server`: gap repair, "insufficient state" when the gap is no
+//! longer stored, idempotent publishes, hostile messages on our subjects.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use groupcast_core::broker::{Broker, BrokerHandler, HistoryQuery, PublishOptions};
+use groupcast_core::conformance::{Event, Recorder};
+use groupcast_core::{Payload, Publication};
+use groupcast_nats::{GapStats, NatsBroker, NatsConfig, StreamSpec};
+use groupcast_proto::client::ClientInfo;
+use groupcast_testkit::nats::NatsServer;
+
+fn opts(size: usize) -> PublishOptions {
+    PublishOptions {
+        history_size: size,
+        history_ttl: Duration::from_secs(60),
+        ..Default::default()
+    }
+}
+
+async fn broker(url: &str, history_size: usize, capacity: usize) -> NatsBroker {
+    let config = NatsConfig {
+        urls: vec![url.to_string()],
+        prefix: format!("t{:x}", rand::random::<u32>()),
+        subscription_capacity: capacity,
+        ..Default::default()
+    };
+    let spec = StreamSpec {
+        history_size,
+        history_ttl: Duration::from_secs(60),
+        replicas: 1,
+        memory_storage: true,
+    };
+    NatsBroker::connect(&config, HashMap::from([(String::new(), spec)]))
+        .await
+        .expect("connect")
+}
+
+fn text(n: u64) -> Publication {
+    Publication::new(Payload::from_text(&n.to_string()))
+}
+
+/// Blocks its delivery task on the first publication, so that NATS drops
+/// what overflows the (tiny) subscription buffer meanwhile: a real slow
+/// consumer, not a simulated one.
+struct Stalling {
+    rec: Recorder,
+    stalled: AtomicBool,
+}
+
+impl BrokerHandler for Stalling {
+    fn on_publication(&self, channel: &str, p: Arc<Publication>) {
+        if !self.stalled.swap(true, Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        self.rec.on_publication(channel, p);
+    }
+    fn on_join(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.rec.on_join(channel, info);
+    }
+    fn on_leave(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.rec.on_leave(channel, info);
+    }
+    fn on_insufficient_state(&self, channel: &str) {
+        self.rec.on_insufficient_state(channel);
+    }
+}
+
+/// Publish 30 while the subscriber is stalled, wait, publish one more (its
+/// `Nats-Last-Sequence` shows the gap).
+async fn stall_and_publish(b: &NatsBroker, history_size: usize) -> (Arc<Stalling>, Vec<u64>) {
+    let h = Arc::new(Stalling {
+        rec: Recorder::default(),
+        stalled: AtomicBool::new(false),
+    });
+    b.set_handler(h.clone());
+    b.subscribe("gappy").await.unwrap();
+    let mut offsets = Vec::new();
+    for n in 1..=30 {
+        offsets.push(
+            b.publish("gappy", text(n), &opts(history_size))
+                .await
+                .unwrap()
+                .offset,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    offsets.push(
+        b.publish("gappy", text(31), &opts(history_size))
+            .await
+            .unwrap()
+            .offset,
+    );
+    (h, offsets)
+}
+
+fn pub_offsets(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Pub { offset, .. } => Some(*offset),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_repaired_from_jetstream_before_delivering() {
+    let server = NatsServer::start().await;
+    let b = broker(&server.url(), 100, 2).await;
+    let (h, offsets) = stall_and_publish(&b, 100).await;
+    let events = h.rec.wait_for(31).await;
+    assert_eq!(
+        pub_offsets(&events),
+        offsets,
+        "every publication, in order, once"
+    );
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::Insufficient { .. })));
+    let stats = b.gap_stats();
+    assert!(
+        stats.repaired >= 1,
+        "NATS dropped for the slow consumer and the gap was repaired: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_no_longer_stored_makes_subscribers_recover() {
+    let server = NatsServer::start().await;
+    let b = broker(&server.url(), 3, 2).await;
+    let (h, offsets) = stall_and_publish(&b, 3).await;
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = h.rec.events();
+        if pub_offsets(&events).last() == offsets.last() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        events.contains(&Event::Insufficient {
+            channel: "gappy".into()
+        }),
+        "subscribers are told to recover: {events:?}"
+    );
+    let got = pub_offsets(&events);
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "never out of order: {got:?}"
+    );
+    assert_eq!(
+        b.gap_stats(),
+        GapStats {
+            repaired: 0,
+            insufficient: 1
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_stores_a_publication_once() {
+    let server = NatsServer::start().await;
+    let b = broker(&server.url(), 10, 1024).await;
+    let keyed = |k: &str| PublishOptions {
+        idempotency_key: Some(k.into()),
+        ..opts(10)
+    };
+    let first = b.publish("idem", text(1), &keyed("k1")).await.unwrap();
+    let again = b.publish("idem", text(1), &keyed("k1")).await.unwrap();
+    assert_eq!(first, again, "a retry answers the first position");
+    // The same key on another channel of the namespace is another message.
+    let other = b.publish("idem2", text(1), &keyed("k1")).await.unwrap();
+    assert!(other.offset > first.offset);
+    let h = b.history("idem", HistoryQuery::default()).await.unwrap();
+    assert_eq!(h.publications.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_channel_subject_is_dropped_and_counted() {
+    let server = NatsServer::start().await;
+    let b = broker(&server.url(), 10, 1024).await;
+    let rec = Arc::new(Recorder::default());
+    b.set_handler(rec.clone());
+    b.subscribe("open").await.unwrap();
+    // Any NATS client can publish on the subject: junk must not reach clients.
+    let prefix_subject = b.stream_name("").replace("_h_~", ".g.~.open");
+    b.client()
+        .publish(prefix_subject, "not an envelope".into())
+        .await
+        .unwrap();
+    b.publish("open", text(7), &opts(10)).await.unwrap();
+    let events = rec.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        rec.events().len(),
+        1,
+        "only the real publication: {events:?}"
+    );
+    assert!(matches!(&events[0], Event::Pub { data, .. } if data == "7"));
+}

@@ -1,0 +1,184 @@
+//! `groupcast edge` as a separate process on a free loopback port, with a
+//! given TOML configuration; killed on drop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{http_request, API_KEY, SECRET};
+
+/// A dev-like configuration for an edge on NATS: the default namespace
+/// keeps 1,000 publications for 5 minutes with recovery, presence,
+/// join/leave and client publish; namespace `plain` has no history (core
+/// NATS only). `{listen}`, `{name}` and `{nats}` are filled in by
+/// [`EdgeProcess::start`]; append more sections as needed.
+pub const EDGE_CONFIG: &str = r#"
+listen = "{listen}"
+name = "{name}"
+[api]
+key = "{api_key}"
+[client]
+token_hmac_secret = "{secret}"
+allow_anonymous_connect_without_token = true
+allowed_origins = ["*"]
+[channel]
+history_size = 1000
+history_ttl = "5m"
+allow_recovery = true
+presence = true
+join_leave = true
+allow_publish_for_client = true
+allow_presence_for_subscriber = true
+allow_history_for_subscriber = true
+allow_anonymous = true
+[[namespaces]]
+name = "plain"
+allow_publish_for_client = true
+allow_anonymous = true
+[nats]
+urls = {nats}
+"#;
+
+/// A running `groupcast edge` process.
+pub struct EdgeProcess {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    config_file: PathBuf,
+    log_file: PathBuf,
+}
+
+impl EdgeProcess {
+    /// Start `bin edge` with `config` (see [`EDGE_CONFIG`]) and wait until
+    /// `/readyz` answers 200 (bounded: 30 s). `env` is added to its
+    /// environment (e.g. `GROUPCAST_CLIENT__COMMAND_RATE=0`).
+    pub async fn start(
+        bin: &Path,
+        name: &str,
+        nats_urls: &[String],
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> EdgeProcess {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let text = config
+            .replace("{listen}", &addr.to_string())
+            .replace("{name}", name)
+            .replace("{api_key}", API_KEY)
+            .replace("{secret}", SECRET)
+            .replace("{nats}", &json!(nats_urls).to_string());
+        let stem = format!("groupcast-edge-{}-{name}-{port}", std::process::id());
+        let config_file = std::env::temp_dir().join(format!("{stem}.toml"));
+        let log_file = std::env::temp_dir().join(format!("{stem}.log"));
+        std::fs::write(&config_file, text).expect("write edge config");
+        let log = std::fs::File::create(&log_file).expect("log file");
+        let mut cmd = Command::new(bin);
+        cmd.arg("edge")
+            .arg("--config")
+            .arg(&config_file)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn groupcast edge");
+        let mut edge = EdgeProcess {
+            name: name.into(),
+            addr,
+            child: Some(child),
+            config_file,
+            log_file,
+        };
+        edge.wait_ready().await;
+        edge
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("edge {} exited with {status}:\n{}", self.name, self.log());
+            }
+            if std::net::TcpStream::connect(self.addr).is_ok()
+                && http_request(self.addr, "GET", "/readyz", "", b"").await.0 == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "edge {} not ready in 30 s:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    pub fn relay_url(&self, channel: &str) -> String {
+        format!("ws://{}/ws/relay/{channel}", self.addr)
+    }
+
+    /// Call the server API; returns (HTTP status, JSON body).
+    pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
+        let (status, body) = http_request(
+            self.addr,
+            "POST",
+            &format!("/api/{method}"),
+            &format!("X-API-Key: {API_KEY}\r\n"),
+            body.to_string().as_bytes(),
+        )
+        .await;
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (_, body) = http_request(self.addr, "GET", "/metrics", "", b"").await;
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// The value of one metric line (exact name with labels), 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Process id (for signals).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.config_file);
+        let _ = std::fs::remove_file(&self.log_file);
+    }
+}

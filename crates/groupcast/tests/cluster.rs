@@ -1,0 +1,384 @@
+//! Several `groupcast edge` processes on a real NATS backbone: shared
+//! channels in order, relay across edges, recovery on another edge,
+//! interest-based subscriptions, a NATS server killed under load, and NATS
+//! unreachable.
+//!
+//! These live with the binary (they need `CARGO_BIN_EXE_groupcast`); the
+//! helpers are in `groupcast_testkit::{edge, nats}`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
+use groupcast_testkit::nats::{NatsCluster, NatsServer};
+use groupcast_testkit::{http_request, Client, Frame, RelayClient};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
+const T: Duration = Duration::from_secs(10);
+
+async fn edge(name: &str, urls: &[String]) -> EdgeProcess {
+    edge_env(name, urls, &[]).await
+}
+
+async fn edge_env(name: &str, urls: &[String], env: &[(&str, &str)]) -> EdgeProcess {
+    let mut all = vec![("GROUPCAST_CLIENT__COMMAND_RATE", "0")];
+    all.extend_from_slice(env);
+    EdgeProcess::start(Path::new(BIN), name, urls, EDGE_CONFIG, &all).await
+}
+
+async fn client(e: &EdgeProcess) -> Client {
+    let (c, reply) = Client::connect(&e.ws_url(), "").await.expect("connect");
+    assert!(reply["connect"].is_object(), "{reply}");
+    c
+}
+
+async fn subscribe(c: &mut Client, channel: &str) -> Value {
+    let r = c
+        .command("subscribe", json!({ "channel": channel }))
+        .await
+        .unwrap();
+    assert!(r["subscribe"].is_object(), "subscribe {channel}: {r}");
+    r["subscribe"].clone()
+}
+
+/// The next `n` publications of `channel` as (data, offset).
+async fn pubs(c: &mut Client, channel: &str, n: usize) -> Vec<(Value, u64)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let p = c
+            .push(T)
+            .await
+            .unwrap_or_else(|e| panic!("after {} of {n}: {e:?}", out.len()));
+        if p["channel"] == channel && p.get("pub").is_some() {
+            out.push((
+                p["pub"]["data"].clone(),
+                p["pub"]["offset"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+fn numbers(v: &[(Value, u64)]) -> Vec<u64> {
+    v.iter().map(|(d, _)| d["n"].as_u64().unwrap()).collect()
+}
+
+async fn api_publish(e: &EdgeProcess, channel: &str, data: Value) -> Value {
+    let (status, body) = e
+        .api("publish", json!({ "channel": channel, "data": data }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_edges_share_channels_in_order() {
+    let nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let (a, b, c) = tokio::join!(edge("a", &urls), edge("b", &urls), edge("c", &urls));
+
+    // Subscribers on B and C (one client per channel: `pubs` skips other
+    // channels' pushes); publications from a client and the API on A.
+    let mut subs = Vec::new();
+    for e in [&b, &c] {
+        let mut s = client(e).await;
+        subscribe(&mut s, "news").await;
+        let mut p = client(e).await;
+        subscribe(&mut p, "plain:news").await;
+        subs.push((s, p));
+    }
+    let mut publisher = client(&a).await;
+    for n in 1..=20 {
+        let r = publisher
+            .command("publish", json!({ "channel": "news", "data": { "n": n } }))
+            .await
+            .unwrap();
+        assert!(r.get("error").is_none(), "{r}");
+        let r = publisher
+            .command(
+                "publish",
+                json!({ "channel": "plain:news", "data": { "n": n } }),
+            )
+            .await
+            .unwrap();
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    for n in 21..=40 {
+        let body = api_publish(&a, "news", json!({ "n": n })).await;
+        assert!(body["result"]["offset"].as_u64().unwrap() > 0, "{body}");
+        api_publish(&a, "plain:news", json!({ "n": n })).await;
+    }
+    for (s, p) in &mut subs {
+        let got = pubs(s, "news", 40).await;
+        assert_eq!(
+            numbers(&got),
+            (1..=40).collect::<Vec<_>>(),
+            "history channel in order"
+        );
+        let offs: Vec<u64> = got.iter().map(|(_, o)| *o).collect();
+        assert!(
+            offs.windows(2).all(|w| w[0] < w[1]),
+            "offsets increase: {offs:?}"
+        );
+        let got = pubs(p, "plain:news", 40).await;
+        assert_eq!(
+            numbers(&got),
+            (1..=40).collect::<Vec<_>>(),
+            "plain channel in order"
+        );
+        assert!(
+            got.iter().all(|(_, o)| *o == 0),
+            "no offsets without history"
+        );
+    }
+
+    // Relay clients on different edges relay to each other, and a protocol
+    // subscriber on a third edge sees both frames.
+    let mut watcher = client(&b).await;
+    subscribe(&mut watcher, "room").await;
+    let mut ra = RelayClient::open(&a.relay_url("room")).await.unwrap();
+    let mut rc = RelayClient::open(&c.relay_url("room")).await.unwrap();
+    // Both relay subscriptions exist on NATS once a frame goes through.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ra.send_text("from-a").await.unwrap();
+    assert!(matches!(rc.recv(T).await.unwrap(), Frame::Text(t) if t == "from-a"));
+    rc.send_text("from-c").await.unwrap();
+    assert!(matches!(ra.recv(T).await.unwrap(), Frame::Text(t) if t == "from-c"));
+    let seen = pubs(&mut watcher, "room", 2).await;
+    assert_eq!(seen[0].0, json!("from-a"));
+    assert_eq!(seen[1].0, json!("from-c"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_without_subscribers_receives_none_of_a_channels_traffic() {
+    let nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let (a, b, c) = tokio::join!(edge("a", &urls), edge("b", &urls), edge("c", &urls));
+    let mut on_b = client(&b).await;
+    subscribe(&mut on_b, "lonely").await;
+    let received = "groupcast_nats_messages_received_total";
+    let (b0, c0) = (b.metric(received).await, c.metric(received).await);
+    for n in 1..=50 {
+        api_publish(&a, "lonely", json!({ "n": n })).await;
+    }
+    assert_eq!(
+        numbers(&pubs(&mut on_b, "lonely", 50).await),
+        (1..=50).collect::<Vec<_>>()
+    );
+    let (b1, c1) = (b.metric(received).await, c.metric(received).await);
+    assert!(b1 - b0 >= 50.0, "B received the channel: {b0} -> {b1}");
+    assert_eq!(
+        c1, c0,
+        "C has no subscriber of the channel and received none of it"
+    );
+
+    // NATS itself shows the interest: only B's connection holds the subject.
+    let subject = "gc.g.~.lonely";
+    let holders = |connz: &Value| -> Vec<String> {
+        connz["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|conn| {
+                conn["subscriptions_list"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|s| s == subject))
+            })
+            .map(|conn| conn["name"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(holders(&nats.monitor("/connz?subs=1").await), ["b"]);
+    // After B's last subscriber leaves, B drops the subject too.
+    let r = on_b
+        .command("unsubscribe", json!({ "channel": "lonely" }))
+        .await
+        .unwrap();
+    assert!(r.get("error").is_none(), "{r}");
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = holders(&nats.monitor("/connz?subs=1").await);
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(left.is_empty(), "still subscribed: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_recovers_on_another_edge() {
+    let nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let (a, b, c) = tokio::join!(edge("a", &urls), edge("b", &urls), edge("c", &urls));
+    let mut x = client(&a).await;
+    let sub = subscribe(&mut x, "feed").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+
+    // A steady numbered stream through C's API while X moves from A to B.
+    let c = Arc::new(c);
+    let publisher = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for n in 1..=60 {
+                api_publish(&c, "feed", json!({ "n": n })).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let first = pubs(&mut x, "feed", 10).await;
+    let last_offset = first.last().unwrap().1;
+    x.close().await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+
+    let mut y = client(&b).await;
+    let r = y
+        .command(
+            "subscribe",
+            json!({ "channel": "feed", "recover": true, "offset": last_offset, "epoch": epoch }),
+        )
+        .await
+        .unwrap();
+    let s = &r["subscribe"];
+    assert_eq!(s["recovered"], true, "{r}");
+    let mut got: Vec<u64> = numbers(&first);
+    let recovered: Vec<u64> = s["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !recovered.is_empty(),
+        "publications flowed while X was away"
+    );
+    got.extend(&recovered);
+    let rest = 60 - got.len();
+    got.extend(numbers(&pubs(&mut y, "feed", rest).await));
+    publisher.await.unwrap();
+    assert_eq!(
+        got,
+        (1..=60).collect::<Vec<_>>(),
+        "exactly the missed ones, then live"
+    );
+    assert!(
+        matches!(y.push(Duration::from_millis(300)).await, Err(_)),
+        "nothing twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_nats_server_loses_and_duplicates_nothing() {
+    let cluster = NatsCluster::start().await;
+    let urls = cluster.urls();
+    let env = [("GROUPCAST_CHANNEL__HISTORY_REPLICAS", "3")];
+    let a = edge_env("a", &urls, &env).await;
+    let b = edge_env("b", &urls, &env).await;
+    let mut subs = Vec::new();
+    for e in [&a, &b, &b] {
+        let mut s = client(e).await;
+        subscribe(&mut s, "ticks").await;
+        subs.push(s);
+    }
+    let a = Arc::new(a);
+    const N: u64 = 300;
+    // A steady numbered stream; a publish that fails while NATS fails over
+    // is retried with the same idempotency key, so it is stored once.
+    let publisher = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut retries = 0;
+            for n in 1..=N {
+                loop {
+                    let body = json!({ "channel": "ticks", "data": { "n": n }, "idempotency_key": format!("t{n}") });
+                    let (status, reply) = a.api("publish", body).await;
+                    if status == 200 && reply.get("error").is_none() {
+                        break;
+                    }
+                    retries += 1;
+                    assert!(retries < 2000, "publishing never recovered: {reply}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            retries
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut cluster = cluster;
+    // kill -9 the first server: some edge connection and stream replica
+    // lives there (edges pick a random server from the list).
+    cluster.servers[0].kill();
+    let retries = publisher.await.unwrap();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let got = numbers(&pubs(s, "ticks", N as usize).await);
+        assert_eq!(
+            got,
+            (1..=N).collect::<Vec<_>>(),
+            "subscriber {i}: complete, in order"
+        );
+        assert!(
+            matches!(s.push(Duration::from_millis(300)).await, Err(_)),
+            "subscriber {i}: nothing twice"
+        );
+    }
+    for e in [&*a, &b] {
+        let m = e.metrics().await;
+        let lines: Vec<&str> = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("groupcast_nats_gaps_total")
+                    || l.starts_with("groupcast_nats_events_total")
+            })
+            .collect();
+        eprintln!("edge {}: {lines:?}", e.name);
+    }
+    eprintln!("publish retries during the failover: {retries}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_unreachable_is_a_clear_error_and_not_ready() {
+    let mut nats = NatsServer::start().await;
+    let urls = vec![nats.url()];
+    let a = edge("a", &urls).await;
+    api_publish(&a, "news", json!({ "n": 1 })).await;
+    nats.kill();
+    // The edge notices the lost connection.
+    let mut ready = 200;
+    for _ in 0..200 {
+        ready = http_request(a.addr, "GET", "/readyz", "", b"").await.0;
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(ready, 503, "/readyz reports the backbone");
+    let (status, body) = a
+        .api("publish", json!({ "channel": "news", "data": { "n": 2 } }))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["error"]["code"], 108,
+        "history publish fails clearly: {body}"
+    );
+    let mut c = client(&a).await;
+    let r = c
+        .command("publish", json!({ "channel": "news", "data": { "n": 3 } }))
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], 108, "{r}");
+    assert!(a.metric("groupcast_nats_connected").await == 0.0);
+
+    nats.restart().await;
+    for _ in 0..400 {
+        ready = http_request(a.addr, "GET", "/readyz", "", b"").await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(ready, 200, "ready again after NATS returns");
+    let body = api_publish(&a, "news", json!({ "n": 4 })).await;
+    assert!(body.get("error").is_none(), "{body}");
+}
