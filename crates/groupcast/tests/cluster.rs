@@ -263,7 +263,7 @@ async fn a_client_recovers_on_another_edge() {
         "exactly the missed ones, then live"
     );
     assert!(
-        matches!(y.push(Duration::from_millis(300)).await, Err(_)),
+        y.push(Duration::from_millis(300)).await.is_err(),
         "nothing twice"
     );
 }
@@ -319,7 +319,7 @@ async fn killing_a_nats_server_loses_and_duplicates_nothing() {
             "subscriber {i}: complete, in order"
         );
         assert!(
-            matches!(s.push(Duration::from_millis(300)).await, Err(_)),
+            s.push(Duration::from_millis(300)).await.is_err(),
             "subscriber {i}: nothing twice"
         );
     }
