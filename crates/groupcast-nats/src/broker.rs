@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap};
 use async_trait::async_trait;
@@ -13,7 +14,7 @@ use futures_util::StreamExt;
 use groupcast_core::broker::{
     Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
 };
-use groupcast_core::{ChannelName, Publication, StreamPosition};
+use groupcast_core::{Publication, StreamPosition};
 use groupcast_proto::client::ClientInfo;
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
@@ -21,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{self, Envelope};
-use crate::subjects::{encode_token, Subjects};
+use crate::subjects::{encode_token, namespace_of, Subjects};
 use crate::NatsConfig;
 
 /// Messages asked for per batched direct-get request.
@@ -90,14 +91,15 @@ pub struct NatsBroker {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    metrics::counter!("groupcast_nats_publish_errors_total").increment(1);
     BrokerError::Unavailable(e.to_string())
 }
 
-fn namespace_of(channel: &str) -> &str {
-    ChannelName::parse(channel, usize::MAX)
-        .map(|c| c.namespace())
-        .unwrap_or("")
+/// Count a failed publish (publications, joins and leaves).
+fn counted<T>(r: Result<T, BrokerError>) -> Result<T, BrokerError> {
+    if r.is_err() {
+        metrics::counter!("groupcast_nats_publish_errors_total").increment(1);
+    }
+    r
 }
 
 fn header_u64(h: Option<&HeaderMap>, name: &str) -> Option<u64> {
@@ -235,9 +237,9 @@ impl NatsBroker {
         &self.inner.client
     }
 
-    /// The JetStream stream name holding a namespace's history.
-    pub fn stream_name(&self, namespace: &str) -> String {
-        self.inner.subjects.stream(namespace)
+    /// The NATS subject a channel's live traffic travels on.
+    pub fn live_subject(&self, channel: &str) -> String {
+        self.inner.subjects.live(channel)
     }
 
     /// End every channel subscription, flush and close the connection (at
@@ -300,8 +302,8 @@ impl Inner {
         Ok(Some(state))
     }
 
-    /// Forget a stream after an error that may mean it was deleted; the next
-    /// use creates it again (with a new epoch).
+    /// Forget a stream JetStream no longer has; the next use creates it
+    /// again (with a new epoch).
     fn forget_stream(&self, ns: &str) {
         self.streams.write().remove(ns);
     }
@@ -456,6 +458,61 @@ impl Inner {
         Ok((pubs, complete))
     }
 
+    /// Core NATS publish on the live subject (at-most-once).
+    async fn publish_live(&self, channel: &str, payload: Bytes) -> Result<(), BrokerError> {
+        self.check_connected()?;
+        self.client
+            .publish(self.subjects.live(channel), payload)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Store in JetStream and wait for the acknowledgement; its sequence is
+    /// the offset. The stream republishes it to the live subject.
+    async fn publish_stored(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, BrokerError> {
+        self.check_connected()?;
+        let ns = namespace_of(channel);
+        let Some(stream) = self.stream(ns).await? else {
+            return Err(BrokerError::Internal(format!(
+                "namespace {ns:?} has no history stream configured"
+            )));
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &opts.idempotency_key {
+            // JetStream deduplicates per stream (namespace): scope the key
+            // to the channel.
+            let id = format!("{}:{}", encode_token(channel), encode_token(key));
+            headers.insert("Nats-Msg-Id", id.as_str());
+        }
+        let sent = self
+            .js
+            .publish_with_headers(self.subjects.history(channel), headers, payload)
+            .await;
+        let ack = match sent {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(ack) => Ok(StreamPosition {
+                offset: ack.sequence,
+                epoch: stream.epoch.clone(),
+            }),
+            Err(e) => {
+                if matches!(e.kind(), PublishErrorKind::StreamNotFound) {
+                    // Deleted under us: the next publish creates it again
+                    // (with a new epoch).
+                    self.forget_stream(ns);
+                }
+                Err(unavailable(e))
+            }
+        }
+    }
+
     fn deliver(&self, channel: &str, env: Envelope) {
         let Some(h) = self.handler() else { return };
         match env {
@@ -509,6 +566,7 @@ impl Inner {
     ) {
         let mut reconnects = self.reconnects.clone();
         reconnects.mark_unchanged();
+        let received = metrics::counter!("groupcast_nats_messages_received_total");
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -533,7 +591,7 @@ impl Inner {
                     None => break,
                 },
             };
-            metrics::counter!("groupcast_nats_messages_received_total").increment(1);
+            received.increment(1);
             let seq = header_u64(msg.headers.as_ref(), "Nats-Sequence");
             let prev = header_u64(msg.headers.as_ref(), "Nats-Last-Sequence").unwrap_or(0);
             let mut env = match envelope::decode(msg.payload) {
@@ -638,77 +696,28 @@ impl Broker for NatsBroker {
         publication: Publication,
         opts: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
-        let inner = &self.inner;
-        inner.check_connected()?;
-        let payload: Bytes = envelope::encode_pub(&publication);
-        let ns = namespace_of(channel);
-        let stream = if opts.history_size > 0 && !opts.history_ttl.is_zero() {
-            match inner.stream(ns).await? {
-                Some(s) => Some(s),
-                None => {
-                    return Err(BrokerError::Internal(format!(
-                        "namespace {ns:?} has no history stream configured"
-                    )))
-                }
-            }
-        } else {
-            None
-        };
-        let Some(stream) = stream else {
-            inner
-                .client
-                .publish(inner.subjects.live(channel), payload)
-                .await
-                .map_err(unavailable)?;
-            return Ok(StreamPosition::default());
-        };
-        let mut headers = HeaderMap::new();
-        if let Some(key) = &opts.idempotency_key {
-            // JetStream deduplicates per stream (namespace): scope the key
-            // to the channel.
-            let id = format!("{}:{}", encode_token(channel), encode_token(key));
-            headers.insert("Nats-Msg-Id", id.as_str());
+        let payload = envelope::encode_pub(&publication);
+        if opts.history_size == 0 || opts.history_ttl.is_zero() {
+            return counted(self.inner.publish_live(channel, payload).await)
+                .map(|()| StreamPosition::default());
         }
-        let ack = async {
-            inner
-                .js
-                .publish_with_headers(inner.subjects.history(channel), headers, payload)
-                .await
-                .map_err(unavailable)?
-                .await
-                .map_err(unavailable)
-        }
-        .await;
-        match ack {
-            Ok(ack) => Ok(StreamPosition {
-                offset: ack.sequence,
-                epoch: stream.epoch.clone(),
-            }),
-            Err(e) => {
-                inner.forget_stream(ns);
-                Err(e)
-            }
-        }
+        counted(self.inner.publish_stored(channel, payload, opts).await)
     }
 
     async fn publish_join(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        inner.check_connected()?;
-        inner
-            .client
-            .publish(inner.subjects.live(channel), envelope::encode_join(&info))
-            .await
-            .map_err(unavailable)
+        counted(
+            self.inner
+                .publish_live(channel, envelope::encode_join(&info))
+                .await,
+        )
     }
 
     async fn publish_leave(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        inner.check_connected()?;
-        inner
-            .client
-            .publish(inner.subjects.live(channel), envelope::encode_leave(&info))
-            .await
-            .map_err(unavailable)
+        counted(
+            self.inner
+                .publish_live(channel, envelope::encode_leave(&info))
+                .await,
+        )
     }
 
     async fn history(
@@ -748,21 +757,16 @@ impl Broker for NatsBroker {
         }
         let limit = query.limit.unwrap_or(usize::MAX);
         let pubs = match (query.reverse, since) {
-            (false, None) => inner.read_range(&stream, &subject, 1, top).await?,
             (false, Some(after)) => {
                 let (pubs, complete) = inner.read_after(&stream, &subject, after, top).await?;
                 result.complete = complete && query.limit.is_none();
                 pubs
             }
-            (true, None) => inner.read_range(&stream, &subject, 1, top).await?,
             (true, Some(before)) => {
-                let end = before.min(top + 1).saturating_sub(1);
-                if end == 0 {
-                    Vec::new()
-                } else {
-                    inner.read_range(&stream, &subject, 1, end).await?
-                }
+                let to = before.saturating_sub(1).min(top);
+                inner.read_range(&stream, &subject, 1, to).await?
             }
+            (_, None) => inner.read_range(&stream, &subject, 1, top).await?,
         };
         let pubs = pubs.into_iter().map(Arc::new);
         result.publications = if query.reverse {

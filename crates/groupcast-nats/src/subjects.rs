@@ -81,6 +81,14 @@ pub fn decode_token(t: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The namespace of a channel (`""` for the default one): the same split the
+/// namespace lookup uses. It picks the history stream.
+pub fn namespace_of(channel: &str) -> &str {
+    ChannelName::parse(channel, usize::MAX)
+        .map(|c| c.namespace())
+        .unwrap_or("")
+}
+
 /// Subject and stream names under one prefix (`nats.prefix`, default `gc`).
 #[derive(Debug, Clone)]
 pub struct Subjects {
@@ -95,19 +103,11 @@ impl Subjects {
         }
     }
 
-    fn namespace(channel: &str) -> &str {
-        // The same split the namespace lookup uses.
-        match ChannelName::parse(channel, usize::MAX) {
-            Ok(n) => n.namespace(),
-            Err(_) => "",
-        }
-    }
-
     fn subject(&self, kind: &str, channel: &str) -> String {
         format!(
             "{}.{kind}.{}.{}",
             self.prefix,
-            encode_token(Self::namespace(channel)),
+            encode_token(namespace_of(channel)),
             encode_token(channel)
         )
     }
@@ -151,7 +151,7 @@ impl Subjects {
             .or_else(|| rest.strip_prefix("h."))?;
         let (ns, name) = rest.split_once('.')?;
         let channel = decode_token(name)?;
-        (encode_token(Self::namespace(&channel)) == ns).then_some(channel)
+        (encode_token(namespace_of(&channel)) == ns).then_some(channel)
     }
 }
 
