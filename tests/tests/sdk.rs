@@ -108,10 +108,11 @@ fn python_with_cent() -> PathBuf {
     python
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn centrifuge_js_connects_subscribes_and_recovers() {
+/// Run `centrifuge_recovery.mjs` (centrifuge-js in Node) against `server`:
+/// connect, subscribe, miss publications, reconnect and recover, then a
+/// server-forced reconnect. It must see exactly 1..=5.
+async fn centrifuge_recovery(server: &TestServer) {
     let node = node_with_sdk();
-    let server = TestServer::start().await;
     let token = server.token("sdk-user", json!({}));
     let script = sdk_dir().join("centrifuge_recovery.mjs");
     let args = [
@@ -128,33 +129,23 @@ async fn centrifuge_js_connects_subscribes_and_recovers() {
     assert_eq!(summary["publications"], json!([1, 2, 3, 4, 5]), "{summary}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_js_connects_subscribes_and_recovers() {
+    centrifuge_recovery(&TestServer::start().await).await;
+}
+
 /// The same SDK run against an edge on a real NATS backbone: offsets are
 /// JetStream sequences there (increasing, not consecutive), and recovery
 /// reads JetStream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn centrifuge_js_recovers_on_a_nats_backed_edge() {
-    let node = node_with_sdk();
     let nats = groupcast_testkit::nats::NatsServer::start().await;
     let mut config = TestServer::dev_config();
     config.nats.urls = vec![nats.url()];
     let backbone = groupcast_edge::backbone::build(&config, Default::default())
         .await
         .expect("NATS backbone");
-    let server = TestServer::start_with_node(config, backbone.node.clone()).await;
-    let token = server.token("sdk-user", json!({}));
-    let script = sdk_dir().join("centrifuge_recovery.mjs");
-    let args = [
-        script.display().to_string(),
-        server.ws_url(),
-        server.api_url(),
-        API_KEY.to_string(),
-        token,
-    ];
-    let out = run_script("centrifuge_recovery.mjs", &node, &args, &sdk_dir()).await;
-    let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("centrifuge_recovery.mjs summary is not JSON ({e}): {out}"));
-    assert_eq!(summary["ok"], true, "{summary}");
-    assert_eq!(summary["publications"], json!([1, 2, 3, 4, 5]), "{summary}");
+    centrifuge_recovery(&TestServer::start_with_node(config, backbone.node.clone()).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

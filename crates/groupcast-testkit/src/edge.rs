@@ -1,13 +1,13 @@
 //! `groupcast edge` as a separate process on a free loopback port, with a
 //! given TOML configuration; killed on drop.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
+use crate::process::Process;
 use crate::{http_request, API_KEY, SECRET};
 
 /// A dev-like configuration for an edge on NATS: the default namespace
@@ -46,7 +46,7 @@ urls = {nats}
 pub struct EdgeProcess {
     pub name: String,
     pub addr: SocketAddr,
-    child: Option<Child>,
+    process: Process,
     config_file: PathBuf,
     log_file: PathBuf,
 }
@@ -77,57 +77,30 @@ impl EdgeProcess {
         let config_file = std::env::temp_dir().join(format!("{stem}.toml"));
         let log_file = std::env::temp_dir().join(format!("{stem}.log"));
         std::fs::write(&config_file, text).expect("write edge config");
-        let log = std::fs::File::create(&log_file).expect("log file");
         let mut cmd = Command::new(bin);
         cmd.arg("edge")
             .arg("--config")
             .arg(&config_file)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn groupcast edge");
-        let mut edge = EdgeProcess {
+            .envs(env.iter().copied());
+        let mut process = Process::spawn(&format!("edge {name}"), cmd, &log_file);
+        process
+            .wait_ready(|| async move {
+                TcpStream::connect(addr).is_ok()
+                    && http_request(addr, "GET", "/readyz", "", b"").await.0 == 200
+            })
+            .await;
+        EdgeProcess {
             name: name.into(),
             addr,
-            child: Some(child),
+            process,
             config_file,
             log_file,
-        };
-        edge.wait_ready().await;
-        edge
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("edge {} exited with {status}:\n{}", self.name, self.log());
-            }
-            if std::net::TcpStream::connect(self.addr).is_ok()
-                && http_request(self.addr, "GET", "/readyz", "", b"").await.0 == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "edge {} not ready in 30 s:\n{}",
-                self.name,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+        self.process.log()
     }
 
     pub fn ws_url(&self) -> String {
@@ -165,19 +138,11 @@ impl EdgeProcess {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(0.0)
     }
-
-    /// Process id (for signals).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
 }
 
 impl Drop for EdgeProcess {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // The process itself is killed when `process` drops.
         let _ = std::fs::remove_file(&self.config_file);
         let _ = std::fs::remove_file(&self.log_file);
     }

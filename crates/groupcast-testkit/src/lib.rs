@@ -7,6 +7,7 @@
 
 pub mod edge;
 pub mod nats;
+mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

