@@ -226,6 +226,21 @@ mod tests {
     }
 
     #[test]
+    fn history_replicas_are_bounded() {
+        for (replicas, ok) in [(0, false), (1, true), (5, true), (6, false)] {
+            let o = ChannelOptions {
+                history_replicas: replicas,
+                ..Default::default()
+            };
+            let r = o.validate();
+            assert_eq!(r.is_ok(), ok, "{replicas}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.contains("history_replicas"), "{e}");
+            }
+        }
+    }
+
+    #[test]
     fn invalid_options_name_the_key() {
         let bad = ChannelOptions {
             history_size: 10,

@@ -152,3 +152,72 @@ pub fn describe_metrics() {
         "Publishes that failed (NATS unreachable, no JetStream acknowledgement)"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_settings_name_the_key() {
+        let base = NatsConfig {
+            urls: vec!["nats://127.0.0.1:4222".into()],
+            ..Default::default()
+        };
+        assert_eq!(base.validate(), Ok(()));
+        let cases: Vec<(NatsConfig, &str)> = vec![
+            (
+                NatsConfig {
+                    prefix: "g.c".into(),
+                    ..base.clone()
+                },
+                "nats.prefix",
+            ),
+            (
+                NatsConfig {
+                    prefix: String::new(),
+                    ..base.clone()
+                },
+                "nats.prefix",
+            ),
+            (
+                NatsConfig {
+                    tls_cert_file: Some("c.pem".into()),
+                    ..base.clone()
+                },
+                "nats.tls_cert_file",
+            ),
+            (
+                NatsConfig {
+                    user: "u".into(),
+                    ..base.clone()
+                },
+                "nats.user",
+            ),
+            (
+                NatsConfig {
+                    request_timeout: Duration::ZERO,
+                    ..base.clone()
+                },
+                "nats.request_timeout",
+            ),
+            (
+                NatsConfig {
+                    subscription_capacity: 0,
+                    ..base.clone()
+                },
+                "nats.subscription_capacity",
+            ),
+            (
+                NatsConfig {
+                    urls: vec![" ".into()],
+                    ..base.clone()
+                },
+                "nats.urls",
+            ),
+        ];
+        for (config, key) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}

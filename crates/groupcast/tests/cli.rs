@@ -41,6 +41,31 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 }
 
 #[test]
+fn edge_without_a_reachable_nats_fails_at_start() {
+    let out = run(&["edge", "--listen", "127.0.0.1:0"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("groupcast edge needs NATS"), "{err}");
+    // A port nothing listens on: the edge exits instead of serving.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{closed}");
+    let out = run(
+        &["edge", "--listen", "127.0.0.1:0", "--nats", &url],
+        &[("GROUPCAST_NATS__CONNECT_TIMEOUT", "500ms")],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("backbone") && err.contains("cannot connect to NATS"),
+        "{err}"
+    );
+}
+
+#[test]
 fn invalid_configuration_fails_at_start_naming_the_key() {
     let file = temp_file("[client]\nping_interval = 5\n");
     let out = run(

@@ -369,6 +369,10 @@ async fn nats_unreachable_is_a_clear_error_and_not_ready() {
         .unwrap();
     assert_eq!(r["error"]["code"], 108, "{r}");
     assert!(a.metric("groupcast_nats_connected").await == 0.0);
+    assert!(
+        a.metric("groupcast_nats_publish_errors_total").await >= 2.0,
+        "both refused publishes are counted"
+    );
 
     nats.restart().await;
     for _ in 0..400 {
