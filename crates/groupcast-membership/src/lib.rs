@@ -7,7 +7,12 @@
 //!   queries, degradation); it implements [`groupcast_core::Membership`].
 //! * [`certs`]: the cluster CA and node certificates (`groupcast certs`).
 
+pub mod certs;
+pub mod client;
 pub mod codec;
+pub mod network;
+pub mod server;
 pub mod state;
 pub mod store;
+pub mod transport;
 pub mod types;

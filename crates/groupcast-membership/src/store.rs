@@ -282,6 +282,18 @@ impl StateMachineStore {
         f(&self.inner.applied.read().state)
     }
 
+    /// The applied index and a digest of the state at that index: replicas
+    /// that applied the same index must report the same digest.
+    pub fn digest(&self) -> (Option<u64>, u64) {
+        use std::hash::{Hash, Hasher};
+        let a = self.inner.applied.read();
+        let bytes = codec::encode(&a.state).unwrap_or_default();
+        // SipHash with fixed keys: the same in every process of one build.
+        let mut h = std::hash::DefaultHasher::new();
+        bytes.hash(&mut h);
+        (a.last_applied.map(|l| l.index), h.finish())
+    }
+
     fn save_snapshot(&self, s: StoredSnapshot) -> Result<(), StorageError> {
         put_meta(&self.inner.db, KEY_SNAPSHOT, &s, Durability::Immediate)
             .map_err(|e| StorageIOError::write_snapshot(Some(s.meta.signature()), any(e)))?;

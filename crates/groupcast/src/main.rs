@@ -1,7 +1,11 @@
 //! `groupcast`: the one binary. Thin: parse flags, load config, call a role's
 //! `run`. Roles: `dev` (all-in-one, no external services; `--nats` to use a
-//! real NATS), `edge` (production edge on a NATS backbone), `token` (mint a
+//! real NATS), `edge` (production edge on a NATS backbone), `membership`
+//! (a Raft replica of the membership service, and its admin commands),
+//! `certs` (the membership cluster's CA and certificates), `token` (mint a
 //! connection token).
+
+mod membership;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +37,11 @@ enum Command {
     /// Run a production edge: WebSocket clients, relay and server API, with
     /// channels shared with every other edge over NATS (needs `nats.urls`).
     Edge(EdgeArgs),
+    /// Run a membership replica (openraft over QUIC), or with `status`,
+    /// `add`, `remove`: inspect and change the membership cluster.
+    Membership(membership::MembershipArgs),
+    /// Create the membership cluster's CA and node certificates.
+    Certs(membership::CertsArgs),
     /// Mint a connection token (HS256) from the configured HMAC secret.
     Token(TokenArgs),
 }
@@ -127,6 +136,8 @@ fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev(args),
         Command::Edge(args) => edge(args),
         Command::Token(args) => token(args),
+        Command::Membership(args) => membership::membership_cmd(args),
+        Command::Certs(args) => membership::certs_cmd(args),
     }
 }
 
@@ -155,10 +166,16 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing() {
+pub(crate) fn init_tracing() {
+    init_tracing_with("info");
+}
+
+/// Logs per `RUST_LOG`, else per `default`.
+pub(crate) fn init_tracing_with(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
         .init();
 }
@@ -286,7 +303,7 @@ async fn serve(
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {

@@ -1,0 +1,792 @@
+//! The handle an edge uses to talk to the membership service.
+//!
+//! * Deltas (subscriber counts, connections, presence joins and leaves) are
+//!   queued and sent in batches: a batch leaves at most `flush_interval`
+//!   (20 ms) after its first delta, or at once when `batch_max` deltas wait.
+//!   One batch is in flight at a time, so batches commit in order.
+//! * Each batch carries the edge's next sequence number and is retried with
+//!   the same number until the leader answers, so a retried batch is applied
+//!   once.
+//! * The lease is renewed every `renew_every` (1 s); the service removes the
+//!   edge when no renewal arrived for `lease_ttl` (5 s).
+//! * Requests go to the leader; `NotLeader` answers are followed, dead
+//!   replicas are skipped.
+//! * Degradation: when no replica answers within `request_timeout` the
+//!   handle reports itself unavailable ([`MembershipClient::is_available`]).
+//!   Presence queries then fail at once with
+//!   [`MembershipError::Unavailable`] (the protocol's 108 "not available"),
+//!   joins and leaves return at once, and deltas are kept — up to
+//!   `buffer_max`; past that the queue is dropped and the edge's whole state
+//!   (which the handle always knows) is resent instead. When the service is
+//!   back the queue is replayed, and after a lease expiry the edge
+//!   registers again and resends its whole state.
+//!
+//! Dropping every clone stops the handle without deregistering, exactly
+//! like a crashed edge; call [`MembershipClient::close`] to leave.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use groupcast_core::membership::{Membership, MembershipError, PresenceStats};
+use groupcast_proto::client::ClientInfo;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::certs::{self, TlsFiles};
+use crate::transport::{resolve, Peer, Reply, Request, Status};
+use crate::types::{
+    Command, CommandResult, Delta, EdgeId, EdgeInfo, Presence, Query, QueryResult, RemoveReason,
+};
+
+/// Settings of the edge handle (`[membership]` in the edge's config).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Replica addresses (`host:port`); any of them, the leader is found.
+    pub seeds: Vec<String>,
+    pub tls: TlsFiles,
+    /// This edge's name (unique in the cluster).
+    pub edge_name: String,
+    /// This edge's advertised address (informational).
+    pub edge_addr: String,
+    pub lease_ttl: Duration,
+    pub renew_every: Duration,
+    pub flush_interval: Duration,
+    /// Most deltas per batch.
+    pub batch_max: usize,
+    /// Most deltas kept while the service is unreachable.
+    pub buffer_max: usize,
+    /// How long a request may take before the service counts as unavailable.
+    pub request_timeout: Duration,
+    /// `presence_max_clients`: most presence entries per channel.
+    pub presence_max_clients: u32,
+}
+
+impl ClientConfig {
+    pub fn new(seeds: Vec<String>, tls: TlsFiles, edge_name: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            seeds,
+            tls,
+            edge_name: edge_name.into(),
+            edge_addr: String::new(),
+            lease_ttl: Duration::from_secs(5),
+            renew_every: Duration::from_secs(1),
+            flush_interval: Duration::from_millis(20),
+            batch_max: 1024,
+            buffer_max: 100_000,
+            request_timeout: Duration::from_secs(2),
+            presence_max_clients: groupcast_core::membership::memory::DEFAULT_MAX_PER_CHANNEL
+                as u32,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Certs(#[from] certs::CertError),
+    #[error("no membership seed addresses")]
+    NoSeeds,
+    #[error("{0}")]
+    Endpoint(String),
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("membership: {0}")]
+    Service(String),
+}
+
+/// Requests to the leader, whichever replica that is.
+pub struct Conn {
+    endpoint: quinn::Endpoint,
+    seeds: Vec<String>,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    leader: Mutex<Option<String>>,
+    next_seed: AtomicUsize,
+}
+
+/// Longest wait for one replica before trying another.
+const PER_TRY: Duration = Duration::from_secs(1);
+
+impl Conn {
+    /// A client-only QUIC endpoint with our certificate.
+    pub async fn connect(seeds: Vec<String>, tls: &TlsFiles) -> Result<Conn, ClientError> {
+        let first = seeds.first().ok_or(ClientError::NoSeeds)?;
+        let (sock, _) = resolve(first).await?;
+        let bind: std::net::SocketAddr = if sock.is_ipv4() {
+            "0.0.0.0:0".parse().expect("literal")
+        } else {
+            "[::]:0".parse().expect("literal")
+        };
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Endpoint(e.to_string()))?;
+        endpoint.set_default_client_config(certs::quic_client(tls)?);
+        Ok(Conn {
+            endpoint,
+            seeds,
+            peers: Mutex::new(HashMap::new()),
+            leader: Mutex::new(None),
+            next_seed: AtomicUsize::new(0),
+        })
+    }
+
+    fn peer(&self, addr: &str) -> Arc<Peer> {
+        self.peers
+            .lock()
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(Peer::new(self.endpoint.clone(), addr.to_string())))
+            .clone()
+    }
+
+    fn next_seed(&self) -> String {
+        let i = self.next_seed.fetch_add(1, Ordering::Relaxed);
+        self.seeds[i % self.seeds.len()].clone()
+    }
+
+    /// Sends `req` to the leader, following redirects, until an answer or
+    /// `timeout`.
+    pub async fn call(&self, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut target = self
+            .leader
+            .lock()
+            .clone()
+            .unwrap_or_else(|| self.next_seed());
+        let mut last = String::from("no replica answered");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Service(last));
+            }
+            match self.peer(&target).call(req, left.min(PER_TRY)).await {
+                Ok(Reply::NotLeader { leader: Some(addr) }) if addr != target => {
+                    *self.leader.lock() = Some(addr.clone());
+                    target = addr;
+                }
+                Ok(Reply::NotLeader { .. }) => {
+                    last = format!("{target}: no leader");
+                    *self.leader.lock() = None;
+                    target = self.next_seed();
+                    tokio::time::sleep(Duration::from_millis(50).min(left)).await;
+                }
+                Ok(reply) => {
+                    *self.leader.lock() = Some(target);
+                    return Ok(reply);
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    *self.leader.lock() = None;
+                    target = self.next_seed();
+                    tokio::time::sleep(Duration::from_millis(20).min(left)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn status(&self, timeout: Duration) -> Result<Status, ClientError> {
+        match self.call(&Request::Status, timeout).await? {
+            Reply::Status(s) => Ok(s),
+            other => Err(ClientError::Service(format!("unexpected reply {other:?}"))),
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), MembershipError>>;
+
+/// The edge's own state, always current: what a resync sends.
+#[derive(Default)]
+struct LocalView {
+    subscribers: HashMap<String, i64>,
+    connections: HashMap<String, i64>,
+    presence: BTreeMap<(String, String), Delta>,
+}
+
+impl LocalView {
+    fn apply(&mut self, d: &Delta) {
+        let bump = |m: &mut HashMap<String, i64>, k: &str, delta: i64| {
+            let v = m.entry(k.to_string()).or_insert(0);
+            *v = (*v + delta).max(0);
+            if *v == 0 {
+                m.remove(k);
+            }
+        };
+        match d {
+            Delta::Subscribers { channel, delta } => bump(&mut self.subscribers, channel, *delta),
+            Delta::Connections { user, delta } => bump(&mut self.connections, user, *delta),
+            Delta::Join {
+                channel, presence, ..
+            } => {
+                self.presence
+                    .insert((channel.clone(), presence.client.clone()), d.clone());
+            }
+            Delta::Leave { channel, client } => {
+                self.presence.remove(&(channel.clone(), client.clone()));
+            }
+        }
+    }
+
+    fn deltas(&self) -> Vec<Delta> {
+        let mut out: Vec<Delta> = self
+            .subscribers
+            .iter()
+            .map(|(c, n)| Delta::Subscribers {
+                channel: c.clone(),
+                delta: *n,
+            })
+            .collect();
+        out.extend(self.connections.iter().map(|(u, n)| Delta::Connections {
+            user: u.clone(),
+            delta: *n,
+        }));
+        out.extend(self.presence.values().cloned());
+        out
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    deltas: VecDeque<(Delta, Option<Waiter>)>,
+    local: LocalView,
+    /// Register (again) before the next batch.
+    register: bool,
+    /// Send the whole local view (reset) before the queue.
+    resync: bool,
+}
+
+struct Shared {
+    edge: EdgeId,
+    cfg: ClientConfig,
+    conn: Conn,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    available: AtomicBool,
+    cancel: CancellationToken,
+    seq: Mutex<u64>,
+}
+
+/// The edge's membership handle. Cheap to clone.
+#[derive(Clone)]
+pub struct MembershipClient {
+    shared: Arc<Shared>,
+    _guard: Arc<DropGuard>,
+}
+
+struct DropGuard(CancellationToken);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl MembershipClient {
+    /// Starts the handle: registers the edge, then flushes and renews in the
+    /// background. Returns at once; [`Self::wait_available`] waits for the
+    /// first successful registration.
+    pub async fn start(cfg: ClientConfig) -> Result<MembershipClient, ClientError> {
+        let conn = Conn::connect(cfg.seeds.clone(), &cfg.tls).await?;
+        let edge = EdgeId {
+            name: cfg.edge_name.clone(),
+            incarnation: rand::random(),
+        };
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            edge,
+            cfg,
+            conn,
+            queue: Mutex::new(Queue {
+                register: true,
+                ..Default::default()
+            }),
+            wake: Notify::new(),
+            available: AtomicBool::new(false),
+            cancel: cancel.clone(),
+            seq: Mutex::new(0),
+        });
+        metrics::gauge!("groupcast_membership_client_available").set(0.0);
+        tokio::spawn(flush_loop(shared.clone()));
+        tokio::spawn(renew_loop(shared.clone()));
+        shared.wake.notify_one();
+        Ok(MembershipClient {
+            shared,
+            _guard: Arc::new(DropGuard(cancel)),
+        })
+    }
+
+    pub fn edge(&self) -> &EdgeId {
+        &self.shared.edge
+    }
+
+    /// False while the service is unreachable (see the module docs).
+    pub fn is_available(&self) -> bool {
+        self.shared.available.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the edge is registered and the service answers.
+    pub async fn wait_available(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.is_available() && !self.shared.queue.lock().register {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Deltas waiting to be sent.
+    pub fn pending(&self) -> usize {
+        self.shared.queue.lock().deltas.len()
+    }
+
+    /// Queues a delta. With `wait`, returns once it is committed (or at once
+    /// when the service is unavailable, the delta kept).
+    async fn push(&self, delta: Delta, wait: bool) -> Result<(), MembershipError> {
+        let s = &self.shared;
+        let (tx, rx) = if wait && self.is_available() {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        {
+            let mut q = s.queue.lock();
+            q.local.apply(&delta);
+            if q.deltas.len() >= s.cfg.buffer_max {
+                // Past the bound: forget the queue, resend the whole state.
+                for (_, w) in q.deltas.drain(..) {
+                    if let Some(w) = w {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                q.resync = true;
+                metrics::counter!("groupcast_membership_client_overflows_total").increment(1);
+            } else if !q.resync {
+                q.deltas.push_back((delta, tx));
+            } else if let Some(tx) = tx {
+                // A resync is pending and will carry this delta.
+                let _ = tx.send(Ok(()));
+            }
+            if q.deltas.len() >= s.cfg.batch_max || q.deltas.len() == 1 || q.resync {
+                s.wake.notify_one();
+            }
+        }
+        match rx {
+            Some(rx) => match tokio::time::timeout(s.cfg.request_timeout, rx).await {
+                Ok(Ok(r)) => r,
+                // Not committed in time: the delta stays queued.
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// This edge's local subscriber count of `channel` changed.
+    pub async fn subscribers_changed(&self, channel: &str, delta: i64) {
+        let _ = self
+            .push(
+                Delta::Subscribers {
+                    channel: channel.to_string(),
+                    delta,
+                },
+                false,
+            )
+            .await;
+    }
+
+    /// This edge's connection count of `user` changed.
+    pub async fn connections_changed(&self, user: &str, delta: i64) {
+        let _ = self
+            .push(
+                Delta::Connections {
+                    user: user.to_string(),
+                    delta,
+                },
+                false,
+            )
+            .await;
+    }
+
+    async fn query(&self, q: Query) -> Result<QueryResult, MembershipError> {
+        if !self.is_available() {
+            return Err(MembershipError::Unavailable(
+                "membership service unreachable".into(),
+            ));
+        }
+        let s = &self.shared;
+        match s.conn.call(&Request::Query(q), s.cfg.request_timeout).await {
+            Ok(Reply::Query(r)) => Ok(r),
+            Ok(other) => Err(MembershipError::Unavailable(format!("{other:?}"))),
+            Err(e) => Err(MembershipError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Channels with subscribers anywhere (name starts with `prefix`), with
+    /// cluster-wide subscriber counts; at most `limit`
+    /// ([`crate::state::MAX_CHANNELS_PER_QUERY`]).
+    pub async fn channels(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<BTreeMap<String, u64>, MembershipError> {
+        match self
+            .query(Query::Channels {
+                prefix: prefix.to_string(),
+                limit,
+            })
+            .await?
+        {
+            QueryResult::Channels(c) => Ok(c),
+            other => Err(MembershipError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
+    /// Edges holding connections of `user`.
+    pub async fn user_nodes(&self, user: &str) -> Result<Vec<String>, MembershipError> {
+        match self
+            .query(Query::UserNodes {
+                user: user.to_string(),
+            })
+            .await?
+        {
+            QueryResult::UserNodes(n) => Ok(n),
+            other => Err(MembershipError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
+    /// Registered edges.
+    pub async fn edges(&self) -> Result<Vec<EdgeInfo>, MembershipError> {
+        match self.query(Query::Edges).await? {
+            QueryResult::Edges(e) => Ok(e),
+            other => Err(MembershipError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
+    /// Leaves the cluster: the service drops this edge's entries (leaves are
+    /// emitted) and the handle stops.
+    pub async fn close(self) -> Result<(), ClientError> {
+        let s = &self.shared;
+        s.cancel.cancel();
+        let cmd = Command::Remove {
+            edge: s.edge.clone(),
+            reason: RemoveReason::Left,
+        };
+        s.conn
+            .call(&Request::Write(cmd), s.cfg.request_timeout)
+            .await
+            .map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Membership for MembershipClient {
+    async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), MembershipError> {
+        self.push(
+            Delta::Join {
+                channel: channel.to_string(),
+                presence: Presence::from(&info),
+                max_clients: self.shared.cfg.presence_max_clients,
+            },
+            true,
+        )
+        .await
+    }
+
+    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), MembershipError> {
+        self.push(
+            Delta::Leave {
+                channel: channel.to_string(),
+                client: client.to_string(),
+            },
+            true,
+        )
+        .await
+    }
+
+    async fn presence(
+        &self,
+        channel: &str,
+    ) -> Result<BTreeMap<String, ClientInfo>, MembershipError> {
+        match self
+            .query(Query::Presence {
+                channel: channel.to_string(),
+            })
+            .await?
+        {
+            QueryResult::Presence(p) => Ok(p
+                .iter()
+                .map(|p| (p.client.clone(), p.to_client_info()))
+                .collect()),
+            other => Err(MembershipError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, MembershipError> {
+        match self
+            .query(Query::PresenceStats {
+                channel: channel.to_string(),
+            })
+            .await?
+        {
+            QueryResult::PresenceStats {
+                num_clients,
+                num_users,
+            } => Ok(PresenceStats {
+                num_clients,
+                num_users,
+            }),
+            other => Err(MembershipError::Unavailable(format!("{other:?}"))),
+        }
+    }
+}
+
+impl Shared {
+    fn set_available(&self, up: bool) {
+        if self.available.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!("membership service reachable");
+            } else {
+                tracing::warn!("membership service unreachable; deltas are kept");
+            }
+            metrics::gauge!("groupcast_membership_client_available").set(if up {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+
+    /// Sends `cmd` until a replica commits it. The service counts as
+    /// unavailable once a try outlasts `request_timeout`. None: cancelled.
+    async fn commit(&self, cmd: Command) -> Option<CommandResult> {
+        let req = Request::Write(cmd);
+        let started = Instant::now();
+        loop {
+            let r = tokio::select! {
+                _ = self.cancel.cancelled() => return None,
+                r = self.conn.call(&req, self.cfg.request_timeout) => r,
+            };
+            match r {
+                Ok(Reply::Written(result)) => {
+                    self.set_available(true);
+                    return Some(result);
+                }
+                Ok(other) => tracing::debug!(reply = ?other, "membership write not committed"),
+                Err(e) => tracing::debug!(error = %e, "membership write failed"),
+            }
+            if started.elapsed() >= self.cfg.request_timeout {
+                self.set_available(false);
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    fn next_seq(&self) -> u64 {
+        let mut s = self.seq.lock();
+        *s += 1;
+        *s
+    }
+
+    /// Registers this incarnation; afterwards the whole state is resent.
+    async fn register(&self) -> bool {
+        let cmd = Command::Register {
+            edge: self.edge.clone(),
+            addr: self.cfg.edge_addr.clone(),
+            ttl_ms: self.cfg.lease_ttl.as_millis() as u64,
+        };
+        match self.commit(cmd).await {
+            Some(_) => {
+                let mut q = self.queue.lock();
+                q.register = false;
+                q.resync = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends one batch; resolves waiters; on `UnknownEdge` schedules a
+    /// re-registration and resync. False: cancelled.
+    async fn send(&self, reset: bool, items: Vec<(Delta, Option<Waiter>)>) -> bool {
+        let (deltas, waiters): (Vec<Delta>, Vec<Option<Waiter>>) = items.into_iter().unzip();
+        let cmd = Command::Batch {
+            edge: self.edge.clone(),
+            seq: self.next_seq(),
+            reset,
+            deltas,
+        };
+        let deltas = match &cmd {
+            Command::Batch { deltas, .. } => deltas.clone(),
+            _ => unreachable!(),
+        };
+        let Some(result) = self.commit(cmd).await else {
+            return false;
+        };
+        metrics::counter!("groupcast_membership_client_deltas_total")
+            .increment(deltas.len() as u64);
+        match result {
+            CommandResult::Batch { refused, .. } => {
+                let mut waiters = waiters;
+                if !refused.is_empty() {
+                    let mut q = self.queue.lock();
+                    for i in refused {
+                        let i = i as usize;
+                        if let Some(Delta::Join {
+                            channel, presence, ..
+                        }) = deltas.get(i)
+                        {
+                            q.local.apply(&Delta::Leave {
+                                channel: channel.clone(),
+                                client: presence.client.clone(),
+                            });
+                        }
+                        if let Some(w) = waiters.get_mut(i).and_then(Option::take) {
+                            let _ =
+                                w.send(Err(MembershipError::LimitExceeded("presence_max_clients")));
+                        }
+                    }
+                }
+                for w in waiters.into_iter().flatten() {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            _ => {
+                // Not registered (lease expired): register again, resend all.
+                let mut q = self.queue.lock();
+                q.register = true;
+                q.resync = true;
+                for w in waiters.into_iter().flatten() {
+                    let _ = w.send(Ok(()));
+                }
+            }
+        }
+        true
+    }
+}
+
+async fn flush_loop(s: Arc<Shared>) {
+    loop {
+        // Wait for work.
+        loop {
+            {
+                let q = s.queue.lock();
+                if q.register || q.resync || !q.deltas.is_empty() {
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = s.cancel.cancelled() => return,
+                _ = s.wake.notified() => {}
+            }
+        }
+        if s.queue.lock().register && !s.register().await {
+            return;
+        }
+        // Let a batch fill: up to `flush_interval` or `batch_max` deltas.
+        let deadline = tokio::time::Instant::now() + s.cfg.flush_interval;
+        loop {
+            {
+                let q = s.queue.lock();
+                if q.resync || q.register || q.deltas.len() >= s.cfg.batch_max {
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = s.cancel.cancelled() => return,
+                _ = s.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let (reset, items) = {
+            let mut q = s.queue.lock();
+            if q.register {
+                continue;
+            }
+            if q.resync {
+                // The local view already includes every queued delta.
+                q.resync = false;
+                let waiters: Vec<(Delta, Option<Waiter>)> = q.deltas.drain(..).collect();
+                for (_, w) in waiters {
+                    if let Some(w) = w {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                (
+                    true,
+                    q.local
+                        .deltas()
+                        .into_iter()
+                        .map(|d| (d, None))
+                        .collect::<Vec<_>>(),
+                )
+            } else {
+                let n = q.deltas.len().min(s.cfg.batch_max);
+                (false, q.deltas.drain(..n).collect())
+            }
+        };
+        metrics::gauge!("groupcast_membership_client_pending")
+            .set(s.queue.lock().deltas.len() as f64);
+        if reset {
+            // A full resync may be large: the first chunk resets.
+            let mut items = items.into_iter().peekable();
+            let mut first = true;
+            loop {
+                let chunk: Vec<_> = items.by_ref().take(s.cfg.batch_max).collect();
+                if chunk.is_empty() && !first {
+                    break;
+                }
+                if !s.send(first, chunk).await {
+                    return;
+                }
+                first = false;
+                if items.peek().is_none() {
+                    break;
+                }
+            }
+        } else if !s.send(false, items).await {
+            return;
+        }
+    }
+}
+
+async fn renew_loop(s: Arc<Shared>) {
+    let mut tick = tokio::time::interval(s.cfg.renew_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = s.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if s.queue.lock().register {
+            continue;
+        }
+        let started = Instant::now();
+        match s
+            .conn
+            .call(&Request::Renew(s.edge.clone()), s.cfg.request_timeout)
+            .await
+        {
+            Ok(Reply::Renewed(true)) => s.set_available(true),
+            Ok(Reply::Renewed(false)) => {
+                tracing::warn!("membership: lease lost; registering again");
+                s.set_available(true);
+                let mut q = s.queue.lock();
+                q.register = true;
+                q.resync = true;
+                s.wake.notify_one();
+            }
+            Ok(other) => tracing::debug!(reply = ?other, "lease renewal not accepted"),
+            Err(e) => {
+                tracing::debug!(error = %e, "lease renewal failed");
+                if started.elapsed() >= s.cfg.request_timeout {
+                    s.set_available(false);
+                }
+            }
+        }
+    }
+}
