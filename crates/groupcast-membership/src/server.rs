@@ -316,6 +316,7 @@ impl Inner {
             commit_index,
             applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             voters: membership.voter_ids().map(|id| (id, addr(id))).collect(),
             learners: membership.learner_ids().map(|id| (id, addr(id))).collect(),
             edges: self.sm.read(|s| s.edges().count() as u64),

@@ -59,6 +59,8 @@ pub struct Status {
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
+    /// Log entries up to here are compacted away (only a snapshot has them).
+    pub purged_index: Option<u64>,
     pub voters: BTreeMap<NodeId, String>,
     pub learners: BTreeMap<NodeId, String>,
     pub edges: u64,

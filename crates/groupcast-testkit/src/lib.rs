@@ -6,6 +6,7 @@
 //! tokens, and calls the server API over plain HTTP/1.1 ([`TestServer::api`]).
 
 pub mod edge;
+pub mod membership;
 pub mod nats;
 mod process;
 

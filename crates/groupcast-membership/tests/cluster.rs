@@ -1,0 +1,305 @@
+//! Three replicas in this process (real Raft, real QUIC with mutual TLS on
+//! loopback, redb in temp dirs) and edge handles against them.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use groupcast_core::membership::Membership;
+use groupcast_membership::certs::{self, TlsFiles};
+use groupcast_membership::client::{ClientConfig, Conn, MembershipClient};
+use groupcast_membership::server::{LeaveHook, MembershipServer, ServerConfig};
+use groupcast_membership::transport::{Reply, Request};
+use groupcast_membership::types::{Command, CommandResult, Delta, EdgeId, Leave};
+use groupcast_proto::client::ClientInfo;
+use parking_lot::Mutex;
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    servers: Vec<MembershipServer>,
+    leaves: Arc<Mutex<Vec<(String, Leave)>>>,
+}
+
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        certs::init(dir.path(), false).unwrap();
+        certs::issue(dir.path(), "edge", &[]).unwrap();
+        let addrs: Vec<SocketAddr> = (0..3).map(|_| free_udp()).collect();
+        let peers: BTreeMap<u64, String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64 + 1, a.to_string()))
+            .collect();
+        let leaves: Arc<Mutex<Vec<(String, Leave)>>> = Arc::default();
+        let mut servers = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let name = format!("node-{id}");
+            let tls = certs::issue(dir.path(), &name, &[]).unwrap();
+            let mut cfg = ServerConfig::new(id, *addr, dir.path().join(&name), tls);
+            cfg.peers = peers.clone();
+            let sink = leaves.clone();
+            let hook: LeaveHook = Arc::new(move |edge: &str, l: &[Leave]| {
+                sink.lock()
+                    .extend(l.iter().map(|l| (edge.to_string(), l.clone())));
+            });
+            servers.push(
+                MembershipServer::start(cfg, Some(hook), None)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let c = Cluster {
+            dir,
+            servers,
+            leaves,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut leader = None;
+            for s in &c.servers {
+                leader = leader.or(s.status().await.leader);
+            }
+            if leader.is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c
+    }
+
+    fn seeds(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| s.local_addr().to_string())
+            .collect()
+    }
+
+    fn tls(&self) -> TlsFiles {
+        TlsFiles::in_dir(self.dir.path(), "edge")
+    }
+
+    async fn client(&self, name: &str) -> MembershipClient {
+        let c = MembershipClient::start(ClientConfig::new(self.seeds(), self.tls(), name))
+            .await
+            .unwrap();
+        assert!(
+            c.wait_available(Duration::from_secs(10)).await,
+            "edge {name} not registered"
+        );
+        c
+    }
+}
+
+fn info(user: &str, client: &str) -> ClientInfo {
+    ClientInfo {
+        user: user.into(),
+        client: client.into(),
+        conn_info: Some(
+            serde_json::value::RawValue::from_string(r#"{"n":1}"#.into())
+                .unwrap()
+                .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_handles_report_and_query_cluster_wide_state() {
+    let cluster = Cluster::start().await;
+    let a = cluster.client("edge-a").await;
+    let b = cluster.client("edge-b").await;
+    a.subscribers_changed("chat:1", 3).await;
+    a.connections_changed("alice", 1).await;
+    b.subscribers_changed("chat:1", 2).await;
+    b.subscribers_changed("chat:2", 1).await;
+    b.connections_changed("alice", 2).await;
+    // Awaited joins commit after the deltas queued before them.
+    a.add_presence("chat:1", info("alice", "c1")).await.unwrap();
+    b.add_presence("chat:1", info("bob", "c2")).await.unwrap();
+    b.add_presence("chat:1", info("alice", "c3")).await.unwrap();
+
+    let p = b.presence("chat:1").await.unwrap();
+    assert_eq!(p.keys().cloned().collect::<Vec<_>>(), ["c1", "c2", "c3"]);
+    assert_eq!(p["c1"].user, "alice");
+    assert_eq!(p["c1"].conn_info.as_ref().unwrap().get(), r#"{"n":1}"#);
+    let stats = a.presence_stats("chat:1").await.unwrap();
+    assert_eq!((stats.num_clients, stats.num_users), (3, 2));
+    assert_eq!(
+        a.channels("chat:", 100).await.unwrap(),
+        BTreeMap::from([("chat:1".to_string(), 5), ("chat:2".to_string(), 1)])
+    );
+    assert_eq!(a.user_nodes("alice").await.unwrap(), ["edge-a", "edge-b"]);
+    assert_eq!(a.edges().await.unwrap().len(), 2);
+
+    a.remove_presence("chat:1", "c1").await.unwrap();
+    let p = b.presence("chat:1").await.unwrap();
+    assert_eq!(p.keys().cloned().collect::<Vec<_>>(), ["c2", "c3"]);
+
+    // A graceful leave drops the edge's entries and reports them.
+    b.close().await.unwrap();
+    assert_eq!(a.presence_stats("chat:1").await.unwrap().num_clients, 0);
+    let left: Vec<String> = cluster
+        .leaves
+        .lock()
+        .iter()
+        .map(|(_, l)| l.presence.client.clone())
+        .collect();
+    assert_eq!(left, ["c2", "c3"]);
+    assert_eq!(a.user_nodes("alice").await.unwrap(), ["edge-a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_presence_limit_is_enforced_cluster_wide() {
+    let cluster = Cluster::start().await;
+    let mut cfg = ClientConfig::new(cluster.seeds(), cluster.tls(), "edge-a");
+    cfg.presence_max_clients = 2;
+    let a = MembershipClient::start(cfg.clone()).await.unwrap();
+    assert!(a.wait_available(Duration::from_secs(10)).await);
+    cfg.edge_name = "edge-b".into();
+    let b = MembershipClient::start(cfg).await.unwrap();
+    assert!(b.wait_available(Duration::from_secs(10)).await);
+    a.add_presence("room", info("u1", "1")).await.unwrap();
+    b.add_presence("room", info("u2", "2")).await.unwrap();
+    assert_eq!(
+        b.add_presence("room", info("u3", "3")).await,
+        Err(groupcast_core::MembershipError::LimitExceeded(
+            "presence_max_clients"
+        ))
+    );
+    // Re-adding a present client is not a new entry.
+    a.add_presence("room", info("u1", "1")).await.unwrap();
+    assert_eq!(a.presence("room").await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_batch_is_applied_once() {
+    let cluster = Cluster::start().await;
+    let conn = Conn::connect(cluster.seeds(), &cluster.tls())
+        .await
+        .unwrap();
+    let edge = EdgeId {
+        name: "raw".into(),
+        incarnation: 7,
+    };
+    let write = |cmd: Command| {
+        let conn = &conn;
+        async move {
+            match conn
+                .call(&Request::Write(cmd), Duration::from_secs(5))
+                .await
+                .unwrap()
+            {
+                Reply::Written(r) => r,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    write(Command::Register {
+        edge: edge.clone(),
+        addr: String::new(),
+        ttl_ms: 60_000,
+    })
+    .await;
+    let batch = Command::Batch {
+        edge: edge.clone(),
+        seq: 1,
+        reset: false,
+        deltas: vec![Delta::Subscribers {
+            channel: "once".into(),
+            delta: 1,
+        }],
+    };
+    // The same batch three times, as a handle retrying after lost replies.
+    assert_eq!(
+        write(batch.clone()).await,
+        CommandResult::Batch {
+            applied: true,
+            refused: vec![]
+        }
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            write(batch.clone()).await,
+            CommandResult::Batch {
+                applied: false,
+                refused: vec![]
+            }
+        );
+    }
+    let a = cluster.client("reader").await;
+    assert_eq!(
+        a.channels("once", 10).await.unwrap(),
+        BTreeMap::from([("once".to_string(), 1)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_stops_renewing_is_removed_within_ttl_and_each_entry_leaves() {
+    let cluster = Cluster::start().await;
+    let doomed = cluster.client("doomed").await;
+    let survivor = cluster.client("survivor").await;
+    let ttl = Duration::from_secs(5);
+    for (ch, client) in [("a", "d1"), ("a", "d2"), ("b", "d3"), ("c", "d4")] {
+        doomed.add_presence(ch, info("u", client)).await.unwrap();
+    }
+    doomed.subscribers_changed("a", 2).await;
+    survivor.add_presence("a", info("v", "s1")).await.unwrap();
+    assert_eq!(survivor.presence("a").await.unwrap().len(), 3);
+
+    // The edge "crashes": no deregistration, no more renewals.
+    drop(doomed);
+    let stopped = Instant::now();
+    loop {
+        let a = survivor.presence("a").await.unwrap();
+        let b = survivor.presence_stats("b").await.unwrap();
+        let c = survivor.presence_stats("c").await.unwrap();
+        if a.len() == 1 && b.num_clients == 0 && c.num_clients == 0 {
+            assert!(a.contains_key("s1"), "the other edge's entry stays");
+            break;
+        }
+        assert!(
+            stopped.elapsed() <= ttl + Duration::from_secs(1),
+            "presence of a dead edge still there after TTL + 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stopped.elapsed() >= ttl - Duration::from_millis(1100),
+        "removed before its lease could have expired ({:?})",
+        stopped.elapsed()
+    );
+    let mut left: Vec<(String, String, String)> = cluster
+        .leaves
+        .lock()
+        .iter()
+        .map(|(edge, l)| (edge.clone(), l.channel.clone(), l.presence.client.clone()))
+        .collect();
+    left.sort();
+    let want: Vec<(String, String, String)> = [("a", "d1"), ("a", "d2"), ("b", "d3"), ("c", "d4")]
+        .iter()
+        .map(|(ch, c)| ("doomed".to_string(), ch.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(left, want, "one leave per entry, from the leader only");
+    assert_eq!(
+        survivor.channels("", 10).await.unwrap(),
+        BTreeMap::new(),
+        "its subscriptions are gone too"
+    );
+    assert!(survivor
+        .edges()
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.edge.name != "doomed"));
+}

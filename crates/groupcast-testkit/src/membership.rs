@@ -1,0 +1,232 @@
+//! A membership cluster of `groupcast membership` processes on loopback:
+//! its own certificate directory (made with `groupcast certs`), data
+//! directories and free ports; kill -9, restart, SIGSTOP/SIGCONT by PID;
+//! every process killed on drop.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::http_request;
+use crate::process::Process;
+
+/// One replica.
+pub struct MembershipNode {
+    pub id: u64,
+    /// QUIC address (`host:port`).
+    pub addr: String,
+    pub http: SocketAddr,
+    args: Vec<String>,
+    process: Option<Process>,
+    log_file: PathBuf,
+}
+
+/// A cluster of replicas started from one static peer list.
+pub struct MembershipCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub nodes: Vec<MembershipNode>,
+}
+
+fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free udp port")
+        .port()
+}
+
+fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free tcp port")
+        .port()
+}
+
+fn certs(bin: &Path, args: &[&str]) {
+    let out = Command::new(bin)
+        .arg("certs")
+        .args(args)
+        .output()
+        .expect("run groupcast certs");
+    assert!(
+        out.status.success(),
+        "groupcast certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl MembershipCluster {
+    /// Starts `n` replicas with `extra` flags each and waits until one is
+    /// leader and every replica is ready (bounded: 30 s). Certificates:
+    /// `node-ID` per replica, plus `edge` and `admin`.
+    pub async fn start(bin: &Path, n: u64, extra: &[&str]) -> MembershipCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "groupcast-membership-{}-{}",
+            std::process::id(),
+            free_tcp()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let certs_dir = dir.join("certs");
+        let cd = certs_dir.to_str().expect("utf-8 path");
+        certs(bin, &["init", "--dir", cd]);
+        certs(bin, &["issue", "edge", "--dir", cd]);
+        let ids: Vec<u64> = (1..=n).collect();
+        let addrs: Vec<String> = ids
+            .iter()
+            .map(|_| format!("127.0.0.1:{}", free_udp()))
+            .collect();
+        let peers = ids
+            .iter()
+            .zip(&addrs)
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (id, addr) in ids.iter().zip(addrs) {
+            certs(bin, &["issue", &format!("node-{id}"), "--dir", cd]);
+            let http: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
+            let mut args: Vec<String> = vec![
+                "membership".into(),
+                "--id".into(),
+                id.to_string(),
+                "--listen".into(),
+                addr.clone(),
+                "--peers".into(),
+                peers.clone(),
+                "--data".into(),
+                dir.join(format!("data-{id}"))
+                    .to_string_lossy()
+                    .into_owned(),
+                "--certs".into(),
+                cd.into(),
+                "--http".into(),
+                http.to_string(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            nodes.push(MembershipNode {
+                id: *id,
+                addr,
+                http,
+                args,
+                process: None,
+                log_file: dir.join(format!("node-{id}.log")),
+            });
+        }
+        let mut cluster = MembershipCluster {
+            bin: bin.to_path_buf(),
+            dir,
+            nodes,
+        };
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i);
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_ready(i).await;
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&node.args).env("RUST_LOG", "info,openraft=warn");
+        node.process = Some(Process::spawn(
+            &format!("membership node {}", node.id),
+            cmd,
+            &node.log_file,
+        ));
+    }
+
+    /// Waits (bounded: 30 s) until replica `i` answers `/readyz` with 200.
+    pub async fn wait_ready(&mut self, i: usize) {
+        let http = self.nodes[i].http;
+        self.nodes[i]
+            .process
+            .as_mut()
+            .expect("running")
+            .wait_ready(
+                || async move { http_request(http, "GET", "/readyz", "", b"").await.0 == 200 },
+            )
+            .await;
+    }
+
+    /// Directory holding `ca.pem` and the `edge` / `admin` certificates.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+
+    /// Every replica's QUIC address.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// `/status` of replica `i` (with `state_digest`), or None when it does
+    /// not answer.
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        let (code, body) = http_request(self.nodes[i].http, "GET", "/status", "", b"").await;
+        if code != 200 {
+            return None;
+        }
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// Index of the replica that is leader per its own status, waiting up to
+    /// `within`; `skip` replicas are not asked (e.g. a stopped one).
+    pub async fn leader(&self, within: Duration, skip: &[usize]) -> Option<usize> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            for i in 0..self.nodes.len() {
+                if skip.contains(&i) {
+                    continue;
+                }
+                if let Some(s) = self.status(i).await {
+                    if s["state"] == "Leader" {
+                        return Some(i);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// SIGKILL replica `i` (its data stays).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].process = None;
+    }
+
+    /// Starts replica `i` again on the same ports and data.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].process.is_none(), "kill it first");
+        self.spawn(i);
+    }
+
+    /// SIGSTOP (`stop = true`) or SIGCONT replica `i`.
+    pub fn pause(&self, i: usize, stop: bool) {
+        self.nodes[i]
+            .process
+            .as_ref()
+            .expect("running")
+            .signal(if stop { "STOP" } else { "CONT" });
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log_file).unwrap_or_default()
+    }
+}
+
+impl Drop for MembershipCluster {
+    fn drop(&mut self) {
+        // SIGKILL (Process's drop) also ends a SIGSTOPped replica.
+        for n in &mut self.nodes {
+            n.process = None;
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
