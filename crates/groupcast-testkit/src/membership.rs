@@ -45,6 +45,18 @@ fn free_tcp() -> u16 {
         .port()
 }
 
+/// GET `path`; None when nothing listens or no answer within 2 s (a
+/// SIGSTOPped replica accepts TCP but never answers).
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> {
+    std::net::TcpStream::connect(addr).ok()?;
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        http_request(addr, "GET", path, "", b""),
+    )
+    .await
+    .ok()
+}
+
 fn certs(bin: &Path, args: &[&str]) {
     let out = Command::new(bin)
         .arg("certs")
@@ -148,9 +160,7 @@ impl MembershipCluster {
             .process
             .as_mut()
             .expect("running")
-            .wait_ready(
-                || async move { http_request(http, "GET", "/readyz", "", b"").await.0 == 200 },
-            )
+            .wait_ready(|| async move { matches!(get(http, "/readyz").await, Some((200, _))) })
             .await;
     }
 
@@ -167,11 +177,10 @@ impl MembershipCluster {
     /// `/status` of replica `i` (with `state_digest`), or None when it does
     /// not answer.
     pub async fn status(&self, i: usize) -> Option<Value> {
-        let (code, body) = http_request(self.nodes[i].http, "GET", "/status", "", b"").await;
-        if code != 200 {
-            return None;
+        match get(self.nodes[i].http, "/status").await? {
+            (200, body) => serde_json::from_slice(&body).ok(),
+            _ => None,
         }
-        serde_json::from_slice(&body).ok()
     }
 
     /// Index of the replica that is leader per its own status, waiting up to
