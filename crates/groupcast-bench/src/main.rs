@@ -9,6 +9,8 @@
 //!   publish-to-delivery latency (p50/p99) from sampled messages.
 //!   `--edge` (repeated) spreads the subscribers over several edges of a
 //!   NATS-backed cluster; the publisher stays on `--server`.
+//! * `membership`: committed presence changes per second through edge
+//!   handles against a membership cluster, and presence query p50/p99.
 //!
 //! Every scenario is bounded in connections and time and exits by itself.
 //! `docs/benchmarks.md` records results with the exact commands.
@@ -26,6 +28,8 @@ use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+mod membership;
 
 #[derive(Parser)]
 #[command(name = "groupcast-bench", about = "Groupcast load scenarios")]
@@ -76,6 +80,25 @@ enum Scenario {
         /// `--server`). The publisher always uses `--server`.
         #[arg(long = "edge")]
         edges: Vec<SocketAddr>,
+    },
+    /// Membership cluster: committed presence changes/s and query latency.
+    Membership {
+        /// Replica QUIC addresses (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        seeds: Vec<String>,
+        /// Directory with ca.pem and the client certificate.
+        #[arg(long)]
+        certs: std::path::PathBuf,
+        #[arg(long, default_value = "edge")]
+        cert_name: String,
+        /// Edge handles (each a separate edge registration).
+        #[arg(long, default_value_t = 4)]
+        edges: usize,
+        /// Concurrent join/leave loops per edge handle.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        #[arg(long, default_value = "10")]
+        secs: u64,
     },
 }
 
@@ -190,6 +213,24 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
+        Scenario::Membership {
+            seeds,
+            certs,
+            cert_name,
+            edges,
+            concurrency,
+            secs,
+        } => {
+            membership::run(membership::Params {
+                seeds,
+                certs,
+                cert_name,
+                edges,
+                concurrency,
+                secs,
+            })
+            .await?
+        }
         Scenario::Idle {
             connections,
             server_pid,

@@ -7,6 +7,10 @@
 //! without fsync. The state machine lives in memory and is rebuilt at start
 //! from the stored snapshot plus the committed log after it.
 
+// openraft's traits fix the error type (`StorageError`, over 200 bytes);
+// boxing it in our helpers would only add conversions at every trait method.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
