@@ -303,3 +303,43 @@ async fn an_edge_that_stops_renewing_is_removed_within_ttl_and_each_entry_leaves
         .iter()
         .all(|e| e.edge.name != "doomed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_and_junk_frames_get_an_error() {
+    let cluster = Cluster::start().await;
+    // A certificate from another CA: the handshake fails.
+    let other = tempfile::tempdir().unwrap();
+    certs::init(other.path(), false).unwrap();
+    let stranger = certs::issue(other.path(), "edge", &[]).unwrap();
+    let conn = Conn::connect(cluster.seeds(), &stranger).await.unwrap();
+    assert!(conn.status(Duration::from_secs(2)).await.is_err());
+
+    // A cluster certificate but a malformed request: a clear error, and the
+    // replica keeps serving.
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(certs::quic_client(&cluster.tls()).unwrap());
+    let qc = ep
+        .connect(cluster.servers[0].local_addr(), "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = qc.open_bi().await.unwrap();
+    send.write_all(b"\xff\xff not a request").await.unwrap();
+    send.finish().unwrap();
+    let bytes = recv.read_to_end(1 << 20).await.unwrap();
+    match groupcast_membership::codec::decode::<Reply>(&bytes).unwrap() {
+        Reply::Failed(reason) => assert!(reason.starts_with("bad request"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let ok = Conn::connect(cluster.seeds(), &cluster.tls())
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.status(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .voters
+            .len(),
+        3
+    );
+}

@@ -274,3 +274,64 @@ async fn dev_prints_what_a_user_needs_serves_it_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn membership_and_certs_flags_are_checked_with_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("groupcast-cli-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let fails = |args: &[&str], needle: &str| {
+        let out = run(args, &[]);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    assert!(run(&["certs", "init", "--dir", d], &[]).status.success());
+    fails(&["certs", "init", "--dir", d], "--force");
+    fails(
+        &["certs", "issue", "../x", "--dir", d],
+        "invalid certificate name",
+    );
+    assert!(run(&["certs", "issue", "node-1", "--dir", d], &[])
+        .status
+        .success());
+    for f in [
+        "ca.pem",
+        "ca-key.pem",
+        "admin.pem",
+        "node-1.pem",
+        "node-1-key.pem",
+    ] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+
+    let m = |extra: &[&str]| {
+        let mut a = vec![
+            "membership",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--certs",
+            d,
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let check = |extra: &[&str], needle: &str| {
+        let a = m(extra);
+        fails(&a.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+    };
+    check(&["--peers", "1:127.0.0.1:1"], "not ID=HOST:PORT");
+    check(
+        &["--peers", "1=127.0.0.1:1,1=127.0.0.1:2"],
+        "names id 1 twice",
+    );
+    check(&["--peers", "2=127.0.0.1:1"], "must include this replica");
+    check(&["--cert-name", "nobody"], "nobody.pem");
+    fails(
+        &["membership", "--listen", "127.0.0.1:0"],
+        "--id is required",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
