@@ -560,13 +560,12 @@ impl Shared {
 
     /// Sends `cmd` until a replica commits it. The service counts as
     /// unavailable once a try outlasts `request_timeout`. None: cancelled.
-    async fn commit(&self, cmd: Command) -> Option<CommandResult> {
-        let req = Request::Write(cmd);
+    async fn commit(&self, req: &Request) -> Option<CommandResult> {
         let started = Instant::now();
         loop {
             let r = tokio::select! {
                 _ = self.cancel.cancelled() => return None,
-                r = self.conn.call(&req, self.cfg.request_timeout) => r,
+                r = self.conn.call(req, self.cfg.request_timeout) => r,
             };
             match r {
                 Ok(Reply::Written(result)) => {
@@ -599,7 +598,7 @@ impl Shared {
             addr: self.cfg.edge_addr.clone(),
             ttl_ms: self.cfg.lease_ttl.as_millis() as u64,
         };
-        match self.commit(cmd).await {
+        match self.commit(&Request::Write(cmd)).await {
             Some(_) => {
                 let mut q = self.queue.lock();
                 q.register = false;
@@ -614,18 +613,17 @@ impl Shared {
     /// re-registration and resync. False: cancelled.
     async fn send(&self, reset: bool, items: Vec<(Delta, Option<Waiter>)>) -> bool {
         let (deltas, waiters): (Vec<Delta>, Vec<Option<Waiter>>) = items.into_iter().unzip();
-        let cmd = Command::Batch {
+        let req = Request::Write(Command::Batch {
             edge: self.edge.clone(),
             seq: self.next_seq(),
             reset,
             deltas,
-        };
-        let deltas = match &cmd {
-            Command::Batch { deltas, .. } => deltas.clone(),
-            _ => unreachable!(),
-        };
-        let Some(result) = self.commit(cmd).await else {
+        });
+        let Some(result) = self.commit(&req).await else {
             return false;
+        };
+        let Request::Write(Command::Batch { deltas, .. }) = req else {
+            unreachable!("built above")
         };
         metrics::counter!("groupcast_membership_client_deltas_total")
             .increment(deltas.len() as u64);

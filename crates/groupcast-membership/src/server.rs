@@ -227,10 +227,6 @@ impl MembershipServer {
         })
     }
 
-    pub fn raft(&self) -> &Raft {
-        &self.inner.raft
-    }
-
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.endpoint.local_addr().expect("bound endpoint")
     }
@@ -241,11 +237,6 @@ impl MembershipServer {
 
     pub async fn status(&self) -> Status {
         self.inner.status().await
-    }
-
-    /// Answers `q` from this replica's applied state (no leader check).
-    pub fn query_local(&self, q: &Query) -> crate::types::QueryResult {
-        self.inner.sm.read(|s| s.query(q))
     }
 
     /// Stops Raft, the endpoint and the HTTP listener.
@@ -335,18 +326,12 @@ impl Inner {
             Request::Query(q) => self.query(q).await,
             Request::Status => Reply::Status(self.status().await),
             Request::AddMember { id, addr } => {
-                match self
-                    .raft
-                    .add_learner(id, BasicNode { addr }, true)
-                    .await
-                    .and(
-                        self.raft
-                            .change_membership(
-                                ChangeMembers::AddVoterIds(BTreeSet::from([id])),
-                                false,
-                            )
-                            .await,
-                    ) {
+                // Catch up as a learner first, then become a voter.
+                if let Err(e) = self.raft.add_learner(id, BasicNode { addr }, true).await {
+                    return self.write_error(e);
+                }
+                let voters = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+                match self.raft.change_membership(voters, false).await {
                     Ok(_) => Reply::MemberChanged(self.status().await),
                     Err(e) => self.write_error(e),
                 }
@@ -380,9 +365,16 @@ impl Inner {
             _ => None,
         };
         let edge_name = match &cmd {
-            Command::Register { edge, .. }
-            | Command::Batch { edge, .. }
-            | Command::Remove { edge, .. } => edge.name.clone(),
+            Command::Register { edge, .. } | Command::Batch { edge, .. } => edge.name.clone(),
+            Command::Remove { edge, reason } => {
+                let reason = match reason {
+                    RemoveReason::LeaseExpired => "lease_expired",
+                    RemoveReason::Left => "left",
+                };
+                metrics::counter!("groupcast_membership_edges_removed_total", "reason" => reason)
+                    .increment(1);
+                edge.name.clone()
+            }
         };
         match self.raft.client_write(cmd).await {
             Ok(resp) => {
@@ -548,7 +540,7 @@ async fn bootstrap(inner: Arc<Inner>, peers: BTreeMap<NodeId, String>) {
 async fn lease_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(LEASE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut leader_since: Option<Instant> = None;
+    let mut was_leader = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -567,18 +559,18 @@ async fn lease_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         let edges: Vec<(EdgeId, u64)> = inner.sm.read(|s| s.edges().collect());
         metrics::gauge!("groupcast_membership_edges").set(edges.len() as f64);
         if m.state != ServerState::Leader {
-            leader_since = None;
+            was_leader = false;
             continue;
         }
-        let now = Instant::now();
-        let since = *leader_since.get_or_insert_with(|| {
+        if !was_leader {
+            was_leader = true;
             tracing::info!(
                 edges = edges.len(),
                 "membership: leader; every edge gets a fresh lease"
             );
             inner.leases.lock().clear();
-            now
-        });
+        }
+        let now = Instant::now();
         let expired: Vec<EdgeId> = {
             let mut leases = inner.leases.lock();
             let live: BTreeSet<&EdgeId> = edges.iter().map(|(e, _)| e).collect();
@@ -586,7 +578,10 @@ async fn lease_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             edges
                 .iter()
                 .filter(|(e, ttl)| {
-                    let last = leases.get(e).copied().unwrap_or(since).max(since);
+                    // An edge this leader has not heard from yet (it just
+                    // became leader, or the edge just registered) starts
+                    // its TTL now.
+                    let last = *leases.entry(e.clone()).or_insert(now);
                     now.duration_since(last) > Duration::from_millis(*ttl)
                 })
                 .map(|(e, _)| e.clone())
@@ -594,7 +589,6 @@ async fn lease_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         };
         for edge in expired {
             tracing::warn!(edge = %edge.name, "membership: lease expired; removing the edge");
-            metrics::counter!("groupcast_membership_leases_expired_total").increment(1);
             inner
                 .write(Command::Remove {
                     edge,
@@ -620,8 +614,8 @@ pub fn describe_metrics() {
         "edge delta batches committed, by result (applied|duplicate)"
     );
     metrics::describe_counter!(
-        "groupcast_membership_leases_expired_total",
-        "edges removed because their lease expired"
+        "groupcast_membership_edges_removed_total",
+        "edge removals committed or attempted, by reason (lease_expired|left)"
     );
     metrics::describe_counter!(
         "groupcast_membership_leaves_total",

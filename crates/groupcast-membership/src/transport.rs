@@ -133,10 +133,6 @@ impl Peer {
         }
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
     async fn connection(&self) -> Result<quinn::Connection, TransportError> {
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {

@@ -118,7 +118,6 @@ pub enum Command {
 pub enum RemoveReason {
     LeaseExpired,
     Left,
-    Replaced,
 }
 
 /// A presence entry that left because its edge was removed.

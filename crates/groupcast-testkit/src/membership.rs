@@ -142,6 +142,50 @@ impl MembershipCluster {
         cluster
     }
 
+    /// Starts replica `id` with no `--peers` (to be added with
+    /// `groupcast membership add`); returns its index. Waits until it
+    /// answers `/healthz`, not `/readyz` (it has no leader yet).
+    pub async fn start_extra(&mut self, id: u64) -> usize {
+        let addr = format!("127.0.0.1:{}", free_udp());
+        let http: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
+        let certs_dir = self.certs_dir();
+        let cd = certs_dir.to_str().expect("utf-8 path");
+        certs(&self.bin, &["issue", &format!("node-{id}"), "--dir", cd]);
+        let args = [
+            "membership".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--data".into(),
+            self.dir
+                .join(format!("data-{id}"))
+                .to_string_lossy()
+                .into_owned(),
+            "--certs".into(),
+            cd.into(),
+            "--http".into(),
+            http.to_string(),
+        ];
+        self.nodes.push(MembershipNode {
+            id,
+            addr,
+            http,
+            args: args.to_vec(),
+            process: None,
+            log_file: self.dir.join(format!("node-{id}.log")),
+        });
+        let i = self.nodes.len() - 1;
+        self.spawn(i);
+        self.nodes[i]
+            .process
+            .as_mut()
+            .expect("running")
+            .wait_ready(|| async move { matches!(get(http, "/healthz").await, Some((200, _))) })
+            .await;
+        i
+    }
+
     fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let mut cmd = Command::new(&self.bin);
@@ -221,10 +265,6 @@ impl MembershipCluster {
             .as_ref()
             .expect("running")
             .signal(if stop { "STOP" } else { "CONT" });
-    }
-
-    pub fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.nodes[i].log_file).unwrap_or_default()
     }
 }
 

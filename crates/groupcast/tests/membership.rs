@@ -457,3 +457,39 @@ async fn an_edge_handle_rides_out_an_outage_and_replays_its_deltas() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_added_and_removed_with_the_admin_commands() {
+    let mut cluster = MembershipCluster::start(bin(), 3, &[]).await;
+    let new = cluster.start_extra(4).await;
+    let certs = cluster.certs_dir();
+    let via = cluster.nodes[1].addr.clone();
+    let new_addr = cluster.nodes[new].addr.clone();
+    let admin = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .arg("membership")
+            .args(args)
+            .args(["--via", &via, "--certs", certs.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let status = admin(&["add", "--id", "4", "--addr", &new_addr]);
+    let voters: Vec<&String> = status["voters"].as_object().unwrap().keys().collect();
+    assert_eq!(voters, ["1", "2", "3", "4"]);
+    cluster.wait_ready(new).await;
+    let s4 = cluster.status(new).await.unwrap();
+    assert_eq!(s4["voters"].as_object().unwrap().len(), 4, "{s4}");
+
+    let status = admin(&["remove", "--id", "4"]);
+    let voters: Vec<&String> = status["voters"].as_object().unwrap().keys().collect();
+    assert_eq!(voters, ["1", "2", "3"]);
+    let status = admin(&["status"]);
+    assert!(status["leader"].as_u64().is_some());
+    assert_eq!(status["id"], 2, "status reports the --via replica's view");
+}
