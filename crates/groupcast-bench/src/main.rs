@@ -82,24 +82,7 @@ enum Scenario {
         edges: Vec<SocketAddr>,
     },
     /// Membership cluster: committed presence changes/s and query latency.
-    Membership {
-        /// Replica QUIC addresses (comma-separated or repeated).
-        #[arg(long, value_delimiter = ',', required = true)]
-        seeds: Vec<String>,
-        /// Directory with ca.pem and the client certificate.
-        #[arg(long)]
-        certs: std::path::PathBuf,
-        #[arg(long, default_value = "edge")]
-        cert_name: String,
-        /// Edge handles (each a separate edge registration).
-        #[arg(long, default_value_t = 4)]
-        edges: usize,
-        /// Concurrent join/leave loops per edge handle.
-        #[arg(long, default_value_t = 256)]
-        concurrency: usize,
-        #[arg(long, default_value = "10")]
-        secs: u64,
-    },
+    Membership(membership::Params),
 }
 
 type Ws = WebSocketStream<tokio::net::TcpStream>;
@@ -213,24 +196,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
-        Scenario::Membership {
-            seeds,
-            certs,
-            cert_name,
-            edges,
-            concurrency,
-            secs,
-        } => {
-            membership::run(membership::Params {
-                seeds,
-                certs,
-                cert_name,
-                edges,
-                concurrency,
-                secs,
-            })
-            .await?
-        }
+        Scenario::Membership(params) => membership::run(params).await?,
         Scenario::Idle {
             connections,
             server_pid,

@@ -11,13 +11,24 @@ use groupcast_membership::certs::TlsFiles;
 use groupcast_membership::client::{ClientConfig, MembershipClient};
 use groupcast_proto::client::ClientInfo;
 
+#[derive(clap::Args)]
 pub struct Params {
-    pub seeds: Vec<String>,
-    pub certs: std::path::PathBuf,
-    pub cert_name: String,
-    pub edges: usize,
-    pub concurrency: usize,
-    pub secs: u64,
+    /// Replica QUIC addresses (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    seeds: Vec<String>,
+    /// Directory with ca.pem and the client certificate.
+    #[arg(long)]
+    certs: std::path::PathBuf,
+    #[arg(long, default_value = "edge")]
+    cert_name: String,
+    /// Edge handles (each a separate edge registration).
+    #[arg(long, default_value_t = 4)]
+    edges: usize,
+    /// Concurrent join/leave loops per edge handle.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    #[arg(long, default_value = "10")]
+    secs: u64,
 }
 
 pub async fn run(p: Params) -> anyhow::Result<()> {

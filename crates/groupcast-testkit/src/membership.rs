@@ -70,6 +70,41 @@ fn certs(bin: &Path, args: &[&str]) {
     );
 }
 
+/// A replica's record: certificate `node-ID` issued, ports chosen, flags
+/// written; not started. `extra` is appended to the flags (e.g. `--peers`).
+fn node(bin: &Path, dir: &Path, id: u64, addr: String, extra: &[String]) -> MembershipNode {
+    let certs_dir = dir.join("certs");
+    let cd = certs_dir.to_str().expect("utf-8 path");
+    certs(bin, &["issue", &format!("node-{id}"), "--dir", cd]);
+    let http: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
+    let data = dir.join(format!("data-{id}"));
+    let mut args: Vec<String> = [
+        "membership",
+        "--id",
+        &id.to_string(),
+        "--listen",
+        &addr,
+        "--data",
+        data.to_str().expect("utf-8 path"),
+        "--certs",
+        cd,
+        "--http",
+        &http.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().cloned());
+    MembershipNode {
+        id,
+        addr,
+        http,
+        args,
+        process: None,
+        log_file: dir.join(format!("node-{id}.log")),
+    }
+}
+
 impl MembershipCluster {
     /// Starts `n` replicas with `extra` flags each and waits until one is
     /// leader and every replica is ready (bounded: 30 s). Certificates:
@@ -82,52 +117,24 @@ impl MembershipCluster {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("cluster dir");
-        let certs_dir = dir.join("certs");
-        let cd = certs_dir.to_str().expect("utf-8 path");
+        let cd = dir.join("certs");
+        let cd = cd.to_str().expect("utf-8 path");
         certs(bin, &["init", "--dir", cd]);
         certs(bin, &["issue", "edge", "--dir", cd]);
-        let ids: Vec<u64> = (1..=n).collect();
-        let addrs: Vec<String> = ids
-            .iter()
-            .map(|_| format!("127.0.0.1:{}", free_udp()))
+        let addrs: Vec<(u64, String)> = (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", free_udp())))
             .collect();
-        let peers = ids
+        let peers = addrs
             .iter()
-            .zip(&addrs)
             .map(|(id, a)| format!("{id}={a}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut nodes = Vec::new();
-        for (id, addr) in ids.iter().zip(addrs) {
-            certs(bin, &["issue", &format!("node-{id}"), "--dir", cd]);
-            let http: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
-            let mut args: Vec<String> = vec![
-                "membership".into(),
-                "--id".into(),
-                id.to_string(),
-                "--listen".into(),
-                addr.clone(),
-                "--peers".into(),
-                peers.clone(),
-                "--data".into(),
-                dir.join(format!("data-{id}"))
-                    .to_string_lossy()
-                    .into_owned(),
-                "--certs".into(),
-                cd.into(),
-                "--http".into(),
-                http.to_string(),
-            ];
-            args.extend(extra.iter().map(|s| s.to_string()));
-            nodes.push(MembershipNode {
-                id: *id,
-                addr,
-                http,
-                args,
-                process: None,
-                log_file: dir.join(format!("node-{id}.log")),
-            });
-        }
+        let mut flags = vec!["--peers".to_string(), peers];
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let nodes = addrs
+            .into_iter()
+            .map(|(id, addr)| node(bin, &dir, id, addr, &flags))
+            .collect();
         let mut cluster = MembershipCluster {
             bin: bin.to_path_buf(),
             dir,
@@ -147,35 +154,9 @@ impl MembershipCluster {
     /// answers `/healthz`, not `/readyz` (it has no leader yet).
     pub async fn start_extra(&mut self, id: u64) -> usize {
         let addr = format!("127.0.0.1:{}", free_udp());
-        let http: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
-        let certs_dir = self.certs_dir();
-        let cd = certs_dir.to_str().expect("utf-8 path");
-        certs(&self.bin, &["issue", &format!("node-{id}"), "--dir", cd]);
-        let args = [
-            "membership".to_string(),
-            "--id".into(),
-            id.to_string(),
-            "--listen".into(),
-            addr.clone(),
-            "--data".into(),
-            self.dir
-                .join(format!("data-{id}"))
-                .to_string_lossy()
-                .into_owned(),
-            "--certs".into(),
-            cd.into(),
-            "--http".into(),
-            http.to_string(),
-        ];
-        self.nodes.push(MembershipNode {
-            id,
-            addr,
-            http,
-            args: args.to_vec(),
-            process: None,
-            log_file: self.dir.join(format!("node-{id}.log")),
-        });
+        self.nodes.push(node(&self.bin, &self.dir, id, addr, &[]));
         let i = self.nodes.len() - 1;
+        let http = self.nodes[i].http;
         self.spawn(i);
         self.nodes[i]
             .process

@@ -31,16 +31,24 @@ struct Writer {
 const PER_BATCH: u64 = 10;
 
 impl Writer {
-    async fn new(cluster: &MembershipCluster, seeds: Vec<String>, name: &str) -> Writer {
+    async fn new_unregistered(
+        cluster: &MembershipCluster,
+        seeds: Vec<String>,
+        name: &str,
+    ) -> Writer {
         let tls = TlsFiles::in_dir(&cluster.certs_dir(), "edge");
-        let w = Writer {
+        Writer {
             conn: Conn::connect(seeds, &tls).await.unwrap(),
             edge: EdgeId {
                 name: name.into(),
                 incarnation: 1,
             },
             seq: 0,
-        };
+        }
+    }
+
+    async fn new(cluster: &MembershipCluster, seeds: Vec<String>, name: &str) -> Writer {
+        let w = Self::new_unregistered(cluster, seeds, name).await;
         w.write(Command::Register {
             edge: w.edge.clone(),
             addr: String::new(),
@@ -346,24 +354,6 @@ async fn a_paused_leader_cannot_commit_and_steps_down_on_resume() {
         other => panic!("{other:?}"),
     }
     assert_eq!(w.count().await, 20);
-}
-
-impl Writer {
-    async fn new_unregistered(
-        cluster: &MembershipCluster,
-        seeds: Vec<String>,
-        name: &str,
-    ) -> Writer {
-        let tls = TlsFiles::in_dir(&cluster.certs_dir(), "edge");
-        Writer {
-            conn: Conn::connect(seeds, &tls).await.unwrap(),
-            edge: EdgeId {
-                name: name.into(),
-                incarnation: 1,
-            },
-            seq: 0,
-        }
-    }
 }
 
 fn info(client: &str) -> ClientInfo {
