@@ -88,6 +88,16 @@ pub enum Control {
     Refresh { expired: bool, expire_at: i64 },
 }
 
+/// One read of a client's socket, as [`Conn::inbound`] sorts it.
+pub enum Inbound {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+    /// Ping or pong: nothing to do (tungstenite answers pings).
+    Control,
+    /// The connection is over; leave the read loop.
+    End,
+}
+
 /// The shared half of a connection. The session task owns the rest.
 pub struct Conn {
     pub id: u64,
@@ -206,10 +216,29 @@ impl Conn {
         self.cancel.cancel();
     }
 
+    /// Sorts one read of the socket: the end of the stream, a close frame
+    /// and a read error end the connection here (see `read_failed`) and
+    /// give [`Inbound::End`]; data messages are passed on.
+    pub fn inbound(&self, msg: Option<Result<Message, axum::Error>>) -> Inbound {
+        match msg {
+            None | Some(Ok(Message::Close(_))) => {
+                self.closed_by_peer();
+                Inbound::End
+            }
+            Some(Err(e)) => {
+                self.read_failed(e);
+                Inbound::End
+            }
+            Some(Ok(Message::Text(t))) => Inbound::Text(t),
+            Some(Ok(Message::Binary(b))) => Inbound::Binary(b),
+            Some(Ok(_)) => Inbound::Control,
+        }
+    }
+
     /// The socket could not be read: close with the matching code (1009 for
     /// an oversized message, 3501 for invalid UTF-8 or a protocol
     /// violation), or just end when the peer is gone.
-    pub fn read_failed(&self, e: axum::Error) {
+    fn read_failed(&self, e: axum::Error) {
         let code = match e.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
             Ok(tungstenite::Error::Capacity(_)) => {
                 Metrics::limit_hit("max_message_size");

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
 use groupcast_core::broker::PublishOptions;
 use groupcast_core::hub::SubscriberKind;
@@ -26,6 +26,7 @@ use groupcast_core::{ChannelOptions, Payload, Publication};
 use groupcast_proto::client::ClientInfo;
 use groupcast_proto::{DisconnectCode, ErrorCode};
 
+use crate::conn::Inbound;
 use crate::limits::ConnRates;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
@@ -125,18 +126,11 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
             }
             msg = stream.next() => {
                 last_seen = Instant::now();
-                let data = match msg {
-                    None | Some(Ok(Message::Close(_))) => {
-                        conn.closed_by_peer();
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        conn.read_failed(e);
-                        break;
-                    }
-                    Some(Ok(Message::Text(t))) => Payload::from_text(t.as_str()),
-                    Some(Ok(Message::Binary(b))) => Payload::Binary(b),
-                    Some(Ok(_)) => continue,
+                let data = match conn.inbound(msg) {
+                    Inbound::End => break,
+                    Inbound::Text(t) => Payload::from_text(t.as_str()),
+                    Inbound::Binary(b) => Payload::Binary(b),
+                    Inbound::Control => continue,
                 };
                 if !auth.can_publish {
                     conn.close(DisconnectCode::PERMISSION_DENIED);

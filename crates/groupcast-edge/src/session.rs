@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::WebSocket;
 use bytes::Bytes;
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
@@ -29,7 +29,7 @@ use groupcast_proto::client::{self as proto, ClientInfo, Command, RawJson, Reply
 use groupcast_proto::{DisconnectCode, ErrorCode};
 
 use crate::auth::{now_unix, TokenError};
-use crate::conn::{Conn, Control, OutKind};
+use crate::conn::{Conn, Control, Inbound, OutKind};
 use crate::limits::ConnRates;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
@@ -164,24 +164,17 @@ impl Session {
             let expiry_at = self.next_expiry().map(deadline_from_unix).unwrap_or(far);
             tokio::select! {
                 _ = conn.cancelled() => break,
-                msg = stream.next() => match msg {
-                    None | Some(Ok(Message::Close(_))) => {
-                        conn.closed_by_peer();
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        conn.read_failed(e);
-                        break;
-                    }
-                    Some(Ok(Message::Text(t))) => {
+                msg = stream.next() => match conn.inbound(msg) {
+                    Inbound::End => break,
+                    Inbound::Text(t) => {
                         Metrics::get().bytes_in.increment(t.len() as u64);
                         self.handle_frame(t.as_bytes()).await;
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Inbound::Binary(_) => {
                         conn.close(DisconnectCode::BAD_REQUEST);
                         break;
                     }
-                    Some(Ok(_)) => {}
+                    Inbound::Control => {}
                 },
                 _ = tokio::time::sleep_until(stale_at), if !self.connected => {
                     conn.close(DisconnectCode::STALE);
