@@ -25,7 +25,7 @@
 //! like a crashed edge; call [`MembershipClient::close`] to leave.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,30 @@ impl ClientConfig {
                 as u32,
         }
     }
+
+    /// Refuses settings the handle cannot work with, naming the field.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let bad = |field: &str, why: &str| Err(ClientError::Config(format!("{field}: {why}")));
+        if self.seeds.is_empty() {
+            return Err(ClientError::NoSeeds);
+        }
+        if self.edge_name.is_empty() {
+            return bad("edge_name", "must not be empty");
+        }
+        if self.batch_max == 0 {
+            return bad("batch_max", "must be at least 1");
+        }
+        if self.buffer_max == 0 {
+            return bad("buffer_max", "must be at least 1");
+        }
+        if self.flush_interval.is_zero() || self.request_timeout.is_zero() {
+            return bad("flush_interval / request_timeout", "must be above zero");
+        }
+        if self.renew_every.is_zero() || self.renew_every >= self.lease_ttl {
+            return bad("renew_every", "must be above zero and below lease_ttl");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +114,8 @@ pub enum ClientError {
     Certs(#[from] certs::CertError),
     #[error("no membership seed addresses")]
     NoSeeds,
+    #[error("membership client configuration: {0}")]
+    Config(String),
     #[error("{0}")]
     Endpoint(String),
     #[error(transparent)]
@@ -263,7 +289,8 @@ struct Shared {
     wake: Notify,
     available: AtomicBool,
     cancel: CancellationToken,
-    seq: Mutex<u64>,
+    /// Last batch sequence number used (only the flush task sends).
+    seq: AtomicU64,
 }
 
 /// The edge's membership handle. Cheap to clone.
@@ -286,6 +313,7 @@ impl MembershipClient {
     /// background. Returns at once; [`Self::wait_available`] waits for the
     /// first successful registration.
     pub async fn start(cfg: ClientConfig) -> Result<MembershipClient, ClientError> {
+        cfg.validate()?;
         let conn = Conn::connect(cfg.seeds.clone(), &cfg.tls).await?;
         let edge = EdgeId {
             name: cfg.edge_name.clone(),
@@ -303,7 +331,7 @@ impl MembershipClient {
             wake: Notify::new(),
             available: AtomicBool::new(false),
             cancel: cancel.clone(),
-            seq: Mutex::new(0),
+            seq: AtomicU64::new(0),
         });
         metrics::gauge!("groupcast_membership_client_available").set(0.0);
         tokio::spawn(flush_loop(shared.clone()));
@@ -586,9 +614,7 @@ impl Shared {
     }
 
     fn next_seq(&self) -> u64 {
-        let mut s = self.seq.lock();
-        *s += 1;
-        *s
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Registers this incarnation; afterwards the whole state is resent.
@@ -667,6 +693,36 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Replaces the edge's state at the service with `state`, in batches of
+    /// `batch_max` (the first resets), then answers `waiting`: a join the
+    /// service refused fails with the limit, the rest succeed. False:
+    /// cancelled.
+    async fn resync(&self, state: Vec<Delta>, waiting: Vec<(Delta, Waiter)>) -> bool {
+        let mut chunks = state
+            .chunks(self.cfg.batch_max.max(1))
+            .map(<[Delta]>::to_vec);
+        let first = chunks.next().unwrap_or_default();
+        for (i, chunk) in std::iter::once(first).chain(chunks).enumerate() {
+            let items = chunk.into_iter().map(|d| (d, None)).collect();
+            if !self.send(i == 0, items).await {
+                return false;
+            }
+        }
+        let q = self.queue.lock();
+        for (d, w) in waiting {
+            let refused = matches!(&d, Delta::Join { channel, presence, .. }
+                if !q.local.presence.contains_key(&(channel.clone(), presence.client.clone())));
+            let _ = w.send(if refused {
+                Err(MembershipError::LimitExceeded("presence_max_clients"))
+            } else {
+                Ok(())
+            });
+        }
+        true
+    }
+}
+
 async fn flush_loop(s: Arc<Shared>) {
     loop {
         // Wait for work.
@@ -700,56 +756,43 @@ async fn flush_loop(s: Arc<Shared>) {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        let (reset, items) = {
+        let work = {
             let mut q = s.queue.lock();
             if q.register {
                 continue;
             }
             if q.resync {
-                // The local view already includes every queued delta.
                 q.resync = false;
-                let waiters: Vec<(Delta, Option<Waiter>)> = q.deltas.drain(..).collect();
-                for (_, w) in waiters {
-                    if let Some(w) = w {
-                        let _ = w.send(Ok(()));
-                    }
-                }
-                (
-                    true,
-                    q.local
-                        .deltas()
-                        .into_iter()
-                        .map(|d| (d, None))
-                        .collect::<Vec<_>>(),
-                )
+                // The local view already includes every queued delta; their
+                // waiters are answered once the resync is committed.
+                let waiting = q
+                    .deltas
+                    .drain(..)
+                    .filter_map(|(d, w)| Some((d, w?)))
+                    .collect();
+                Work::Resync(q.local.deltas(), waiting)
             } else {
                 let n = q.deltas.len().min(s.cfg.batch_max);
-                (false, q.deltas.drain(..n).collect())
+                Work::Batch(q.deltas.drain(..n).collect())
             }
         };
         metrics::gauge!("groupcast_membership_client_pending")
             .set(s.queue.lock().deltas.len() as f64);
-        if reset {
-            // A full resync may be large: the first chunk resets.
-            let mut items = items.into_iter().peekable();
-            let mut first = true;
-            loop {
-                let chunk: Vec<_> = items.by_ref().take(s.cfg.batch_max).collect();
-                if chunk.is_empty() && !first {
-                    break;
-                }
-                if !s.send(first, chunk).await {
-                    return;
-                }
-                first = false;
-                if items.peek().is_none() {
-                    break;
-                }
-            }
-        } else if !s.send(false, items).await {
+        let sent = match work {
+            Work::Batch(items) => s.send(false, items).await,
+            Work::Resync(state, waiting) => s.resync(state, waiting).await,
+        };
+        if !sent {
             return;
         }
     }
+}
+
+/// What the flush task sends next.
+enum Work {
+    Batch(Vec<(Delta, Option<Waiter>)>),
+    /// The edge's whole state, and the waiters of the queued deltas it covers.
+    Resync(Vec<Delta>, Vec<(Delta, Waiter)>),
 }
 
 async fn renew_loop(s: Arc<Shared>) {
@@ -786,5 +829,29 @@ async fn renew_loop(s: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_it_cannot_work_with_are_refused_by_name() {
+        let tls = TlsFiles::in_dir(std::path::Path::new("."), "edge");
+        let ok = ClientConfig::new(vec!["127.0.0.1:1".into()], tls, "e");
+        ok.validate().unwrap();
+        let refused = |f: fn(&mut ClientConfig), needle: &str| {
+            let mut c = ok.clone();
+            f(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        };
+        refused(|c| c.seeds.clear(), "no membership seed");
+        refused(|c| c.edge_name.clear(), "edge_name");
+        refused(|c| c.batch_max = 0, "batch_max");
+        refused(|c| c.buffer_max = 0, "buffer_max");
+        refused(|c| c.flush_interval = Duration::ZERO, "flush_interval");
+        refused(|c| c.renew_every = c.lease_ttl, "renew_every");
     }
 }

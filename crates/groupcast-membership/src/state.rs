@@ -518,6 +518,31 @@ mod tests {
     }
 
     #[test]
+    fn a_channels_query_returns_at_most_the_named_limit() {
+        let mut s = State::default();
+        let a = edge("a", 1);
+        register(&mut s, &a);
+        let n = MAX_CHANNELS_PER_QUERY as usize + 5;
+        let deltas = (0..n)
+            .map(|i| Delta::Subscribers {
+                channel: format!("c{i:06}"),
+                delta: 1,
+            })
+            .collect();
+        s.apply(&batch(&a, 1, deltas));
+        let count = |prefix: &str, limit| match s.query(&Query::Channels {
+            prefix: prefix.into(),
+            limit,
+        }) {
+            QueryResult::Channels(c) => c.len(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(count("", u32::MAX), MAX_CHANNELS_PER_QUERY as usize);
+        assert_eq!(count("", 3), 3);
+        assert_eq!(count("c00001", 100), 10, "prefix c00001x");
+    }
+
+    #[test]
     fn a_new_incarnation_replaces_the_old_one() {
         let mut s = State::default();
         let old = edge("a", 1);

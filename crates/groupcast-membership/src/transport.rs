@@ -222,6 +222,10 @@ pub async fn serve_stream<F, Fut>(
             Ok(req) => handle(req).await,
             Err(e) => Reply::Failed(format!("bad request: {e}")),
         },
+        Err(quinn::ReadToEndError::TooLong) => Reply::Failed(format!(
+            "bad request: over MAX_FRAME_BYTES ({} MiB)",
+            MAX_FRAME_BYTES >> 20
+        )),
         Err(e) => Reply::Failed(format!("bad request: {e}")),
     };
     if let Ok(bytes) = codec::encode(&reply) {

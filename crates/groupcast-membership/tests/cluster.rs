@@ -343,3 +343,65 @@ async fn strangers_are_refused_and_junk_frames_get_an_error() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_batch_leaves_without_waiting_for_the_flush_interval() {
+    let cluster = Cluster::start().await;
+    let mut cfg = ClientConfig::new(cluster.seeds(), cluster.tls(), "full");
+    // Only the size bound can send these within the test.
+    cfg.flush_interval = Duration::from_secs(3600);
+    cfg.batch_max = 4;
+    let a = MembershipClient::start(cfg).await.unwrap();
+    assert!(a.wait_available(Duration::from_secs(10)).await);
+    let joins: Vec<_> = (0..8)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.add_presence("full", info("u", &format!("c{i}"))).await })
+        })
+        .collect();
+    for j in joins {
+        j.await.unwrap().unwrap();
+    }
+    assert_eq!(a.presence("full").await.unwrap().len(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_limit_is_refused_and_the_replica_goes_on() {
+    use groupcast_membership::transport::MAX_FRAME_BYTES;
+    let cluster = Cluster::start().await;
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(certs::quic_client(&cluster.tls()).unwrap());
+    let qc = ep
+        .connect(cluster.servers[0].local_addr(), "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = qc.open_bi().await.unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let sender = tokio::spawn(async move {
+        // The replica stops reading at the limit; the rest may be refused.
+        for _ in 0..=(MAX_FRAME_BYTES >> 20) {
+            if send.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    let bytes = recv.read_to_end(1 << 20).await.unwrap();
+    match groupcast_membership::codec::decode::<Reply>(&bytes).unwrap() {
+        Reply::Failed(reason) => assert!(reason.contains("over MAX_FRAME_BYTES"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    sender.abort();
+    let ok = Conn::connect(cluster.seeds(), &cluster.tls())
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.status(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .voters
+            .len(),
+        3
+    );
+}

@@ -199,6 +199,13 @@ impl MembershipCluster {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
+    /// `/readyz` of replica `i`: status code and reason, or None when it
+    /// does not answer.
+    pub async fn readyz(&self, i: usize) -> Option<(u16, String)> {
+        let (code, body) = get(self.nodes[i].http, "/readyz").await?;
+        Some((code, String::from_utf8_lossy(&body).into_owned()))
+    }
+
     /// `/status` of replica `i` (with `state_digest`), or None when it does
     /// not answer.
     pub async fn status(&self, i: usize) -> Option<Value> {

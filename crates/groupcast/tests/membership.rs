@@ -469,6 +469,11 @@ async fn replicas_are_added_and_removed_with_the_admin_commands() {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
+    assert_eq!(
+        cluster.readyz(new).await,
+        Some((503, "no leader known".to_string())),
+        "a replica outside the cluster is not ready"
+    );
     let status = admin(&["add", "--id", "4", "--addr", &new_addr]);
     let voters: Vec<&String> = status["voters"].as_object().unwrap().keys().collect();
     assert_eq!(voters, ["1", "2", "3", "4"]);
