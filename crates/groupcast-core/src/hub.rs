@@ -102,6 +102,12 @@ impl PreparedPush {
         }
     }
 
+    /// A publication (relay connections get only these; join and leave
+    /// have no relay frame).
+    pub fn is_pub(&self) -> bool {
+        matches!(self.kind, PushKind::Pub(_))
+    }
+
     /// The relay connection that published this, if any.
     pub fn origin(&self) -> Option<u64> {
         match &self.kind {
@@ -169,7 +175,9 @@ impl Entry {
         if push.origin() == Some(self.sub.id()) {
             return;
         }
-        if push.relay().is_none() && self.sub.kind() == SubscriberKind::Relay {
+        // Checked without `relay()`, which would encode the relay frame even
+        // when no relay connection is subscribed.
+        if self.sub.kind() == SubscriberKind::Relay && !push.is_pub() {
             return;
         }
         match &mut self.phase {
@@ -367,6 +375,8 @@ mod tests {
         id: u64,
         kind: SubscriberKind,
         got: Mutex<Vec<Bytes>>,
+        /// Whether the relay frame was already encoded when pushed.
+        relay_encoded: Mutex<Vec<bool>>,
         insufficient: Mutex<Vec<String>>,
     }
     impl Subscriber for Sink {
@@ -377,6 +387,7 @@ mod tests {
             self.kind
         }
         fn push(&self, push: &PreparedPush) {
+            self.relay_encoded.lock().push(push.relay.get().is_some());
             let b = match self.kind {
                 SubscriberKind::Protocol => push.json().clone(),
                 SubscriberKind::Relay => push.relay().unwrap().0.clone(),
@@ -392,6 +403,7 @@ mod tests {
             id,
             kind,
             got: Mutex::new(Vec::new()),
+            relay_encoded: Mutex::new(Vec::new()),
             insufficient: Mutex::new(Vec::new()),
         })
     }
@@ -421,6 +433,11 @@ mod tests {
             ga.as_ptr(),
             gb.as_ptr(),
             "one encoding shared by subscribers"
+        );
+        assert_eq!(
+            *b.relay_encoded.lock(),
+            [false],
+            "no relay frame is encoded for protocol subscribers"
         );
     }
 
