@@ -37,7 +37,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{self, TlsFiles};
-use crate::transport::{resolve, Peer, Reply, Request, Status};
+use crate::transport::{resolve, Peers, Reply, Request, Status};
 use crate::types::{
     Command, CommandResult, Delta, EdgeId, EdgeInfo, Presence, Query, QueryResult, RemoveReason,
 };
@@ -126,9 +126,8 @@ pub enum ClientError {
 
 /// Requests to the leader, whichever replica that is.
 pub struct Conn {
-    endpoint: quinn::Endpoint,
     seeds: Vec<String>,
-    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    peers: Peers,
     leader: Mutex<Option<String>>,
     next_seed: AtomicUsize,
 }
@@ -150,20 +149,11 @@ impl Conn {
             quinn::Endpoint::client(bind).map_err(|e| ClientError::Endpoint(e.to_string()))?;
         endpoint.set_default_client_config(certs::quic_client(tls)?);
         Ok(Conn {
-            endpoint,
+            peers: Peers::new(endpoint),
             seeds,
-            peers: Mutex::new(HashMap::new()),
             leader: Mutex::new(None),
             next_seed: AtomicUsize::new(0),
         })
-    }
-
-    fn peer(&self, addr: &str) -> Arc<Peer> {
-        self.peers
-            .lock()
-            .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(Peer::new(self.endpoint.clone(), addr.to_string())))
-            .clone()
     }
 
     fn next_seed(&self) -> String {
@@ -186,7 +176,7 @@ impl Conn {
             if left.is_zero() {
                 return Err(ClientError::Service(last));
             }
-            match self.peer(&target).call(req, left.min(PER_TRY)).await {
+            match self.peers.get(&target).call(req, left.min(PER_TRY)).await {
                 Ok(Reply::NotLeader { leader: Some(addr) }) if addr != target => {
                     *self.leader.lock() = Some(addr.clone());
                     target = addr;

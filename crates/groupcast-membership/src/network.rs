@@ -12,18 +12,18 @@ use openraft::raft::{
 };
 use openraft::{AnyError, BasicNode};
 
-use crate::transport::{Peer, Reply, Request, TransportError};
+use crate::transport::{Peer, Peers, Reply, Request, TransportError};
 use crate::types::{NodeId, TypeConfig};
 
 /// Creates one [`PeerClient`] per target replica.
 #[derive(Clone)]
 pub struct Network {
-    endpoint: quinn::Endpoint,
+    peers: Peers,
 }
 
 impl Network {
-    pub fn new(endpoint: quinn::Endpoint) -> Network {
-        Network { endpoint }
+    pub fn new(peers: Peers) -> Network {
+        Network { peers }
     }
 }
 
@@ -33,7 +33,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
             target,
-            peer: Arc::new(Peer::new(self.endpoint.clone(), node.addr.clone())),
+            peer: self.peers.get(&node.addr),
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::certs::{self, TlsFiles};
 use crate::network::Network;
 use crate::store::{self, StateMachineStore};
-use crate::transport::{serve_stream, Peer, Reply, Request, Status};
+use crate::transport::{serve_stream, Peers, Reply, Request, Status};
 use crate::types::{Command, CommandResult, EdgeId, Leave, NodeId, Query, Raft, RemoveReason};
 
 /// How often the leader looks for expired leases.
@@ -102,6 +102,8 @@ struct Inner {
     raft: Raft,
     sm: StateMachineStore,
     endpoint: quinn::Endpoint,
+    /// Connections to the other replicas (Raft, readiness, bootstrap).
+    peers: Peers,
     /// Leader only: when each edge last renewed (not replicated).
     leases: Mutex<HashMap<EdgeId, Instant>>,
     hook: LeaveHook,
@@ -152,6 +154,7 @@ impl MembershipServer {
             })?;
         endpoint.set_default_client_config(client_tls);
 
+        let peers = Peers::new(endpoint.clone());
         let raft_config = openraft::Config {
             cluster_name: "groupcast-membership".into(),
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,
@@ -166,7 +169,7 @@ impl MembershipServer {
         let raft = Raft::new(
             cfg.id,
             Arc::new(raft_config),
-            Network::new(endpoint.clone()),
+            Network::new(peers.clone()),
             log,
             sm.clone(),
         )
@@ -178,6 +181,7 @@ impl MembershipServer {
             raft,
             sm,
             endpoint,
+            peers,
             leases: Mutex::new(HashMap::new()),
             hook: hook.unwrap_or_else(|| Arc::new(log_leaves)),
             ready_lag: cfg.ready_lag,
@@ -439,7 +443,7 @@ impl Inner {
         let Some(addr) = own.leader_addr.clone() else {
             return Err("leader address unknown".into());
         };
-        let peer = Peer::new(self.endpoint.clone(), addr.clone());
+        let peer = self.peers.get(&addr);
         let leader_status = match peer.call(&Request::Status, Duration::from_secs(1)).await {
             Ok(Reply::Status(s)) => s,
             Ok(other) => return Err(format!("leader {addr} answered {other:?}")),
@@ -513,7 +517,7 @@ async fn bootstrap(inner: Arc<Inner>, peers: BTreeMap<NodeId, String>) {
         if *id == inner.id {
             continue;
         }
-        let peer = Peer::new(inner.endpoint.clone(), addr.clone());
+        let peer = inner.peers.get(addr);
         if let Ok(Reply::Status(s)) = peer.call(&Request::Status, Duration::from_secs(1)).await {
             if !s.voters.is_empty() {
                 tracing::info!(

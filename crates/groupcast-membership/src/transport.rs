@@ -3,8 +3,9 @@
 //! the edge-facing API share the endpoint; both sides authenticate with the
 //! cluster CA (see [`crate::certs`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -12,6 +13,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
@@ -195,6 +197,33 @@ impl Peer {
         if let Some(c) = self.conn.lock().await.take() {
             c.close(0u32.into(), b"reconnect");
         }
+    }
+}
+
+/// One [`Peer`] per address on one endpoint, made on first use, so every
+/// caller to an address shares its connection.
+#[derive(Clone)]
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    map: Arc<Mutex<HashMap<String, Arc<Peer>>>>,
+}
+
+impl Peers {
+    pub fn new(endpoint: quinn::Endpoint) -> Peers {
+        Peers {
+            endpoint,
+            map: Default::default(),
+        }
+    }
+
+    pub fn get(&self, addr: &str) -> Arc<Peer> {
+        self.map
+            .lock()
+            .entry(addr.to_string())
+            .or_insert_with(|| {
+                std::sync::Arc::new(Peer::new(self.endpoint.clone(), addr.to_string()))
+            })
+            .clone()
     }
 }
 
