@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,8 @@ struct Inner {
     leases: Mutex<HashMap<EdgeId, Instant>>,
     hook: LeaveHook,
     ready_lag: u64,
+    /// QUIC connections accepted since start.
+    accepted: AtomicU64,
 }
 
 /// A running replica. Dropping it stops its tasks (call
@@ -185,6 +188,7 @@ impl MembershipServer {
             leases: Mutex::new(HashMap::new()),
             hook: hook.unwrap_or_else(|| Arc::new(log_leaves)),
             ready_lag: cfg.ready_lag,
+            accepted: AtomicU64::new(0),
         });
         let cancel = CancellationToken::new();
         let mut tasks = vec![
@@ -241,6 +245,11 @@ impl MembershipServer {
 
     pub async fn status(&self) -> Status {
         self.inner.status().await
+    }
+
+    /// QUIC connections this replica accepted since it started.
+    pub fn connections_accepted(&self) -> u64 {
+        self.inner.accepted.load(Ordering::Relaxed)
     }
 
     /// Stops Raft, the endpoint and the HTTP listener.
@@ -493,9 +502,14 @@ async fn accept_loop(inner: Arc<Inner>, cancel: CancellationToken) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "membership: handshake failed");
+                    metrics::counter!("groupcast_membership_connections_total", "result" => "refused")
+                        .increment(1);
                     return;
                 }
             };
+            inner.accepted.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("groupcast_membership_connections_total", "result" => "accepted")
+                .increment(1);
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let inner = inner.clone();
                 tokio::spawn(serve_stream(send, recv, move |req| inner.handle(req)));
@@ -613,6 +627,10 @@ pub fn describe_metrics() {
         "last applied log index"
     );
     metrics::describe_gauge!("groupcast_membership_edges", "registered edges");
+    metrics::describe_counter!(
+        "groupcast_membership_connections_total",
+        "QUIC connections by result: accepted, or refused (handshake failed, e.g. unknown CA)"
+    );
     metrics::describe_counter!(
         "groupcast_membership_batches_total",
         "edge delta batches committed, by result (applied|duplicate)"

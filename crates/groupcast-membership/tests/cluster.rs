@@ -131,6 +131,23 @@ async fn edge_handles_report_and_query_cluster_wide_state() {
 
     let p = b.presence("chat:1").await.unwrap();
     assert_eq!(p.keys().cloned().collect::<Vec<_>>(), ["c1", "c2", "c3"]);
+    // Each linearizable read makes the leader check its quorum; the
+    // replicas reuse their connections for that instead of dialling anew.
+    let accepted = |c: &Cluster| {
+        c.servers
+            .iter()
+            .map(|s| s.connections_accepted())
+            .sum::<u64>()
+    };
+    let before = accepted(&cluster);
+    for _ in 0..20 {
+        b.presence_stats("chat:1").await.unwrap();
+    }
+    assert!(
+        accepted(&cluster) <= before + 2,
+        "20 queries opened {} connections",
+        accepted(&cluster) - before
+    );
     assert_eq!(p["c1"].user, "alice");
     assert_eq!(p["c1"].conn_info.as_ref().unwrap().get(), r#"{"n":1}"#);
     let stats = a.presence_stats("chat:1").await.unwrap();
