@@ -89,6 +89,36 @@ impl Cluster {
         TlsFiles::in_dir(self.dir.path(), "edge")
     }
 
+    /// A raw request stream to replica 0 with the cluster's edge certificate
+    /// (the endpoint must outlive the stream).
+    async fn raw_stream(&self) -> (quinn::Endpoint, quinn::SendStream, quinn::RecvStream) {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(certs::quic_client(&self.tls()).unwrap());
+        let qc = ep
+            .connect(self.servers[0].local_addr(), "127.0.0.1")
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = qc.open_bi().await.unwrap();
+        (ep, send, recv)
+    }
+
+    /// The reason of the `Failed` reply on `recv`; panics on any other reply.
+    async fn failed_reason(mut recv: quinn::RecvStream) -> String {
+        let bytes = recv.read_to_end(1 << 20).await.unwrap();
+        match groupcast_membership::codec::decode::<Reply>(&bytes).unwrap() {
+            Reply::Failed(reason) => reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The replicas still answer: three voters.
+    async fn assert_serving(&self) {
+        let ok = Conn::connect(self.seeds(), &self.tls()).await.unwrap();
+        let status = ok.status(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(status.voters.len(), 3);
+    }
+
     async fn client(&self, name: &str) -> MembershipClient {
         let c = MembershipClient::start(ClientConfig::new(self.seeds(), self.tls(), name))
             .await
@@ -333,32 +363,12 @@ async fn strangers_are_refused_and_junk_frames_get_an_error() {
 
     // A cluster certificate but a malformed request: a clear error, and the
     // replica keeps serving.
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(certs::quic_client(&cluster.tls()).unwrap());
-    let qc = ep
-        .connect(cluster.servers[0].local_addr(), "127.0.0.1")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, mut recv) = qc.open_bi().await.unwrap();
+    let (_ep, mut send, recv) = cluster.raw_stream().await;
     send.write_all(b"\xff\xff not a request").await.unwrap();
     send.finish().unwrap();
-    let bytes = recv.read_to_end(1 << 20).await.unwrap();
-    match groupcast_membership::codec::decode::<Reply>(&bytes).unwrap() {
-        Reply::Failed(reason) => assert!(reason.starts_with("bad request"), "{reason}"),
-        other => panic!("{other:?}"),
-    }
-    let ok = Conn::connect(cluster.seeds(), &cluster.tls())
-        .await
-        .unwrap();
-    assert_eq!(
-        ok.status(Duration::from_secs(5))
-            .await
-            .unwrap()
-            .voters
-            .len(),
-        3
-    );
+    let reason = Cluster::failed_reason(recv).await;
+    assert!(reason.starts_with("bad request"), "{reason}");
+    cluster.assert_serving().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,14 +396,7 @@ async fn a_full_batch_leaves_without_waiting_for_the_flush_interval() {
 async fn a_frame_over_the_limit_is_refused_and_the_replica_goes_on() {
     use groupcast_membership::transport::MAX_FRAME_BYTES;
     let cluster = Cluster::start().await;
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(certs::quic_client(&cluster.tls()).unwrap());
-    let qc = ep
-        .connect(cluster.servers[0].local_addr(), "127.0.0.1")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, mut recv) = qc.open_bi().await.unwrap();
+    let (_ep, mut send, recv) = cluster.raw_stream().await;
     let chunk = vec![0u8; 1 << 20];
     let sender = tokio::spawn(async move {
         // The replica stops reading at the limit; the rest may be refused.
@@ -404,21 +407,8 @@ async fn a_frame_over_the_limit_is_refused_and_the_replica_goes_on() {
         }
         let _ = send.finish();
     });
-    let bytes = recv.read_to_end(1 << 20).await.unwrap();
-    match groupcast_membership::codec::decode::<Reply>(&bytes).unwrap() {
-        Reply::Failed(reason) => assert!(reason.contains("over MAX_FRAME_BYTES"), "{reason}"),
-        other => panic!("{other:?}"),
-    }
+    let reason = Cluster::failed_reason(recv).await;
+    assert!(reason.contains("over MAX_FRAME_BYTES"), "{reason}");
     sender.abort();
-    let ok = Conn::connect(cluster.seeds(), &cluster.tls())
-        .await
-        .unwrap();
-    assert_eq!(
-        ok.status(Duration::from_secs(5))
-            .await
-            .unwrap()
-            .voters
-            .len(),
-        3
-    );
+    cluster.assert_serving().await;
 }
