@@ -60,4 +60,15 @@ step "tests (cargo nextest)"
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+# Tests must leave the work tree as they found it (files go to temp dirs).
+before=$(git status --porcelain --untracked-files=all 2>/dev/null || true)
 cargo nextest run --workspace --locked --no-fail-fast "$@"
+
+step "the tests left the work tree as they found it"
+after=$(git status --porcelain --untracked-files=all 2>/dev/null || true)
+if [ "$before" != "$after" ]; then
+  echo "the tests changed the work tree:" >&2
+  diff <(echo "$before") <(echo "$after") >&2 || true
+  exit 1
+fi
+echo "clean"

@@ -68,6 +68,9 @@ pub async fn run(p: Params) -> anyhow::Result<()> {
                             committed.fetch_add(1, Ordering::Relaxed);
                         } else {
                             failed.fetch_add(1, Ordering::Relaxed);
+                            // Unavailable: the calls return at once; do not
+                            // spin (it would starve the handle's own tasks).
+                            tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                     }
                 }
@@ -81,9 +84,12 @@ pub async fn run(p: Params) -> anyhow::Result<()> {
         let mut sizes = 0usize;
         while Instant::now() < stop {
             let t = Instant::now();
-            if let Ok(p) = reader.presence("bench-0").await {
-                lat.push(t.elapsed().as_micros() as u64);
-                sizes += p.len();
+            match reader.presence("bench-0").await {
+                Ok(p) => {
+                    lat.push(t.elapsed().as_micros() as u64);
+                    sizes += p.len();
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
         (lat, sizes)

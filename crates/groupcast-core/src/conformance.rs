@@ -4,6 +4,9 @@
 //! channels): the in-memory broker runs it in its unit tests; backbone
 //! implementations run it against a real server in their integration tests.
 //! Each check panics with a message naming the broken contract point.
+//! [`membership`] is the same for `Membership` implementations.
+
+pub mod membership;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -291,6 +291,12 @@ impl Hub {
         Ok(())
     }
 
+    /// Whether `id` is a local subscriber of `channel`.
+    pub fn has_subscriber(&self, channel: &str, id: u64) -> bool {
+        self.get(channel)
+            .is_some_and(|ch| ch.lock().contains_key(&id))
+    }
+
     /// Remove a subscriber; returns true when the channel has no local
     /// subscribers left (the node should unsubscribe on the broker).
     pub fn remove(&self, channel: &str, id: u64) -> bool {

@@ -12,12 +12,14 @@
 //! * [`namespace`]: per-namespace options and their lookup.
 //! * [`publication`]: publications, payload kinds, stream positions.
 //! * [`broker`]: the `Broker` trait; [`broker::memory`] the in-process bus with history.
-//! * [`membership`]: the `Membership` trait (presence); [`membership::memory`].
+//! * [`membership`]: the `Membership` trait (presence, counts, nodes); [`membership::memory`].
+//! * [`bus`]: the `NodeBus` trait: requests to another node by name.
 //! * [`hub`]: local channel -> subscriber fan-out, recovery buffering, dedupe.
 //! * [`node`]: ties Broker, Membership and Hub; per-channel interest.
-//! * [`conformance`]: shared test suite for `Broker` implementations.
+//! * [`conformance`]: shared test suites for `Broker` and `Membership` implementations.
 
 pub mod broker;
+pub mod bus;
 pub mod channel;
 pub mod conformance;
 pub mod hub;
@@ -27,6 +29,7 @@ pub mod node;
 pub mod publication;
 
 pub use broker::{Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions};
+pub use bus::{NodeBus, NodeHandler};
 pub use channel::{ChannelError, ChannelName};
 pub use hub::{Hub, PreparedPush, PushType, Subscriber, SubscriberKind};
 pub use membership::{Membership, MembershipError};

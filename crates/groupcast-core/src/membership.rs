@@ -1,16 +1,30 @@
-//! The `Membership` trait: who is present in which channel, cluster-wide.
+//! The `Membership` trait: who is present in which channel, which node holds
+//! which subscriptions and users, and which nodes are alive — cluster-wide.
 //!
 //! # Contract
 //! * `add_presence` completes before the node publishes the matching `join`,
 //!   and `remove_presence` before the `leave`; so a client that saw `join`
 //!   for X and then asks for presence sees X until X leaves (invariant 3).
+//!   A completed `add_presence` is visible to `presence` on every node.
 //! * Entries are keyed by (channel, client id); adding twice replaces.
-//! * When the service cannot be reached, calls fail with
-//!   [`MembershipError::Unavailable`] (clients get "not available").
+//! * `subscribers_changed` and `connections_changed` never block: the counts
+//!   they feed (`channels`, `user_nodes`, `nodes`) are eventually consistent
+//!   (the clustered handle sends them in batches, within tens of ms).
+//! * When a node dies, its presence entries leave within its lease TTL, and
+//!   every other node is told through [`Membership::set_leave_handler`]'s
+//!   handler, once per entry, so it can push `leave` to its local
+//!   subscribers. A node is never told about its own entries.
+//! * When the service cannot be reached, queries fail with
+//!   [`MembershipError::Unavailable`] (clients get 108 "not available").
+//!
+//! [`memory::MemoryMembership`] is the single-node implementation
+//! (`groupcast dev`); the Raft-backed handle lives in `groupcast-membership`.
+//! Both pass [`crate::conformance::membership`].
 
 pub mod memory;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use groupcast_proto::client::ClientInfo;
@@ -32,6 +46,26 @@ pub struct PresenceStats {
     pub num_users: u32,
 }
 
+/// One live node as the membership service knows it (the API's `info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeSummary {
+    /// Configured node name (unique in the cluster).
+    pub name: String,
+    /// This run of the node (changes at every start).
+    pub uid: String,
+    pub version: String,
+    /// Seconds since the node registered.
+    pub uptime: u32,
+    pub num_clients: u32,
+    pub num_users: u32,
+    pub num_channels: u32,
+    pub num_subs: u32,
+}
+
+/// Told about presence entries that left because their node died (or was
+/// replaced by a restart): `(channel, entry)`.
+pub type LeaveHandler = Arc<dyn Fn(&str, ClientInfo) + Send + Sync>;
+
 #[async_trait]
 pub trait Membership: Send + Sync + 'static {
     async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), MembershipError>;
@@ -42,4 +76,29 @@ pub trait Membership: Send + Sync + 'static {
         channel: &str,
     ) -> Result<BTreeMap<String, ClientInfo>, MembershipError>;
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, MembershipError>;
+
+    /// This node's local subscriber count of `channel` changed by `delta`.
+    fn subscribers_changed(&self, channel: &str, delta: i64);
+    /// This node's connection count of `user` changed by `delta`.
+    fn connections_changed(&self, user: &str, delta: i64);
+    /// Channels with at least one subscriber on any node whose name starts
+    /// with `prefix`, with cluster-wide subscriber counts; at most `limit`.
+    async fn channels(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<BTreeMap<String, u64>, MembershipError>;
+    /// Names of the nodes holding connections of `user`.
+    async fn user_nodes(&self, user: &str) -> Result<Vec<String>, MembershipError>;
+    /// Every live node, this one included.
+    async fn nodes(&self) -> Result<Vec<NodeSummary>, MembershipError>;
+    /// This node's name and uid as the service knows them; `None` for a
+    /// single-node implementation that has none of its own.
+    fn local_node(&self) -> Option<(String, String)>;
+    /// Where leaves of dead nodes' entries go (set once, by the edge).
+    fn set_leave_handler(&self, handler: LeaveHandler);
+    /// Whether the service answers now (`/readyz`, dashboard).
+    fn is_available(&self) -> bool {
+        true
+    }
 }

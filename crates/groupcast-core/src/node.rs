@@ -4,11 +4,14 @@
 //! broker before the caller reads history; removing the last unsubscribes.
 //! Both steps run under a per-channel (striped) async lock so a concurrent
 //! subscribe can never read history before the node's broker interest exists.
+//! Every added and removed local subscriber is counted in [`Membership`]
+//! (cluster-wide subscriber counts for the API's `channels` and `info`).
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::broker::{Broker, BrokerError};
+use crate::bus::NodeBus;
 use crate::hub::{AddOutcome, Hub, Subscriber};
 use crate::membership::Membership;
 
@@ -18,6 +21,8 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     pub membership: Arc<dyn Membership>,
     pub hub: Arc<Hub>,
+    /// Requests to other nodes (none on a single node).
+    bus: OnceLock<Arc<dyn NodeBus>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
@@ -29,10 +34,21 @@ impl Node {
             broker,
             membership,
             hub,
+            bus: OnceLock::new(),
             stripes: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
         })
+    }
+
+    /// Connect the node to the other nodes (once, before serving).
+    pub fn set_bus(&self, bus: Arc<dyn NodeBus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// The bus to other nodes; `None` on a single node.
+    pub fn bus(&self) -> Option<&Arc<dyn NodeBus>> {
+        self.bus.get()
     }
 
     fn stripe(&self, channel: &str) -> &tokio::sync::Mutex<()> {
@@ -57,12 +73,19 @@ impl Node {
                 return Err(e);
             }
         }
+        if outcome != AddOutcome::AlreadySubscribed {
+            self.membership.subscribers_changed(channel, 1);
+        }
         Ok(outcome)
     }
 
     /// Remove a local subscriber, unsubscribing on the broker after the last.
     pub async fn remove_subscriber(&self, channel: &str, id: u64) {
         let _g = self.stripe(channel).lock().await;
+        let had = self.hub.has_subscriber(channel, id);
+        if had {
+            self.membership.subscribers_changed(channel, -1);
+        }
         if self.hub.remove(channel, id) {
             if let Err(e) = self.broker.unsubscribe(channel).await {
                 // Interest stays on the broker: extra traffic, not lost messages.

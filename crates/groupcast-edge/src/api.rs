@@ -49,6 +49,102 @@ pub const METHODS: &[&str] = &[
 pub const MAX_BATCH_COMMANDS: usize = 1000;
 /// Most channels in one `broadcast` (`api_broadcast_max_channels`).
 pub const MAX_BROADCAST_CHANNELS: usize = 10_000;
+/// Most channels one `channels` call lists (the membership service's
+/// per-query limit).
+pub const MAX_CHANNELS: u32 = groupcast_membership::state::MAX_CHANNELS_PER_QUERY;
+
+/// An API action on connections, by user and/or client id: carried out on
+/// this node's connections, and (see [`crate::cluster::fan_out`]) on the
+/// other nodes holding that user or client.
+pub(crate) enum ConnAction {
+    Subscribe(api::SubscribeRequest),
+    Unsubscribe(api::UnsubscribeRequest),
+    Disconnect(api::DisconnectRequest, u16, String),
+    Refresh(api::RefreshRequest),
+}
+
+/// The user and client id an action is for (either may be empty, not both).
+pub(crate) struct Target<'a> {
+    pub user: &'a str,
+    pub client: &'a str,
+}
+
+impl ConnAction {
+    /// Checks the request as the API does (same errors on every node).
+    pub(crate) fn parse(state: &EdgeState, method: &str, body: Value) -> Result<Self, Failure> {
+        let action = match method {
+            "subscribe" => {
+                let r: api::SubscribeRequest = parse(body)?;
+                state.channel(&r.channel).map_err(channel_error)?;
+                ConnAction::Subscribe(r)
+            }
+            "unsubscribe" => {
+                let r: api::UnsubscribeRequest = parse(body)?;
+                state.channel(&r.channel).map_err(channel_error)?;
+                ConnAction::Unsubscribe(r)
+            }
+            "disconnect" => {
+                let r: api::DisconnectRequest = parse(body)?;
+                let (code, reason) = disconnect_code(r.disconnect.as_ref())?;
+                ConnAction::Disconnect(r, code, reason)
+            }
+            "refresh" => ConnAction::Refresh(parse(body)?),
+            _ => return Err(ApiError::METHOD_NOT_FOUND.into()),
+        };
+        let t = action.target();
+        if t.user.is_empty() && t.client.is_empty() {
+            return Err(ApiError::BAD_REQUEST.into());
+        }
+        Ok(action)
+    }
+
+    pub(crate) fn target(&self) -> Target<'_> {
+        let (user, client) = match self {
+            ConnAction::Subscribe(r) => (&r.user, &r.client),
+            ConnAction::Unsubscribe(r) => (&r.user, &r.client),
+            ConnAction::Disconnect(r, ..) => (&r.user, &r.client),
+            ConnAction::Refresh(r) => (&r.user, &r.client),
+        };
+        Target { user, client }
+    }
+
+    /// Acts on this node's matching connections; returns how many.
+    pub(crate) fn apply_local(&self, state: &EdgeState) -> usize {
+        let t = self.target();
+        let conns = state.registry.find(t.user, t.client);
+        for conn in &conns {
+            match self {
+                ConnAction::Subscribe(r) => {
+                    conn.control(Control::Subscribe {
+                        channel: r.channel.clone(),
+                        data: r.data.clone(),
+                    });
+                }
+                ConnAction::Unsubscribe(r) => {
+                    conn.control(Control::Unsubscribe {
+                        channel: r.channel.clone(),
+                        code: groupcast_proto::codes::UnsubscribeCode::SERVER,
+                    });
+                }
+                ConnAction::Disconnect(r, code, reason) => {
+                    if !r.whitelist.contains(&conn.client) {
+                        conn.control(Control::Disconnect {
+                            code: *code,
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+                ConnAction::Refresh(r) => {
+                    conn.control(Control::Refresh {
+                        expired: r.expired,
+                        expire_at: r.expire_at,
+                    });
+                }
+            }
+        }
+        conns.len()
+    }
+}
 
 fn key_ok(state: &EdgeState, headers: &HeaderMap) -> bool {
     let expected = state.config.api.key.as_bytes();
@@ -162,7 +258,7 @@ fn encode<T: Serialize>(t: &T) -> String {
     serde_json::to_string(t).expect("API reply types always serialize")
 }
 
-enum Failure {
+pub(crate) enum Failure {
     /// The body does not have the method's shape: HTTP 400.
     BadBody,
     /// A Centrifugo API error: HTTP 200 with `error`.
@@ -335,61 +431,10 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             }
             Ok(to_value(api::BroadcastResult { responses }))
         }
-        "subscribe" => {
-            let r: api::SubscribeRequest = parse(body)?;
-            state.channel(&r.channel).map_err(channel_error)?;
-            if r.user.is_empty() && r.client.is_empty() {
-                return Err(ApiError::BAD_REQUEST.into());
-            }
-            for conn in state.registry.find(&r.user, &r.client) {
-                conn.control(Control::Subscribe {
-                    channel: r.channel.clone(),
-                    data: r.data.clone(),
-                });
-            }
-            Ok(empty())
-        }
-        "unsubscribe" => {
-            let r: api::UnsubscribeRequest = parse(body)?;
-            state.channel(&r.channel).map_err(channel_error)?;
-            if r.user.is_empty() && r.client.is_empty() {
-                return Err(ApiError::BAD_REQUEST.into());
-            }
-            for conn in state.registry.find(&r.user, &r.client) {
-                conn.control(Control::Unsubscribe {
-                    channel: r.channel.clone(),
-                    code: groupcast_proto::codes::UnsubscribeCode::SERVER,
-                });
-            }
-            Ok(empty())
-        }
-        "disconnect" => {
-            let r: api::DisconnectRequest = parse(body)?;
-            if r.user.is_empty() && r.client.is_empty() {
-                return Err(ApiError::BAD_REQUEST.into());
-            }
-            let (code, reason) = disconnect_code(r.disconnect.as_ref())?;
-            for conn in state.registry.find(&r.user, &r.client) {
-                if !r.whitelist.contains(&conn.client) {
-                    conn.control(Control::Disconnect {
-                        code,
-                        reason: reason.clone(),
-                    });
-                }
-            }
-            Ok(empty())
-        }
-        "refresh" => {
-            let r: api::RefreshRequest = parse(body)?;
-            if r.user.is_empty() && r.client.is_empty() {
-                return Err(ApiError::BAD_REQUEST.into());
-            }
-            for conn in state.registry.find(&r.user, &r.client) {
-                conn.control(Control::Refresh {
-                    expired: r.expired,
-                    expire_at: r.expire_at,
-                });
-            }
+        "subscribe" | "unsubscribe" | "disconnect" | "refresh" => {
+            let action = ConnAction::parse(state, method, body.clone())?;
+            let found_here = action.apply_local(state);
+            crate::cluster::fan_out(state, method, body, action.target(), found_here).await?;
             Ok(empty())
         }
         "presence" | "presence_stats" => {
@@ -457,10 +502,16 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
         }
         "channels" => {
             let r: api::ChannelsRequest = parse(body)?;
+            // Counts are cluster-wide (the membership service adds up every
+            // node's local subscribers); the pattern's literal start narrows
+            // the query, the glob does the rest.
+            let prefix = r.pattern.split('*').next().unwrap_or("");
             let channels = state
                 .node
-                .hub
-                .channels()
+                .membership
+                .channels(prefix, MAX_CHANNELS)
+                .await
+                .map_err(|_| ApiError::NOT_AVAILABLE)?
                 .into_iter()
                 .filter(|(name, _)| glob_match(&r.pattern, name))
                 .map(|(name, n)| {
@@ -476,18 +527,9 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
         }
         "info" => {
             let _: api::ChannelsRequest = parse(body)?;
-            let hub = &state.node.hub;
-            let node = api::NodeInfo {
-                uid: state.uid.clone(),
-                name: state.config.name.clone(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                num_clients: state.registry.num_clients() as u32,
-                num_users: state.registry.num_users() as u32,
-                num_channels: hub.num_channels() as u32,
-                num_subs: hub.channels().iter().map(|(_, n)| *n as u32).sum(),
-                uptime: state.started.elapsed().as_secs() as u32,
-            };
-            Ok(to_value(api::InfoResult { nodes: vec![node] }))
+            Ok(to_value(api::InfoResult {
+                nodes: crate::cluster::nodes(state).await?,
+            }))
         }
         _ => Err(ApiError::METHOD_NOT_FOUND.into()),
     }

@@ -1,5 +1,9 @@
-//! Which broker a node runs on: the in-memory one (no `nats.urls`: `groupcast
-//! dev`) or NATS with JetStream (`groupcast edge`, `groupcast dev --nats`).
+//! Which broker and membership a node runs on: the in-memory ones (no
+//! `nats.urls`, no `membership.seeds`: `groupcast dev`), NATS with
+//! JetStream (`nats.urls`: `groupcast edge`, `groupcast dev --nats`) and the
+//! Raft-replicated membership service (`membership.seeds`: `groupcast
+//! edge`). On NATS the node also answers other nodes' requests on its own
+//! subject ([`groupcast_core::NodeBus`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,7 +11,9 @@ use std::time::Duration;
 
 use groupcast_core::broker::memory::MemoryBroker;
 use groupcast_core::membership::memory::MemoryMembership;
-use groupcast_core::{ChannelOptions, HistoryStorage, Node};
+use groupcast_core::{ChannelOptions, HistoryStorage, Membership, Node};
+use groupcast_membership::certs::TlsFiles;
+use groupcast_membership::client::{ClientConfig, MembershipClient};
 use groupcast_nats::{NatsBroker, StreamSpec};
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +26,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Backbone {
     pub node: Arc<Node>,
     nats: Option<NatsBroker>,
+    membership: Option<MembershipClient>,
 }
 
 impl Backbone {
@@ -28,12 +35,59 @@ impl Backbone {
         self.nats.is_some()
     }
 
-    /// Close the backbone (after the drain: flushes what is pending).
+    /// Whether the node is on the membership service.
+    pub fn is_clustered(&self) -> bool {
+        self.membership.is_some()
+    }
+
+    /// Close the backbone after the drain: leave the membership service
+    /// (whatever presence the drain did not already remove leaves at once),
+    /// then flush and close NATS.
     pub async fn close(self) {
+        if let Some(m) = self.membership {
+            match m.close().await {
+                Ok(()) => tracing::info!("left the membership service"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not leave the membership service; the lease will expire")
+                }
+            }
+        }
         if let Some(n) = self.nats {
             n.close().await;
         }
     }
+}
+
+/// Start the edge's membership handle and wait (up to
+/// `membership.start_timeout`) for its registration.
+async fn membership(config: &Config) -> Result<MembershipClient, String> {
+    let m = &config.membership;
+    let cert_name = if m.cert_name.is_empty() {
+        &config.name
+    } else {
+        &m.cert_name
+    };
+    let mut cfg = ClientConfig::new(
+        m.seeds.clone(),
+        TlsFiles::in_dir(m.certs.as_ref(), cert_name),
+        config.name.clone(),
+    );
+    cfg.edge_addr = config.listen.to_string();
+    cfg.lease_ttl = m.lease_ttl;
+    cfg.renew_every = m.renew_interval;
+    cfg.request_timeout = m.request_timeout;
+    cfg.buffer_max = m.buffer_max;
+    cfg.presence_max_clients = m.presence_max_clients;
+    let client = MembershipClient::start(cfg)
+        .await
+        .map_err(|e| format!("membership: {e}"))?;
+    if !client.wait_available(m.start_timeout).await {
+        tracing::warn!(
+            seeds = ?m.seeds,
+            "membership service not reachable within membership.start_timeout; serving without presence until it is"
+        );
+    }
+    Ok(client)
 }
 
 /// The JetStream stream limits of every namespace with history (`""` is the
@@ -61,33 +115,51 @@ pub fn stream_specs(config: &Config) -> HashMap<String, StreamSpec> {
 /// (whose idle streams are swept until `shutdown`).
 pub async fn build(config: &Config, shutdown: CancellationToken) -> Result<Backbone, String> {
     crate::metrics::install();
-    let membership = Arc::new(MemoryMembership::default());
-    if config.nats.urls.is_empty() {
-        let broker = Arc::new(MemoryBroker::default());
-        let sweeper = broker.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => { sweeper.sweep(); }
+    // NATS first: an unreachable NATS is fatal, an unreachable membership
+    // service is not (the edge serves without presence until it answers).
+    let nats = if config.nats.urls.is_empty() {
+        None
+    } else {
+        let mut nats = config.nats.clone();
+        if nats.name.is_empty() {
+            nats.name = config.name.clone();
+        }
+        let broker = NatsBroker::connect(&nats, stream_specs(config))
+            .await
+            .map_err(|e| e.to_string())?;
+        Some(broker)
+    };
+    let (membership, client): (Arc<dyn Membership>, _) = if config.membership.is_clustered() {
+        let c = membership(config).await?;
+        (Arc::new(c.clone()), Some(c))
+    } else {
+        let max = config.membership.presence_max_clients as usize;
+        (Arc::new(MemoryMembership::new(max)), None)
+    };
+    let node = match &nats {
+        Some(broker) => {
+            let node = Node::new(Arc::new(broker.clone()), membership);
+            node.set_bus(Arc::new(broker.clone()));
+            node
+        }
+        None => {
+            let broker = Arc::new(MemoryBroker::default());
+            let sweeper = broker.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tick.tick() => { sweeper.sweep(); }
+                    }
                 }
-            }
-        });
-        return Ok(Backbone {
-            node: Node::new(broker, membership),
-            nats: None,
-        });
-    }
-    let mut nats = config.nats.clone();
-    if nats.name.is_empty() {
-        nats.name = config.name.clone();
-    }
-    let broker = NatsBroker::connect(&nats, stream_specs(config))
-        .await
-        .map_err(|e| e.to_string())?;
+            });
+            Node::new(broker, membership)
+        }
+    };
     Ok(Backbone {
-        node: Node::new(Arc::new(broker.clone()), membership),
-        nats: Some(broker),
+        node,
+        nats,
+        membership: client,
     })
 }

@@ -41,6 +41,104 @@ pub struct Config {
     /// The NATS backbone (`groupcast edge`; `groupcast dev --nats`). Without
     /// URLs the node uses the in-memory broker.
     pub nats: NatsConfig,
+    /// The membership service (`groupcast edge`). Without seeds the node
+    /// keeps presence in memory, for itself alone (`groupcast dev`).
+    pub membership: MembershipConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// Membership replica QUIC addresses (`host:port`), any number of them:
+    /// the leader is found. Empty: in-memory membership (one node only).
+    pub seeds: Vec<String>,
+    /// Directory holding `ca.pem` and this edge's certificate
+    /// (`<cert_name>.pem`, `<cert_name>-key.pem`), made by `groupcast certs`.
+    #[serde(deserialize_with = "lenient::string")]
+    pub certs: String,
+    /// Certificate name; empty: the node name (`name`).
+    #[serde(deserialize_with = "lenient::string")]
+    pub cert_name: String,
+    /// The service removes this edge (its clients leave) when it has not
+    /// renewed its lease for this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed (below `lease_ttl`).
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
+    /// A request unanswered for this long marks the service unavailable
+    /// (presence answers 108; changes are kept and replayed).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Changes kept while the service is unavailable; past this the queue
+    /// is dropped and the edge's whole state is resent when it is back.
+    pub buffer_max: usize,
+    /// Most presence entries per channel, cluster-wide (beyond: 106 on
+    /// subscribe).
+    pub presence_max_clients: u32,
+    /// How long start-up waits for the first registration before serving
+    /// anyway (presence answers 108 until the service answers).
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            seeds: Vec::new(),
+            certs: String::new(),
+            cert_name: String::new(),
+            lease_ttl: Duration::from_secs(5),
+            renew_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+            buffer_max: 100_000,
+            presence_max_clients: groupcast_core::membership::memory::DEFAULT_MAX_PER_CHANNEL
+                as u32,
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl MembershipConfig {
+    pub fn is_clustered(&self) -> bool {
+        !self.seeds.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.presence_max_clients == 0 {
+            return Err("membership.presence_max_clients: must be above 0".into());
+        }
+        if !self.is_clustered() {
+            return Ok(());
+        }
+        for (i, s) in self.seeds.iter().enumerate() {
+            if s.rsplit_once(':').is_none() {
+                return Err(format!("membership.seeds[{i}]: {s:?} is not host:port"));
+            }
+        }
+        if self.certs.is_empty() {
+            return Err(
+                "membership.certs: the certificate directory is required with membership.seeds"
+                    .into(),
+            );
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err("membership.lease_ttl: must be at least 1s".into());
+        }
+        if self.renew_interval.is_zero() || self.renew_interval * 2 > self.lease_ttl {
+            return Err(
+                "membership.renew_interval: must be above 0 and at most half of membership.lease_ttl"
+                    .into(),
+            );
+        }
+        if self.request_timeout.is_zero() {
+            return Err("membership.request_timeout: must be above 0".into());
+        }
+        if self.buffer_max == 0 {
+            return Err("membership.buffer_max: must be above 0".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -200,6 +298,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             tls: TlsConfig::default(),
             nats: NatsConfig::default(),
+            membership: MembershipConfig::default(),
         }
     }
 }
@@ -365,6 +464,10 @@ impl Config {
             }
         }
         self.nats.validate()?;
+        self.membership.validate()?;
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err("name: 1 to 64 characters".into());
+        }
         if self.api.max_body_bytes < 1024 {
             return Err("api.max_body_bytes: must be at least 1024".into());
         }

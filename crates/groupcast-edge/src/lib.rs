@@ -14,6 +14,8 @@
 //! * [`session`]: the Centrifugo protocol session (commands, subscriptions, recovery, pings).
 //! * [`relay`]: the raw relay session.
 //! * [`api`]: the server HTTP API.
+//! * [`cluster`]: API actions on other edges' connections, leaves of dead edges, `info`.
+//! * [`backbone`]: which broker and membership the node runs on.
 //! * [`state`]: state shared by sessions and the API; the client registry.
 //! * [`server`]: the router and [`run`].
 //! * [`tls`]: the listener (TCP or TLS with rustls/ring) and certificate reload.
@@ -24,6 +26,7 @@
 pub mod api;
 pub mod auth;
 pub mod backbone;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod limits;
@@ -44,4 +47,6 @@ pub enum EdgeError {
     Config(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }

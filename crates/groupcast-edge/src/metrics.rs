@@ -60,6 +60,8 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub frames_out: Counter,
     pub control_dropped: Counter,
+    pub dead_node_leaves: Counter,
+    pub forward_failures: Counter,
 }
 
 impl Metrics {
@@ -82,6 +84,8 @@ impl Metrics {
                 bytes_in: metrics::counter!("groupcast_bytes_in_total"),
                 frames_out: metrics::counter!("groupcast_frames_out_total"),
                 control_dropped: metrics::counter!("groupcast_control_dropped_total"),
+                dead_node_leaves: metrics::counter!("groupcast_dead_node_leaves_total"),
+                forward_failures: metrics::counter!("groupcast_api_forward_failures_total"),
             }
         })
     }
@@ -138,6 +142,14 @@ fn describe() {
     describe_gauge!(
         "groupcast_channels",
         "Channels with at least one local subscriber."
+    );
+    describe_counter!(
+        "groupcast_dead_node_leaves_total",
+        "Presence entries of dead edges announced here as leave (lease expired)."
+    );
+    describe_counter!(
+        "groupcast_api_forward_failures_total",
+        "API actions by user/client that another edge did not acknowledge in time (answered 108)."
     );
     describe_counter!(
         "groupcast_messages_in_total",

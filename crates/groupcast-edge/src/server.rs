@@ -7,7 +7,7 @@
 //! | `POST /api/{method}` | server API |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the process serves |
-//! | `GET /readyz` | 200 while accepting clients; 503 once shutting down or while the backbone (NATS) is unreachable |
+//! | `GET /readyz` | 200 while accepting clients; 503 once shutting down or while the backbone (NATS) is unreachable. An unreachable membership service keeps it 200 (pub/sub, history and recovery still work; presence answers 108) and says so in the body |
 //! | `GET /` | a relay demo page (two tabs talk to each other) |
 
 use std::sync::Arc;
@@ -50,6 +50,9 @@ pub async fn run(
 ) -> Result<(), crate::EdgeError> {
     let state = EdgeState::new(config, node, shutdown.clone()).map_err(crate::EdgeError::Config)?;
     Metrics::get();
+    crate::cluster::start(&state)
+        .await
+        .map_err(crate::EdgeError::Cluster)?;
     let app = router(state.clone());
     let stop = shutdown.clone();
     let app = app.into_make_service_with_connect_info::<ClientAddr>();
@@ -279,6 +282,10 @@ async fn readyz(State(state): State<Arc<EdgeState>>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else if let Err(why) = state.node.broker.health() {
         (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+    } else if !state.node.membership.is_available() {
+        // Every edge loses the service together: taking them all out of
+        // the load balancer would stop pub/sub too, for nothing.
+        "ready (membership unavailable: presence answers 108)".into_response()
     } else {
         "ready".into_response()
     }

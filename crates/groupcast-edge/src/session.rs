@@ -444,6 +444,13 @@ impl Session {
         }
         self.connected = true;
         self.state.registry.add(self.conn.clone(), &self.user);
+        if !self.user.is_empty() {
+            // Which edges hold which users: API actions by user find them.
+            self.state
+                .node
+                .membership
+                .connections_changed(&self.user, 1);
+        }
 
         // Server-side subscriptions from the token, recovering where the
         // client says it was (`subs` in the connect request).
@@ -894,6 +901,12 @@ impl Session {
         }
         if self.connected {
             self.state.registry.remove(&self.conn.client);
+            if !self.user.is_empty() {
+                self.state
+                    .node
+                    .membership
+                    .connections_changed(&self.user, -1);
+            }
         }
     }
 }

@@ -155,13 +155,18 @@ impl EdgeState {
         let namespaces = config.namespaces()?;
         let verifier = Verifier::from_config(&config.client).map_err(|e| e.to_string())?;
         Ok(Arc::new(EdgeState {
-            node,
             namespaces,
             verifier,
             registry: Registry::default(),
             started: Instant::now(),
             shutdown,
-            uid: uuid::Uuid::new_v4().to_string(),
+            // The membership service's name for this run, when there is one
+            // (the same `uid` in `info` on every edge).
+            uid: node
+                .membership
+                .local_node()
+                .map(|(_, uid)| uid)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             // Random start: ids double as relay origins and must not collide
             // between nodes in practice.
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
@@ -172,6 +177,7 @@ impl EdgeState {
                 config.client.connection_burst_per_ip,
             ),
             config,
+            node,
         }))
     }
 

@@ -21,16 +21,23 @@
 //!   back the queue is replayed, and after a lease expiry the edge
 //!   registers again and resends its whole state.
 //!
+//! * Leaves of dead edges: every `removal_poll` (250 ms) the handle asks the
+//!   leader for edge removals it has not seen yet and hands each presence
+//!   entry of another edge to the leave handler (the edge pushes `leave` to
+//!   its local subscribers), once.
+//!
 //! Dropping every clone stops the handle without deregistering, exactly
 //! like a crashed edge; call [`MembershipClient::close`] to leave.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use groupcast_core::membership::{Membership, MembershipError, PresenceStats};
+use groupcast_core::membership::{
+    LeaveHandler, Membership, MembershipError, NodeSummary, PresenceStats,
+};
 use groupcast_proto::client::ClientInfo;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
@@ -63,6 +70,10 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// `presence_max_clients`: most presence entries per channel.
     pub presence_max_clients: u32,
+    /// How often to ask for removed edges whose entries left.
+    pub removal_poll: Duration,
+    /// Version reported in the registration (the API's `info`).
+    pub version: String,
 }
 
 impl ClientConfig {
@@ -80,6 +91,8 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(2),
             presence_max_clients: groupcast_core::membership::memory::DEFAULT_MAX_PER_CHANNEL
                 as u32,
+            removal_poll: Duration::from_millis(250),
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 
@@ -100,6 +113,9 @@ impl ClientConfig {
         }
         if self.flush_interval.is_zero() || self.request_timeout.is_zero() {
             return bad("flush_interval / request_timeout", "must be above zero");
+        }
+        if self.removal_poll.is_zero() {
+            return bad("removal_poll", "must be above zero");
         }
         if self.renew_every.is_zero() || self.renew_every >= self.lease_ttl {
             return bad("renew_every", "must be above zero and below lease_ttl");
@@ -281,6 +297,10 @@ struct Shared {
     cancel: CancellationToken,
     /// Last batch sequence number used (only the flush task sends).
     seq: AtomicU64,
+    /// Where leaves of other edges' removed entries go.
+    leave_handler: OnceLock<LeaveHandler>,
+    /// When this handle started (Unix seconds), for `info`'s uptime.
+    started_unix: u64,
 }
 
 /// The edge's membership handle. Cheap to clone.
@@ -322,10 +342,16 @@ impl MembershipClient {
             available: AtomicBool::new(false),
             cancel: cancel.clone(),
             seq: AtomicU64::new(0),
+            leave_handler: OnceLock::new(),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         });
         metrics::gauge!("groupcast_membership_client_available").set(0.0);
         tokio::spawn(flush_loop(shared.clone()));
         tokio::spawn(renew_loop(shared.clone()));
+        tokio::spawn(removal_loop(shared.clone()));
         shared.wake.notify_one();
         Ok(MembershipClient {
             shared,
@@ -359,9 +385,13 @@ impl MembershipClient {
         self.shared.queue.lock().deltas.len()
     }
 
-    /// Queues a delta. With `wait`, returns once it is committed (or at once
-    /// when the service is unavailable, the delta kept).
-    async fn push(&self, delta: Delta, wait: bool) -> Result<(), MembershipError> {
+    /// Queues a delta; with `wait`, returns a receiver answered once it is
+    /// committed (none while the service is unavailable: the delta is kept).
+    fn enqueue(
+        &self,
+        delta: Delta,
+        wait: bool,
+    ) -> Option<oneshot::Receiver<Result<(), MembershipError>>> {
         let s = &self.shared;
         let (tx, rx) = if wait && self.is_available() {
             let (tx, rx) = oneshot::channel();
@@ -369,66 +399,52 @@ impl MembershipClient {
         } else {
             (None, None)
         };
-        {
-            let mut q = s.queue.lock();
-            q.local.apply(&delta);
-            if q.deltas.len() >= s.cfg.buffer_max {
-                // Past the bound: forget the queue, resend the whole state.
-                for (_, w) in q.deltas.drain(..) {
-                    if let Some(w) = w {
-                        let _ = w.send(Ok(()));
-                    }
+        let mut q = s.queue.lock();
+        q.local.apply(&delta);
+        if q.deltas.len() >= s.cfg.buffer_max {
+            // Past the bound: forget the queue, resend the whole state.
+            for (_, w) in q.deltas.drain(..) {
+                if let Some(w) = w {
+                    let _ = w.send(Ok(()));
                 }
-                q.resync = true;
-                metrics::counter!("groupcast_membership_client_overflows_total").increment(1);
-            } else if !q.resync {
-                q.deltas.push_back((delta, tx));
-            } else if let Some(tx) = tx {
-                // A resync is pending and will carry this delta.
-                let _ = tx.send(Ok(()));
             }
-            if q.deltas.len() >= s.cfg.batch_max || q.deltas.len() == 1 || q.resync {
-                s.wake.notify_one();
-            }
+            q.resync = true;
+            metrics::counter!("groupcast_membership_client_overflows_total").increment(1);
+        } else if !q.resync {
+            q.deltas.push_back((delta, tx));
+        } else if let Some(tx) = tx {
+            // A resync is pending and will carry this delta.
+            let _ = tx.send(Ok(()));
         }
-        match rx {
-            Some(rx) => match tokio::time::timeout(s.cfg.request_timeout, rx).await {
+        if q.deltas.len() >= s.cfg.batch_max || q.deltas.len() == 1 || q.resync {
+            s.wake.notify_one();
+        }
+        rx
+    }
+
+    /// Queues a delta and waits until it is committed (or returns at once
+    /// when the service is unavailable, the delta kept).
+    async fn push(&self, delta: Delta) -> Result<(), MembershipError> {
+        match self.enqueue(delta, true) {
+            Some(rx) => match tokio::time::timeout(self.shared.cfg.request_timeout, rx).await {
                 Ok(Ok(r)) => r,
                 // Not committed in time: the delta stays queued.
                 _ => Ok(()),
             },
-            None => Ok(()),
+            None => {
+                // Returning at once would let a caller that loops on us
+                // never yield, starving this handle's own renewals (issue
+                // 10: every edge lost its lease after a failover).
+                tokio::task::yield_now().await;
+                Ok(())
+            }
         }
-    }
-
-    /// This edge's local subscriber count of `channel` changed.
-    pub async fn subscribers_changed(&self, channel: &str, delta: i64) {
-        let _ = self
-            .push(
-                Delta::Subscribers {
-                    channel: channel.to_string(),
-                    delta,
-                },
-                false,
-            )
-            .await;
-    }
-
-    /// This edge's connection count of `user` changed.
-    pub async fn connections_changed(&self, user: &str, delta: i64) {
-        let _ = self
-            .push(
-                Delta::Connections {
-                    user: user.to_string(),
-                    delta,
-                },
-                false,
-            )
-            .await;
     }
 
     async fn query(&self, q: Query) -> Result<QueryResult, MembershipError> {
         if !self.is_available() {
+            // See `push`: never answer without yielding.
+            tokio::task::yield_now().await;
             return Err(MembershipError::Unavailable(
                 "membership service unreachable".into(),
             ));
@@ -437,40 +453,13 @@ impl MembershipClient {
         match s.conn.call(&Request::Query(q), s.cfg.request_timeout).await {
             Ok(Reply::Query(r)) => Ok(r),
             Ok(other) => Err(MembershipError::Unavailable(format!("{other:?}"))),
-            Err(e) => Err(MembershipError::Unavailable(e.to_string())),
-        }
-    }
-
-    /// Channels with subscribers anywhere (name starts with `prefix`), with
-    /// cluster-wide subscriber counts; at most `limit`
-    /// ([`crate::state::MAX_CHANNELS_PER_QUERY`]).
-    pub async fn channels(
-        &self,
-        prefix: &str,
-        limit: u32,
-    ) -> Result<BTreeMap<String, u64>, MembershipError> {
-        match self
-            .query(Query::Channels {
-                prefix: prefix.to_string(),
-                limit,
-            })
-            .await?
-        {
-            QueryResult::Channels(c) => Ok(c),
-            other => Err(MembershipError::Unavailable(format!("{other:?}"))),
-        }
-    }
-
-    /// Edges holding connections of `user`.
-    pub async fn user_nodes(&self, user: &str) -> Result<Vec<String>, MembershipError> {
-        match self
-            .query(Query::UserNodes {
-                user: user.to_string(),
-            })
-            .await?
-        {
-            QueryResult::UserNodes(n) => Ok(n),
-            other => Err(MembershipError::Unavailable(format!("{other:?}"))),
+            Err(e) => {
+                // No replica answered within request_timeout: as good a
+                // sign as a failed renewal (the next renewal that succeeds
+                // marks it available again).
+                s.set_available(false);
+                Err(MembershipError::Unavailable(e.to_string()))
+            }
         }
     }
 
@@ -501,25 +490,19 @@ impl MembershipClient {
 #[async_trait]
 impl Membership for MembershipClient {
     async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), MembershipError> {
-        self.push(
-            Delta::Join {
-                channel: channel.to_string(),
-                presence: Presence::from(&info),
-                max_clients: self.shared.cfg.presence_max_clients,
-            },
-            true,
-        )
+        self.push(Delta::Join {
+            channel: channel.to_string(),
+            presence: Presence::from(&info),
+            max_clients: self.shared.cfg.presence_max_clients,
+        })
         .await
     }
 
     async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), MembershipError> {
-        self.push(
-            Delta::Leave {
-                channel: channel.to_string(),
-                client: client.to_string(),
-            },
-            true,
-        )
+        self.push(Delta::Leave {
+            channel: channel.to_string(),
+            client: client.to_string(),
+        })
         .await
     }
 
@@ -558,6 +541,77 @@ impl Membership for MembershipClient {
             other => Err(MembershipError::Unavailable(format!("{other:?}"))),
         }
     }
+
+    fn subscribers_changed(&self, channel: &str, delta: i64) {
+        let channel = channel.to_string();
+        self.enqueue(Delta::Subscribers { channel, delta }, false);
+    }
+
+    fn connections_changed(&self, user: &str, delta: i64) {
+        let user = user.to_string();
+        self.enqueue(Delta::Connections { user, delta }, false);
+    }
+
+    /// At most `limit` ([`crate::state::MAX_CHANNELS_PER_QUERY`]).
+    async fn channels(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<BTreeMap<String, u64>, MembershipError> {
+        let prefix = prefix.to_string();
+        match self.query(Query::Channels { prefix, limit }).await? {
+            QueryResult::Channels(c) => Ok(c),
+            other => Err(MembershipError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
+    async fn user_nodes(&self, user: &str) -> Result<Vec<String>, MembershipError> {
+        let user = user.to_string();
+        match self.query(Query::UserNodes { user }).await? {
+            QueryResult::UserNodes(n) => Ok(n),
+            other => Err(MembershipError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeSummary>, MembershipError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(self
+            .edges()
+            .await?
+            .into_iter()
+            .map(|e| NodeSummary {
+                uid: uid(e.edge.incarnation),
+                name: e.edge.name,
+                version: e.version,
+                uptime: now.saturating_sub(e.started_unix) as u32,
+                num_clients: e.connections as u32,
+                num_users: e.users as u32,
+                num_channels: e.channels as u32,
+                num_subs: e.subscriptions as u32,
+            })
+            .collect())
+    }
+
+    fn local_node(&self) -> Option<(String, String)> {
+        let e = &self.shared.edge;
+        Some((e.name.clone(), uid(e.incarnation)))
+    }
+
+    fn set_leave_handler(&self, handler: LeaveHandler) {
+        let _ = self.shared.leave_handler.set(handler);
+    }
+
+    fn is_available(&self) -> bool {
+        MembershipClient::is_available(self)
+    }
+}
+
+/// An edge incarnation as the API's node `uid`.
+fn uid(incarnation: u64) -> String {
+    format!("{incarnation:016x}")
 }
 
 impl Shared {
@@ -613,6 +667,8 @@ impl Shared {
             edge: self.edge.clone(),
             addr: self.cfg.edge_addr.clone(),
             ttl_ms: self.cfg.lease_ttl.as_millis() as u64,
+            version: self.cfg.version.clone(),
+            started_unix: self.started_unix,
         };
         match self.commit(&Request::Write(cmd)).await {
             Some(_) => {
@@ -819,6 +875,66 @@ async fn renew_loop(s: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// Hands the entries of removed edges (other than this one) to the leave
+/// handler, each once, in removal order.
+async fn removal_loop(s: Arc<Shared>) {
+    let mut tick = tokio::time::interval(s.cfg.removal_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // None until the first answer: removals before this edge started are
+    // not this edge's to announce.
+    let mut seen: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = s.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !s.available.load(Ordering::Relaxed) {
+            continue;
+        }
+        let req = Request::Query(Query::Removals {
+            after: seen.unwrap_or(u64::MAX),
+        });
+        let reply = tokio::select! {
+            _ = s.cancel.cancelled() => return,
+            r = s.conn.call(&req, s.cfg.request_timeout) => r,
+        };
+        let Ok(Reply::Query(QueryResult::Removals {
+            latest,
+            removals,
+            complete,
+        })) = reply
+        else {
+            continue;
+        };
+        let Some(after) = seen else {
+            seen = Some(latest);
+            continue;
+        };
+        if !complete {
+            tracing::warn!(
+                after,
+                latest,
+                "membership: some edge removals were missed; their leaves are not announced here"
+            );
+            metrics::counter!("groupcast_membership_client_removals_missed_total").increment(1);
+        }
+        for r in removals.iter().filter(|r| r.seq > after) {
+            if r.edge == s.edge.name {
+                continue;
+            }
+            tracing::info!(edge = %r.edge, entries = r.leaves.len(), "edge removed; announcing its leaves");
+            if let Some(h) = s.leave_handler.get() {
+                for l in &r.leaves {
+                    h(&l.channel, l.presence.to_client_info());
+                }
+            }
+        }
+        // `latest` can be below `after` when a new leader's state is behind
+        // the old one's by a few entries: keep the higher mark.
+        seen = Some(after.max(latest));
     }
 }
 

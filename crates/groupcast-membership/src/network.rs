@@ -1,6 +1,14 @@
 //! openraft's network over the QUIC transport.
+//!
+//! openraft retries replication to a dead replica every heartbeat and logs
+//! each failure (three lines per 100 ms); the binary silences those, and
+//! [`PeerHealth`] logs instead one line when a replica stops answering, a
+//! reminder every [`REMINDER_EVERY`] while it stays down, and one line when
+//! it answers again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -11,19 +19,70 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, BasicNode};
+use parking_lot::Mutex;
 
 use crate::transport::{Peer, Peers, Reply, Request, TransportError};
 use crate::types::{NodeId, TypeConfig};
+
+/// How often a replica that stays unreachable is logged again.
+pub const REMINDER_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether each other replica answers, for operator-friendly logs.
+#[derive(Default)]
+pub struct PeerHealth {
+    /// target → (down since, last logged).
+    down: Mutex<HashMap<NodeId, (Instant, Instant)>>,
+}
+
+impl PeerHealth {
+    fn failed(&self, target: NodeId, error: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        let mut down = self.down.lock();
+        match down.get_mut(&target) {
+            None => {
+                down.insert(target, (now, now));
+                metrics::gauge!("groupcast_membership_peer_up", "peer" => target.to_string())
+                    .set(0.0);
+                tracing::warn!(peer = target, %error, "membership: replica unreachable");
+            }
+            Some((since, logged)) if now.duration_since(*logged) >= REMINDER_EVERY => {
+                *logged = now;
+                tracing::warn!(
+                    peer = target,
+                    down_for_s = now.duration_since(*since).as_secs(),
+                    %error,
+                    "membership: replica still unreachable"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn answered(&self, target: NodeId) {
+        if let Some((since, _)) = self.down.lock().remove(&target) {
+            tracing::info!(
+                peer = target,
+                down_for_s = since.elapsed().as_secs(),
+                "membership: replica reachable again"
+            );
+        }
+        metrics::gauge!("groupcast_membership_peer_up", "peer" => target.to_string()).set(1.0);
+    }
+}
 
 /// Creates one [`PeerClient`] per target replica.
 #[derive(Clone)]
 pub struct Network {
     peers: Peers,
+    health: Arc<PeerHealth>,
 }
 
 impl Network {
     pub fn new(peers: Peers) -> Network {
-        Network { peers }
+        Network {
+            peers,
+            health: Arc::default(),
+        }
     }
 }
 
@@ -34,6 +93,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             peer: self.peers.get(&node.addr),
+            health: self.health.clone(),
         }
     }
 }
@@ -42,6 +102,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     peer: Arc<Peer>,
+    health: Arc<PeerHealth>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -56,16 +117,21 @@ impl PeerClient {
     where
         E: std::error::Error,
     {
-        let reply = self
-            .peer
-            .call(&req, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
-                TransportError::Resolve(_) | TransportError::Connect { .. } => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                _ => RPCError::Network(NetworkError::new(&e)),
-            })?;
+        let reply = match self.peer.call(&req, option.hard_ttl()).await {
+            Ok(r) => {
+                self.health.answered(self.target);
+                r
+            }
+            Err(e) => {
+                self.health.failed(self.target, &e);
+                return Err(match e {
+                    TransportError::Resolve(_) | TransportError::Connect { .. } => {
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    }
+                    _ => RPCError::Network(NetworkError::new(&e)),
+                });
+            }
+        };
         match reply {
             Reply::Failed(reason) => Err(RPCError::Network(NetworkError::new(&AnyError::error(
                 reason,

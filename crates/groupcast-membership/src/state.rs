@@ -2,22 +2,29 @@
 //! users. Pure and deterministic: `apply` is called with committed commands
 //! in log order on every replica and must give the same result everywhere.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Command, CommandResult, Delta, EdgeId, EdgeInfo, Leave, Presence, Query, QueryResult,
+    Command, CommandResult, Delta, EdgeId, EdgeInfo, Leave, Presence, Query, QueryResult, Removal,
 };
 
 /// Most channels one `Channels` query returns.
 pub const MAX_CHANNELS_PER_QUERY: u32 = 10_000;
+
+/// Edge removals (with their presence entries) kept for the other edges to
+/// announce the leaves (`Query::Removals`). An edge polls several times a
+/// second, so it only misses some when more edges than this die at once.
+pub const MAX_REMOVALS_KEPT: usize = 64;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct EdgeState {
     incarnation: u64,
     addr: String,
     ttl_ms: u64,
+    version: String,
+    started_unix: u64,
     /// Last applied batch and what it refused, answered again to a retry.
     last_seq: u64,
     last_refused: Vec<u32>,
@@ -48,6 +55,9 @@ pub struct State {
     channels: BTreeMap<String, ChannelState>,
     /// user → edge name → connection count.
     users: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The latest removals with entries, oldest first (bounded).
+    removals: VecDeque<Removal>,
+    removal_seq: u64,
 }
 
 fn add_count(map: &mut BTreeMap<String, u64>, key: &str, delta: i64) -> i64 {
@@ -65,7 +75,13 @@ impl State {
     /// Applies one committed command.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
         match cmd {
-            Command::Register { edge, addr, ttl_ms } => {
+            Command::Register {
+                edge,
+                addr,
+                ttl_ms,
+                version,
+                started_unix,
+            } => {
                 let leaves = match self.edges.get(&edge.name) {
                     Some(e) if e.incarnation != edge.incarnation => {
                         let old = EdgeId {
@@ -80,6 +96,9 @@ impl State {
                 e.incarnation = edge.incarnation;
                 e.addr = addr.clone();
                 e.ttl_ms = *ttl_ms;
+                e.version = version.clone();
+                e.started_unix = *started_unix;
+                self.record_removal(&edge.name, &leaves);
                 CommandResult::Registered { leaves }
             }
             Command::Batch {
@@ -124,10 +143,26 @@ impl State {
                 if !self.is_registered(edge) {
                     return CommandResult::UnknownEdge;
                 }
-                CommandResult::Removed {
-                    leaves: self.remove_edge(edge),
-                }
+                let leaves = self.remove_edge(edge);
+                self.record_removal(&edge.name, &leaves);
+                CommandResult::Removed { leaves }
             }
+        }
+    }
+
+    /// Keeps a removal's entries for the other edges (bounded).
+    fn record_removal(&mut self, edge: &str, leaves: &[Leave]) {
+        if leaves.is_empty() {
+            return;
+        }
+        self.removal_seq += 1;
+        self.removals.push_back(Removal {
+            seq: self.removal_seq,
+            edge: edge.to_string(),
+            leaves: leaves.to_vec(),
+        });
+        while self.removals.len() > MAX_REMOVALS_KEPT {
+            self.removals.pop_front();
         }
     }
 
@@ -315,11 +350,29 @@ impl State {
                         },
                         addr: e.addr.clone(),
                         ttl_ms: e.ttl_ms,
+                        version: e.version.clone(),
+                        started_unix: e.started_unix,
                         subscriptions: e.subscriptions.values().sum(),
+                        channels: e.subscriptions.len() as u64,
+                        connections: e.connections.values().sum(),
+                        users: e.connections.len() as u64,
                         presence: e.presence.len() as u64,
                     })
                     .collect(),
             ),
+            Query::Removals { after } => {
+                let oldest = self.removals.front().map(|r| r.seq);
+                QueryResult::Removals {
+                    latest: self.removal_seq,
+                    removals: self
+                        .removals
+                        .iter()
+                        .filter(|r| r.seq > *after)
+                        .cloned()
+                        .collect(),
+                    complete: *after >= self.removal_seq || oldest.is_some_and(|o| o <= after + 1),
+                }
+            }
         }
     }
 }
@@ -341,6 +394,8 @@ mod tests {
             edge: e.clone(),
             addr: "a".into(),
             ttl_ms: 5000,
+            version: String::new(),
+            started_unix: 0,
         })
     }
 

@@ -98,6 +98,9 @@ pub enum Command {
         edge: EdgeId,
         addr: String,
         ttl_ms: u64,
+        /// The edge's version and start time (Unix seconds), for `info`.
+        version: String,
+        started_unix: u64,
     },
     /// Deltas from one edge. `seq` increases by one per batch of that edge
     /// incarnation; a batch whose `seq` was already applied is not applied
@@ -170,6 +173,21 @@ pub enum Query {
     },
     /// Registered edges.
     Edges,
+    /// Edge removals (with their presence entries) after sequence number
+    /// `after`; the leader answers from its own state (not linearizable: an
+    /// edge polls this and only needs to see each removal once, in order).
+    Removals {
+        after: u64,
+    },
+}
+
+/// One edge removal kept for the other edges to announce its leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// Increases by one per removal with entries.
+    pub seq: u64,
+    pub edge: String,
+    pub leaves: Vec<Leave>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,15 +195,34 @@ pub struct EdgeInfo {
     pub edge: EdgeId,
     pub addr: String,
     pub ttl_ms: u64,
+    pub version: String,
+    pub started_unix: u64,
+    /// Local subscriptions (sum over channels) and channels with any.
     pub subscriptions: u64,
+    pub channels: u64,
+    /// Connections of identified users (sum) and distinct users.
+    pub connections: u64,
+    pub users: u64,
     pub presence: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueryResult {
     Presence(Vec<Presence>),
-    PresenceStats { num_clients: u32, num_users: u32 },
+    PresenceStats {
+        num_clients: u32,
+        num_users: u32,
+    },
     Channels(BTreeMap<String, u64>),
     UserNodes(Vec<String>),
     Edges(Vec<EdgeInfo>),
+    Removals {
+        /// Sequence number of the newest removal (0: none yet).
+        latest: u64,
+        /// Removals after the asked-for sequence number, oldest first.
+        removals: Vec<Removal>,
+        /// False when some removals after it were already forgotten
+        /// ([`crate::state::MAX_REMOVALS_KEPT`]).
+        complete: bool,
+    },
 }

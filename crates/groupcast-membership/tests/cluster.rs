@@ -149,11 +149,11 @@ async fn edge_handles_report_and_query_cluster_wide_state() {
     let cluster = Cluster::start().await;
     let a = cluster.client("edge-a").await;
     let b = cluster.client("edge-b").await;
-    a.subscribers_changed("chat:1", 3).await;
-    a.connections_changed("alice", 1).await;
-    b.subscribers_changed("chat:1", 2).await;
-    b.subscribers_changed("chat:2", 1).await;
-    b.connections_changed("alice", 2).await;
+    a.subscribers_changed("chat:1", 3);
+    a.connections_changed("alice", 1);
+    b.subscribers_changed("chat:1", 2);
+    b.subscribers_changed("chat:2", 1);
+    b.connections_changed("alice", 2);
     // Awaited joins commit after the deltas queued before them.
     a.add_presence("chat:1", info("alice", "c1")).await.unwrap();
     b.add_presence("chat:1", info("bob", "c2")).await.unwrap();
@@ -207,6 +207,24 @@ async fn edge_handles_report_and_query_cluster_wide_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_backed_handle_passes_the_membership_conformance_suite() {
+    use groupcast_core::conformance::membership;
+    let cluster = Cluster::start().await;
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    membership::run_all(|| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut cfg = ClientConfig::new(cluster.seeds(), cluster.tls(), format!("conf-{i}"));
+        cfg.presence_max_clients = membership::MAX_CLIENTS;
+        async move {
+            let c = MembershipClient::start(cfg).await.unwrap();
+            assert!(c.wait_available(Duration::from_secs(10)).await);
+            Arc::new(c) as Arc<dyn Membership>
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_presence_limit_is_enforced_cluster_wide() {
     let cluster = Cluster::start().await;
     let mut cfg = ClientConfig::new(cluster.seeds(), cluster.tls(), "edge-a");
@@ -256,6 +274,8 @@ async fn a_retried_batch_is_applied_once() {
         edge: edge.clone(),
         addr: String::new(),
         ttl_ms: 60_000,
+        version: String::new(),
+        started_unix: 0,
     })
     .await;
     let batch = Command::Batch {
@@ -300,9 +320,16 @@ async fn an_edge_that_stops_renewing_is_removed_within_ttl_and_each_entry_leaves
     for (ch, client) in [("a", "d1"), ("a", "d2"), ("b", "d3"), ("c", "d4")] {
         doomed.add_presence(ch, info("u", client)).await.unwrap();
     }
-    doomed.subscribers_changed("a", 2).await;
+    doomed.subscribers_changed("a", 2);
     survivor.add_presence("a", info("v", "s1")).await.unwrap();
     assert_eq!(survivor.presence("a").await.unwrap().len(), 3);
+    // The surviving edge is told about each entry of the dead one (it
+    // pushes the `leave`s to its own subscribers).
+    let announced: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let sink = announced.clone();
+    survivor.set_leave_handler(Arc::new(move |channel: &str, i: ClientInfo| {
+        sink.lock().push((channel.to_string(), i.client));
+    }));
 
     // The edge "crashes": no deregistration, no more renewals.
     drop(doomed);
@@ -338,6 +365,22 @@ async fn an_edge_that_stops_renewing_is_removed_within_ttl_and_each_entry_leaves
         .map(|(ch, c)| ("doomed".to_string(), ch.to_string(), c.to_string()))
         .collect();
     assert_eq!(left, want, "one leave per entry, from the leader only");
+    // The survivor's handle polls removals every 250 ms.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while announced.lock().len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut announced = announced.lock().clone();
+    announced.sort();
+    let want: Vec<(String, String)> = [("a", "d1"), ("a", "d2"), ("b", "d3"), ("c", "d4")]
+        .iter()
+        .map(|(ch, c)| (ch.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(
+        announced, want,
+        "the other edge hears of each entry of the dead edge, once"
+    );
     assert_eq!(
         survivor.channels("", 10).await.unwrap(),
         BTreeMap::new(),

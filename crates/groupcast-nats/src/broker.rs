@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use groupcast_core::broker::{
     Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
 };
-use groupcast_core::{Publication, StreamPosition};
+use groupcast_core::{NodeBus, NodeHandler, Publication, StreamPosition};
 use groupcast_proto::client::ClientInfo;
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
@@ -219,7 +219,10 @@ impl NatsBroker {
         };
         let namespaces: Vec<String> = broker.inner.specs.keys().cloned().collect();
         for ns in namespaces {
-            broker.inner.stream(&ns).await?;
+            broker
+                .inner
+                .stream_at_start(&ns, config.startup_timeout)
+                .await?;
         }
         Ok(broker)
     }
@@ -252,6 +255,54 @@ impl NatsBroker {
         }
         let _ = self.inner.client.flush().await;
         let _ = self.inner.client.drain().await;
+    }
+}
+
+/// Requests between nodes on core NATS: each node answers on its own
+/// subject ([`Subjects::node`]).
+#[async_trait]
+impl NodeBus for NatsBroker {
+    /// Answers on `node`'s own subject until the connection closes.
+    async fn serve(&self, node: &str, handler: NodeHandler) -> Result<(), BrokerError> {
+        let subject = self.inner.subjects.node(node);
+        let mut sub = self
+            .inner
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("subscribe {subject}: {e}")))?;
+        let client = self.inner.client.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(reply) = msg.reply.clone() else {
+                    continue;
+                };
+                let (client, handler) = (client.clone(), handler.clone());
+                tokio::spawn(async move {
+                    let answer = handler(msg.payload).await;
+                    let _ = client.publish(reply, answer).await;
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// `Unavailable` also when no node listens (gone) or NATS is down.
+    async fn request(
+        &self,
+        node: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Option<Bytes>, BrokerError> {
+        let subject = self.inner.subjects.node(node);
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        match self.inner.client.send_request(subject, request).await {
+            Ok(m) => Ok(Some(m.payload)),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(None),
+            Err(e) => Err(BrokerError::Unavailable(format!("node {node}: {e}"))),
+        }
     }
 }
 
@@ -300,6 +351,27 @@ impl Inner {
         let state = Arc::new(StreamState { name, epoch, spec });
         self.streams.write().insert(ns.to_string(), state.clone());
         Ok(Some(state))
+    }
+
+    /// [`Self::stream`] at start: a JetStream that just formed (a new NATS
+    /// cluster still electing its meta leader) times out or answers "no
+    /// responders" for a while, so failures are retried with backoff for up
+    /// to `within` (`nats.connect_timeout`) before giving up.
+    async fn stream_at_start(&self, ns: &str, within: Duration) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.stream(ns).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(namespace = ns, error = %e, "JetStream not ready; retrying");
+                    metrics::counter!("groupcast_nats_stream_retries_total").increment(1);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Forget a stream JetStream no longer has; the next use creates it

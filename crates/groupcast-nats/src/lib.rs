@@ -67,6 +67,11 @@ pub struct NatsConfig {
     /// Time limit for the first connection at start.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long start-up retries creating the JetStream streams (a NATS
+    /// cluster that just formed answers "timed out" for a few seconds)
+    /// before the edge gives up and exits.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
     /// Messages buffered per channel subscription before NATS reports a slow
     /// consumer and drops (history channels then repair from JetStream).
     pub subscription_capacity: usize,
@@ -88,6 +93,7 @@ impl Default for NatsConfig {
             tls_required: false,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            startup_timeout: Duration::from_secs(30),
             subscription_capacity: 65_536,
         }
     }
@@ -107,6 +113,9 @@ impl NatsConfig {
         }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err("nats.request_timeout and nats.connect_timeout must be > 0".into());
+        }
+        if self.startup_timeout.is_zero() {
+            return Err("nats.startup_timeout must be > 0".into());
         }
         if self.subscription_capacity == 0 {
             return Err("nats.subscription_capacity must be > 0".into());

@@ -123,6 +123,12 @@ impl Subjects {
         self.subject("h", channel)
     }
 
+    /// A node's own subject: API actions other nodes ask it to carry out
+    /// for its local connections (request-reply).
+    pub fn node(&self, name: &str) -> String {
+        format!("{}.n.{}", self.prefix, encode_token(name))
+    }
+
     /// Name of the JetStream stream holding a namespace's history.
     pub fn stream(&self, namespace: &str) -> String {
         format!("{}_h_{}", self.prefix, encode_token(namespace))

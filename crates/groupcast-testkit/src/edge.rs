@@ -103,6 +103,16 @@ impl EdgeProcess {
         self.process.log()
     }
 
+    /// SIGTERM (the drain) and wait (bounded by `within`) for the exit;
+    /// true when it exited successfully.
+    pub async fn terminate(&mut self, within: std::time::Duration) -> bool {
+        self.process.signal("TERM");
+        self.process
+            .wait_exit(within)
+            .await
+            .is_some_and(|s| s.success())
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/connection/websocket", self.addr)
     }

@@ -170,7 +170,10 @@ impl MembershipCluster {
     fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let mut cmd = Command::new(&self.bin);
-        cmd.args(&node.args).env("RUST_LOG", "info,openraft=warn");
+        cmd.args(&node.args).env(
+            "RUST_LOG",
+            "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off",
+        );
         node.process = Some(Process::spawn(
             &format!("membership node {}", node.id),
             cmd,
@@ -192,6 +195,16 @@ impl MembershipCluster {
     /// Directory holding `ca.pem` and the `edge` / `admin` certificates.
     pub fn certs_dir(&self) -> PathBuf {
         self.dir.join("certs")
+    }
+
+    /// The `[membership]` section of an edge's TOML configuration for this
+    /// cluster (every replica as a seed, the shared `edge` certificate).
+    pub fn edge_section(&self) -> String {
+        format!(
+            "\n[membership]\nseeds = {}\ncerts = {}\ncert_name = \"edge\"\n",
+            serde_json::json!(self.seeds()),
+            serde_json::json!(self.certs_dir().to_string_lossy()),
+        )
     }
 
     /// Every replica's QUIC address.

@@ -52,6 +52,21 @@ impl Process {
         assert!(ok, "kill -s {signal} {} failed", self.pid());
     }
 
+    /// Waits (polling, bounded by `within`) for the child to exit by
+    /// itself; its exit status, or None when it is still running.
+    pub(crate) async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }

@@ -35,7 +35,8 @@ enum Command {
     /// Run the all-in-one broker: one process, in-memory bus, history and presence.
     Dev(DevArgs),
     /// Run a production edge: WebSocket clients, relay and server API, with
-    /// channels shared with every other edge over NATS (needs `nats.urls`).
+    /// channels shared with every other edge over NATS and presence kept by
+    /// the membership service (needs `nats.urls` and `membership.seeds`).
     Edge(EdgeArgs),
     /// Run a membership replica (openraft over QUIC), or with `status`,
     /// `add`, `remove`: inspect and change the membership cluster.
@@ -77,6 +78,14 @@ struct EdgeArgs {
     /// NATS server URL (`nats.urls`); repeat for a NATS cluster.
     #[arg(long = "nats")]
     nats: Vec<String>,
+    /// Membership replica QUIC address, `host:port` (`membership.seeds`);
+    /// repeat for each replica.
+    #[arg(long = "membership")]
+    membership: Vec<String>,
+    /// Directory with the cluster CA and this edge's certificate
+    /// (`membership.certs`), made with `groupcast certs`.
+    #[arg(long = "membership-certs")]
+    membership_certs: Option<PathBuf>,
     /// TOML configuration file; `GROUPCAST_*` variables override it, flags override both.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -193,11 +202,20 @@ fn edge(args: EdgeArgs) -> anyhow::Result<()> {
             ("listen", args.listen.map(Value::String)),
             ("name", args.name.map(Value::String)),
             ("nats.urls", list(args.nats)),
+            ("membership.seeds", list(args.membership)),
+            (
+                "membership.certs",
+                args.membership_certs
+                    .map(|p| Value::String(p.to_string_lossy().into_owned())),
+            ),
         ]),
     )
     .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     if config.nats.urls.is_empty() {
-        bail!("groupcast edge needs NATS: pass --nats URL, set GROUPCAST_NATS__URLS or nats.urls in --config (groupcast dev runs without)");
+        bail!("groupcast edge needs NATS (nats.urls): pass --nats URL, set GROUPCAST_NATS__URLS or nats.urls in --config (groupcast dev runs without)");
+    }
+    if !config.membership.is_clustered() {
+        bail!("groupcast edge needs the membership service (membership.seeds): pass --membership HOST:PORT (and --membership-certs DIR), set GROUPCAST_MEMBERSHIP__SEEDS or membership.seeds in --config (groupcast dev runs without)");
     }
     if config.api.key.is_empty() {
         tracing::warn!("api.key is empty: the server API refuses every call");
@@ -215,6 +233,7 @@ fn edge(args: EdgeArgs) -> anyhow::Result<()> {
             name = %config.name,
             listen = %listener.local_addr()?,
             nats = ?config.nats.urls,
+            membership = ?config.membership.seeds,
             "Groupcast {} edge started",
             env!("CARGO_PKG_VERSION")
         );

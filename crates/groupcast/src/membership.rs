@@ -164,7 +164,12 @@ fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
 
 pub fn membership_cmd(args: MembershipArgs) -> anyhow::Result<()> {
     // openraft logs every vote and heartbeat decision at info.
-    crate::init_tracing_with("info,openraft=warn");
+    // openraft logs every failed replication attempt to a dead replica
+    // (three lines per heartbeat); the network logs peers going down and
+    // coming back instead (`groupcast_membership::network`).
+    crate::init_tracing_with(
+        "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off",
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     match args.action {
         None => runtime.block_on(run(args.run)),

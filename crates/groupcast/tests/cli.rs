@@ -41,20 +41,56 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 }
 
 #[test]
-fn edge_without_a_reachable_nats_fails_at_start() {
+fn edge_without_nats_or_membership_or_a_reachable_nats_fails_at_start() {
     let out = run(&["edge", "--listen", "127.0.0.1:0"], &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("groupcast edge needs NATS"), "{err}");
-    // A port nothing listens on: the edge exits instead of serving.
+    assert!(
+        err.contains("groupcast edge needs NATS (nats.urls)"),
+        "{err}"
+    );
+    // A port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let url = format!("nats://127.0.0.1:{closed}");
+    let out = run(&["edge", "--listen", "127.0.0.1:0", "--nats", &url], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs the membership service (membership.seeds)"),
+        "{err}"
+    );
     let out = run(
-        &["edge", "--listen", "127.0.0.1:0", "--nats", &url],
+        &[
+            "edge",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            &url,
+            "--membership",
+            "127.0.0.1:1",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("membership.certs"), "{err}");
+    // Both configured, NATS unreachable: the edge exits instead of serving.
+    let out = run(
+        &[
+            "edge",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            &url,
+            "--membership",
+            "127.0.0.1:1",
+            "--membership-certs",
+            "/nonexistent",
+        ],
         &[("GROUPCAST_NATS__CONNECT_TIMEOUT", "500ms")],
     );
     assert!(!out.status.success());
@@ -305,6 +341,10 @@ fn membership_and_certs_flags_are_checked_with_clear_errors() {
         assert!(dir.join(f).exists(), "{f}");
     }
 
+    // Every run gets a data directory inside the temp dir: the default
+    // (`data/membership`) would land in the work tree.
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
     let m = |extra: &[&str]| {
         let mut a = vec![
             "membership",
@@ -314,6 +354,8 @@ fn membership_and_certs_flags_are_checked_with_clear_errors() {
             "127.0.0.1:0",
             "--certs",
             d,
+            "--data",
+            data,
         ];
         a.extend_from_slice(extra);
         a.into_iter().map(String::from).collect::<Vec<_>>()

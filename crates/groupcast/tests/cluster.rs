@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
+use groupcast_testkit::membership::MembershipCluster;
 use groupcast_testkit::nats::{NatsCluster, NatsServer};
 use groupcast_testkit::{http_request, Client, Frame, RelayClient};
 use serde_json::{json, Value};
@@ -18,14 +19,26 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
 const T: Duration = Duration::from_secs(10);
 
-async fn edge(name: &str, urls: &[String]) -> EdgeProcess {
-    edge_env(name, urls, &[]).await
+/// A one-replica membership service: these tests are about the NATS
+/// backbone (the membership tests use three replicas).
+async fn membership() -> MembershipCluster {
+    MembershipCluster::start(Path::new(BIN), 1, &[]).await
 }
 
-async fn edge_env(name: &str, urls: &[String], env: &[(&str, &str)]) -> EdgeProcess {
+async fn edge(name: &str, urls: &[String], m: &MembershipCluster) -> EdgeProcess {
+    edge_env(name, urls, m, &[]).await
+}
+
+async fn edge_env(
+    name: &str,
+    urls: &[String],
+    m: &MembershipCluster,
+    env: &[(&str, &str)],
+) -> EdgeProcess {
     let mut all = vec![("GROUPCAST_CLIENT__COMMAND_RATE", "0")];
     all.extend_from_slice(env);
-    EdgeProcess::start(Path::new(BIN), name, urls, EDGE_CONFIG, &all).await
+    let config = format!("{EDGE_CONFIG}{}", m.edge_section());
+    EdgeProcess::start(Path::new(BIN), name, urls, &config, &all).await
 }
 
 async fn client(e: &EdgeProcess) -> Client {
@@ -75,9 +88,13 @@ async fn api_publish(e: &EdgeProcess, channel: &str, data: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_edges_share_channels_in_order() {
-    let nats = NatsServer::start().await;
+    let (nats, m) = tokio::join!(NatsServer::start(), membership());
     let urls = vec![nats.url()];
-    let (a, b, c) = tokio::join!(edge("a", &urls), edge("b", &urls), edge("c", &urls));
+    let (a, b, c) = tokio::join!(
+        edge("a", &urls, &m),
+        edge("b", &urls, &m),
+        edge("c", &urls, &m)
+    );
 
     // Subscribers on B and C (one client per channel: `pubs` skips other
     // channels' pushes); publications from a client and the API on A.
@@ -153,9 +170,13 @@ async fn three_edges_share_channels_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_without_subscribers_receives_none_of_a_channels_traffic() {
-    let nats = NatsServer::start().await;
+    let (nats, m) = tokio::join!(NatsServer::start(), membership());
     let urls = vec![nats.url()];
-    let (a, b, c) = tokio::join!(edge("a", &urls), edge("b", &urls), edge("c", &urls));
+    let (a, b, c) = tokio::join!(
+        edge("a", &urls, &m),
+        edge("b", &urls, &m),
+        edge("c", &urls, &m)
+    );
     let mut on_b = client(&b).await;
     subscribe(&mut on_b, "lonely").await;
     let received = "groupcast_nats_messages_received_total";
@@ -209,9 +230,13 @@ async fn an_edge_without_subscribers_receives_none_of_a_channels_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_recovers_on_another_edge() {
-    let nats = NatsServer::start().await;
+    let (nats, m) = tokio::join!(NatsServer::start(), membership());
     let urls = vec![nats.url()];
-    let (a, b, c) = tokio::join!(edge("a", &urls), edge("b", &urls), edge("c", &urls));
+    let (a, b, c) = tokio::join!(
+        edge("a", &urls, &m),
+        edge("b", &urls, &m),
+        edge("c", &urls, &m)
+    );
     let mut x = client(&a).await;
     let sub = subscribe(&mut x, "feed").await;
     let epoch = sub["epoch"].as_str().unwrap().to_string();
@@ -270,11 +295,11 @@ async fn a_client_recovers_on_another_edge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_nats_server_loses_and_duplicates_nothing() {
-    let cluster = NatsCluster::start().await;
+    let (cluster, m) = tokio::join!(NatsCluster::start(), membership());
     let urls = cluster.urls();
     let env = [("GROUPCAST_CHANNEL__HISTORY_REPLICAS", "3")];
-    let a = edge_env("a", &urls, &env).await;
-    let b = edge_env("b", &urls, &env).await;
+    let a = edge_env("a", &urls, &m, &env).await;
+    let b = edge_env("b", &urls, &m, &env).await;
     let mut subs = Vec::new();
     for e in [&a, &b, &b] {
         let mut s = client(e).await;
@@ -339,9 +364,9 @@ async fn killing_a_nats_server_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_unreachable_is_a_clear_error_and_not_ready() {
-    let mut nats = NatsServer::start().await;
+    let (mut nats, m) = tokio::join!(NatsServer::start(), membership());
     let urls = vec![nats.url()];
-    let a = edge("a", &urls).await;
+    let a = edge("a", &urls, &m).await;
     api_publish(&a, "news", json!({ "n": 1 })).await;
     nats.kill();
     // The edge notices the lost connection.

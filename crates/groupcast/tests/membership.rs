@@ -53,6 +53,8 @@ impl Writer {
             edge: w.edge.clone(),
             addr: String::new(),
             ttl_ms: 600_000,
+            version: String::new(),
+            started_unix: 0,
         })
         .await
         .expect("register");
@@ -309,6 +311,8 @@ async fn a_paused_leader_cannot_commit_and_steps_down_on_resume() {
                 edge: isolated.edge.clone(),
                 addr: String::new(),
                 ttl_ms: 600_000,
+                version: String::new(),
+                started_unix: 0,
             })
             .await
     });
@@ -487,4 +491,96 @@ async fn replicas_are_added_and_removed_with_the_admin_commands() {
     let status = admin(&["status"]);
     assert!(status["leader"].as_u64().is_some());
     assert_eq!(status["id"], 2, "status reports the --via replica's view");
+}
+
+/// Issue 10's report: edge handles under load across a leader failure. The
+/// load loops call the handle back to back, as the benchmark did; while the
+/// handle is unavailable its calls return at once, and a loop that never
+/// yields starved the handle's own lease renewals on a two-thread runtime,
+/// so every live edge lost its lease after the failover. The handle now
+/// yields on those paths: it keeps renewing and committing across the
+/// leader change, and no live edge is ever removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_handles_under_load_keep_their_leases_across_a_leader_failure() {
+    let mut cluster = MembershipCluster::start(bin(), 3, &[]).await;
+    let tls = TlsFiles::in_dir(&cluster.certs_dir(), "edge");
+    let mut handles = Vec::new();
+    for e in 0..3 {
+        let mut cfg = ClientConfig::new(cluster.seeds(), tls.clone(), format!("loaded-{e}"));
+        // Short: the handles surely count the service unavailable during
+        // the failover (that is when the loops spun).
+        cfg.request_timeout = Duration::from_millis(500);
+        let h = MembershipClient::start(cfg).await.unwrap();
+        assert!(h.wait_available(Duration::from_secs(10)).await);
+        handles.push(h);
+    }
+    let committed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(14);
+    let mut tasks = Vec::new();
+    for (e, h) in handles.iter().enumerate() {
+        for t in 0..16 {
+            let (h, committed) = (h.clone(), committed.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = format!("e{e}-t{t}");
+                let channel = format!("load-{}", t % 4);
+                let info = ClientInfo {
+                    user: format!("u{t}"),
+                    client: client.clone(),
+                    ..Default::default()
+                };
+                // Back to back, no pause on failure (as the benchmark did).
+                while Instant::now() < stop {
+                    let a = h.add_presence(&channel, info.clone()).await.is_ok();
+                    let r = h.remove_presence(&channel, &client).await.is_ok();
+                    if a && r && h.is_available() {
+                        committed.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    // A reader that also retries at once.
+    let reader = handles[0].clone();
+    tasks.push(tokio::spawn(async move {
+        while Instant::now() < stop {
+            let _ = reader.presence("load-0").await;
+        }
+    }));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let old = cluster
+        .leader(Duration::from_secs(5), &[])
+        .await
+        .expect("a leader");
+    cluster.kill(old);
+    let killed = Instant::now();
+    let new = cluster
+        .leader(Duration::from_secs(10), &[old])
+        .await
+        .expect("a new leader");
+    let at_failover = committed.load(std::sync::atomic::Ordering::Relaxed);
+    let mut edges_seen = Vec::new();
+    while Instant::now() < stop {
+        let s = cluster.status(new).await.expect("the new leader answers");
+        edges_seen.push(s["edges"].as_u64().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = committed.load(std::sync::atomic::Ordering::Relaxed) - at_failover;
+    assert!(
+        killed.elapsed() > Duration::from_secs(8),
+        "the load ran past two lease TTLs after the failover"
+    );
+    assert!(
+        edges_seen.iter().all(|n| *n == 3),
+        "a live edge lost its lease after the failover: registered edges over time {edges_seen:?}"
+    );
+    assert!(
+        after > 1000,
+        "the handles kept committing on the new leader (only {after} changes after the failover)"
+    );
+    for h in &handles {
+        assert!(h.is_available(), "{} is available again", h.edge().name);
+    }
 }

@@ -1,19 +1,43 @@
-//! In-memory presence for a single node (`groupcast dev`, unit tests).
+//! In-memory membership for a single node (`groupcast dev`, unit tests):
+//! presence, subscriber and connection counts of this one process. No node
+//! ever dies here, so the leave handler is never called.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use groupcast_proto::client::ClientInfo;
 use parking_lot::Mutex;
 
-use super::{Membership, MembershipError, PresenceStats};
+use super::{LeaveHandler, Membership, MembershipError, NodeSummary, PresenceStats};
 
 /// Default maximum presence entries per channel (`presence_max_clients`).
 pub const DEFAULT_MAX_PER_CHANNEL: usize = 100_000;
 
 pub struct MemoryMembership {
     channels: Mutex<HashMap<String, BTreeMap<String, ClientInfo>>>,
+    /// channel → local subscribers; user → local connections.
+    counts: Mutex<Counts>,
     max_per_channel: usize,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Counts {
+    subscribers: BTreeMap<String, u64>,
+    connections: BTreeMap<String, u64>,
+}
+
+/// Adds `delta` to `map[key]` (never below zero); drops keys that reach zero.
+fn bump(map: &mut BTreeMap<String, u64>, key: &str, delta: i64) {
+    let v = (map.get(key).copied().unwrap_or(0) as i64)
+        .saturating_add(delta)
+        .max(0) as u64;
+    if v == 0 {
+        map.remove(key);
+    } else {
+        map.insert(key.to_string(), v);
+    }
 }
 
 impl Default for MemoryMembership {
@@ -26,7 +50,9 @@ impl MemoryMembership {
     pub fn new(max_per_channel: usize) -> Self {
         MemoryMembership {
             channels: Mutex::new(HashMap::new()),
+            counts: Mutex::default(),
             max_per_channel,
+            started: Instant::now(),
         }
     }
 }
@@ -77,6 +103,56 @@ impl Membership for MemoryMembership {
             num_users: users.len() as u32,
         })
     }
+
+    fn subscribers_changed(&self, channel: &str, delta: i64) {
+        bump(&mut self.counts.lock().subscribers, channel, delta);
+    }
+
+    fn connections_changed(&self, user: &str, delta: i64) {
+        bump(&mut self.counts.lock().connections, user, delta);
+    }
+
+    async fn channels(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<BTreeMap<String, u64>, MembershipError> {
+        let c = self.counts.lock();
+        Ok(c.subscribers
+            .range(prefix.to_string()..)
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .take(limit as usize)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect())
+    }
+
+    async fn user_nodes(&self, user: &str) -> Result<Vec<String>, MembershipError> {
+        let here = self.counts.lock().connections.contains_key(user);
+        Ok(if here {
+            vec![String::new()]
+        } else {
+            Vec::new()
+        })
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeSummary>, MembershipError> {
+        let c = self.counts.lock();
+        Ok(vec![NodeSummary {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime: self.started.elapsed().as_secs() as u32,
+            num_clients: c.connections.values().sum::<u64>() as u32,
+            num_users: c.connections.len() as u32,
+            num_channels: c.subscribers.len() as u32,
+            num_subs: c.subscribers.values().sum::<u64>() as u32,
+            ..Default::default()
+        }])
+    }
+
+    fn local_node(&self) -> Option<(String, String)> {
+        None
+    }
+
+    fn set_leave_handler(&self, _handler: LeaveHandler) {}
 }
 
 #[cfg(test)]
@@ -89,6 +165,16 @@ mod tests {
             client: client.into(),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn passes_the_membership_conformance_suite() {
+        crate::conformance::membership::run_all(|| async {
+            std::sync::Arc::new(MemoryMembership::new(
+                crate::conformance::membership::MAX_CLIENTS as usize,
+            )) as std::sync::Arc<dyn Membership>
+        })
+        .await;
     }
 
     #[tokio::test]

@@ -1,0 +1,218 @@
+//! The edge's part in the cluster, beyond pub/sub over the broker:
+//!
+//! * **API actions on connections held elsewhere.** `disconnect`,
+//!   `subscribe`, `unsubscribe` and `refresh` by user (or by client id) act
+//!   on this edge's connections, then on every other edge that holds the
+//!   user (the membership service knows which; a client id alone is asked of
+//!   every live edge unless it is here). Each edge answers on its own
+//!   subject of the [`NodeBus`]; the API call answers once all of them have
+//!   acknowledged, or 108 "not available" when one did not within
+//!   [`ACK_TIMEOUT`] (the actions can be repeated safely).
+//! * **Leaves of dead edges.** When an edge dies its lease expires and the
+//!   membership service drops its presence entries; this edge is told about
+//!   each and pushes `leave` to its local subscribers of that channel (when
+//!   the namespace has `join_leave`).
+//! * **`info`**: every live edge with its counts.
+//!
+//! [`NodeBus`]: groupcast_core::NodeBus
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use groupcast_core::BrokerHandler;
+use groupcast_proto::api::{self, ApiError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::api::{ConnAction, Failure, Target};
+use crate::metrics::Metrics;
+use crate::state::EdgeState;
+
+/// How long an API call waits for the other edges to acknowledge.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// An API action forwarded to another edge.
+#[derive(Serialize, Deserialize)]
+struct Forwarded {
+    method: String,
+    body: Value,
+}
+
+/// Its acknowledgement: how many connections it acted on, or the API error.
+#[derive(Serialize, Deserialize)]
+struct Ack {
+    #[serde(default)]
+    applied: usize,
+    #[serde(default)]
+    error: Option<u32>,
+}
+
+/// Wire this edge into the cluster: the leave handler, and (on a bus) the
+/// answering of other edges' requests.
+pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
+    let weak = Arc::downgrade(state);
+    state
+        .node
+        .membership
+        .set_leave_handler(Arc::new(move |channel: &str, info| {
+            let Some(state) = weak.upgrade() else { return };
+            let Ok((_, opts)) = state.channel(channel) else {
+                return;
+            };
+            if opts.join_leave {
+                Metrics::get().dead_node_leaves.increment(1);
+                state.node.hub.on_leave(channel, Arc::new(info));
+            }
+        }));
+    let (Some(bus), Some((me, _))) = (state.node.bus(), state.node.membership.local_node()) else {
+        return Ok(());
+    };
+    let weak = Arc::downgrade(state);
+    bus.serve(
+        &me,
+        Arc::new(move |payload: Bytes| {
+            let state = weak.upgrade();
+            Box::pin(async move {
+                let ack = match state {
+                    Some(state) => answer(&state, &payload),
+                    None => Ack {
+                        applied: 0,
+                        error: Some(ApiError::NOT_AVAILABLE.code),
+                    },
+                };
+                Bytes::from(serde_json::to_vec(&ack).unwrap_or_default())
+            })
+        }),
+    )
+    .await
+    .map_err(|e| format!("cannot serve this node's subject: {e}"))
+}
+
+/// Carries out a forwarded action on this edge's connections.
+fn answer(state: &EdgeState, payload: &[u8]) -> Ack {
+    let error = |e: ApiError| Ack {
+        applied: 0,
+        error: Some(e.code),
+    };
+    let Ok(f) = serde_json::from_slice::<Forwarded>(payload) else {
+        return error(ApiError::BAD_REQUEST);
+    };
+    match ConnAction::parse(state, &f.method, f.body) {
+        Ok(action) => Ack {
+            applied: action.apply_local(state),
+            error: None,
+        },
+        Err(Failure::Api(e)) => error(e),
+        Err(Failure::BadBody) => error(ApiError::BAD_REQUEST),
+    }
+}
+
+/// Forwards an action already carried out here to the other edges holding
+/// its target; `found_here`: connections it matched on this edge.
+pub(crate) async fn fan_out(
+    state: &EdgeState,
+    method: &str,
+    body: Value,
+    target: Target<'_>,
+    found_here: usize,
+) -> Result<(), Failure> {
+    let node = &state.node;
+    let (Some(bus), Some((me, _))) = (node.bus(), node.membership.local_node()) else {
+        return Ok(());
+    };
+    let unavailable = |_| Failure::Api(ApiError::NOT_AVAILABLE);
+    let nodes: Vec<String> = if !target.user.is_empty() {
+        node.membership
+            .user_nodes(target.user)
+            .await
+            .map_err(unavailable)?
+    } else if found_here > 0 {
+        // A client id lives on one edge: this one.
+        return Ok(());
+    } else {
+        node.membership
+            .nodes()
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|n| n.name)
+            .collect()
+    };
+    let payload = Bytes::from(
+        serde_json::to_vec(&Forwarded {
+            method: method.to_string(),
+            body,
+        })
+        .map_err(|_| Failure::Api(ApiError::INTERNAL))?,
+    );
+    let asks = nodes
+        .iter()
+        .filter(|n| **n != me)
+        .map(|n| bus.request(n, payload.clone(), ACK_TIMEOUT));
+    for (name, answer) in nodes.iter().filter(|n| **n != me).zip(join_all(asks).await) {
+        match answer {
+            // Gone: so are its connections.
+            Ok(None) => {}
+            Ok(Some(bytes)) => match serde_json::from_slice::<Ack>(&bytes) {
+                Ok(Ack { error: None, .. }) => {}
+                Ok(Ack {
+                    error: Some(code), ..
+                }) => {
+                    tracing::warn!(node = %name, code, method, "another edge refused a forwarded API action");
+                    return Err(Failure::Api(ApiError::INTERNAL));
+                }
+                Err(_) => return Err(Failure::Api(ApiError::INTERNAL)),
+            },
+            Err(e) => {
+                tracing::warn!(node = %name, error = %e, method, "another edge did not acknowledge an API action");
+                Metrics::get().forward_failures.increment(1);
+                return Err(Failure::Api(ApiError::NOT_AVAILABLE));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `info`: this edge with its exact counts, then every other live edge as
+/// the membership service counts it (this edge alone when the service is
+/// unreachable).
+pub(crate) async fn nodes(state: &EdgeState) -> Result<Vec<api::NodeInfo>, ApiError> {
+    let hub = &state.node.hub;
+    let mut nodes = vec![api::NodeInfo {
+        uid: state.uid.clone(),
+        name: state.config.name.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        num_clients: state.registry.num_clients() as u32,
+        num_users: state.registry.num_users() as u32,
+        num_channels: hub.num_channels() as u32,
+        num_subs: hub.channels().iter().map(|(_, n)| *n as u32).sum(),
+        uptime: state.started.elapsed().as_secs() as u32,
+    }];
+    let m = &state.node.membership;
+    let Some((me, _)) = m.local_node() else {
+        return Ok(nodes);
+    };
+    match m.nodes().await {
+        Ok(others) => {
+            nodes.extend(
+                others
+                    .into_iter()
+                    .filter(|n| n.name != me)
+                    .map(|n| api::NodeInfo {
+                        uid: n.uid,
+                        name: n.name,
+                        version: n.version,
+                        num_clients: n.num_clients,
+                        num_users: n.num_users,
+                        num_channels: n.num_channels,
+                        num_subs: n.num_subs,
+                        uptime: n.uptime,
+                    }),
+            )
+        }
+        Err(e) => tracing::debug!(error = %e, "info: membership unavailable; this edge only"),
+    }
+    Ok(nodes)
+}

@@ -1,0 +1,256 @@
+//! Edges on the membership service (three `groupcast membership` replicas,
+//! a NATS server, `groupcast edge` processes): presence, join/leave, the
+//! API's `channels`, `info` and user-targeted actions span every edge; an
+//! edge killed with SIGKILL has its clients leave within the lease TTL; an
+//! edge stopped with SIGTERM has them leave at once.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use groupcast_edge::auth::{mint_hs256, now_unix};
+use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
+use groupcast_testkit::membership::MembershipCluster;
+use groupcast_testkit::nats::NatsServer;
+use groupcast_testkit::{Client, SECRET};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
+const T: Duration = Duration::from_secs(10);
+
+async fn edge(name: &str, nats: &NatsServer, m: &MembershipCluster) -> EdgeProcess {
+    let config = format!("{EDGE_CONFIG}{}", m.edge_section());
+    EdgeProcess::start(
+        Path::new(BIN),
+        name,
+        &[nats.url()],
+        &config,
+        &[("GROUPCAST_CLIENT__COMMAND_RATE", "0")],
+    )
+    .await
+}
+
+/// A client of `user` on `e`, subscribed to `channel`; returns it and its
+/// client id.
+async fn member(e: &EdgeProcess, user: &str, channel: &str) -> (Client, String) {
+    let token = mint_hs256(SECRET, &json!({ "sub": user, "exp": now_unix() + 3600 }));
+    let (mut c, reply) = Client::connect(&e.ws_url(), &token).await.expect("connect");
+    let id = reply["connect"]["client"].as_str().unwrap().to_string();
+    let r = c
+        .command("subscribe", json!({ "channel": channel }))
+        .await
+        .unwrap();
+    assert!(r["subscribe"].is_object(), "{r}");
+    (c, id)
+}
+
+/// Waits for a `join` or `leave` push (`kind`) of `client` on `c`, skipping
+/// other pushes; returns how long it took.
+async fn wait_push(c: &mut Client, kind: &str, client: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let left = within.saturating_sub(start.elapsed());
+        let p = c
+            .push(left)
+            .await
+            .unwrap_or_else(|e| panic!("no {kind} of {client} within {within:?}: {e:?}"));
+        if p[kind]["info"]["client"] == client {
+            return start.elapsed();
+        }
+    }
+}
+
+async fn presence_clients(c: &mut Client, channel: &str) -> Vec<String> {
+    let r = c
+        .command("presence", json!({ "channel": channel }))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = r["presence"]["presence"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{r}"))
+        .keys()
+        .cloned()
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_join_leave_and_the_api_span_every_edge() {
+    let (nats, m) = tokio::join!(
+        NatsServer::start(),
+        MembershipCluster::start(Path::new(BIN), 3, &[])
+    );
+    let (a, mut b) = tokio::join!(edge("a", &nats, &m), edge("b", &nats, &m));
+
+    let (mut alice, alice_id) = member(&a, "alice", "room").await;
+    let (mut bob, bob_id) = member(&b, "bob", "room").await;
+    // Bob's join reaches Alice on the other edge.
+    wait_push(&mut alice, "join", &bob_id, T).await;
+    // A client on edge A sees a client on edge B in presence.
+    assert_eq!(
+        presence_clients(&mut alice, "room").await,
+        sorted(vec![alice_id.clone(), bob_id.clone()])
+    );
+    let (_, stats) = b.api("presence_stats", json!({ "channel": "room" })).await;
+    assert_eq!(stats["result"], json!({ "num_clients": 2, "num_users": 2 }));
+
+    // `channels` counts subscribers on every edge; `info` lists every edge.
+    let settle = Instant::now() + T;
+    loop {
+        let (_, ch) = a.api("channels", json!({})).await;
+        if ch["result"]["channels"]["room"]["num_clients"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < settle, "channels: {ch}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, info) = a.api("info", json!({})).await;
+    let nodes = info["result"]["nodes"].as_array().unwrap().clone();
+    let mut names: Vec<&str> = nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"], "{info}");
+    for n in &nodes {
+        assert_eq!(n["num_clients"], 1, "{info}");
+        assert_eq!(n["num_subs"], 1, "{info}");
+        assert!(!n["uid"].as_str().unwrap().is_empty());
+    }
+
+    // A user-targeted action taken on edge A reaches Bob on edge B, and
+    // answers once edge B acknowledged.
+    let (status, r) = a
+        .api(
+            "disconnect",
+            json!({ "user": "bob", "disconnect": { "code": 4001, "reason": "bye" } }),
+        )
+        .await;
+    assert_eq!((status, &r["result"]), (200, &json!({})), "{r}");
+    let closed = bob.closed(T).await.unwrap();
+    assert_eq!(closed, Some((4001, "bye".to_string())));
+    wait_push(&mut alice, "leave", &bob_id, T).await;
+    // By client id alone, too: unsubscribe Alice (on A) through edge B.
+    let (_, r) = b
+        .api(
+            "unsubscribe",
+            json!({ "client": alice_id, "channel": "room" }),
+        )
+        .await;
+    assert_eq!(r["result"], json!({}), "{r}");
+    let p = alice.push(T).await.unwrap();
+    assert_eq!(p["channel"], "room", "{p}");
+    assert!(p["unsubscribe"].is_object(), "{p}");
+    let r = alice
+        .command("subscribe", json!({ "channel": "room" }))
+        .await
+        .unwrap();
+    assert!(r["subscribe"].is_object(), "{r}");
+
+    // SIGKILL: Carol's entry leaves within the lease TTL (5 s) + a second.
+    let (_carol, carol_id) = member(&b, "carol", "room").await;
+    wait_push(&mut alice, "join", &carol_id, T).await;
+    drop(b);
+    let took = wait_push(&mut alice, "leave", &carol_id, Duration::from_secs(8)).await;
+    assert!(
+        took <= Duration::from_secs(6),
+        "the leave of a dead edge's client took {took:?}"
+    );
+    assert_eq!(
+        presence_clients(&mut alice, "room").await,
+        std::slice::from_ref(&alice_id)
+    );
+
+    // SIGTERM: the edge drains and deregisters; Dave leaves at once.
+    b = edge("b", &nats, &m).await;
+    let (_dave, dave_id) = member(&b, "dave", "room").await;
+    wait_push(&mut alice, "join", &dave_id, T).await;
+    let stopping = Instant::now();
+    assert!(b.terminate(Duration::from_secs(20)).await, "{}", b.log());
+    let took = wait_push(&mut alice, "leave", &dave_id, Duration::from_secs(3)).await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "a stopping edge's client left after {took:?}"
+    );
+    assert_eq!(presence_clients(&mut alice, "room").await, [alice_id]);
+    let (_, info) = a.api("info", json!({})).await;
+    assert_eq!(
+        info["result"]["nodes"].as_array().map(Vec::len),
+        Some(1),
+        "the stopped edge left the cluster: {info}"
+    );
+    assert!(
+        b.log().contains("left the membership service"),
+        "{}",
+        b.log()
+    );
+}
+
+/// The membership service unreachable: pub/sub goes on, presence answers
+/// 108, `/readyz` stays 200 and says why; when it is back, presence is
+/// whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_unreachable_keeps_pub_sub_and_answers_presence_108() {
+    let (nats, m) = tokio::join!(
+        NatsServer::start(),
+        MembershipCluster::start(Path::new(BIN), 1, &[])
+    );
+    let a = edge("a", &nats, &m).await;
+    let (mut alice, alice_id) = member(&a, "alice", "room").await;
+    m.pause(0, true);
+    // The handle counts it unreachable after membership.request_timeout (2 s).
+    let deadline = Instant::now() + T;
+    loop {
+        let r = alice
+            .command("presence", json!({ "channel": "room" }))
+            .await
+            .unwrap();
+        if r["error"]["code"] == 108 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "presence kept answering: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Still ready (pub/sub works), saying why presence does not.
+    let deadline = Instant::now() + T;
+    loop {
+        let (code, body) = groupcast_testkit::http_request(a.addr, "GET", "/readyz", "", b"").await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(code, 200, "{body}");
+        if body.contains("membership unavailable") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, r) = a
+        .api("publish", json!({ "channel": "room", "data": { "n": 1 } }))
+        .await;
+    assert!(r["result"]["offset"].as_u64().unwrap() > 0, "{r}");
+    // (Her own join came first.)
+    let p: Value = loop {
+        let p = alice.push(T).await.unwrap();
+        if p.get("pub").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(p["pub"]["data"], json!({ "n": 1 }), "{p}");
+    m.pause(0, false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = alice
+            .command("presence", json!({ "channel": "room" }))
+            .await
+            .unwrap();
+        if r["presence"]["presence"]
+            .as_object()
+            .is_some_and(|p| p.contains_key(&alice_id))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "presence not back: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
