@@ -42,13 +42,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 
 #[test]
 fn edge_without_nats_or_membership_or_a_reachable_nats_fails_at_start() {
-    let out = run(&["edge", "--listen", "127.0.0.1:0"], &[]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("groupcast edge needs NATS (nats.urls)"),
-        "{err}"
-    );
     // A port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -56,48 +49,27 @@ fn edge_without_nats_or_membership_or_a_reachable_nats_fails_at_start() {
         .unwrap()
         .port();
     let url = format!("nats://127.0.0.1:{closed}");
-    let out = run(&["edge", "--listen", "127.0.0.1:0", "--nats", &url], &[]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("needs the membership service (membership.seeds)"),
-        "{err}"
+    let edge_fails = |extra: &[&str], needle: &str| {
+        let mut args = vec!["edge", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let out = run(&args, &[("GROUPCAST_NATS__CONNECT_TIMEOUT", "500ms")]);
+        assert!(!out.status.success(), "{args:?} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    edge_fails(&[], "groupcast edge needs NATS (nats.urls)");
+    edge_fails(
+        &["--nats", &url],
+        "needs the membership service (membership.seeds)",
     );
-    let out = run(
-        &[
-            "edge",
-            "--listen",
-            "127.0.0.1:0",
-            "--nats",
-            &url,
-            "--membership",
-            "127.0.0.1:1",
-        ],
-        &[],
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("membership.certs"), "{err}");
+    let with_membership = ["--nats", &url, "--membership", "127.0.0.1:1"];
+    edge_fails(&with_membership, "membership.certs");
     // Both configured, NATS unreachable: the edge exits instead of serving.
-    let out = run(
-        &[
-            "edge",
-            "--listen",
-            "127.0.0.1:0",
-            "--nats",
-            &url,
-            "--membership",
-            "127.0.0.1:1",
-            "--membership-certs",
-            "/nonexistent",
-        ],
-        &[("GROUPCAST_NATS__CONNECT_TIMEOUT", "500ms")],
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("backbone") && err.contains("cannot connect to NATS"),
-        "{err}"
+    let mut both = with_membership.to_vec();
+    both.extend_from_slice(&["--membership-certs", "/nonexistent"]);
+    edge_fails(
+        &both,
+        "backbone: broker unavailable: cannot connect to NATS",
     );
 }
 
