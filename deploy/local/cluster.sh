@@ -218,9 +218,10 @@ start_proc() {
   say "  started $name (pid $pid), log $logs/$name.log"
 }
 
+# wait_ready NAME [URL]: until URL (default: NAME's readiness URL) answers 200.
 wait_ready() {
   local name=$1 url code="" deadline
-  url=$(ready_url "$name")
+  url=${2:-$(ready_url "$name")}
   deadline=$((SECONDS + READY_TIMEOUT))
   while :; do
     if ! alive_pid "$name" >/dev/null; then
@@ -442,18 +443,9 @@ start_group() {
 
 # JetStream streams with 3 replicas need the meta leader: wait for the full /healthz.
 wait_jetstream_cluster() {
-  local deadline code i
-  deadline=$((SECONDS + READY_TIMEOUT))
+  local i
   for i in 1 2 3; do
-    while :; do
-      code=$(http_code "http://127.0.0.1:$(p $((8221 + i)))/healthz")
-      [ "$code" = 200 ] && break
-      if [ "$SECONDS" -ge "$deadline" ]; then
-        log_tail "nats-$i"
-        die "JetStream cluster not healthy after ${READY_TIMEOUT}s (nats-$i /healthz answers $code)"
-      fi
-      sleep 0.5
-    done
+    wait_ready "nats-$i" "http://127.0.0.1:$(p $((8221 + i)))/healthz"
   done
   say "  JetStream cluster healthy (meta leader elected)"
 }

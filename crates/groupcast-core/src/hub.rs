@@ -214,6 +214,15 @@ pub enum AddOutcome {
     AlreadySubscribed,
 }
 
+/// Outcome of [`Hub::remove`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveOutcome {
+    /// It was the last local subscriber: the node must unsubscribe on the broker.
+    Last,
+    Removed,
+    NotSubscribed,
+}
+
 /// The recovery buffer overflowed; the subscription was removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufferOverflow;
@@ -291,28 +300,22 @@ impl Hub {
         Ok(())
     }
 
-    /// Whether `id` is a local subscriber of `channel`.
-    pub fn has_subscriber(&self, channel: &str, id: u64) -> bool {
-        self.get(channel)
-            .is_some_and(|ch| ch.lock().contains_key(&id))
-    }
-
-    /// Remove a subscriber; returns true when the channel has no local
-    /// subscribers left (the node should unsubscribe on the broker).
-    pub fn remove(&self, channel: &str, id: u64) -> bool {
+    /// Remove a subscriber; [`RemoveOutcome::Last`] when the channel has
+    /// no local subscribers left (the node should unsubscribe on the broker).
+    pub fn remove(&self, channel: &str, id: u64) -> RemoveOutcome {
         let mut map = self.channels.write();
         let Some(ch) = map.get(channel).cloned() else {
-            return false;
+            return RemoveOutcome::NotSubscribed;
         };
         let mut subs = ch.lock();
         if subs.remove(&id).is_none() {
-            return false;
+            return RemoveOutcome::NotSubscribed;
         }
         if subs.is_empty() {
             map.remove(channel);
-            true
+            RemoveOutcome::Last
         } else {
-            false
+            RemoveOutcome::Removed
         }
     }
 
@@ -511,9 +514,9 @@ mod tests {
         let hub = Hub::default();
         hub.add("c", sink(1, SubscriberKind::Relay), false);
         hub.add("c", sink(2, SubscriberKind::Relay), false);
-        assert!(!hub.remove("c", 1));
-        assert!(!hub.remove("c", 1));
-        assert!(hub.remove("c", 2));
+        assert_eq!(hub.remove("c", 1), RemoveOutcome::Removed);
+        assert_eq!(hub.remove("c", 1), RemoveOutcome::NotSubscribed);
+        assert_eq!(hub.remove("c", 2), RemoveOutcome::Last);
         assert_eq!(hub.num_channels(), 0);
     }
 

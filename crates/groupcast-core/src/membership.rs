@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use groupcast_proto::api::NodeInfo;
 use groupcast_proto::client::ClientInfo;
 use thiserror::Error;
 
@@ -44,22 +45,6 @@ pub enum MembershipError {
 pub struct PresenceStats {
     pub num_clients: u32,
     pub num_users: u32,
-}
-
-/// One live node as the membership service knows it (the API's `info`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeSummary {
-    /// Configured node name (unique in the cluster).
-    pub name: String,
-    /// This run of the node (changes at every start).
-    pub uid: String,
-    pub version: String,
-    /// Seconds since the node registered.
-    pub uptime: u32,
-    pub num_clients: u32,
-    pub num_users: u32,
-    pub num_channels: u32,
-    pub num_subs: u32,
 }
 
 /// Told about presence entries that left because their node died (or was
@@ -88,10 +73,12 @@ pub trait Membership: Send + Sync + 'static {
         prefix: &str,
         limit: u32,
     ) -> Result<BTreeMap<String, u64>, MembershipError>;
-    /// Names of the nodes holding connections of `user`.
+    /// Names of the nodes holding connections of `user` (a single-node
+    /// implementation, which has no name, answers `""` for itself).
     async fn user_nodes(&self, user: &str) -> Result<Vec<String>, MembershipError>;
-    /// Every live node, this one included.
-    async fn nodes(&self) -> Result<Vec<NodeSummary>, MembershipError>;
+    /// Every live node, this one included, with its counts as the service
+    /// knows them (the API's `info`; `uptime` counts from registration).
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, MembershipError>;
     /// This node's name and uid as the service knows them; `None` for a
     /// single-node implementation that has none of its own.
     fn local_node(&self) -> Option<(String, String)>;

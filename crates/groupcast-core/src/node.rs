@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::broker::{Broker, BrokerError};
 use crate::bus::NodeBus;
-use crate::hub::{AddOutcome, Hub, Subscriber};
+use crate::hub::{AddOutcome, Hub, RemoveOutcome, Subscriber};
 use crate::membership::Membership;
 
 const LOCK_STRIPES: usize = 128;
@@ -82,11 +82,11 @@ impl Node {
     /// Remove a local subscriber, unsubscribing on the broker after the last.
     pub async fn remove_subscriber(&self, channel: &str, id: u64) {
         let _g = self.stripe(channel).lock().await;
-        let had = self.hub.has_subscriber(channel, id);
-        if had {
+        let outcome = self.hub.remove(channel, id);
+        if outcome != RemoveOutcome::NotSubscribed {
             self.membership.subscribers_changed(channel, -1);
         }
-        if self.hub.remove(channel, id) {
+        if outcome == RemoveOutcome::Last {
             if let Err(e) = self.broker.unsubscribe(channel).await {
                 // Interest stays on the broker: extra traffic, not lost messages.
                 let _ = e;

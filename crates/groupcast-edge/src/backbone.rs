@@ -35,11 +35,6 @@ impl Backbone {
         self.nats.is_some()
     }
 
-    /// Whether the node is on the membership service.
-    pub fn is_clustered(&self) -> bool {
-        self.membership.is_some()
-    }
-
     /// Close the backbone after the drain: leave the membership service
     /// (whatever presence the drain did not already remove leaves at once),
     /// then flush and close NATS.

@@ -40,11 +40,9 @@ struct Forwarded {
     body: Value,
 }
 
-/// Its acknowledgement: how many connections it acted on, or the API error.
+/// Its acknowledgement: done, or the API error code it refused it with.
 #[derive(Serialize, Deserialize)]
 struct Ack {
-    #[serde(default)]
-    applied: usize,
     #[serde(default)]
     error: Option<u32>,
 }
@@ -75,12 +73,12 @@ pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
         Arc::new(move |payload: Bytes| {
             let state = weak.upgrade();
             Box::pin(async move {
-                let ack = match state {
-                    Some(state) => answer(&state, &payload),
-                    None => Ack {
-                        applied: 0,
-                        error: Some(ApiError::NOT_AVAILABLE.code),
-                    },
+                let error = match state {
+                    Some(state) => answer(&state, &payload).err(),
+                    None => Some(ApiError::NOT_AVAILABLE),
+                };
+                let ack = Ack {
+                    error: error.map(|e| e.code),
                 };
                 Bytes::from(serde_json::to_vec(&ack).unwrap_or_default())
             })
@@ -91,21 +89,15 @@ pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
 }
 
 /// Carries out a forwarded action on this edge's connections.
-fn answer(state: &EdgeState, payload: &[u8]) -> Ack {
-    let error = |e: ApiError| Ack {
-        applied: 0,
-        error: Some(e.code),
-    };
-    let Ok(f) = serde_json::from_slice::<Forwarded>(payload) else {
-        return error(ApiError::BAD_REQUEST);
-    };
+fn answer(state: &EdgeState, payload: &[u8]) -> Result<(), ApiError> {
+    let f = serde_json::from_slice::<Forwarded>(payload).map_err(|_| ApiError::BAD_REQUEST)?;
     match ConnAction::parse(state, &f.method, f.body) {
-        Ok(action) => Ack {
-            applied: action.apply_local(state),
-            error: None,
-        },
-        Err(Failure::Api(e)) => error(e),
-        Err(Failure::BadBody) => error(ApiError::BAD_REQUEST),
+        Ok(action) => {
+            action.apply_local(state);
+            Ok(())
+        }
+        Err(Failure::Api(e)) => Err(e),
+        Err(Failure::BadBody) => Err(ApiError::BAD_REQUEST),
     }
 }
 
@@ -147,30 +139,32 @@ pub(crate) async fn fan_out(
         })
         .map_err(|_| Failure::Api(ApiError::INTERNAL))?,
     );
-    let asks = nodes
-        .iter()
-        .filter(|n| **n != me)
-        .map(|n| bus.request(n, payload.clone(), ACK_TIMEOUT));
-    for (name, answer) in nodes.iter().filter(|n| **n != me).zip(join_all(asks).await) {
-        match answer {
+    let others: Vec<&String> = nodes.iter().filter(|n| **n != me).collect();
+    let answers = join_all(
+        others
+            .iter()
+            .map(|n| bus.request(n, payload.clone(), ACK_TIMEOUT)),
+    )
+    .await;
+    for (name, answer) in others.into_iter().zip(answers) {
+        let error = match answer {
             // Gone: so are its connections.
-            Ok(None) => {}
+            Ok(None) => continue,
             Ok(Some(bytes)) => match serde_json::from_slice::<Ack>(&bytes) {
-                Ok(Ack { error: None, .. }) => {}
-                Ok(Ack {
-                    error: Some(code), ..
-                }) => {
-                    tracing::warn!(node = %name, code, method, "another edge refused a forwarded API action");
-                    return Err(Failure::Api(ApiError::INTERNAL));
-                }
-                Err(_) => return Err(Failure::Api(ApiError::INTERNAL)),
+                Ok(Ack { error: None }) => continue,
+                Ok(Ack { error: Some(code) }) => format!("refused with {code}"),
+                Err(e) => format!("unreadable acknowledgement: {e}"),
             },
             Err(e) => {
                 tracing::warn!(node = %name, error = %e, method, "another edge did not acknowledge an API action");
                 Metrics::get().forward_failures.increment(1);
                 return Err(Failure::Api(ApiError::NOT_AVAILABLE));
             }
-        }
+        };
+        // Every edge checks the action alike; a refusal means the edges'
+        // configurations differ (e.g. a namespace missing on one).
+        tracing::error!(node = %name, method, %error, "another edge refused a forwarded API action");
+        return Err(Failure::Api(ApiError::INTERNAL));
     }
     Ok(())
 }
@@ -195,23 +189,7 @@ pub(crate) async fn nodes(state: &EdgeState) -> Result<Vec<api::NodeInfo>, ApiEr
         return Ok(nodes);
     };
     match m.nodes().await {
-        Ok(others) => {
-            nodes.extend(
-                others
-                    .into_iter()
-                    .filter(|n| n.name != me)
-                    .map(|n| api::NodeInfo {
-                        uid: n.uid,
-                        name: n.name,
-                        version: n.version,
-                        num_clients: n.num_clients,
-                        num_users: n.num_users,
-                        num_channels: n.num_channels,
-                        num_subs: n.num_subs,
-                        uptime: n.uptime,
-                    }),
-            )
-        }
+        Ok(others) => nodes.extend(others.into_iter().filter(|n| n.name != me)),
         Err(e) => tracing::debug!(error = %e, "info: membership unavailable; this edge only"),
     }
     Ok(nodes)

@@ -615,6 +615,55 @@ join_leave = true
         assert_eq!(c.client.token_hmac_secret, "42");
     }
 
+    /// `[membership]` (and the NATS start-up bound) are checked at start,
+    /// each error naming its key; without seeds nothing else is required.
+    #[test]
+    fn membership_settings_are_checked_naming_the_key() {
+        let refused = |toml: &str, key: &str| {
+            let f = write(toml);
+            let e = Config::load(Config::default(), Some(&f.0), none()).unwrap_err();
+            assert!(e.contains(key), "{toml}: {e}");
+        };
+        let seeds = "[membership]\nseeds = [\"127.0.0.1:7501\"]\n";
+        refused(seeds, "membership.certs");
+        refused(
+            "[membership]\nseeds = [\"no-port\"]\ncerts = \"c\"\n",
+            "membership.seeds[0]",
+        );
+        refused(
+            &format!("{seeds}certs = \"c\"\nlease_ttl = \"4s\"\nrenew_interval = \"3s\"\n"),
+            "membership.renew_interval",
+        );
+        refused(
+            &format!("{seeds}certs = \"c\"\nlease_ttl = \"500ms\"\n"),
+            "membership.lease_ttl",
+        );
+        refused(
+            &format!("{seeds}certs = \"c\"\nrequest_timeout = \"0s\"\n"),
+            "membership.request_timeout",
+        );
+        refused(
+            &format!("{seeds}certs = \"c\"\nbuffer_max = 0\n"),
+            "membership.buffer_max",
+        );
+        refused(
+            "[membership]\npresence_max_clients = 0\n",
+            "membership.presence_max_clients",
+        );
+        refused("[membership]\nbogus = 1\n", "bogus");
+        refused("name = \"\"\n", "name");
+        refused("[nats]\nstartup_timeout = \"0s\"\n", "nats.startup_timeout");
+        let f = write(&format!("{seeds}certs = \"/etc/groupcast/certs\"\n"));
+        let c = Config::load(Config::default(), Some(&f.0), none()).unwrap();
+        assert!(c.membership.is_clustered());
+        assert_eq!(c.membership.lease_ttl, Duration::from_secs(5));
+        let c = Config::load(Config::dev(), None, none()).unwrap();
+        assert!(
+            !c.membership.is_clustered(),
+            "dev needs no membership service"
+        );
+    }
+
     #[test]
     fn errors_name_the_key() {
         let f = write("[client]\nping_interval = 5\n");

@@ -35,9 +35,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use groupcast_core::membership::{
-    LeaveHandler, Membership, MembershipError, NodeSummary, PresenceStats,
-};
+use groupcast_core::membership::{LeaveHandler, Membership, MembershipError, PresenceStats};
+use groupcast_proto::api::NodeInfo;
 use groupcast_proto::client::ClientInfo;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
@@ -72,8 +71,6 @@ pub struct ClientConfig {
     pub presence_max_clients: u32,
     /// How often to ask for removed edges whose entries left.
     pub removal_poll: Duration,
-    /// Version reported in the registration (the API's `info`).
-    pub version: String,
 }
 
 impl ClientConfig {
@@ -92,7 +89,6 @@ impl ClientConfig {
             presence_max_clients: groupcast_core::membership::memory::DEFAULT_MAX_PER_CHANNEL
                 as u32,
             removal_poll: Duration::from_millis(250),
-            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 
@@ -343,10 +339,7 @@ impl MembershipClient {
             cancel: cancel.clone(),
             seq: AtomicU64::new(0),
             leave_handler: OnceLock::new(),
-            started_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            started_unix: unix_now(),
         });
         metrics::gauge!("groupcast_membership_client_available").set(0.0);
         tokio::spawn(flush_loop(shared.clone()));
@@ -573,16 +566,13 @@ impl Membership for MembershipClient {
         }
     }
 
-    async fn nodes(&self) -> Result<Vec<NodeSummary>, MembershipError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, MembershipError> {
+        let now = unix_now();
         Ok(self
             .edges()
             .await?
             .into_iter()
-            .map(|e| NodeSummary {
+            .map(|e| NodeInfo {
                 uid: uid(e.edge.incarnation),
                 name: e.edge.name,
                 version: e.version,
@@ -607,6 +597,14 @@ impl Membership for MembershipClient {
     fn is_available(&self) -> bool {
         MembershipClient::is_available(self)
     }
+}
+
+/// Seconds since the Unix epoch (edges' start times, for `info`'s uptime).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// An edge incarnation as the API's node `uid`.
@@ -667,7 +665,7 @@ impl Shared {
             edge: self.edge.clone(),
             addr: self.cfg.edge_addr.clone(),
             ttl_ms: self.cfg.lease_ttl.as_millis() as u64,
-            version: self.cfg.version.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             started_unix: self.started_unix,
         };
         match self.commit(&Request::Write(cmd)).await {
@@ -921,7 +919,8 @@ async fn removal_loop(s: Arc<Shared>) {
             );
             metrics::counter!("groupcast_membership_client_removals_missed_total").increment(1);
         }
-        for r in removals.iter().filter(|r| r.seq > after) {
+        // The leader answers only removals after `after`.
+        for r in &removals {
             if r.edge == s.edge.name {
                 continue;
             }
@@ -959,5 +958,6 @@ mod tests {
         refused(|c| c.buffer_max = 0, "buffer_max");
         refused(|c| c.flush_interval = Duration::ZERO, "flush_interval");
         refused(|c| c.renew_every = c.lease_ttl, "renew_every");
+        refused(|c| c.removal_poll = Duration::ZERO, "removal_poll");
     }
 }

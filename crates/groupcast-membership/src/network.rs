@@ -34,9 +34,17 @@ pub struct PeerHealth {
     down: Mutex<HashMap<NodeId, (Instant, Instant)>>,
 }
 
+/// What [`PeerHealth`] logged about one RPC outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logged {
+    Nothing,
+    Down,
+    StillDown,
+    BackUp,
+}
+
 impl PeerHealth {
-    fn failed(&self, target: NodeId, error: &dyn std::fmt::Display) {
-        let now = Instant::now();
+    fn failed(&self, target: NodeId, error: &dyn std::fmt::Display, now: Instant) -> Logged {
         let mut down = self.down.lock();
         match down.get_mut(&target) {
             None => {
@@ -44,6 +52,7 @@ impl PeerHealth {
                 metrics::gauge!("groupcast_membership_peer_up", "peer" => target.to_string())
                     .set(0.0);
                 tracing::warn!(peer = target, %error, "membership: replica unreachable");
+                Logged::Down
             }
             Some((since, logged)) if now.duration_since(*logged) >= REMINDER_EVERY => {
                 *logged = now;
@@ -53,20 +62,23 @@ impl PeerHealth {
                     %error,
                     "membership: replica still unreachable"
                 );
+                Logged::StillDown
             }
-            Some(_) => {}
+            Some(_) => Logged::Nothing,
         }
     }
 
-    fn answered(&self, target: NodeId) {
-        if let Some((since, _)) = self.down.lock().remove(&target) {
-            tracing::info!(
-                peer = target,
-                down_for_s = since.elapsed().as_secs(),
-                "membership: replica reachable again"
-            );
-        }
+    fn answered(&self, target: NodeId, now: Instant) -> Logged {
+        let Some((since, _)) = self.down.lock().remove(&target) else {
+            return Logged::Nothing;
+        };
         metrics::gauge!("groupcast_membership_peer_up", "peer" => target.to_string()).set(1.0);
+        tracing::info!(
+            peer = target,
+            down_for_s = now.duration_since(since).as_secs(),
+            "membership: replica reachable again"
+        );
+        Logged::BackUp
     }
 }
 
@@ -119,11 +131,11 @@ impl PeerClient {
     {
         let reply = match self.peer.call(&req, option.hard_ttl()).await {
             Ok(r) => {
-                self.health.answered(self.target);
+                self.health.answered(self.target, Instant::now());
                 r
             }
             Err(e) => {
-                self.health.failed(self.target, &e);
+                self.health.failed(self.target, &e, Instant::now());
                 return Err(match e {
                     TransportError::Resolve(_) | TransportError::Connect { .. } => {
                         RPCError::Unreachable(Unreachable::new(&e))
@@ -182,5 +194,32 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             _ => None,
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica that stays down for a minute under 100 ms retries is
+    /// logged once, then once per reminder period, then once when back.
+    #[test]
+    fn a_dead_replica_is_logged_once_with_reminders_and_once_back() {
+        let h = PeerHealth::default();
+        let t0 = Instant::now();
+        let mut logged = Vec::new();
+        for i in 0..600u32 {
+            let at = t0 + Duration::from_millis(100) * i;
+            match h.failed(2, &"no answer", at) {
+                Logged::Nothing => {}
+                other => logged.push(other),
+            }
+        }
+        assert_eq!(logged, [Logged::Down, Logged::StillDown]);
+        assert_eq!(h.failed(3, &"no answer", t0), Logged::Down, "per replica");
+        let back = t0 + Duration::from_secs(61);
+        assert_eq!(h.answered(2, back), Logged::BackUp);
+        assert_eq!(h.answered(2, back), Logged::Nothing, "once");
+        assert_eq!(h.answered(1, back), Logged::Nothing, "never down");
     }
 }

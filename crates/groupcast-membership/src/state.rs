@@ -502,6 +502,78 @@ mod tests {
         assert_eq!(presence_clients(&s, "c"), ["1", "2"]);
     }
 
+    fn removals(s: &State, after: u64) -> (u64, Vec<(u64, String)>, bool) {
+        match s.query(&Query::Removals { after }) {
+            QueryResult::Removals {
+                latest,
+                removals,
+                complete,
+            } => (
+                latest,
+                removals.into_iter().map(|r| (r.seq, r.edge)).collect(),
+                complete,
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Removals with entries are kept for the other edges, at most
+    /// MAX_REMOVALS_KEPT; a poll from before the oldest kept one is told it
+    /// missed some. Removals without entries and restarts without entries
+    /// are not recorded; a restart that replaces entries is.
+    #[test]
+    fn removals_are_kept_for_the_other_edges_up_to_the_limit() {
+        let mut s = State::default();
+        assert_eq!(removals(&s, 0), (0, vec![], true));
+        let empty = edge("empty", 1);
+        register(&mut s, &empty);
+        s.apply(&Command::Remove {
+            edge: empty,
+            reason: RemoveReason::Left,
+        });
+        assert_eq!(removals(&s, 0), (0, vec![], true), "no entries, no record");
+        let total = MAX_REMOVALS_KEPT as u64 + 6;
+        for i in 0..total {
+            let e = edge(&format!("e{i}"), 1);
+            register(&mut s, &e);
+            s.apply(&batch(&e, 1, vec![join("c", &format!("k{i}"), "u", 1000)]));
+            if i == 0 {
+                // A restart (new incarnation) replaces the old entries.
+                register(&mut s, &edge("e0", 2));
+                continue;
+            }
+            s.apply(&Command::Remove {
+                edge: e,
+                reason: RemoveReason::LeaseExpired,
+            });
+        }
+        let (latest, kept, complete) = removals(&s, 0);
+        assert_eq!(latest, total);
+        assert_eq!(kept.len(), MAX_REMOVALS_KEPT);
+        assert_eq!(
+            kept[0].0,
+            total - MAX_REMOVALS_KEPT as u64 + 1,
+            "oldest dropped"
+        );
+        assert!(!complete, "a poll from 0 missed the dropped ones");
+        let oldest_kept = kept[0].0;
+        assert!(
+            removals(&s, oldest_kept - 1).2,
+            "nothing missed from just before the oldest"
+        );
+        let (_, tail, complete) = removals(&s, total - 2);
+        assert!(complete);
+        assert_eq!(
+            tail,
+            [
+                (total - 1, format!("e{}", total - 2)),
+                (total, format!("e{}", total - 1))
+            ]
+        );
+        assert_eq!(removals(&s, total), (total, vec![], true));
+        assert_eq!(removals(&s, u64::MAX), (total, vec![], true));
+    }
+
     #[test]
     fn removing_an_edge_drops_everything_and_reports_each_leave() {
         let mut s = State::default();

@@ -287,7 +287,8 @@ impl NodeBus for NatsBroker {
         Ok(())
     }
 
-    /// `Unavailable` also when no node listens (gone) or NATS is down.
+    /// A node that does not listen is NATS's "no responders" (`Ok(None)`);
+    /// `Unavailable` for a timeout or NATS down.
     async fn request(
         &self,
         node: &str,
@@ -356,21 +357,24 @@ impl Inner {
     /// [`Self::stream`] at start: a JetStream that just formed (a new NATS
     /// cluster still electing its meta leader) times out or answers "no
     /// responders" for a while, so failures are retried with backoff for up
-    /// to `within` (`nats.connect_timeout`) before giving up.
+    /// to `within` (`nats.startup_timeout`) before giving up.
     async fn stream_at_start(&self, ns: &str, within: Duration) -> Result<(), BrokerError> {
         let deadline = tokio::time::Instant::now() + within;
         let mut pause = Duration::from_millis(100);
         loop {
-            match self.stream(ns).await {
+            let e = match self.stream(ns).await {
                 Ok(_) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() + pause < deadline => {
-                    tracing::warn!(namespace = ns, error = %e, "JetStream not ready; retrying");
-                    metrics::counter!("groupcast_nats_stream_retries_total").increment(1);
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            // The last try is at the deadline, not a backoff before it.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(e);
             }
+            tracing::warn!(namespace = ns, error = %e, "JetStream not ready; retrying");
+            metrics::counter!("groupcast_nats_stream_retries_total").increment(1);
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 

@@ -103,6 +103,11 @@ impl EdgeProcess {
         self.process.log()
     }
 
+    /// SIGSTOP (`stop = true`) or SIGCONT the edge.
+    pub fn pause(&self, stop: bool) {
+        self.process.signal(if stop { "STOP" } else { "CONT" });
+    }
+
     /// SIGTERM (the drain) and wait (bounded by `within`) for the exit;
     /// true when it exited successfully.
     pub async fn terminate(&mut self, within: std::time::Duration) -> bool {

@@ -53,6 +53,24 @@ impl NatsServer {
         s
     }
 
+    /// A single server *without* JetStream (what an edge meets while a
+    /// NATS cluster is still forming JetStream), started and ready.
+    pub async fn start_without_jetstream() -> NatsServer {
+        let mut s = NatsServer::new("n1", &[]);
+        s.args.retain(|a| a != "-js");
+        s.spawn();
+        s.wait_ready(false).await;
+        s
+    }
+
+    /// Start a killed server again, now with JetStream.
+    pub async fn restart_with_jetstream(&mut self) {
+        if !self.args.iter().any(|a| a == "-js") {
+            self.args.push("-js".into());
+        }
+        self.restart().await;
+    }
+
     fn new(name: &str, extra: &[String]) -> NatsServer {
         let port = free_port();
         let monitor_port = free_port();

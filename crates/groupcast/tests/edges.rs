@@ -18,15 +18,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
 const T: Duration = Duration::from_secs(10);
 
 async fn edge(name: &str, nats: &NatsServer, m: &MembershipCluster) -> EdgeProcess {
+    edge_env(name, nats, m, &[]).await
+}
+
+async fn edge_env(
+    name: &str,
+    nats: &NatsServer,
+    m: &MembershipCluster,
+    env: &[(&str, &str)],
+) -> EdgeProcess {
     let config = format!("{EDGE_CONFIG}{}", m.edge_section());
-    EdgeProcess::start(
-        Path::new(BIN),
-        name,
-        &[nats.url()],
-        &config,
-        &[("GROUPCAST_CLIENT__COMMAND_RATE", "0")],
-    )
-    .await
+    let mut all = vec![("GROUPCAST_CLIENT__COMMAND_RATE", "0")];
+    all.extend_from_slice(env);
+    EdgeProcess::start(Path::new(BIN), name, &[nats.url()], &config, &all).await
 }
 
 /// A client of `user` on `e`, subscribed to `channel`; returns it and its
@@ -253,4 +257,99 @@ async fn membership_unreachable_keeps_pub_sub_and_answers_presence_108() {
         assert!(Instant::now() < deadline, "presence not back: {r}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// An API action by user answers 108 when an edge holding the user does not
+/// acknowledge within 3 s (it is stuck); once it answers again the same
+/// call goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_action_answers_108_when_an_edge_holding_the_user_does_not_acknowledge() {
+    let (nats, m) = tokio::join!(
+        NatsServer::start(),
+        MembershipCluster::start(Path::new(BIN), 1, &[])
+    );
+    let (a, b) = tokio::join!(edge("a", &nats, &m), edge("b", &nats, &m));
+    let (mut bob, _) = member(&b, "bob", "room").await;
+    // Bob's connection is counted on edge b (batched: wait for it).
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, info) = a.api("info", json!({})).await;
+        let on_b = info["result"]["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == "b"))
+            .map(|n| n["num_clients"].clone());
+        if on_b == Some(json!(1)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.pause(true);
+    let asked = Instant::now();
+    let (status, r) = a.api("disconnect", json!({ "user": "bob" })).await;
+    assert_eq!((status, &r["error"]["code"]), (200, &json!(108)), "{r}");
+    assert!(
+        asked.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(a.metric("groupcast_api_forward_failures_total").await >= 1.0);
+    b.pause(false);
+    let (_, r) = a.api("disconnect", json!({ "user": "bob" })).await;
+    assert_eq!(r["result"], json!({}), "{r}");
+    assert!(
+        bob.closed(T).await.unwrap().is_some(),
+        "bob was disconnected"
+    );
+}
+
+/// An edge started while the membership service is down serves anyway
+/// after membership.start_timeout (presence answers 108), and what it
+/// did meanwhile reaches the service once it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_started_without_the_membership_service_catches_up() {
+    let (nats, m) = tokio::join!(
+        NatsServer::start(),
+        MembershipCluster::start(Path::new(BIN), 1, &[])
+    );
+    m.pause(0, true);
+    let a = edge_env(
+        "a",
+        &nats,
+        &m,
+        &[("GROUPCAST_MEMBERSHIP__START_TIMEOUT", "300ms")],
+    )
+    .await;
+    assert!(
+        a.log()
+            .contains("not reachable within membership.start_timeout"),
+        "{}",
+        a.log()
+    );
+    let (mut alice, alice_id) = member(&a, "alice", "room").await;
+    let r = alice
+        .command("presence", json!({ "channel": "room" }))
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], 108, "{r}");
+    m.pause(0, false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while presence_clients_or_none(&mut alice, "room").await != Some(vec![alice_id.clone()]) {
+        assert!(
+            Instant::now() < deadline,
+            "alice's presence never reached the service"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Presence of `channel`, or None while it answers an error.
+async fn presence_clients_or_none(c: &mut Client, channel: &str) -> Option<Vec<String>> {
+    let r = c
+        .command("presence", json!({ "channel": channel }))
+        .await
+        .unwrap();
+    r["presence"]["presence"]
+        .as_object()
+        .map(|p| p.keys().cloned().collect())
 }

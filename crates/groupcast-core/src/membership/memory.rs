@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use groupcast_proto::client::ClientInfo;
 use parking_lot::Mutex;
 
-use super::{LeaveHandler, Membership, MembershipError, NodeSummary, PresenceStats};
+use groupcast_proto::api::NodeInfo;
+
+use super::{LeaveHandler, Membership, MembershipError, PresenceStats};
 
 /// Default maximum presence entries per channel (`presence_max_clients`).
 pub const DEFAULT_MAX_PER_CHANNEL: usize = 100_000;
@@ -135,9 +137,9 @@ impl Membership for MemoryMembership {
         })
     }
 
-    async fn nodes(&self) -> Result<Vec<NodeSummary>, MembershipError> {
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, MembershipError> {
         let c = self.counts.lock();
-        Ok(vec![NodeSummary {
+        Ok(vec![NodeInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime: self.started.elapsed().as_secs() as u32,
             num_clients: c.connections.values().sum::<u64>() as u32,
