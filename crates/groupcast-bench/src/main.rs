@@ -11,6 +11,9 @@
 //!   NATS-backed cluster; the publisher stays on `--server`.
 //! * `membership`: committed presence changes per second through edge
 //!   handles against a membership cluster, and presence query p50/p99.
+//! * `presence`: joins and leaves per second through edges (connections
+//!   subscribing and unsubscribing), how fast the membership service
+//!   committed them, and presence query p50/p99 through an edge.
 //!
 //! Every scenario is bounded in connections and time and exits by itself.
 //! `docs/benchmarks.md` records results with the exact commands.
@@ -30,6 +33,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 mod membership;
+mod presence;
 
 #[derive(Parser)]
 #[command(name = "groupcast-bench", about = "Groupcast load scenarios")]
@@ -83,6 +87,8 @@ enum Scenario {
     },
     /// Membership cluster: committed presence changes/s and query latency.
     Membership(membership::Params),
+    /// Through edges: presence joins/leaves per second and query latency.
+    Presence(presence::Params),
 }
 
 type Ws = WebSocketStream<tokio::net::TcpStream>;
@@ -197,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
         Scenario::Membership(params) => membership::run(params).await?,
+        Scenario::Presence(params) => presence::run(cli.server, &cli.token, params).await?,
         Scenario::Idle {
             connections,
             server_pid,
@@ -263,16 +270,31 @@ async fn main() -> anyhow::Result<()> {
                 )));
             }
             let mut publisher = open(cli.server, subscribers, source_ips).await?;
-            handshake(&mut publisher, &cli.token, &format!("{channel}-publisher")).await?;
+            // Subscribed to the channel itself: where only subscribers may
+            // publish (`allow_publish_for_subscriber`, the local cluster) it
+            // must be; it ignores its own copies.
+            handshake(&mut publisher, &cli.token, &channel).await?;
             let (mut tx, mut rx) = publisher.split();
             let acked = Arc::new(AtomicU64::new(0));
-            let acks = acked.clone();
+            let refused = Arc::new(AtomicU64::new(0));
+            let first_refusal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+            let (acks, refusals, first) = (acked.clone(), refused.clone(), first_refusal.clone());
             let reader = tokio::spawn(async move {
                 while let Some(Ok(Message::Text(t))) = rx.next().await {
-                    let n = t.split('\n').filter(|l| l.contains("\"publish\"")).count();
-                    acks.fetch_add(n as u64, Ordering::Relaxed);
+                    for line in t.split('\n') {
+                        if line.contains("\"publish\"") {
+                            acks.fetch_add(1, Ordering::Relaxed);
+                        } else if line.starts_with("{\"id\":") && line.contains("\"error\"") {
+                            refusals.fetch_add(1, Ordering::Relaxed);
+                            first
+                                .lock()
+                                .expect("refusal lock")
+                                .get_or_insert_with(|| line.to_string());
+                        }
+                    }
                 }
             });
+            let answered = || acked.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed);
             // Pad the data so the whole JSON value is `size` bytes.
             let pad = |t: u64| {
                 let base = format!("{{\"t\":{t},\"p\":\"\"}}");
@@ -285,13 +307,11 @@ async fn main() -> anyhow::Result<()> {
             let mut sent: u64 = 0;
             let mut id: u64 = 10;
             while Instant::now() < deadline {
-                if sent - acked.load(Ordering::Relaxed) >= window as u64 {
+                if sent - answered() >= window as u64 {
                     tokio::time::sleep(Duration::from_micros(200)).await;
                     continue;
                 }
-                let batch = 16
-                    .min(window as u64 - (sent - acked.load(Ordering::Relaxed)))
-                    .max(1);
+                let batch = 16.min(window as u64 - (sent - answered())).max(1);
                 let mut frame = String::new();
                 for _ in 0..batch {
                     id += 1;
@@ -314,13 +334,24 @@ async fn main() -> anyhow::Result<()> {
             let mut l = latencies.lock().expect("latency lock").clone();
             l.sort_unstable();
             println!(
-                "fan-out: {subscribers} subscribers on {} edge(s), channel {channel:?}, {size}-byte publications, {secs}s",
+                "fan-out: {subscribers} subscribers through {} address(es), channel {channel:?}, {size}-byte publications, {secs}s",
                 edges.len()
             );
             println!(
                 "published (acknowledged): {acked_n} ({:.0}/s)",
                 acked_n as f64 / elapsed
             );
+            let refused_n = refused.load(Ordering::Relaxed);
+            if refused_n > 0 {
+                println!(
+                    "publishes refused: {refused_n}, the first: {}",
+                    first_refusal
+                        .lock()
+                        .expect("refusal lock")
+                        .clone()
+                        .unwrap_or_default()
+                );
+            }
             println!(
                 "delivered: {got} ({:.0}/s), expected {} ({:.1}%)",
                 got as f64 / elapsed,

@@ -95,6 +95,10 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 }
 
 /// Count a failed publish (publications, joins and leaves).
+/// Pause before sending a history publish again after "no responders"
+/// (see `Inner::publish_stored`).
+const NO_RESPONDERS_RETRY: Duration = Duration::from_millis(100);
+
 fn counted<T>(r: Result<T, BrokerError>) -> Result<T, BrokerError> {
     if r.is_err() {
         metrics::counter!("groupcast_nats_publish_errors_total").increment(1);
@@ -545,19 +549,21 @@ impl Inner {
 
     /// Store in JetStream and wait for the acknowledgement; its sequence is
     /// the offset. The stream republishes it to the live subject.
+    ///
+    /// Fails at once while NATS is not connected. Otherwise bounded by
+    /// `nats.request_timeout` in all, within which it rides out "no
+    /// responders" while JetStream elects a new leader for the stream
+    /// (nobody received the message, so sending it again cannot store it
+    /// twice). The answer is the position, or `Unavailable` (108) once the
+    /// bound is reached.
     async fn publish_stored(
         &self,
         channel: &str,
         payload: Bytes,
         opts: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
-        self.check_connected()?;
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         let ns = namespace_of(channel);
-        let Some(stream) = self.stream(ns).await? else {
-            return Err(BrokerError::Internal(format!(
-                "namespace {ns:?} has no history stream configured"
-            )));
-        };
         let mut headers = HeaderMap::new();
         if let Some(key) = &opts.idempotency_key {
             // JetStream deduplicates per stream (namespace): scope the key
@@ -565,27 +571,55 @@ impl Inner {
             let id = format!("{}:{}", encode_token(channel), encode_token(key));
             headers.insert("Nats-Msg-Id", id.as_str());
         }
-        let sent = self
-            .js
-            .publish_with_headers(self.subjects.history(channel), headers, payload)
-            .await;
-        let ack = match sent {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match ack {
-            Ok(ack) => Ok(StreamPosition {
-                offset: ack.sequence,
-                epoch: stream.epoch.clone(),
-            }),
-            Err(e) => {
-                if matches!(e.kind(), PublishErrorKind::StreamNotFound) {
-                    // Deleted under us: the next publish creates it again
-                    // (with a new epoch).
-                    self.forget_stream(ns);
+        loop {
+            self.check_connected()?;
+            let Some(stream) = self.stream(ns).await? else {
+                return Err(BrokerError::Internal(format!(
+                    "namespace {ns:?} has no history stream configured"
+                )));
+            };
+            let sent = self
+                .js
+                .publish_with_headers(
+                    self.subjects.history(channel),
+                    headers.clone(),
+                    payload.clone(),
+                )
+                .await;
+            let ack = match sent {
+                Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
+                    Ok(ack) => ack,
+                    Err(_) => Err(PublishErrorKind::TimedOut.into()),
+                },
+                Err(e) => Err(e),
+            };
+            let e = match ack {
+                Ok(ack) => {
+                    return Ok(StreamPosition {
+                        offset: ack.sequence,
+                        epoch: stream.epoch.clone(),
+                    })
                 }
-                Err(unavailable(e))
+                Err(e) => e,
+            };
+            tracing::debug!(channel, error = %e, "JetStream publish failed");
+            if !matches!(e.kind(), PublishErrorKind::StreamNotFound) {
+                return Err(unavailable(e));
             }
+            // "No responders": no server holds the stream's subject right
+            // now (a leader election) or the stream was deleted.
+            let retry_at = tokio::time::Instant::now() + NO_RESPONDERS_RETRY;
+            if retry_at >= deadline {
+                // Still nobody at the bound: if it was deleted, the next
+                // publish creates it again (with a new epoch).
+                self.forget_stream(ns);
+                metrics::counter!("groupcast_nats_publish_retries_total", "outcome" => "gave_up")
+                    .increment(1);
+                return Err(unavailable(e));
+            }
+            metrics::counter!("groupcast_nats_publish_retries_total", "outcome" => "retried")
+                .increment(1);
+            tokio::time::sleep_until(retry_at).await;
         }
     }
 

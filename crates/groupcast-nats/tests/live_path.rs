@@ -29,6 +29,10 @@ async fn broker(url: &str, history_size: usize, capacity: usize) -> NatsBroker {
         subscription_capacity: capacity,
         ..Default::default()
     };
+    broker_with(config, history_size).await
+}
+
+async fn broker_with(config: NatsConfig, history_size: usize) -> NatsBroker {
     let spec = StreamSpec {
         history_size,
         history_ttl: Duration::from_secs(60),
@@ -178,6 +182,50 @@ async fn an_idempotency_key_stores_a_publication_once() {
     assert!(other.offset > first.offset);
     let h = b.history("idem", HistoryQuery::default()).await.unwrap();
     assert_eq!(h.publications.len(), 1);
+}
+
+/// "No responders" on a history publish is retried within
+/// `nats.request_timeout` (what a stream-leader election looks like, see
+/// the chaos tests); a stream that is really gone answers 108 at the bound
+/// and the next publish creates it again, with a new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_fails_one_publish_at_the_bound_then_is_created_again() {
+    let server = NatsServer::start().await;
+    let prefix = format!("t{:x}", rand::random::<u32>());
+    let timeout = Duration::from_millis(800);
+    let config = NatsConfig {
+        urls: vec![server.url()],
+        prefix: prefix.clone(),
+        request_timeout: timeout,
+        ..Default::default()
+    };
+    let b = broker_with(config, 10).await;
+    let first = b.publish("gone", text(1), &opts(10)).await.unwrap();
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    async_nats::jetstream::new(nc)
+        .delete_stream(format!("{prefix}_h_~"))
+        .await
+        .expect("delete the stream");
+
+    let asked = std::time::Instant::now();
+    let failed = b.publish("gone", text(2), &opts(10)).await;
+    assert!(
+        matches!(
+            failed,
+            Err(groupcast_core::broker::BrokerError::Unavailable(_))
+        ),
+        "{failed:?}"
+    );
+    // Retried up to the bound (the last pause would end past it), not
+    // failed at once.
+    assert!(
+        asked.elapsed() >= timeout / 2 && asked.elapsed() <= timeout * 3,
+        "retried until about nats.request_timeout ({timeout:?}), failed after {:?}",
+        asked.elapsed()
+    );
+    let again = b.publish("gone", text(3), &opts(10)).await.unwrap();
+    assert_eq!(again.offset, 1, "a new stream");
+    assert_ne!(again.epoch, first.epoch, "a new stream has a new epoch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

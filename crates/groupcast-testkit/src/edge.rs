@@ -47,6 +47,8 @@ pub struct EdgeProcess {
     pub name: String,
     pub addr: SocketAddr,
     process: Process,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
     config_file: PathBuf,
     log_file: PathBuf,
 }
@@ -77,26 +79,41 @@ impl EdgeProcess {
         let config_file = std::env::temp_dir().join(format!("{stem}.toml"));
         let log_file = std::env::temp_dir().join(format!("{stem}.log"));
         std::fs::write(&config_file, text).expect("write edge config");
-        let mut cmd = Command::new(bin);
-        cmd.arg("edge")
-            .arg("--config")
-            .arg(&config_file)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied());
-        let mut process = Process::spawn(&format!("edge {name}"), cmd, &log_file);
-        process
-            .wait_ready(|| async move {
-                TcpStream::connect(addr).is_ok()
-                    && http_request(addr, "GET", "/readyz", "", b"").await.0 == 200
-            })
-            .await;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let process = spawn_ready(bin, name, addr, &config_file, &log_file, &env).await;
         EdgeProcess {
             name: name.into(),
             addr,
             process,
+            bin: bin.to_path_buf(),
+            env,
             config_file,
             log_file,
         }
+    }
+
+    /// SIGKILL the edge and reap it: no drain, no deregistration (its
+    /// lease runs out).
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Start the edge again, same name, address and configuration (after
+    /// [`kill`](Self::kill) or [`terminate`](Self::terminate)), and wait
+    /// until it is ready. Its log goes on in the same file.
+    pub async fn restart(&mut self) {
+        self.process = spawn_ready(
+            &self.bin,
+            &self.name,
+            self.addr,
+            &self.config_file,
+            &self.log_file,
+            &self.env,
+        )
+        .await;
     }
 
     pub fn log(&self) -> String {
@@ -155,10 +172,40 @@ impl EdgeProcess {
     }
 }
 
+/// Spawn `bin edge --config config_file` and wait until `/readyz` answers
+/// 200 on `addr` (bounded: 30 s).
+async fn spawn_ready(
+    bin: &Path,
+    name: &str,
+    addr: SocketAddr,
+    config_file: &Path,
+    log_file: &Path,
+    env: &[(String, String)],
+) -> Process {
+    let mut cmd = Command::new(bin);
+    cmd.arg("edge")
+        .arg("--config")
+        .arg(config_file)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let mut process = Process::spawn(&format!("edge {name}"), cmd, log_file);
+    process
+        .wait_ready(|| async move {
+            TcpStream::connect(addr).is_ok()
+                && http_request(addr, "GET", "/readyz", "", b"").await.0 == 200
+        })
+        .await;
+    process
+}
+
 impl Drop for EdgeProcess {
     fn drop(&mut self) {
         // The process itself is killed when `process` drops.
         let _ = std::fs::remove_file(&self.config_file);
-        let _ = std::fs::remove_file(&self.log_file);
+        if std::thread::panicking() {
+            eprintln!("edge {} log kept in {}", self.name, self.log_file.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log_file);
+        }
     }
 }

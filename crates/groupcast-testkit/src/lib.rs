@@ -8,6 +8,7 @@
 pub mod edge;
 pub mod membership;
 pub mod nats;
+pub mod nginx;
 mod process;
 
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-pub use groupcast_client::{Client, Frame, Incoming, RawFrame, RelayClient};
+pub use groupcast_client::{Client, ClientError, Frame, Incoming, RawFrame, RelayClient};
 
 pub const API_KEY: &str = "test-api-key";
 pub const SECRET: &str = "test-secret";
@@ -174,7 +175,8 @@ impl Drop for TestServer {
     }
 }
 
-/// Minimal HTTP/1.1 client (`Connection: close`), enough for API tests.
+/// Minimal HTTP/1.1 client (`Connection: close`), enough for API tests;
+/// panics on an I/O error (see [`try_http_request`]).
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -182,9 +184,22 @@ pub async fn http_request(
     headers: &str,
     body: &[u8],
 ) -> (u16, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(addr)
+    try_http_request(addr, method, path, headers, body)
         .await
-        .expect("connect to test server");
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// [`http_request`] that reports an I/O error instead of panicking (for
+/// callers that expect servers to fail under them).
+pub async fn try_http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::{Error, ErrorKind};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
     // The caller may set its own Connection header (an upgrade request).
     let connection = if headers.to_ascii_lowercase().contains("connection:") {
         ""
@@ -195,28 +210,33 @@ pub async fn http_request(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{connection}Content-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).await.expect("write request");
-    s.write_all(body).await.expect("write body");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let text_end = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break end;
         }
-        let n = s.read(&mut chunk).await.expect("read response head");
-        assert!(n > 0, "connection closed before the response head");
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::UnexpectedEof,
+                "connection closed before the response head",
+            ));
+        }
         buf.extend_from_slice(&chunk[..n]);
     };
     // A 101 keeps the connection open (WebSocket): the head is the answer.
     if buf.starts_with(b"HTTP/1.1 101") {
-        return (101, Vec::new());
+        return Ok((101, Vec::new()));
     }
     let head = String::from_utf8_lossy(&buf[..text_end]).to_ascii_lowercase();
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status code");
+        .ok_or_else(|| Error::new(ErrorKind::InvalidData, "no status code"))?;
     let content_length: Option<usize> = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -233,7 +253,7 @@ pub async fn http_request(
         if complete {
             break;
         }
-        let n = s.read(&mut chunk).await.expect("read response body");
+        let n = s.read(&mut chunk).await?;
         if n == 0 {
             break;
         }
@@ -243,7 +263,7 @@ pub async fn http_request(
     if chunked {
         body = dechunk(&body);
     }
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {

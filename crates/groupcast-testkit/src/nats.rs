@@ -130,6 +130,15 @@ impl NatsServer {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("monitor {path}: {e}: {body}"))
     }
 
+    /// GET a monitoring endpoint as JSON; None when it does not answer 200
+    /// with JSON (e.g. the server is down).
+    pub async fn try_monitor(&self, path: &str) -> Option<serde_json::Value> {
+        match http_get(self.monitor_port, path).await? {
+            (200, body) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.process.is_some()
@@ -217,27 +226,15 @@ impl NatsCluster {
     }
 }
 
-/// GET over HTTP/1.1 with `Connection: close`; `None` on any I/O error or
-/// after 2 s.
+/// GET over HTTP/1.1 with `Connection: close` (chunked bodies decoded);
+/// `None` on any I/O error or after 2 s.
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let get = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_string()))
-    };
-    tokio::time::timeout(Duration::from_secs(2), get)
+    let get = crate::try_http_request(([127, 0, 0, 1], port).into(), "GET", path, "", b"");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(2), get)
         .await
-        .ok()
-        .flatten()
+        .ok()?
+        .ok()?;
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn rand_u64() -> u64 {

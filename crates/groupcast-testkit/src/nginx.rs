@@ -1,0 +1,104 @@
+//! nginx in front of three edges, with the local cluster's own
+//! configuration (`deploy/local/nginx.conf.tmpl`: WebSocket upgrade
+//! headers, least connections, passive failover), so the chaos tests run
+//! through exactly what `deploy/local/cluster.sh` deploys.
+//!
+//! nginx runs in the foreground as one process (`master_process off`), so
+//! the SIGKILL on drop leaves no worker behind.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::process::Process;
+
+const TEMPLATE: &str = include_str!("../../../deploy/local/nginx.conf.tmpl");
+
+/// The nginx binary: on `PATH` or Debian's `/usr/sbin/nginx`
+/// (`scripts/install-nginx.sh`, run by the test command, installs it).
+pub fn nginx_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file());
+    let bin = on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
+    assert!(
+        bin.is_file(),
+        "nginx not found on PATH or at /usr/sbin/nginx: run scripts/install-nginx.sh \
+         (scripts/test.sh does)"
+    );
+    bin
+}
+
+/// A running nginx load-balancing a loopback port over three edges.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    process: Process,
+}
+
+impl Nginx {
+    /// Start nginx on a free loopback port in front of `edges` (exactly
+    /// three, the template's upstream) and wait until it accepts (30 s).
+    pub async fn start(edges: &[SocketAddr]) -> Nginx {
+        assert_eq!(edges.len(), 3, "the local cluster's nginx has three edges");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let dir =
+            std::env::temp_dir().join(format!("groupcast-nginx-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
+        std::fs::create_dir_all(dir.join("temp")).expect("nginx dir");
+        let mut conf = TEMPLATE
+            .replace("@PREFIX@", dir.to_str().expect("utf-8 temp dir"))
+            .replace("@LB_PORT@", &port.to_string());
+        for (i, e) in edges.iter().enumerate() {
+            assert_eq!(e.ip().to_string(), "127.0.0.1", "edges listen on 127.0.0.1");
+            conf = conf.replace(&format!("@EDGE_PORT_{}@", i + 1), &e.port().to_string());
+        }
+        assert!(
+            !conf.contains('@'),
+            "unfilled placeholder in nginx.conf.tmpl"
+        );
+        let conf_file = dir.join("nginx.conf");
+        std::fs::write(&conf_file, conf).expect("write nginx.conf");
+        let mut cmd = Command::new(nginx_binary());
+        cmd.arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf_file)
+            .arg("-g")
+            .arg("daemon off; master_process off;");
+        let mut process = Process::spawn("nginx", cmd, &dir.join("stdout.log"));
+        process
+            .wait_ready(|| async move { TcpStream::connect(addr).is_ok() })
+            .await;
+        Nginx { addr, dir, process }
+    }
+
+    /// The Centrifugo-protocol WebSocket URL through nginx.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    /// nginx's error log (upstream failures, failovers).
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
+            + &self.process.log()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.process.kill();
+        if std::thread::panicking() {
+            eprintln!("nginx logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,814 @@
+//! Chaos through a load balancer: the whole cluster (three `nats-server`s
+//! with clustered JetStream, three membership replicas, three edges, nginx
+//! with `deploy/local/nginx.conf.tmpl`), 300 Centrifugo-protocol clients on
+//! ten history channels connected through nginx, and numbered publications
+//! at a steady rate through nginx's API. Each test breaks one thing:
+//!
+//! * (a) `kill -9` of an edge,
+//! * (b) a rolling SIGTERM of the three edges, each restarted before the next,
+//! * (c) `kill -9` of the membership leader,
+//! * (d) `kill -9` of the NATS server leading the history stream (three replicas).
+//!
+//! and then asserts what a user relies on: every client holds every
+//! publication of its channel exactly once and in order (clients reconnect
+//! through nginx and recover from JetStream, as the SDKs do); presence
+//! converges to exactly the live clients within 6 s of the fault; no live
+//! edge loses its membership lease. Each prints its figures (reconnect time
+//! p50/p99/max, presence convergence, publish stalls); `docs/failover.md`
+//! records a run of
+//! `cargo nextest run -p groupcast --test chaos --no-capture`.
+//!
+//! The tests run one at a time (`.config/nextest.toml`); each is bounded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use groupcast_edge::auth::{mint_hs256, now_unix};
+use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
+use groupcast_testkit::membership::MembershipCluster;
+use groupcast_testkit::nats::NatsCluster;
+use groupcast_testkit::nginx::Nginx;
+use groupcast_testkit::{try_http_request, Client, ClientError, API_KEY, SECRET};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
+const CLIENTS: usize = 300;
+const CHANNELS: usize = 10;
+/// One API publish every 10 ms, round robin over the channels: 100/s in
+/// all, 10/s per channel, 3,000 deliveries/s.
+const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+/// What the issue promises for presence after a fault.
+const PRESENCE_WITHIN: Duration = Duration::from_secs(6);
+/// Bound for everything else we wait for (reconnects, catching up).
+const WAIT: Duration = Duration::from_secs(30);
+
+fn channel(i: usize) -> String {
+    format!("chaos{}", i % CHANNELS)
+}
+
+/// What one client has seen; shared with the test body.
+#[derive(Default)]
+struct ClientState {
+    /// Client id of the current connection; empty while disconnected.
+    id: String,
+    /// Last publication number received (in order) on its channel.
+    last: u64,
+    /// Gaps, duplicates, failed recoveries: anything a user would notice.
+    errors: Vec<String>,
+    /// Connection lost → subscribed again (recovered), per reconnect.
+    reconnects: Vec<Duration>,
+    /// Close codes seen (None: the connection dropped without one).
+    closes: Vec<Option<u16>>,
+    /// Why the last attempt to connect and subscribe failed.
+    failure: String,
+}
+
+struct Shared {
+    states: Vec<Mutex<ClientState>>,
+    stop: CancellationToken,
+}
+
+/// `CLIENTS` resilient clients through nginx (see [`run_client`]).
+struct Clients {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    /// Connects the clients through `lb`, each subscribed to its channel,
+    /// and waits until all are subscribed.
+    async fn start(lb: &Nginx) -> Clients {
+        let shared = Arc::new(Shared {
+            states: (0..CLIENTS).map(|_| Mutex::default()).collect(),
+            stop: CancellationToken::new(),
+        });
+        let tasks = (0..CLIENTS)
+            .map(|i| tokio::spawn(run_client(shared.clone(), i, lb.ws_url())))
+            .collect();
+        let clients = Clients { shared, tasks };
+        clients.wait_all_connected().await;
+        clients
+    }
+
+    fn state(&self, i: usize) -> std::sync::MutexGuard<'_, ClientState> {
+        self.shared.states[i].lock().unwrap()
+    }
+
+    /// Waits (bounded) until every client is connected and subscribed.
+    async fn wait_all_connected(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let down = (0..CLIENTS)
+                .filter(|&i| self.state(i).id.is_empty())
+                .count();
+            if down == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let mut why: BTreeMap<String, usize> = BTreeMap::new();
+                for i in 0..CLIENTS {
+                    let s = self.state(i);
+                    if s.id.is_empty() {
+                        *why.entry(s.failure.clone()).or_default() += 1;
+                    }
+                }
+                panic!("{down} clients still not connected after {WAIT:?}: {why:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Current client ids per channel.
+    fn ids(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut by_channel: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for i in 0..CLIENTS {
+            let s = self.state(i);
+            by_channel
+                .entry(channel(i))
+                .or_default()
+                .insert(s.id.clone());
+        }
+        by_channel
+    }
+
+    /// Reconnect times since `from` (indexes into each client's list).
+    fn reconnects_since(&self, from: &[usize]) -> Vec<Duration> {
+        (0..CLIENTS)
+            .flat_map(|i| self.state(i).reconnects[from[i]..].to_vec())
+            .collect()
+    }
+
+    fn reconnect_marks(&self) -> Vec<usize> {
+        (0..CLIENTS)
+            .map(|i| self.state(i).reconnects.len())
+            .collect()
+    }
+
+    /// Waits (bounded) until every client has received publication `acked`
+    /// of its channel, then asserts nobody saw a gap, a duplicate or a
+    /// failed recovery.
+    async fn assert_complete(&self, acked: &[AtomicU64]) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let behind: Vec<(usize, u64, u64)> = (0..CLIENTS)
+                .filter_map(|i| {
+                    let want = acked[i % CHANNELS].load(Ordering::SeqCst);
+                    let last = self.state(i).last;
+                    (last < want).then_some((i, last, want))
+                })
+                .collect();
+            if behind.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let errors = self.errors();
+                panic!(
+                    "{} clients behind after {WAIT:?}, e.g. (client, has, published) {:?}; errors: {errors:?}",
+                    behind.len(),
+                    &behind[..behind.len().min(5)]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let errors = self.errors();
+        assert!(errors.is_empty(), "clients saw: {errors:?}");
+    }
+
+    fn errors(&self) -> Vec<String> {
+        (0..CLIENTS)
+            .flat_map(|i| {
+                self.state(i)
+                    .errors
+                    .iter()
+                    .map(|e| format!("client {i}: {e}"))
+                    .collect::<Vec<_>>()
+            })
+            .take(20)
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.shared.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// One client as the SDKs behave: connect through nginx, subscribe to its
+/// channel (with `recover` from its last offset and epoch after the first
+/// time), check every publication's number, and on a lost connection
+/// reconnect after a short jittered backoff.
+async fn run_client(shared: Arc<Shared>, i: usize, url: String) {
+    let ch = channel(i);
+    let token = mint_hs256(
+        SECRET,
+        &json!({ "sub": format!("user{i}"), "exp": now_unix() + 3600 }),
+    );
+    // (offset, epoch) of the last publication seen.
+    let mut position: Option<(u64, String)> = None;
+    let mut lost_at: Option<Instant> = None;
+    let state = &shared.states[i];
+    let note = |e: String| state.lock().unwrap().errors.push(e);
+    let failed = |why: String| state.lock().unwrap().failure = why;
+    let check = |p: &Value, position: &mut Option<(u64, String)>| {
+        let n = p["data"]["n"].as_u64().unwrap_or(0);
+        let mut s = state.lock().unwrap();
+        let last = s.last;
+        if n == last + 1 {
+            s.last = n;
+        } else if n <= last {
+            s.errors.push(format!("duplicate {n} (after {last})"));
+        } else {
+            s.errors.push(format!("gap: {last} → {n}"));
+            s.last = n;
+        }
+        if let (Some(off), Some((o, _))) = (p["offset"].as_u64(), position.as_mut()) {
+            *o = off;
+        }
+    };
+    while !shared.stop.is_cancelled() {
+        if lost_at.is_some() {
+            // 50–250 ms, spread by client so they do not all come at once.
+            let jitter = 50 + (i as u64 * 37 + now_millis()) % 200;
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+        let (mut c, reply) =
+            match tokio::time::timeout(Duration::from_secs(5), Client::connect(&url, &token)).await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    failed(format!("connect: {e}"));
+                    lost_at.get_or_insert_with(Instant::now);
+                    continue;
+                }
+                Err(_) => {
+                    failed("connect: no reply in 5 s".into());
+                    lost_at.get_or_insert_with(Instant::now);
+                    continue;
+                }
+            };
+        let Some(id) = reply["connect"]["client"].as_str().map(str::to_string) else {
+            failed(format!("connect refused: {reply}"));
+            lost_at.get_or_insert_with(Instant::now);
+            continue;
+        };
+        let mut sub = json!({ "channel": ch });
+        if let Some((offset, epoch)) = &position {
+            sub["recover"] = json!(true);
+            sub["offset"] = json!(offset);
+            sub["epoch"] = json!(epoch);
+        }
+        let r = match c.command("subscribe", sub).await {
+            Ok(r) if r["subscribe"].is_object() => r,
+            other => {
+                failed(format!("subscribe: {other:?}"));
+                // Refused (e.g. 108 while its edge shuts down) or lost.
+                c.close().await;
+                lost_at.get_or_insert_with(Instant::now);
+                continue;
+            }
+        };
+        let s = &r["subscribe"];
+        let epoch = s["epoch"].as_str().unwrap_or_default().to_string();
+        if position.is_some() && s["recovered"] != true {
+            note(format!("not recovered on reconnect: {s}"));
+        }
+        position = Some((s["offset"].as_u64().unwrap_or(0), epoch));
+        // The recovered publications come first, then the offset they
+        // bring us to; `offset` in the reply is the stream top.
+        if let Some(pubs) = s["publications"].as_array() {
+            for p in pubs {
+                check(p, &mut position);
+            }
+        }
+        {
+            let mut st = state.lock().unwrap();
+            st.id = id;
+            if let Some(t) = lost_at.take() {
+                st.reconnects.push(t.elapsed());
+            }
+        }
+        loop {
+            let push = tokio::select! {
+                _ = shared.stop.cancelled() => {
+                    c.close().await;
+                    return;
+                }
+                p = c.push(Duration::from_secs(1)) => p,
+            };
+            match push {
+                Ok(p) if p["pub"].is_object() => check(&p["pub"], &mut position),
+                Ok(_) | Err(ClientError::Timeout) => {}
+                Err(e) => {
+                    lost_at = Some(Instant::now());
+                    let mut st = state.lock().unwrap();
+                    st.id.clear();
+                    st.closes.push(match e {
+                        ClientError::Closed(Some((code, _))) => Some(code),
+                        _ => None,
+                    });
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Numbered publications through nginx's API at a steady rate, each
+/// retried with its idempotency key until it is accepted.
+struct Publisher {
+    acked: Arc<Vec<AtomicU64>>,
+    stats: Arc<Mutex<PublishStats>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default, Debug)]
+struct PublishStats {
+    accepted: u64,
+    /// Failed attempts (later retried), by HTTP status or API error code.
+    failed: BTreeMap<String, u64>,
+    /// How long each failed attempt took to fail, in ms.
+    failed_after_ms: Vec<u128>,
+    /// Longest time from the first attempt to acceptance.
+    max_latency: Duration,
+    /// When the longest one started.
+    max_latency_at: Option<Instant>,
+}
+
+impl Publisher {
+    fn start(lb: SocketAddr) -> Publisher {
+        let acked: Arc<Vec<AtomicU64>> =
+            Arc::new((0..CHANNELS).map(|_| AtomicU64::new(0)).collect());
+        let stats: Arc<Mutex<PublishStats>> = Arc::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (acked, stats, stop) = (acked.clone(), stats.clone(), stop.clone());
+            async move {
+                let mut tick = tokio::time::interval(PUBLISH_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                for k in 0.. {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let ch = k % CHANNELS;
+                    let n = acked[ch].load(Ordering::SeqCst) + 1;
+                    let body = json!({
+                        "channel": channel(ch),
+                        "data": { "n": n },
+                        "idempotency_key": format!("p{n}"),
+                    })
+                    .to_string();
+                    let started = Instant::now();
+                    loop {
+                        let attempt = Instant::now();
+                        let answer = tokio::time::timeout(
+                            Duration::from_secs(15),
+                            try_http_request(
+                                lb,
+                                "POST",
+                                "/api/publish",
+                                &format!("X-API-Key: {API_KEY}\r\n"),
+                                body.as_bytes(),
+                            ),
+                        )
+                        .await;
+                        let failure = match answer {
+                            Ok(Ok((200, b))) => {
+                                let v: Value = serde_json::from_slice(&b).unwrap_or_default();
+                                match v.get("error") {
+                                    None => break,
+                                    Some(e) => format!("error {} {}", e["code"], e["message"]),
+                                }
+                            }
+                            Ok(Ok((status, _))) => format!("HTTP {status}"),
+                            Ok(Err(e)) => format!("I/O {}", e.kind()),
+                            Err(_) => "no answer in 15 s".into(),
+                        };
+                        {
+                            let mut s = stats.lock().unwrap();
+                            *s.failed.entry(failure).or_default() += 1;
+                            s.failed_after_ms.push(attempt.elapsed().as_millis());
+                        }
+                        assert!(
+                            started.elapsed() < WAIT,
+                            "publish {n} to {} not accepted within {WAIT:?}: {:?}",
+                            channel(ch),
+                            stats.lock().unwrap()
+                        );
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    acked[ch].store(n, Ordering::SeqCst);
+                    let mut s = stats.lock().unwrap();
+                    s.accepted += 1;
+                    if started.elapsed() > s.max_latency {
+                        s.max_latency = started.elapsed();
+                        s.max_latency_at = Some(started);
+                    }
+                }
+            }
+        });
+        Publisher {
+            acked,
+            stats,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops publishing; panics if the publisher gave up.
+    async fn stop(self) -> (Arc<Vec<AtomicU64>>, PublishStats) {
+        self.stop.cancel();
+        self.task.await.expect("publisher");
+        let stats = std::mem::take(&mut *self.stats.lock().unwrap());
+        (self.acked, stats)
+    }
+}
+
+/// The whole cluster behind nginx.
+struct Cluster {
+    nats: NatsCluster,
+    membership: MembershipCluster,
+    edges: Vec<EdgeProcess>,
+    lb: Nginx,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let (nats, membership) = tokio::join!(
+            NatsCluster::start(),
+            MembershipCluster::start(Path::new(BIN), 3, &[])
+        );
+        let urls = nats.urls();
+        let config = format!("{EDGE_CONFIG}{}", membership.edge_section());
+        let env = [
+            ("GROUPCAST_CLIENT__COMMAND_RATE", "0"),
+            ("GROUPCAST_CHANNEL__HISTORY_REPLICAS", "3"),
+        ];
+        let bin = Path::new(BIN);
+        let (a, b, c) = tokio::join!(
+            EdgeProcess::start(bin, "edge-a", &urls, &config, &env),
+            EdgeProcess::start(bin, "edge-b", &urls, &config, &env),
+            EdgeProcess::start(bin, "edge-c", &urls, &config, &env),
+        );
+        let edges = vec![a, b, c];
+        let addrs: Vec<SocketAddr> = edges.iter().map(|e| e.addr).collect();
+        let lb = Nginx::start(&addrs).await;
+        Cluster {
+            nats,
+            membership,
+            edges,
+            lb,
+        }
+    }
+
+    /// API call through nginx; None on any failure (an error reply too).
+    async fn api(&self, method: &str, body: Value) -> Option<Value> {
+        let (status, b) = try_http_request(
+            self.lb.addr,
+            "POST",
+            &format!("/api/{method}"),
+            &format!("X-API-Key: {API_KEY}\r\n"),
+            body.to_string().as_bytes(),
+        )
+        .await
+        .ok()?;
+        let v: Value = serde_json::from_slice(&b).ok()?;
+        (status == 200 && v.get("error").is_none()).then_some(v)
+    }
+
+    /// Cluster-wide presence of every channel (through nginx), or None
+    /// while any call fails.
+    async fn presence(&self) -> Option<BTreeMap<String, BTreeSet<String>>> {
+        let mut out = BTreeMap::new();
+        for ch in 0..CHANNELS {
+            let v = self
+                .api("presence", json!({ "channel": channel(ch) }))
+                .await?;
+            let ids = v["result"]["presence"]
+                .as_object()?
+                .keys()
+                .cloned()
+                .collect();
+            out.insert(channel(ch), ids);
+        }
+        Some(out)
+    }
+
+    /// Waits until presence is exactly the live clients; the time from
+    /// `fault`. Panics past `WAIT` with the difference.
+    async fn presence_converged(&self, clients: &Clients, fault: Instant) -> Duration {
+        let mut last_diff = String::new();
+        while fault.elapsed() < WAIT {
+            let want = clients.ids();
+            if let Some(got) = self.presence().await {
+                if got == want && !want.values().any(|ids| ids.contains("")) {
+                    return fault.elapsed();
+                }
+                let extra: usize = got
+                    .iter()
+                    .map(|(ch, ids)| ids.difference(&want[ch]).count())
+                    .sum();
+                let missing: usize = want
+                    .iter()
+                    .map(|(ch, ids)| ids.difference(&got[ch]).count())
+                    .sum();
+                last_diff = format!("{extra} stale entries, {missing} missing");
+            } else {
+                last_diff = "presence call failed".into();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("presence never matched the live clients within {WAIT:?}: {last_diff}");
+    }
+
+    /// Asserts no running edge ever lost its membership lease, and that
+    /// `info` lists exactly the running edges.
+    async fn assert_leases_kept(&self, running: &[usize]) {
+        for &i in running {
+            let log = self.edges[i].log();
+            assert!(
+                !log.contains("lease lost"),
+                "edge {} lost its lease:\n{log}",
+                self.edges[i].name
+            );
+        }
+        let want: BTreeSet<String> = running
+            .iter()
+            .map(|&i| self.edges[i].name.clone())
+            .collect();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let names: BTreeSet<String> = match self.api("info", json!({})).await {
+                Some(v) => v["result"]["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n["name"].as_str().map(str::to_string))
+                    .collect(),
+                None => BTreeSet::new(),
+            };
+            if names == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "info lists {names:?}, running {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The server leading the default namespace's history stream, as `server`
+/// sees it (None while there is none or it does not answer).
+async fn stream_leader(server: &groupcast_testkit::nats::NatsServer) -> Option<String> {
+    let jsz = server.try_monitor("/jsz?streams=true").await?;
+    jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+        .find(|s| s["name"] == "gc_h_~")
+        .and_then(|s| s["cluster"]["leader"].as_str())
+        .map(str::to_string)
+}
+
+/// p50, p99 and max of `d`, in milliseconds.
+fn percentiles(mut d: Vec<Duration>) -> String {
+    if d.is_empty() {
+        return "none".into();
+    }
+    d.sort();
+    let at = |q: f64| d[((d.len() as f64 * q).ceil() as usize).clamp(1, d.len()) - 1].as_millis();
+    format!(
+        "{} reconnects: p50 {} ms, p99 {} ms, max {} ms",
+        d.len(),
+        at(0.50),
+        at(0.99),
+        at(1.0)
+    )
+}
+
+/// Starts the cluster, the clients and the publisher, and checks the
+/// starting point: everyone caught up, presence exact.
+async fn setup() -> (Cluster, Clients, Publisher) {
+    let cluster = Cluster::start().await;
+    let clients = Clients::start(&cluster.lb).await;
+    let publisher = Publisher::start(cluster.lb.addr);
+    // A steady state before the fault.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.presence_converged(&clients, Instant::now()).await;
+    (cluster, clients, publisher)
+}
+
+/// After the fault: publications flow 2 s more, then stop; everyone holds
+/// everything exactly once; reports the figures.
+async fn finish(
+    what: &str,
+    clients: Clients,
+    publisher: Publisher,
+    marks: &[usize],
+    converged: &[Duration],
+) -> Vec<Duration> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (acked, stats) = publisher.stop().await;
+    clients.assert_complete(&acked).await;
+    let reconnects = clients.reconnects_since(marks);
+    let published: u64 = acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+    eprintln!(
+        "chaos {what}: {}; presence converged in {:?} ms; {published} publications (each to {} clients) \
+         all delivered once in order; publish: longest {} ms, failed attempts (retried) {:?} \
+         failing after {:?} ms",
+        percentiles(reconnects.clone()),
+        converged.iter().map(Duration::as_millis).collect::<Vec<_>>(),
+        CLIENTS / CHANNELS,
+        stats.max_latency.as_millis(),
+        stats.failed,
+        stats.failed_after_ms,
+    );
+    let closes: BTreeMap<String, usize> = (0..CLIENTS)
+        .flat_map(|i| clients.state(i).closes.clone())
+        .fold(BTreeMap::new(), |mut m, c| {
+            *m.entry(format!("{c:?}")).or_default() += 1;
+            m
+        });
+    eprintln!("chaos {what}: close codes seen by clients {closes:?}");
+    clients.stop().await;
+    reconnects
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_kill_an_edge() {
+    let (mut cluster, clients, publisher) = setup().await;
+    let marks = clients.reconnect_marks();
+    let fault = Instant::now();
+    cluster.edges[0].kill();
+    clients.wait_all_connected().await;
+    let converged = cluster.presence_converged(&clients, fault).await;
+    assert!(
+        converged <= PRESENCE_WITHIN,
+        "presence took {converged:?} after kill -9 of an edge"
+    );
+    cluster.assert_leases_kept(&[1, 2]).await;
+    let reconnects = finish(
+        "(a) kill -9 an edge",
+        clients,
+        publisher,
+        &marks,
+        &[converged],
+    )
+    .await;
+    assert!(
+        !reconnects.is_empty(),
+        "the killed edge held clients (least_conn spreads them)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_b_rolling_sigterm_of_every_edge() {
+    let (mut cluster, clients, publisher) = setup().await;
+    let marks = clients.reconnect_marks();
+    let mut converged = Vec::new();
+    for i in 0..3 {
+        let fault = Instant::now();
+        let name = cluster.edges[i].name.clone();
+        assert!(
+            cluster.edges[i].terminate(WAIT).await,
+            "edge {name} did not drain and exit cleanly:\n{}",
+            cluster.edges[i].log()
+        );
+        let exited = fault.elapsed();
+        clients.wait_all_connected().await;
+        let connected = fault.elapsed();
+        let took = cluster.presence_converged(&clients, fault).await;
+        eprintln!(
+            "chaos (b) SIGTERM {name}: exited after {} ms, clients all back after {} ms, presence exact after {} ms",
+            exited.as_millis(),
+            connected.as_millis(),
+            took.as_millis()
+        );
+        assert!(
+            took <= PRESENCE_WITHIN,
+            "presence took {took:?} after SIGTERM of {name}"
+        );
+        converged.push(took);
+        cluster.edges[i].restart().await;
+        cluster.assert_leases_kept(&[0, 1, 2]).await;
+    }
+    // Every edge a client started on was stopped: each moved at least once.
+    let stayed = (0..CLIENTS)
+        .filter(|&i| clients.state(i).reconnects.len() == marks[i])
+        .count();
+    assert_eq!(stayed, 0, "clients the rolling restart never moved");
+    finish(
+        "(b) rolling SIGTERM",
+        clients,
+        publisher,
+        &marks,
+        &converged,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_c_kill_the_membership_leader() {
+    let (mut cluster, clients, publisher) = setup().await;
+    let marks = clients.reconnect_marks();
+    let leader = cluster
+        .membership
+        .leader(WAIT, &[])
+        .await
+        .expect("a membership leader");
+    let fault = Instant::now();
+    cluster.membership.kill(leader);
+    let new_leader = cluster.membership.leader(WAIT, &[leader]).await;
+    assert!(new_leader.is_some(), "no new membership leader");
+    let converged = cluster.presence_converged(&clients, fault).await;
+    assert!(
+        converged <= PRESENCE_WITHIN,
+        "presence took {converged:?} after kill -9 of the membership leader"
+    );
+    cluster.assert_leases_kept(&[0, 1, 2]).await;
+    let reconnects = finish(
+        "(c) kill -9 the membership leader",
+        clients,
+        publisher,
+        &marks,
+        &[converged],
+    )
+    .await;
+    assert!(
+        reconnects.is_empty(),
+        "a membership failover disconnected {} clients",
+        reconnects.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_d_kill_the_nats_server_leading_the_stream() {
+    let (mut cluster, clients, publisher) = setup().await;
+    let marks = clients.reconnect_marks();
+    // The history stream of the default namespace (every chaos channel).
+    let jsz = cluster.nats.servers[0].monitor("/jsz?streams=true").await;
+    let leader = jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+        .find(|s| s["name"] == "gc_h_~")
+        .and_then(|s| s["cluster"]["leader"].as_str())
+        .unwrap_or_else(|| panic!("no leader for stream gc_h_~ in {jsz}"))
+        .to_string();
+    let i = cluster
+        .nats
+        .servers
+        .iter()
+        .position(|s| s.name == leader)
+        .expect("leader is one of ours");
+    let fault = Instant::now();
+    cluster.nats.servers[i].kill();
+    let survivor = &cluster.nats.servers[(i + 1) % 3];
+    let elected = async {
+        loop {
+            match stream_leader(survivor).await {
+                Some(new) if new != leader => return fault.elapsed(),
+                _ => {}
+            }
+            assert!(fault.elapsed() < WAIT, "no new leader for gc_h_~");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (elected, converged) = tokio::join!(elected, cluster.presence_converged(&clients, fault));
+    eprintln!(
+        "chaos (d): new stream leader after {} ms",
+        elected.as_millis()
+    );
+    assert!(
+        converged <= PRESENCE_WITHIN,
+        "presence took {converged:?} after kill -9 of NATS server {leader}"
+    );
+    cluster.assert_leases_kept(&[0, 1, 2]).await;
+    finish(
+        "(d) kill -9 the NATS stream leader",
+        clients,
+        publisher,
+        &marks,
+        &[converged],
+    )
+    .await;
+}
