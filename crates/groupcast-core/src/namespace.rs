@@ -44,6 +44,10 @@ pub struct ChannelOptions {
     /// With NATS: where JetStream keeps the history, `file` (survives a NATS
     /// restart) or `memory`. Ignored by the in-memory broker.
     pub history_storage: HistoryStorage,
+    /// Largest publication data in bytes on this namespace's channels, on
+    /// every path (client `publish`, relay frames, API). 0: the global
+    /// limit, `client.max_message_size`, which also caps this one.
+    pub max_publication_size: usize,
 }
 
 /// Where a backbone stores history (`history_storage`).
@@ -72,6 +76,7 @@ impl Default for ChannelOptions {
             allow_user_limited_channels: false,
             history_replicas: 1,
             history_storage: HistoryStorage::File,
+            max_publication_size: 0,
         }
     }
 }

@@ -271,7 +271,12 @@ impl From<ApiError> for Failure {
     }
 }
 
+/// A method's params: a JSON object only (serde would also read a struct
+/// from an array, e.g. a `batch` command `{"publish":["ch",{}]}`).
 fn parse<T: DeserializeOwned>(v: Value) -> Result<T, Failure> {
+    if !v.is_object() {
+        return Err(Failure::BadBody);
+    }
     serde_json::from_value(v).map_err(|_| Failure::BadBody)
 }
 
@@ -342,9 +347,9 @@ async fn publish_one(
 ) -> Result<api::PublishResult, ApiError> {
     let (ch, opts) = state.channel(channel).map_err(channel_error)?;
     // Publications reach clients in one frame: the client message limit
-    // applies, and keeps one publication below a reader's queue limit.
-    if data.len() > state.config.client.max_message_size {
-        Metrics::limit_hit("max_message_size");
+    // applies (and keeps one publication below a reader's queue limit), or
+    // the namespace's smaller one.
+    if !state.check_publication_size(opts, data.len()) {
         return Err(ApiError::LIMIT_EXCEEDED);
     }
     let po = if skip_history {

@@ -225,6 +225,15 @@ pub struct ClientConfig {
     /// closed with 3502 "stale" (a socket that opens and says nothing).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Every connection to the listener (WebSocket, relay, API, metrics)
+    /// must send its first byte within this of being accepted (the TLS
+    /// ClientHello with TLS), or it is closed.
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// ... and its whole first HTTP request head, TLS handshake included,
+    /// within this (a slowloris sending a byte every few seconds).
+    #[serde(with = "humantime_serde")]
+    pub request_head_timeout: Duration,
     /// Server ping interval (`{}`); clients answer with `{}`.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -270,6 +279,13 @@ pub struct ClientConfig {
     pub publish_rate: f64,
     /// Burst for `publish_rate`.
     pub publish_burst: f64,
+    /// A connection whose commands were refused (111) more than this many
+    /// times within `rate_refusals_window` is closed with 3013 "too many
+    /// requests" (0: never; it keeps getting 111).
+    pub rate_refusals_max: u32,
+    /// The window for `rate_refusals_max`, from the first refusal.
+    #[serde(with = "humantime_serde")]
+    pub rate_refusals_window: Duration,
     /// Grace after a connection token's expiry for the client to `refresh`
     /// before it is closed with 3005 "connection expired".
     #[serde(with = "humantime_serde")]
@@ -323,6 +339,8 @@ impl Default for ClientConfig {
             allow_anonymous_connect_without_token: false,
             allowed_origins: Vec::new(),
             connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(5),
+            request_head_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),
             max_message_size: 65_536,
@@ -339,6 +357,8 @@ impl Default for ClientConfig {
             client_ip_header: String::new(),
             command_rate: 100.0,
             command_burst: 200.0,
+            rate_refusals_max: 100,
+            rate_refusals_window: Duration::from_secs(10),
             publish_rate: 0.0,
             publish_burst: 50.0,
         }
@@ -399,6 +419,20 @@ impl Config {
     /// Checks beyond types. The error names the key.
     pub fn validate(&self) -> Result<(), String> {
         let c = &self.client;
+        if c.first_byte_timeout < Duration::from_millis(100) {
+            return Err("client.first_byte_timeout: must be at least 100ms".into());
+        }
+        if c.request_head_timeout < c.first_byte_timeout {
+            return Err(
+                "client.request_head_timeout: must be at least client.first_byte_timeout".into(),
+            );
+        }
+        if c.rate_refusals_max > 0 && c.rate_refusals_window.is_zero() {
+            return Err(
+                "client.rate_refusals_window: must be above 0 (or set rate_refusals_max = 0)"
+                    .into(),
+            );
+        }
         if c.ping_interval < Duration::from_secs(1) {
             return Err("client.ping_interval: must be at least 1s".into());
         }
@@ -500,6 +534,19 @@ impl Config {
         }
         crate::auth::Verifier::from_config(c).map_err(|e| e.to_string())?;
         self.namespaces()?;
+        let sizes = std::iter::once(("channel.".to_string(), &self.channel)).chain(
+            self.namespaces
+                .iter()
+                .map(|n| (format!("namespace {:?}: ", n.name), &n.options)),
+        );
+        for (key, opts) in sizes {
+            if opts.max_publication_size > c.max_message_size {
+                return Err(format!(
+                    "{key}max_publication_size: {} is above client.max_message_size ({}), which caps it",
+                    opts.max_publication_size, c.max_message_size
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -684,6 +731,19 @@ join_leave = true
         let f = write("[client]\npong_timeout = \"30s\"\n");
         let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
         assert!(e.contains("client.pong_timeout"), "{e}");
+        let f = write("[[namespaces]]\nname = \"chat\"\nmax_publication_size = 70000\n");
+        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        assert!(
+            e.contains("namespace \"chat\": max_publication_size")
+                && e.contains("client.max_message_size"),
+            "{e}"
+        );
+        let f = write("[channel]\nmax_publication_size = 70000\n");
+        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        assert!(e.contains("channel.max_publication_size"), "{e}");
+        let f = write("[client]\nrate_refusals_window = \"0s\"\n");
+        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        assert!(e.contains("client.rate_refusals_window"), "{e}");
         let e =
             Config::load(Config::dev(), Some(Path::new("/nonexistent.toml")), none()).unwrap_err();
         assert!(e.contains("does not exist"), "{e}");

@@ -29,6 +29,7 @@ pub mod backbone;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod head;
 pub mod limits;
 pub mod metrics;
 pub mod relay;

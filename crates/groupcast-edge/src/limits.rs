@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -67,6 +67,23 @@ impl TokenBucket {
 pub struct ConnRates {
     commands: TokenBucket,
     publishes: TokenBucket,
+    /// `client.rate_refusals_max` (0: never disconnect).
+    refusals_max: u32,
+    /// `client.rate_refusals_window`.
+    refusals_window: Duration,
+    /// Refusals in the window that started at `window_start`.
+    refusals: u32,
+    window_start: Instant,
+}
+
+/// What to do with a command over the rate (see [`ConnRates::refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Answer 111 "too many requests" and go on.
+    Warn,
+    /// The client kept going after `rate_refusals_max` warnings within
+    /// `rate_refusals_window`: close with 3013 "too many requests".
+    Disconnect,
 }
 
 impl ConnRates {
@@ -74,6 +91,31 @@ impl ConnRates {
         ConnRates {
             commands: TokenBucket::new(c.command_rate, c.command_burst),
             publishes: TokenBucket::new(c.publish_rate, c.publish_burst),
+            refusals_max: c.rate_refusals_max,
+            refusals_window: c.rate_refusals_window,
+            refusals: 0,
+            window_start: Instant::now(),
+        }
+    }
+
+    /// Count one refused command: `Disconnect` once more than
+    /// `rate_refusals_max` were refused within `rate_refusals_window`
+    /// (counted from the first refusal of a window).
+    pub fn refused(&mut self) -> Refusal {
+        if self.refusals_max == 0 {
+            return Refusal::Warn;
+        }
+        let now = Instant::now();
+        if self.refusals == 0 || now.duration_since(self.window_start) > self.refusals_window {
+            self.refusals = 0;
+            self.window_start = now;
+        }
+        self.refusals += 1;
+        if self.refusals > self.refusals_max {
+            Metrics::limit_hit("rate_refusals_max");
+            Refusal::Disconnect
+        } else {
+            Refusal::Warn
         }
     }
 

@@ -136,6 +136,12 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
                     conn.close(DisconnectCode::PERMISSION_DENIED);
                     break;
                 }
+                // Over the namespace's publication size: 1009, as for a
+                // frame over the global limit (the relay has no error reply).
+                if !state.check_publication_size(opts, data.len()) {
+                    conn.close(DisconnectCode::MESSAGE_TOO_BIG);
+                    break;
+                }
                 // The relay has no error reply: over the rate, it closes
                 // with 3013 (the client may reconnect).
                 if rates.check(true).is_err() {

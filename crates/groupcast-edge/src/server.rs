@@ -68,7 +68,11 @@ pub async fn run(
             Some(store.server_config())
         }
     };
-    let listener = EdgeListener::new(listener, tls, shutdown.clone())?;
+    let limits = crate::head::HeadLimits {
+        first_byte: state.config.client.first_byte_timeout,
+        request_head: state.config.client.request_head_timeout,
+    };
+    let listener = EdgeListener::new(listener, tls, limits, shutdown.clone())?;
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .into_future();

@@ -30,7 +30,7 @@ use groupcast_proto::{DisconnectCode, ErrorCode};
 
 use crate::auth::{now_unix, TokenError};
 use crate::conn::{Conn, Control, Inbound, OutKind};
-use crate::limits::ConnRates;
+use crate::limits::{ConnRates, Refusal};
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
 
@@ -280,7 +280,9 @@ impl Session {
             return;
         }
         if self.rates.check(cmd.publish.is_some()).is_err() {
-            if cmd.id != 0 {
+            if self.rates.refused() == Refusal::Disconnect {
+                self.conn.close(DisconnectCode::TOO_MANY_REQUESTS);
+            } else if cmd.id != 0 {
                 self.reply(Reply::error(cmd.id, ErrorCode::TOO_MANY_REQUESTS));
             }
             return;
@@ -714,6 +716,9 @@ impl Session {
             .data
             .and_then(Payload::json)
             .ok_or(ErrorCode::BAD_REQUEST)?;
+        if !state.check_publication_size(opts, data.len()) {
+            return Err(ErrorCode::LIMIT_EXCEEDED.into());
+        }
         let subscribed = self.subs.get(ch.as_str());
         // Private and user-limited channels: only a subscriber (who proved
         // access) may publish, whatever allow_publish_for_client says.

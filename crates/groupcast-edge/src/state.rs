@@ -261,6 +261,31 @@ impl EdgeState {
         Ok((ch, opts))
     }
 
+    /// Largest publication data in bytes on a channel with `opts`: the
+    /// namespace's `max_publication_size`, or the global
+    /// `client.max_message_size` (which caps both).
+    pub fn max_publication_size(&self, opts: &ChannelOptions) -> usize {
+        let global = self.config.client.max_message_size;
+        match opts.max_publication_size {
+            0 => global,
+            n => n.min(global),
+        }
+    }
+
+    /// Checks `len` bytes of publication data against
+    /// [`max_publication_size`](Self::max_publication_size); a refusal is
+    /// counted under the limit that applied.
+    pub fn check_publication_size(&self, opts: &ChannelOptions, len: usize) -> bool {
+        if len <= self.max_publication_size(opts) {
+            return true;
+        }
+        Metrics::limit_hit(match opts.max_publication_size {
+            0 => "max_message_size",
+            _ => "max_publication_size",
+        });
+        false
+    }
+
     /// Private (`$` prefix, or a namespace without
     /// `allow_subscribe_for_client`) or user-limited (`#`): access must be
     /// proven by a subscription token or by being listed.

@@ -1,9 +1,12 @@
 //! TLS on the listener (rustls with ring), with certificate reload.
 //!
 //! [`EdgeListener`] accepts TCP connections in its own task and runs each TLS
-//! handshake in a task of its own (bounded by [`HANDSHAKE_TIMEOUT`]), so a
-//! slow or silent client never holds up `accept`; finished streams go to
-//! axum. Without TLS configured it passes plain TCP streams through.
+//! handshake in a task of its own, so a slow or silent client never holds up
+//! `accept`; finished streams go to axum. Without TLS configured it passes
+//! plain TCP streams through. Either way the stream is wrapped in a
+//! [`HeadGuard`]: the first byte (the ClientHello with TLS) must come within
+//! `client.first_byte_timeout` and the whole first request head, TLS
+//! handshake included, within `client.request_head_timeout` of the accept.
 //!
 //! The certificate comes from [`CertStore`], a rustls cert resolver whose
 //! key pair can be swapped while serving: [`CertStore::reload`] reads the
@@ -26,13 +29,14 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-/// Longest a TLS handshake may take before the socket is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::head::{self, HeadGuard, HeadLimits};
+
 /// Accepted connections waiting for axum (beyond it, accepting pauses).
 const ACCEPT_QUEUE: usize = 1024;
 
@@ -149,8 +153,9 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// A client connection: plain TCP or TLS over TCP.
-pub type Io = Either<TcpStream, TlsStream<TcpStream>>;
+/// A client connection: plain TCP or TLS over TCP, with the deadlines for
+/// its first request head.
+pub type Io = HeadGuard<Either<TcpStream, TlsStream<TcpStream>>>;
 
 /// The edge's listener: TCP, optionally TLS; see the module doc.
 pub struct EdgeListener {
@@ -163,6 +168,7 @@ impl EdgeListener {
     pub fn new(
         tcp: TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
+        limits: HeadLimits,
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
@@ -182,21 +188,37 @@ impl EdgeListener {
                         }
                     },
                 };
+                let accepted = Instant::now();
                 let _ = stream.set_nodelay(true);
                 match &acceptor {
                     None => {
-                        if tx.send((Either::Left(stream), peer)).await.is_err() {
+                        let io = HeadGuard::new(Either::Left(stream), accepted, limits, true);
+                        if tx.send((io, peer)).await.is_err() {
                             return;
                         }
                     }
                     Some(acceptor) => {
                         let (acceptor, tx) = (acceptor.clone(), tx.clone());
                         tokio::spawn(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                                .await
-                            {
+                            let mut first = [0u8; 1];
+                            let hello = tokio::time::timeout_at(
+                                accepted + limits.first_byte,
+                                stream.peek(&mut first),
+                            );
+                            match hello.await {
+                                Ok(Ok(n)) if n > 0 => {}
+                                Ok(_) => return, // closed, or failed, before a byte
+                                Err(_) => return head::timed_out("first_byte"),
+                            }
+                            let handshake = tokio::time::timeout_at(
+                                accepted + limits.request_head,
+                                acceptor.accept(stream),
+                            );
+                            match handshake.await {
                                 Ok(Ok(tls)) => {
-                                    let _ = tx.send((Either::Right(tls), peer)).await;
+                                    let io =
+                                        HeadGuard::new(Either::Right(tls), accepted, limits, false);
+                                    let _ = tx.send((io, peer)).await;
                                 }
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -204,6 +226,7 @@ impl EdgeListener {
                                         .increment(1);
                                 }
                                 Err(_) => {
+                                    head::timed_out("request_head");
                                     metrics::counter!("groupcast_tls_handshake_failures_total")
                                         .increment(1);
                                 }

@@ -207,12 +207,18 @@ async fn methods_answer_centrifugo_shapes() {
                 {"publish":{"channel":"room","data":{"t":3}}},
                 {"publish":{"channel":"nope:x","data":{}}},
                 {"info":{}},
-                {"nope":{}}
+                {"nope":{}},
+                {"publish":["room",{"t":4}]},
+                {"info":[]}
             ]}),
         )
         .await;
     let replies = r["replies"].as_array().unwrap();
-    assert_eq!(replies.len(), 4, "{r}");
+    assert_eq!(replies.len(), 6, "{r}");
+    // Params that are not an object (serde alone would read the array by
+    // position) are a bad request, and nothing is published.
+    assert_eq!(replies[4]["error"]["code"], 107, "{r}");
+    assert_eq!(replies[5]["error"]["code"], 107, "{r}");
     assert_eq!(
         replies[0]["publish"]["offset"], 3,
         "offsets continue after history_remove: {r}"

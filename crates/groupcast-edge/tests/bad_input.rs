@@ -29,7 +29,7 @@ enum Input {
 }
 
 struct Case {
-    what: &'static str,
+    what: String,
     /// Send `connect` first.
     connected: bool,
     input: Input,
@@ -42,8 +42,8 @@ fn text(s: impl Into<String>) -> Input {
 
 fn cases() -> Vec<Case> {
     use Expect::*;
-    let c = |what, connected, input, expect| Case {
-        what,
+    let c = |what: &str, connected, input, expect| Case {
+        what: what.to_string(),
         connected,
         input,
         expect,
@@ -443,6 +443,62 @@ fn cases() -> Vec<Case> {
             Error(1130, 106),
         ),
     ]
+    .into_iter()
+    .chain(params_that_are_not_objects())
+    .collect()
+}
+
+/// Every method's params must be a JSON object: serde alone would read a
+/// struct from an array by position (`"connect":["token"]` connected). A
+/// wrong type closes the connection with 3501 like any other wrong type
+/// (docs/protocol.md §8), before and after connect, and at the two nested
+/// places that hold a struct (`connect.subs` values, `history.since`).
+fn params_that_are_not_objects() -> Vec<Case> {
+    const METHODS: [&str; 12] = [
+        "connect",
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "presence",
+        "presence_stats",
+        "history",
+        "ping",
+        "send",
+        "rpc",
+        "refresh",
+        "sub_refresh",
+    ];
+    let mut out = Vec::new();
+    for method in METHODS {
+        for params in [r#"["a",{}]"#, "[]", r#""a""#, "5", "true"] {
+            out.push(Case {
+                what: format!("{method} params {params}"),
+                connected: method != "connect",
+                input: text(format!(r#"{{"id":1,"{method}":{params}}}"#)),
+                expect: Expect::Close(3501),
+            });
+        }
+    }
+    for (what, frame, connected) in [
+        (
+            "connect.subs value is an array",
+            r#"{"id":1,"connect":{"subs":{"a":["a",true]}}}"#,
+            false,
+        ),
+        (
+            "history.since is an array",
+            r#"{"id":1,"history":{"channel":"a","since":[1,"e"]}}"#,
+            true,
+        ),
+    ] {
+        out.push(Case {
+            what: what.into(),
+            connected,
+            input: text(frame),
+            expect: Expect::Close(3501),
+        });
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

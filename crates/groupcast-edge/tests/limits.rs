@@ -1,5 +1,7 @@
 //! Named limits: connections per node and per user, new connections per
-//! client address (with a trusted proxy header), command and publish rates.
+//! client address (with a trusted proxy header), command and publish rates
+//! (and the disconnect for a client that ignores them), the per-namespace
+//! publication size.
 //! Each refusal has its documented answer and is counted in
 //! `groupcast_limit_hits_total{limit=...}`.
 
@@ -137,6 +139,115 @@ async fn command_and_publish_rates() {
     assert_eq!(r["error"]["code"], 111, "command burst (6) spent: {r}");
     assert!(limit_hits(&s, "publish_rate").await >= 1.0);
     assert!(limit_hits(&s, "command_rate").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_exceeding_the_rate_is_disconnected_with_3013() {
+    let mut config = TestServer::dev_config();
+    config.client.command_rate = 0.001;
+    config.client.command_burst = 2.0;
+    config.client.rate_refusals_max = 3;
+    config.client.rate_refusals_window = Duration::from_secs(60);
+    let s = TestServer::start_with(config.clone()).await;
+    let mut c = s.client("a").await; // connect: the first token
+    let r = c.command("ping", json!({})).await.unwrap();
+    assert_eq!(r["ping"], json!({}), "{r}");
+    // Three warnings: 111, and the connection stays.
+    for _ in 0..3 {
+        let r = c.command("ping", json!({})).await.unwrap();
+        assert_eq!(r["error"]["code"], 111, "{r}");
+    }
+    // The fourth refusal within the window: 3013, no reply.
+    c.send_text(r#"{"id":99,"ping":{}}"#).await.unwrap();
+    let code = c.closed(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(code.map(|c| c.0), Some(3013), "kept going after 3 warnings");
+    assert!(limit_hits(&s, "rate_refusals_max").await >= 1.0);
+    // Another client of the same user is unaffected.
+    let mut d = s.client("a").await;
+    let r = d.command("ping", json!({})).await.unwrap();
+    assert_eq!(r["ping"], json!({}), "{r}");
+
+    // rate_refusals_max = 0: warnings only, never a disconnect.
+    config.client.rate_refusals_max = 0;
+    let s = TestServer::start_with(config).await;
+    let mut c = s.client("a").await;
+    let _ = c.command("ping", json!({})).await.unwrap();
+    for _ in 0..20 {
+        let r = c.command("ping", json!({})).await.unwrap();
+        assert_eq!(r["error"]["code"], 111, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_caps_its_publication_size() {
+    let mut config = TestServer::dev_config();
+    config.client.command_rate = 0.0;
+    let mut small = groupcast_core::namespace::ChannelOptions::dev();
+    small.max_publication_size = 100;
+    config
+        .namespaces
+        .push(groupcast_core::namespace::NamespaceConfig {
+            name: "small".into(),
+            options: small,
+        });
+    config.validate().unwrap();
+    let s = TestServer::start_with(config).await;
+    let mut c = s.client("a").await;
+    let r = c
+        .command("subscribe", json!({"channel":"small:x"}))
+        .await
+        .unwrap();
+    assert!(r.get("error").is_none(), "{r}");
+    // JSON data of exactly `n` bytes: a string of n - 2 characters.
+    fn data(n: usize) -> serde_json::Value {
+        json!("x".repeat(n - 2))
+    }
+    async fn publish(c: &mut Client, ch: &str, n: usize) -> serde_json::Value {
+        let body = json!({"channel": ch, "data": data(n)});
+        c.command("publish", body).await.unwrap()
+    }
+    let r = publish(&mut c, "small:x", 100).await;
+    assert!(r.get("error").is_none(), "at the limit: {r}");
+    let p = loop {
+        // Skip the join pushes (the dev namespace has join/leave).
+        let p = c.push(Duration::from_secs(5)).await.unwrap();
+        if p.get("pub").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(p["pub"]["data"], data(100));
+    let r = publish(&mut c, "small:x", 101).await;
+    assert_eq!(r["error"]["code"], 106, "over the namespace's limit: {r}");
+    // The default namespace keeps the global limit.
+    let r = publish(&mut c, "x", 5_000).await;
+    assert!(r.get("error").is_none(), "{r}");
+    // The API answers 106 too, and nothing over the limit was delivered.
+    let (_, r) = s
+        .api("publish", json!({"channel":"small:x","data": data(101)}))
+        .await;
+    assert_eq!(r["error"]["code"], 106, "{r}");
+    while let Ok(p) = c.push(Duration::from_millis(300)).await {
+        assert!(
+            p.get("pub").is_none(),
+            "no publication over the limit reaches the subscriber: {p}"
+        );
+    }
+    assert!(limit_hits(&s, "max_publication_size").await >= 2.0);
+    // A relay frame over it closes that relay connection with 1009.
+    let mut relay = RelayClient::open(&s.relay_url("small:r")).await.unwrap();
+    relay.send_text(&"y".repeat(101)).await.unwrap();
+    loop {
+        match relay.recv(Duration::from_secs(5)).await.unwrap() {
+            groupcast_testkit::Frame::Close(code) => {
+                assert_eq!(code.map(|c| c.0), Some(1009));
+                break;
+            }
+            _ => continue,
+        }
+    }
+    // The subscriber is still served.
+    let r = publish(&mut c, "small:x", 10).await;
+    assert!(r.get("error").is_none(), "{r}");
 }
 
 #[tokio::test]

@@ -238,3 +238,45 @@ async fn sighup_reloads_the_certificate() {
     }
     assert!(switched, "SIGHUP did not reload the certificate");
 }
+
+/// On a TLS listener the deadlines count from the TCP accept: a socket
+/// that never sends its ClientHello is closed at `first_byte_timeout`, one
+/// whose handshake does not finish at `request_head_timeout`; a real TLS
+/// client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_stalled_tls_handshakes_are_cut() {
+    let dir = Dir(std::env::temp_dir().join(format!("gc-tls-{:x}", rand_id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let a = self_signed();
+    write(&dir.0, &a);
+    let mut config = TestServer::dev_config();
+    config.tls.cert_file = dir.0.join("cert.pem").display().to_string();
+    config.tls.key_file = dir.0.join("key.pem").display().to_string();
+    config.client.first_byte_timeout = Duration::from_millis(300);
+    config.client.request_head_timeout = Duration::from_secs(1);
+    let s = TestServer::start_with(config).await;
+
+    let silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    // The first bytes of a TLS record header, then nothing.
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    assert_eq!(served_cert(&s, &connector(&[&a])).await, a.der);
+    for (what, mut sock) in [("silent", silent), ("stalled", stalled)] {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "{what} handshake still open: {closed:?}"
+        );
+    }
+    // The server runs in this process: read its metrics directly (its
+    // /metrics speaks TLS only).
+    let text = groupcast_edge::metrics::install().render();
+    for stage in ["first_byte", "request_head"] {
+        let line = format!("groupcast_handshake_timeouts_total{{stage=\"{stage}\"}} ");
+        assert!(
+            text.lines().any(|l| l.starts_with(&line)),
+            "{stage} counted:\n{text}"
+        );
+    }
+}

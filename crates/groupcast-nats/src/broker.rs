@@ -275,6 +275,14 @@ impl NodeBus for NatsBroker {
             .subscribe(subject.clone())
             .await
             .map_err(|e| BrokerError::Unavailable(format!("subscribe {subject}: {e}")))?;
+        // Serving once this returns: the server has the interest, so a
+        // request made right after is not answered "no responders" (which
+        // callers read as "that node is gone").
+        self.inner
+            .client
+            .flush()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("subscribe {subject}: {e}")))?;
         let client = self.inner.client.clone();
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {

@@ -109,6 +109,56 @@ pub fn json_is_portable(json: &str) -> bool {
     true
 }
 
+/// Struct-typed fields that accept only a JSON object: serde's derived
+/// `Deserialize` also reads a struct from a JSON array (by position), which
+/// would let `{"id":1,"connect":["token"]}` connect. A wrong type fails the
+/// whole frame like any other (close 3501, docs/protocol.md §8).
+mod object {
+    use std::collections::BTreeMap;
+    use std::marker::PhantomData;
+
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+
+    /// `T`, read only from a JSON object.
+    struct Obj<T>(T);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T>(PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+                type Value = Obj<T>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                    T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+                }
+            }
+            d.deserialize_map(V(PhantomData))
+        }
+    }
+
+    /// An optional object: `null` or absent is `None`.
+    pub fn opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Ok(Option::<Obj<T>>::deserialize(d)?.map(|o| o.0))
+    }
+
+    /// A map whose values are objects.
+    pub fn map<'de, D, T>(d: D) -> Result<BTreeMap<String, T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        let m = BTreeMap::<String, Obj<T>>::deserialize(d)?;
+        Ok(m.into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
+}
+
 /// Decode every command in one frame (newline-separated JSON objects).
 ///
 /// Blank lines are skipped. Any line that is not a valid command makes the
@@ -127,21 +177,37 @@ pub fn decode_commands(frame: &[u8]) -> Result<Vec<Command>, serde_json::Error> 
 
 /// One client command. Exactly one method field is set; none set means pong
 /// (when `id` is 0) or an unknown method (when `id` is set).
+///
+/// Every method's params must be a JSON object (or `null`, read as absent):
+/// serde would otherwise read a struct from an array (`"connect":[...]`),
+/// see [`object`].
 #[derive(Debug, Default, Deserialize)]
 pub struct Command {
     #[serde(default)]
     pub id: u32,
+    #[serde(default, deserialize_with = "object::opt")]
     pub connect: Option<ConnectRequest>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub subscribe: Option<SubscribeRequest>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub unsubscribe: Option<UnsubscribeRequest>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub publish: Option<PublishRequest>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub presence: Option<ChannelRequest>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub presence_stats: Option<ChannelRequest>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub history: Option<HistoryRequest>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub ping: Option<Empty>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub send: Option<SendRequest>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub rpc: Option<RpcRequest>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub refresh: Option<RefreshRequest>,
+    #[serde(default, deserialize_with = "object::opt")]
     pub sub_refresh: Option<SubRefreshRequest>,
 }
 
@@ -189,7 +255,7 @@ pub struct ConnectRequest {
     #[serde(default, deserialize_with = "raw_opt::deserialize")]
     pub data: Option<RawJson>,
     /// Channels the client wants to recover after a reconnect (server-side subs).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::map")]
     pub subs: BTreeMap<String, SubscribeRequest>,
     #[serde(default)]
     pub name: String,
@@ -246,6 +312,7 @@ pub struct HistoryRequest {
     pub channel: String,
     #[serde(default)]
     pub limit: i32,
+    #[serde(default, deserialize_with = "object::opt")]
     pub since: Option<StreamPosition>,
     #[serde(default)]
     pub reverse: bool,
