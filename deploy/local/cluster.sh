@@ -310,10 +310,10 @@ find_nats() {
   [ -x "$NATS" ] || die "no nats-server at $NATS"
 }
 
-# nginx: Debian's package, installed when missing by scripts/install-nginx.sh
+# nginx: Debian's package, installed when missing by scripts/debian-tool.sh
 # (which never starts the package's system service).
 find_nginx() {
-  NGINX=$("$root/scripts/install-nginx.sh") || die "cannot find or install nginx"
+  NGINX=$("$root/scripts/debian-tool.sh" nginx) || die "cannot find or install nginx"
 }
 
 # ---------------------------------------------------------------- configuration

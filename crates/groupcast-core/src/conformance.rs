@@ -274,6 +274,22 @@ pub async fn history_window_and_epoch(b: Arc<dyn Broker>) {
         BrokerError::UnrecoverablePosition,
         "foreign epoch must be refused"
     );
+    // An empty epoch is "any epoch" (Centrifugo's rule: an SDK without a
+    // saved position asks with `epoch: ""`): the read works from the offset.
+    let any = |offset: u64| HistoryQuery {
+        since: Some(StreamPosition {
+            offset,
+            epoch: String::new(),
+        }),
+        ..Default::default()
+    };
+    let h = b.history(&ch, any(offs[5])).await.unwrap();
+    assert_eq!(offsets(&h), offs[6..], "empty epoch matches");
+    assert!(h.complete);
+    assert_eq!(h.position.epoch, epoch, "the answer names the real epoch");
+    let h = b.history(&ch, any(0)).await.unwrap();
+    assert_eq!(offsets(&h), offs[3..], "from 0: what is kept");
+    assert!(!h.complete, "from 0 after trimming: not complete");
 }
 
 /// Deliveries happen only between subscribe and unsubscribe.

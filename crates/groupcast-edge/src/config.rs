@@ -403,9 +403,10 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig
-            .merge(Env::prefixed("GROUPCAST_").split("__"))
-            .merge(overrides);
+        let env = Env::prefixed("GROUPCAST_")
+            .filter(|key| !is_service_link(key.as_str()))
+            .split("__");
+        fig = fig.merge(env).merge(overrides);
         let config: Config = fig.extract().map_err(|e| {
             e.into_iter()
                 .map(|e| e.to_string())
@@ -553,6 +554,41 @@ impl Config {
     pub fn namespaces(&self) -> Result<Namespaces, String> {
         Namespaces::new(self.channel.clone(), &self.namespaces)
     }
+}
+
+/// Whether `key` (a `GROUPCAST_*` variable without the prefix) has the
+/// shape of a Kubernetes service link: the variables Kubernetes puts in
+/// every pod for each Service of the namespace, named after the Service.
+/// A Service `groupcast` gives `GROUPCAST_PORT=tcp://10.0.0.1:8000`,
+/// `GROUPCAST_SERVICE_HOST`, `GROUPCAST_PORT_8000_TCP_ADDR`...; a Service
+/// `groupcast-membership` gives `GROUPCAST_MEMBERSHIP_SERVICE_PORT`... They
+/// are not configuration and are ignored; any other unknown key is still an
+/// error. Configuration keys never have these shapes: the only top-level
+/// keys are `listen` and `name`, the rest are nested with `__`.
+pub fn is_service_link(key: &str) -> bool {
+    if key.contains("__") || key.is_empty() {
+        return false;
+    }
+    let lower = key.to_ascii_lowercase();
+    let t: Vec<&str> = lower.split('_').collect();
+    let n = t.len();
+    // [NAME_]SERVICE_HOST, [NAME_]SERVICE_PORT, [NAME_]SERVICE_PORT_<port name>
+    if t.ends_with(&["service", "host"]) || t.windows(2).any(|w| w == ["service", "port"]) {
+        return true;
+    }
+    // [NAME_]PORT
+    if t[n - 1] == "port" && (n == 1 || t[n - 2] != "service") {
+        return true;
+    }
+    // [NAME_]PORT_<number>_<protocol>[_PROTO|_PORT|_ADDR]
+    t.iter().enumerate().any(|(i, w)| {
+        *w == "port"
+            && i + 2 < n
+            && !t[i + 1].is_empty()
+            && t[i + 1].bytes().all(|b| b.is_ascii_digit())
+            && matches!(t[i + 2], "tcp" | "udp" | "sctp")
+            && (i + 3 == n || (i + 4 == n && matches!(t[i + 3], "proto" | "port" | "addr")))
+    })
 }
 
 /// Environment values are typed by their look (`GROUPCAST_API__KEY=123456`
@@ -709,6 +745,41 @@ join_leave = true
             !c.membership.is_clustered(),
             "dev needs no membership service"
         );
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_configuration() {
+        for k in [
+            "PORT",
+            "SERVICE_HOST",
+            "SERVICE_PORT",
+            "SERVICE_PORT_HTTP",
+            "PORT_8000_TCP",
+            "PORT_8000_TCP_PROTO",
+            "PORT_8000_TCP_PORT",
+            "PORT_8000_TCP_ADDR",
+            "MEMBERSHIP_PORT",
+            "MEMBERSHIP_SERVICE_HOST",
+            "MEMBERSHIP_SERVICE_PORT_QUIC",
+            "MEMBERSHIP_PORT_7501_UDP_ADDR",
+            "NATS_PORT_4222_TCP",
+        ] {
+            assert!(is_service_link(k), "{k} is a service link");
+        }
+        for k in [
+            "LISTEN",
+            "NAME",
+            "CLIENT__PING_INTERVAL",
+            "MEMBERSHIP__SEEDS",
+            "NATS__URLS",
+            "API__KEY",
+            "BIN",
+            "PORT_X_TCP",
+            "PORT_8000_HTTP",
+            "PORT_8000_TCP_HOST",
+        ] {
+            assert!(!is_service_link(k), "{k} is not a service link");
+        }
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub async fn run(
 ) -> Result<(), crate::EdgeError> {
     let state = EdgeState::new(config, node, shutdown.clone()).map_err(crate::EdgeError::Config)?;
     Metrics::get();
+    metrics::gauge!("groupcast_drain_connections_left").set(0.0);
     crate::cluster::start(&state)
         .await
         .map_err(crate::EdgeError::Cluster)?;
@@ -90,6 +91,9 @@ async fn drain(state: &EdgeState) {
     let deadline = tokio::time::Instant::now() + cfg.grace_period;
     let conns = state.open_connections();
     tracing::info!(connections = conns.len(), "draining");
+    // Connections not yet told to go (0 when not draining).
+    let left = metrics::gauge!("groupcast_drain_connections_left");
+    left.set(conns.len() as f64);
     for (i, batch) in conns.chunks(cfg.drain_batch_size).enumerate() {
         if i > 0 {
             tokio::time::sleep_until(
@@ -100,6 +104,7 @@ async fn drain(state: &EdgeState) {
         for conn in batch {
             conn.drain(DisconnectCode::SHUTDOWN);
         }
+        left.decrement(batch.len() as f64);
     }
     // Upgrades that slipped in while the listener closed.
     for conn in state.open_connections() {
@@ -277,6 +282,13 @@ fn relay_upgrade(
 async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
     let m = Metrics::get();
     m.channels.set(state.node.hub.num_channels() as f64);
+    // Tasks alive in this runtime (sessions, their writers, background
+    // loops): a leak shows as growth with a steady connection count.
+    metrics::gauge!("groupcast_runtime_tasks").set(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as f64,
+    );
     let body = crate::metrics::install().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -68,6 +68,9 @@ struct SubscribeSpec<'a> {
     channel: &'a str,
     token: &'a str,
     recover: Option<StreamPosition>,
+    /// Answer 112 instead of subscribing when recovery fails
+    /// (`proto::FLAG_REJECT_UNRECOVERED`).
+    reject_unrecovered: bool,
     /// Server-side subscription (token `channels`, API): no permission check.
     server_side: bool,
 }
@@ -308,6 +311,11 @@ impl Session {
             return self.connect(id, req).await.map(|_| None);
         }
         if let Some(req) = cmd.subscribe {
+            if req.kind != 0 {
+                // Map and shared-poll subscriptions are not implemented:
+                // refused, never served as a plain stream.
+                return Err(ErrorCode::NOT_AVAILABLE.into());
+            }
             let recover = req.recover.then(|| StreamPosition {
                 offset: req.offset,
                 epoch: req.epoch.clone(),
@@ -316,6 +324,7 @@ impl Session {
                 channel: &req.channel,
                 token: &req.token,
                 recover,
+                reject_unrecovered: req.flag & proto::FLAG_REJECT_UNRECOVERED != 0,
                 server_side: false,
             };
             let result = self.subscribe(spec).await?;
@@ -471,6 +480,8 @@ impl Session {
                 channel: &channel,
                 token: "",
                 recover,
+                // Server-side subscriptions are never refused for this.
+                reject_unrecovered: false,
                 server_side: true,
             };
             match self.subscribe(spec).await {
@@ -559,7 +570,16 @@ impl Session {
             Ok(_) => {}
             Err(e) => return Err(broker_error(e).into()),
         }
-        let result = self.position(spec.channel, opts, spec.recover).await;
+        let result = self
+            .position(spec.channel, opts, spec.recover)
+            .await
+            .and_then(|r| {
+                let failed = r.0.was_recovering && !r.0.recovered;
+                match failed && spec.reject_unrecovered {
+                    true => Err(ErrorCode::UNRECOVERABLE_POSITION),
+                    false => Ok(r),
+                }
+            });
         let result = match result {
             Ok(r) => r,
             Err(e) => {
@@ -644,11 +664,19 @@ impl Session {
         result.epoch = history.position.epoch.clone();
         result.offset = history.position.offset;
         if let Some(since) = recover {
-            let same_epoch = since.epoch == history.position.epoch;
-            if same_epoch && history.complete {
+            // An empty epoch is "any epoch": an SDK that has no saved
+            // position yet resubscribes with `epoch: ""` (as Centrifugo).
+            let same_epoch = since.epoch.is_empty() || since.epoch == history.position.epoch;
+            let outcome = if !same_epoch {
+                "epoch_changed"
+            } else if !history.complete {
+                "too_old"
+            } else {
                 result.recovered = true;
                 result.publications = history.publications.iter().map(|p| p.to_out()).collect();
-            }
+                "recovered"
+            };
+            metrics::counter!("groupcast_recoveries_total", "outcome" => outcome).increment(1);
         }
         Ok((result, history.position.offset))
     }
@@ -873,6 +901,7 @@ impl Session {
                     channel: &channel,
                     token: "",
                     recover: None,
+                    reject_unrecovered: false,
                     server_side: true,
                 };
                 match self.subscribe(spec).await {

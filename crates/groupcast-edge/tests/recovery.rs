@@ -290,3 +290,107 @@ proptest! {
         rt.block_on(recover_under_load(total, cycles, pause_ms))?;
     }
 }
+
+/// An SDK without a saved position resubscribes with `recover: true,
+/// epoch: "", offset: 0`: as in Centrifugo, the empty epoch matches the
+/// stream's, and the client gets what history holds after the offset, with
+/// `recovered: true`. `history` with `since: {offset, epoch: ""}` reads from
+/// the offset too (it used to answer 112).
+#[tokio::test]
+async fn an_empty_epoch_recovers_from_the_offset() {
+    let s = TestServer::start().await;
+    for n in 1..=3 {
+        publish(&s, "fresh", n).await;
+    }
+    let mut c = s.client("a").await;
+    let r = c
+        .command(
+            "subscribe",
+            json!({"channel":"fresh","recover":true,"offset":0,"epoch":""}),
+        )
+        .await
+        .unwrap();
+    let sub = &r["subscribe"];
+    assert_eq!(sub["recovered"], true, "{r}");
+    assert_eq!(sub["was_recovering"], true, "{r}");
+    assert!(
+        !sub["epoch"].as_str().unwrap().is_empty(),
+        "the real epoch: {r}"
+    );
+    let ns: Vec<u64> = sub["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, [1, 2, 3], "{r}");
+    let r = c
+        .command(
+            "history",
+            json!({"channel":"fresh","since":{"offset":1,"epoch":""},"limit":-1}),
+        )
+        .await
+        .unwrap();
+    let ns: Vec<u64> = r["history"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|p| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, [2, 3], "{r}");
+}
+
+/// `flag` with the reject-unrecovered bit (2, centrifuge-js sets it when the
+/// app gives `getState`): a recovery that fails answers 112 and does not
+/// subscribe, so the SDK reloads its state; without the bit the client is
+/// subscribed with `recovered: false`, as before.
+#[tokio::test]
+async fn reject_unrecovered_answers_112_instead_of_subscribing() {
+    let s = TestServer::start().await;
+    publish(&s, "strict", 1).await;
+    let mut c = s.client("a").await;
+    let lost = json!({"channel":"strict","recover":true,"offset":1,"epoch":"gone","flag":3});
+    let r = c.command("subscribe", lost.clone()).await.unwrap();
+    assert_eq!(r["error"]["code"], 112, "{r}");
+    // Not subscribed: a plain subscribe works (not "already subscribed").
+    let r = c
+        .command("subscribe", json!({"channel":"strict"}))
+        .await
+        .unwrap();
+    assert!(r["subscribe"].is_object(), "{r}");
+    // The bit alone does not refuse a recovery that works.
+    let epoch = r["subscribe"]["epoch"].clone();
+    let mut d = s.client("b").await;
+    let ok = json!({"channel":"strict","recover":true,"offset":0,"epoch":epoch,"flag":2});
+    let r = d.command("subscribe", ok).await.unwrap();
+    assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+    // Without the bit: subscribed, not recovered.
+    let mut e = s.client("c").await;
+    let mut lenient = lost;
+    lenient["flag"] = json!(1);
+    let r = e.command("subscribe", lenient).await.unwrap();
+    assert!(r["subscribe"].is_object(), "{r}");
+    assert_eq!(r["subscribe"]["was_recovering"], true, "{r}");
+    assert_ne!(r["subscribe"]["recovered"], true, "{r}");
+}
+
+/// Map (`type` 1) and shared-poll (`type` 4) subscriptions are not
+/// implemented: refused with 108 rather than served as a plain stream that
+/// would never deliver what the SDK waits for.
+#[tokio::test]
+async fn subscription_types_we_do_not_implement_are_refused() {
+    let s = TestServer::start().await;
+    let mut c = s.client("a").await;
+    for kind in [1, 4, 7] {
+        let r = c
+            .command("subscribe", json!({"channel":"typed","type":kind}))
+            .await
+            .unwrap();
+        assert_eq!(r["error"]["code"], 108, "type {kind}: {r}");
+    }
+    let r = c
+        .command("subscribe", json!({"channel":"typed","type":0}))
+        .await
+        .unwrap();
+    assert!(r["subscribe"].is_object(), "type 0 is a stream: {r}");
+}

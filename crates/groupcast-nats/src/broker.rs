@@ -848,7 +848,8 @@ impl Broker for NatsBroker {
             return Ok(HistoryResult::default());
         };
         if let Some(since) = &query.since {
-            if since.epoch != stream.epoch {
+            // An empty epoch matches any (Centrifugo's rule).
+            if !since.epoch.is_empty() && since.epoch != stream.epoch {
                 return Err(BrokerError::UnrecoverablePosition);
             }
         }

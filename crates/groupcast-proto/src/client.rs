@@ -283,7 +283,21 @@ pub struct SubscribeRequest {
     pub recoverable: bool,
     #[serde(default)]
     pub join_leave: bool,
+    /// Bit flags (the SDKs' `subscriptionFlags`): see [`FLAG_REJECT_UNRECOVERED`].
+    /// Bit 1 (`channelCompaction`) is accepted and ignored: pushes always
+    /// carry the channel name, which every SDK reads.
+    #[serde(default)]
+    pub flag: i64,
+    /// Subscription type: 0 (a stream) is the only one implemented; map
+    /// (1) and shared poll (4) subscriptions answer 108 "not available".
+    #[serde(default, rename = "type")]
+    pub kind: i32,
 }
+
+/// `flag` bit: when recovery was asked for and fails, answer 112
+/// "unrecoverable position" instead of subscribing without the missed
+/// publications (the SDK then reloads its state and subscribes again).
+pub const FLAG_REJECT_UNRECOVERED: i64 = 2;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct UnsubscribeRequest {

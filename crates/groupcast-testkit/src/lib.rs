@@ -10,6 +10,7 @@ pub mod membership;
 pub mod nats;
 pub mod nginx;
 mod process;
+pub mod prometheus;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,6 +174,30 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A Debian tool's binary: on `PATH`, or in /usr/bin or /usr/sbin
+/// (`scripts/debian-tool.sh PACKAGE BINARY`, run by the test command,
+/// installs it).
+pub fn debian_binary(package: &str, binary: &str) -> std::path::PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file());
+    on_path
+        .or_else(|| {
+            ["/usr/bin", "/usr/sbin"]
+                .iter()
+                .map(|d| std::path::PathBuf::from(d).join(binary))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{binary} not found: run scripts/debian-tool.sh {package} {binary} \
+                 (scripts/test.sh does)"
+            )
+        })
 }
 
 /// Minimal HTTP/1.1 client (`Connection: close`), enough for API tests;

@@ -14,23 +14,6 @@ use crate::process::Process;
 
 const TEMPLATE: &str = include_str!("../../../deploy/local/nginx.conf.tmpl");
 
-/// The nginx binary: on `PATH` or Debian's `/usr/sbin/nginx`
-/// (`scripts/install-nginx.sh`, run by the test command, installs it).
-pub fn nginx_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file());
-    let bin = on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
-    assert!(
-        bin.is_file(),
-        "nginx not found on PATH or at /usr/sbin/nginx: run scripts/install-nginx.sh \
-         (scripts/test.sh does)"
-    );
-    bin
-}
-
 /// A running nginx load-balancing a loopback port over three edges.
 pub struct Nginx {
     pub addr: SocketAddr,
@@ -66,7 +49,7 @@ impl Nginx {
         );
         let conf_file = dir.join("nginx.conf");
         std::fs::write(&conf_file, conf).expect("write nginx.conf");
-        let mut cmd = Command::new(nginx_binary());
+        let mut cmd = Command::new(crate::debian_binary("nginx", "nginx"));
         cmd.arg("-p")
             .arg(&dir)
             .arg("-c")

@@ -107,6 +107,54 @@ fn invalid_configuration_fails_at_start_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_key"));
 }
 
+/// Kubernetes puts service-link variables for every Service of the
+/// namespace into each pod; a Service named `groupcast` (or
+/// `groupcast-membership`) gives `GROUPCAST_*` variables that are not
+/// configuration. The binary starts and serves with them; a misspelled
+/// key is still refused.
+#[test]
+fn kubernetes_service_link_variables_are_ignored() {
+    let links = [
+        ("GROUPCAST_PORT", "tcp://10.0.0.1:8000"),
+        ("GROUPCAST_SERVICE_HOST", "10.0.0.1"),
+        ("GROUPCAST_SERVICE_PORT", "8000"),
+        ("GROUPCAST_SERVICE_PORT_HTTP", "8000"),
+        ("GROUPCAST_PORT_8000_TCP", "tcp://10.0.0.1:8000"),
+        ("GROUPCAST_PORT_8000_TCP_PROTO", "tcp"),
+        ("GROUPCAST_PORT_8000_TCP_PORT", "8000"),
+        ("GROUPCAST_PORT_8000_TCP_ADDR", "10.0.0.1"),
+        ("GROUPCAST_MEMBERSHIP_PORT", "udp://10.0.0.2:7501"),
+        ("GROUPCAST_MEMBERSHIP_SERVICE_HOST", "10.0.0.2"),
+        ("GROUPCAST_MEMBERSHIP_PORT_7501_UDP_ADDR", "10.0.0.2"),
+    ];
+    let mut cmd = Command::new(BIN);
+    cmd.args(["dev", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in links {
+        cmd.env(k, v);
+    }
+    let mut server = Running(cmd.spawn().unwrap());
+    let stdout = server.0.stdout.take().unwrap();
+    let serving = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("client URL"));
+    assert!(
+        serving,
+        "groupcast dev did not start with service links set"
+    );
+    drop(server);
+
+    let mut env = links.to_vec();
+    env.push(("GROUPCAST_CLIENT__PING_INTERVALL", "5s"));
+    let out = run(&["dev", "--listen", "127.0.0.1:0"], &env);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ping_intervall"), "{err}");
+}
+
 fn jwt_claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).expect("JWT has three parts");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD

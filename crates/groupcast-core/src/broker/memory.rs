@@ -198,7 +198,8 @@ impl Broker for MemoryBroker {
         s.trim(Instant::now(), usize::MAX);
         let position = s.position();
         let since = match &query.since {
-            Some(since) if since.epoch != s.epoch => {
+            // An empty epoch matches any (Centrifugo's rule).
+            Some(since) if !since.epoch.is_empty() && since.epoch != s.epoch => {
                 return Err(BrokerError::UnrecoverablePosition)
             }
             Some(since) => Some(since.offset),
