@@ -11,6 +11,9 @@
 //!   NATS-backed cluster; the publisher stays on `--server`.
 //! * `membership`: committed presence changes per second through edge
 //!   handles against a membership cluster, and presence query p50/p99.
+//! * `soak`: long mixed traffic against one edge (churn, publishes,
+//!   queries, slow consumers), sampling its memory, file descriptors and
+//!   tasks into a CSV.
 //! * `presence`: joins and leaves per second through edges (connections
 //!   subscribing and unsubscribing), how fast the membership service
 //!   committed them, and presence query p50/p99 through an edge.
@@ -34,6 +37,7 @@ use tokio_tungstenite::WebSocketStream;
 
 mod membership;
 mod presence;
+mod soak;
 
 #[derive(Parser)]
 #[command(name = "groupcast-bench", about = "Groupcast load scenarios")]
@@ -89,6 +93,9 @@ enum Scenario {
     Membership(membership::Params),
     /// Through edges: presence joins/leaves per second and query latency.
     Presence(presence::Params),
+    /// Long mixed traffic against one edge, sampling its memory, file
+    /// descriptors and tasks (CSV).
+    Soak(soak::Params),
 }
 
 type Ws = WebSocketStream<tokio::net::TcpStream>;
@@ -204,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Membership(params) => membership::run(params).await?,
         Scenario::Presence(params) => presence::run(cli.server, &cli.token, params).await?,
+        Scenario::Soak(params) => soak::run(cli.server, &cli.token, params).await?,
         Scenario::Idle {
             connections,
             server_pid,
