@@ -30,6 +30,12 @@ pub struct ChannelOptions {
     pub allow_presence_for_subscriber: bool,
     /// Subscribed clients may read history.
     pub allow_history_for_subscriber: bool,
+    /// Any connected client may ask presence and presence stats, subscribed
+    /// or not (channels open to all only: not `$` private, not user-limited).
+    pub allow_presence_for_client: bool,
+    /// Any connected client may read history, subscribed or not (same
+    /// restriction).
+    pub allow_history_for_client: bool,
     /// Clients may subscribe without a subscription token. When false every
     /// channel of the namespace is private (needs a subscription token).
     pub allow_subscribe_for_client: bool,
@@ -71,6 +77,8 @@ impl Default for ChannelOptions {
             allow_publish_for_subscriber: false,
             allow_presence_for_subscriber: false,
             allow_history_for_subscriber: false,
+            allow_presence_for_client: false,
+            allow_history_for_client: false,
             allow_subscribe_for_client: true,
             allow_anonymous: false,
             allow_user_limited_channels: false,
@@ -94,6 +102,10 @@ impl ChannelOptions {
             allow_publish_for_subscriber: true,
             allow_presence_for_subscriber: true,
             allow_history_for_subscriber: true,
+            // Reading presence/history without subscribing stays off, as in
+            // production defaults: dev shows the same permission model.
+            allow_presence_for_client: false,
+            allow_history_for_client: false,
             allow_subscribe_for_client: true,
             allow_anonymous: true,
             allow_user_limited_channels: true,

@@ -286,6 +286,15 @@ pub struct ClientConfig {
     /// The window for `rate_refusals_max`, from the first refusal.
     #[serde(with = "humantime_serde")]
     pub rate_refusals_window: Duration,
+    /// Subscribe every authenticated connection to its user's personal
+    /// channel at connect, server-side (Centrifugo's
+    /// `user_subscribe_to_personal`): `#<user>`, or
+    /// `<personal_channel_namespace>:#<user>`. Its result is in the connect
+    /// reply's `subs`; anonymous connections get none.
+    pub subscribe_to_personal: bool,
+    /// Namespace of the personal channel ("" : the default namespace).
+    #[serde(deserialize_with = "lenient::string")]
+    pub personal_channel_namespace: String,
     /// Grace after a connection token's expiry for the client to `refresh`
     /// before it is closed with 3005 "connection expired".
     #[serde(with = "humantime_serde")]
@@ -357,6 +366,8 @@ impl Default for ClientConfig {
             client_ip_header: String::new(),
             command_rate: 100.0,
             command_burst: 200.0,
+            subscribe_to_personal: false,
+            personal_channel_namespace: String::new(),
             rate_refusals_max: 100,
             rate_refusals_window: Duration::from_secs(10),
             publish_rate: 0.0,
@@ -535,6 +546,15 @@ impl Config {
         }
         crate::auth::Verifier::from_config(c).map_err(|e| e.to_string())?;
         self.namespaces()?;
+        let ns = &c.personal_channel_namespace;
+        if c.subscribe_to_personal
+            && !ns.is_empty()
+            && !self.namespaces.iter().any(|n| &n.name == ns)
+        {
+            return Err(format!(
+                "client.personal_channel_namespace: no namespace {ns:?} in [[namespaces]]"
+            ));
+        }
         let sizes = std::iter::once(("channel.".to_string(), &self.channel)).chain(
             self.namespaces
                 .iter()

@@ -24,7 +24,7 @@ use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use groupcast_core::broker::{BrokerError, HistoryQuery, PublishOptions};
 use groupcast_core::hub::{AddOutcome, SubscriberKind};
-use groupcast_core::{ChannelOptions, Payload, Publication, StreamPosition};
+use groupcast_core::{ChannelName, ChannelOptions, Payload, Publication, StreamPosition};
 use groupcast_proto::client::{self as proto, ClientInfo, Command, RawJson, Reply};
 use groupcast_proto::{DisconnectCode, ErrorCode};
 
@@ -263,6 +263,18 @@ impl Session {
     }
 
     async fn handle_command(&mut self, cmd: Command) {
+        if let Some(method) = cmd.params_not_object {
+            // Params that are not a JSON object: a bad request (107), like
+            // any other invalid argument; the connection's state rules (a
+            // command before connect, a second connect) still close it.
+            Metrics::command_in(method);
+            if cmd.id == 0 || self.connected == (method == "connect") {
+                self.conn.close(DisconnectCode::BAD_REQUEST);
+            } else {
+                self.reply(Reply::error(cmd.id, ErrorCode::BAD_REQUEST));
+            }
+            return;
+        }
         let Some(method) = cmd.method() else {
             if cmd.id == 0 {
                 // `{}`: the pong to our ping.
@@ -355,7 +367,7 @@ impl Session {
         }
         if let Some(req) = cmd.presence {
             let (ch, opts) = self.state.channel(&req.channel)?;
-            self.check_presence(ch.as_str(), opts)?;
+            self.check_presence(&ch, opts)?;
             let presence = self
                 .state
                 .node
@@ -370,7 +382,7 @@ impl Session {
         }
         if let Some(req) = cmd.presence_stats {
             let (ch, opts) = self.state.channel(&req.channel)?;
-            self.check_presence(ch.as_str(), opts)?;
+            self.check_presence(&ch, opts)?;
             let s = self
                 .state
                 .node
@@ -452,6 +464,17 @@ impl Session {
             self.conn_info = claims.info.map(Arc::from);
             self.expires_at = claims.exp;
             channels = claims.channels;
+        }
+        if cfg.subscribe_to_personal && !self.user.is_empty() {
+            // The user's personal channel, server-side (Centrifugo's
+            // `user_subscribe_to_personal`): `#<user>`, in a namespace if set.
+            let personal = match cfg.personal_channel_namespace.as_str() {
+                "" => format!("#{}", self.user),
+                ns => format!("{ns}:#{}", self.user),
+            };
+            if !channels.contains(&personal) {
+                channels.push(personal);
+            }
         }
         self.connected = true;
         self.state.registry.add(self.conn.clone(), &self.user);
@@ -782,14 +805,24 @@ impl Session {
         Ok(())
     }
 
-    fn check_presence(&self, channel: &str, opts: &ChannelOptions) -> Result<(), ErrorCode> {
+    fn check_presence(&self, ch: &ChannelName<'_>, opts: &ChannelOptions) -> Result<(), ErrorCode> {
         if !opts.presence {
             return Err(ErrorCode::NOT_AVAILABLE);
         }
-        if !(opts.allow_presence_for_subscriber && self.subs.contains_key(channel)) {
+        let allowed = (opts.allow_presence_for_subscriber && self.subs.contains_key(ch.as_str()))
+            || (opts.allow_presence_for_client && self.may_read_unsubscribed(ch, opts));
+        if !allowed {
             return Err(ErrorCode::PERMISSION_DENIED);
         }
         Ok(())
+    }
+
+    /// `allow_presence_for_client` / `allow_history_for_client` let a client
+    /// that is not subscribed read a channel, but only one open to all
+    /// (not private, not user-limited) and, unless the namespace allows
+    /// anonymous access, only an authenticated one.
+    fn may_read_unsubscribed(&self, ch: &ChannelName<'_>, opts: &ChannelOptions) -> bool {
+        !self.state.is_restricted(ch, opts) && (opts.allow_anonymous || !self.user.is_empty())
     }
 
     async fn history(&self, req: proto::HistoryRequest) -> Result<proto::HistoryResult, Fail> {
@@ -797,7 +830,9 @@ impl Session {
         if !opts.has_history() {
             return Err(ErrorCode::NOT_AVAILABLE.into());
         }
-        if !(opts.allow_history_for_subscriber && self.subs.contains_key(ch.as_str())) {
+        let allowed = (opts.allow_history_for_subscriber && self.subs.contains_key(ch.as_str()))
+            || (opts.allow_history_for_client && self.may_read_unsubscribed(&ch, opts));
+        if !allowed {
             return Err(ErrorCode::PERMISSION_DENIED.into());
         }
         let limit = self

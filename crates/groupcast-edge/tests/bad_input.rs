@@ -19,6 +19,9 @@ enum Expect {
     Error(u32, u64),
     /// Accept: reply to command `id` without error (harmless input).
     Accept(u32),
+    /// Before `connect`: reply to command `id` with this error code; the
+    /// connection stays open and a valid `connect` then succeeds.
+    ErrorThenConnect(u32, u64),
 }
 
 enum Input {
@@ -98,7 +101,7 @@ fn cases() -> Vec<Case> {
             "subscribe is a string",
             true,
             text(r#"{"id":1,"subscribe":"x"}"#),
-            Close(3501),
+            Error(1, 107),
         ),
         c(
             "one bad line in a batch",
@@ -449,10 +452,11 @@ fn cases() -> Vec<Case> {
 }
 
 /// Every method's params must be a JSON object: serde alone would read a
-/// struct from an array by position (`"connect":["token"]` connected). A
-/// wrong type closes the connection with 3501 like any other wrong type
-/// (docs/protocol.md §8), before and after connect, and at the two nested
-/// places that hold a struct (`connect.subs` values, `history.since`).
+/// struct from an array by position (`"connect":["token"]` connected).
+/// Params of another type are a bad request: error 107, nothing runs, the
+/// connection stays (a `connect` can follow). At the two nested places that
+/// hold a struct (`connect.subs` values, `history.since`) a non-object is a
+/// field of the wrong type: close 3501 like any other (docs/protocol.md §8).
 fn params_that_are_not_objects() -> Vec<Case> {
     const METHODS: [&str; 12] = [
         "connect",
@@ -471,11 +475,15 @@ fn params_that_are_not_objects() -> Vec<Case> {
     let mut out = Vec::new();
     for method in METHODS {
         for params in [r#"["a",{}]"#, "[]", r#""a""#, "5", "true"] {
+            let connect = method == "connect";
             out.push(Case {
                 what: format!("{method} params {params}"),
-                connected: method != "connect",
+                connected: !connect,
                 input: text(format!(r#"{{"id":1,"{method}":{params}}}"#)),
-                expect: Expect::Close(3501),
+                expect: match connect {
+                    true => Expect::ErrorThenConnect(1, 107),
+                    false => Expect::Error(1, 107),
+                },
             });
         }
     }
@@ -566,6 +574,18 @@ async fn bad_input_is_answered_and_harms_no_one() {
                     .await
                     .unwrap_or_else(|e| panic!("{}: {e}", case.what));
                 assert!(r.get("error").is_none(), "{}: {r}", case.what);
+            }
+            Expect::ErrorThenConnect(id, code) => {
+                let r = c
+                    .reply(id)
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: {e}", case.what));
+                assert_eq!(r["error"]["code"], code, "{}: {r}", case.what);
+                let r = c
+                    .command("connect", json!({"token": s.token("mallory", json!({}))}))
+                    .await
+                    .unwrap();
+                assert!(r.get("connect").is_some(), "{}: {r}", case.what);
             }
             Expect::Error(id, code) => {
                 let r = c

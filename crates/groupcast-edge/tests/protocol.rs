@@ -657,3 +657,122 @@ async fn refresh_with_a_bad_token_disconnects() {
     let code = c.closed(T).await.unwrap();
     assert_eq!(code.map(|c| c.0), Some(3005));
 }
+
+/// `allow_presence_for_client` / `allow_history_for_client` (Centrifugo's
+/// names): a client that did not subscribe may ask presence and history of
+/// a channel open to all; without them only subscribers may, and private
+/// channels stay closed either way.
+#[tokio::test]
+async fn presence_and_history_for_clients_that_did_not_subscribe() {
+    let mut config = TestServer::dev_config();
+    let base = ChannelOptions {
+        history_size: 10,
+        history_ttl: Duration::from_secs(60),
+        presence: true,
+        allow_presence_for_subscriber: true,
+        allow_history_for_subscriber: true,
+        ..ChannelOptions::default()
+    };
+    config.namespaces = vec![
+        NamespaceConfig {
+            name: "open".into(),
+            options: ChannelOptions {
+                allow_presence_for_client: true,
+                allow_history_for_client: true,
+                ..base.clone()
+            },
+        },
+        NamespaceConfig {
+            name: "closed".into(),
+            options: base,
+        },
+    ];
+    let s = TestServer::start_with(config).await;
+    let mut a = s.client("a").await;
+    for ch in ["open:x", "closed:x"] {
+        subscribe(&mut a, ch).await;
+        let (status, r) = s.api("publish", json!({"channel": ch, "data": 1})).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let mut b = s.client("b").await;
+    let r = b
+        .command("presence", json!({"channel":"open:x"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["presence"]["presence"].as_object().unwrap().len(),
+        1,
+        "{r}"
+    );
+    let r = b
+        .command("presence_stats", json!({"channel":"open:x"}))
+        .await
+        .unwrap();
+    assert_eq!(r["presence_stats"]["num_clients"], 1, "{r}");
+    let r = b
+        .command("history", json!({"channel":"open:x","limit":10}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["history"]["publications"].as_array().unwrap().len(),
+        1,
+        "{r}"
+    );
+    for (method, ch) in [
+        ("presence", "closed:x"),
+        ("history", "closed:x"),
+        ("presence", "open:$private"),
+        ("history", "open:$private"),
+    ] {
+        let r = b
+            .command(method, json!({"channel": ch, "limit": 10}))
+            .await
+            .unwrap();
+        assert_eq!(err_code(&r), Some(103), "{method} {ch}: {r}");
+    }
+}
+
+/// `client.subscribe_to_personal`: every authenticated connection is
+/// subscribed server-side to its user's personal channel at connect (in
+/// `subs` of the reply) and receives what is published there; anonymous
+/// connections are not.
+#[tokio::test]
+async fn every_user_connection_is_subscribed_to_its_personal_channel() {
+    let mut config = TestServer::dev_config();
+    config.client.subscribe_to_personal = true;
+    config.client.personal_channel_namespace = "personal".into();
+    config.namespaces = vec![NamespaceConfig {
+        name: "personal".into(),
+        options: ChannelOptions {
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            allow_recovery: true,
+            ..ChannelOptions::default()
+        },
+    }];
+    config.validate().unwrap();
+    let s = TestServer::start_with(config.clone()).await;
+    let (mut c, reply) = Client::connect(&s.ws_url(), &s.token("alice", json!({})))
+        .await
+        .unwrap();
+    let subs = reply["connect"]["subs"].as_object().unwrap();
+    assert!(subs.contains_key("personal:#alice"), "{reply}");
+    assert_eq!(subs["personal:#alice"]["recoverable"], true, "{reply}");
+    let (status, r) = s
+        .api(
+            "publish",
+            json!({"channel":"personal:#alice","data":{"note":"hi"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let p = c.push(T).await.unwrap();
+    assert_eq!(p["channel"], "personal:#alice", "{p}");
+    assert_eq!(p["pub"]["data"]["note"], "hi", "{p}");
+    // Anonymous: nothing personal.
+    let (_, reply) = Client::connect(&s.ws_url(), "").await.unwrap();
+    assert!(reply["connect"]["subs"].is_null(), "{reply}");
+    // The namespace must exist.
+    config.namespaces.clear();
+    let e = config.validate().unwrap_err();
+    assert!(e.contains("client.personal_channel_namespace"), "{e}");
+}

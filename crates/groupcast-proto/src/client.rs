@@ -111,8 +111,10 @@ pub fn json_is_portable(json: &str) -> bool {
 
 /// Struct-typed fields that accept only a JSON object: serde's derived
 /// `Deserialize` also reads a struct from a JSON array (by position), which
-/// would let `{"id":1,"connect":["token"]}` connect. A wrong type fails the
-/// whole frame like any other (close 3501, docs/protocol.md §8).
+/// would let `{"id":1,"connect":["token"]}` connect. A method's params that
+/// are not an object are answered 107 ([`decode_commands`]); a nested one
+/// (`connect.subs` values, `history.since`) is a field of the wrong type and
+/// fails the whole frame like any other (close 3501, docs/protocol.md §8).
 mod object {
     use std::collections::BTreeMap;
     use std::marker::PhantomData;
@@ -170,9 +172,52 @@ pub fn decode_commands(frame: &[u8]) -> Result<Vec<Command>, serde_json::Error> 
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        out.push(serde_json::from_slice(line)?);
+        match serde_json::from_slice(line) {
+            Ok(cmd) => out.push(cmd),
+            // Only on the error path: is it a command whose params are not
+            // an object? That one is answered 107 rather than breaking the
+            // whole frame.
+            Err(e) => out.push(params_not_an_object(line).ok_or(e)?),
+        }
     }
     Ok(out)
+}
+
+/// The method names, as in [`Command`].
+const METHODS: [&str; 12] = [
+    "connect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "presence",
+    "presence_stats",
+    "history",
+    "ping",
+    "send",
+    "rpc",
+    "refresh",
+    "sub_refresh",
+];
+
+/// A line that is a JSON object with a valid `id` and a method whose params
+/// are not an object (`"connect":["token"]`): a [`Command`] with only `id`
+/// and [`Command::params_not_object`] set. `None` for anything else.
+fn params_not_an_object(line: &[u8]) -> Option<Command> {
+    let serde_json::Value::Object(map) = serde_json::from_slice(line).ok()? else {
+        return None;
+    };
+    let id = match map.get("id") {
+        None => 0,
+        Some(v) => u32::try_from(v.as_u64()?).ok()?,
+    };
+    let method = METHODS
+        .into_iter()
+        .find(|m| map.get(*m).is_some_and(|v| !v.is_object() && !v.is_null()))?;
+    Some(Command {
+        id,
+        params_not_object: Some(method),
+        ..Default::default()
+    })
 }
 
 /// One client command. Exactly one method field is set; none set means pong
@@ -180,7 +225,7 @@ pub fn decode_commands(frame: &[u8]) -> Result<Vec<Command>, serde_json::Error> 
 ///
 /// Every method's params must be a JSON object (or `null`, read as absent):
 /// serde would otherwise read a struct from an array (`"connect":[...]`),
-/// see [`object`].
+/// see [`object`]. Such a command is answered 107 (see [`decode_commands`]).
 #[derive(Debug, Default, Deserialize)]
 pub struct Command {
     #[serde(default)]
@@ -209,6 +254,10 @@ pub struct Command {
     pub refresh: Option<RefreshRequest>,
     #[serde(default, deserialize_with = "object::opt")]
     pub sub_refresh: Option<SubRefreshRequest>,
+    /// Set by [`decode_commands`] (never by the JSON): this method's params
+    /// were not a JSON object; answered 107.
+    #[serde(skip)]
+    pub params_not_object: Option<&'static str>,
 }
 
 impl Command {
@@ -702,6 +751,30 @@ mod tests {
         assert!(decode_commands(b"not json").is_err());
         assert!(decode_commands(br#"{"id":1}"#).is_ok());
         assert!(decode_commands(br#"[1,2]"#).is_err());
+    }
+
+    #[test]
+    fn params_that_are_not_objects_are_marked_not_read_by_position() {
+        for (frame, method) in [
+            (&br#"{"id":4,"connect":["token"]}"#[..], "connect"),
+            (br#"{"id":4,"subscribe":"room"}"#, "subscribe"),
+            (br#"{"id":4,"ping":[]}"#, "ping"),
+            (br#"{"id":4,"publish":5,"x":1}"#, "publish"),
+        ] {
+            let cmds = decode_commands(frame).unwrap();
+            assert_eq!(cmds.len(), 1);
+            assert_eq!(cmds[0].id, 4);
+            assert_eq!(cmds[0].params_not_object, Some(method));
+            assert_eq!(cmds[0].method(), None, "nothing to run");
+            assert!(cmds[0].connect.is_none(), "not connected by position");
+        }
+        // `null` is absent, as before.
+        let cmds = decode_commands(br#"{"id":4,"ping":null}"#).unwrap();
+        assert_eq!(cmds[0].params_not_object, None);
+        // A bad id, or a wrong type below the params, still fails the frame.
+        assert!(decode_commands(br#"{"id":"x","connect":[]}"#).is_err());
+        assert!(decode_commands(br#"{"id":1,"history":{"channel":"a","since":[1,"e"]}}"#).is_err());
+        assert!(decode_commands(br#"{"id":1,"connect":{"subs":{"a":[true]}}}"#).is_err());
     }
 
     #[test]
