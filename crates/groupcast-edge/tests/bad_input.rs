@@ -458,22 +458,8 @@ fn cases() -> Vec<Case> {
 /// hold a struct (`connect.subs` values, `history.since`) a non-object is a
 /// field of the wrong type: close 3501 like any other (docs/protocol.md §8).
 fn params_that_are_not_objects() -> Vec<Case> {
-    const METHODS: [&str; 12] = [
-        "connect",
-        "subscribe",
-        "unsubscribe",
-        "publish",
-        "presence",
-        "presence_stats",
-        "history",
-        "ping",
-        "send",
-        "rpc",
-        "refresh",
-        "sub_refresh",
-    ];
     let mut out = Vec::new();
-    for method in METHODS {
+    for method in groupcast_proto::client::METHODS {
         for params in [r#"["a",{}]"#, "[]", r#""a""#, "5", "true"] {
             let connect = method == "connect";
             out.push(Case {

@@ -184,7 +184,7 @@ pub fn decode_commands(frame: &[u8]) -> Result<Vec<Command>, serde_json::Error> 
 }
 
 /// The method names, as in [`Command`].
-const METHODS: [&str; 12] = [
+pub const METHODS: [&str; 12] = [
     "connect",
     "subscribe",
     "unsubscribe",

@@ -510,14 +510,20 @@ impl Cluster {
     }
 
     /// Waits until presence is exactly the live clients; the time from
-    /// `fault`. Panics past `WAIT` with the difference.
-    async fn presence_converged(&self, clients: &Clients, fault: Instant) -> Duration {
+    /// `fault`, asserted within `PRESENCE_WITHIN` (`after` names the
+    /// fault). Panics past `WAIT` with the difference.
+    async fn presence_converged(&self, clients: &Clients, fault: Instant, after: &str) -> Duration {
         let mut last_diff = String::new();
         while fault.elapsed() < WAIT {
             let want = clients.ids();
             if let Some(got) = self.presence().await {
                 if got == want && !want.values().any(|ids| ids.contains("")) {
-                    return fault.elapsed();
+                    let took = fault.elapsed();
+                    assert!(
+                        took <= PRESENCE_WITHIN,
+                        "presence took {took:?} after {after}"
+                    );
+                    return took;
                 }
                 let extra: usize = got
                     .iter()
@@ -612,7 +618,9 @@ async fn setup() -> (Cluster, Clients, Publisher) {
     let publisher = Publisher::start(cluster.lb.addr);
     // A steady state before the fault.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.presence_converged(&clients, Instant::now()).await;
+    cluster
+        .presence_converged(&clients, Instant::now(), "the start")
+        .await;
     (cluster, clients, publisher)
 }
 
@@ -659,11 +667,9 @@ async fn chaos_a_kill_an_edge() {
     let fault = Instant::now();
     cluster.edges[0].kill();
     clients.wait_all_connected().await;
-    let converged = cluster.presence_converged(&clients, fault).await;
-    assert!(
-        converged <= PRESENCE_WITHIN,
-        "presence took {converged:?} after kill -9 of an edge"
-    );
+    let converged = cluster
+        .presence_converged(&clients, fault, "kill -9 of an edge")
+        .await;
     cluster.assert_leases_kept(&[1, 2]).await;
     let reconnects = finish(
         "(a) kill -9 an edge",
@@ -695,16 +701,14 @@ async fn chaos_b_rolling_sigterm_of_every_edge() {
         let exited = fault.elapsed();
         clients.wait_all_connected().await;
         let connected = fault.elapsed();
-        let took = cluster.presence_converged(&clients, fault).await;
+        let took = cluster
+            .presence_converged(&clients, fault, &format!("SIGTERM of {name}"))
+            .await;
         eprintln!(
             "chaos (b) SIGTERM {name}: exited after {} ms, clients all back after {} ms, presence exact after {} ms",
             exited.as_millis(),
             connected.as_millis(),
             took.as_millis()
-        );
-        assert!(
-            took <= PRESENCE_WITHIN,
-            "presence took {took:?} after SIGTERM of {name}"
         );
         converged.push(took);
         cluster.edges[i].restart().await;
@@ -738,11 +742,9 @@ async fn chaos_c_kill_the_membership_leader() {
     cluster.membership.kill(leader);
     let new_leader = cluster.membership.leader(WAIT, &[leader]).await;
     assert!(new_leader.is_some(), "no new membership leader");
-    let converged = cluster.presence_converged(&clients, fault).await;
-    assert!(
-        converged <= PRESENCE_WITHIN,
-        "presence took {converged:?} after kill -9 of the membership leader"
-    );
+    let converged = cluster
+        .presence_converged(&clients, fault, "kill -9 of the membership leader")
+        .await;
     cluster.assert_leases_kept(&[0, 1, 2]).await;
     let reconnects = finish(
         "(c) kill -9 the membership leader",
@@ -793,14 +795,12 @@ async fn chaos_d_kill_the_nats_server_leading_the_stream() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    let (elected, converged) = tokio::join!(elected, cluster.presence_converged(&clients, fault));
+    let after = format!("kill -9 of NATS server {leader}");
+    let (elected, converged) =
+        tokio::join!(elected, cluster.presence_converged(&clients, fault, &after));
     eprintln!(
         "chaos (d): new stream leader after {} ms",
         elected.as_millis()
-    );
-    assert!(
-        converged <= PRESENCE_WITHIN,
-        "presence took {converged:?} after kill -9 of NATS server {leader}"
     );
     cluster.assert_leases_kept(&[0, 1, 2]).await;
     finish(
