@@ -44,6 +44,11 @@ pub enum SubscriberKind {
 pub trait Subscriber: Send + Sync + 'static {
     /// Connection id, unique on this node.
     fn id(&self) -> u64;
+    /// Client id (as in the protocol), for publications that leave one
+    /// client out; "" when the subscriber has none.
+    fn client(&self) -> &str {
+        ""
+    }
     fn kind(&self) -> SubscriberKind;
     /// Enqueue a push. Must not block; a connection that cannot take it
     /// closes itself (slow consumer) rather than stall the fan-out.
@@ -106,6 +111,14 @@ impl PreparedPush {
     /// have no relay frame).
     pub fn is_pub(&self) -> bool {
         matches!(self.kind, PushKind::Pub(_))
+    }
+
+    /// The client this publication leaves out, if any.
+    pub fn exclude_client(&self) -> Option<&str> {
+        match &self.kind {
+            PushKind::Pub(p) => p.exclude_client.as_deref(),
+            _ => None,
+        }
     }
 
     /// The relay connection that published this, if any.
@@ -173,6 +186,12 @@ struct Entry {
 impl Entry {
     fn deliver(&mut self, push: &Arc<PreparedPush>) {
         if push.origin() == Some(self.sub.id()) {
+            return;
+        }
+        if push
+            .exclude_client()
+            .is_some_and(|c| !c.is_empty() && c == self.sub.client())
+        {
             return;
         }
         // Checked without `relay()`, which would encode the relay frame even
@@ -392,6 +411,12 @@ mod tests {
         fn id(&self) -> u64 {
             self.id
         }
+        fn client(&self) -> &str {
+            match self.id {
+                1 => "client-1",
+                _ => "client-other",
+            }
+        }
         fn kind(&self) -> SubscriberKind {
             self.kind
         }
@@ -421,6 +446,24 @@ mod tests {
         p.offset = offset;
         p.origin = origin;
         Arc::new(p)
+    }
+
+    #[test]
+    fn an_excluded_client_is_left_out_of_the_fan_out_only() {
+        let hub = Hub::default();
+        let (a, b) = (
+            sink(1, SubscriberKind::Protocol),
+            sink(2, SubscriberKind::Protocol),
+        );
+        hub.add("c", a.clone(), false);
+        hub.add("c", b.clone(), false);
+        let mut p = Publication::new(Payload::from_text("{}"));
+        p.offset = 1;
+        p.exclude_client = Some(Arc::from("client-1"));
+        hub.on_publication("c", Arc::new(p));
+        hub.on_publication("c", publication(2, "{}", None));
+        assert_eq!(a.got.lock().len(), 1, "client-1 got only the second");
+        assert_eq!(b.got.lock().len(), 2, "the others get both");
     }
 
     #[test]

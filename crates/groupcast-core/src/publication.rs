@@ -98,6 +98,10 @@ pub struct Publication {
     /// Connection that published it through the relay; that connection does
     /// not get its own frame back.
     pub origin: Option<u64>,
+    /// Client id left out of the live fan-out, on every node (API
+    /// `exclude_client`, client `publish` with `exclude_self`). History and
+    /// recovery still return the publication to everyone, that client too.
+    pub exclude_client: Option<Arc<str>>,
 }
 
 impl Publication {
@@ -108,6 +112,7 @@ impl Publication {
             info: None,
             tags: BTreeMap::new(),
             origin: None,
+            exclude_client: None,
         }
     }
 

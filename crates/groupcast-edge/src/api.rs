@@ -344,6 +344,7 @@ async fn publish_one(
     skip_history: bool,
     tags: &std::collections::BTreeMap<String, String>,
     idempotency_key: &str,
+    exclude_client: &str,
 ) -> Result<api::PublishResult, ApiError> {
     let (ch, opts) = state.channel(channel).map_err(channel_error)?;
     // Publications reach clients in one frame: the client message limit
@@ -363,6 +364,7 @@ async fn publish_one(
     };
     let mut p = Publication::new(data);
     p.tags = tags.clone();
+    p.exclude_client = (!exclude_client.is_empty()).then(|| Arc::from(exclude_client));
     let pos = state
         .node
         .broker
@@ -399,6 +401,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
                     r.skip_history,
                     &r.tags,
                     &r.idempotency_key,
+                    &r.exclude_client,
                 )
                 .await?,
             ))
@@ -420,6 +423,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
                         r.skip_history,
                         &r.tags,
                         &r.idempotency_key,
+                        &r.exclude_client,
                     )
                     .await
                     {

@@ -447,6 +447,10 @@ impl Subscriber for Conn {
         self.id
     }
 
+    fn client(&self) -> &str {
+        &self.client
+    }
+
     fn kind(&self) -> SubscriberKind {
         self.kind
     }

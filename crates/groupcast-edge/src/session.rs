@@ -782,6 +782,9 @@ impl Session {
             return Err(ErrorCode::PERMISSION_DENIED.into());
         }
         let mut p = Publication::new(data);
+        if req.exclude_self {
+            p.exclude_client = Some(Arc::from(self.conn.client.as_str()));
+        }
         p.info = Some(match subscribed {
             Some(sub) => sub.info.clone(),
             None => Arc::new(ClientInfo {

@@ -776,3 +776,67 @@ async fn every_user_connection_is_subscribed_to_its_personal_channel() {
     let e = config.validate().unwrap_err();
     assert!(e.contains("client.personal_channel_namespace"), "{e}");
 }
+
+/// Leaving the publisher out: the API's `exclude_client` (Pusher's
+/// `socket_id`) and the client's `publish` with `exclude_self` (Phoenix's
+/// `broadcast_from`) skip that one client; everyone else gets it, and
+/// history still holds it.
+#[tokio::test]
+async fn a_publication_can_leave_one_client_out() {
+    let s = TestServer::start().await;
+    let mut a = s.client("a").await;
+    let mut b = s.client("b").await;
+    subscribe(&mut a, "room").await;
+    subscribe(&mut b, "room").await;
+    let a_id = a
+        .command("presence", json!({"channel":"room"}))
+        .await
+        .unwrap()["presence"]["presence"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, i)| i["user"] == "a")
+        .map(|(id, _)| id.clone())
+        .unwrap();
+    async fn next_pub(c: &mut Client) -> Value {
+        loop {
+            let p = c.push(T).await.unwrap();
+            if p.get("pub").is_some() {
+                return p;
+            }
+        }
+    }
+    let (status, r) = s
+        .api(
+            "publish",
+            json!({"channel":"room","data":{"n":1},"exclude_client":a_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(next_pub(&mut b).await["pub"]["data"]["n"], 1);
+    let r = a
+        .command(
+            "publish",
+            json!({"channel":"room","data":{"n":2},"exclude_self":true}),
+        )
+        .await
+        .unwrap();
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(next_pub(&mut b).await["pub"]["data"]["n"], 2);
+    s.api("publish", json!({"channel":"room","data":{"n":3}}))
+        .await;
+    // A saw neither 1 (excluded by the API) nor 2 (its own), only 3.
+    assert_eq!(next_pub(&mut a).await["pub"]["data"]["n"], 3);
+    assert_eq!(next_pub(&mut b).await["pub"]["data"]["n"], 3);
+    let r = a
+        .command("history", json!({"channel":"room","limit":10}))
+        .await
+        .unwrap();
+    let ns: Vec<u64> = r["history"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, [1, 2, 3], "history keeps everything: {r}");
+}

@@ -7,10 +7,11 @@
 //! byte 0      version (1)
 //! byte 1      kind: 1 JSON publication, 2 text, 3 binary, 4 join, 5 leave
 //! publications:
-//!   byte 2    flags: 1 origin, 2 info, 4 tags
+//!   byte 2    flags: 1 origin, 2 info, 4 tags, 8 excluded client
 //!   u64 BE    origin (relay connection), when flagged
 //!   u32 BE n, n bytes of ClientInfo JSON, when flagged
 //!   u32 BE n, n bytes of tags JSON (object of strings), when flagged
+//!   u32 BE n, n bytes of the excluded client id (UTF-8), when flagged
 //!   rest      data (JSON text, UTF-8 text or raw bytes)
 //! join/leave:
 //!   rest      ClientInfo JSON
@@ -33,6 +34,7 @@ const KIND_LEAVE: u8 = 5;
 const F_ORIGIN: u8 = 1;
 const F_INFO: u8 = 2;
 const F_TAGS: u8 = 4;
+const F_EXCLUDE: u8 = 8;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum EnvelopeError {
@@ -76,7 +78,14 @@ pub fn encode_pub(p: &Publication) -> Bytes {
     if tags.is_some() {
         flags |= F_TAGS;
     }
-    let extra = info.as_ref().map_or(0, |v| v.len() + 4) + tags.as_ref().map_or(0, |v| v.len() + 4);
+    let exclude = p.exclude_client.as_ref().map(|c| c.as_bytes().to_vec());
+    if exclude.is_some() {
+        flags |= F_EXCLUDE;
+    }
+    let extra = [&info, &tags, &exclude]
+        .iter()
+        .map(|v| v.as_ref().map_or(0, |v| v.len() + 4))
+        .sum::<usize>();
     let mut b = BytesMut::with_capacity(3 + 8 + extra + data.len());
     b.put_u8(VERSION);
     b.put_u8(kind);
@@ -84,7 +93,7 @@ pub fn encode_pub(p: &Publication) -> Bytes {
     if let Some(o) = p.origin {
         b.put_u64(o);
     }
-    for part in [&info, &tags].into_iter().flatten() {
+    for part in [&info, &tags, &exclude].into_iter().flatten() {
         b.put_u32(part.len() as u32);
         b.put_slice(part);
     }
@@ -167,6 +176,13 @@ pub fn decode(payload: Bytes) -> Result<Envelope, EnvelopeError> {
     } else {
         BTreeMap::new()
     };
+    let exclude_client = if flags & F_EXCLUDE != 0 {
+        let c = r.chunk()?;
+        let c = std::str::from_utf8(&c).map_err(|_| EnvelopeError::Invalid("excluded client"))?;
+        Some(Arc::from(c))
+    } else {
+        None
+    };
     let data = r.b;
     let data = match kind {
         KIND_JSON => {
@@ -186,6 +202,7 @@ pub fn decode(payload: Bytes) -> Result<Envelope, EnvelopeError> {
         info,
         tags,
         origin,
+        exclude_client,
     }))
 }
 
@@ -211,10 +228,16 @@ mod tests {
             client: "c".into(),
             ..Default::default()
         }));
+        p.exclude_client = Some(Arc::from("client-é"));
         let q = roundtrip(&p);
         assert_eq!(q.origin, p.origin);
         assert_eq!(q.tags, p.tags);
         assert_eq!(q.info.unwrap().client, "c");
+        assert_eq!(q.exclude_client.as_deref(), Some("client-é"));
+        assert_eq!(
+            roundtrip(&Publication::new(Payload::from_text("1"))).exclude_client,
+            None
+        );
         let t = roundtrip(&Publication::new(Payload::Text("not json".into())));
         assert!(matches!(t.data, Payload::Text(ref s) if &**s == "not json"));
         let bin = Bytes::from_static(&[0, 255, 1]);

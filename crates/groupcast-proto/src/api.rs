@@ -68,6 +68,9 @@ pub struct PublishRequest {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub idempotency_key: String,
+    /// Client id left out of the fan-out (Pusher's `socket_id`).
+    #[serde(default)]
+    pub exclude_client: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +87,9 @@ pub struct BroadcastRequest {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub idempotency_key: String,
+    /// Client id left out of the fan-out (Pusher's `socket_id`).
+    #[serde(default)]
+    pub exclude_client: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -360,6 +360,10 @@ pub struct PublishRequest {
     pub channel: String,
     #[serde(default, deserialize_with = "raw_opt::deserialize")]
     pub data: Option<RawJson>,
+    /// Groupcast extension: leave the publisher itself out of the fan-out
+    /// (Phoenix's `broadcast_from`).
+    #[serde(default)]
+    pub exclude_self: bool,
 }
 
 /// Request that names only a channel (`presence`, `presence_stats`).

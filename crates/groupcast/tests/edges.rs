@@ -353,3 +353,46 @@ async fn presence_clients_or_none(c: &mut Client, channel: &str) -> Option<Vec<S
         .as_object()
         .map(|p| p.keys().cloned().collect())
 }
+
+/// `exclude_client` crosses the backbone: a publication made through edge B
+/// that leaves out a client of edge A reaches every other subscriber (on
+/// both edges) but not that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_excluded_client_on_another_edge_is_left_out() {
+    let (nats, m) = tokio::join!(
+        NatsServer::start(),
+        MembershipCluster::start(Path::new(BIN), 1, &[])
+    );
+    let (a, b) = tokio::join!(edge("a", &nats, &m), edge("b", &nats, &m));
+    let (mut x, x_id) = member(&a, "x", "feed").await;
+    let (mut y, _) = member(&a, "y", "feed").await;
+    let (mut z, _) = member(&b, "z", "feed").await;
+    async fn next_pub(c: &mut Client) -> Value {
+        loop {
+            let p = c.push(T).await.unwrap();
+            if p.get("pub").is_some() {
+                return p;
+            }
+        }
+    }
+    let (status, r) = b
+        .api(
+            "publish",
+            json!({"channel":"feed","data":{"n":1},"exclude_client":x_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = b
+        .api("publish", json!({"channel":"feed","data":{"n":2}}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    for c in [&mut y, &mut z] {
+        assert_eq!(next_pub(c).await["pub"]["data"]["n"], 1);
+        assert_eq!(next_pub(c).await["pub"]["data"]["n"], 2);
+    }
+    assert_eq!(
+        next_pub(&mut x).await["pub"]["data"]["n"],
+        2,
+        "x (on edge a) was left out of 1"
+    );
+}
