@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use groupcast_client::Client;
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Params {
@@ -195,16 +194,9 @@ async fn committed_deltas(edges: &[SocketAddr]) -> anyhow::Result<Option<u64>> {
     }
     let mut sum = 0.0;
     for e in edges {
-        let (_, body) = http(*e, "GET", "/metrics", "", "").await?;
-        sum += body
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("groupcast_membership_client_deltas_total ")?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(0.0);
+        sum += crate::http::metric(*e, "groupcast_membership_client_deltas_total")
+            .await
+            .with_context(|| format!("{e}/metrics does not answer"))?;
     }
     Ok(Some(sum as u64))
 }
@@ -217,57 +209,10 @@ async fn churn_channels_listed(
     prefix: &str,
     except: &str,
 ) -> anyhow::Result<usize> {
-    let body = json!({ "pattern": format!("{prefix}*") }).to_string();
-    let (status, text) = http(
-        server,
-        "POST",
-        "/api/channels",
-        &format!("X-API-Key: {key}\r\n"),
-        &body,
-    )
-    .await?;
-    let v: Value = serde_json::from_str(&text).unwrap_or_default();
-    anyhow::ensure!(
-        status == 200 && v.get("error").is_none(),
-        "API channels: {status} {text}"
-    );
+    let body = json!({ "pattern": format!("{prefix}*") });
+    let v = crate::http::api(server, key, "channels", &body).await?;
     let channels = v["result"]["channels"]
         .as_object()
         .context("API channels: no result.channels")?;
     Ok(channels.keys().filter(|k| k.as_str() != except).count())
-}
-
-/// One HTTP/1.1 request with `Connection: close`; the status and body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .context("HTTP: no answer in 10 s")??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").context("HTTP: no head")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("HTTP: no status")?;
-    anyhow::ensure!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "HTTP: chunked answers are not read here"
-    );
-    Ok((status, body.to_string()))
 }

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use groupcast_client::{Client, ClientError};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(clap::Args)]
 pub struct Params {
@@ -86,6 +85,11 @@ struct Shared {
     errors: Errors,
     delivered: AtomicU64,
     published: AtomicU64,
+    /// Churn connections are open (the sampler tags its samples).
+    churning: AtomicBool,
+    /// Slow consumers started, and cut by the edge.
+    slow_runs: AtomicU64,
+    slow_cut: AtomicU64,
 }
 
 impl Shared {
@@ -104,24 +108,7 @@ impl Shared {
     }
 
     async fn api(&self, method: &str, body: &Value) -> anyhow::Result<Value> {
-        let body = body.to_string();
-        let mut s = tokio::net::TcpStream::connect(self.server).await?;
-        let req = format!(
-            "POST /api/{method} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-API-Key: {}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.api_key,
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-            .await
-            .context("API: no answer in 10 s")??;
-        let text = String::from_utf8_lossy(&buf);
-        let (_, body) = text.split_once("\r\n\r\n").context("API: no head")?;
-        let v: Value = serde_json::from_str(body).context("API: not JSON")?;
-        anyhow::ensure!(v.get("error").is_none(), "API {method}: {v}");
-        Ok(v)
+        crate::http::api(self.server, &self.api_key, method, body).await
     }
 }
 
@@ -259,23 +246,9 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// One value from the edge's /metrics (exact name with labels).
+/// One value from the edge's /metrics (NaN when it does not answer).
 async fn metric(server: SocketAddr, name: &str) -> f64 {
-    let text = async {
-        let mut s = tokio::net::TcpStream::connect(server).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        Some(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let Ok(Some(text)) = tokio::time::timeout(Duration::from_secs(5), text).await else {
-        return f64::NAN;
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
+    crate::http::metric(server, name).await.unwrap_or(f64::NAN)
 }
 
 pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<()> {
@@ -288,6 +261,9 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
         errors: Errors::default(),
         delivered: AtomicU64::new(0),
         published: AtomicU64::new(0),
+        churning: AtomicBool::new(false),
+        slow_runs: AtomicU64::new(0),
+        slow_cut: AtomicU64::new(0),
     });
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -297,32 +273,23 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
     tasks.push(tokio::spawn(publisher(sh.clone(), p.publish_rate)));
     tasks.push(tokio::spawn(querier(sh.clone())));
 
-    // Churn and slow consumers, cycle after cycle; `churning` tells the
-    // sampler which phase a sample is in.
-    let churning = Arc::new(AtomicBool::new(false));
-    let slow_cut = Arc::new(AtomicU64::new(0));
-    let slow_runs = Arc::new(AtomicU64::new(0));
+    // Churn and slow consumers, cycle after cycle.
     let cycles = tokio::spawn({
-        let (sh, churning, slow_cut, slow_runs) = (
-            sh.clone(),
-            churning.clone(),
-            slow_cut.clone(),
-            slow_runs.clone(),
-        );
+        let sh = sh.clone();
         let (cycle, churn) = (Duration::from_secs(p.cycle_secs), p.churn);
         async move {
             // Warm-up: one idle stretch first, for the baseline.
             tokio::time::sleep(cycle / 2).await;
             while !sh.stopped() {
                 let start = Instant::now();
-                churning.store(true, Ordering::Relaxed);
+                sh.churning.store(true, Ordering::Relaxed);
                 churn_wave(sh.clone(), churn, cycle / 3).await;
                 // Closed connections' tasks finish within a moment.
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                churning.store(false, Ordering::Relaxed);
-                slow_runs.fetch_add(1, Ordering::Relaxed);
+                sh.churning.store(false, Ordering::Relaxed);
+                sh.slow_runs.fetch_add(1, Ordering::Relaxed);
                 if slow_consumer(sh.clone(), Duration::from_secs(20)).await {
-                    slow_cut.fetch_add(1, Ordering::Relaxed);
+                    sh.slow_cut.fetch_add(1, Ordering::Relaxed);
                 }
                 let left = cycle.saturating_sub(start.elapsed());
                 tokio::time::sleep(left).await;
@@ -344,7 +311,7 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
     while Instant::now() < end {
         tokio::time::sleep_until(next.into()).await;
         next += every;
-        let phase = if churning.load(Ordering::Relaxed) {
+        let phase = if sh.churning.load(Ordering::Relaxed) {
             "churn"
         } else {
             "idle"
@@ -358,7 +325,7 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
             sh.published.load(Ordering::Relaxed),
             sh.delivered.load(Ordering::Relaxed),
             sh.errors.count.load(Ordering::Relaxed),
-            slow_cut.load(Ordering::Relaxed),
+            sh.slow_cut.load(Ordering::Relaxed),
         );
         print!("{line}");
         csv.push_str(&line);
@@ -385,8 +352,8 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
         started.elapsed().as_secs_f64(),
         sh.published.load(Ordering::Relaxed),
         sh.delivered.load(Ordering::Relaxed),
-        slow_cut.load(Ordering::Relaxed),
-        slow_runs.load(Ordering::Relaxed)
+        sh.slow_cut.load(Ordering::Relaxed),
+        sh.slow_runs.load(Ordering::Relaxed)
     );
     // Before any churn the allocator has not grown its arenas yet; after
     // the first wave RSS should stay flat, and fds and tasks return to the

@@ -185,6 +185,20 @@ impl Client {
         }
     }
 
+    /// Next push that carries a publication (`{"channel":..,"pub":{..}}`),
+    /// skipping join, leave and other pushes, waiting at most `timeout` in
+    /// all.
+    pub async fn publication(&mut self, timeout: Duration) -> Result<Value, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let p = self.push(left).await?;
+            if p.get("pub").is_some() {
+                return Ok(p);
+            }
+        }
+    }
+
     /// Next message of any kind.
     pub async fn next(&mut self, timeout: Duration) -> Result<Incoming, ClientError> {
         if let Some(m) = self.queue.pop_front() {

@@ -138,6 +138,16 @@ pub struct StreamPosition {
     pub epoch: String,
 }
 
+impl StreamPosition {
+    /// Whether this position belongs to a stream of epoch `current`. An
+    /// empty epoch matches any (Centrifugo's rule: an SDK with no saved
+    /// position sends `epoch: ""`). The one place this rule lives: brokers
+    /// and recovery ask here.
+    pub fn epoch_matches(&self, current: &str) -> bool {
+        self.epoch.is_empty() || self.epoch == current
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

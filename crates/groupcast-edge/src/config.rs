@@ -804,36 +804,37 @@ join_leave = true
 
     #[test]
     fn errors_name_the_key() {
-        let f = write("[client]\nping_interval = 5\n");
-        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        // The error a configuration file with `toml` (on the dev profile) gives.
+        let refused = |toml: &str| {
+            let f = write(toml);
+            Config::load(Config::dev(), Some(&f.0), none()).unwrap_err()
+        };
+        let e = refused("[client]\nping_interval = 5\n");
         assert!(e.contains("ping_interval"), "{e}");
-        let f = write("[client]\nnot_a_key = 1\n");
-        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        let e = refused("[client]\nnot_a_key = 1\n");
         assert!(e.contains("not_a_key"), "{e}");
-        let f = write("[[namespaces]]\nname = \"x\"\nhistory_size = 10\n");
-        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        let e = refused("[[namespaces]]\nname = \"x\"\nhistory_size = 10\n");
         assert!(
             e.contains("namespaces[0]") && e.contains("history_ttl"),
             "{e}"
         );
-        let f = write("[[namespaces]]\nname = \"x\"\nbogus = true\n");
-        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        let e = refused("[[namespaces]]\nname = \"x\"\nbogus = true\n");
         assert!(e.contains("bogus"), "{e}");
-        let f = write("[client]\npong_timeout = \"30s\"\n");
-        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        let e = refused("[client]\npong_timeout = \"30s\"\n");
         assert!(e.contains("client.pong_timeout"), "{e}");
-        let f = write("[[namespaces]]\nname = \"chat\"\nmax_publication_size = 70000\n");
-        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        let e = refused("[[namespaces]]\nname = \"chat\"\nmax_publication_size = 70000\n");
         assert!(
             e.contains("namespace \"chat\": max_publication_size")
                 && e.contains("client.max_message_size"),
             "{e}"
         );
-        let f = write("[channel]\nmax_publication_size = 70000\n");
-        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        let e = refused("[channel]\nmax_publication_size = 70000\n");
         assert!(e.contains("channel.max_publication_size"), "{e}");
-        let f = write("[client]\nrate_refusals_window = \"0s\"\n");
-        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        let e = refused("[client]\nfirst_byte_timeout = \"10ms\"\n");
+        assert!(e.contains("client.first_byte_timeout"), "{e}");
+        let e = refused("[client]\nfirst_byte_timeout = \"5s\"\nrequest_head_timeout = \"2s\"\n");
+        assert!(e.contains("client.request_head_timeout"), "{e}");
+        let e = refused("[client]\nrate_refusals_window = \"0s\"\n");
         assert!(e.contains("client.rate_refusals_window"), "{e}");
         let e =
             Config::load(Config::dev(), Some(Path::new("/nonexistent.toml")), none()).unwrap_err();

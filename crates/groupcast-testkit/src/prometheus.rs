@@ -20,10 +20,7 @@ impl Prometheus {
     /// Start Prometheus scraping `targets` (job name, address of a
     /// `/metrics`) every second and wait until it is ready (30 s).
     pub async fn start(targets: &[(&str, SocketAddr)]) -> Prometheus {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = crate::process::free_tcp_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let dir = std::env::temp_dir().join(format!(
             "groupcast-prometheus-{}-{port}",

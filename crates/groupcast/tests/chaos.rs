@@ -345,8 +345,6 @@ struct PublishStats {
     failed_after_ms: Vec<u128>,
     /// Longest time from the first attempt to acceptance.
     max_latency: Duration,
-    /// When the longest one started.
-    max_latency_at: Option<Instant>,
 }
 
 impl Publisher {
@@ -415,10 +413,7 @@ impl Publisher {
                     acked[ch].store(n, Ordering::SeqCst);
                     let mut s = stats.lock().unwrap();
                     s.accepted += 1;
-                    if started.elapsed() > s.max_latency {
-                        s.max_latency = started.elapsed();
-                        s.max_latency_at = Some(started);
-                    }
+                    s.max_latency = s.max_latency.max(started.elapsed());
                 }
             }
         });

@@ -289,12 +289,7 @@ async fn dev_prints_what_a_user_needs_serves_it_and_stops_on_sigterm() {
         .await;
         assert_eq!(status, 200);
     }
-    let p = loop {
-        let p = c.push(Duration::from_secs(5)).await.unwrap();
-        if p.get("pub").is_some() {
-            break p;
-        }
-    };
+    let p = c.publication(Duration::from_secs(5)).await.unwrap();
     assert_eq!(p["pub"]["data"], json!({"n":1}));
     let body = json!({"channel":"news","limit":-1}).to_string();
     let (_, history) = http_request(

@@ -17,6 +17,14 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
 const T: Duration = Duration::from_secs(10);
 
+/// A NATS server and `replicas` membership replicas, started together.
+async fn backbone(replicas: u64) -> (NatsServer, MembershipCluster) {
+    tokio::join!(
+        NatsServer::start(),
+        MembershipCluster::start(Path::new(BIN), replicas, &[])
+    )
+}
+
 async fn edge(name: &str, nats: &NatsServer, m: &MembershipCluster) -> EdgeProcess {
     edge_env(name, nats, m, &[]).await
 }
@@ -85,10 +93,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_join_leave_and_the_api_span_every_edge() {
-    let (nats, m) = tokio::join!(
-        NatsServer::start(),
-        MembershipCluster::start(Path::new(BIN), 3, &[])
-    );
+    let (nats, m) = backbone(3).await;
     let (a, mut b) = tokio::join!(edge("a", &nats, &m), edge("b", &nats, &m));
 
     let (mut alice, alice_id) = member(&a, "alice", "room").await;
@@ -197,10 +202,7 @@ async fn presence_join_leave_and_the_api_span_every_edge() {
 /// whole again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_unreachable_keeps_pub_sub_and_answers_presence_108() {
-    let (nats, m) = tokio::join!(
-        NatsServer::start(),
-        MembershipCluster::start(Path::new(BIN), 1, &[])
-    );
+    let (nats, m) = backbone(1).await;
     let a = edge("a", &nats, &m).await;
     let (mut alice, alice_id) = member(&a, "alice", "room").await;
     m.pause(0, true);
@@ -234,12 +236,7 @@ async fn membership_unreachable_keeps_pub_sub_and_answers_presence_108() {
         .await;
     assert!(r["result"]["offset"].as_u64().unwrap() > 0, "{r}");
     // (Her own join came first.)
-    let p: Value = loop {
-        let p = alice.push(T).await.unwrap();
-        if p.get("pub").is_some() {
-            break p;
-        }
-    };
+    let p: Value = alice.publication(T).await.unwrap();
     assert_eq!(p["pub"]["data"], json!({ "n": 1 }), "{p}");
     m.pause(0, false);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -264,10 +261,7 @@ async fn membership_unreachable_keeps_pub_sub_and_answers_presence_108() {
 /// call goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_action_answers_108_when_an_edge_holding_the_user_does_not_acknowledge() {
-    let (nats, m) = tokio::join!(
-        NatsServer::start(),
-        MembershipCluster::start(Path::new(BIN), 1, &[])
-    );
+    let (nats, m) = backbone(1).await;
     let (a, b) = tokio::join!(edge("a", &nats, &m), edge("b", &nats, &m));
     let (mut bob, _) = member(&b, "bob", "room").await;
     // Bob's connection is counted on edge b (batched: wait for it).
@@ -308,10 +302,7 @@ async fn a_user_action_answers_108_when_an_edge_holding_the_user_does_not_acknow
 /// did meanwhile reaches the service once it is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_started_without_the_membership_service_catches_up() {
-    let (nats, m) = tokio::join!(
-        NatsServer::start(),
-        MembershipCluster::start(Path::new(BIN), 1, &[])
-    );
+    let (nats, m) = backbone(1).await;
     m.pause(0, true);
     let a = edge_env(
         "a",
@@ -359,22 +350,11 @@ async fn presence_clients_or_none(c: &mut Client, channel: &str) -> Option<Vec<S
 /// both edges) but not that one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_excluded_client_on_another_edge_is_left_out() {
-    let (nats, m) = tokio::join!(
-        NatsServer::start(),
-        MembershipCluster::start(Path::new(BIN), 1, &[])
-    );
+    let (nats, m) = backbone(1).await;
     let (a, b) = tokio::join!(edge("a", &nats, &m), edge("b", &nats, &m));
     let (mut x, x_id) = member(&a, "x", "feed").await;
     let (mut y, _) = member(&a, "y", "feed").await;
     let (mut z, _) = member(&b, "z", "feed").await;
-    async fn next_pub(c: &mut Client) -> Value {
-        loop {
-            let p = c.push(T).await.unwrap();
-            if p.get("pub").is_some() {
-                return p;
-            }
-        }
-    }
     let (status, r) = b
         .api(
             "publish",
@@ -387,11 +367,11 @@ async fn an_excluded_client_on_another_edge_is_left_out() {
         .await;
     assert_eq!(status, 200, "{r}");
     for c in [&mut y, &mut z] {
-        assert_eq!(next_pub(c).await["pub"]["data"]["n"], 1);
-        assert_eq!(next_pub(c).await["pub"]["data"]["n"], 2);
+        assert_eq!(c.publication(T).await.unwrap()["pub"]["data"]["n"], 1);
+        assert_eq!(c.publication(T).await.unwrap()["pub"]["data"]["n"], 2);
     }
     assert_eq!(
-        next_pub(&mut x).await["pub"]["data"]["n"],
+        x.publication(T).await.unwrap()["pub"]["data"]["n"],
         2,
         "x (on edge a) was left out of 1"
     );

@@ -198,8 +198,7 @@ impl Broker for MemoryBroker {
         s.trim(Instant::now(), usize::MAX);
         let position = s.position();
         let since = match &query.since {
-            // An empty epoch matches any (Centrifugo's rule).
-            Some(since) if !since.epoch.is_empty() && since.epoch != s.epoch => {
+            Some(since) if !since.epoch_matches(&s.epoch) => {
                 return Err(BrokerError::UnrecoverablePosition)
             }
             Some(since) => Some(since.offset),
