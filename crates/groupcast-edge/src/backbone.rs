@@ -64,7 +64,7 @@ async fn membership(config: &Config) -> Result<MembershipClient, String> {
     };
     let mut cfg = ClientConfig::new(
         m.seeds.clone(),
-        TlsFiles::in_dir(m.certs.as_ref(), cert_name),
+        TlsFiles::in_dir(m.certs.as_ref(), cert_name).with_server_name(Some(m.server_name.clone())),
         config.name.clone(),
     );
     cfg.edge_addr = config.listen.to_string();

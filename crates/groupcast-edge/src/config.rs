@@ -59,6 +59,10 @@ pub struct MembershipConfig {
     /// Certificate name; empty: the node name (`name`).
     #[serde(deserialize_with = "lenient::string")]
     pub cert_name: String,
+    /// The name replicas' certificates must hold; empty: the host part of
+    /// each seed address.
+    #[serde(deserialize_with = "lenient::string")]
+    pub server_name: String,
     /// The service removes this edge (its clients leave) when it has not
     /// renewed its lease for this long.
     #[serde(with = "humantime_serde")]
@@ -88,6 +92,7 @@ impl Default for MembershipConfig {
             seeds: Vec::new(),
             certs: String::new(),
             cert_name: String::new(),
+            server_name: String::new(),
             lease_ttl: Duration::from_secs(5),
             renew_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(2),

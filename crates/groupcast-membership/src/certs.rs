@@ -40,12 +40,19 @@ pub enum CertError {
     Tls(String),
 }
 
-/// The three PEM files a replica or an edge needs.
+/// The three PEM files a replica or an edge needs, and the name replicas'
+/// certificates are checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The name every replica's certificate must hold when this side
+    /// connects to one. `None`: the host part of the address dialled (a
+    /// replica reached at `10.0.0.7:7500` must then hold that IP). Set it
+    /// where addresses are not known when certificates are made, e.g.
+    /// Kubernetes Service IPs (the Helm chart issues one name to all).
+    pub server_name: Option<String>,
 }
 
 impl TlsFiles {
@@ -55,7 +62,15 @@ impl TlsFiles {
             ca: dir.join("ca.pem"),
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}-key.pem")),
+            server_name: None,
         }
+    }
+
+    /// Checks replicas against `name` instead of the dialled host; an empty
+    /// name keeps the default.
+    pub fn with_server_name(mut self, name: Option<String>) -> TlsFiles {
+        self.server_name = name.filter(|n| !n.is_empty());
+        self
     }
 }
 

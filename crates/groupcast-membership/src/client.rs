@@ -161,7 +161,7 @@ impl Conn {
             quinn::Endpoint::client(bind).map_err(|e| ClientError::Endpoint(e.to_string()))?;
         endpoint.set_default_client_config(certs::quic_client(tls)?);
         Ok(Conn {
-            peers: Peers::new(endpoint),
+            peers: Peers::new(endpoint, tls.server_name.as_deref()),
             seeds,
             leader: Mutex::new(None),
             next_seed: AtomicUsize::new(0),

@@ -160,7 +160,7 @@ impl MembershipServer {
             })?;
         endpoint.set_default_client_config(client_tls);
 
-        let peers = Peers::new(endpoint.clone());
+        let peers = Peers::new(endpoint.clone(), cfg.tls.server_name.as_deref());
         let raft_config = openraft::Config {
             cluster_name: "groupcast-membership".into(),
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,

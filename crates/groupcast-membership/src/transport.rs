@@ -123,14 +123,17 @@ pub async fn resolve(addr: &str) -> Result<(SocketAddr, String), TransportError>
 pub struct Peer {
     endpoint: quinn::Endpoint,
     addr: String,
+    /// Checked against the remote certificate instead of the host in `addr`.
+    server_name: Option<Arc<str>>,
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
 }
 
 impl Peer {
-    pub fn new(endpoint: quinn::Endpoint, addr: String) -> Peer {
+    pub fn new(endpoint: quinn::Endpoint, addr: String, server_name: Option<Arc<str>>) -> Peer {
         Peer {
             endpoint,
             addr,
+            server_name,
             conn: tokio::sync::Mutex::new(None),
         }
     }
@@ -143,13 +146,14 @@ impl Peer {
             }
         }
         let (sock, host) = resolve(&self.addr).await?;
+        let host = self.server_name.as_deref().unwrap_or(&host);
         let connect_err = |reason: String| TransportError::Connect {
             addr: self.addr.clone(),
             reason,
         };
         let conn = self
             .endpoint
-            .connect(sock, &host)
+            .connect(sock, host)
             .map_err(|e| connect_err(e.to_string()))?
             .await
             .map_err(|e| connect_err(e.to_string()))?;
@@ -205,13 +209,16 @@ impl Peer {
 #[derive(Clone)]
 pub struct Peers {
     endpoint: quinn::Endpoint,
+    server_name: Option<Arc<str>>,
     map: Arc<Mutex<HashMap<String, Arc<Peer>>>>,
 }
 
 impl Peers {
-    pub fn new(endpoint: quinn::Endpoint) -> Peers {
+    /// `server_name`: see [`crate::certs::TlsFiles::server_name`].
+    pub fn new(endpoint: quinn::Endpoint, server_name: Option<&str>) -> Peers {
         Peers {
             endpoint,
+            server_name: server_name.map(Arc::from),
             map: Default::default(),
         }
     }
@@ -221,7 +228,11 @@ impl Peers {
             .lock()
             .entry(addr.to_string())
             .or_insert_with(|| {
-                std::sync::Arc::new(Peer::new(self.endpoint.clone(), addr.to_string()))
+                Arc::new(Peer::new(
+                    self.endpoint.clone(),
+                    addr.to_string(),
+                    self.server_name.clone(),
+                ))
             })
             .clone()
     }

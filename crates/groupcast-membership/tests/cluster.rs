@@ -394,6 +394,31 @@ async fn an_edge_that_stops_renewing_is_removed_within_ttl_and_each_entry_leaves
         .all(|e| e.edge.name != "doomed"));
 }
 
+/// Kubernetes Service IPs are not known when the chart issues certificates:
+/// every replica holds one shared name, and edges check that name instead of
+/// the address they dial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_can_be_checked_against_a_name_other_than_the_address() {
+    let cluster = Cluster::start().await;
+    let first = vec![cluster.seeds()[0].clone()];
+    let status = |name: &str| {
+        let tls = cluster.tls().with_server_name(Some(name.to_string()));
+        let seeds = first.clone();
+        async move {
+            let conn = Conn::connect(seeds, &tls).await.unwrap();
+            conn.status(Duration::from_secs(2)).await
+        }
+    };
+    // Replica 1's certificate holds `node-1` (and 127.0.0.1), not `node-2`.
+    let s = status("node-1")
+        .await
+        .expect("the name its certificate holds");
+    assert_eq!(s.id, 1);
+    assert!(status("node-2").await.is_err(), "a name it does not hold");
+    // Empty: the dialled host (127.0.0.1) is checked, as before.
+    assert!(status("").await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_are_refused_and_junk_frames_get_an_error() {
     let cluster = Cluster::start().await;

@@ -70,9 +70,10 @@ pub struct MembershipArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Raft node id (unique, > 0).
+    /// Raft node id (unique, > 0), or `ordinal`: one more than the number
+    /// that ends the host name (a StatefulSet pod `NAME-2` is id 3).
     #[arg(long, env = "GROUPCAST_MEMBERSHIP_ID")]
-    id: Option<u64>,
+    id: Option<String>,
     /// UDP address for QUIC (Raft and the edge API).
     #[arg(long, env = "GROUPCAST_MEMBERSHIP_LISTEN")]
     listen: Option<SocketAddr>,
@@ -96,6 +97,10 @@ struct RunArgs {
     /// Certificate name in --certs (default: node-ID).
     #[arg(long, env = "GROUPCAST_MEMBERSHIP_CERT_NAME")]
     cert_name: Option<String>,
+    /// The name other replicas' certificates must hold (default: the host
+    /// part of each peer address).
+    #[arg(long, env = "GROUPCAST_MEMBERSHIP_SERVER_NAME")]
+    server_name: Option<String>,
     /// HTTP address for /healthz, /readyz, /status and /metrics.
     #[arg(long, env = "GROUPCAST_MEMBERSHIP_HTTP")]
     http: Option<SocketAddr>,
@@ -117,6 +122,10 @@ struct AdminArgs {
     /// Certificate name in --certs.
     #[arg(long, default_value = "admin")]
     cert_name: String,
+    /// The name the replicas' certificates must hold (default: the host
+    /// part of each --via address).
+    #[arg(long)]
+    server_name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +171,33 @@ fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(out)
 }
 
+/// `--id`: a number above 0, or `ordinal` (the host name's trailing number
+/// plus one, so a StatefulSet's pods need no per-pod arguments).
+fn node_id(id: &str, hostname: fn() -> std::io::Result<String>) -> anyhow::Result<u64> {
+    let id = if id == "ordinal" {
+        let host = hostname().context("--id ordinal: cannot read the host name")?;
+        let ordinal: u64 = host
+            .rsplit_once('-')
+            .and_then(|(_, n)| n.parse().ok())
+            .with_context(|| format!("--id ordinal: host name {host:?} does not end in -NUMBER"))?;
+        ordinal + 1
+    } else {
+        id.parse()
+            .with_context(|| format!("--id {id:?}: a number or `ordinal`"))?
+    };
+    if id == 0 {
+        bail!("--id must be at least 1");
+    }
+    Ok(id)
+}
+
+/// The kernel's host name (a Kubernetes pod's name).
+fn hostname() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_string())
+}
+
 pub fn membership_cmd(args: MembershipArgs) -> anyhow::Result<()> {
     // openraft logs every vote and heartbeat decision at info.
     // openraft logs every failed replication attempt to a dead replica
@@ -178,17 +214,19 @@ pub fn membership_cmd(args: MembershipArgs) -> anyhow::Result<()> {
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
-    let id = a.id.context("--id is required")?;
-    if id == 0 {
-        bail!("--id must be at least 1");
-    }
+    let id = node_id(a.id.as_deref().context("--id is required")?, hostname)?;
     let listen = a.listen.context("--listen is required")?;
     let peers = parse_peers(&a.peers)?;
     if !peers.is_empty() && !peers.contains_key(&id) {
         bail!("--peers must include this replica (id {id})");
     }
     let name = a.cert_name.unwrap_or_else(|| format!("node-{id}"));
-    let mut cfg = ServerConfig::new(id, listen, a.data, TlsFiles::in_dir(&a.certs, &name));
+    let mut cfg = ServerConfig::new(
+        id,
+        listen,
+        a.data,
+        TlsFiles::in_dir(&a.certs, &name).with_server_name(a.server_name),
+    );
     cfg.advertise = a
         .advertise
         .or_else(|| peers.get(&id).cloned())
@@ -218,7 +256,7 @@ async fn admin(action: MembershipAction) -> anyhow::Result<()> {
         MembershipAction::Add { id, addr, admin } => (admin, Request::AddMember { id, addr }),
         MembershipAction::Remove { id, admin } => (admin, Request::RemoveMember { id }),
     };
-    let tls = TlsFiles::in_dir(&args.certs, &args.cert_name);
+    let tls = TlsFiles::in_dir(&args.certs, &args.cert_name).with_server_name(args.server_name);
     let conn = Conn::connect(args.via, &tls).await?;
     let timeout = match req {
         Request::Status => Duration::from_secs(5),
@@ -231,5 +269,34 @@ async fn admin(action: MembershipAction) -> anyhow::Result<()> {
         }
         Reply::Failed(reason) => bail!("{reason}"),
         other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_id;
+
+    #[test]
+    fn ids_are_numbers_or_the_statefulset_ordinal_plus_one() {
+        let none = || -> std::io::Result<String> { unreachable!("no host name needed") };
+        assert_eq!(node_id("3", none).unwrap(), 3);
+        assert!(node_id("0", none)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1"));
+        assert!(node_id("two", none)
+            .unwrap_err()
+            .to_string()
+            .contains("ordinal"));
+        assert_eq!(
+            node_id("ordinal", || Ok("gc-membership-0".into())).unwrap(),
+            1
+        );
+        assert_eq!(
+            node_id("ordinal", || Ok("gc-membership-4".into())).unwrap(),
+            5
+        );
+        let err = node_id("ordinal", || Ok("laptop".into())).unwrap_err();
+        assert!(err.to_string().contains("\"laptop\""), "{err}");
     }
 }
