@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One request; the status and the body. Chunked answers are refused (the
-/// edge answers with a length).
+/// One request, bounded at 10 s; the status and the body.
 pub async fn request(
     addr: SocketAddr,
     method: &str,
@@ -17,35 +15,11 @@ pub async fn request(
     headers: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .context("HTTP: no answer in 10 s")??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").context("HTTP: no head")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("HTTP: no status")?;
-    anyhow::ensure!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "HTTP: chunked answers are not read here"
-    );
-    Ok((status, body.to_string()))
+    let timeout = Duration::from_secs(10);
+    Ok(
+        groupcast_client::http::request(&addr.to_string(), method, path, headers, body, timeout)
+            .await?,
+    )
 }
 
 /// A server API call with `key`; the JSON answer, or an error for any

@@ -6,6 +6,8 @@
 //! WebSocket for the raw relay. Both expose the close code the server sent.
 //! Replies and pushes are `serde_json::Value`: tests assert on the wire shape.
 
+pub mod http;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 

@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 pub use groupcast_client::{Client, ClientError, Frame, Incoming, RawFrame, RelayClient};
+pub use process::free_tcp_port;
 
 pub const API_KEY: &str = "test-api-key";
 pub const SECRET: &str = "test-secret";

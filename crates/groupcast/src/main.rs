@@ -3,9 +3,10 @@
 //! real NATS), `edge` (production edge on a NATS backbone), `membership`
 //! (a Raft replica of the membership service, and its admin commands),
 //! `certs` (the membership cluster's CA and certificates), `token` (mint a
-//! connection token).
+//! connection token), `probe` (an end-to-end check of a deployment).
 
 mod membership;
+mod probe;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,11 +41,14 @@ enum Command {
     Edge(EdgeArgs),
     /// Run a membership replica (openraft over QUIC), or with `status`,
     /// `add`, `remove`: inspect and change the membership cluster.
-    Membership(membership::MembershipArgs),
+    Membership(Box<membership::MembershipArgs>),
     /// Create the membership cluster's CA and node certificates.
     Certs(membership::CertsArgs),
     /// Mint a connection token (HS256) from the configured HMAC secret.
     Token(TokenArgs),
+    /// Check a deployment end to end: a client connects at --url and
+    /// subscribes, a publication made through the server API there reaches it.
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Args)]
@@ -145,7 +149,8 @@ fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev(args),
         Command::Edge(args) => edge(args),
         Command::Token(args) => token(args),
-        Command::Membership(args) => membership::membership_cmd(args),
+        Command::Probe(args) => probe::probe_cmd(args),
+        Command::Membership(args) => membership::membership_cmd(*args),
         Command::Certs(args) => membership::certs_cmd(args),
     }
 }
@@ -288,6 +293,9 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
         writeln!(out, "  relay URL (plain WebSocket):      ws://{addr}/ws/relay/<channel>")?;
         writeln!(out, "  relay demo page:                  http://{addr}/")?;
         writeln!(out, "  server API URL:                   http://{addr}/api")?;
+        if config.dashboard.enabled {
+            writeln!(out, "  dashboard (needs the API key):    http://{addr}/dashboard")?;
+        }
         writeln!(out, "  API key:                          {}", config.api.key)?;
         writeln!(out, "  token HMAC secret:                {}", config.client.token_hmac_secret)?;
         writeln!(out, "  connection token (user \"dev\", 24h): {token}")?;

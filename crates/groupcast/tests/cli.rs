@@ -392,3 +392,58 @@ fn membership_and_certs_flags_are_checked_with_clear_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `groupcast probe` (what `helm test` runs): passes against a serving
+/// broker, and says what failed otherwise.
+#[test]
+fn probe_checks_subscribe_and_api_publish_end_to_end() {
+    let port = groupcast_testkit::free_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = Running(
+        Command::new(BIN)
+            .args(["dev", "--listen", &listen, "--api-key", "probe-key"])
+            .args(["--token-hmac-secret", "probe-secret"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = server.0.stdout.take().unwrap();
+    assert!(BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("client URL")));
+    let url = format!("http://{listen}");
+    let probe = |key: &str| {
+        run(
+            &["probe", "--url", &url, "--api-key", key, "--timeout", "10s"],
+            &[("GROUPCAST_CLIENT__TOKEN_HMAC_SECRET", "probe-secret")],
+        )
+    };
+    let ok = probe("probe-key");
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        out.starts_with("ok: client ") && out.contains("received API publish #1"),
+        "{out}"
+    );
+
+    let bad = probe("wrong-key");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("API publish answered 401"), "{err}");
+
+    drop(server);
+    let down = probe("probe-key");
+    assert!(!down.status.success());
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        err.contains("probe of http://") && err.contains("WebSocket"),
+        "{err}"
+    );
+}
