@@ -202,3 +202,42 @@ async fn demo_page_relays_between_two_browser_tabs() {
     let out = run_script("demo_page.mjs", Path::new("node"), &args, &sdk_dir()).await;
     assert!(out.contains("\"ok\":true"), "{out}");
 }
+
+/// The operator dashboard (`GET /dashboard`) in a real browser (Debian's
+/// Chromium via playwright-core): a wrong API key is refused on the page,
+/// the right one shows this node and a channel with its subscribers, and
+/// the page fetches nothing from elsewhere. `DASHBOARD_SCREENSHOT=path.png`
+/// (passed through to the script) also writes a screenshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_page_shows_the_node_in_a_browser() {
+    let _node = node_with_sdk();
+    assert!(
+        Path::new("/usr/bin/chromium").is_file() || std::env::var_os("CHROMIUM").is_some(),
+        "chromium is missing: {INSTALL_HINT}"
+    );
+    let server = TestServer::start().await;
+    let mut clients = Vec::new();
+    for user in ["ann", "ben", "cat"] {
+        let mut c = server.client(user).await;
+        let r = c
+            .command("subscribe", json!({"channel": "news"}))
+            .await
+            .unwrap();
+        assert!(r["subscribe"].is_object(), "{r}");
+        clients.push(c);
+    }
+    let script = sdk_dir().join("dashboard_page.mjs");
+    let args = [
+        script.display().to_string(),
+        format!("http://{}/dashboard", server.addr),
+        API_KEY.to_string(),
+        "news".to_string(),
+        "1".to_string(),
+    ];
+    let out = run_script("dashboard_page.mjs", Path::new("node"), &args, &sdk_dir()).await;
+    let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("dashboard_page.mjs summary is not JSON ({e}): {out}"));
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["edges"], json!([server.config.name]), "{summary}");
+    assert_eq!(summary["subscribers"], 3, "{summary}");
+}

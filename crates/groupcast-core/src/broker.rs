@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use groupcast_proto::client::ClientInfo;
+use serde::Serialize;
 use thiserror::Error;
 
 use crate::publication::{Publication, StreamPosition};
@@ -85,6 +86,34 @@ pub struct HistoryResult {
     pub complete: bool,
 }
 
+/// What the operator dashboard shows about an external backbone
+/// ([`Broker::backbone`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BackboneStatus {
+    /// What it is (`NATS`).
+    pub kind: String,
+    /// Connected now.
+    pub connected: bool,
+    /// The configured server URLs.
+    pub urls: Vec<String>,
+    /// The server this node is (or was last) connected to, as it introduced
+    /// itself: name, `host:port`, version, cluster name.
+    pub server_name: String,
+    pub server_address: String,
+    pub server_version: String,
+    pub cluster: Option<String>,
+    /// The server has JetStream (history) enabled.
+    pub jetstream: bool,
+    /// History streams this node uses (one per history namespace).
+    pub history_streams: u64,
+    /// Channel subjects this node is subscribed to now.
+    pub subscriptions: u64,
+    /// Gaps on live subjects repaired from history, and passed to clients
+    /// to recover (since start).
+    pub gaps_repaired: u64,
+    pub gaps_insufficient: u64,
+}
+
 /// Receives what the broker delivers for the channels this node subscribed to.
 pub trait BrokerHandler: Send + Sync + 'static {
     fn on_publication(&self, channel: &str, publication: Arc<Publication>);
@@ -123,5 +152,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the backbone is usable now (`/readyz`); `Err` says why not.
     fn health(&self) -> Result<(), String> {
         Ok(())
+    }
+    /// The external backbone's state for the operator dashboard; `None`
+    /// for an in-process broker (nothing external to show). Cheap: no I/O.
+    fn backbone(&self) -> Option<BackboneStatus> {
+        None
     }
 }

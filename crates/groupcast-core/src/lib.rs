@@ -28,11 +28,13 @@ pub mod namespace;
 pub mod node;
 pub mod publication;
 
-pub use broker::{Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions};
+pub use broker::{
+    BackboneStatus, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
+};
 pub use bus::{NodeBus, NodeHandler};
 pub use channel::{ChannelError, ChannelName};
 pub use hub::{Hub, PreparedPush, PushType, Subscriber, SubscriberKind};
-pub use membership::{Membership, MembershipError};
+pub use membership::{Membership, MembershipError, ReplicaStatus};
 pub use namespace::{ChannelOptions, HistoryStorage, NamespaceConfig, Namespaces};
 pub use node::Node;
 pub use publication::{Payload, Publication, StreamPosition};

@@ -25,10 +25,12 @@ pub mod memory;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use groupcast_proto::api::NodeInfo;
 use groupcast_proto::client::ClientInfo;
+use serde::Serialize;
 use thiserror::Error;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -45,6 +47,35 @@ pub enum MembershipError {
 pub struct PresenceStats {
     pub num_clients: u32,
     pub num_users: u32,
+}
+
+/// One replica of a replicated membership service as it answered just now
+/// (the operator dashboard, [`Membership::replicas`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplicaStatus {
+    /// Its id; `None` for a configured address that never answered (the
+    /// service's member list was not reachable either).
+    pub id: Option<u64>,
+    /// Its address (`host:port`) as the service's member list has it.
+    pub address: String,
+    /// It answered within the time limit.
+    pub reachable: bool,
+    /// Why it did not answer.
+    pub error: Option<String>,
+    /// The replica's own role: `Leader`, `Follower`, `Candidate`,
+    /// `Learner`; empty when unreachable.
+    pub state: String,
+    /// It is the leader (of the highest term among the answers).
+    pub leader: bool,
+    /// A voter, rather than a learner catching up.
+    pub voter: bool,
+    pub term: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Entries behind: the leader's last log index minus this replica's
+    /// applied index; `None` when no leader answered or this replica did not.
+    pub lag: Option<u64>,
 }
 
 /// Told about presence entries that left because their node died (or was
@@ -87,5 +118,14 @@ pub trait Membership: Send + Sync + 'static {
     /// Whether the service answers now (`/readyz`, dashboard).
     fn is_available(&self) -> bool {
         true
+    }
+    /// Every replica of the service behind this handle, each asked for its
+    /// own status, within `timeout` in all (one that does not answer in
+    /// time is listed as unreachable). `None`: no replicated service (a
+    /// single node's in-memory membership). For the operator dashboard;
+    /// the caller bounds how often it asks.
+    async fn replicas(&self, timeout: Duration) -> Option<Vec<ReplicaStatus>> {
+        let _ = timeout;
+        None
     }
 }

@@ -146,7 +146,9 @@ impl ConnAction {
     }
 }
 
-fn key_ok(state: &EdgeState, headers: &HeaderMap) -> bool {
+/// Does the request carry the API key (`X-API-Key: KEY` or
+/// `Authorization: apikey KEY`)? Never with no key configured.
+pub(crate) fn key_ok(state: &EdgeState, headers: &HeaderMap) -> bool {
     let expected = state.config.api.key.as_bytes();
     if expected.is_empty() {
         return false;

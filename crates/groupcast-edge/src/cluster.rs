@@ -13,6 +13,9 @@
 //!   each and pushes `leave` to its local subscribers of that channel (when
 //!   the namespace has `join_leave`).
 //! * **`info`**: every live edge with its counts.
+//! * **Dashboard reports.** The dashboard asks every other live edge, on the
+//!   same subject, for its own report ([`crate::dashboard`]), within
+//!   [`crate::dashboard::PART_TIMEOUT`].
 //!
 //! [`NodeBus`]: groupcast_core::NodeBus
 
@@ -39,6 +42,10 @@ struct Forwarded {
     method: String,
     body: Value,
 }
+
+/// The `method` of a forwarded request that asks for the edge's dashboard
+/// report instead of an action.
+const REPORT: &str = "dashboard";
 
 /// Its acknowledgement: done, or the API error code it refused it with.
 #[derive(Serialize, Deserialize)]
@@ -74,7 +81,11 @@ pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
             let state = weak.upgrade();
             Box::pin(async move {
                 let error = match state {
-                    Some(state) => answer(&state, &payload).err(),
+                    Some(state) => match answer(&state, &payload) {
+                        Ok(Some(report)) => return report,
+                        Ok(None) => None,
+                        Err(e) => Some(e),
+                    },
                     None => Some(ApiError::NOT_AVAILABLE),
                 };
                 let ack = Ack {
@@ -88,13 +99,20 @@ pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
     .map_err(|e| format!("cannot serve this node's subject: {e}"))
 }
 
-/// Carries out a forwarded action on this edge's connections.
-fn answer(state: &EdgeState, payload: &[u8]) -> Result<(), ApiError> {
+/// Carries out a forwarded action on this edge's connections, or answers
+/// a dashboard report (`Some`: the answer to send as it is).
+fn answer(state: &EdgeState, payload: &[u8]) -> Result<Option<Bytes>, ApiError> {
     let f = serde_json::from_slice::<Forwarded>(payload).map_err(|_| ApiError::BAD_REQUEST)?;
+    if f.method == REPORT {
+        let report = crate::dashboard::report(state);
+        return serde_json::to_vec(&report)
+            .map(|b| Some(Bytes::from(b)))
+            .map_err(|_| ApiError::INTERNAL);
+    }
     match ConnAction::parse(state, &f.method, f.body) {
         Ok(action) => {
             action.apply_local(state);
-            Ok(())
+            Ok(None)
         }
         Err(Failure::Api(e)) => Err(e),
         Err(Failure::BadBody) => Err(ApiError::BAD_REQUEST),
@@ -169,12 +187,10 @@ pub(crate) async fn fan_out(
     Ok(())
 }
 
-/// `info`: this edge with its exact counts, then every other live edge as
-/// the membership service counts it (this edge alone when the service is
-/// unreachable).
-pub(crate) async fn nodes(state: &EdgeState) -> Result<Vec<api::NodeInfo>, ApiError> {
+/// This edge with its exact counts.
+pub(crate) fn this_node(state: &EdgeState) -> api::NodeInfo {
     let hub = &state.node.hub;
-    let mut nodes = vec![api::NodeInfo {
+    api::NodeInfo {
         uid: state.uid.clone(),
         name: state.config.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -183,7 +199,47 @@ pub(crate) async fn nodes(state: &EdgeState) -> Result<Vec<api::NodeInfo>, ApiEr
         num_channels: hub.num_channels() as u32,
         num_subs: hub.channels().iter().map(|(_, n)| *n as u32).sum(),
         uptime: state.started.elapsed().as_secs() as u32,
-    }];
+    }
+}
+
+/// Asks each of `nodes` (other edges, by name) for its dashboard report,
+/// in parallel, each within `timeout`: its answer (JSON), or why there is
+/// none. Empty on a single node (no bus).
+pub(crate) async fn reports(
+    state: &EdgeState,
+    nodes: &[String],
+    timeout: Duration,
+) -> Vec<Result<Bytes, String>> {
+    let Some(bus) = state.node.bus() else {
+        return nodes.iter().map(|_| Err("no node bus".into())).collect();
+    };
+    let payload = Bytes::from(
+        serde_json::to_vec(&Forwarded {
+            method: REPORT.into(),
+            body: Value::Null,
+        })
+        .unwrap_or_default(),
+    );
+    join_all(
+        nodes
+            .iter()
+            .map(|n| bus.request(n, payload.clone(), timeout)),
+    )
+    .await
+    .into_iter()
+    .map(|answer| match answer {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err("gone (nothing answers on its subject)".into()),
+        Err(e) => Err(e.to_string()),
+    })
+    .collect()
+}
+
+/// `info`: this edge with its exact counts, then every other live edge as
+/// the membership service counts it (this edge alone when the service is
+/// unreachable).
+pub(crate) async fn nodes(state: &EdgeState) -> Result<Vec<api::NodeInfo>, ApiError> {
+    let mut nodes = vec![this_node(state)];
     let m = &state.node.membership;
     let Some((me, _)) = m.local_node() else {
         return Ok(nodes);

@@ -44,6 +44,23 @@ pub struct Config {
     /// The membership service (`groupcast edge`). Without seeds the node
     /// keeps presence in memory, for itself alone (`groupcast dev`).
     pub membership: MembershipConfig,
+    /// The built-in operator dashboard at `/dashboard`.
+    pub dashboard: DashboardConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// Serve `/dashboard` and `/dashboard/data` (404 when off). The data
+    /// always needs the API key (`api.key`): with none configured it
+    /// answers 401 to everyone.
+    pub enabled: bool,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -329,6 +346,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             nats: NatsConfig::default(),
             membership: MembershipConfig::default(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }

@@ -3,8 +3,8 @@
 //! `groupcast-edge` terminates WebSockets (axum over tokio-tungstenite),
 //! speaks the Centrifugo client protocol v2 (JSON) and the raw relay,
 //! authenticates clients with JWTs, enforces per-connection limits, serves
-//! the Centrifugo-compatible server HTTP API, `/metrics`, `/healthz` and
-//! `/readyz`. The entry point is [`run`].
+//! the Centrifugo-compatible server HTTP API, `/metrics`, `/healthz`,
+//! `/readyz` and the operator dashboard. The entry point is [`run`].
 //!
 //! # Layout
 //! * [`config`]: the configuration tree, layering and validation.
@@ -15,6 +15,7 @@
 //! * [`relay`]: the raw relay session.
 //! * [`api`]: the server HTTP API.
 //! * [`cluster`]: API actions on other edges' connections, leaves of dead edges, `info`.
+//! * [`dashboard`]: the operator dashboard (`/dashboard`) and its data.
 //! * [`backbone`]: which broker and membership the node runs on.
 //! * [`state`]: state shared by sessions and the API; the client registry.
 //! * [`server`]: the router and [`run`].
@@ -29,6 +30,7 @@ pub mod backbone;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod dashboard;
 pub mod head;
 pub mod limits;
 pub mod metrics;

@@ -122,6 +122,17 @@ impl Metrics {
             .increment(1);
     }
 
+    /// A `/dashboard/data` request (outcome: `ok`, `unauthorized`).
+    pub fn dashboard_request(outcome: &'static str) {
+        metrics::counter!("groupcast_dashboard_requests_total", "outcome" => outcome).increment(1);
+    }
+
+    /// The dashboard data was built afresh (at most once per second,
+    /// however many viewers).
+    pub fn dashboard_refresh() {
+        metrics::counter!("groupcast_dashboard_refreshes_total").increment(1);
+    }
+
     /// How long a served API call took (by method).
     pub fn api_duration(method: &str, d: Duration) {
         metrics::histogram!("groupcast_api_duration_seconds", "method" => method.to_string())
@@ -197,6 +208,14 @@ fn describe() {
     describe_counter!(
         "groupcast_api_requests_total",
         "Server API calls by method and outcome."
+    );
+    describe_counter!(
+        "groupcast_dashboard_requests_total",
+        "Dashboard data requests by outcome (ok, unauthorized)."
+    );
+    describe_counter!(
+        "groupcast_dashboard_refreshes_total",
+        "Times the dashboard data was built afresh (at most once per second)."
     );
     describe_histogram!(
         "groupcast_api_duration_seconds",

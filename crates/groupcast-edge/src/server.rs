@@ -9,6 +9,7 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 while accepting clients; 503 once shutting down or while the backbone (NATS) is unreachable. An unreachable membership service keeps it 200 (pub/sub, history and recovery still work; presence answers 108) and says so in the body |
 //! | `GET /` | a relay demo page (two tabs talk to each other) |
+//! | `GET /dashboard` | the operator dashboard page; `GET /dashboard/data`: its data (API key), see [`crate::dashboard`] |
 
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
 use crate::tls::{CertStore, ClientAddr, EdgeListener};
-use crate::{api, relay, session};
+use crate::{api, dashboard, relay, session};
 
 /// Serve `config` on `listener` until `shutdown` is cancelled, then drain.
 ///
@@ -140,6 +141,8 @@ pub fn router(state: Arc<EdgeState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/", get(|| async { Html(include_str!("relay_demo.html")) }))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/data", get(dashboard::data))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

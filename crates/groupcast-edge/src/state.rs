@@ -106,6 +106,8 @@ pub struct EdgeState {
     pub tasks: TaskTracker,
     /// New connections per client address.
     pub connection_rate: IpRateLimiter,
+    /// The operator dashboard's cache and samples.
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 fn gauge(kind: SubscriberKind) -> &'static metrics::Gauge {
@@ -176,6 +178,7 @@ impl EdgeState {
                 config.client.connection_rate_per_ip,
                 config.client.connection_burst_per_ip,
             ),
+            dashboard: Default::default(),
             config,
             node,
         }))

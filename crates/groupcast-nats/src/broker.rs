@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use groupcast_core::broker::{
-    Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
+    BackboneStatus, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
 };
 use groupcast_core::{NodeBus, NodeHandler, Publication, StreamPosition};
 use groupcast_proto::client::ClientInfo;
@@ -55,6 +55,8 @@ struct LiveSub {
 
 struct Inner {
     client: Client,
+    /// `nats.urls`, for the dashboard.
+    urls: Vec<String>,
     js: jetstream::Context,
     subjects: Subjects,
     specs: HashMap<String, StreamSpec>,
@@ -207,6 +209,7 @@ impl NatsBroker {
         let broker = NatsBroker {
             inner: Arc::new(Inner {
                 client,
+                urls: config.urls.clone(),
                 js,
                 subjects: Subjects::new(&config.prefix),
                 specs,
@@ -918,5 +921,30 @@ impl Broker for NatsBroker {
         } else {
             Err("NATS backbone disconnected".into())
         }
+    }
+
+    fn backbone(&self) -> Option<BackboneStatus> {
+        let inner = &self.inner;
+        // The INFO the server sent on the (last) connect: no I/O.
+        let info = inner.client.server_info();
+        let gaps = self.gap_stats();
+        Some(BackboneStatus {
+            kind: "NATS".into(),
+            connected: inner.connected.load(Ordering::SeqCst),
+            urls: inner.urls.clone(),
+            server_address: if info.host.is_empty() {
+                String::new()
+            } else {
+                format!("{}:{}", info.host, info.port)
+            },
+            server_name: info.server_name,
+            server_version: info.version,
+            cluster: info.cluster,
+            jetstream: info.jetstream,
+            history_streams: inner.specs.len() as u64,
+            subscriptions: inner.subs.lock().len() as u64,
+            gaps_repaired: gaps.repaired,
+            gaps_insufficient: gaps.insufficient,
+        })
     }
 }
