@@ -189,6 +189,13 @@ impl TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
+    /// After the stop signal, keep serving (and accepting) for this long
+    /// with `/readyz` answering 503, so a load balancer that follows
+    /// readiness stops sending new clients before the drain; then drain.
+    /// 0: drain at once. The Helm chart sets 5 s (in place of a `preStop`
+    /// sleep, which the shell-less image cannot run).
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
     /// The whole drain must finish within this; then the process exits.
     /// Keep it below the orchestrator's kill timeout (Kubernetes: 30 s).
     #[serde(with = "humantime_serde")]
@@ -204,6 +211,7 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
+            delay: Duration::ZERO,
             grace_period: Duration::from_secs(25),
             drain_batch_size: 1000,
             drain_batch_interval: Duration::from_millis(100),
@@ -556,6 +564,9 @@ impl Config {
         if s.grace_period < Duration::from_secs(1) {
             return Err("shutdown.grace_period: must be at least 1s".into());
         }
+        if s.delay > Duration::from_secs(300) {
+            return Err("shutdown.delay: must be at most 5m".into());
+        }
         if s.drain_batch_size == 0 {
             return Err("shutdown.drain_batch_size: must be above 0".into());
         }
@@ -859,6 +870,8 @@ join_leave = true
         assert!(e.contains("client.request_head_timeout"), "{e}");
         let e = refused("[client]\nrate_refusals_window = \"0s\"\n");
         assert!(e.contains("client.rate_refusals_window"), "{e}");
+        let e = refused("[shutdown]\ndelay = \"10m\"\n");
+        assert!(e.contains("shutdown.delay: must be at most 5m"), "{e}");
         let e =
             Config::load(Config::dev(), Some(Path::new("/nonexistent.toml")), none()).unwrap_err();
         assert!(e.contains("does not exist"), "{e}");

@@ -37,8 +37,10 @@ use crate::{api, dashboard, relay, session};
 
 /// Serve `config` on `listener` until `shutdown` is cancelled, then drain.
 ///
-/// Drain, all within `shutdown.grace_period`: `/readyz` answers 503 and the
-/// listener stops accepting at once; open connections are told "shutdown"
+/// At the signal `/readyz` answers 503; clients are still served for
+/// `shutdown.delay` (load balancers that follow readiness stop sending new
+/// ones meanwhile). Then the drain, all within `shutdown.grace_period`: the
+/// listener stops accepting; open connections are told "shutdown"
 /// (3001, reconnect) in batches of `shutdown.drain_batch_size` every
 /// `shutdown.drain_batch_interval`, each after its queued output is written;
 /// then their tasks are awaited. What is still open at the deadline is
@@ -49,7 +51,9 @@ pub async fn run(
     node: Arc<Node>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::EdgeError> {
-    let state = EdgeState::new(config, node, shutdown.clone()).map_err(crate::EdgeError::Config)?;
+    let state = EdgeState::new(config, node, shutdown).map_err(crate::EdgeError::Config)?;
+    // From here on `shutdown` is the drain: `shutdown.delay` after the signal.
+    let shutdown = state.shutdown.clone();
     Metrics::get();
     metrics::gauge!("groupcast_drain_connections_left").set(0.0);
     crate::cluster::start(&state)
@@ -297,7 +301,7 @@ async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<EdgeState>>) -> Response {
-    if state.shutdown.is_cancelled() {
+    if state.stopping.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else if let Err(why) = state.node.broker.health() {
         (StatusCode::SERVICE_UNAVAILABLE, why).into_response()

@@ -95,8 +95,12 @@ pub struct EdgeState {
     pub verifier: Verifier,
     pub registry: Registry,
     pub started: Instant,
-    /// Cancelled when the edge shuts down.
+    /// Cancelled when the edge stops accepting and drains: `shutdown.delay`
+    /// after the stop signal.
     pub shutdown: CancellationToken,
+    /// Cancelled at the stop signal: `/readyz` answers 503 from then on,
+    /// while connections are still accepted for `shutdown.delay`.
+    pub stopping: CancellationToken,
     pub uid: String,
     next_id: AtomicU64,
     /// Every open connection (protocol and relay, connected or not), for
@@ -148,20 +152,40 @@ impl Drop for ConnGuard {
 }
 
 impl EdgeState {
+    /// `signal`: cancelled at the stop signal. The drain starts
+    /// `shutdown.delay` later (at once when it is zero).
     pub fn new(
         config: Config,
         node: Arc<Node>,
-        shutdown: CancellationToken,
+        signal: CancellationToken,
     ) -> Result<Arc<EdgeState>, String> {
         config.validate()?;
         let namespaces = config.namespaces()?;
         let verifier = Verifier::from_config(&config.client).map_err(|e| e.to_string())?;
+        let delay = config.shutdown.delay;
+        let shutdown = if delay.is_zero() {
+            signal.clone()
+        } else {
+            let later = CancellationToken::new();
+            let (signal, later2) = (signal.clone(), later.clone());
+            tokio::spawn(async move {
+                signal.cancelled().await;
+                tracing::info!(
+                    ?delay,
+                    "stop signal: not ready, draining after shutdown.delay"
+                );
+                tokio::time::sleep(delay).await;
+                later2.cancel();
+            });
+            later
+        };
         Ok(Arc::new(EdgeState {
             namespaces,
             verifier,
             registry: Registry::default(),
             started: Instant::now(),
             shutdown,
+            stopping: signal,
             // The membership service's name for this run, when there is one
             // (the same `uid` in `info` on every edge).
             uid: node

@@ -155,6 +155,34 @@ fn kubernetes_service_link_variables_are_ignored() {
     assert!(err.contains("ping_intervall"), "{err}");
 }
 
+/// `groupcast dev` on `listen` with `args` and `env`, once it serves. Its
+/// stdout (banner, then logs) is read to the end in a thread: a closed pipe
+/// would fail the server's next log line.
+fn serve_dev(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["dev", "--listen", listen])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut server = Running(cmd.spawn().unwrap());
+    let stdout = server.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("client URL") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("groupcast dev did not start");
+    server
+}
+
 fn jwt_claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).expect("JWT has three parts");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -399,21 +427,16 @@ fn membership_and_certs_flags_are_checked_with_clear_errors() {
 fn probe_checks_subscribe_and_api_publish_end_to_end() {
     let port = groupcast_testkit::free_tcp_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut server = Running(
-        Command::new(BIN)
-            .args(["dev", "--listen", &listen, "--api-key", "probe-key"])
-            .args(["--token-hmac-secret", "probe-secret"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let server = serve_dev(
+        &listen,
+        &[
+            "--api-key",
+            "probe-key",
+            "--token-hmac-secret",
+            "probe-secret",
+        ],
+        &[],
     );
-    let stdout = server.0.stdout.take().unwrap();
-    assert!(BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.contains("client URL")));
     let url = format!("http://{listen}");
     let probe = |key: &str| {
         run(
@@ -446,4 +469,55 @@ fn probe_checks_subscribe_and_api_publish_end_to_end() {
         err.contains("probe of http://") && err.contains("WebSocket"),
         "{err}"
     );
+}
+
+/// `shutdown.delay` (what the Helm chart uses instead of a preStop sleep):
+/// at SIGTERM `/readyz` turns 503 at once, but clients are still served and
+/// new ones accepted until the delay ends; then the drain (3001) as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_keeps_serving_while_not_ready_then_drains() {
+    let port = groupcast_testkit::free_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = serve_dev(&listen, &[], &[("GROUPCAST_SHUTDOWN__DELAY", "2s")]);
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let ws = format!("ws://{listen}/connection/websocket");
+    let (mut before, _) = Client::connect(&ws, "").await.unwrap();
+    assert_eq!(http_request(addr, "GET", "/readyz", "", b"").await.0, 200);
+
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Not ready at once...
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while http_request(addr, "GET", "/readyz", "", b"").await.0 != 503 {
+        assert!(std::time::Instant::now() < deadline, "/readyz still 200");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...but still serving: a new client connects and subscribes, the old
+    // one is not told to go yet.
+    let (mut during, reply) = Client::connect(&ws, "").await.unwrap();
+    assert!(reply.get("connect").is_some(), "{reply}");
+    let sub = during
+        .command("subscribe", json!({"channel":"news"}))
+        .await
+        .unwrap();
+    assert!(sub.get("error").is_none(), "{sub}");
+    assert!(matches!(
+        before.closed(Duration::from_millis(500)).await,
+        Err(groupcast_testkit::ClientError::Timeout)
+    ));
+    // Then the drain: both are told to reconnect elsewhere (3001).
+    for c in [&mut before, &mut during] {
+        let code = c.closed(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(code.map(|c| c.0), Some(3001));
+    }
+    let status = tokio::task::spawn_blocking(move || server.0.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(10), status)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
 }
