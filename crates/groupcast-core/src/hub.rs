@@ -368,7 +368,14 @@ impl Hub {
 
 impl BrokerHandler for Hub {
     fn on_publication(&self, channel: &str, publication: Arc<Publication>) {
-        self.fan_out(PreparedPush::new(channel, PushKind::Pub(publication)));
+        let age = publication.age_seconds();
+        let handed = self.fan_out(PreparedPush::new(channel, PushKind::Pub(publication)));
+        // Once per publication per node with subscribers: from accepted
+        // (API or client publish, any node) to handed to the local
+        // subscribers' queues, the backbone included.
+        if let (Some(age), true) = (age, handed > 0) {
+            metrics::histogram!("groupcast_delivery_latency_seconds").record(age);
+        }
     }
     fn on_join(&self, channel: &str, info: Arc<ClientInfo>) {
         self.fan_out(PreparedPush::new(channel, PushKind::Join(info)));

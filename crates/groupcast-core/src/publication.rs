@@ -102,9 +102,14 @@ pub struct Publication {
     /// `exclude_client`, client `publish` with `exclude_self`). History and
     /// recovery still return the publication to everyone, that client too.
     pub exclude_client: Option<Arc<str>>,
+    /// When the publication was accepted, in microseconds since the Unix
+    /// epoch, by the clock of the node that accepted it; 0 when unknown.
+    /// Only for the delivery-latency metric: never sent to clients.
+    pub published_at_us: u64,
 }
 
 impl Publication {
+    /// A publication accepted now.
     pub fn new(data: Payload) -> Publication {
         Publication {
             offset: 0,
@@ -113,7 +118,15 @@ impl Publication {
             tags: BTreeMap::new(),
             origin: None,
             exclude_client: None,
+            published_at_us: now_us(),
         }
+    }
+
+    /// Seconds since it was accepted (0 if the clocks disagree), or `None`
+    /// when unknown.
+    pub fn age_seconds(&self) -> Option<f64> {
+        (self.published_at_us > 0)
+            .then(|| now_us().saturating_sub(self.published_at_us) as f64 / 1e6)
     }
 
     /// The JSON shape used in subscribe and history results.
@@ -186,4 +199,12 @@ mod tests {
             Some("base64")
         );
     }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }

@@ -25,6 +25,8 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
                 .expect("static buckets are valid")
+                .set_buckets_for_metric(Matcher::Suffix("latency_seconds".into()), LATENCY_BUCKETS)
+                .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (embedding application):
@@ -221,5 +223,10 @@ fn describe() {
         "groupcast_api_duration_seconds",
         Unit::Seconds,
         "Server API call handling time."
+    );
+    describe_histogram!(
+        "groupcast_delivery_latency_seconds",
+        Unit::Seconds,
+        "From a publication accepted (any node) to handed to this node's subscribers, once per publication per node with subscribers."
     );
 }

@@ -112,6 +112,19 @@ fn header_u64(h: Option<&HeaderMap>, name: &str) -> Option<u64> {
     h?.get(name)?.as_str().parse().ok()
 }
 
+/// When a publication was accepted (microseconds since the Unix epoch), for
+/// the delivery-latency metric. A header, not part of the envelope, so
+/// edges that do not know it still read the message.
+const PUBLISHED_AT_HEADER: &str = "Groupcast-Published-Us";
+
+fn published_at_headers(published_at_us: u64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if published_at_us > 0 {
+        h.insert(PUBLISHED_AT_HEADER, published_at_us.to_string().as_str());
+    }
+    h
+}
+
 fn event_name(e: &Event) -> &'static str {
     match e {
         Event::Connected => "connected",
@@ -550,12 +563,19 @@ impl Inner {
     }
 
     /// Core NATS publish on the live subject (at-most-once).
-    async fn publish_live(&self, channel: &str, payload: Bytes) -> Result<(), BrokerError> {
+    async fn publish_live(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        headers: Option<HeaderMap>,
+    ) -> Result<(), BrokerError> {
         self.check_connected()?;
-        self.client
-            .publish(self.subjects.live(channel), payload)
-            .await
-            .map_err(unavailable)
+        let subject = self.subjects.live(channel);
+        match headers {
+            Some(h) => self.client.publish_with_headers(subject, h, payload).await,
+            None => self.client.publish(subject, payload).await,
+        }
+        .map_err(unavailable)
     }
 
     /// Store in JetStream and wait for the acknowledgement; its sequence is
@@ -571,11 +591,11 @@ impl Inner {
         &self,
         channel: &str,
         payload: Bytes,
+        mut headers: HeaderMap,
         opts: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let ns = namespace_of(channel);
-        let mut headers = HeaderMap::new();
         if let Some(key) = &opts.idempotency_key {
             // JetStream deduplicates per stream (namespace): scope the key
             // to the channel.
@@ -715,6 +735,7 @@ impl Inner {
             received.increment(1);
             let seq = header_u64(msg.headers.as_ref(), "Nats-Sequence");
             let prev = header_u64(msg.headers.as_ref(), "Nats-Last-Sequence").unwrap_or(0);
+            let published_at = header_u64(msg.headers.as_ref(), PUBLISHED_AT_HEADER);
             let mut env = match envelope::decode(msg.payload) {
                 Ok(env) => env,
                 Err(e) => {
@@ -723,6 +744,9 @@ impl Inner {
                     continue;
                 }
             };
+            if let (Some(t), Envelope::Pub(p)) = (published_at, &mut env) {
+                p.published_at_us = t;
+            }
             if let (Some(seq), Envelope::Pub(p)) = (seq, &mut env) {
                 if let Some(l) = last {
                     if seq <= l {
@@ -818,17 +842,26 @@ impl Broker for NatsBroker {
         opts: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
         let payload = envelope::encode_pub(&publication);
+        let headers = published_at_headers(publication.published_at_us);
         if opts.history_size == 0 || opts.history_ttl.is_zero() {
-            return counted(self.inner.publish_live(channel, payload).await)
-                .map(|()| StreamPosition::default());
+            return counted(
+                self.inner
+                    .publish_live(channel, payload, Some(headers))
+                    .await,
+            )
+            .map(|()| StreamPosition::default());
         }
-        counted(self.inner.publish_stored(channel, payload, opts).await)
+        counted(
+            self.inner
+                .publish_stored(channel, payload, headers, opts)
+                .await,
+        )
     }
 
     async fn publish_join(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError> {
         counted(
             self.inner
-                .publish_live(channel, envelope::encode_join(&info))
+                .publish_live(channel, envelope::encode_join(&info), None)
                 .await,
         )
     }
@@ -836,7 +869,7 @@ impl Broker for NatsBroker {
     async fn publish_leave(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError> {
         counted(
             self.inner
-                .publish_live(channel, envelope::encode_leave(&info))
+                .publish_live(channel, envelope::encode_leave(&info), None)
                 .await,
         )
     }

@@ -203,6 +203,8 @@ pub fn decode(payload: Bytes) -> Result<Envelope, EnvelopeError> {
         tags,
         origin,
         exclude_client,
+        // Carried in a NATS header (PUBLISHED_AT_HEADER), not here.
+        published_at_us: 0,
     }))
 }
 

@@ -250,3 +250,52 @@ async fn garbage_on_a_channel_subject_is_dropped_and_counted() {
     );
     assert!(matches!(&events[0], Event::Pub { data, .. } if data == "7"));
 }
+
+/// Keeps the accept time of every publication it is handed.
+#[derive(Default)]
+struct AcceptTimes(parking_lot::Mutex<Vec<u64>>);
+
+impl BrokerHandler for AcceptTimes {
+    fn on_publication(&self, _: &str, p: Arc<Publication>) {
+        self.0.lock().push(p.published_at_us);
+    }
+    fn on_join(&self, _: &str, _: Arc<ClientInfo>) {}
+    fn on_leave(&self, _: &str, _: Arc<ClientInfo>) {}
+    fn on_insufficient_state(&self, _: &str) {}
+}
+
+/// The time a publication was accepted reaches the other nodes with it
+/// (a NATS header: `groupcast_delivery_latency_seconds` measures from it),
+/// on plain and history channels alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accept_time_travels_with_live_and_stored_publications() {
+    let server = NatsServer::start().await;
+    for history_size in [0, 10] {
+        let config = NatsConfig {
+            urls: vec![server.url()],
+            prefix: format!("t{:x}", rand::random::<u32>()),
+            ..Default::default()
+        };
+        let publisher = broker_with(config.clone(), history_size).await;
+        let receiver = broker_with(config, history_size).await;
+        let times = Arc::new(AcceptTimes::default());
+        receiver.set_handler(times.clone());
+        receiver.subscribe("clock").await.unwrap();
+        let mut p = text(1);
+        p.published_at_us = 1_234_567;
+        publisher
+            .publish("clock", p, &opts(history_size))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while times.0.lock().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "nothing delivered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            *times.0.lock(),
+            vec![1_234_567],
+            "history_size {history_size}"
+        );
+    }
+}
