@@ -30,6 +30,8 @@ pub enum ClientError {
     Closed(Option<(u16, String)>),
     #[error("invalid JSON from server: {0}")]
     Json(String),
+    #[error("invalid request: {0}")]
+    Request(String),
 }
 
 /// Opcode of a raw frame for [`Client::send_frame`].
@@ -74,16 +76,38 @@ fn ws_config() -> WebSocketConfig {
 
 /// Open a WebSocket to `url` (`ws://host:port/path`).
 pub async fn open(url: &str) -> Result<Ws, ClientError> {
+    open_with_headers(url, &[]).await
+}
+
+/// Open a WebSocket to `url` with extra headers on the upgrade request
+/// (e.g. `Cookie`).
+pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Ws, ClientError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut req = url.into_client_request()?;
+    for (k, v) in headers {
+        let name = HeaderName::try_from(*k).map_err(|e| ClientError::Request(e.to_string()))?;
+        let value = HeaderValue::try_from(*v).map_err(|e| ClientError::Request(e.to_string()))?;
+        req.headers_mut().append(name, value);
+    }
     let (ws, _) =
-        tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false).await?;
+        tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), false).await?;
     Ok(ws)
 }
 
 impl Client {
     /// Open the socket; no `connect` command is sent yet.
     pub async fn open(url: &str) -> Result<Client, ClientError> {
+        Client::open_with_headers(url, &[]).await
+    }
+
+    /// Open the socket with extra upgrade-request headers (`Cookie`, ...).
+    pub async fn open_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, ClientError> {
         Ok(Client {
-            ws: open(url).await?,
+            ws: open_with_headers(url, headers).await?,
             next_id: 0,
             queue: VecDeque::new(),
             pending: VecDeque::new(),

@@ -54,6 +54,12 @@ pub struct ChannelOptions {
     /// every path (client `publish`, relay frames, API). 0: the global
     /// limit, `client.max_message_size`, which also caps this one.
     pub max_publication_size: usize,
+    /// Name of a `[[proxies]]` entry asked before a client subscribes
+    /// without a subscription token (the backend decides); empty: none.
+    pub subscribe_proxy: String,
+    /// Name of a `[[proxies]]` entry asked before a client publishes (the
+    /// backend decides and may change the data); empty: none.
+    pub publish_proxy: String,
 }
 
 /// Where a backbone stores history (`history_storage`).
@@ -85,6 +91,8 @@ impl Default for ChannelOptions {
             history_replicas: 1,
             history_storage: HistoryStorage::File,
             max_publication_size: 0,
+            subscribe_proxy: String::new(),
+            publish_proxy: String::new(),
         }
     }
 }

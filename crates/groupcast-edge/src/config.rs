@@ -46,6 +46,9 @@ pub struct Config {
     pub membership: MembershipConfig,
     /// The built-in operator dashboard at `/dashboard`.
     pub dashboard: DashboardConfig,
+    /// Event proxies to the application backend (`[[proxies]]`), named by
+    /// `client.*_proxy` and the namespaces' `*_proxy` (docs/backends.md).
+    pub proxies: Vec<crate::proxy::ProxyConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -325,6 +328,19 @@ pub struct ClientConfig {
     /// Namespace of the personal channel ("" : the default namespace).
     #[serde(deserialize_with = "lenient::string")]
     pub personal_channel_namespace: String,
+    /// `[[proxies]]` entry that authenticates connections without a token
+    /// (the backend returns the user); empty: none. A token, when given,
+    /// is still checked as a JWT.
+    #[serde(deserialize_with = "lenient::string")]
+    pub connect_proxy: String,
+    /// `[[proxies]]` entry that answers client `rpc` commands; empty: `rpc`
+    /// answers 108.
+    #[serde(deserialize_with = "lenient::string")]
+    pub rpc_proxy: String,
+    /// `[[proxies]]` entry that receives client `send` messages (fire and
+    /// forget); empty: `send` answers 108 (dropped when sent without id).
+    #[serde(deserialize_with = "lenient::string")]
+    pub send_proxy: String,
     /// Grace after a connection token's expiry for the client to `refresh`
     /// before it is closed with 3005 "connection expired".
     #[serde(with = "humantime_serde")]
@@ -355,6 +371,7 @@ impl Default for Config {
             nats: NatsConfig::default(),
             membership: MembershipConfig::default(),
             dashboard: DashboardConfig::default(),
+            proxies: Vec::new(),
         }
     }
 }
@@ -399,6 +416,9 @@ impl Default for ClientConfig {
             command_burst: 200.0,
             subscribe_to_personal: false,
             personal_channel_namespace: String::new(),
+            connect_proxy: String::new(),
+            rpc_proxy: String::new(),
+            send_proxy: String::new(),
             rate_refusals_max: 100,
             rate_refusals_window: Duration::from_secs(10),
             publish_rate: 0.0,
@@ -594,6 +614,17 @@ impl Config {
                 .iter()
                 .map(|n| (format!("namespace {:?}: ", n.name), &n.options)),
         );
+        let proxies = crate::proxy::Proxies::new(&self.proxies)?;
+        let known = |key: String, name: &str| -> Result<(), String> {
+            if name.is_empty() || proxies.contains(name) {
+                Ok(())
+            } else {
+                Err(format!("{key}: no [[proxies]] entry named {name:?}"))
+            }
+        };
+        known("client.connect_proxy".into(), &c.connect_proxy)?;
+        known("client.rpc_proxy".into(), &c.rpc_proxy)?;
+        known("client.send_proxy".into(), &c.send_proxy)?;
         for (key, opts) in sizes {
             if opts.max_publication_size > c.max_message_size {
                 return Err(format!(
@@ -601,6 +632,8 @@ impl Config {
                     opts.max_publication_size, c.max_message_size
                 ));
             }
+            known(format!("{key}subscribe_proxy"), &opts.subscribe_proxy)?;
+            known(format!("{key}publish_proxy"), &opts.publish_proxy)?;
         }
         Ok(())
     }

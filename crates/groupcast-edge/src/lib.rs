@@ -34,6 +34,7 @@ pub mod dashboard;
 pub mod head;
 pub mod limits;
 pub mod metrics;
+pub mod proxy;
 pub mod relay;
 pub mod server;
 pub mod session;

@@ -224,6 +224,15 @@ fn describe() {
         Unit::Seconds,
         "Server API call handling time."
     );
+    describe_counter!(
+        "groupcast_proxy_requests_total",
+        "Event proxy calls to the backend, by event (connect, subscribe, publish, rpc, send) and outcome."
+    );
+    describe_histogram!(
+        "groupcast_proxy_duration_seconds",
+        Unit::Seconds,
+        "Event proxy call time, by event, whatever the outcome."
+    );
     describe_histogram!(
         "groupcast_delivery_latency_seconds",
         Unit::Seconds,

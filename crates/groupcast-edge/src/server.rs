@@ -225,8 +225,10 @@ async fn websocket(
         return refused.into_response();
     }
     let st = state.clone();
+    // What the event proxies forward of the upgrade request (cookies...).
+    let kept = state.proxies.keep_headers(&headers);
     configure(ws, &state)
-        .on_upgrade(move |socket| state.tasks.track_future(session::serve(st, socket)))
+        .on_upgrade(move |socket| state.tasks.track_future(session::serve(st, socket, kept)))
 }
 
 #[derive(Deserialize)]

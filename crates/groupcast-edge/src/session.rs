@@ -14,11 +14,13 @@
 //! * at shutdown the edge drains connections (see `server.rs`): queued output
 //!   is written, then the close frame 3001 "shutdown".
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::WebSocket;
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
@@ -32,12 +34,49 @@ use crate::auth::{now_unix, TokenError};
 use crate::conn::{Conn, Control, Inbound, OutKind};
 use crate::limits::{ConnRates, Refusal};
 use crate::metrics::Metrics;
+use crate::proxy::{Answer, Proxy};
 use crate::state::EdgeState;
 
 /// How a command ended when it did not produce a normal reply.
 enum Fail {
     Error(ErrorCode),
     Disconnect(DisconnectCode),
+    /// An event proxy's `error`: its code and message, as the backend said.
+    Backend {
+        code: u32,
+        message: String,
+    },
+    /// An event proxy's `disconnect`.
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// A raw JSON value of a proxy result field, when present and not null.
+fn raw_field(result: &serde_json::Value, key: &str) -> Option<RawJson> {
+    result
+        .get(key)
+        .filter(|v| !v.is_null())
+        .and_then(|v| serde_json::value::to_raw_value(v).ok())
+        .map(Arc::from)
+}
+
+/// Asks `proxy` about `event`: its `result` object, or how the command
+/// fails (the backend's error or disconnect; 100 "internal" when it could
+/// not answer).
+async fn ask(
+    proxy: &Proxy,
+    event: &'static str,
+    body: serde_json::Value,
+    headers: &HeaderMap,
+) -> Result<serde_json::Value, Fail> {
+    match proxy.call(event, &body, headers).await {
+        Ok(Answer::Result(r)) => Ok(r),
+        Ok(Answer::Error { code, message }) => Err(Fail::Backend { code, message }),
+        Ok(Answer::Disconnect { code, reason }) => Err(Fail::Close { code, reason }),
+        Err(_) => Err(ErrorCode::INTERNAL.into()),
+    }
 }
 
 impl From<ErrorCode> for Fail {
@@ -73,6 +112,8 @@ struct SubscribeSpec<'a> {
     reject_unrecovered: bool,
     /// Server-side subscription (token `channels`, API): no permission check.
     server_side: bool,
+    /// The client's subscribe `data` (for the subscribe proxy).
+    data: Option<&'a RawJson>,
 }
 
 pub struct Session {
@@ -85,6 +126,8 @@ pub struct Session {
     subs: HashMap<String, Sub>,
     pong_deadline: Option<Instant>,
     rates: ConnRates,
+    /// What the event proxies forward of the upgrade request.
+    headers: HeaderMap,
 }
 
 /// What [`replay`] saw.
@@ -106,7 +149,7 @@ pub async fn replay(state: Arc<EdgeState>, frames: &[&[u8]]) -> Replay {
         SubscriberKind::Protocol,
         state.config.client.max_queue_bytes,
     );
-    let mut session = Session::new(state, conn.clone());
+    let mut session = Session::new(state, conn.clone(), HeaderMap::new());
     for frame in frames {
         if conn.is_closed() {
             break;
@@ -121,9 +164,10 @@ pub async fn replay(state: Arc<EdgeState>, frames: &[&[u8]]) -> Replay {
 }
 
 /// Serve one upgraded WebSocket with the Centrifugo protocol.
-pub async fn serve(state: Arc<EdgeState>, socket: WebSocket) {
+/// `headers`: the upgrade request's headers that event proxies forward.
+pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, headers: HeaderMap) {
     let (opened, stream) = state.open(socket, SubscriberKind::Protocol);
-    let mut session = Session::new(state, opened.conn.clone());
+    let mut session = Session::new(state, opened.conn.clone(), headers);
     session.run(stream).await;
     session.cleanup().await;
     opened.finish().await;
@@ -135,8 +179,9 @@ fn deadline_from_unix(at: i64) -> tokio::time::Instant {
 }
 
 impl Session {
-    fn new(state: Arc<EdgeState>, conn: Arc<Conn>) -> Session {
+    fn new(state: Arc<EdgeState>, conn: Arc<Conn>, headers: HeaderMap) -> Session {
         Session {
+            headers,
             rates: ConnRates::new(&state.config.client),
             conn,
             connected: false,
@@ -306,7 +351,26 @@ impl Session {
             Ok(None) => {}
             Err(Fail::Error(e)) => self.reply(Reply::error(id, e)),
             Err(Fail::Disconnect(d)) => self.conn.close(d),
+            Err(Fail::Backend { code, message }) => {
+                Metrics::error(code);
+                let reply =
+                    serde_json::json!({"id": id, "error": {"code": code, "message": message}});
+                self.conn
+                    .send_json(Bytes::from(reply.to_string()), OutKind::Reply);
+            }
+            Err(Fail::Close { code, reason }) => self.conn.close_with(code, Cow::Owned(reason)),
         }
+    }
+
+    /// The fields every proxy request starts with (Centrifugo's).
+    fn proxy_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "client": self.conn.client,
+            "transport": "websocket",
+            "protocol": "json",
+            "encoding": "json",
+            "user": self.user,
+        })
     }
 
     /// Run one command. `Ok(None)`: the reply was already queued (subscribe
@@ -333,6 +397,7 @@ impl Session {
                 recover,
                 reject_unrecovered: req.flag & proto::FLAG_REJECT_UNRECOVERED != 0,
                 server_side: false,
+                data: req.data.as_ref(),
             };
             let result = self.subscribe(spec).await?;
             let reply = Reply {
@@ -405,16 +470,36 @@ impl Session {
                 ..Default::default()
             });
         }
-        if cmd.send.is_some() {
-            // Asynchronous message: no backend is connected yet (see docs).
-            return if id == 0 {
-                Ok(None)
-            } else {
-                Err(ErrorCode::NOT_AVAILABLE.into())
+        if let Some(req) = cmd.send {
+            // Asynchronous message to the backend (`client.send_proxy`),
+            // sent in order with the connection's other commands; nothing
+            // is answered. Without a proxy there is nobody to take it.
+            let Some(proxy) = self.state.proxies.get(&self.state.config.client.send_proxy) else {
+                return if id == 0 {
+                    Ok(None)
+                } else {
+                    Err(ErrorCode::NOT_AVAILABLE.into())
+                };
             };
+            let mut body = self.proxy_body();
+            body["data"] = serde_json::to_value(&req.data).unwrap_or_default();
+            let _ = proxy.call("send", &body, &self.headers).await;
+            return Ok(None);
         }
-        if cmd.rpc.is_some() {
-            return Err(ErrorCode::NOT_AVAILABLE.into());
+        if let Some(req) = cmd.rpc {
+            let Some(proxy) = self.state.proxies.get(&self.state.config.client.rpc_proxy) else {
+                return Err(ErrorCode::NOT_AVAILABLE.into());
+            };
+            let mut body = self.proxy_body();
+            body["method"] = req.method.into();
+            body["data"] = serde_json::to_value(&req.data).unwrap_or_default();
+            let result = ask(&proxy, "rpc", body, &self.headers).await?;
+            return ok(Reply {
+                rpc: Some(proto::RpcResult {
+                    data: raw_field(&result, "data"),
+                }),
+                ..Default::default()
+            });
         }
         if let Some(req) = cmd.refresh {
             return ok(Reply {
@@ -435,7 +520,57 @@ impl Session {
         let state = self.state.clone();
         let cfg = &state.config.client;
         let mut channels = Vec::new();
-        if req.token.is_empty() {
+        let mut connect_data = None;
+        let connect_proxy = state.proxies.get(&cfg.connect_proxy);
+        if let (true, Some(proxy)) = (req.token.is_empty(), connect_proxy) {
+            // No token: the backend authenticates (cookies and other
+            // forwarded headers included) and says who this is.
+            let mut body = self.proxy_body();
+            if let Some(o) = body.as_object_mut() {
+                o.remove("user");
+            }
+            body["name"] = req.name.clone().into();
+            body["version"] = req.version.clone().into();
+            if let Some(d) = &req.data {
+                body["data"] = serde_json::to_value(d).unwrap_or_default();
+            }
+            let r = ask(&proxy, "connect", body, &self.headers).await?;
+            let user = match r.get("user") {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(u)) => u.clone(),
+                Some(_) => return Err(ErrorCode::INTERNAL.into()),
+            };
+            if user.is_empty() && !cfg.allow_anonymous_connect_without_token {
+                // The backend let an anonymous connection through, which
+                // this edge does not allow.
+                return Err(ErrorCode::UNAUTHORIZED.into());
+            }
+            let per_user = cfg.max_connections_per_user;
+            if per_user > 0 && !user.is_empty() && state.registry.find(&user, "").len() >= per_user
+            {
+                Metrics::limit_hit("max_connections_per_user");
+                return Err(Fail::Disconnect(DisconnectCode::CONNECTION_LIMIT));
+            }
+            self.user = user;
+            self.conn_info = raw_field(&r, "info");
+            self.expires_at = r
+                .get("expire_at")
+                .and_then(|v| v.as_i64())
+                .filter(|&at| at > 0);
+            connect_data = raw_field(&r, "data");
+            channels = r
+                .get("channels")
+                .and_then(|c| c.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(subs) = r.get("subs").and_then(|s| s.as_object()) {
+                channels.extend(subs.keys().cloned());
+            }
+        } else if req.token.is_empty() {
             if !cfg.allow_anonymous_connect_without_token {
                 return Err(ErrorCode::UNAUTHORIZED.into());
             }
@@ -501,6 +636,7 @@ impl Session {
                 // Server-side subscriptions are never refused for this.
                 reject_unrecovered: false,
                 server_side: true,
+                data: None,
             };
             match self.subscribe(spec).await {
                 Ok((result, position)) => {
@@ -520,6 +656,7 @@ impl Session {
                 version: env!("CARGO_PKG_VERSION").into(),
                 expires,
                 ttl,
+                data: connect_data,
                 subs,
                 ping: cfg.ping_interval.as_secs() as u32,
                 pong: true,
@@ -559,7 +696,23 @@ impl Session {
         }
         let mut chan_info = None;
         let mut expires_at = None;
-        if !spec.token.is_empty() {
+        let mut sub_data = None;
+        let proxy = state.proxies.get(&opts.subscribe_proxy);
+        if let (true, false, Some(proxy)) = (spec.token.is_empty(), spec.server_side, proxy) {
+            // The backend decides, instead of the namespace's permissions.
+            let mut body = self.proxy_body();
+            body["channel"] = spec.channel.into();
+            if let Some(d) = spec.data {
+                body["data"] = serde_json::to_value(d).unwrap_or_default();
+            }
+            let r = ask(&proxy, "subscribe", body, &self.headers).await?;
+            chan_info = raw_field(&r, "info");
+            sub_data = raw_field(&r, "data");
+            expires_at = r
+                .get("expire_at")
+                .and_then(|v| v.as_i64())
+                .filter(|&at| at > 0);
+        } else if !spec.token.is_empty() {
             let claims = match state.verifier.verify_subscribe(spec.token) {
                 Ok(c) => c,
                 Err(TokenError::Expired) => return Err(ErrorCode::TOKEN_EXPIRED.into()),
@@ -623,6 +776,7 @@ impl Session {
             }
         }
         let mut result = result;
+        result.0.data = sub_data;
         if let Some(exp) = expires_at {
             result.0.expires = true;
             result.0.ttl = (exp - now_unix()).max(0) as u32;
@@ -758,21 +912,41 @@ impl Session {
         let (ch, opts) = state.channel(&req.channel)?;
         let data = req
             .data
+            .clone()
             .and_then(Payload::json)
             .ok_or(ErrorCode::BAD_REQUEST)?;
         if !state.check_publication_size(opts, data.len()) {
             return Err(ErrorCode::LIMIT_EXCEEDED.into());
         }
         let subscribed = self.subs.get(ch.as_str());
-        // Private and user-limited channels: only a subscriber (who proved
-        // access) may publish, whatever allow_publish_for_client says.
-        let open_to_all = !state.is_restricted(&ch, opts);
-        let allowed = ((opts.allow_publish_for_client && open_to_all)
-            || ((opts.allow_publish_for_subscriber || opts.allow_publish_for_client)
-                && subscribed.is_some()))
-            && (opts.allow_anonymous || !self.user.is_empty());
-        if !allowed {
-            return Err(ErrorCode::PERMISSION_DENIED.into());
+        let mut data = data;
+        let mut skip_history = false;
+        if let Some(proxy) = state.proxies.get(&opts.publish_proxy) {
+            // The backend decides (instead of the namespace's permissions)
+            // and may replace the data.
+            let mut body = self.proxy_body();
+            body["channel"] = req.channel.clone().into();
+            body["data"] = serde_json::to_value(&req.data).unwrap_or_default();
+            let r = ask(&proxy, "publish", body, &self.headers).await?;
+            if let Some(new) = raw_field(&r, "data") {
+                data = Payload::json(new).ok_or(ErrorCode::INTERNAL)?;
+                if !state.check_publication_size(opts, data.len()) {
+                    return Err(ErrorCode::LIMIT_EXCEEDED.into());
+                }
+            }
+            skip_history = r.get("skip_history").and_then(|v| v.as_bool()) == Some(true);
+        } else {
+            // Private and user-limited channels: only a subscriber (who
+            // proved access) may publish, whatever allow_publish_for_client
+            // says.
+            let open_to_all = !state.is_restricted(&ch, opts);
+            let allowed = ((opts.allow_publish_for_client && open_to_all)
+                || ((opts.allow_publish_for_subscriber || opts.allow_publish_for_client)
+                    && subscribed.is_some()))
+                && (opts.allow_anonymous || !self.user.is_empty());
+            if !allowed {
+                return Err(ErrorCode::PERMISSION_DENIED.into());
+            }
         }
         let mut p = Publication::new(data);
         if req.exclude_self {
@@ -787,10 +961,14 @@ impl Session {
                 chan_info: None,
             }),
         });
-        let po = PublishOptions {
-            history_size: opts.history_size,
-            history_ttl: opts.history_ttl,
-            ..Default::default()
+        let po = match skip_history {
+            // The backend's `skip_history`: delivered live, not stored.
+            true => PublishOptions::default(),
+            false => PublishOptions {
+                history_size: opts.history_size,
+                history_ttl: opts.history_ttl,
+                ..Default::default()
+            },
         };
         state
             .node
@@ -934,6 +1112,7 @@ impl Session {
                     recover: None,
                     reject_unrecovered: false,
                     server_side: true,
+                    data: None,
                 };
                 match self.subscribe(spec).await {
                     Ok((mut result, position)) => {
@@ -953,6 +1132,11 @@ impl Session {
                     // client asked for nothing, so there is nothing to answer.
                     Err(Fail::Error(e)) => {
                         tracing::debug!(client = %self.conn.client, %channel, "server-side subscribe refused: {e}")
+                    }
+                    // Server-side subscribes ask no proxy.
+                    Err(Fail::Backend { .. }) => {}
+                    Err(Fail::Close { code, reason }) => {
+                        self.conn.close_with(code, Cow::Owned(reason))
                     }
                 }
             }

@@ -101,6 +101,8 @@ pub struct EdgeState {
     /// Cancelled at the stop signal: `/readyz` answers 503 from then on,
     /// while connections are still accepted for `shutdown.delay`.
     pub stopping: CancellationToken,
+    /// The event proxies (`[[proxies]]`).
+    pub proxies: crate::proxy::Proxies,
     pub uid: String,
     next_id: AtomicU64,
     /// Every open connection (protocol and relay, connected or not), for
@@ -162,6 +164,7 @@ impl EdgeState {
         config.validate()?;
         let namespaces = config.namespaces()?;
         let verifier = Verifier::from_config(&config.client).map_err(|e| e.to_string())?;
+        let proxies = crate::proxy::Proxies::new(&config.proxies)?;
         let delay = config.shutdown.delay;
         let shutdown = if delay.is_zero() {
             signal.clone()
@@ -186,6 +189,7 @@ impl EdgeState {
             started: Instant::now(),
             shutdown,
             stopping: signal,
+            proxies,
             // The membership service's name for this run, when there is one
             // (the same `uid` in `info` on every edge).
             uid: node

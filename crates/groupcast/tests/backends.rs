@@ -1,0 +1,318 @@
+//! Event proxies against a real application backend: a Python HTTP server
+//! written for Centrifugo's proxy format (`tests/backends/proxy_backend.py`),
+//! and `groupcast dev` configured to ask it. Each proxy's result, error and
+//! disconnect, the forwarded session cookie, and each way the backend can
+//! fail (slow, 500, not JSON, down), with its code and its metric.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use groupcast_testkit::{http_request, Client};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+/// Kills the child on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program args`, reads stdout until a line contains `ready`; the
+/// line, and the process (its stdout drained in a thread from then on).
+fn start(mut cmd: Command, ready: &str) -> (Running, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = Running(cmd.spawn().expect("start"));
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ready.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains(&ready) {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("process did not start");
+    (child, line)
+}
+
+fn python() -> PathBuf {
+    let venv = repo_file(".tools/venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+struct Setup {
+    _backend: Running,
+    backend_port: u16,
+    _server: Running,
+    addr: std::net::SocketAddr,
+    config: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+impl Setup {
+    /// The backend, and `groupcast dev` with proxies to it (or to
+    /// `backend_port` when given: a port nothing listens on).
+    fn start(dead_backend: Option<u16>) -> Setup {
+        let mut cmd = Command::new(python());
+        cmd.arg(repo_file("tests/backends/proxy_backend.py"));
+        let (backend, line) = start(cmd, "listening");
+        let live_port: u16 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let port = dead_backend.unwrap_or(live_port);
+        let config = std::env::temp_dir().join(format!(
+            "gc-backends-{}-{:?}.toml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let proxy = |name: &str, timeout: &str| {
+            format!(
+                "[[proxies]]\nname = \"{name}\"\nendpoint = \"http://127.0.0.1:{port}/{name}\"\n\
+                 timeout = \"{timeout}\"\nhttp_headers = [\"Cookie\"]\n\n"
+            )
+        };
+        let toml = format!(
+            "[client]\nconnect_proxy = \"connect\"\nrpc_proxy = \"rpc\"\nsend_proxy = \"send\"\n\
+             allowed_origins = [\"*\"]\n\n\
+             [[namespaces]]\nname = \"rooms\"\nsubscribe_proxy = \"subscribe\"\n\
+             publish_proxy = \"publish\"\nhistory_size = 10\nhistory_ttl = \"1m\"\n\
+             allow_history_for_subscriber = true\n\n{}{}{}{}{}",
+            proxy("connect", "500ms"),
+            proxy("subscribe", "1s"),
+            proxy("publish", "1s"),
+            proxy("rpc", "1s"),
+            proxy("send", "1s"),
+        );
+        std::fs::write(&config, toml).unwrap();
+        let listen = format!("127.0.0.1:{}", groupcast_testkit::free_tcp_port());
+        let mut cmd = Command::new(BIN);
+        cmd.args(["dev", "--listen", &listen, "--api-key", "k", "--config"])
+            .arg(&config);
+        let (server, _) = start(cmd, "client URL");
+        Setup {
+            _backend: backend,
+            backend_port: live_port,
+            _server: server,
+            addr: listen.parse().unwrap(),
+            config,
+        }
+    }
+
+    fn ws(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    async fn client(&self, session: &str) -> (Client, Value) {
+        let cookie = format!("theme=dark; session={session}");
+        let mut c = Client::open_with_headers(&self.ws(), &[("Cookie", &cookie)])
+            .await
+            .unwrap();
+        let reply = c.command("connect", json!({"name": "test"})).await;
+        (c, reply.unwrap_or(Value::Null))
+    }
+
+    async fn backend_log(&self) -> Vec<Value> {
+        let addr = format!("127.0.0.1:{}", self.backend_port).parse().unwrap();
+        let (_, body) = http_request(addr, "GET", "/log", "", b"").await;
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = http_request(self.addr, "GET", "/metrics", "", b"").await;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_proxy_decides_as_the_backend_says() {
+    let s = Setup::start(None);
+
+    // connect: the session cookie authenticates; user, info, data and the
+    // server-side channels come from the backend.
+    let (mut alice, reply) = s.client("alice").await;
+    let c = &reply["connect"];
+    assert_eq!(c["data"], json!({"welcome": "alice"}), "{reply}");
+    assert!(c["subs"].get("news").is_some(), "{reply}");
+    let log = s.backend_log().await;
+    let first = &log[0];
+    assert_eq!(first["path"], "/connect");
+    assert_eq!(first["cookie"], "theme=dark; session=alice");
+    assert_eq!(first["content_type"], "application/json");
+    let body = &first["body"];
+    assert_eq!(body["transport"], "websocket");
+    assert_eq!(body["protocol"], "json");
+    assert_eq!(body["name"], "test");
+    assert_eq!(body["client"], c["client"]);
+
+    // connect error and disconnect.
+    let (_, reply) = s.client("").await;
+    assert_eq!(
+        reply["error"],
+        json!({"code": 1001, "message": "login required"})
+    );
+    let (mut banned, reply) = s.client("banned").await;
+    assert_eq!(reply, Value::Null, "no reply: closed");
+    let closed = banned.closed(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(closed, Some((4403, "banned".to_string())));
+
+    // subscribe: the backend decides per channel and adds info and data.
+    let r = alice
+        .command(
+            "subscribe",
+            json!({"channel": "rooms:42", "data": {"x": 1}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["subscribe"]["data"], json!({"topic": "rooms:42"}), "{r}");
+    let (mut bob, _) = s.client("bob").await;
+    let r = bob
+        .command("subscribe", json!({"channel": "rooms:42"}))
+        .await
+        .unwrap();
+    assert_eq!(r["error"], json!({"code": 1003, "message": "not a member"}));
+
+    // publish: escaped by the backend before anyone sees it; refused;
+    // skip_history.
+    let r = alice
+        .command(
+            "publish",
+            json!({"channel": "rooms:42", "data": {"text": "<script>x</script>"}}),
+        )
+        .await
+        .unwrap();
+    assert!(r.get("error").is_none(), "{r}");
+    let p = alice.publication(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        p["pub"]["data"],
+        json!({"text": "&lt;script&gt;x&lt;/script&gt;", "by": "alice"})
+    );
+    assert_eq!(p["pub"]["info"]["chan_info"], json!({"role": "member"}));
+    let r = alice
+        .command(
+            "publish",
+            json!({"channel": "rooms:42", "data": {"text": "forbidden"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["error"], json!({"code": 1403, "message": "moderated"}));
+    alice
+        .command(
+            "publish",
+            json!({"channel": "rooms:42", "data": {"text": "quiet"}}),
+        )
+        .await
+        .unwrap();
+    let quiet = alice.publication(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(quiet["pub"]["data"]["text"], "quiet");
+    let h = alice
+        .command("history", json!({"channel": "rooms:42", "limit": -1}))
+        .await
+        .unwrap();
+    let stored: Vec<&Value> = h["history"]["publications"]
+        .as_array()
+        .map(|a| a.iter().map(|p| &p["data"]["text"]).collect())
+        .unwrap_or_default();
+    assert_eq!(stored, vec!["&lt;script&gt;x&lt;/script&gt;"], "{h}");
+
+    // rpc and send.
+    let r = alice
+        .command("rpc", json!({"method": "whoami", "data": {}}))
+        .await
+        .unwrap();
+    assert_eq!(r["rpc"]["data"], json!({"user": "alice"}));
+    let r = alice
+        .command("rpc", json!({"method": "nope"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["error"],
+        json!({"code": 1404, "message": "unknown method"})
+    );
+    alice
+        .send_text(r#"{"send":{"data":{"typing":true}}}"#)
+        .await
+        .unwrap();
+    alice.command("ping", json!({})).await.unwrap();
+    let sent: Vec<Value> = s
+        .backend_log()
+        .await
+        .into_iter()
+        .filter(|e| e["path"] == "/send")
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["body"]["data"], json!({"typing": true}));
+    assert_eq!(sent[0]["body"]["user"], "alice");
+
+    assert!(
+        s.metric("groupcast_proxy_requests_total{proxy=\"connect\",outcome=\"ok\"}")
+            .await
+            >= 2.0
+    );
+    assert_eq!(
+        s.metric("groupcast_proxy_requests_total{proxy=\"connect\",outcome=\"disconnect\"}")
+            .await,
+        1.0
+    );
+}
+
+/// The backend slow, failing, answering garbage or down: the client gets
+/// 100 "internal" (the SDKs retry) within the proxy's timeout, never a
+/// hang, and the edge counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_gives_a_clear_error_and_is_counted() {
+    let s = Setup::start(None);
+    let internal = json!({"code": 100, "message": "internal server error", "temporary": true});
+    for (session, outcome) in [
+        ("slow", "timeout"),
+        ("broken", "bad_status"),
+        ("garbage", "bad_answer"),
+    ] {
+        let started = std::time::Instant::now();
+        let (_, reply) = s.client(session).await;
+        assert_eq!(reply["error"], internal, "{session}: {reply}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{session}");
+        let series =
+            format!("groupcast_proxy_requests_total{{proxy=\"connect\",outcome=\"{outcome}\"}}");
+        assert_eq!(s.metric(&series).await, 1.0, "{series}");
+    }
+    // The edge goes on serving the others.
+    let (_, reply) = s.client("alice").await;
+    assert!(reply.get("connect").is_some(), "{reply}");
+
+    let down = Setup::start(Some(groupcast_testkit::free_tcp_port()));
+    let (_, reply) = down.client("alice").await;
+    assert_eq!(reply["error"], internal, "{reply}");
+    assert_eq!(
+        down.metric("groupcast_proxy_requests_total{proxy=\"connect\",outcome=\"unreachable\"}")
+            .await,
+        1.0
+    );
+}
