@@ -244,6 +244,11 @@ impl Conn {
                 Metrics::limit_hit("max_message_size");
                 Some(DisconnectCode::MESSAGE_TOO_BIG)
             }
+            // The peer vanished without a close frame (a closed tab, a lost
+            // network): gone, not a bad request.
+            Ok(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            )) => None,
             Ok(tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_)) => {
                 Some(DisconnectCode::BAD_REQUEST)
             }
@@ -488,6 +493,23 @@ impl Subscriber for Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_that_vanishes_is_gone_not_a_bad_request() {
+        use tungstenite::error::ProtocolError;
+        let (conn, _outbox) = Conn::new(1, SubscriberKind::Protocol, 1 << 20);
+        conn.read_failed(axum::Error::new(tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake,
+        )));
+        assert!(conn.is_closed());
+        assert_eq!(conn.close_code(), None, "no close code: nothing to tell");
+
+        let (conn, _outbox) = Conn::new(2, SubscriberKind::Protocol, 1 << 20);
+        conn.read_failed(axum::Error::new(tungstenite::Error::Protocol(
+            ProtocolError::UnmaskedFrameFromClient,
+        )));
+        assert_eq!(conn.close_code(), Some(DisconnectCode::BAD_REQUEST.code));
+    }
 
     #[test]
     fn control_inbox_is_bounded() {
