@@ -23,6 +23,9 @@ Behaviour, by what the request carries:
   POST /rpc        method echo: data back; whoami: {"user": USER};
                    anything else: error 1404 "unknown method".
   POST /send       kept in the log, answered {"result": {}}.
+  Expiry: session=brief connects for 1 s; POST /refresh extends it by 1 s
+  once (info {"refreshed": 1}), then answers expired. Channel rooms:brief
+  is subscribed for 1 s; POST /sub_refresh answers expired.
 """
 import html
 import json
@@ -48,6 +51,8 @@ def connect(req, headers):
     if s in ("alice", "bob"):
         return {"result": {"user": s, "info": {"name": s.title()},
                            "data": {"welcome": s}, "channels": ["news"]}}
+    if s == "brief":
+        return {"result": {"user": "brief", "expire_at": int(time.time()) + 1}}
     if s == "banned":
         return {"disconnect": {"code": 4403, "reason": "banned"}}
     if s == "slow":
@@ -64,6 +69,8 @@ def subscribe(req, headers):
     ch = req.get("channel", "")
     if ch.startswith("rooms:") and req.get("user") != "alice":
         return {"error": {"code": 1003, "message": "not a member"}}
+    if ch == "rooms:brief":
+        return {"result": {"expire_at": int(time.time()) + 1}}
     return {"result": {"info": {"role": "member"}, "data": {"topic": ch}}}
 
 
@@ -91,8 +98,24 @@ def send(req, headers):
     return {"result": {}}
 
 
+REFRESHED = set()
+
+
+def refresh(req, headers):
+    client = req.get("client")
+    if client in REFRESHED:
+        return {"result": {"expired": True}}
+    REFRESHED.add(client)
+    return {"result": {"expire_at": int(time.time()) + 1, "info": {"refreshed": 1}}}
+
+
+def sub_refresh(req, headers):
+    return {"result": {"expired": True}}
+
+
 ROUTES = {"/connect": connect, "/subscribe": subscribe, "/publish": publish,
-          "/rpc": rpc, "/send": send}
+          "/rpc": rpc, "/send": send, "/refresh": refresh,
+          "/sub_refresh": sub_refresh}
 
 
 class Handler(BaseHTTPRequestHandler):

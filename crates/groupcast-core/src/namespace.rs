@@ -60,6 +60,11 @@ pub struct ChannelOptions {
     /// Name of a `[[proxies]]` entry asked before a client publishes (the
     /// backend decides and may change the data); empty: none.
     pub publish_proxy: String,
+    /// Name of a `[[proxies]]` entry asked when a subscription with an
+    /// expiry (from the subscribe proxy) expires; the backend extends it or
+    /// ends it, the client does nothing. Empty: the client must
+    /// `sub_refresh` with a token.
+    pub sub_refresh_proxy: String,
 }
 
 /// Where a backbone stores history (`history_storage`).
@@ -93,6 +98,7 @@ impl Default for ChannelOptions {
             max_publication_size: 0,
             subscribe_proxy: String::new(),
             publish_proxy: String::new(),
+            sub_refresh_proxy: String::new(),
         }
     }
 }

@@ -337,6 +337,11 @@ pub struct ClientConfig {
     /// answers 108.
     #[serde(deserialize_with = "lenient::string")]
     pub rpc_proxy: String,
+    /// `[[proxies]]` entry asked when a connection with an expiry expires:
+    /// the backend extends it or ends it (3005), server-side, and clients
+    /// are not told to `refresh`. Empty: clients refresh with a new token.
+    #[serde(deserialize_with = "lenient::string")]
+    pub refresh_proxy: String,
     /// `[[proxies]]` entry that receives client `send` messages (fire and
     /// forget); empty: `send` answers 108 (dropped when sent without id).
     #[serde(deserialize_with = "lenient::string")]
@@ -418,6 +423,7 @@ impl Default for ClientConfig {
             personal_channel_namespace: String::new(),
             connect_proxy: String::new(),
             rpc_proxy: String::new(),
+            refresh_proxy: String::new(),
             send_proxy: String::new(),
             rate_refusals_max: 100,
             rate_refusals_window: Duration::from_secs(10),
@@ -624,6 +630,7 @@ impl Config {
         };
         known("client.connect_proxy".into(), &c.connect_proxy)?;
         known("client.rpc_proxy".into(), &c.rpc_proxy)?;
+        known("client.refresh_proxy".into(), &c.refresh_proxy)?;
         known("client.send_proxy".into(), &c.send_proxy)?;
         for (key, opts) in sizes {
             if opts.max_publication_size > c.max_message_size {
@@ -634,6 +641,7 @@ impl Config {
             }
             known(format!("{key}subscribe_proxy"), &opts.subscribe_proxy)?;
             known(format!("{key}publish_proxy"), &opts.publish_proxy)?;
+            known(format!("{key}sub_refresh_proxy"), &opts.sub_refresh_proxy)?;
         }
         Ok(())
     }

@@ -226,7 +226,7 @@ fn describe() {
     );
     describe_counter!(
         "groupcast_proxy_requests_total",
-        "Event proxy calls to the backend, by event (connect, subscribe, publish, rpc, send) and outcome."
+        "Event proxy calls to the backend, by event (connect, refresh, subscribe, sub_refresh, publish, rpc, send) and outcome."
     );
     describe_histogram!(
         "groupcast_proxy_duration_seconds",

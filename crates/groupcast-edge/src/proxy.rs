@@ -3,9 +3,9 @@
 //! proxy works unchanged (docs/backends.md).
 //!
 //! A proxy is a named `[[proxies]]` entry (endpoint, timeout, headers to
-//! forward). `client.connect_proxy`, `client.rpc_proxy`, `client.send_proxy`
-//! and each namespace's `subscribe_proxy` / `publish_proxy` name the entry
-//! an event goes to. The backend answers one of:
+//! forward). `client.connect_proxy`, `refresh_proxy`, `rpc_proxy`,
+//! `send_proxy` and each namespace's `subscribe_proxy`, `sub_refresh_proxy`
+//! and `publish_proxy` name the entry an event goes to. The backend answers one of:
 //!
 //! * `{"result": {...}}`: the event goes ahead, shaped by the result;
 //! * `{"error": {"code": N, "message": "..."}}`: the client's command gets

@@ -100,7 +100,22 @@ struct Sub {
     join_leave: bool,
     /// Unix seconds when the subscription token expires.
     expires_at: Option<i64>,
+    /// Extended or ended by the namespace's `sub_refresh_proxy` at expiry
+    /// (the client was not told it expires).
+    proxy_refresh: Option<Arc<Proxy>>,
 }
+
+/// What a refresh proxy decided.
+enum Refreshed {
+    /// Goes on until this Unix second (with new info, if any).
+    Until(i64, Option<RawJson>),
+    Expired,
+    Close(u16, String),
+}
+
+/// When a refresh proxy could not answer, the connection or subscription
+/// lives this much longer and the proxy is asked again (as Centrifugo does).
+const REFRESH_RETRY_SECS: i64 = 60;
 
 /// How a subscribe was requested.
 struct SubscribeSpec<'a> {
@@ -253,7 +268,12 @@ impl Session {
 
     /// Earliest connection or subscription expiry that still needs action.
     fn next_expiry(&self) -> Option<i64> {
-        let conn = self.expires_at.map(|e| e + self.close_delay());
+        // With a refresh proxy the edge acts at the expiry itself.
+        let grace = match self.refresh_proxy() {
+            Some(_) => 0,
+            None => self.close_delay(),
+        };
+        let conn = self.expires_at.map(|e| e + grace);
         let subs = self.subs.values().filter_map(|s| s.expires_at).min();
         match (conn, subs) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -261,25 +281,102 @@ impl Session {
         }
     }
 
+    /// The refresh proxy, when connections are refreshed server-side.
+    fn refresh_proxy(&self) -> Option<Arc<Proxy>> {
+        self.state
+            .proxies
+            .get(&self.state.config.client.refresh_proxy)
+    }
+
     async fn expire(&mut self) {
         let now = now_unix();
         if let Some(e) = self.expires_at {
-            if now >= e + self.close_delay() {
-                self.conn.close(DisconnectCode::EXPIRED);
-                return;
+            match self.refresh_proxy() {
+                Some(proxy) if now >= e => match self.ask_refresh(&proxy, None).await {
+                    Refreshed::Until(at, info) => {
+                        self.expires_at = Some(at);
+                        if info.is_some() {
+                            self.conn_info = info;
+                        }
+                    }
+                    Refreshed::Expired => {
+                        self.conn.close(DisconnectCode::EXPIRED);
+                        return;
+                    }
+                    Refreshed::Close(code, reason) => {
+                        self.conn.close_with(code, Cow::Owned(reason));
+                        return;
+                    }
+                },
+                None if now >= e + self.close_delay() => {
+                    self.conn.close(DisconnectCode::EXPIRED);
+                    return;
+                }
+                _ => {}
             }
         }
-        let expired: Vec<String> = self
+        let expired: Vec<(String, Option<Arc<Proxy>>)> = self
             .subs
             .iter()
             .filter(|(_, s)| s.expires_at.is_some_and(|e| now >= e))
-            .map(|(c, _)| c.clone())
+            .map(|(c, s)| (c.clone(), s.proxy_refresh.clone()))
             .collect();
-        for channel in expired {
+        for (channel, proxy) in expired {
+            if let Some(proxy) = proxy {
+                match self.ask_refresh(&proxy, Some(&channel)).await {
+                    Refreshed::Until(at, info) => {
+                        if let Some(sub) = self.subs.get_mut(&channel) {
+                            sub.expires_at = Some(at);
+                            if let Some(info) = info {
+                                let mut i = (*sub.info).clone();
+                                i.chan_info = Some(info);
+                                sub.info = Arc::new(i);
+                            }
+                        }
+                        continue;
+                    }
+                    Refreshed::Close(code, reason) => {
+                        self.conn.close_with(code, Cow::Owned(reason));
+                        return;
+                    }
+                    Refreshed::Expired => {}
+                }
+            }
             self.remove_sub(&channel).await;
             let u = groupcast_proto::codes::UnsubscribeCode::EXPIRED;
             let push = proto::encode_unsubscribe_push(&channel, u.code, u.reason);
             self.conn.send_json(Bytes::from(push), OutKind::Reply);
+        }
+    }
+
+    /// Asks the refresh proxy (`channel`: the sub_refresh proxy) whether an
+    /// expired connection or subscription goes on.
+    async fn ask_refresh(&self, proxy: &Proxy, channel: Option<&str>) -> Refreshed {
+        let mut body = self.proxy_body();
+        let event = match channel {
+            Some(c) => {
+                body["channel"] = c.into();
+                "sub_refresh"
+            }
+            None => "refresh",
+        };
+        let retry = || Refreshed::Until(now_unix() + REFRESH_RETRY_SECS, None);
+        match proxy.call(event, &body, &self.headers).await {
+            Ok(Answer::Result(r)) => {
+                let at = r.get("expire_at").and_then(|v| v.as_i64());
+                let expired = r.get("expired").and_then(|v| v.as_bool()) == Some(true);
+                match at {
+                    Some(at) if !expired && at > now_unix() => {
+                        Refreshed::Until(at, raw_field(&r, "info"))
+                    }
+                    // Not expired but no later expiry: never expires again.
+                    None if !expired => Refreshed::Until(i64::MAX / 2, raw_field(&r, "info")),
+                    _ => Refreshed::Expired,
+                }
+            }
+            Ok(Answer::Disconnect { code, reason }) => Refreshed::Close(code, reason),
+            // An error answer or no answer: try again later.
+            Ok(Answer::Error { .. }) | Err(_) => retry(),
         }
     }
 
@@ -648,7 +745,11 @@ impl Session {
                 Err(_) => continue,
             }
         }
-        let (expires, ttl) = self.ttl();
+        // With a refresh proxy the edge refreshes; the client is not told.
+        let (expires, ttl) = match self.refresh_proxy() {
+            Some(_) => (false, 0),
+            None => self.ttl(),
+        };
         let reply = Reply {
             id,
             connect: Some(proto::ConnectResult {
@@ -697,6 +798,7 @@ impl Session {
         let mut chan_info = None;
         let mut expires_at = None;
         let mut sub_data = None;
+        let mut proxy_refresh = None;
         let proxy = state.proxies.get(&opts.subscribe_proxy);
         if let (true, false, Some(proxy)) = (spec.token.is_empty(), spec.server_side, proxy) {
             // The backend decides, instead of the namespace's permissions.
@@ -712,6 +814,9 @@ impl Session {
                 .get("expire_at")
                 .and_then(|v| v.as_i64())
                 .filter(|&at| at > 0);
+            // An expiry from the backend is refreshed by the backend when
+            // the namespace has a sub_refresh proxy.
+            proxy_refresh = expires_at.and(state.proxies.get(&opts.sub_refresh_proxy));
         } else if !spec.token.is_empty() {
             let claims = match state.verifier.verify_subscribe(spec.token) {
                 Ok(c) => c,
@@ -777,7 +882,7 @@ impl Session {
         }
         let mut result = result;
         result.0.data = sub_data;
-        if let Some(exp) = expires_at {
+        if let (Some(exp), None) = (expires_at, &proxy_refresh) {
             result.0.expires = true;
             result.0.ttl = (exp - now_unix()).max(0) as u32;
         }
@@ -788,6 +893,7 @@ impl Session {
                 presence: opts.presence,
                 join_leave: opts.join_leave,
                 expires_at,
+                proxy_refresh,
             },
         );
         Metrics::get().subscriptions.increment(1.0);

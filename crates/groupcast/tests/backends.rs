@@ -98,15 +98,19 @@ impl Setup {
         };
         let toml = format!(
             "[client]\nconnect_proxy = \"connect\"\nrpc_proxy = \"rpc\"\nsend_proxy = \"send\"\n\
+             refresh_proxy = \"refresh\"\n\
              allowed_origins = [\"*\"]\n\n\
              [[namespaces]]\nname = \"rooms\"\nsubscribe_proxy = \"subscribe\"\n\
-             publish_proxy = \"publish\"\nhistory_size = 10\nhistory_ttl = \"1m\"\n\
-             allow_history_for_subscriber = true\n\n{}{}{}{}{}",
+             publish_proxy = \"publish\"\nsub_refresh_proxy = \"sub_refresh\"\n\
+             history_size = 10\nhistory_ttl = \"1m\"\nallow_history_for_subscriber = true\n\n\
+             {}{}{}{}{}{}{}",
             proxy("connect", "500ms"),
             proxy("subscribe", "1s"),
             proxy("publish", "1s"),
             proxy("rpc", "1s"),
             proxy("send", "1s"),
+            proxy("refresh", "1s"),
+            proxy("sub_refresh", "1s"),
         );
         std::fs::write(&config, toml).unwrap();
         let listen = format!("127.0.0.1:{}", groupcast_testkit::free_tcp_port());
@@ -315,4 +319,48 @@ async fn a_failing_backend_gives_a_clear_error_and_is_counted() {
             .await,
         1.0
     );
+}
+
+/// Expiring connections and subscriptions are refreshed by the backend,
+/// server-side: the client is not told to refresh; the backend extends
+/// (new info) or ends them (3005; unsubscribe 2501 for a subscription).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_refreshes_expiring_connections_and_subscriptions() {
+    let s = Setup::start(None);
+    let (mut brief, reply) = s.client("brief").await;
+    let c = &reply["connect"];
+    assert!(c.get("client").is_some(), "{reply}");
+    assert!(c.get("expires").is_none(), "server-side refresh: {reply}");
+    let code = brief.closed(Duration::from_secs(6)).await.unwrap();
+    assert_eq!(code.map(|c| c.0), Some(3005));
+    let client = c["client"].as_str().unwrap();
+    let refreshes = s
+        .backend_log()
+        .await
+        .into_iter()
+        .filter(|e| e["path"] == "/refresh" && e["body"]["client"] == client)
+        .count();
+    assert_eq!(refreshes, 2, "extended once, then expired");
+
+    let (mut alice, _) = s.client("alice").await;
+    let r = alice
+        .command("subscribe", json!({"channel": "rooms:brief"}))
+        .await
+        .unwrap();
+    assert!(r["subscribe"].get("expires").is_none(), "{r}");
+    // (Joins on `news`, her server-side channel, may come first.)
+    let push = loop {
+        let p = alice.push(Duration::from_secs(5)).await.unwrap();
+        if p.get("unsubscribe").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(push["channel"], "rooms:brief", "{push}");
+    assert_eq!(push["unsubscribe"]["code"], 2501, "{push}");
+    let asked = s
+        .backend_log()
+        .await
+        .into_iter()
+        .any(|e| e["path"] == "/sub_refresh" && e["body"]["channel"] == "rooms:brief");
+    assert!(asked);
 }
