@@ -18,6 +18,11 @@
 //!   subscribing and unsubscribing), how fast the membership service
 //!   committed them, and presence query p50/p99 through an edge.
 //!
+//! * `connect-rate`: connections per second an edge accepts (upgrade,
+//!   `connect`, reply, close) and connect latency; with the edge's
+//!   `client.connect_proxy` pointed at `proxy-backend` (a minimal backend
+//!   in this tool), the cost of the connect proxy.
+//!
 //! Every scenario is bounded in connections and time and exits by itself.
 //! `docs/benchmarks.md` records results with the exact commands.
 
@@ -35,6 +40,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+mod connect;
 mod http;
 mod membership;
 mod presence;
@@ -97,6 +103,14 @@ enum Scenario {
     /// Long mixed traffic against one edge, sampling its memory, file
     /// descriptors and tasks (CSV).
     Soak(soak::Params),
+    /// Connections per second (upgrade + connect + reply) and latency.
+    ConnectRate(connect::Params),
+    /// A minimal connect-proxy backend for `connect-rate` (runs until
+    /// killed).
+    ProxyBackend {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
+    },
 }
 
 type Ws = WebSocketStream<tokio::net::TcpStream>;
@@ -213,6 +227,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Membership(params) => membership::run(params).await?,
         Scenario::Presence(params) => presence::run(cli.server, &cli.token, params).await?,
         Scenario::Soak(params) => soak::run(cli.server, &cli.token, params).await?,
+        Scenario::ConnectRate(params) => connect::run(cli.server, &cli.token, params).await?,
+        Scenario::ProxyBackend { listen } => connect::backend(listen).await?,
         Scenario::Idle {
             connections,
             server_pid,
