@@ -49,6 +49,8 @@ pub struct Config {
     /// Event proxies to the application backend (`[[proxies]]`), named by
     /// `client.*_proxy` and the namespaces' `*_proxy` (docs/backends.md).
     pub proxies: Vec<crate::proxy::ProxyConfig>,
+    /// Signed, batched event POSTs to the application (`[[webhooks]]`).
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -377,6 +379,7 @@ impl Default for Config {
             membership: MembershipConfig::default(),
             dashboard: DashboardConfig::default(),
             proxies: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -621,6 +624,9 @@ impl Config {
                 .map(|n| (format!("namespace {:?}: ", n.name), &n.options)),
         );
         let proxies = crate::proxy::Proxies::new(&self.proxies)?;
+        for (i, w) in self.webhooks.iter().enumerate() {
+            w.validate(i)?;
+        }
         let known = |key: String, name: &str| -> Result<(), String> {
             if name.is_empty() || proxies.contains(name) {
                 Ok(())

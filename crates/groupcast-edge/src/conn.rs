@@ -260,6 +260,14 @@ impl Conn {
         }
     }
 
+    /// The close code and reason set by the server, if any.
+    pub fn close_reason(&self) -> Option<(u16, String)> {
+        self.close_reason
+            .lock()
+            .as_ref()
+            .map(|(c, r)| (*c, r.to_string()))
+    }
+
     /// The close code set by the server, if any.
     pub fn close_code(&self) -> Option<u16> {
         self.close_reason.lock().as_ref().map(|(code, _)| *code)

@@ -40,6 +40,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod tls;
+pub mod webhooks;
 
 pub use config::Config;
 pub use server::run;

@@ -225,6 +225,14 @@ fn describe() {
         "Server API call handling time."
     );
     describe_counter!(
+        "groupcast_webhook_events_total",
+        "Webhook events by type and outcome (queued, dropped when the queue is full)."
+    );
+    describe_counter!(
+        "groupcast_webhook_requests_total",
+        "Webhook POSTs by outcome (ok, retried, failed: batch dropped after its retries)."
+    );
+    describe_counter!(
         "groupcast_proxy_requests_total",
         "Event proxy calls to the backend, by event (connect, refresh, subscribe, sub_refresh, publish, rpc, send) and outcome."
     );

@@ -251,18 +251,7 @@ impl Proxies {
         if configs.is_empty() {
             return Ok(Proxies::default());
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("proxies: TLS: {e}"))?
-        .with_root_certificates(native_roots())
-        .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| format!("proxies: HTTP client: {e}"))?;
+        let client = http_client()?;
         let mut by_name = HashMap::new();
         let mut forwarded: Vec<HeaderName> = Vec::new();
         for c in configs {
@@ -322,6 +311,23 @@ impl Proxies {
         }
         kept
     }
+}
+
+/// The HTTP client for backends (proxies, webhooks): keep-alive
+/// connections, TLS through rustls with ring and the system's roots.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("backend TLS: {e}"))?
+    .with_root_certificates(native_roots())
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| format!("backend HTTP client: {e}"))
 }
 
 fn native_roots() -> rustls::RootCertStore {

@@ -705,6 +705,10 @@ impl Session {
         }
         self.connected = true;
         self.state.registry.add(self.conn.clone(), &self.user);
+        self.state.webhooks.emit(
+            "client_connected",
+            serde_json::json!({"client": self.conn.client, "user": self.user}),
+        );
         if !self.user.is_empty() {
             // Which edges hold which users: API actions by user find them.
             self.state
@@ -879,6 +883,10 @@ impl Session {
                 };
                 return Err(code.into());
             }
+            self.state.webhooks.emit(
+                "member_added",
+                serde_json::json!({"channel": spec.channel, "client": self.conn.client, "user": self.user}),
+            );
         }
         let mut result = result;
         result.0.data = sub_data;
@@ -1006,6 +1014,10 @@ impl Session {
                 .membership
                 .remove_presence(channel, &self.conn.client)
                 .await;
+            self.state.webhooks.emit(
+                "member_removed",
+                serde_json::json!({"channel": channel, "client": self.conn.client, "user": self.user}),
+            );
         }
         if sub.join_leave && announce {
             let _ = node.broker.publish_leave(channel, sub.info).await;
@@ -1256,6 +1268,15 @@ impl Session {
         }
         if self.connected {
             self.state.registry.remove(&self.conn.client);
+            // The code the server closed with; none: the client left.
+            let (code, reason) = match self.conn.close_reason() {
+                Some((c, r)) => (serde_json::json!(c), r),
+                None => (serde_json::Value::Null, "connection closed".to_string()),
+            };
+            self.state.webhooks.emit(
+                "client_disconnected",
+                serde_json::json!({"client": self.conn.client, "user": self.user, "code": code, "reason": reason}),
+            );
             if !self.user.is_empty() {
                 self.state
                     .node

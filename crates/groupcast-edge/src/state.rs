@@ -103,6 +103,8 @@ pub struct EdgeState {
     pub stopping: CancellationToken,
     /// The event proxies (`[[proxies]]`).
     pub proxies: crate::proxy::Proxies,
+    /// The webhooks (`[[webhooks]]`).
+    pub webhooks: crate::webhooks::Webhooks,
     pub uid: String,
     next_id: AtomicU64,
     /// Every open connection (protocol and relay, connected or not), for
@@ -165,6 +167,7 @@ impl EdgeState {
         let namespaces = config.namespaces()?;
         let verifier = Verifier::from_config(&config.client).map_err(|e| e.to_string())?;
         let proxies = crate::proxy::Proxies::new(&config.proxies)?;
+        let webhooks = crate::webhooks::Webhooks::start(&config.webhooks, &config.name)?;
         let delay = config.shutdown.delay;
         let shutdown = if delay.is_zero() {
             signal.clone()
@@ -190,6 +193,7 @@ impl EdgeState {
             shutdown,
             stopping: signal,
             proxies,
+            webhooks,
             // The membership service's name for this run, when there is one
             // (the same `uid` in `info` on every edge).
             uid: node

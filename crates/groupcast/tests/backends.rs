@@ -364,3 +364,130 @@ async fn the_backend_refreshes_expiring_connections_and_subscriptions() {
         .any(|e| e["path"] == "/sub_refresh" && e["body"]["channel"] == "rooms:brief");
     assert!(asked);
 }
+
+/// `groupcast dev` with `toml` as its configuration; its address.
+fn dev_with(toml: &str) -> (Running, std::net::SocketAddr, PathBuf) {
+    let config = std::env::temp_dir().join(format!(
+        "gc-webhooks-{}-{:?}.toml",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&config, toml).unwrap();
+    let listen = format!("127.0.0.1:{}", groupcast_testkit::free_tcp_port());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["dev", "--listen", &listen, "--api-key", "k", "--config"])
+        .arg(&config);
+    let (server, _) = start(cmd, "client URL");
+    (server, listen.parse().unwrap(), config)
+}
+
+async fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
+    let (_, body) = http_request(addr, "GET", path, "", b"").await;
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Webhooks arrive signed, once each, after the receiver failed the first
+/// attempt (retried); a webhook that cannot keep up drops events, counted,
+/// and never holds a client back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_arrive_signed_once_each_and_a_full_queue_drops() {
+    let mut cmd = Command::new(python());
+    cmd.arg(repo_file("tests/backends/webhook_receiver.py"))
+        .args(["whsec-test", "1"]);
+    let (_receiver, line) = start(cmd, "listening");
+    let port: u16 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let receiver: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_server, addr, config) = dev_with(&format!(
+        "[[webhooks]]\nurl = \"http://{receiver}/hooks\"\nsecret = \"whsec-test\"\n\
+         batch_interval = \"50ms\"\n"
+    ));
+    let ws = format!("ws://{addr}/connection/websocket");
+    let (mut c, reply) = Client::connect(&ws, "").await.unwrap();
+    let client = reply["connect"]["client"].as_str().unwrap().to_string();
+    c.command("subscribe", json!({"channel": "news"}))
+        .await
+        .unwrap();
+    c.command("unsubscribe", json!({"channel": "news"}))
+        .await
+        .unwrap();
+    c.close().await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = get_json(receiver, "/events").await;
+        let mine: Vec<Value> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["client"] == client.as_str())
+            .cloned()
+            .collect();
+        if mine.len() >= 4 || std::time::Instant::now() > deadline {
+            break mine;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "client_connected",
+            "member_added",
+            "member_removed",
+            "client_disconnected"
+        ],
+        "{events:?}"
+    );
+    assert_eq!(events[1]["channel"], "news");
+    assert_eq!(
+        events[3]["code"],
+        Value::Null,
+        "the client left: {}",
+        events[3]
+    );
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "once each");
+    let stats = get_json(receiver, "/stats").await;
+    assert_eq!(stats["failed_on_purpose"], 1, "{stats}");
+    assert_eq!(stats["bad_signatures"], 0, "{stats}");
+    let (_, metrics) = http_request(addr, "GET", "/metrics", "", b"").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("groupcast_webhook_requests_total{outcome=\"retried\"} 1"),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_file(config);
+
+    // A receiver that is down, one event in flight and a queue of one:
+    // connections go on, events beyond the queue are dropped and counted.
+    let dead = groupcast_testkit::free_tcp_port();
+    let (_server, addr, config) = dev_with(&format!(
+        "[[webhooks]]\nurl = \"http://127.0.0.1:{dead}/hooks\"\nsecret = \"s\"\nqueue_max = 1\nbatch_max = 1\n\
+         events = [\"client_connected\"]\n"
+    ));
+    let ws = format!("ws://{addr}/connection/websocket");
+    for _ in 0..6 {
+        let (c, reply) = Client::connect(&ws, "").await.unwrap();
+        assert!(reply.get("connect").is_some());
+        c.close().await;
+    }
+    let (_, metrics) = http_request(addr, "GET", "/metrics", "", b"").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "groupcast_webhook_events_total{event=\"client_connected\",outcome=\"dropped\"} ",
+            )?
+            .parse()
+            .ok()
+        })
+        .unwrap_or(0.0);
+    assert!(dropped >= 1.0, "{metrics}");
+    assert!(
+        !metrics.contains("event=\"client_disconnected\""),
+        "only the events asked for"
+    );
+    let _ = std::fs::remove_file(config);
+}
