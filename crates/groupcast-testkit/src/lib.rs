@@ -5,6 +5,7 @@
 //! stops it when dropped. It knows its API key and token secret, mints
 //! tokens, and calls the server API over plain HTTP/1.1 ([`TestServer::api`]).
 
+pub mod dev;
 pub mod edge;
 pub mod membership;
 pub mod nats;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use groupcast_testkit::dev::DevServer;
 use groupcast_testkit::{http_request, Client};
 use serde_json::{json, Value};
 
@@ -30,8 +31,8 @@ impl Drop for Running {
     }
 }
 
-/// Starts `program args`, reads stdout until a line contains `ready`; the
-/// line, and the process (its stdout drained in a thread from then on).
+/// Starts a backend, reads stdout until a line contains `ready`; the line,
+/// and the process (its stdout drained in a thread from then on).
 fn start(mut cmd: Command, ready: &str) -> (Running, String) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -53,6 +54,16 @@ fn start(mut cmd: Command, ready: &str) -> (Running, String) {
     (child, line)
 }
 
+/// `groupcast dev` on `listen` with the configuration file `config`.
+fn dev(listen: &str, config: &Path) -> DevServer {
+    let config = config.to_str().unwrap();
+    DevServer::start(
+        BIN,
+        &["--listen", listen, "--api-key", "k", "--config", config],
+        &[],
+    )
+}
+
 fn python() -> PathBuf {
     let venv = repo_file(".tools/venv/bin/python");
     if venv.exists() {
@@ -65,7 +76,7 @@ fn python() -> PathBuf {
 struct Setup {
     _backend: Running,
     backend_port: u16,
-    _server: Running,
+    _server: DevServer,
     addr: std::net::SocketAddr,
     config: PathBuf,
 }
@@ -114,10 +125,7 @@ impl Setup {
         );
         std::fs::write(&config, toml).unwrap();
         let listen = format!("127.0.0.1:{}", groupcast_testkit::free_tcp_port());
-        let mut cmd = Command::new(BIN);
-        cmd.args(["dev", "--listen", &listen, "--api-key", "k", "--config"])
-            .arg(&config);
-        let (server, _) = start(cmd, "client URL");
+        let server = dev(&listen, &config);
         Setup {
             _backend: backend,
             backend_port: live_port,
@@ -366,7 +374,7 @@ async fn the_backend_refreshes_expiring_connections_and_subscriptions() {
 }
 
 /// `groupcast dev` with `toml` as its configuration; its address.
-fn dev_with(toml: &str) -> (Running, std::net::SocketAddr, PathBuf) {
+fn dev_with(toml: &str) -> (DevServer, std::net::SocketAddr, PathBuf) {
     let config = std::env::temp_dir().join(format!(
         "gc-webhooks-{}-{:?}.toml",
         std::process::id(),
@@ -374,10 +382,7 @@ fn dev_with(toml: &str) -> (Running, std::net::SocketAddr, PathBuf) {
     ));
     std::fs::write(&config, toml).unwrap();
     let listen = format!("127.0.0.1:{}", groupcast_testkit::free_tcp_port());
-    let mut cmd = Command::new(BIN);
-    cmd.args(["dev", "--listen", &listen, "--api-key", "k", "--config"])
-        .arg(&config);
-    let (server, _) = start(cmd, "client URL");
+    let server = dev(&listen, &config);
     (server, listen.parse().unwrap(), config)
 }
 

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
+use groupcast_testkit::dev::DevServer;
 use groupcast_testkit::{http_request, Client};
 use serde_json::{json, Value};
 
@@ -155,34 +156,6 @@ fn kubernetes_service_link_variables_are_ignored() {
     assert!(err.contains("ping_intervall"), "{err}");
 }
 
-/// `groupcast dev` on `listen` with `args` and `env`, once it serves. Its
-/// stdout (banner, then logs) is read to the end in a thread: a closed pipe
-/// would fail the server's next log line.
-fn serve_dev(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["dev", "--listen", listen])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut server = Running(cmd.spawn().unwrap());
-    let stdout = server.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("client URL") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("groupcast dev did not start");
-    server
-}
-
 fn jwt_claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).expect("JWT has three parts");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -254,40 +227,13 @@ fn token_mints_the_requested_claims() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_prints_what_a_user_needs_serves_it_and_stops_on_sigterm() {
-    let child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--api-key", "the-key"])
-        // Any setting can come from the environment: keep 3 messages.
-        .env("GROUPCAST_CHANNEL__HISTORY_SIZE", "3")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Running(child);
-    let stdout = server.0.stdout.take().unwrap();
-    let banner = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.contains("metrics:");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        lines
-    });
-    let banner = tokio::time::timeout(Duration::from_secs(20), banner)
-        .await
-        .unwrap()
-        .unwrap();
-    let field = |label: &str| -> String {
-        let line = banner
-            .iter()
-            .find(|l| l.contains(label))
-            .unwrap_or_else(|| panic!("no {label:?} in {banner:?}"));
-        line.rsplit(' ').next().unwrap().to_string()
-    };
+    // Any setting can come from the environment: keep 3 messages.
+    let mut server = DevServer::start(
+        BIN,
+        &["--listen", "127.0.0.1:0", "--api-key", "the-key"],
+        &[("GROUPCAST_CHANNEL__HISTORY_SIZE", "3")],
+    );
+    let field = |label: &str| server.field(label);
     let ws_url = field("client URL");
     let api_url = field("server API URL");
     assert_eq!(field("API key:"), "the-key");
@@ -338,7 +284,7 @@ async fn dev_prints_what_a_user_needs_serves_it_and_stops_on_sigterm() {
     assert_eq!(status, 200);
 
     // SIGTERM: clients are told to reconnect (3001) and the process exits 0.
-    let pid = server.0.id().to_string();
+    let pid = server.pid().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -346,11 +292,8 @@ async fn dev_prints_what_a_user_needs_serves_it_and_stops_on_sigterm() {
         .success());
     let code = c.closed(Duration::from_secs(5)).await.unwrap();
     assert_eq!(code.map(|c| c.0), Some(3001));
-    let status = tokio::task::spawn_blocking(move || server.0.wait().unwrap());
-    let status = tokio::time::timeout(Duration::from_secs(10), status)
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(10)));
+    let status = status.await.unwrap().expect("exited");
     assert!(status.success(), "exit status {status}");
 }
 
@@ -427,15 +370,10 @@ fn membership_and_certs_flags_are_checked_with_clear_errors() {
 fn probe_checks_subscribe_and_api_publish_end_to_end() {
     let port = groupcast_testkit::free_tcp_port();
     let listen = format!("127.0.0.1:{port}");
-    let server = serve_dev(
-        &listen,
-        &[
-            "--api-key",
-            "probe-key",
-            "--token-hmac-secret",
-            "probe-secret",
-        ],
-        &[],
+    let server = DevServer::start(
+        BIN,
+        &["--listen", &listen, "--api-key", "probe-key"],
+        &[("GROUPCAST_CLIENT__TOKEN_HMAC_SECRET", "probe-secret")],
     );
     let url = format!("http://{listen}");
     let probe = |key: &str| {
@@ -478,13 +416,17 @@ fn probe_checks_subscribe_and_api_publish_end_to_end() {
 async fn shutdown_delay_keeps_serving_while_not_ready_then_drains() {
     let port = groupcast_testkit::free_tcp_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut server = serve_dev(&listen, &[], &[("GROUPCAST_SHUTDOWN__DELAY", "2s")]);
+    let mut server = DevServer::start(
+        BIN,
+        &["--listen", &listen],
+        &[("GROUPCAST_SHUTDOWN__DELAY", "2s")],
+    );
     let addr: std::net::SocketAddr = listen.parse().unwrap();
     let ws = format!("ws://{listen}/connection/websocket");
     let (mut before, _) = Client::connect(&ws, "").await.unwrap();
     assert_eq!(http_request(addr, "GET", "/readyz", "", b"").await.0, 200);
 
-    let pid = server.0.id().to_string();
+    let pid = server.pid().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -514,10 +456,7 @@ async fn shutdown_delay_keeps_serving_while_not_ready_then_drains() {
         let code = c.closed(Duration::from_secs(5)).await.unwrap();
         assert_eq!(code.map(|c| c.0), Some(3001));
     }
-    let status = tokio::task::spawn_blocking(move || server.0.wait().unwrap());
-    let status = tokio::time::timeout(Duration::from_secs(10), status)
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(10)));
+    let status = status.await.unwrap().expect("exited");
     assert!(status.success(), "exit status {status}");
 }

@@ -6,12 +6,11 @@
 //! cluster's top channels and the errors of every edge by code; and still
 //! answers in time, showing what is down, when a replica or an edge dies.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use groupcast_testkit::dev::DevServer;
 use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
 use groupcast_testkit::membership::MembershipCluster;
 use groupcast_testkit::nats::NatsServer;
@@ -70,51 +69,14 @@ fn error_total(d: &Value, code: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// Kills the child on drop (a failed test must not leave a server behind).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groupcast_dev_serves_the_dashboard_of_its_one_node() {
-    let child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--api-key", "dash-key"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Running(child);
-    let stdout = server.0.stdout.take().unwrap();
-    let banner = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.contains("metrics:");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        lines
-    });
-    let banner = tokio::time::timeout(Duration::from_secs(20), banner)
-        .await
-        .unwrap()
-        .unwrap();
-    let url = banner
-        .iter()
-        .find(|l| l.contains("dashboard"))
-        .unwrap_or_else(|| panic!("no dashboard URL in {banner:?}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let server = DevServer::start(
+        BIN,
+        &["--listen", "127.0.0.1:0", "--api-key", "dash-key"],
+        &[],
+    );
+    let url = server.field("dashboard");
     let addr: SocketAddr = url
         .trim_start_matches("http://")
         .trim_end_matches("/dashboard")
