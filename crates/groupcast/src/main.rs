@@ -319,8 +319,10 @@ async fn serve(
         let signals = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("shutting down");
+            // Cancel first: logging panics when stdout and stderr are both
+            // gone (a closed pipe), and the stop must not depend on it.
             signals.cancel();
+            tracing::info!("shutting down");
         });
         // Returns once the drain is done (within shutdown.grace_period).
         groupcast_edge::run(config, listener, node, shutdown).await?;

@@ -460,3 +460,43 @@ async fn shutdown_delay_keeps_serving_while_not_ready_then_drains() {
     let status = status.await.unwrap().expect("exited");
     assert!(status.success(), "exit status {status}");
 }
+
+/// Stopping must not depend on logging: with stdout and stderr gone (a
+/// closed pipe, `groupcast dev | head`), SIGTERM still stops the server.
+#[test]
+fn sigterm_stops_the_server_when_its_output_is_gone() {
+    let mut child = Running(
+        Command::new(BIN)
+            .args(["dev", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let banner_done = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("metrics:"));
+    assert!(banner_done);
+    // Both pipes are closed from here on (the readers are dropped).
+    drop(child.0.stderr.take());
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if child.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "groupcast dev still running 15 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
