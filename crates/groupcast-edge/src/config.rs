@@ -623,12 +623,13 @@ impl Config {
                 .iter()
                 .map(|n| (format!("namespace {:?}: ", n.name), &n.options)),
         );
-        let proxies = crate::proxy::Proxies::new(&self.proxies)?;
+        // Checked only: the edge builds them once, in its state.
+        crate::proxy::check(&self.proxies)?;
         for (i, w) in self.webhooks.iter().enumerate() {
             w.validate(i)?;
         }
         let known = |key: String, name: &str| -> Result<(), String> {
-            if name.is_empty() || proxies.contains(name) {
+            if name.is_empty() || self.proxies.iter().any(|p| p.name == name) {
                 Ok(())
             } else {
                 Err(format!("{key}: no [[proxies]] entry named {name:?}"))

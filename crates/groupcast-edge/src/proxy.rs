@@ -248,43 +248,25 @@ pub struct Proxies {
 impl Proxies {
     /// Builds the entries; `Err` names the bad setting.
     pub fn new(configs: &[ProxyConfig]) -> Result<Proxies, String> {
+        let headers = check(configs)?;
         if configs.is_empty() {
             return Ok(Proxies::default());
         }
         let client = http_client()?;
         let mut by_name = HashMap::new();
         let mut forwarded: Vec<HeaderName> = Vec::new();
-        for c in configs {
-            let field = |f: &str| format!("proxies[{:?}].{f}", c.name);
-            if c.name.is_empty() {
-                return Err("proxies: every entry needs a name".into());
-            }
-            let url = reqwest::Url::parse(&c.endpoint)
-                .map_err(|e| format!("{}: {e}", field("endpoint")))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(format!("{}: use http:// or https://", field("endpoint")));
-            }
-            if c.timeout.is_zero() || c.timeout > Duration::from_secs(60) {
-                return Err(format!("{}: between 1ms and 60s", field("timeout")));
-            }
-            let mut names = Vec::new();
-            for h in &c.http_headers {
-                let n = HeaderName::try_from(h.as_str()).map_err(|_| {
-                    format!("{}: {h:?} is not a header name", field("http_headers"))
-                })?;
-                if !forwarded.contains(&n) {
+        for (c, names) in configs.iter().zip(headers) {
+            for n in &names {
+                if !forwarded.contains(n) {
                     forwarded.push(n.clone());
                 }
-                names.push(n);
             }
             let proxy = Proxy {
                 config: c.clone(),
                 http_headers: names,
                 client: client.clone(),
             };
-            if by_name.insert(c.name.clone(), Arc::new(proxy)).is_some() {
-                return Err(format!("proxies: name {:?} used twice", c.name));
-            }
+            by_name.insert(c.name.clone(), Arc::new(proxy));
         }
         Ok(Proxies { by_name, forwarded })
     }
@@ -295,10 +277,6 @@ impl Proxies {
             return None;
         }
         self.by_name.get(name).cloned()
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
     }
 
     /// The headers of an upgrade request some proxy forwards.
@@ -328,6 +306,40 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| format!("backend HTTP client: {e}"))
+}
+
+/// Checks every entry (names unique, endpoint, timeout, header names)
+/// without building anything; each entry's forwarded header names.
+pub fn check(configs: &[ProxyConfig]) -> Result<Vec<Vec<HeaderName>>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(configs.len());
+    for c in configs {
+        let field = |f: &str| format!("proxies[{:?}].{f}", c.name);
+        if c.name.is_empty() {
+            return Err("proxies: every entry needs a name".into());
+        }
+        if !seen.insert(c.name.as_str()) {
+            return Err(format!("proxies: name {:?} used twice", c.name));
+        }
+        let url =
+            reqwest::Url::parse(&c.endpoint).map_err(|e| format!("{}: {e}", field("endpoint")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("{}: use http:// or https://", field("endpoint")));
+        }
+        if c.timeout.is_zero() || c.timeout > Duration::from_secs(60) {
+            return Err(format!("{}: between 1ms and 60s", field("timeout")));
+        }
+        let names = c
+            .http_headers
+            .iter()
+            .map(|h| {
+                HeaderName::try_from(h.as_str())
+                    .map_err(|_| format!("{}: {h:?} is not a header name", field("http_headers")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(names);
+    }
+    Ok(out)
 }
 
 fn native_roots() -> rustls::RootCertStore {
