@@ -13,7 +13,8 @@ Behaviour, by what the request carries:
   POST /connect    Cookie session=alice|bob: result (user, info, data,
                    channels ["news"]); session=banned: disconnect 4403;
                    session=slow: answers after 2 s; session=broken: HTTP 500;
-                   session=garbage: a body that is not JSON; no session:
+                   session=garbage: a body that is not JSON; session=huge:
+                   a valid answer over 1 MiB; no session:
                    error 1001 "login required".
   POST /subscribe  rooms:* channels: alice may, anyone else gets error 1003;
                    result info {"role": "member"}, data {"topic": CHANNEL}.
@@ -62,6 +63,8 @@ def connect(req, headers):
         return 500
     if s == "garbage":
         return b"<html>oops</html>"
+    if s == "huge":
+        return {"result": {"user": "huge", "info": {"pad": "x" * (1 << 20)}}}
     return {"error": {"code": 1001, "message": "login required"}}
 
 
