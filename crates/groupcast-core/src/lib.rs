@@ -31,7 +31,7 @@ pub mod publication;
 pub use broker::{
     BackboneStatus, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
 };
-pub use bus::{NodeBus, NodeHandler};
+pub use bus::{valid_target, BackendBus, NodeBus, NodeHandler};
 pub use channel::{ChannelError, ChannelName};
 pub use hub::{Hub, PreparedPush, PushType, Subscriber, SubscriberKind};
 pub use membership::{Membership, MembershipError, ReplicaStatus};

@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use crate::broker::{Broker, BrokerError};
-use crate::bus::NodeBus;
+use crate::bus::{BackendBus, NodeBus};
 use crate::hub::{AddOutcome, Hub, RemoveOutcome, Subscriber};
 use crate::membership::Membership;
 
@@ -23,6 +23,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// Requests to other nodes (none on a single node).
     bus: OnceLock<Arc<dyn NodeBus>>,
+    /// Relay connections' backend processes (NATS only).
+    backend: OnceLock<Arc<dyn BackendBus>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
@@ -35,6 +37,7 @@ impl Node {
             membership,
             hub,
             bus: OnceLock::new(),
+            backend: OnceLock::new(),
             stripes: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -49,6 +52,16 @@ impl Node {
     /// The bus to other nodes; `None` on a single node.
     pub fn bus(&self) -> Option<&Arc<dyn NodeBus>> {
         self.bus.get()
+    }
+
+    /// Connect the node to backend processes (once, before serving).
+    pub fn set_backend_bus(&self, bus: Arc<dyn BackendBus>) {
+        let _ = self.backend.set(bus);
+    }
+
+    /// The bus to backend processes; `None` without NATS.
+    pub fn backend_bus(&self) -> Option<&Arc<dyn BackendBus>> {
+        self.backend.get()
     }
 
     fn stripe(&self, channel: &str) -> &tokio::sync::Mutex<()> {

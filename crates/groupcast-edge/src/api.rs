@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
 use groupcast_core::broker::{BrokerError, HistoryQuery, PublishOptions};
+use groupcast_core::hub::SubscriberKind;
 use groupcast_core::{Payload, Publication, StreamPosition};
 use groupcast_proto::api::{self, ApiError};
 use groupcast_proto::{DisconnectCode, ErrorCode};
@@ -43,6 +44,10 @@ pub const METHODS: &[&str] = &[
     "channels",
     "info",
     "batch",
+    "relay_send",
+    "relay_close",
+    "relay_transfer",
+    "relay_target_gone",
 ];
 
 /// Most commands in one `batch` (`api_batch_max_commands`).
@@ -61,6 +66,12 @@ pub(crate) enum ConnAction {
     Unsubscribe(api::UnsubscribeRequest),
     Disconnect(api::DisconnectRequest, u16, String),
     Refresh(api::RefreshRequest),
+    /// A frame to a relay connection: bytes, binary.
+    RelaySend(String, Bytes, bool),
+    RelayClose(String, u16, String),
+    RelayTransfer(String, String, Option<Arc<RawValue>>),
+    /// Every edge's connections bound to this target.
+    RelayTargetGone(String),
 }
 
 /// The user and client id an action is for (either may be empty, not both).
@@ -89,6 +100,51 @@ impl ConnAction {
                 ConnAction::Disconnect(r, code, reason)
             }
             "refresh" => ConnAction::Refresh(parse(body)?),
+            "relay_send" => {
+                let r: api::RelaySendRequest = parse(body)?;
+                let (bytes, binary) = match (r.text, r.b64data.is_empty()) {
+                    (Some(t), true) => (Bytes::from(t), false),
+                    (None, false) => (
+                        base64::engine::general_purpose::STANDARD
+                            .decode(&r.b64data)
+                            .map(Bytes::from)
+                            .map_err(|_| ApiError::BAD_REQUEST)?,
+                        true,
+                    ),
+                    _ => return Err(ApiError::BAD_REQUEST.into()),
+                };
+                if bytes.len() > state.config.client.max_message_size {
+                    Metrics::limit_hit("max_message_size");
+                    return Err(ApiError::LIMIT_EXCEEDED.into());
+                }
+                ConnAction::RelaySend(r.client, bytes, binary)
+            }
+            "relay_close" => {
+                let r: api::RelayCloseRequest = parse(body)?;
+                let code = match r.code {
+                    0 => 1000,
+                    c @ (1000 | 3000..=4999) => c as u16,
+                    _ => return Err(ApiError::BAD_REQUEST.into()),
+                };
+                if r.reason.len() > MAX_CLOSE_REASON {
+                    return Err(ApiError::BAD_REQUEST.into());
+                }
+                ConnAction::RelayClose(r.client, code, r.reason)
+            }
+            "relay_transfer" => {
+                let r: api::RelayTransferRequest = parse(body)?;
+                if !groupcast_core::valid_target(&r.target) {
+                    return Err(ApiError::BAD_REQUEST.into());
+                }
+                ConnAction::RelayTransfer(r.client, r.target, r.meta.map(Arc::from))
+            }
+            "relay_target_gone" => {
+                let r: api::RelayTargetGoneRequest = parse(body)?;
+                if !groupcast_core::valid_target(&r.target) {
+                    return Err(ApiError::BAD_REQUEST.into());
+                }
+                return Ok(ConnAction::RelayTargetGone(r.target));
+            }
             _ => return Err(ApiError::METHOD_NOT_FOUND.into()),
         };
         let t = action.target();
@@ -100,10 +156,14 @@ impl ConnAction {
 
     pub(crate) fn target(&self) -> Target<'_> {
         let (user, client) = match self {
-            ConnAction::Subscribe(r) => (&r.user, &r.client),
-            ConnAction::Unsubscribe(r) => (&r.user, &r.client),
-            ConnAction::Disconnect(r, ..) => (&r.user, &r.client),
-            ConnAction::Refresh(r) => (&r.user, &r.client),
+            ConnAction::Subscribe(r) => (r.user.as_str(), r.client.as_str()),
+            ConnAction::Unsubscribe(r) => (r.user.as_str(), r.client.as_str()),
+            ConnAction::Disconnect(r, ..) => (r.user.as_str(), r.client.as_str()),
+            ConnAction::Refresh(r) => (r.user.as_str(), r.client.as_str()),
+            ConnAction::RelaySend(c, ..)
+            | ConnAction::RelayClose(c, ..)
+            | ConnAction::RelayTransfer(c, ..) => ("", c.as_str()),
+            ConnAction::RelayTargetGone(_) => ("", ""),
         };
         Target { user, client }
     }
@@ -111,7 +171,10 @@ impl ConnAction {
     /// Acts on this node's matching connections; returns how many.
     pub(crate) fn apply_local(&self, state: &EdgeState) -> usize {
         let t = self.target();
-        let conns = state.registry.find(t.user, t.client);
+        let conns = match self {
+            ConnAction::RelayTargetGone(_) => state.registry.all(),
+            _ => state.registry.find(t.user, t.client),
+        };
         for conn in &conns {
             match self {
                 ConnAction::Subscribe(r) => {
@@ -139,6 +202,31 @@ impl ConnAction {
                         expired: r.expired,
                         expire_at: r.expire_at,
                     });
+                }
+                // Frames and closes only for relay connections (a frame
+                // would break a protocol client's stream).
+                ConnAction::RelaySend(_, bytes, binary) => {
+                    if conn.kind == SubscriberKind::Relay {
+                        conn.send_frame(bytes.clone(), *binary);
+                    }
+                }
+                ConnAction::RelayClose(_, code, reason) => {
+                    if conn.kind == SubscriberKind::Relay {
+                        conn.close_with(*code, reason.clone().into());
+                    }
+                }
+                ConnAction::RelayTransfer(_, target, meta) => {
+                    conn.control(Control::Transfer {
+                        target: target.clone(),
+                        meta: meta.clone(),
+                    });
+                }
+                ConnAction::RelayTargetGone(target) => {
+                    if conn.kind == SubscriberKind::Relay {
+                        conn.control(Control::TargetGone {
+                            target: target.clone(),
+                        });
+                    }
                 }
             }
         }
@@ -204,16 +292,7 @@ pub async fn handle(
         }
     };
     let started = Instant::now();
-    let out = if method == "batch" {
-        batch(&state, value).await
-    } else {
-        match call(&state, &method, value).await {
-            Ok(result) => Ok((encode(&Reply::result(&result)), "ok")),
-            Err(Failure::Api(e)) => Ok((encode(&Reply::error(e)), "error")),
-            Err(Failure::BadBody) => Err(()),
-        }
-    };
-    match out {
+    match respond(&state, &method, value).await {
         Ok((body, outcome)) => {
             Metrics::api_call(&method, outcome);
             Metrics::api_duration(&method, started.elapsed());
@@ -228,6 +307,73 @@ pub async fn handle(
             (StatusCode::BAD_REQUEST, "Bad Request").into_response()
         }
     }
+}
+
+/// The answer's body and outcome (for metrics); `Err` for a body that is
+/// not a request of `method`.
+async fn respond(
+    state: &EdgeState,
+    method: &str,
+    value: Value,
+) -> Result<(String, &'static str), ()> {
+    if method == "batch" {
+        batch(state, value).await
+    } else {
+        match call(state, method, value).await {
+            Ok(result) => Ok((encode(&Reply::result(&result)), "ok")),
+            Err(Failure::Api(e)) => Ok((encode(&Reply::error(e)), "error")),
+            Err(Failure::BadBody) => Err(()),
+        }
+    }
+}
+
+/// A command from a backend over NATS (`{nats.prefix}.api`):
+/// `{"method": "<API method>", "params": {...}}`, answered (when asked
+/// with a reply subject) with the HTTP API's body: `{"result": ...}` or
+/// `{"error": {...}}` (107 for a message that is not such a command, 104
+/// for an unknown method).
+pub(crate) async fn over_nats(state: &EdgeState, payload: &[u8]) -> Bytes {
+    #[derive(serde::Deserialize)]
+    struct Command {
+        method: String,
+        #[serde(default)]
+        params: Option<Value>,
+    }
+    let started = Instant::now();
+    let (body, method, outcome) = match serde_json::from_slice::<Command>(payload) {
+        Err(_) => (
+            encode(&Reply::error(ApiError::BAD_REQUEST)),
+            "unknown".to_string(),
+            "bad_request",
+        ),
+        Ok(c) if !METHODS.contains(&c.method.as_str()) => (
+            encode(&Reply::error(ApiError::METHOD_NOT_FOUND)),
+            "unknown".to_string(),
+            "not_found",
+        ),
+        Ok(c) => {
+            let params = match c.params {
+                None => Value::Object(Default::default()),
+                Some(v) => v,
+            };
+            let out = if params.is_object() {
+                respond(state, &c.method, params).await
+            } else {
+                Err(())
+            };
+            match out {
+                Ok((body, outcome)) => (body, c.method, outcome),
+                Err(()) => (
+                    encode(&Reply::error(ApiError::BAD_REQUEST)),
+                    c.method,
+                    "bad_request",
+                ),
+            }
+        }
+    };
+    Metrics::api_call(&method, outcome);
+    Metrics::api_duration(&method, started.elapsed());
+    Bytes::from(body)
 }
 
 /// `{"result":..}` or `{"error":..}`. Results are carried as raw JSON text:
@@ -442,9 +588,13 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             }
             Ok(to_value(api::BroadcastResult { responses }))
         }
-        "subscribe" | "unsubscribe" | "disconnect" | "refresh" => {
+        "subscribe" | "unsubscribe" | "disconnect" | "refresh" | "relay_send" | "relay_close"
+        | "relay_transfer" | "relay_target_gone" => {
             let action = ConnAction::parse(state, method, body.clone())?;
-            let found_here = action.apply_local(state);
+            let mut found_here = action.apply_local(state);
+            if matches!(action, ConnAction::RelayTargetGone(_)) {
+                found_here = 0; // every edge may hold some
+            }
             crate::cluster::fan_out(state, method, body, action.target(), found_here).await?;
             Ok(empty())
         }

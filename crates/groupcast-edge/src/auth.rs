@@ -58,6 +58,10 @@ pub struct ConnectClaims {
     pub channels: Vec<String>,
     /// Only subscription tokens have it: such a token is refused here.
     pub channel: Option<String>,
+    /// Relay routes to a backend: the target the connection is bound to.
+    pub target: Option<String>,
+    /// Relay routes to a backend: metadata sent with each event.
+    pub meta: Option<Box<RawValue>>,
 }
 
 /// Claims of a subscription token.

@@ -135,6 +135,7 @@ pub async fn build(config: &Config, shutdown: CancellationToken) -> Result<Backb
         Some(broker) => {
             let node = Node::new(Arc::new(broker.clone()), membership);
             node.set_bus(Arc::new(broker.clone()));
+            node.set_backend_bus(Arc::new(broker.clone()));
             node
         }
         None => {

@@ -12,6 +12,9 @@
 //!   membership service drops its presence entries; this edge is told about
 //!   each and pushes `leave` to its local subscribers of that channel (when
 //!   the namespace has `join_leave`).
+//! * **Backend commands over NATS** (`api.over_nats`): the server API on
+//!   `{nats.prefix}.api` (one edge of the queue group takes each) and on
+//!   this edge's own `{nats.prefix}.api.{name}` ([`crate::backend`]).
 //! * **`info`**: every live edge with its counts.
 //! * **Dashboard reports.** The dashboard asks every other live edge, on the
 //!   same subject, for its own report ([`crate::dashboard`]), within
@@ -71,6 +74,25 @@ pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
                 state.node.hub.on_leave(channel, Arc::new(info));
             }
         }));
+    if let (true, Some(backends)) = (state.config.api.over_nats, state.node.backend_bus()) {
+        let weak = Arc::downgrade(state);
+        let own = backends
+            .serve_commands(
+                &state.config.name,
+                Arc::new(move |payload: Bytes| {
+                    let state = weak.upgrade();
+                    Box::pin(async move {
+                        match state {
+                            Some(state) => crate::api::over_nats(&state, &payload).await,
+                            None => Bytes::new(),
+                        }
+                    })
+                }),
+            )
+            .await
+            .map_err(|e| format!("cannot serve backend commands: {e}"))?;
+        let _ = state.backend_commands.set(own);
+    }
     let (Some(bus), Some((me, _))) = (state.node.bus(), state.node.membership.local_node()) else {
         return Ok(());
     };

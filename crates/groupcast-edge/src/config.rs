@@ -233,6 +233,10 @@ pub struct ApiConfig {
     pub key: String,
     /// Largest accepted API request body in bytes.
     pub max_body_bytes: usize,
+    /// On NATS, serve the API to backends on `{nats.prefix}.api` (and each
+    /// edge's `{nats.prefix}.api.{name}`), without the key: whoever may
+    /// publish there is trusted (docs/backends.md).
+    pub over_nats: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -361,6 +365,20 @@ pub struct RelayConfig {
     pub enabled: bool,
     /// Channel used by `/ws/relay/` (no channel in the path).
     pub default_channel: String,
+    /// Relay routes bound to backend targets (`[[relay.routes]]`,
+    /// docs/backends.md).
+    pub routes: Vec<crate::backend::RouteConfig>,
+    /// Backend targets reached over HTTP (`[[relay.http_targets]]`); any
+    /// other target is a NATS subject.
+    pub http_targets: Vec<crate::backend::HttpTargetConfig>,
+    /// On NATS, send `join` and heartbeats as requests: a target with
+    /// nothing subscribed ("no responders") is gone, and the connection
+    /// closes with 3015. Backends then answer them (any payload).
+    pub target_gone_on_no_responders: bool,
+    /// How long such a request waits for its answer (no answer in time is
+    /// not "gone": the backend may be busy).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -389,6 +407,7 @@ impl Default for ApiConfig {
         ApiConfig {
             key: String::new(),
             max_body_bytes: 1 << 20,
+            over_nats: true,
         }
     }
 }
@@ -441,6 +460,10 @@ impl Default for RelayConfig {
         RelayConfig {
             enabled: true,
             default_channel: "relay".into(),
+            routes: Vec::new(),
+            http_targets: Vec::new(),
+            target_gone_on_no_responders: false,
+            request_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -639,6 +662,13 @@ impl Config {
         known("client.rpc_proxy".into(), &c.rpc_proxy)?;
         known("client.refresh_proxy".into(), &c.refresh_proxy)?;
         known("client.send_proxy".into(), &c.send_proxy)?;
+        crate::backend::check(&self.relay)?;
+        for (i, r) in self.relay.routes.iter().enumerate() {
+            known(format!("relay.routes[{i}].connect_proxy"), &r.connect_proxy)?;
+        }
+        if self.relay.request_timeout.is_zero() {
+            return Err("relay.request_timeout: must be above 0".into());
+        }
         for (key, opts) in sizes {
             if opts.max_publication_size > c.max_message_size {
                 return Err(format!(

@@ -23,6 +23,7 @@ use groupcast_proto::client::RawJson;
 use groupcast_proto::codes::UnsubscribeCode;
 use groupcast_proto::DisconnectCode;
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -86,6 +87,14 @@ pub enum Control {
     Disconnect { code: u16, reason: String },
     /// Set a new expiry (Unix seconds; 0: never) or expire now.
     Refresh { expired: bool, expire_at: i64 },
+    /// Relay connections of a backend route: bind to another target.
+    Transfer {
+        target: String,
+        meta: Option<Arc<RawValue>>,
+    },
+    /// Relay connections of a backend route: close with 3015 when bound to
+    /// `target`.
+    TargetGone { target: String },
 }
 
 /// One read of a client's socket, as [`Conn::inbound`] sorts it.
@@ -171,6 +180,12 @@ impl Conn {
     /// Queue one protocol message (a reply, a push, or the `{}` ping).
     pub fn send_json(&self, bytes: Bytes, kind: OutKind) -> bool {
         self.enqueue(Out::Json(bytes, kind))
+    }
+
+    /// Queue one raw frame (relay connections): text, or binary when
+    /// `binary`.
+    pub fn send_frame(&self, bytes: Bytes, binary: bool) -> bool {
+        self.enqueue(Out::Relay(bytes, binary))
     }
 
     /// Queue a WebSocket ping frame (relay keepalive).
@@ -407,7 +422,9 @@ impl Conn {
             m.bytes_out.increment(bytes as u64);
             counts.flush(m);
         }
-        let reason = self.close_reason.lock().take();
+        // Kept (not taken): the session reads it for its leave events and
+        // webhooks, possibly after this.
+        let reason = self.close_reason.lock().clone();
         let frame = reason.map(|(code, reason)| {
             Metrics::disconnect(code);
             CloseFrame {

@@ -27,6 +27,7 @@
 pub mod api;
 pub mod auth;
 pub mod backbone;
+pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod conn;

@@ -10,12 +10,15 @@
 //! | `GET /readyz` | 200 while accepting clients; 503 once shutting down or while the backbone (NATS) is unreachable. An unreachable membership service keeps it 200 (pub/sub, history and recovery still work; presence answers 108) and says so in the body |
 //! | `GET /` | a relay demo page (two tabs talk to each other) |
 //! | `GET /dashboard` | the operator dashboard page; `GET /dashboard/data`: its data (API key), see [`crate::dashboard`] |
+//! | `GET` a `[[relay.routes]]` path | relay to a backend, see [`crate::backend`] |
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -147,6 +150,9 @@ pub fn router(state: Arc<EdgeState>) -> Router {
         .route("/", get(|| async { Html(include_str!("relay_demo.html")) }))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/data", get(dashboard::data))
+        // `[[relay.routes]]`: matched here rather than as axum routes, so
+        // a configured path can never clash with the edge's own.
+        .fallback(backend_route)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -198,6 +204,17 @@ fn admit(
     if !origin_allowed(&c.allowed_origins, headers) {
         return Err((StatusCode::FORBIDDEN, "origin not allowed"));
     }
+    admit_origin_checked(state, headers, peer)
+}
+
+/// [`admit`] once the origin was checked (relay routes have their own
+/// allowed origins).
+fn admit_origin_checked(
+    state: &EdgeState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<(), (StatusCode, &'static str)> {
+    let c = &state.config.client;
     if state.shutdown.is_cancelled() {
         return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
@@ -286,6 +303,46 @@ fn relay_upgrade(
     let st = state.clone();
     configure(ws, &state)
         .on_upgrade(move |socket| state.tasks.track_future(relay::serve(st, socket, auth)))
+}
+
+/// A `[[relay.routes]]` path (anything else: 404).
+async fn backend_route(
+    State(state): State<Arc<EdgeState>>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some((route, params)) = state.backends.route(uri.path()) else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(refused) => return refused.into_response(),
+    };
+    let Ok(Query(query)) = Query::<BTreeMap<String, String>>::try_from_uri(&uri) else {
+        return (StatusCode::BAD_REQUEST, "bad query string").into_response();
+    };
+    let cfg = &state.backends.routes[route].config;
+    if !crate::backend::origin_allowed(&cfg.allowed_origins, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    if let Err(refused) = admit_origin_checked(&state, &headers, peer) {
+        return refused.into_response();
+    }
+    let req = crate::backend::Request {
+        route,
+        path: uri.path().to_string(),
+        params,
+        query,
+        headers: state.proxies.keep_headers(&headers),
+    };
+    let st = state.clone();
+    configure(ws, &state).on_upgrade(move |socket| {
+        state
+            .tasks
+            .track_future(crate::backend::serve(st, socket, req))
+    })
 }
 
 async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {

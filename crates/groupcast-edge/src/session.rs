@@ -1209,6 +1209,8 @@ impl Session {
         }
         match control {
             Control::Disconnect { code, reason } => self.conn.close_with(code, reason.into()),
+            // For relay connections of backend routes only.
+            Control::Transfer { .. } | Control::TargetGone { .. } => {}
             Control::Refresh { expired, expire_at } => {
                 if expired {
                     self.conn.close(DisconnectCode::EXPIRED);

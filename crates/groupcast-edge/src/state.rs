@@ -78,6 +78,16 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Every registered connection.
+    pub fn all(&self) -> Vec<Arc<Conn>> {
+        self.inner
+            .read()
+            .clients
+            .values()
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
     pub fn num_clients(&self) -> usize {
         self.inner.read().clients.len()
     }
@@ -105,6 +115,10 @@ pub struct EdgeState {
     pub proxies: crate::proxy::Proxies,
     /// The webhooks (`[[webhooks]]`).
     pub webhooks: crate::webhooks::Webhooks,
+    /// Relay routes to backends and their HTTP targets (`[relay]`).
+    pub backends: crate::backend::Backends,
+    /// This edge's own NATS subject for backend commands, once served.
+    pub backend_commands: std::sync::OnceLock<String>,
     pub uid: String,
     next_id: AtomicU64,
     /// Every open connection (protocol and relay, connected or not), for
@@ -168,6 +182,7 @@ impl EdgeState {
         let verifier = Verifier::from_config(&config.client).map_err(|e| e.to_string())?;
         let proxies = crate::proxy::Proxies::new(&config.proxies)?;
         let webhooks = crate::webhooks::Webhooks::start(&config.webhooks, &config.name)?;
+        let backends = crate::backend::Backends::start(&config.relay)?;
         let delay = config.shutdown.delay;
         let shutdown = if delay.is_zero() {
             signal.clone()
@@ -194,6 +209,8 @@ impl EdgeState {
             stopping: signal,
             proxies,
             webhooks,
+            backends,
+            backend_commands: Default::default(),
             // The membership service's name for this run, when there is one
             // (the same `uid` in `info` on every edge).
             uid: node

@@ -6,6 +6,10 @@
 //! | live publications, join/leave of a channel | `{prefix}.g.{ns}.{channel}` |
 //! | stored publications (JetStream input) | `{prefix}.h.{ns}.{channel}` |
 //! | the JetStream stream of a namespace | `{prefix}_h_{ns}` |
+//! | a node's requests from other nodes | `{prefix}.n.{node}` |
+//! | events of a backend target's relay connections | `{prefix}.relay.{target}` |
+//! | backend commands (every edge, queue group `{prefix}-edges`) | `{prefix}.api` |
+//! | backend commands for one edge's connections | `{prefix}.api.{node}` |
 //!
 //! `{ns}` and `{channel}` are [tokens](encode_token): the namespace (before
 //! the first `:`, which picks the stream) and the whole channel name, each
@@ -127,6 +131,29 @@ impl Subjects {
     /// for its local connections (request-reply).
     pub fn node(&self, name: &str) -> String {
         format!("{}.n.{}", self.prefix, encode_token(name))
+    }
+
+    /// Where the relay connections bound to backend `target` send their
+    /// events. The target is a valid name ([`groupcast_core::valid_target`]),
+    /// used as it is: its dots are subject levels.
+    pub fn relay_target(&self, target: &str) -> String {
+        format!("{}.relay.{target}", self.prefix)
+    }
+
+    /// Where backends send commands (a frame to a client, close,
+    /// transfer...): served by every edge in one queue group.
+    pub fn commands(&self) -> String {
+        format!("{}.api", self.prefix)
+    }
+
+    /// Where backends send commands for the connections of `node`.
+    pub fn node_commands(&self, node: &str) -> String {
+        format!("{}.api.{}", self.prefix, encode_token(node))
+    }
+
+    /// The edges' queue group on [`Subjects::commands`].
+    pub fn commands_group(&self) -> String {
+        format!("{}-edges", self.prefix)
     }
 
     /// Name of the JetStream stream holding a namespace's history.

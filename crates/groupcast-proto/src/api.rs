@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::client::{raw_opt, ClientInfo, PublicationOut, RawJson, StreamPosition};
 
@@ -139,6 +140,47 @@ pub struct DisconnectRequest {
     #[serde(default)]
     pub whitelist: Vec<String>,
     pub disconnect: Option<DisconnectObject>,
+}
+
+/// `relay_send`: a frame to one relay connection, by client id (text from
+/// `text`, binary from `b64data`; exactly one).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySendRequest {
+    pub client: String,
+    pub text: Option<String>,
+    #[serde(default)]
+    pub b64data: String,
+}
+
+/// `relay_close`: close one relay connection (code 1000 or 3000..=4999).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayCloseRequest {
+    pub client: String,
+    #[serde(default)]
+    pub code: u32,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `relay_transfer`: bind one relay connection to another backend target
+/// (the old one gets `leave`, the new one `join`), optionally with new
+/// metadata.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayTransferRequest {
+    pub client: String,
+    pub target: String,
+    pub meta: Option<Box<RawValue>>,
+}
+
+/// `relay_target_gone`: the backend target is gone; every relay connection
+/// bound to it, on every edge, closes with 3015.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayTargetGoneRequest {
+    pub target: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -94,6 +94,10 @@ impl DisconnectCode {
     pub const NO_PONG: DisconnectCode = dis(3012, "no pong");
     pub const TOO_MANY_REQUESTS: DisconnectCode = dis(3013, "too many requests");
     pub const STATE_INVALIDATED: DisconnectCode = dis(3014, "state invalidated");
+    /// Groupcast's own: the backend target a relay connection is bound to
+    /// is gone (declared by the API, or nothing listens on its NATS
+    /// subject). The client may reconnect and be given another.
+    pub const TARGET_GONE: DisconnectCode = dis(3015, "backend target gone");
     pub const INVALID_TOKEN: DisconnectCode = dis(3500, "invalid token");
     pub const BAD_REQUEST: DisconnectCode = dis(3501, "bad request");
     pub const STALE: DisconnectCode = dis(3502, "stale");
@@ -109,7 +113,7 @@ impl DisconnectCode {
     pub const MESSAGE_TOO_BIG: DisconnectCode = dis(1009, "message too big");
 
     /// Every disconnect code, for documentation and tests.
-    pub const ALL: [DisconnectCode; 22] = [
+    pub const ALL: [DisconnectCode; 23] = [
         Self::CONNECTION_CLOSED,
         Self::SHUTDOWN,
         Self::SERVER_ERROR,
@@ -122,6 +126,7 @@ impl DisconnectCode {
         Self::NO_PONG,
         Self::TOO_MANY_REQUESTS,
         Self::STATE_INVALIDATED,
+        Self::TARGET_GONE,
         Self::INVALID_TOKEN,
         Self::BAD_REQUEST,
         Self::STALE,

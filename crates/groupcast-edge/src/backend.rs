@@ -1,0 +1,1050 @@
+//! Relay to a backend: plain WebSocket connections whose frames go to the
+//! application's backend processes (docs/backends.md, "Relay to a
+//! backend").
+//!
+//! A `[[relay.routes]]` entry serves a path (`/ws/chat/{room}/`). Each
+//! connection on it is bound to a backend **target**, a name such as
+//! `chat` or `chat.room-42`: from the route (with the path's parameters
+//! filled in), or from the connect proxy's answer or the token's `target`
+//! claim. The target receives, in order per connection, the events
+//! `join`, `message` (one per text or binary frame), `heartbeat` (every
+//! `heartbeat_interval`, when set) and `leave`, as JSON:
+//!
+//! * over **NATS** on `{nats.prefix}.relay.{target}`: any number of
+//!   backend processes share a target with a queue group;
+//! * over **HTTP** for targets named in `[[relay.http_targets]]`: batched
+//!   POSTs of `{"events": [...]}`, signed and retried like webhooks, in
+//!   order.
+//!
+//! The backend answers through the server API by client id, on whichever
+//! edge holds the connection: `relay_send` (a text or binary frame),
+//! `relay_close`, `relay_transfer` (to another target), `relay_target_gone`
+//! (closes every connection of a target with 3015), and `subscribe` to
+//! channels, whose publications then arrive as raw frames. On NATS the same
+//! API is served on `{nats.prefix}.api` (request-reply or plain publish).
+//!
+//! Browsers' `Origin` must be in the route's `allowed_origins`; with none
+//! configured, only the page's own origin (the `Host` it connects to).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use axum::http::{header, HeaderMap};
+use base64::Engine;
+use futures_util::StreamExt;
+use groupcast_core::hub::SubscriberKind;
+use groupcast_core::{valid_target, BackendBus};
+use groupcast_proto::DisconnectCode;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::config::RelayConfig;
+use crate::conn::{Conn, Control, Inbound, MAX_CLOSE_REASON};
+use crate::limits::ConnRates;
+use crate::metrics::Metrics;
+use crate::proxy::Answer;
+use crate::state::EdgeState;
+use crate::webhooks::WebhookConfig;
+
+/// One `[[relay.routes]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The path served, `/`-separated; a whole segment `{name}` is a
+    /// parameter (`/ws/chat/{room}/`), usable as `{name}` in `target` and
+    /// `channels`.
+    pub path: String,
+    /// The backend target of the route's connections, unless the connect
+    /// proxy or the token names one.
+    pub target: String,
+    /// `[[proxies]]` entry that authenticates each connection and may set
+    /// its user, info, `meta`, `target` and `channels`.
+    pub connect_proxy: String,
+    /// Channels each connection is subscribed to (publications arrive as
+    /// raw frames), beside those of the proxy or token.
+    pub channels: Vec<String>,
+    /// Browser origins allowed (`*` globs); empty: same origin only.
+    pub allowed_origins: Vec<String>,
+    /// A `heartbeat` event per connection this often; 0: none.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Without a connect proxy: refuse connections with no `?token=`.
+    pub require_token: bool,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            path: String::new(),
+            target: String::new(),
+            connect_proxy: String::new(),
+            channels: Vec::new(),
+            allowed_origins: Vec::new(),
+            heartbeat_interval: Duration::ZERO,
+            require_token: false,
+        }
+    }
+}
+
+/// One `[[relay.http_targets]]` entry: a target reached by HTTP POST.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpTargetConfig {
+    /// The target name routes, proxies and tokens use.
+    pub name: String,
+    /// `http://` or `https://` URL the batches are POSTed to.
+    pub url: String,
+    /// HMAC-SHA256 key of the signature header (required).
+    pub secret: String,
+    /// Most events per POST.
+    pub batch_max: usize,
+    /// How long the first event of a batch waits for others.
+    #[serde(with = "humantime_serde")]
+    pub batch_interval: Duration,
+    /// Events waiting while the backend is slow; when full, a connection
+    /// waits up to `timeout`, then closes with 3004 (nothing is dropped).
+    pub queue_max: usize,
+    /// Each POST must be answered within this.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries of a failed POST (backoff 250 ms, doubling, at most 8 s).
+    pub max_retries: u32,
+}
+
+impl Default for HttpTargetConfig {
+    fn default() -> Self {
+        let w = WebhookConfig::default();
+        HttpTargetConfig {
+            name: String::new(),
+            url: String::new(),
+            secret: String::new(),
+            batch_max: w.batch_max,
+            batch_interval: Duration::from_millis(5),
+            queue_max: w.queue_max,
+            timeout: w.timeout,
+            max_retries: w.max_retries,
+        }
+    }
+}
+
+impl HttpTargetConfig {
+    fn sender(&self) -> WebhookConfig {
+        WebhookConfig {
+            url: self.url.clone(),
+            secret: self.secret.clone(),
+            events: Vec::new(),
+            batch_max: self.batch_max,
+            batch_interval: self.batch_interval,
+            queue_max: self.queue_max,
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+        }
+    }
+}
+
+/// Paths the edge serves itself: a route there would never be reached.
+const RESERVED: &[&str] = &["/api/", "/connection/", "/ws/relay/", "/dashboard/"];
+const RESERVED_EXACT: &[&str] = &[
+    "/",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/dashboard",
+    "/ws/relay",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+enum Seg {
+    Lit(String),
+    Param(String),
+}
+
+fn parse_path(path: &str) -> Result<Vec<Seg>, String> {
+    if !path.starts_with('/') {
+        return Err("must start with /".into());
+    }
+    if RESERVED_EXACT.contains(&path) || RESERVED.iter().any(|r| path.starts_with(r)) {
+        return Err("the edge serves this path itself".into());
+    }
+    let mut names = HashSet::new();
+    path.split('/')
+        .skip(1)
+        .map(|s| {
+            if let Some(name) = s.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+                let ok = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !ok {
+                    return Err(format!("bad parameter {s:?} (letters, digits, _)"));
+                }
+                if !names.insert(name.to_string()) {
+                    return Err(format!("parameter {s:?} twice"));
+                }
+                Ok(Seg::Param(name.to_string()))
+            } else if s.contains(['{', '}', '*', '?', '#', '%']) {
+                Err(format!("bad segment {s:?}"))
+            } else {
+                Ok(Seg::Lit(s.to_string()))
+            }
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes of a path segment; `None` when invalid.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Fill `{name}` placeholders with the path's parameters.
+fn fill(template: &str, params: &BTreeMap<String, String>) -> String {
+    let mut out = template.to_string();
+    for (k, v) in params {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
+}
+
+/// A route, ready to match request paths.
+pub struct Route {
+    pub config: RouteConfig,
+    segs: Vec<Seg>,
+}
+
+impl Route {
+    /// The path's parameters when `path` is this route's.
+    fn matches(&self, path: &str) -> Option<BTreeMap<String, String>> {
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        if parts.len() != self.segs.len() || !path.starts_with('/') {
+            return None;
+        }
+        let mut params = BTreeMap::new();
+        for (seg, part) in self.segs.iter().zip(parts) {
+            match seg {
+                Seg::Lit(l) if l == part => {}
+                Seg::Lit(_) => return None,
+                Seg::Param(name) => {
+                    let v = percent_decode(part).filter(|v| !v.is_empty())?;
+                    params.insert(name.clone(), v);
+                }
+            }
+        }
+        Some(params)
+    }
+}
+
+/// Checks `[relay]`'s routes and HTTP targets (errors name the setting).
+pub fn check(c: &RelayConfig) -> Result<(), String> {
+    let mut shapes = HashSet::new();
+    for (i, r) in c.routes.iter().enumerate() {
+        let key = |f: &str| format!("relay.routes[{i}].{f}");
+        let segs = parse_path(&r.path).map_err(|e| format!("{}: {e}", key("path")))?;
+        let shape: Vec<Option<String>> = segs
+            .iter()
+            .map(|s| match s {
+                Seg::Lit(l) => Some(l.clone()),
+                Seg::Param(_) => None,
+            })
+            .collect();
+        if !shapes.insert(shape) {
+            return Err(format!(
+                "{}: {:?} matches the same paths as an earlier route",
+                key("path"),
+                r.path
+            ));
+        }
+        if r.target.is_empty() && r.connect_proxy.is_empty() {
+            return Err(format!(
+                "{}: required without a connect_proxy (which may name one)",
+                key("target")
+            ));
+        }
+        if !r.target.is_empty() {
+            // Parameters make it whatever the client sends: check the shape
+            // with a stand-in; the filled-in name is checked per connection.
+            let sample: BTreeMap<String, String> = segs
+                .iter()
+                .filter_map(|s| match s {
+                    Seg::Param(n) => Some((n.clone(), "x".to_string())),
+                    Seg::Lit(_) => None,
+                })
+                .collect();
+            if !valid_target(&fill(&r.target, &sample)) {
+                return Err(format!(
+                    "{}: {:?} is not a target name (dot-separated letters, digits, _ and -)",
+                    key("target"),
+                    r.target
+                ));
+            }
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, t) in c.http_targets.iter().enumerate() {
+        let key = format!("relay.http_targets[{i}]");
+        if !valid_target(&t.name) {
+            return Err(format!(
+                "{key}.name: {:?} is not a target name (dot-separated letters, digits, _ and -)",
+                t.name
+            ));
+        }
+        if !names.insert(t.name.as_str()) {
+            return Err(format!("{key}.name: {:?} twice", t.name));
+        }
+        t.sender().validate_as(&key)?;
+    }
+    Ok(())
+}
+
+/// The routes and the HTTP targets' senders.
+#[derive(Default)]
+pub struct Backends {
+    pub routes: Vec<Route>,
+    http: HashMap<String, mpsc::Sender<Box<RawValue>>>,
+}
+
+impl Backends {
+    /// Starts one sender task per HTTP target (needs a Tokio runtime when
+    /// there is one).
+    pub fn start(c: &RelayConfig) -> Result<Backends, String> {
+        check(c)?;
+        let routes = c
+            .routes
+            .iter()
+            .map(|r| {
+                Ok(Route {
+                    config: r.clone(),
+                    segs: parse_path(&r.path)?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let mut http = HashMap::new();
+        if !c.http_targets.is_empty() {
+            let client = crate::proxy::http_client()?;
+            for t in &c.http_targets {
+                let tx = crate::webhooks::spawn_sender(
+                    t.sender(),
+                    client.clone(),
+                    "groupcast_relay_http_requests_total",
+                );
+                http.insert(t.name.clone(), tx);
+            }
+        }
+        Ok(Backends { routes, http })
+    }
+
+    /// The first route serving `path`, with the path's parameters.
+    pub fn route(&self, path: &str) -> Option<(usize, BTreeMap<String, String>)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.matches(path).map(|p| (i, p)))
+    }
+}
+
+/// Is the browser origin allowed on a route? No `Origin`: not a browser
+/// page, allowed. No `allowed_origins`: the origin must be the host the
+/// request was made to.
+pub fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if !allowed.is_empty() {
+        return crate::server::origin_allowed(allowed, headers);
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let (Ok(origin), Some(Ok(host))) = (
+        origin.to_str(),
+        headers.get(header::HOST).map(|h| h.to_str()),
+    ) else {
+        return false;
+    };
+    origin
+        .split_once("://")
+        .is_some_and(|(_, o)| o.eq_ignore_ascii_case(host))
+}
+
+/// Where a target's events go.
+#[derive(Clone)]
+enum Sink {
+    Nats(Arc<dyn BackendBus>),
+    Http(mpsc::Sender<Box<RawValue>>),
+}
+
+impl EdgeState {
+    fn sink(&self, target: &str) -> Option<Sink> {
+        if let Some(tx) = self.backends.http.get(target) {
+            return Some(Sink::Http(tx.clone()));
+        }
+        self.node.backend_bus().map(|b| Sink::Nats(b.clone()))
+    }
+}
+
+/// One event to a target, as the backend receives it.
+#[derive(Serialize)]
+struct Event<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    client: &'a str,
+    user: &'a str,
+    node: &'a str,
+    target: &'a str,
+    /// 0, 1, 2... per connection, across transfers.
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<&'a RawValue>,
+    #[serde(flatten)]
+    body: Body<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Body<'a> {
+    Join {
+        path: &'a str,
+        params: &'a BTreeMap<String, String>,
+        /// The NATS subject of this edge's commands, when there is one:
+        /// commands sent there skip forwarding.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        commands: Option<&'a str>,
+    },
+    Text {
+        frame: &'static str,
+        data: &'a str,
+    },
+    Binary {
+        frame: &'static str,
+        b64data: String,
+    },
+    Heartbeat {
+        uptime_ms: u64,
+        messages: u64,
+    },
+    Leave {
+        code: u16,
+        reason: &'a str,
+    },
+}
+
+/// Why an event could not be handed over.
+enum EmitError {
+    /// Nothing listens on the target's subject (only asked when
+    /// `relay.target_gone_on_no_responders`).
+    Gone,
+    /// NATS down, the HTTP queue full past its timeout, no way to reach
+    /// the target.
+    Failed,
+}
+
+/// A connection's binding to its target.
+struct Binding {
+    target: String,
+    meta: Option<Arc<RawValue>>,
+    sink: Sink,
+}
+
+struct RelayConn {
+    state: Arc<EdgeState>,
+    conn: Arc<Conn>,
+    user: String,
+    binding: Binding,
+    seq: u64,
+    messages: u64,
+    opened: Instant,
+    path: String,
+    params: BTreeMap<String, String>,
+}
+
+impl RelayConn {
+    async fn emit(&mut self, body: Body<'_>) -> Result<(), EmitError> {
+        let kind = match &body {
+            Body::Join { .. } => "join",
+            Body::Text { .. } | Body::Binary { .. } => "message",
+            Body::Heartbeat { .. } => "heartbeat",
+            Body::Leave { .. } => "leave",
+        };
+        let ask = matches!(kind, "join" | "heartbeat")
+            && self.state.config.relay.target_gone_on_no_responders;
+        let event = Event {
+            kind,
+            client: &self.conn.client,
+            user: &self.user,
+            node: &self.state.config.name,
+            target: &self.binding.target,
+            seq: self.seq,
+            meta: self.binding.meta.as_deref(),
+            body,
+        };
+        self.seq += 1;
+        let outcome = match serde_json::to_string(&event) {
+            Err(_) => Err(EmitError::Failed),
+            Ok(text) => send(&self.state, &self.binding, text, ask).await,
+        };
+        let label = match &outcome {
+            Ok(()) => "sent",
+            Err(EmitError::Gone) => "gone",
+            Err(EmitError::Failed) => "failed",
+        };
+        metrics::counter!("groupcast_relay_backend_events_total", "event" => kind, "outcome" => label)
+            .increment(1);
+        outcome
+    }
+}
+
+async fn send(state: &EdgeState, b: &Binding, text: String, ask: bool) -> Result<(), EmitError> {
+    let cfg = &state.config.relay;
+    match &b.sink {
+        Sink::Nats(bus) if ask => {
+            match bus
+                .request_event(&b.target, text.into(), cfg.request_timeout)
+                .await
+            {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(EmitError::Gone),
+                // No answer in time is not "gone": the event was published.
+                Err(e) => {
+                    tracing::debug!(target = %b.target, error = %e, "relay target did not answer in time");
+                    Ok(())
+                }
+            }
+        }
+        Sink::Nats(bus) => bus
+            .publish_event(&b.target, text.into())
+            .await
+            .map_err(|e| {
+                tracing::warn!(target = %b.target, error = %e, "relay event not published");
+                EmitError::Failed
+            }),
+        Sink::Http(tx) => {
+            let raw = RawValue::from_string(text).map_err(|_| EmitError::Failed)?;
+            let wait = state
+                .config
+                .relay
+                .http_targets
+                .iter()
+                .find(|t| t.name == b.target)
+                .map(|t| t.timeout)
+                .unwrap_or(Duration::from_secs(5));
+            tx.send_timeout(raw, wait).await.map_err(|_| {
+                tracing::warn!(target = %b.target, "relay HTTP target's queue stayed full");
+                EmitError::Failed
+            })
+        }
+    }
+}
+
+/// Who the connection is and where it goes, before it is bound.
+struct Admitted {
+    user: String,
+    info: Option<Arc<RawValue>>,
+    meta: Option<Arc<RawValue>>,
+    target: String,
+    channels: Vec<String>,
+}
+
+/// Why a connection is refused after the upgrade.
+fn refuse(conn: &Conn, code: u16, reason: &str) {
+    let mut reason = reason.to_string();
+    if reason.len() > MAX_CLOSE_REASON {
+        let mut end = MAX_CLOSE_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    conn.close_with(code, Cow::Owned(reason));
+}
+
+fn raw(v: Option<&Value>) -> Option<Arc<RawValue>> {
+    v.filter(|v| !v.is_null())
+        .and_then(|v| serde_json::value::to_raw_value(v).ok())
+        .map(Arc::from)
+}
+
+/// Authenticate: the connect proxy, else the token, else anonymous (when
+/// the route allows it).
+async fn admit(
+    state: &EdgeState,
+    conn: &Conn,
+    route: &RouteConfig,
+    req: &Request,
+) -> Result<Admitted, (u16, String)> {
+    let params = &req.params;
+    let mut a = Admitted {
+        user: String::new(),
+        info: None,
+        meta: None,
+        target: fill(&route.target, params),
+        channels: route.channels.iter().map(|c| fill(c, params)).collect(),
+    };
+    let token = req.query.get("token").filter(|t| !t.is_empty());
+    if !route.connect_proxy.is_empty() {
+        let proxy = state
+            .proxies
+            .get(&route.connect_proxy)
+            .ok_or((DisconnectCode::SERVER_ERROR.code, "no connect proxy".into()))?;
+        let body = json!({
+            "client": conn.client,
+            "transport": "websocket",
+            "protocol": "relay",
+            "encoding": "raw",
+            "relay": {"path": req.path, "params": params, "query": req.query},
+        });
+        match proxy.call("connect", &body, &req.headers).await {
+            Ok(Answer::Result(r)) => {
+                a.user = r
+                    .get("user")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                a.info = raw(r.get("info"));
+                a.meta = raw(r.get("meta"));
+                if let Some(t) = r.get("target").and_then(Value::as_str) {
+                    a.target = t.to_string();
+                }
+                if let Some(chs) = r.get("channels").and_then(Value::as_array) {
+                    a.channels
+                        .extend(chs.iter().filter_map(|c| c.as_str().map(String::from)));
+                }
+            }
+            Ok(Answer::Error { code, message }) => {
+                return Err((
+                    DisconnectCode::PERMISSION_DENIED.code,
+                    format!("{message} ({code})"),
+                ));
+            }
+            Ok(Answer::Disconnect { code, reason }) => return Err((code, reason)),
+            Err(_) => {
+                return Err((
+                    DisconnectCode::SERVER_ERROR.code,
+                    "connect proxy failed".into(),
+                ))
+            }
+        }
+    } else if let Some(t) = token {
+        let invalid = DisconnectCode::INVALID_TOKEN;
+        let claims = state
+            .verifier
+            .verify_connect(t)
+            .map_err(|e| (invalid.code, format!("{}: {e}", invalid.reason)))?;
+        a.user = claims.sub;
+        a.info = claims.info.map(Arc::from);
+        a.meta = claims.meta.map(Arc::from);
+        if let Some(t) = claims.target {
+            a.target = t;
+        }
+        a.channels.extend(claims.channels);
+    } else if route.require_token {
+        let invalid = DisconnectCode::INVALID_TOKEN;
+        return Err((invalid.code, format!("{}: none given", invalid.reason)));
+    }
+    if !valid_target(&a.target) {
+        tracing::warn!(path = %req.path, target = %a.target, "relay route: no valid backend target for a connection");
+        let na = DisconnectCode::NOT_AVAILABLE;
+        return Err((na.code, format!("{}: no backend target", na.reason)));
+    }
+    Ok(a)
+}
+
+/// What the upgrade request carried.
+pub struct Request {
+    pub route: usize,
+    pub path: String,
+    pub params: BTreeMap<String, String>,
+    pub query: BTreeMap<String, String>,
+    /// The upgrade's headers the event proxies forward.
+    pub headers: HeaderMap,
+}
+
+/// Serve one connection of a backend relay route.
+pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, req: Request) {
+    let (opened, mut stream) = state.open(socket, SubscriberKind::Relay);
+    let conn = opened.conn.clone();
+    let route = &state.backends.routes[req.route].config;
+    let admitted = match admit(&state, &conn, route, &req).await {
+        Ok(a) => a,
+        Err((code, reason)) => {
+            refuse(&conn, code, &reason);
+            opened.finish().await;
+            return;
+        }
+    };
+    let Some(sink) = state.sink(&admitted.target) else {
+        tracing::warn!(target = %admitted.target, "relay target unreachable: not an HTTP target, and no NATS");
+        let na = DisconnectCode::NOT_AVAILABLE;
+        refuse(&conn, na.code, "backend target unreachable");
+        opened.finish().await;
+        return;
+    };
+    let mut rc = RelayConn {
+        state: state.clone(),
+        conn: conn.clone(),
+        user: admitted.user,
+        binding: Binding {
+            target: admitted.target,
+            meta: admitted.meta,
+            sink,
+        },
+        seq: 0,
+        messages: 0,
+        opened: Instant::now(),
+        path: req.path,
+        params: req.params,
+    };
+    let _ = admitted.info; // kept for presence, which relay routes do not keep
+    rc.run(&mut stream, admitted.channels, route.heartbeat_interval)
+        .await;
+    opened.finish().await;
+}
+
+impl RelayConn {
+    async fn run(
+        &mut self,
+        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        channels: Vec<String>,
+        heartbeat: Duration,
+    ) {
+        let state = self.state.clone();
+        let conn = self.conn.clone();
+        state.registry.add(conn.clone(), &self.user);
+        state.webhooks.emit(
+            "client_connected",
+            json!({"client": conn.client, "user": self.user, "transport": "relay"}),
+        );
+        if !self.user.is_empty() {
+            state.node.membership.connections_changed(&self.user, 1);
+        }
+        let mut subs = HashSet::new();
+        for ch in channels {
+            self.subscribe(&mut subs, &ch).await;
+        }
+        let commands = state.backend_commands.get().cloned();
+        let (path, params) = (self.path.clone(), self.params.clone());
+        match self
+            .emit(Body::Join {
+                path: &path,
+                params: &params,
+                commands: commands.as_deref(),
+            })
+            .await
+        {
+            Ok(()) => {}
+            Err(EmitError::Gone) => conn.close(DisconnectCode::TARGET_GONE),
+            Err(EmitError::Failed) => conn.close(DisconnectCode::SERVER_ERROR),
+        }
+        let cfg = &state.config.client;
+        let silent_limit = cfg.ping_interval + cfg.pong_timeout;
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + cfg.ping_interval,
+            cfg.ping_interval,
+        );
+        // Never ticks without heartbeats.
+        let beat_every = if heartbeat.is_zero() {
+            Duration::from_secs(86_400 * 365)
+        } else {
+            heartbeat
+        };
+        let mut beat =
+            tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
+        let mut last_seen = Instant::now();
+        let mut rates = ConnRates::new(cfg);
+        let mut peer_close: Option<(u16, String)> = None;
+        let m = Metrics::get();
+        while !conn.is_closed() {
+            tokio::select! {
+                _ = conn.cancelled() => break,
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > silent_limit {
+                        conn.close(DisconnectCode::NO_PONG);
+                        break;
+                    }
+                    conn.send_ws_ping();
+                }
+                _ = beat.tick() => {
+                    let body = Body::Heartbeat {
+                        uptime_ms: self.opened.elapsed().as_millis() as u64,
+                        messages: self.messages,
+                    };
+                    match self.emit(body).await {
+                        Ok(()) => {}
+                        Err(EmitError::Gone) => conn.close(DisconnectCode::TARGET_GONE),
+                        Err(EmitError::Failed) => conn.close(DisconnectCode::SERVER_ERROR),
+                    }
+                }
+                control = conn.next_control() => self.control(&mut subs, control).await,
+                msg = stream.next() => {
+                    last_seen = Instant::now();
+                    if let Some(Ok(Message::Close(f))) = &msg {
+                        peer_close = Some(match f {
+                            Some(f) => (f.code, f.reason.to_string()),
+                            None => (1005, "no status code".into()),
+                        });
+                    }
+                    let body = match conn.inbound(msg) {
+                        Inbound::End => break,
+                        Inbound::Control => continue,
+                        Inbound::Text(t) => {
+                            if rates.check(true).is_err() {
+                                conn.close(DisconnectCode::TOO_MANY_REQUESTS);
+                                break;
+                            }
+                            m.messages_in_relay.increment(1);
+                            m.bytes_in.increment(t.len() as u64);
+                            self.messages += 1;
+                            self.text(&t).await
+                        }
+                        Inbound::Binary(b) => {
+                            if rates.check(true).is_err() {
+                                conn.close(DisconnectCode::TOO_MANY_REQUESTS);
+                                break;
+                            }
+                            m.messages_in_relay.increment(1);
+                            m.bytes_in.increment(b.len() as u64);
+                            self.messages += 1;
+                            let b64data = base64::engine::general_purpose::STANDARD.encode(&b);
+                            self.emit(Body::Binary { frame: "binary", b64data }).await
+                        }
+                    };
+                    match body {
+                        Ok(()) => {}
+                        Err(EmitError::Gone) => conn.close(DisconnectCode::TARGET_GONE),
+                        Err(EmitError::Failed) => conn.close(DisconnectCode::SERVER_ERROR),
+                    }
+                }
+            }
+        }
+        // Why it ended: the server's close, else the client's close frame,
+        // else the connection was lost (1006).
+        let (code, reason) = conn
+            .close_reason()
+            .or(peer_close)
+            .unwrap_or((1006, "connection lost".into()));
+        let _ = self
+            .emit(Body::Leave {
+                code,
+                reason: &reason,
+            })
+            .await;
+        for ch in subs {
+            state.node.remove_subscriber(&ch, conn.id).await;
+        }
+        state.registry.remove(&conn.client);
+        state.webhooks.emit(
+            "client_disconnected",
+            json!({"client": conn.client, "user": self.user, "code": code, "reason": reason, "transport": "relay"}),
+        );
+        if !self.user.is_empty() {
+            state.node.membership.connections_changed(&self.user, -1);
+        }
+    }
+
+    async fn text(&mut self, t: &str) -> Result<(), EmitError> {
+        self.emit(Body::Text {
+            frame: "text",
+            data: t,
+        })
+        .await
+    }
+
+    /// Subscribe to a channel: its publications arrive as raw frames.
+    async fn subscribe(&self, subs: &mut HashSet<String>, channel: &str) {
+        if subs.contains(channel) {
+            return;
+        }
+        if subs.len() >= self.state.config.client.max_channels_per_connection {
+            Metrics::limit_hit("max_channels_per_connection");
+            tracing::warn!(client = %self.conn.client, channel, "relay connection: channel limit; not subscribed");
+            return;
+        }
+        if let Err(e) = self.state.channel(channel) {
+            tracing::warn!(client = %self.conn.client, channel, error = %e, "relay connection: cannot subscribe");
+            return;
+        }
+        match self
+            .state
+            .node
+            .add_subscriber(channel, self.conn.clone(), false)
+            .await
+        {
+            Ok(_) => {
+                subs.insert(channel.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(client = %self.conn.client, channel, error = %e, "relay connection: subscribe failed");
+            }
+        }
+    }
+
+    async fn control(&mut self, subs: &mut HashSet<String>, control: Control) {
+        match control {
+            Control::Disconnect { code, reason } => self.conn.close_with(code, reason.into()),
+            Control::Subscribe { channel, .. } => self.subscribe(subs, &channel).await,
+            Control::Unsubscribe { channel, .. } => {
+                if subs.remove(&channel) {
+                    self.state
+                        .node
+                        .remove_subscriber(&channel, self.conn.id)
+                        .await;
+                }
+            }
+            Control::Refresh { expired, .. } => {
+                if expired {
+                    self.conn.close(DisconnectCode::EXPIRED);
+                }
+            }
+            Control::Transfer { target, meta } => {
+                let Some(sink) = self.state.sink(&target) else {
+                    tracing::warn!(client = %self.conn.client, %target, "relay transfer to an unreachable target refused");
+                    return;
+                };
+                let _ = self
+                    .emit(Body::Leave {
+                        code: 0,
+                        reason: "transferred",
+                    })
+                    .await;
+                self.binding = Binding {
+                    target,
+                    meta: meta.or(self.binding.meta.take()),
+                    sink,
+                };
+                let commands = self.state.backend_commands.get().cloned();
+                let (path, params) = (self.path.clone(), self.params.clone());
+                let joined = self
+                    .emit(Body::Join {
+                        path: &path,
+                        params: &params,
+                        commands: commands.as_deref(),
+                    })
+                    .await;
+                match joined {
+                    Ok(()) => {}
+                    Err(EmitError::Gone) => self.conn.close(DisconnectCode::TARGET_GONE),
+                    Err(EmitError::Failed) => self.conn.close(DisconnectCode::SERVER_ERROR),
+                }
+            }
+            Control::TargetGone { target } => {
+                if target == self.binding.target {
+                    self.conn.close(DisconnectCode::TARGET_GONE);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: &str) -> Route {
+        Route {
+            config: RouteConfig {
+                path: path.into(),
+                target: "t".into(),
+                ..Default::default()
+            },
+            segs: parse_path(path).unwrap(),
+        }
+    }
+
+    #[test]
+    fn paths_match_with_their_parameters() {
+        let r = route("/ws/chat/{room}/");
+        let p = r.matches("/ws/chat/lobby/").unwrap();
+        assert_eq!(p["room"], "lobby");
+        assert_eq!(r.matches("/ws/chat/a%20b/").unwrap()["room"], "a b");
+        assert!(r.matches("/ws/chat/lobby").is_none(), "trailing slash");
+        assert!(r.matches("/ws/chat//").is_none(), "empty parameter");
+        assert!(r.matches("/ws/chat/a/b/").is_none());
+        assert!(r.matches("/ws/chat/%zz/").is_none());
+        assert!(route("/ws/status/").matches("/ws/status/").is_some());
+    }
+
+    #[test]
+    fn templates_are_filled_from_the_path() {
+        let mut p = BTreeMap::new();
+        p.insert("room".to_string(), "42".to_string());
+        assert_eq!(fill("chat.{room}", &p), "chat.42");
+        assert_eq!(fill("chat:{room}", &p), "chat:42");
+    }
+
+    #[test]
+    fn bad_routes_are_refused_naming_the_setting() {
+        let cfg = |routes: Vec<RouteConfig>| RelayConfig {
+            routes,
+            ..Default::default()
+        };
+        let r = |path: &str, target: &str| RouteConfig {
+            path: path.into(),
+            target: target.into(),
+            ..Default::default()
+        };
+        assert!(check(&cfg(vec![r("/ws/chat/{room}/", "chat.{room}")])).is_ok());
+        for (path, target, why) in [
+            ("ws/x", "t", "must start with /"),
+            ("/api/x", "t", "serves this path itself"),
+            ("/ws/relay/x", "t", "serves this path itself"),
+            ("/a/{b c}", "t", "bad parameter"),
+            ("/a/{b}/{b}", "t", "twice"),
+            ("/a/x*", "t", "bad segment"),
+            ("/a", "", "required without a connect_proxy"),
+            ("/a", "bad target", "not a target name"),
+        ] {
+            let e = check(&cfg(vec![r(path, target)])).unwrap_err();
+            assert!(
+                e.contains("relay.routes[0]") && e.contains(why),
+                "{path}: {e}"
+            );
+        }
+        let e = check(&cfg(vec![r("/a/{x}", "t"), r("/a/{y}", "t")])).unwrap_err();
+        assert!(e.contains("relay.routes[1].path"), "{e}");
+        let e = check(&RelayConfig {
+            http_targets: vec![HttpTargetConfig {
+                name: "t".into(),
+                url: "http://127.0.0.1:1/".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("relay.http_targets[0].secret"), "{e}");
+    }
+
+    #[test]
+    fn same_origin_only_without_allowed_origins() {
+        let h = |origin: Option<&str>, host: &str| {
+            let mut h = HeaderMap::new();
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, o.parse().unwrap());
+            }
+            h.insert(header::HOST, host.parse().unwrap());
+            h
+        };
+        assert!(
+            origin_allowed(&[], &h(None, "a:80")),
+            "no Origin: not a browser"
+        );
+        assert!(origin_allowed(&[], &h(Some("http://a:8000"), "a:8000")));
+        assert!(!origin_allowed(&[], &h(Some("http://evil:8000"), "a:8000")));
+        let allowed = vec!["https://app.example.com".to_string()];
+        assert!(origin_allowed(
+            &allowed,
+            &h(Some("https://app.example.com"), "gc:1")
+        ));
+        assert!(!origin_allowed(&allowed, &h(Some("http://a:1"), "a:1")));
+    }
+}
