@@ -241,3 +241,107 @@ async fn dashboard_page_shows_the_node_in_a_browser() {
     assert_eq!(summary["edges"], json!([server.config.name]), "{summary}");
     assert_eq!(summary["subscribers"], 3, "{summary}");
 }
+
+/// Seed 004's relay flow, end to end: a plain `new WebSocket(url)` in two
+/// Chromium tabs, a relay route on an edge on NATS, and a backend process
+/// on NATS that keeps its clients from `join`/`leave`, broadcasts to them
+/// through `relay_send` (API over NATS) and closes one with `relay_close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_004_relay_flow_with_browser_websockets_and_a_nats_backend() {
+    use futures_util::StreamExt;
+    let _node = node_with_sdk();
+    assert!(
+        Path::new("/usr/bin/chromium").is_file() || std::env::var_os("CHROMIUM").is_some(),
+        "chromium is missing: {INSTALL_HINT}"
+    );
+    let nats = groupcast_testkit::nats::NatsServer::start().await;
+    let mut config = TestServer::dev_config();
+    config.nats.urls = vec![nats.url()];
+    config
+        .relay
+        .routes
+        .push(groupcast_edge::backend::RouteConfig {
+            path: "/ws/app/{room}/".into(),
+            target: "app.{room}".into(),
+            ..Default::default()
+        });
+    let backbone = groupcast_edge::backbone::build(&config, Default::default())
+        .await
+        .expect("NATS backbone");
+    let server = TestServer::start_with_node(config, backbone.node.clone()).await;
+
+    // The backend process: one target, the seed's broadcasting pattern.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = client.subscribe("gc.relay.app.lobby").await.unwrap();
+    client.flush().await.unwrap();
+    let backend = tokio::spawn(async move {
+        let mut clients: Vec<String> = Vec::new();
+        let call = |method: &str, params: serde_json::Value| {
+            let cmd = json!({ "method": method, "params": params }).to_string();
+            let client = client.clone();
+            async move {
+                let r = client.request("gc.api", cmd.into()).await.unwrap();
+                let r: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+                assert!(r["result"].is_object(), "{r}");
+            }
+        };
+        let text = |v: serde_json::Value| v.to_string();
+        while let Some(msg) = events.next().await {
+            let e: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            let me = e["client"].as_str().unwrap().to_string();
+            match e["type"].as_str().unwrap() {
+                "join" => {
+                    clients.push(me.clone());
+                    let hi = text(json!({ "event": "welcome", "client": me }));
+                    call("relay_send", json!({ "client": me, "text": hi })).await;
+                }
+                "leave" => {
+                    clients.retain(|c| *c != me);
+                    for c in &clients {
+                        let left = text(json!({ "event": "left", "client": me }));
+                        call("relay_send", json!({ "client": c, "text": left })).await;
+                    }
+                }
+                "message" if e["frame"] == "binary" => {
+                    let n = e["b64data"].as_str().unwrap().len() / 4 * 3
+                        - e["b64data"].as_str().unwrap().matches('=').count();
+                    let reply = text(json!({ "event": "bytes", "length": n }));
+                    call("relay_send", json!({ "client": me, "text": reply })).await;
+                }
+                "message" => {
+                    let m: serde_json::Value =
+                        serde_json::from_str(e["data"].as_str().unwrap()).unwrap();
+                    if m["type"] == "say" {
+                        let said = text(json!({ "event": "said", "text": m["text"] }));
+                        for c in &clients {
+                            call("relay_send", json!({ "client": c, "text": said })).await;
+                        }
+                    } else if m["type"] == "bye" {
+                        let params =
+                            json!({ "client": me, "code": 4000, "reason": "Session ended" });
+                        call("relay_close", params).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+
+    let script = sdk_dir().join("relay_backend_page.mjs");
+    let args = [
+        script.display().to_string(),
+        format!("http://{}/", server.addr),
+        "/ws/app/lobby/".to_string(),
+    ];
+    let out = run_script(
+        "relay_backend_page.mjs",
+        Path::new("node"),
+        &args,
+        &sdk_dir(),
+    )
+    .await;
+    backend.abort();
+    let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("relay_backend_page.mjs summary is not JSON ({e}): {out}"));
+    assert_eq!(summary["ok"], true, "{summary}");
+}

@@ -12,6 +12,7 @@ pub mod nats;
 pub mod nginx;
 mod process;
 pub mod prometheus;
+pub mod raw;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

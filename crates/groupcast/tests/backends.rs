@@ -499,3 +499,210 @@ async fn webhooks_arrive_signed_once_each_and_a_full_queue_drops() {
     );
     let _ = std::fs::remove_file(config);
 }
+
+/// Seed 002's three endpoints, unchanged for the browser, on relay routes
+/// whose backend is an HTTP target (`tests/backends/chat_backend.py`,
+/// written like the seed's Django consumers): the connect proxy reads the
+/// `?token=`, binds the connection to the target and subscribes it to its
+/// room, personal or status channel; every frame reaches the backend as a
+/// signed event; the backend answers by publishing to the channels
+/// (escaped, validated) and by `relay_send` to one client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_002_endpoints_run_on_relay_routes_with_an_http_backend() {
+    use groupcast_testkit::raw::{closed, json as next_json, open};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listen = format!("127.0.0.1:{}", groupcast_testkit::free_tcp_port());
+    let mut cmd = Command::new(python());
+    cmd.arg(repo_file("tests/backends/chat_backend.py"))
+        .arg(format!("http://{listen}"))
+        .arg("k")
+        .arg("s3cret");
+    let (_backend, line) = start(cmd, "listening");
+    let port: u16 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let config = std::env::temp_dir().join(format!("gc-seed002-{}.toml", std::process::id()));
+    let toml = format!(
+        r#"
+[[namespaces]]
+name = "chat"
+[[namespaces]]
+name = "notify"
+
+[[proxies]]
+name = "django_connect"
+endpoint = "http://127.0.0.1:{port}/connect"
+
+[[relay.routes]]
+path = "/ws/chat/{{room}}/"
+connect_proxy = "django_connect"
+[[relay.routes]]
+path = "/ws/notifications/"
+connect_proxy = "django_connect"
+[[relay.routes]]
+path = "/ws/status/"
+connect_proxy = "django_connect"
+allowed_origins = ["https://app.example.com"]
+
+[[relay.http_targets]]
+name = "django"
+url = "http://127.0.0.1:{port}/events"
+secret = "s3cret"
+"#
+    );
+    std::fs::write(&config, toml).unwrap();
+    let server = dev(&listen, &config);
+    let _ = std::fs::remove_file(&config);
+    let ws = |path: &str| format!("ws://{listen}{path}");
+
+    // Chat: two users in a room; a message is escaped by the backend and
+    // reaches both as the seed's `chat_message`.
+    let mut alice = open(&ws("/ws/chat/lobby/?token=tok-alice"), None)
+        .await
+        .unwrap();
+    let mut bob = open(&ws("/ws/chat/lobby/?token=tok-bob"), None)
+        .await
+        .unwrap();
+    // Both are bound and subscribed once the backend saw their joins.
+    let stats = || async {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (_, body) = http_request(addr, "GET", "/stats", "", b"").await;
+        serde_json::from_slice::<Value>(&body).unwrap()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while stats().await["types"]["join"] != 2 {
+        assert!(std::time::Instant::now() < until, "{}", stats().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let send = |m: Value| Message::text(m.to_string());
+    use futures_util::SinkExt;
+    alice
+        .send(send(
+            json!({"type": "chat_message", "message": "<b>hi</b>", "channel_id": 123}),
+        ))
+        .await
+        .unwrap();
+    for c in [&mut alice, &mut bob] {
+        let m = next_json(c).await;
+        assert_eq!(m["type"], "chat_message", "{m}");
+        assert_eq!(m["message"]["content"], "&lt;b&gt;hi&lt;/b&gt;", "{m}");
+        assert_eq!(m["message"]["author"]["username"], "alice", "{m}");
+        assert_eq!(m["message"]["channel_id"], 123, "{m}");
+    }
+    // Typing reaches the others, not the typist (exclude_client).
+    alice
+        .send(send(
+            json!({"type": "typing", "channel_id": 123, "is_typing": true}),
+        ))
+        .await
+        .unwrap();
+    let t = next_json(&mut bob).await;
+    assert_eq!(
+        t,
+        json!({"type": "typing", "user": "alice", "is_typing": true})
+    );
+    // Edits are validated by the backend: bob may not edit alice's message.
+    bob.send(send(
+        json!({"type": "edit_message", "message_id": 1, "new_content": "x"}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        next_json(&mut bob).await,
+        json!({"type": "error", "message": "not your message"})
+    );
+    alice
+        .send(send(
+            json!({"type": "edit_message", "message_id": 1, "new_content": "hey"}),
+        ))
+        .await
+        .unwrap();
+    for c in [&mut alice, &mut bob] {
+        let m = next_json(c).await;
+        assert_eq!(m["type"], "edit_message", "{m}");
+        assert_eq!(m["new_content"], "hey", "{m}");
+    }
+    // Not JSON: an error to the sender only.
+    bob.send(Message::text("{oops")).await.unwrap();
+    assert_eq!(
+        next_json(&mut bob).await,
+        json!({"type": "error", "message": "invalid JSON"})
+    );
+
+    // Notifications: the personal channel; the application publishes.
+    let mut notes = open(&ws("/ws/notifications/?token=tok-bob"), None)
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while stats().await["types"]["join"] != 3 {
+        assert!(std::time::Instant::now() < until, "{}", stats().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let note = json!({"type": "notification", "notification": {"id": 789, "title": "New Task"}});
+    let addr = listen.parse().unwrap();
+    let (status, _) = http_request(
+        addr,
+        "POST",
+        "/api/publish",
+        "X-API-Key: k\r\n",
+        json!({"channel": "notify:#bob", "data": note})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_json(&mut notes).await, note);
+    notes
+        .send(send(json!({"type": "mark_read", "notification_id": 789})))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut notes).await,
+        json!({"type": "marked_read", "notification_id": 789})
+    );
+
+    // Status: its route allows one origin only; a status update reaches
+    // every status watcher as `user_status`.
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match open(
+        &ws("/ws/status/?token=tok-bob"),
+        Some("https://evil.example"),
+    )
+    .await
+    {
+        Err(WsError::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("foreign origin: {other:?}"),
+    }
+    let app = Some("https://app.example.com");
+    let mut watcher = open(&ws("/ws/status/?token=tok-bob"), app).await.unwrap();
+    let mut carol = open(&ws("/ws/status/?token=tok-carol"), app).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while stats().await["types"]["join"] != 5 {
+        assert!(std::time::Instant::now() < until, "{}", stats().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    carol
+        .send(send(json!({"type": "status_update", "status": "away"})))
+        .await
+        .unwrap();
+    let s = next_json(&mut watcher).await;
+    assert_eq!(s["type"], "user_status", "{s}");
+    assert_eq!(s["user_id"], "carol", "{s}");
+    assert_eq!(s["status"], "away", "{s}");
+
+    // No token: the connect proxy's error closes with 3507 and its message.
+    let mut anon = open(&ws("/ws/chat/lobby/"), None).await.unwrap();
+    let (code, reason) = closed(&mut anon).await;
+    assert_eq!(code, 3507);
+    assert_eq!(reason, "login required (1001)");
+
+    // Every batch was signed; nothing was refused.
+    let st = stats().await;
+    assert_eq!(st["bad_signatures"], 0, "{st}");
+    drop((alice, bob, notes, watcher, carol));
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while stats().await["types"]["leave"] != 5 {
+        assert!(std::time::Instant::now() < until, "{}", stats().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(server);
+}

@@ -13,13 +13,11 @@ use futures_util::{SinkExt, StreamExt};
 use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
 use groupcast_testkit::membership::MembershipCluster;
 use groupcast_testkit::nats::NatsServer;
+use groupcast_testkit::raw::{closed, frame, open};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
 const T: Duration = Duration::from_secs(10);
@@ -35,8 +33,6 @@ heartbeat_interval = "200ms"
 path = "/ws/nobody/"
 target = "nobody"
 "#;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn backbone() -> (NatsServer, MembershipCluster) {
     tokio::join!(
@@ -57,44 +53,8 @@ async fn edge(
     EdgeProcess::start(Path::new(BIN), name, &[nats.url()], &config, &all).await
 }
 
-async fn open(url: &str, origin: Option<&str>) -> Result<Ws, WsError> {
-    let mut req = url.into_client_request().unwrap();
-    if let Some(o) = origin {
-        req.headers_mut().insert("Origin", o.parse().unwrap());
-    }
-    tokio::time::timeout(T, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake within 10 s")
-        .map(|(ws, _)| ws)
-}
-
 fn route_url(e: &EdgeProcess, path: &str) -> String {
     format!("ws://{}{path}", e.addr)
-}
-
-/// The next data frame (pings answered by tungstenite are skipped).
-async fn frame(ws: &mut Ws) -> Message {
-    loop {
-        let m = tokio::time::timeout(T, ws.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("connection open")
-            .expect("read");
-        if matches!(m, Message::Text(_) | Message::Binary(_) | Message::Close(_)) {
-            return m;
-        }
-    }
-}
-
-/// Reads until the server's close frame: its code and reason.
-async fn closed(ws: &mut Ws) -> (u16, String) {
-    loop {
-        match frame(ws).await {
-            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
-            Message::Close(None) => return (1005, String::new()),
-            _ => {}
-        }
-    }
 }
 
 /// A backend process: every event it gets on `subject`, in arrival order.
