@@ -23,6 +23,10 @@
 //!   `client.connect_proxy` pointed at `proxy-backend` (a minimal backend
 //!   in this tool), the cost of the connect proxy.
 //!
+//! * `relay-backend`: relay connections bound to a NATS backend target
+//!   (a backend in this tool echoes every frame through `relay_send`):
+//!   round trips per second and latency p50/p99.
+//!
 //! Every scenario is bounded in connections and time and exits by itself.
 //! `docs/benchmarks.md` records results with the exact commands.
 
@@ -44,6 +48,7 @@ mod connect;
 mod http;
 mod membership;
 mod presence;
+mod relay_backend;
 mod soak;
 
 #[derive(Parser)]
@@ -105,6 +110,8 @@ enum Scenario {
     Soak(soak::Params),
     /// Connections per second (upgrade + connect + reply) and latency.
     ConnectRate(connect::Params),
+    /// Relay connections to a NATS backend (echo): round trips/s, latency.
+    RelayBackend(relay_backend::Params),
     /// A minimal connect-proxy backend for `connect-rate` (runs until
     /// killed).
     ProxyBackend {
@@ -229,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Soak(params) => soak::run(cli.server, &cli.token, params).await?,
         Scenario::ConnectRate(params) => connect::run(cli.server, &cli.token, params).await?,
         Scenario::ProxyBackend { listen } => connect::backend(listen).await?,
+        Scenario::RelayBackend(params) => relay_backend::run(cli.server, params).await?,
         Scenario::Idle {
             connections,
             server_pid,
