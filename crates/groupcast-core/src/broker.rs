@@ -47,6 +47,9 @@ pub enum BrokerError {
     UnrecoverablePosition,
     #[error("broker internal error: {0}")]
     Internal(String),
+    /// A request got no answer in time (it may still be acted on).
+    #[error("no answer in time: {0}")]
+    Timeout(String),
 }
 
 /// How to store one publication.

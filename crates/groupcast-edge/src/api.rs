@@ -136,6 +136,12 @@ impl ConnAction {
                 if !groupcast_core::valid_target(&r.target) {
                     return Err(ApiError::BAD_REQUEST.into());
                 }
+                // Every edge has the same targets: one this edge cannot
+                // reach (no HTTP target by that name, no NATS) is refused
+                // here rather than ignored where the connection is.
+                if !state.can_reach(&r.target) {
+                    return Err(ApiError::NOT_AVAILABLE.into());
+                }
                 ConnAction::RelayTransfer(r.client, r.target, r.meta.map(Arc::from))
             }
             "relay_target_gone" => {
@@ -211,8 +217,10 @@ impl ConnAction {
                     }
                 }
                 ConnAction::RelayClose(_, code, reason) => {
+                    // After the frames already queued (a backend's last
+                    // `relay_send` before its close arrives first).
                     if conn.kind == SubscriberKind::Relay {
-                        conn.close_with(*code, reason.clone().into());
+                        conn.drain_with(*code, reason.clone().into());
                     }
                 }
                 ConnAction::RelayTransfer(_, target, meta) => {
@@ -351,6 +359,14 @@ pub(crate) async fn over_nats(state: &EdgeState, payload: &[u8]) -> Bytes {
             "unknown".to_string(),
             "not_found",
         ),
+        Ok(_) if payload.len() > state.config.api.max_body_bytes => {
+            Metrics::limit_hit("api.max_body_bytes");
+            (
+                encode(&Reply::error(ApiError::LIMIT_EXCEEDED)),
+                "unknown".to_string(),
+                "too_large",
+            )
+        }
         Ok(c) => {
             let params = match c.params {
                 None => Value::Object(Default::default()),
@@ -437,7 +453,7 @@ fn channel_error(e: ErrorCode) -> ApiError {
 
 fn broker_error(e: BrokerError) -> ApiError {
     match e {
-        BrokerError::Unavailable(_) => ApiError::NOT_AVAILABLE,
+        BrokerError::Unavailable(_) | BrokerError::Timeout(_) => ApiError::NOT_AVAILABLE,
         BrokerError::UnrecoverablePosition => ApiError::UNRECOVERABLE_POSITION,
         BrokerError::Internal(_) => ApiError::INTERNAL,
     }

@@ -35,6 +35,7 @@ use axum::extract::ws::{Message, WebSocket};
 use axum::http::{header, HeaderMap};
 use base64::Engine;
 use futures_util::StreamExt;
+use groupcast_core::broker::BrokerError;
 use groupcast_core::hub::SubscriberKind;
 use groupcast_core::{valid_target, BackendBus};
 use groupcast_proto::DisconnectCode;
@@ -107,7 +108,8 @@ pub struct HttpTargetConfig {
     #[serde(with = "humantime_serde")]
     pub batch_interval: Duration,
     /// Events waiting while the backend is slow; when full, a connection
-    /// waits up to `timeout`, then closes with 3004 (nothing is dropped).
+    /// waits up to `timeout`, then closes with 3004. A batch the backend
+    /// refuses `max_retries` times is dropped (counted).
     pub queue_max: usize,
     /// Each POST must be answered within this.
     #[serde(with = "humantime_serde")]
@@ -212,6 +214,20 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Longest path parameter value.
+pub const MAX_PARAM_LEN: usize = 64;
+
+/// A path parameter's value: 1 to [`MAX_PARAM_LEN`] ASCII letters, digits,
+/// `_` and `-`. Nothing else, so a parameter filled into `channels` or
+/// `target` cannot change their meaning: no `#` (user-limited channels),
+/// no `$` (private), no `:` (namespace), no `.` (subject levels).
+fn param_value_ok(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_PARAM_LEN
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Fill `{name}` placeholders with the path's parameters.
 fn fill(template: &str, params: &BTreeMap<String, String>) -> String {
     let mut out = template.to_string();
@@ -240,7 +256,7 @@ impl Route {
                 Seg::Lit(l) if l == part => {}
                 Seg::Lit(_) => return None,
                 Seg::Param(name) => {
-                    let v = percent_decode(part).filter(|v| !v.is_empty())?;
+                    let v = percent_decode(part).filter(|v| param_value_ok(v))?;
                     params.insert(name.clone(), v);
                 }
             }
@@ -386,6 +402,12 @@ enum Sink {
 }
 
 impl EdgeState {
+    /// Can this edge send events to `target` (an HTTP target by that name,
+    /// or NATS)?
+    pub(crate) fn can_reach(&self, target: &str) -> bool {
+        self.sink(target).is_some()
+    }
+
     fn sink(&self, target: &str) -> Option<Sink> {
         if let Some(tx) = self.backends.http.get(target) {
             return Some(Sink::Http(tx.clone()));
@@ -515,10 +537,12 @@ async fn send(state: &EdgeState, b: &Binding, text: String, ask: bool) -> Result
             {
                 Ok(Some(_)) => Ok(()),
                 Ok(None) => Err(EmitError::Gone),
-                // No answer in time is not "gone": the event was published.
+                // No answer in time is not "gone": the event was published
+                // and the backend may be busy.
+                Err(BrokerError::Timeout(_)) => Ok(()),
                 Err(e) => {
-                    tracing::debug!(target = %b.target, error = %e, "relay target did not answer in time");
-                    Ok(())
+                    tracing::warn!(target = %b.target, error = %e, "relay event not published");
+                    Err(EmitError::Failed)
                 }
             }
         }
@@ -550,7 +574,6 @@ async fn send(state: &EdgeState, b: &Binding, text: String, ask: bool) -> Result
 /// Who the connection is and where it goes, before it is bound.
 struct Admitted {
     user: String,
-    info: Option<Arc<RawValue>>,
     meta: Option<Arc<RawValue>>,
     target: String,
     channels: Vec<String>,
@@ -586,7 +609,6 @@ async fn admit(
     let params = &req.params;
     let mut a = Admitted {
         user: String::new(),
-        info: None,
         meta: None,
         target: fill(&route.target, params),
         channels: route.channels.iter().map(|c| fill(c, params)).collect(),
@@ -611,7 +633,6 @@ async fn admit(
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
-                a.info = raw(r.get("info"));
                 a.meta = raw(r.get("meta"));
                 if let Some(t) = r.get("target").and_then(Value::as_str) {
                     a.target = t.to_string();
@@ -640,9 +661,8 @@ async fn admit(
         let claims = state
             .verifier
             .verify_connect(t)
-            .map_err(|e| (invalid.code, format!("{}: {e}", invalid.reason)))?;
+            .map_err(|e| (invalid.code, e.to_string()))?;
         a.user = claims.sub;
-        a.info = claims.info.map(Arc::from);
         a.meta = claims.meta.map(Arc::from);
         if let Some(t) = claims.target {
             a.target = t;
@@ -651,6 +671,12 @@ async fn admit(
     } else if route.require_token {
         let invalid = DisconnectCode::INVALID_TOKEN;
         return Err((invalid.code, format!("{}: none given", invalid.reason)));
+    }
+    let per_user = state.config.client.max_connections_per_user;
+    if per_user > 0 && !a.user.is_empty() && state.registry.find(&a.user, "").len() >= per_user {
+        Metrics::limit_hit("max_connections_per_user");
+        let limit = DisconnectCode::CONNECTION_LIMIT;
+        return Err((limit.code, limit.reason.into()));
     }
     if !valid_target(&a.target) {
         tracing::warn!(path = %req.path, target = %a.target, "relay route: no valid backend target for a connection");
@@ -705,7 +731,6 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, req: Request) {
         path: req.path,
         params: req.params,
     };
-    let _ = admitted.info; // kept for presence, which relay routes do not keep
     rc.run(&mut stream, admitted.channels, route.heartbeat_interval)
         .await;
     opened.finish().await;
@@ -843,9 +868,16 @@ impl RelayConn {
             state.node.remove_subscriber(&ch, conn.id).await;
         }
         state.registry.remove(&conn.client);
+        // As for protocol connections: the server's code, none when the
+        // client left.
+        let (hook_code, hook_reason) = match conn.close_reason() {
+            Some((c, r)) => (json!(c), r),
+            None => (Value::Null, "connection closed".to_string()),
+        };
         state.webhooks.emit(
             "client_disconnected",
-            json!({"client": conn.client, "user": self.user, "code": code, "reason": reason, "transport": "relay"}),
+            json!({"client": conn.client, "user": self.user, "code": hook_code,
+                   "reason": hook_reason, "transport": "relay"}),
         );
         if !self.user.is_empty() {
             state.node.membership.connections_changed(&self.user, -1);
@@ -966,11 +998,26 @@ mod tests {
         let r = route("/ws/chat/{room}/");
         let p = r.matches("/ws/chat/lobby/").unwrap();
         assert_eq!(p["room"], "lobby");
-        assert_eq!(r.matches("/ws/chat/a%20b/").unwrap()["room"], "a b");
+        assert_eq!(r.matches("/ws/chat/a%2Db/").unwrap()["room"], "a-b");
+        // Only letters, digits, _ and -: a parameter filled into a channel
+        // or target cannot reach a user's (#), a private ($) or another
+        // namespace's (:) channel, nor add subject levels (.).
+        for bad in [
+            "%23bob",
+            "%24secret",
+            "ns%3Ax",
+            "a.b",
+            "a%20b",
+            "%C3%A9",
+            "%zz",
+        ] {
+            assert!(r.matches(&format!("/ws/chat/{bad}/")).is_none(), "{bad}");
+        }
+        let long = "x".repeat(MAX_PARAM_LEN + 1);
+        assert!(r.matches(&format!("/ws/chat/{long}/")).is_none());
         assert!(r.matches("/ws/chat/lobby").is_none(), "trailing slash");
         assert!(r.matches("/ws/chat//").is_none(), "empty parameter");
         assert!(r.matches("/ws/chat/a/b/").is_none());
-        assert!(r.matches("/ws/chat/%zz/").is_none());
         assert!(route("/ws/status/").matches("/ws/status/").is_some());
     }
 

@@ -196,12 +196,18 @@ impl Conn {
     /// Close with `code` after the output already queued is written
     /// (graceful shutdown). Not bounded by the queue limit.
     pub fn drain(&self, code: DisconnectCode) {
+        self.drain_with(code.code, Cow::Borrowed(code.reason));
+    }
+
+    /// [`Conn::drain`] with any code and reason (at most
+    /// [`MAX_CLOSE_REASON`] bytes).
+    pub fn drain_with(&self, code: u16, reason: Cow<'static, str>) {
         {
             let mut r = self.close_reason.lock();
             if r.is_some() || self.cancel.is_cancelled() {
                 return;
             }
-            *r = Some((code.code, Cow::Borrowed(code.reason)));
+            *r = Some((code, reason));
         }
         if self.tx.send(Out::Close).is_err() {
             self.cancel.cancel();

@@ -233,6 +233,14 @@ fn describe() {
         "Webhook POSTs by outcome (ok, retried, failed: batch dropped after its retries)."
     );
     describe_counter!(
+        "groupcast_relay_backend_events_total",
+        "Relay route events to backend targets, by event (join, message, heartbeat, leave) and outcome (sent, gone: no responders, failed)."
+    );
+    describe_counter!(
+        "groupcast_relay_http_requests_total",
+        "POSTs to HTTP relay targets by outcome (ok, retried, failed: batch dropped after its retries)."
+    );
+    describe_counter!(
         "groupcast_proxy_requests_total",
         "Event proxy calls to the backend, by event (connect, refresh, subscribe, sub_refresh, publish, rpc, send) and outcome."
     );

@@ -87,7 +87,7 @@ impl From<ErrorCode> for Fail {
 
 fn broker_error(e: BrokerError) -> ErrorCode {
     match e {
-        BrokerError::Unavailable(_) => ErrorCode::NOT_AVAILABLE,
+        BrokerError::Unavailable(_) | BrokerError::Timeout(_) => ErrorCode::NOT_AVAILABLE,
         BrokerError::UnrecoverablePosition => ErrorCode::UNRECOVERABLE_POSITION,
         BrokerError::Internal(_) => ErrorCode::INTERNAL,
     }

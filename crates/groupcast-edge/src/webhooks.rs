@@ -258,7 +258,7 @@ async fn send_loop(
             }
             if attempt >= c.max_retries {
                 metrics::counter!(requests_metric, "outcome" => "failed").increment(1);
-                tracing::warn!(url = %c.url, events = batch.len(), "webhook batch dropped after {attempt} retries");
+                tracing::warn!(url = %c.url, events = batch.len(), metric = requests_metric, "batch dropped after {attempt} retries");
                 break;
             }
             metrics::counter!(requests_metric, "outcome" => "retried").increment(1);

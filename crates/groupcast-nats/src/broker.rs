@@ -361,6 +361,9 @@ impl BackendBus for NatsBroker {
         match self.inner.client.send_request(subject, request).await {
             Ok(m) => Ok(Some(m.payload)),
             Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(None),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                Err(BrokerError::Timeout(format!("relay target {target}: {e}")))
+            }
             Err(e) => Err(BrokerError::Unavailable(format!(
                 "relay target {target}: {e}"
             ))),

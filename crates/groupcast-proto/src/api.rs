@@ -145,22 +145,19 @@ pub struct DisconnectRequest {
 /// `relay_send`: a frame to one relay connection, by client id (text from
 /// `text`, binary from `b64data`; exactly one).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct RelaySendRequest {
     pub client: String,
     pub text: Option<String>,
-    #[serde(default)]
     pub b64data: String,
 }
 
 /// `relay_close`: close one relay connection (code 1000 or 3000..=4999).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct RelayCloseRequest {
     pub client: String,
-    #[serde(default)]
     pub code: u32,
-    #[serde(default)]
     pub reason: String,
 }
 
@@ -168,7 +165,7 @@ pub struct RelayCloseRequest {
 /// (the old one gets `leave`, the new one `join`), optionally with new
 /// metadata.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct RelayTransferRequest {
     pub client: String,
     pub target: String,
@@ -178,7 +175,7 @@ pub struct RelayTransferRequest {
 /// `relay_target_gone`: the backend target is gone; every relay connection
 /// bound to it, on every edge, closes with 3015.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct RelayTargetGoneRequest {
     pub target: String,
 }

@@ -550,7 +550,18 @@ secret = "s3cret"
 "#
     );
     std::fs::write(&config, toml).unwrap();
-    let server = dev(&listen, &config);
+    let server = DevServer::start(
+        BIN,
+        &[
+            "--listen",
+            &listen,
+            "--api-key",
+            "k",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("GROUPCAST_CLIENT__MAX_CONNECTIONS_PER_USER", "3")],
+    );
     let _ = std::fs::remove_file(&config);
     let ws = |path: &str| format!("ws://{listen}{path}");
 
@@ -680,6 +691,25 @@ secret = "s3cret"
         assert!(std::time::Instant::now() < until, "{}", stats().await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // client.max_connections_per_user (3 here) holds on relay routes: bob's
+    // fourth connection is closed with 3504.
+    let mut fourth = open(&ws("/ws/status/?token=tok-bob"), app).await.unwrap();
+    assert_eq!(closed(&mut fourth).await.0, 3504);
+    // A transfer to a target this edge cannot reach (no NATS here, no HTTP
+    // target by that name) is refused, not ignored.
+    let (status, body) = http_request(
+        addr,
+        "POST",
+        "/api/relay_transfer",
+        "X-API-Key: k\r\n",
+        json!({"client": "anyone", "target": "elsewhere"})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], 108, "{body}");
     carol
         .send(send(json!({"type": "status_update", "status": "away"})))
         .await

@@ -104,9 +104,17 @@ impl Backend {
                     let r: Value = serde_json::from_slice(&r.payload).unwrap();
                     assert_eq!(r, json!({"result": {}}), "relay_send answer");
                 } else if text == "close" {
+                    // A last frame, then the close, back to back: the frame
+                    // arrives before the close.
+                    let subject = commands.get(&c).cloned().expect("join told the subject");
+                    let last = json!({"method": "relay_send",
+                        "params": {"client": c, "text": "last words"}});
+                    client
+                        .publish(subject.clone(), last.to_string().into())
+                        .await
+                        .unwrap();
                     let cmd = json!({"method": "relay_close",
                         "params": {"client": c, "code": 4001, "reason": "bye"}});
-                    let subject = commands.get(&c).cloned().expect("join told the subject");
                     client
                         .publish(subject, cmd.to_string().into())
                         .await
@@ -273,6 +281,7 @@ async fn relay_connections_reach_a_nats_backend_and_back_across_edges() {
     // The backend closes the connection on the edge's own subject; the
     // leave carries the code and reason.
     ws1.send(Message::text("close")).await.unwrap();
+    assert_eq!(frame(&mut ws1).await, Message::text("last words"));
     assert_eq!(closed(&mut ws1).await, (4001, "bye".into()));
     let leave = backend
         .wait("leave", |e| {
@@ -310,6 +319,21 @@ async fn relay_connections_reach_a_nats_backend_and_back_across_edges() {
     match open(&route_url(&a, "/ws/echo/o/"), Some("http://evil.example")).await {
         Err(WsError::Http(r)) => assert_eq!(r.status(), 403),
         other => panic!("foreign origin: {other:?}"),
+    }
+    // A bad token: 3500 with the reason.
+    let mut bad = open(&route_url(&a, "/ws/echo/t/?token=garbage"), None)
+        .await
+        .unwrap();
+    let (code, reason) = closed(&mut bad).await;
+    assert_eq!(code, 3500);
+    assert!(
+        reason.starts_with("invalid token") && !reason.contains("invalid token: invalid token"),
+        "{reason}"
+    );
+    // A parameter that could change the channel's meaning: no route.
+    match open(&route_url(&a, "/ws/echo/%23bob/"), None).await {
+        Err(WsError::Http(r)) => assert_eq!(r.status(), 404),
+        other => panic!("'#' in a parameter: {other:?}"),
     }
     // A path no route serves.
     match open(&route_url(&a, "/ws/other/"), None).await {
