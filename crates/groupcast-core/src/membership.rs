@@ -82,6 +82,36 @@ pub struct ReplicaStatus {
 /// replaced by a restart): `(channel, entry)`.
 pub type LeaveHandler = Arc<dyn Fn(&str, ClientInfo) + Send + Sync>;
 
+/// A user as the service knows them (API `user_status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserStatus {
+    pub user: String,
+    /// Open connections on every node.
+    pub connections: u64,
+    /// When a connection of theirs last opened or closed (Unix ms); 0:
+    /// unknown.
+    pub last_seen_ms: u64,
+}
+
+/// A cluster-wide change, announced once (by one node) per change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// A channel got its first subscriber on any node.
+    ChannelOccupied(String),
+    /// A channel lost its last subscriber on every node.
+    ChannelVacated(String),
+    /// A user got their first connection on any node.
+    UserOnline(String),
+    /// A user lost their last connection on every node.
+    UserOffline(String),
+}
+
+/// Told about [`ClusterEvent`]s this node is to announce.
+pub type EventHandler = Arc<dyn Fn(ClusterEvent) + Send + Sync>;
+
+/// Most users one `user_status` call asks about.
+pub const MAX_USER_STATUS: usize = 1000;
+
 #[async_trait]
 pub trait Membership: Send + Sync + 'static {
     async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), MembershipError>;
@@ -115,6 +145,14 @@ pub trait Membership: Send + Sync + 'static {
     fn local_node(&self) -> Option<(String, String)>;
     /// Where leaves of dead nodes' entries go (set once, by the edge).
     fn set_leave_handler(&self, handler: LeaveHandler);
+    /// Connection counts and last-seen times of `users` (at most
+    /// [`MAX_USER_STATUS`]), in the order asked.
+    async fn user_status(&self, users: &[String]) -> Result<Vec<UserStatus>, MembershipError>;
+    /// Where this node's share of the cluster events goes (set once, by the
+    /// edge): each event reaches exactly one node's handler, normally the
+    /// node whose change caused it (another live node for a dead node's),
+    /// within a fraction of a second. Until it is set, none are watched.
+    fn set_event_handler(&self, handler: EventHandler);
     /// Whether the service answers now (`/readyz`, dashboard).
     fn is_available(&self) -> bool {
         true

@@ -43,6 +43,7 @@ pub const METHODS: &[&str] = &[
     "history_remove",
     "channels",
     "info",
+    "user_status",
     "batch",
     "relay_send",
     "relay_close",
@@ -541,6 +542,15 @@ async fn publish_one(
     })
 }
 
+/// A user status publication (`client.user_status_channel`).
+pub(crate) async fn publish_status(
+    state: &EdgeState,
+    channel: &str,
+    data: Payload,
+) -> Result<api::PublishResult, ApiError> {
+    publish_one(state, channel, data, false, &Default::default(), "", "").await
+}
+
 fn payload(data: Option<groupcast_proto::client::RawJson>, b64: &str) -> Result<Payload, ApiError> {
     match (data, b64.is_empty()) {
         (Some(d), true) => Payload::json(d).ok_or(ApiError::BAD_REQUEST),
@@ -701,6 +711,28 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
                 })
                 .collect();
             Ok(to_value(api::ChannelsResult { channels }))
+        }
+        "user_status" => {
+            let r: api::UserStatusRequest = parse(body)?;
+            if r.users.len() > groupcast_core::membership::MAX_USER_STATUS {
+                Metrics::limit_hit("api_user_status_max_users");
+                return Err(ApiError::LIMIT_EXCEEDED.into());
+            }
+            let statuses = state
+                .node
+                .membership
+                .user_status(&r.users)
+                .await
+                .map_err(|_| ApiError::NOT_AVAILABLE)?
+                .into_iter()
+                .map(|u| api::UserStatusEntry {
+                    online: u.connections > 0,
+                    connections: u.connections,
+                    last_seen: u.last_seen_ms / 1000,
+                    user: u.user,
+                })
+                .collect();
+            Ok(to_value(api::UserStatusResult { statuses }))
         }
         "info" => {
             let _: api::ChannelsRequest = parse(body)?;

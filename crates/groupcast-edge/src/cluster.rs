@@ -15,6 +15,11 @@
 //! * **Backend commands over NATS** (`api.over_nats`): the server API on
 //!   `{nats.prefix}.api` (one edge of the queue group takes each) and on
 //!   this edge's own `{nats.prefix}.api.{name}` ([`crate::backend`]).
+//! * **Cluster events** (when a webhook wants `channel_occupied` or
+//!   `channel_vacated`, or `client.user_status_channel` is set): the
+//!   membership service tells exactly one edge of each channel occupied or
+//!   vacated, each user online or offline, and that edge sends the webhook
+//!   or publishes the status ([`announce`]).
 //! * **`info`**: every live edge with its counts.
 //! * **Dashboard reports.** The dashboard asks every other live edge, on the
 //!   same subject, for its own report ([`crate::dashboard`]), within
@@ -27,7 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use groupcast_core::BrokerHandler;
+use groupcast_core::{BrokerHandler, ClusterEvent};
 use groupcast_proto::api::{self, ApiError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -74,6 +79,21 @@ pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
                 state.node.hub.on_leave(channel, Arc::new(info));
             }
         }));
+    let status_channel = !state.config.client.user_status_channel.is_empty();
+    if status_channel
+        || state.webhooks.wants("channel_occupied")
+        || state.webhooks.wants("channel_vacated")
+    {
+        let weak = Arc::downgrade(state);
+        state
+            .node
+            .membership
+            .set_event_handler(Arc::new(move |event| {
+                if let Some(state) = weak.upgrade() {
+                    announce(&state, event);
+                }
+            }));
+    }
     if let (true, Some(backends)) = (state.config.api.over_nats, state.node.backend_bus()) {
         let weak = Arc::downgrade(state);
         let own = backends
@@ -119,6 +139,55 @@ pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot serve this node's subject: {e}"))
+}
+
+/// One cluster event this edge is to announce: a webhook for channels, a
+/// publication on `client.user_status_channel` for users. Never waits (the
+/// publication runs in its own task).
+fn announce(state: &Arc<EdgeState>, event: ClusterEvent) {
+    let (kind, name) = match &event {
+        ClusterEvent::ChannelOccupied(c) => ("channel_occupied", c),
+        ClusterEvent::ChannelVacated(c) => ("channel_vacated", c),
+        ClusterEvent::UserOnline(u) => ("online", u),
+        ClusterEvent::UserOffline(u) => ("offline", u),
+    };
+    if kind.starts_with("channel_") {
+        state
+            .webhooks
+            .emit(kind, serde_json::json!({ "channel": name }));
+        return;
+    }
+    let channel = state.config.client.user_status_channel.clone();
+    if channel.is_empty() {
+        return;
+    }
+    let (state, user) = (state.clone(), name.clone());
+    tokio::spawn(async move {
+        let last_seen = match state
+            .node
+            .membership
+            .user_status(std::slice::from_ref(&user))
+            .await
+        {
+            Ok(s) => s.first().map(|s| s.last_seen_ms / 1000).unwrap_or(0),
+            Err(_) => 0,
+        };
+        let data = serde_json::json!({
+            "type": "user_status",
+            "user": user,
+            "status": kind,
+            "last_seen": last_seen,
+        });
+        let Some(payload) = serde_json::value::to_raw_value(&data)
+            .ok()
+            .and_then(|r| groupcast_core::Payload::json(std::sync::Arc::from(r)))
+        else {
+            return;
+        };
+        if let Err(e) = crate::api::publish_status(&state, &channel, payload).await {
+            tracing::warn!(%channel, %user, error = ?e, "user status not published");
+        }
+    });
 }
 
 /// Carries out a forwarded action on this edge's connections, or answers

@@ -334,6 +334,12 @@ pub struct ClientConfig {
     /// Namespace of the personal channel ("" : the default namespace).
     #[serde(deserialize_with = "lenient::string")]
     pub personal_channel_namespace: String,
+    /// Channel that gets a publication each time a user comes online (first
+    /// connection anywhere in the cluster) or goes offline (last one
+    /// closed): `{"type":"user_status","user":..,"status":"online"|"offline",
+    /// "last_seen":<unix s>}`. Empty: none.
+    #[serde(deserialize_with = "lenient::string")]
+    pub user_status_channel: String,
     /// `[[proxies]]` entry that authenticates connections without a token
     /// (the backend returns the user); empty: none. A token, when given,
     /// is still checked as a JWT.
@@ -443,6 +449,7 @@ impl Default for ClientConfig {
             command_burst: 200.0,
             subscribe_to_personal: false,
             personal_channel_namespace: String::new(),
+            user_status_channel: String::new(),
             connect_proxy: String::new(),
             rpc_proxy: String::new(),
             refresh_proxy: String::new(),
@@ -640,6 +647,17 @@ impl Config {
             return Err(format!(
                 "client.personal_channel_namespace: no namespace {ns:?} in [[namespaces]]"
             ));
+        }
+        if !c.user_status_channel.is_empty() {
+            let ch =
+                groupcast_core::ChannelName::parse(&c.user_status_channel, c.channel_max_length)
+                    .map_err(|e| format!("client.user_status_channel: {e}"))?;
+            if self.namespaces()?.options(&ch).is_none() {
+                return Err(format!(
+                    "client.user_status_channel: no namespace for {:?}",
+                    c.user_status_channel
+                ));
+            }
         }
         let sizes = std::iter::once(("channel.".to_string(), &self.channel)).chain(
             self.namespaces

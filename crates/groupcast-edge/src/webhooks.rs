@@ -34,6 +34,8 @@ pub const EVENTS: &[&str] = &[
     "client_disconnected",
     "member_added",
     "member_removed",
+    "channel_occupied",
+    "channel_vacated",
 ];
 
 /// One `[[webhooks]]` entry.
@@ -175,6 +177,13 @@ impl Webhooks {
 
     pub fn is_empty(&self) -> bool {
         self.sinks.is_empty()
+    }
+
+    /// Whether some webhook wants events of type `kind`.
+    pub fn wants(&self, kind: &str) -> bool {
+        self.sinks
+            .iter()
+            .any(|s| s.events.as_ref().is_none_or(|w| w.contains(kind)))
     }
 
     /// Queues event `kind` with `fields` for every webhook that wants it;

@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use groupcast_core::membership::{
-    LeaveHandler, Membership, MembershipError, PresenceStats, ReplicaStatus,
+    ClusterEvent, EventHandler, LeaveHandler, Membership, MembershipError, PresenceStats,
+    ReplicaStatus, UserStatus, MAX_USER_STATUS,
 };
 use groupcast_proto::api::NodeInfo;
 use groupcast_proto::client::ClientInfo;
@@ -48,8 +49,8 @@ use tokio_util::sync::CancellationToken;
 use crate::certs::{self, TlsFiles};
 use crate::transport::{resolve, Peers, Reply, Request, Status, TransportError};
 use crate::types::{
-    Command, CommandResult, Delta, EdgeId, EdgeInfo, NodeId, Presence, Query, QueryResult,
-    RemoveReason,
+    Command, CommandResult, Delta, EdgeId, EdgeInfo, EventKind, NodeId, Presence, Query,
+    QueryResult, RemoveReason,
 };
 
 /// Settings of the edge handle (`[membership]` in the edge's config).
@@ -378,6 +379,8 @@ impl LocalView {
             Delta::Leave { channel, client } => {
                 self.presence.remove(&(channel.clone(), client.clone()));
             }
+            // A moment, not state: a resync does not resend it.
+            Delta::Seen { .. } => {}
         }
     }
 
@@ -421,6 +424,10 @@ struct Shared {
     seq: AtomicU64,
     /// Where leaves of other edges' removed entries go.
     leave_handler: OnceLock<LeaveHandler>,
+    /// Where this edge's share of the cluster events goes.
+    event_handler: OnceLock<EventHandler>,
+    /// Set with the event handler: the events loop starts watching.
+    events_wanted: Notify,
     /// When this handle started (Unix seconds), for `info`'s uptime.
     started_unix: u64,
 }
@@ -465,12 +472,15 @@ impl MembershipClient {
             cancel: cancel.clone(),
             seq: AtomicU64::new(0),
             leave_handler: OnceLock::new(),
+            event_handler: OnceLock::new(),
+            events_wanted: Notify::new(),
             started_unix: unix_now(),
         });
         metrics::gauge!("groupcast_membership_client_available").set(0.0);
         tokio::spawn(flush_loop(shared.clone()));
         tokio::spawn(renew_loop(shared.clone()));
         tokio::spawn(removal_loop(shared.clone()));
+        tokio::spawn(events_loop(shared.clone()));
         shared.wake.notify_one();
         Ok(MembershipClient {
             shared,
@@ -667,8 +677,47 @@ impl Membership for MembershipClient {
     }
 
     fn connections_changed(&self, user: &str, delta: i64) {
-        let user = user.to_string();
-        self.enqueue(Delta::Connections { user, delta }, false);
+        let before = {
+            let q = self.shared.queue.lock();
+            q.local.connections.get(user).copied().unwrap_or(0)
+        };
+        let after = (before + delta).max(0);
+        self.enqueue(
+            Delta::Connections {
+                user: user.to_string(),
+                delta,
+            },
+            false,
+        );
+        // The user's first connection here, or their last: "last seen".
+        if (before == 0) != (after == 0) {
+            let seen = Delta::Seen {
+                user: user.to_string(),
+                unix_ms: unix_now_ms(),
+            };
+            self.enqueue(seen, false);
+        }
+    }
+
+    async fn user_status(&self, users: &[String]) -> Result<Vec<UserStatus>, MembershipError> {
+        let users = users.iter().take(MAX_USER_STATUS).cloned().collect();
+        match self.query(Query::UserStatus { users }).await? {
+            QueryResult::UserStatus(v) => Ok(v
+                .into_iter()
+                .map(|u| UserStatus {
+                    user: u.user,
+                    connections: u.connections,
+                    last_seen_ms: u.last_seen_ms,
+                })
+                .collect()),
+            other => Err(MembershipError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
+    fn set_event_handler(&self, handler: EventHandler) {
+        if self.shared.event_handler.set(handler).is_ok() {
+            self.shared.events_wanted.notify_one();
+        }
     }
 
     /// At most `limit` ([`crate::state::MAX_CHANNELS_PER_QUERY`]).
@@ -1063,6 +1112,97 @@ async fn removal_loop(s: Arc<Shared>) {
         }
         // `latest` can be below `after` when a new leader's state is behind
         // the old one's by a few entries: keep the higher mark.
+        seen = Some(after.max(latest));
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Hands this edge's share of the cluster events to the event handler,
+/// each once, in commit order: the events its own changes caused, and,
+/// when it is the live edge with the smallest name, those of edges that
+/// are no longer registered (a dead edge's channels vacated, its users
+/// offline). Polls every `removal_poll` once a handler is set.
+async fn events_loop(s: Arc<Shared>) {
+    tokio::select! {
+        _ = s.cancel.cancelled() => return,
+        _ = s.events_wanted.notified() => {}
+    }
+    let mut tick = tokio::time::interval(s.cfg.removal_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // None until the first answer: earlier events are not this edge's.
+    let mut seen: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = s.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !s.available.load(Ordering::Relaxed) {
+            continue;
+        }
+        let req = Request::Query(Query::Events {
+            after: seen.unwrap_or(u64::MAX),
+        });
+        let reply = tokio::select! {
+            _ = s.cancel.cancelled() => return,
+            r = s.conn.call(&req, s.cfg.request_timeout) => r,
+        };
+        let Ok(Reply::Query(QueryResult::Events {
+            latest,
+            events,
+            complete,
+        })) = reply
+        else {
+            continue;
+        };
+        let Some(after) = seen else {
+            seen = Some(latest);
+            continue;
+        };
+        if !complete {
+            tracing::warn!(after, latest, "membership: some cluster events were missed");
+            metrics::counter!("groupcast_membership_client_events_missed_total").increment(1);
+        }
+        // Other edges' events: announced here only when their edge is gone
+        // and this is the first live edge by name.
+        let mut live: Option<Vec<String>> = None;
+        if events.iter().any(|e| e.edge != s.edge.name) {
+            let req = Request::Query(Query::Edges);
+            if let Ok(Reply::Query(QueryResult::Edges(edges))) =
+                s.conn.call(&req, s.cfg.request_timeout).await
+            {
+                live = Some(edges.into_iter().map(|e| e.edge.name).collect());
+            } else {
+                // Ask again next time, from the same point.
+                continue;
+            }
+        }
+        let first_live = live
+            .as_ref()
+            .and_then(|l| l.iter().min().cloned())
+            .unwrap_or_default();
+        for e in &events {
+            let mine = e.edge == s.edge.name
+                || (first_live == s.edge.name
+                    && live.as_ref().is_some_and(|l| !l.contains(&e.edge)));
+            if !mine {
+                continue;
+            }
+            let event = match e.kind {
+                EventKind::Occupied => ClusterEvent::ChannelOccupied(e.name.clone()),
+                EventKind::Vacated => ClusterEvent::ChannelVacated(e.name.clone()),
+                EventKind::Online => ClusterEvent::UserOnline(e.name.clone()),
+                EventKind::Offline => ClusterEvent::UserOffline(e.name.clone()),
+            };
+            if let Some(h) = s.event_handler.get() {
+                h(event);
+            }
+        }
         seen = Some(after.max(latest));
     }
 }

@@ -433,7 +433,7 @@ impl Inner {
     /// Linearizable: the leader confirms its leadership with a quorum and
     /// waits until its state machine has applied everything committed.
     async fn query(&self, q: Query) -> Reply {
-        if matches!(q, Query::Removals { .. }) {
+        if matches!(q, Query::Removals { .. } | Query::Events { .. }) {
             // Polled several times a second by every edge; the leader's own
             // applied state is enough (see `Query::Removals`).
             if !self.is_leader() {

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Command, CommandResult, Delta, EdgeId, EdgeInfo, Leave, Presence, Query, QueryResult, Removal,
+    Command, CommandResult, Delta, EdgeId, EdgeInfo, Event, EventKind, Leave, Presence, Query,
+    QueryResult, Removal, UserStatus,
 };
 
 /// Most channels one `Channels` query returns.
@@ -17,6 +18,17 @@ pub const MAX_CHANNELS_PER_QUERY: u32 = 10_000;
 /// announce the leaves (`Query::Removals`). An edge polls several times a
 /// second, so it only misses some when more edges than this die at once.
 pub const MAX_REMOVALS_KEPT: usize = 64;
+
+/// Occupancy and online events kept for the edges to announce
+/// (`Query::Events`, polled several times a second).
+pub const MAX_EVENTS_KEPT: usize = 10_000;
+
+/// Users whose last-seen time is kept. Beyond it, the oldest tenth is
+/// forgotten at once (their status says 0: unknown).
+pub const MAX_LAST_SEEN_USERS: usize = 100_000;
+
+/// Most users one `UserStatus` query asks about.
+pub const MAX_USERS_PER_QUERY: usize = 1_000;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct EdgeState {
@@ -58,6 +70,99 @@ pub struct State {
     /// The latest removals with entries, oldest first (bounded).
     removals: VecDeque<Removal>,
     removal_seq: u64,
+    /// user → last connection opened or closed (Unix ms; bounded by
+    /// [`MAX_LAST_SEEN_USERS`]).
+    last_seen: BTreeMap<String, u64>,
+    /// The latest occupancy and online events, oldest first (bounded).
+    events: VecDeque<Event>,
+    event_seq: u64,
+    /// While a batch applies: (is a user, name) → on before the batch, for
+    /// the channels and users that changed during it (only net changes are
+    /// recorded: a resync's drop-and-re-add is none). Not stored.
+    #[serde(skip)]
+    batch_changes: Option<BTreeMap<(bool, String), bool>>,
+}
+
+/// The state as the first release stored it in snapshots (the fields of
+/// [`State`] up to `removal_seq`): a snapshot taken by an older replica is
+/// read into the current state with the newer fields empty.
+#[derive(Deserialize)]
+struct StateV1 {
+    edges: BTreeMap<String, EdgeState>,
+    channels: BTreeMap<String, ChannelState>,
+    users: BTreeMap<String, BTreeMap<String, u64>>,
+    removals: VecDeque<Removal>,
+    removal_seq: u64,
+}
+
+impl State {
+    /// Reads a snapshot, current or from the first release.
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<State, crate::codec::CodecError> {
+        crate::codec::decode::<State>(bytes).or_else(|e| {
+            let v1: StateV1 = crate::codec::decode(bytes).map_err(|_| e)?;
+            Ok(State {
+                edges: v1.edges,
+                channels: v1.channels,
+                users: v1.users,
+                removals: v1.removals,
+                removal_seq: v1.removal_seq,
+                ..State::default()
+            })
+        })
+    }
+
+    /// A channel's (`user` false) or a user's occupancy turned `on` or off
+    /// through `edge`'s change.
+    fn record_event(&mut self, edge: &str, user: bool, name: &str, on: bool) {
+        if let Some(changes) = &mut self.batch_changes {
+            changes.entry((user, name.to_string())).or_insert(!on);
+            return;
+        }
+        let kind = match (user, on) {
+            (false, true) => EventKind::Occupied,
+            (false, false) => EventKind::Vacated,
+            (true, true) => EventKind::Online,
+            (true, false) => EventKind::Offline,
+        };
+        self.event_seq += 1;
+        self.events.push_back(Event {
+            seq: self.event_seq,
+            kind,
+            name: name.to_string(),
+            edge: edge.to_string(),
+        });
+        while self.events.len() > MAX_EVENTS_KEPT {
+            self.events.pop_front();
+        }
+    }
+
+    /// Whether a channel has subscribers, or a user connections, anywhere.
+    fn is_on(&self, user: bool, name: &str) -> bool {
+        if user {
+            self.users.contains_key(name)
+        } else {
+            self.channels
+                .get(name)
+                .is_some_and(|c| !c.subscribers.is_empty())
+        }
+    }
+
+    fn record_seen(&mut self, user: &str, unix_ms: u64) {
+        let t = self.last_seen.entry(user.to_string()).or_insert(0);
+        *t = (*t).max(unix_ms);
+        if self.last_seen.len() > MAX_LAST_SEEN_USERS {
+            // Forget the oldest tenth (ties by name: the same everywhere).
+            let mut by_age: Vec<(u64, String)> = self
+                .last_seen
+                .iter()
+                .map(|(u, t)| (*t, u.clone()))
+                .collect();
+            by_age.sort_unstable();
+            for (_, u) in by_age.into_iter().take(MAX_LAST_SEEN_USERS / 10) {
+                self.last_seen.remove(&u);
+            }
+        }
+    }
 }
 
 fn add_count(map: &mut BTreeMap<String, u64>, key: &str, delta: i64) -> i64 {
@@ -122,6 +227,7 @@ impl State {
                         refused,
                     };
                 }
+                self.batch_changes = Some(BTreeMap::new());
                 if *reset {
                     self.clear_edge(&edge.name);
                 }
@@ -129,6 +235,12 @@ impl State {
                 for (i, d) in deltas.iter().enumerate() {
                     if !self.apply_delta(&edge.name, d) {
                         refused.push(i as u32);
+                    }
+                }
+                for ((user, name), before) in self.batch_changes.take().unwrap_or_default() {
+                    let now = self.is_on(user, &name);
+                    if now != before {
+                        self.record_event(&edge.name, user, &name, now);
                     }
                 }
                 let e = self.edges.get_mut(&edge.name).expect("registered above");
@@ -193,19 +305,30 @@ impl State {
                 let change = add_count(&mut e.subscriptions, channel, *delta);
                 if change != 0 {
                     let ch = self.channels.entry(channel.clone()).or_default();
+                    let was_empty = ch.subscribers.is_empty();
                     add_count(&mut ch.subscribers, edge, change);
+                    let is_empty = ch.subscribers.is_empty();
                     if ch.is_empty() {
                         self.channels.remove(channel);
                     }
+                    if was_empty != is_empty {
+                        self.record_event(edge, false, channel, was_empty);
+                    }
                 }
             }
+            Delta::Seen { user, unix_ms } => self.record_seen(user, *unix_ms),
             Delta::Connections { user, delta } => {
                 let change = add_count(&mut e.connections, user, *delta);
                 if change != 0 {
                     let u = self.users.entry(user.clone()).or_default();
+                    let was_empty = u.is_empty();
                     add_count(u, edge, change);
-                    if u.is_empty() {
+                    let is_empty = u.is_empty();
+                    if is_empty {
                         self.users.remove(user);
+                    }
+                    if was_empty != is_empty {
+                        self.record_event(edge, true, user, was_empty);
                     }
                 }
             }
@@ -262,21 +385,32 @@ impl State {
         let subs = std::mem::take(&mut e.subscriptions);
         let conns = std::mem::take(&mut e.connections);
         let presence = std::mem::take(&mut e.presence);
+        let mut vacated = Vec::new();
         for channel in subs.keys() {
             if let Some(ch) = self.channels.get_mut(channel) {
-                ch.subscribers.remove(name);
+                if ch.subscribers.remove(name).is_some() && ch.subscribers.is_empty() {
+                    vacated.push(channel.clone());
+                }
                 if ch.is_empty() {
                     self.channels.remove(channel);
                 }
             }
         }
+        for channel in vacated {
+            self.record_event(name, false, &channel, false);
+        }
+        let mut offline = Vec::new();
         for user in conns.keys() {
             if let Some(u) = self.users.get_mut(user) {
                 u.remove(name);
                 if u.is_empty() {
                     self.users.remove(user);
+                    offline.push(user.clone());
                 }
             }
+        }
+        for user in offline {
+            self.record_event(name, true, &user, false);
         }
         let mut leaves = Vec::with_capacity(presence.len());
         for (channel, client) in presence {
@@ -360,6 +494,30 @@ impl State {
                     })
                     .collect(),
             ),
+            Query::UserStatus { users } => QueryResult::UserStatus(
+                users
+                    .iter()
+                    .take(MAX_USERS_PER_QUERY)
+                    .map(|u| UserStatus {
+                        user: u.clone(),
+                        connections: self.users.get(u).map(|e| e.values().sum()).unwrap_or(0),
+                        last_seen_ms: self.last_seen.get(u).copied().unwrap_or(0),
+                    })
+                    .collect(),
+            ),
+            Query::Events { after } => {
+                let oldest = self.events.front().map(|e| e.seq);
+                QueryResult::Events {
+                    latest: self.event_seq,
+                    events: self
+                        .events
+                        .iter()
+                        .filter(|e| e.seq > *after)
+                        .cloned()
+                        .collect(),
+                    complete: *after >= self.event_seq || oldest.is_some_and(|o| o <= after + 1),
+                }
+            }
             Query::Removals { after } => {
                 let oldest = self.removals.front().map(|r| r.seq);
                 QueryResult::Removals {
@@ -719,5 +877,188 @@ mod tests {
         });
         assert!(presence_clients(&s, "c").is_empty());
         assert_eq!(presence_clients(&s, "d"), ["2"]);
+    }
+
+    fn subs(channel: &str, delta: i64) -> Delta {
+        Delta::Subscribers {
+            channel: channel.into(),
+            delta,
+        }
+    }
+
+    fn channel_events(s: &State, after: u64) -> Vec<(String, bool)> {
+        events(s, after)
+            .into_iter()
+            .filter_map(|(kind, name, _)| match kind {
+                EventKind::Occupied => Some((name, true)),
+                EventKind::Vacated => Some((name, false)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(s: &State, after: u64) -> Vec<(EventKind, String, String)> {
+        match s.query(&Query::Events { after }) {
+            QueryResult::Events { events, .. } => events
+                .into_iter()
+                .map(|e| (e.kind, e.name, e.edge))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_channel_is_occupied_by_its_first_subscriber_anywhere_and_vacated_by_its_last() {
+        let mut s = State::default();
+        let (a, b) = (edge("a", 1), edge("b", 1));
+        register(&mut s, &a);
+        register(&mut s, &b);
+        s.apply(&batch(&a, 1, vec![subs("c", 1)]));
+        s.apply(&batch(&b, 1, vec![subs("c", 2)]));
+        s.apply(&batch(&a, 2, vec![subs("c", -1)]));
+        assert_eq!(channel_events(&s, 0), [("c".to_string(), true)]);
+        s.apply(&batch(&b, 2, vec![subs("c", -2)]));
+        assert_eq!(channel_events(&s, 1), [("c".to_string(), false)]);
+        // Within one batch only the net change counts: on and off again is
+        // nothing.
+        s.apply(&batch(&a, 3, vec![subs("d", 1), subs("d", -1)]));
+        assert!(channel_events(&s, 2).is_empty());
+        // A resync (reset) that drops and re-adds what the edge held: none.
+        s.apply(&batch(&a, 4, vec![subs("e", 1)]));
+        assert_eq!(channel_events(&s, 2), [("e".to_string(), true)]);
+        s.apply(&Command::Batch {
+            edge: a.clone(),
+            seq: 5,
+            reset: true,
+            deltas: vec![subs("e", 1)],
+        });
+        assert!(channel_events(&s, 3).is_empty());
+        // An edge removed with the only subscribers: vacated.
+        s.apply(&Command::Remove {
+            edge: a.clone(),
+            reason: RemoveReason::LeaseExpired,
+        });
+        assert_eq!(channel_events(&s, 3), [("e".to_string(), false)]);
+        // The answer says what was missed; each event names its edge.
+        match s.query(&Query::Events { after: 0 }) {
+            QueryResult::Events {
+                latest, complete, ..
+            } => assert_eq!((latest, complete), (4, true)),
+            other => panic!("{other:?}"),
+        }
+        let edges: Vec<String> = events(&s, 0).into_iter().map(|e| e.2).collect();
+        assert_eq!(edges, ["a", "b", "a", "a"]);
+    }
+
+    #[test]
+    fn user_status_counts_connections_everywhere_and_keeps_the_last_seen_time() {
+        let mut s = State::default();
+        let (a, b) = (edge("a", 1), edge("b", 1));
+        register(&mut s, &a);
+        register(&mut s, &b);
+        let conns = |user: &str, delta| Delta::Connections {
+            user: user.into(),
+            delta,
+        };
+        let seen = |user: &str, unix_ms| Delta::Seen {
+            user: user.into(),
+            unix_ms,
+        };
+        s.apply(&batch(&a, 1, vec![conns("u", 1), seen("u", 1000)]));
+        s.apply(&batch(&b, 1, vec![conns("u", 2), seen("u", 2000)]));
+        assert_eq!(events(&s, 0), [(EventKind::Online, "u".into(), "a".into())]);
+        // An edge whose clock is behind does not move it back.
+        s.apply(&batch(&a, 2, vec![conns("u", -1), seen("u", 1500)]));
+        let status = |s: &State, users: &[&str]| match s.query(&Query::UserStatus {
+            users: users.iter().map(|u| u.to_string()).collect(),
+        }) {
+            QueryResult::UserStatus(v) => v
+                .into_iter()
+                .map(|u| (u.user, u.connections, u.last_seen_ms))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            status(&s, &["u", "nobody"]),
+            [("u".into(), 2, 2000), ("nobody".into(), 0, 0)]
+        );
+        // The other edge dies: offline, the last-seen time stays.
+        s.apply(&Command::Remove {
+            edge: b.clone(),
+            reason: RemoveReason::LeaseExpired,
+        });
+        assert_eq!(status(&s, &["u"]), [("u".into(), 0, 2000)]);
+        assert_eq!(
+            events(&s, 1),
+            [(EventKind::Offline, "u".into(), "b".into())]
+        );
+        // Bounded: past MAX_LAST_SEEN_USERS the oldest tenth is forgotten.
+        let many: Vec<Delta> = (0..MAX_LAST_SEEN_USERS as u64)
+            .map(|i| seen(&format!("user-{i}"), 10_000 + i))
+            .collect();
+        s.apply(&batch(&a, 3, many));
+        assert_eq!(
+            s.last_seen.len(),
+            MAX_LAST_SEEN_USERS + 1 - MAX_LAST_SEEN_USERS / 10
+        );
+        assert_eq!(
+            status(&s, &["u"]),
+            [("u".into(), 0, 0)],
+            "the oldest: forgotten"
+        );
+        let newest = format!("user-{}", MAX_LAST_SEEN_USERS - 1);
+        assert_ne!(status(&s, &[newest.as_str()])[0].2, 0);
+        // A query asks about at most MAX_USERS_PER_QUERY users.
+        let asked: Vec<String> = (0..MAX_USERS_PER_QUERY + 5)
+            .map(|i| i.to_string())
+            .collect();
+        match s.query(&Query::UserStatus { users: asked }) {
+            QueryResult::UserStatus(v) => assert_eq!(v.len(), MAX_USERS_PER_QUERY),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_from_the_first_release_is_read_with_the_new_fields_empty() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            edges: &'a BTreeMap<String, EdgeState>,
+            channels: &'a BTreeMap<String, ChannelState>,
+            users: &'a BTreeMap<String, BTreeMap<String, u64>>,
+            removals: &'a VecDeque<Removal>,
+            removal_seq: u64,
+        }
+        let mut s = State::default();
+        let a = edge("a", 1);
+        register(&mut s, &a);
+        s.apply(&batch(
+            &a,
+            1,
+            vec![
+                subs("c", 1),
+                Delta::Connections {
+                    user: "u".into(),
+                    delta: 1,
+                },
+                join("c", "1", "u", 10),
+            ],
+        ));
+        let old = crate::codec::encode(&V1 {
+            edges: &s.edges,
+            channels: &s.channels,
+            users: &s.users,
+            removals: &s.removals,
+            removal_seq: s.removal_seq,
+        })
+        .unwrap();
+        let read = State::decode_snapshot(&old).unwrap();
+        assert_eq!(read.edges, s.edges);
+        assert_eq!(read.channels, s.channels);
+        assert_eq!(read.users, s.users);
+        assert!(read.last_seen.is_empty() && read.events.is_empty());
+        // And the current format round-trips as itself.
+        let now = crate::codec::encode(&s).unwrap();
+        assert_eq!(State::decode_snapshot(&now).unwrap(), s);
+        assert!(State::decode_snapshot(b"garbage").is_err());
     }
 }

@@ -266,7 +266,7 @@ impl StateMachineStore {
             Some(s) => Applied {
                 last_applied: s.meta.last_log_id,
                 membership: s.meta.last_membership.clone(),
-                state: codec::decode(&s.data)
+                state: State::decode_snapshot(&s.data)
                     .map_err(|e| StorageIOError::read_snapshot(Some(s.meta.signature()), any(e)))?,
             },
             None => Applied::default(),
@@ -382,7 +382,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state: State = codec::decode(&data)
+        let state = State::decode_snapshot(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
         {
             let mut a = self.inner.applied.write();

@@ -87,6 +87,10 @@ pub enum Delta {
     },
     /// A client left `channel`'s presence.
     Leave { channel: String, client: String },
+    /// A connection of `user` opened or closed on this edge at `unix_ms`
+    /// (the edge's clock): the user's "last seen". Added after the first
+    /// release: replicas must be upgraded before the edges that send it.
+    Seen { user: String, unix_ms: u64 },
 }
 
 /// A replicated command (the Raft log's application data).
@@ -179,6 +183,51 @@ pub enum Query {
     Removals {
         after: u64,
     },
+    /// Connection counts and last-seen times of these users.
+    UserStatus {
+        users: Vec<String>,
+    },
+    /// Occupancy and online events after sequence number `after` (answered
+    /// like `Removals`).
+    Events {
+        after: u64,
+    },
+}
+
+/// A user as the membership service knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserStatus {
+    pub user: String,
+    /// Open connections on every edge.
+    pub connections: u64,
+    /// When a connection of theirs last opened or closed (Unix ms, by the
+    /// edge's clock); 0 when never recorded (or forgotten).
+    pub last_seen_ms: u64,
+}
+
+/// What changed, cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A channel got its first subscriber on any edge.
+    Occupied,
+    /// A channel lost its last subscriber on every edge.
+    Vacated,
+    /// A user got their first connection on any edge.
+    Online,
+    /// A user lost their last connection on every edge.
+    Offline,
+}
+
+/// One occupancy or online change, in commit order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increases by one per event.
+    pub seq: u64,
+    pub kind: EventKind,
+    /// The channel or the user.
+    pub name: String,
+    /// The edge whose change caused it (for a removed edge: that edge).
+    pub edge: String,
 }
 
 /// One edge removal kept for the other edges to announce its leaves.
@@ -223,6 +272,16 @@ pub enum QueryResult {
         removals: Vec<Removal>,
         /// False when some removals after it were already forgotten
         /// ([`crate::state::MAX_REMOVALS_KEPT`]).
+        complete: bool,
+    },
+    UserStatus(Vec<UserStatus>),
+    Events {
+        /// Sequence number of the newest event (0: none yet).
+        latest: u64,
+        /// Events after the asked-for sequence number, oldest first.
+        events: Vec<Event>,
+        /// False when some events after it were already forgotten
+        /// ([`crate::state::MAX_EVENTS_KEPT`]).
         complete: bool,
     },
 }

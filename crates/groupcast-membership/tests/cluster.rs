@@ -6,7 +6,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use groupcast_core::membership::Membership;
+use groupcast_core::membership::{ClusterEvent, Membership};
 use groupcast_membership::certs::{self, TlsFiles};
 use groupcast_membership::client::{ClientConfig, Conn, MembershipClient};
 use groupcast_membership::server::{LeaveHook, MembershipServer, ServerConfig};
@@ -316,11 +316,18 @@ async fn an_edge_that_stops_renewing_is_removed_within_ttl_and_each_entry_leaves
     let cluster = Cluster::start().await;
     let doomed = cluster.client("doomed").await;
     let survivor = cluster.client("survivor").await;
+    // The survivor announces the cluster events the dead edge caused (its
+    // channels vacated, its users offline), and only those.
+    let events: Arc<Mutex<Vec<ClusterEvent>>> = Arc::default();
+    let sink = events.clone();
+    survivor.set_event_handler(Arc::new(move |e| sink.lock().push(e)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let ttl = Duration::from_secs(5);
     for (ch, client) in [("a", "d1"), ("a", "d2"), ("b", "d3"), ("c", "d4")] {
         doomed.add_presence(ch, info("u", client)).await.unwrap();
     }
     doomed.subscribers_changed("a", 2);
+    doomed.connections_changed("du", 1);
     survivor.add_presence("a", info("v", "s1")).await.unwrap();
     assert_eq!(survivor.presence("a").await.unwrap().len(), 3);
     // The surviving edge is told about each entry of the dead one (it
@@ -392,6 +399,14 @@ async fn an_edge_that_stops_renewing_is_removed_within_ttl_and_each_entry_leaves
         .unwrap()
         .iter()
         .all(|e| e.edge.name != "doomed"));
+    assert_eq!(
+        *events.lock(),
+        [
+            ClusterEvent::ChannelVacated("a".into()),
+            ClusterEvent::UserOffline("du".into())
+        ],
+        "the dead edge's occupied/online were its own to announce; its vacated/offline are the survivor's"
+    );
 }
 
 /// Kubernetes Service IPs are not known when the chart issues certificates:

@@ -142,6 +142,30 @@ pub struct DisconnectRequest {
     pub disconnect: Option<DisconnectObject>,
 }
 
+/// `user_status`: users' connection counts and last-seen times.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UserStatusRequest {
+    pub users: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserStatusResult {
+    pub statuses: Vec<UserStatusEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserStatusEntry {
+    pub user: String,
+    /// At least one connection on some edge.
+    pub online: bool,
+    /// Connections on every edge.
+    pub connections: u64,
+    /// Unix seconds when a connection of theirs last opened or closed; 0
+    /// when not known.
+    pub last_seen: u64,
+}
+
 /// `relay_send`: a frame to one relay connection, by client id (text from
 /// `text`, binary from `b64data`; exactly one).
 #[derive(Debug, Default, Deserialize)]

@@ -456,6 +456,28 @@ async fn webhooks_arrive_signed_once_each_and_a_full_queue_drops() {
     let ids: std::collections::HashSet<&str> =
         events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 4, "once each");
+    // The channel was occupied by its first subscriber and vacated by its
+    // last: once each.
+    let channel_events: Vec<(String, String)> = get_json(receiver, "/events")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["channel"] == "news" && e.get("client").is_none())
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().into(),
+                e["channel"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        channel_events,
+        [
+            ("channel_occupied".into(), "news".into()),
+            ("channel_vacated".into(), "news".into())
+        ]
+    );
     let stats = get_json(receiver, "/stats").await;
     assert_eq!(stats["failed_on_purpose"], 1, "{stats}");
     assert_eq!(stats["bad_signatures"], 0, "{stats}");
@@ -735,4 +757,155 @@ secret = "s3cret"
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(server);
+}
+
+/// In a cluster (two edges, NATS, the membership service), each channel
+/// occupied/vacated webhook is sent once, not once per edge; a user's status
+/// (`user_status`) counts their connections on every edge and keeps the
+/// last-seen time; `client.user_status_channel` gets one publication per
+/// online/offline change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_channel_webhooks_and_user_status_come_once() {
+    use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
+    use groupcast_testkit::membership::MembershipCluster;
+    use groupcast_testkit::nats::NatsServer;
+    use groupcast_testkit::SECRET;
+
+    let mut cmd = Command::new(python());
+    cmd.arg(repo_file("tests/backends/webhook_receiver.py"))
+        .args(["whsec-cluster"]);
+    let (_receiver, line) = start(cmd, "listening");
+    let port: u16 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let receiver: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (nats, m) = tokio::join!(
+        NatsServer::start(),
+        MembershipCluster::start(Path::new(BIN), 1, &[])
+    );
+    let config = format!(
+        "{EDGE_CONFIG}{}\n[[webhooks]]\nurl = \"http://{receiver}/hooks\"\nsecret = \"whsec-cluster\"\n\
+         batch_interval = \"20ms\"\nevents = [\"channel_occupied\", \"channel_vacated\"]\n",
+        m.edge_section()
+    );
+    // The status channel is in namespace `plain` (no history, no presence).
+    let env = [("GROUPCAST_CLIENT__USER_STATUS_CHANNEL", "plain:status")];
+    let urls = [nats.url()];
+    let (a, b) = tokio::join!(
+        EdgeProcess::start(Path::new(BIN), "a", &urls, &config, &env),
+        EdgeProcess::start(Path::new(BIN), "b", &urls, &config, &env)
+    );
+    let token = |user: &str| {
+        groupcast_edge::auth::mint_hs256(
+            SECRET,
+            &json!({"sub": user, "exp": groupcast_edge::auth::now_unix() + 3600}),
+        )
+    };
+    // A watcher of the status channel, anonymous (not a status change).
+    let (mut watcher, _) = Client::connect(&a.ws_url(), "").await.unwrap();
+    let r = watcher
+        .command("subscribe", json!({"channel": "plain:status"}))
+        .await
+        .unwrap();
+    assert!(r["subscribe"].is_object(), "{r}");
+
+    // Ann connects on both edges and subscribes to one channel on each.
+    let (mut ann_a, _) = Client::connect(&a.ws_url(), &token("ann")).await.unwrap();
+    let (mut ann_b, _) = Client::connect(&b.ws_url(), &token("ann")).await.unwrap();
+    for c in [&mut ann_a, &mut ann_b] {
+        let r = c
+            .command("subscribe", json!({"channel": "plain:room"}))
+            .await
+            .unwrap();
+        assert!(r["subscribe"].is_object(), "{r}");
+    }
+    let status = || async {
+        let (_, r) = b
+            .api("user_status", json!({"users": ["ann", "nobody"]}))
+            .await;
+        r
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let online = loop {
+        let r = status().await;
+        if r["result"]["statuses"][0]["connections"] == 2 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let s = &online["result"]["statuses"];
+    assert_eq!(s[0]["online"], true, "{online}");
+    let connected_at = s[0]["last_seen"].as_u64().unwrap();
+    assert!(connected_at > 1_700_000_000, "{online}");
+    assert_eq!(
+        s[1],
+        json!({"user": "nobody", "online": false, "connections": 0, "last_seen": 0})
+    );
+    let (_, r) = a
+        .api("user_status", json!({"users": vec!["x"; 1001]}))
+        .await;
+    assert_eq!(r["error"]["code"], 106, "over 1000 users: {r}");
+
+    // Both leave: offline, last seen kept.
+    ann_a.close().await;
+    ann_b.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = status().await;
+        if r["result"]["statuses"][0]["online"] == false {
+            assert!(r["result"]["statuses"][0]["last_seen"].as_u64().unwrap() >= connected_at);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The watcher saw ann online once and offline once, in that order.
+    let mut statuses = Vec::new();
+    while statuses.len() < 2 {
+        let p = watcher
+            .publication(Duration::from_secs(10))
+            .await
+            .expect("a status publication");
+        let d = &p["pub"]["data"];
+        assert_eq!(d["type"], "user_status", "{p}");
+        assert_eq!(d["user"], "ann", "{p}");
+        statuses.push(d["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(statuses, ["online", "offline"]);
+
+    // One occupied and one vacated for the channel, though both edges had
+    // subscribers; nothing more comes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let room = |events: &Value| -> Vec<String> {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["channel"] == "plain:room")
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    loop {
+        let events = get_json(receiver, "/events").await;
+        if room(&events).len() >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{events}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let events = get_json(receiver, "/events").await;
+    assert_eq!(
+        room(&events),
+        ["channel_occupied", "channel_vacated"],
+        "{events}"
+    );
+    assert!(
+        publication_none(&mut watcher).await,
+        "no more status publications"
+    );
+}
+
+async fn publication_none(c: &mut Client) -> bool {
+    c.publication(Duration::from_millis(300)).await.is_err()
 }

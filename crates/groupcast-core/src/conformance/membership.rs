@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use groupcast_proto::client::ClientInfo;
 
-use crate::membership::{Membership, MembershipError, PresenceStats};
+use crate::membership::{ClusterEvent, Membership, MembershipError, PresenceStats};
 
 /// The presence limit per channel the factory's handles must have.
 pub const MAX_CLIENTS: u32 = 3;
@@ -63,6 +63,8 @@ where
     subscriber_counts(make().await).await;
     user_connections(make().await).await;
     node_list(make().await).await;
+    user_status(make().await).await;
+    cluster_events(make().await).await;
 }
 
 /// Added entries are listed at once with their info; adding again replaces;
@@ -246,4 +248,89 @@ pub async fn node_list(m: Arc<dyn Membership>) {
     .await;
     m.subscribers_changed(&ch, -3);
     m.connections_changed(&user, -2);
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A user's connections are counted and the last time one opened or closed
+/// is kept after they are gone; unknown users are offline, never seen.
+pub async fn user_status(m: Arc<dyn Membership>) {
+    let (user, nobody) = (unique("status"), unique("nobody"));
+    let before = unix_ms();
+    m.connections_changed(&user, 1);
+    m.connections_changed(&user, 1);
+    let asked = [user.clone(), nobody.clone()];
+    settles("user_status counts both connections", || async {
+        m.user_status(&asked)
+            .await
+            .is_ok_and(|s| s.len() == 2 && s[0].connections == 2)
+    })
+    .await;
+    let s = m.user_status(&asked).await.unwrap();
+    assert_eq!(s[0].user, user);
+    assert!(s[0].last_seen_ms >= before, "{s:?}");
+    assert_eq!(
+        (s[1].user.as_str(), s[1].connections, s[1].last_seen_ms),
+        (nobody.as_str(), 0, 0)
+    );
+    let connected_at = s[0].last_seen_ms;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    m.connections_changed(&user, -2);
+    settles("offline, seen when the last connection closed", || async {
+        m.user_status(std::slice::from_ref(&user))
+            .await
+            .is_ok_and(|s| s[0].connections == 0 && s[0].last_seen_ms > connected_at)
+    })
+    .await;
+}
+
+/// This node's own transitions are announced to its handler, each once:
+/// a channel's first subscriber and its last, a user's first connection and
+/// their last. Changes that do not turn a channel or user on or off are not.
+pub async fn cluster_events(m: Arc<dyn Membership>) {
+    let got = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    m.set_event_handler(Arc::new(move |e| sink.lock().push(e)));
+    // Let a replicated handle start watching before the changes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ch, user) = (unique("occupied"), unique("online"));
+    m.subscribers_changed(&ch, 1);
+    m.subscribers_changed(&ch, 1);
+    m.connections_changed(&user, 1);
+    let mine = |got: &[ClusterEvent]| -> Vec<ClusterEvent> {
+        got.iter()
+            .filter(|e| match e {
+                ClusterEvent::ChannelOccupied(c) | ClusterEvent::ChannelVacated(c) => *c == ch,
+                ClusterEvent::UserOnline(u) | ClusterEvent::UserOffline(u) => *u == user,
+            })
+            .cloned()
+            .collect()
+    };
+    settles("occupied and online announced", || async {
+        mine(&got.lock()).len() >= 2
+    })
+    .await;
+    m.subscribers_changed(&ch, -1);
+    m.subscribers_changed(&ch, -1);
+    m.connections_changed(&user, -1);
+    settles("vacated and offline announced", || async {
+        mine(&got.lock()).len() >= 4
+    })
+    .await;
+    // Nothing more comes (a duplicate would show now).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        mine(&got.lock()),
+        [
+            ClusterEvent::ChannelOccupied(ch.clone()),
+            ClusterEvent::UserOnline(user.clone()),
+            ClusterEvent::ChannelVacated(ch.clone()),
+            ClusterEvent::UserOffline(user.clone()),
+        ]
+    );
 }

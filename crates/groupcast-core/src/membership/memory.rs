@@ -1,8 +1,10 @@
 //! In-memory membership for a single node (`groupcast dev`, unit tests):
 //! presence, subscriber and connection counts of this one process. No node
-//! ever dies here, so the leave handler is never called.
+//! ever dies here, so the leave handler is never called; cluster events are
+//! this node's own transitions, announced at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -11,7 +13,13 @@ use parking_lot::Mutex;
 
 use groupcast_proto::api::NodeInfo;
 
-use super::{LeaveHandler, Membership, MembershipError, PresenceStats};
+use super::{
+    ClusterEvent, EventHandler, LeaveHandler, Membership, MembershipError, PresenceStats,
+    UserStatus, MAX_USER_STATUS,
+};
+
+/// Users whose last-seen time is kept (as the replicated service does).
+pub const MAX_LAST_SEEN_USERS: usize = 100_000;
 
 /// Default maximum presence entries per channel (`presence_max_clients`).
 pub const DEFAULT_MAX_PER_CHANNEL: usize = 100_000;
@@ -22,24 +30,40 @@ pub struct MemoryMembership {
     counts: Mutex<Counts>,
     max_per_channel: usize,
     started: Instant,
+    events: OnceLock<EventHandler>,
 }
 
 #[derive(Default)]
 struct Counts {
     subscribers: BTreeMap<String, u64>,
     connections: BTreeMap<String, u64>,
+    /// user → last connection opened or closed (Unix ms).
+    last_seen: BTreeMap<String, u64>,
 }
 
-/// Adds `delta` to `map[key]` (never below zero); drops keys that reach zero.
-fn bump(map: &mut BTreeMap<String, u64>, key: &str, delta: i64) {
-    let v = (map.get(key).copied().unwrap_or(0) as i64)
-        .saturating_add(delta)
-        .max(0) as u64;
+/// Adds `delta` to `map[key]` (never below zero); drops keys that reach
+/// zero. Returns whether the key went from absent to present (`Some(true)`)
+/// or from present to absent (`Some(false)`).
+fn bump(map: &mut BTreeMap<String, u64>, key: &str, delta: i64) -> Option<bool> {
+    let old = map.get(key).copied().unwrap_or(0);
+    let v = (old as i64).saturating_add(delta).max(0) as u64;
     if v == 0 {
         map.remove(key);
     } else {
         map.insert(key.to_string(), v);
     }
+    match (old, v) {
+        (0, n) if n > 0 => Some(true),
+        (o, 0) if o > 0 => Some(false),
+        _ => None,
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Default for MemoryMembership {
@@ -55,6 +79,13 @@ impl MemoryMembership {
             counts: Mutex::default(),
             max_per_channel,
             started: Instant::now(),
+            events: OnceLock::new(),
+        }
+    }
+
+    fn announce(&self, event: ClusterEvent) {
+        if let Some(h) = self.events.get() {
+            h(event);
         }
     }
 }
@@ -107,11 +138,51 @@ impl Membership for MemoryMembership {
     }
 
     fn subscribers_changed(&self, channel: &str, delta: i64) {
-        bump(&mut self.counts.lock().subscribers, channel, delta);
+        let turned = bump(&mut self.counts.lock().subscribers, channel, delta);
+        match turned {
+            Some(true) => self.announce(ClusterEvent::ChannelOccupied(channel.into())),
+            Some(false) => self.announce(ClusterEvent::ChannelVacated(channel.into())),
+            None => {}
+        }
     }
 
     fn connections_changed(&self, user: &str, delta: i64) {
-        bump(&mut self.counts.lock().connections, user, delta);
+        let turned = {
+            let mut c = self.counts.lock();
+            let turned = bump(&mut c.connections, user, delta);
+            c.last_seen.insert(user.to_string(), unix_ms());
+            if c.last_seen.len() > MAX_LAST_SEEN_USERS {
+                let mut by_age: Vec<(u64, String)> =
+                    c.last_seen.iter().map(|(u, t)| (*t, u.clone())).collect();
+                by_age.sort_unstable();
+                for (_, u) in by_age.into_iter().take(MAX_LAST_SEEN_USERS / 10) {
+                    c.last_seen.remove(&u);
+                }
+            }
+            turned
+        };
+        match turned {
+            Some(true) => self.announce(ClusterEvent::UserOnline(user.into())),
+            Some(false) => self.announce(ClusterEvent::UserOffline(user.into())),
+            None => {}
+        }
+    }
+
+    async fn user_status(&self, users: &[String]) -> Result<Vec<UserStatus>, MembershipError> {
+        let c = self.counts.lock();
+        Ok(users
+            .iter()
+            .take(MAX_USER_STATUS)
+            .map(|u| UserStatus {
+                user: u.clone(),
+                connections: c.connections.get(u).copied().unwrap_or(0),
+                last_seen_ms: c.last_seen.get(u).copied().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    fn set_event_handler(&self, handler: EventHandler) {
+        let _ = self.events.set(handler);
     }
 
     async fn channels(
