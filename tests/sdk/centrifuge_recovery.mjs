@@ -1,15 +1,22 @@
 // Real centrifuge-js SDK against a running Groupcast server: connect,
 // subscribe, live publications, recovery after a client-side reconnect and
-// after a server-forced reconnect (disconnect code 3011).
+// after a server-forced reconnect (disconnect code 3011), a client publish.
 //
-// Usage: node centrifuge_recovery.mjs WS_URL API_URL API_KEY TOKEN
+// Usage: node centrifuge_recovery.mjs WS_URL API_URL API_KEY TOKEN [json|protobuf]
+// `protobuf` runs the SDK's protobuf build (centrifuge/build/protobuf, the
+// `centrifuge-protobuf` subprotocol); publication data then arrives as bytes
+// (the JSON text), and the client publishes bytes.
 // Exit code 0 and a one-line JSON summary on stdout only on full success.
 // Run by tests/tests/sdk.rs (cargo test -p groupcast-tests --test sdk).
 
-import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 
-const [wsUrl, apiUrl, apiKey, token] = process.argv.slice(2);
+const [wsUrl, apiUrl, apiKey, token, encoding = 'json'] = process.argv.slice(2);
+const protobuf = encoding === 'protobuf';
+const { Centrifuge } = await import(protobuf ? 'centrifuge/build/protobuf' : 'centrifuge');
+// Publication data as the script compares it: objects in both encodings.
+const decode = (data) => (protobuf ? JSON.parse(new TextDecoder().decode(data)) : data);
+const encode = (value) => (protobuf ? new TextEncoder().encode(JSON.stringify(value)) : value);
 if (!wsUrl || !apiUrl || !apiKey || !token) {
   console.error('usage: node centrifuge_recovery.mjs WS_URL API_URL API_KEY TOKEN');
   process.exit(2);
@@ -144,8 +151,9 @@ sub.on('error', (ctx) => {
   errors.push(e);
 });
 sub.on('publication', (ctx) => {
-  note('publication', { data: ctx.data, offset: ctx.offset });
-  pubs.push({ n: ctx.data && ctx.data.n, offset: ctx.offset, data: ctx.data });
+  const data = decode(ctx.data);
+  note('publication', { data, offset: ctx.offset });
+  pubs.push({ n: data && data.n, offset: ctx.offset, data });
 });
 sub.subscribe();
 const sub1 = await until(() => subscribed[0], `the 'subscribed' event for ${CHANNEL}`);
@@ -223,17 +231,23 @@ for (let i = 1; i < pubs.length; i++) {
 }
 if (errors.length) fail(`SDK reported errors: ${JSON.stringify(errors)}`);
 
-// g. done
+// g. the client publishes; it comes back on its own subscription.
+await sub.publish(encode({ n: 6 }));
+await until(() => received(6).length, 'publication n=6 (published by the client)');
+if (errors.length) fail(`SDK reported errors: ${JSON.stringify(errors)}`);
+
+// h. done
 client.disconnect();
 clearTimeout(watchdog);
 console.log(JSON.stringify({
   ok: true,
   sdk: 'centrifuge-js',
+  encoding,
   client: conn1.client,
   user,
   epoch: sub1.streamPosition.epoch,
   offsets: pubs.map((p) => p.offset),
-  publications: ns,
+  publications: pubs.map((p) => p.n),
   recovered_after_disconnect: sub2.recovered,
   forced_reconnect: { code: forced.code, reason: forced.reason, recovered: sub3.recovered },
   elapsed_ms: Date.now() - started,

@@ -110,8 +110,9 @@ fn python_with_cent() -> PathBuf {
 
 /// Run `centrifuge_recovery.mjs` (centrifuge-js in Node) against `server`:
 /// connect, subscribe, miss publications, reconnect and recover, then a
-/// server-forced reconnect. It must see exactly 1..=5.
-async fn centrifuge_recovery(server: &TestServer) {
+/// server-forced reconnect, then a client publish. It must see exactly
+/// 1..=6. `encoding`: `json`, or `protobuf` (the SDK's protobuf build).
+async fn centrifuge_recovery(server: &TestServer, encoding: &str) {
     let node = node_with_sdk();
     let token = server.token("sdk-user", json!({}));
     let script = sdk_dir().join("centrifuge_recovery.mjs");
@@ -121,17 +122,30 @@ async fn centrifuge_recovery(server: &TestServer) {
         server.api_url(),
         API_KEY.to_string(),
         token,
+        encoding.to_string(),
     ];
     let out = run_script("centrifuge_recovery.mjs", &node, &args, &sdk_dir()).await;
     let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("centrifuge_recovery.mjs summary is not JSON ({e}): {out}"));
     assert_eq!(summary["ok"], true, "{summary}");
-    assert_eq!(summary["publications"], json!([1, 2, 3, 4, 5]), "{summary}");
+    assert_eq!(summary["encoding"], encoding, "{summary}");
+    assert_eq!(
+        summary["publications"],
+        json!([1, 2, 3, 4, 5, 6]),
+        "{summary}"
+    );
+}
+
+/// The same with the SDK's protobuf build (subprotocol
+/// `centrifuge-protobuf`, binary frames): what the mobile SDKs speak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_js_protobuf_connects_subscribes_publishes_and_recovers() {
+    centrifuge_recovery(&TestServer::start().await, "protobuf").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn centrifuge_js_connects_subscribes_and_recovers() {
-    centrifuge_recovery(&TestServer::start().await).await;
+    centrifuge_recovery(&TestServer::start().await, "json").await;
 }
 
 /// The same SDK run against an edge on a real NATS backbone: offsets are
@@ -145,7 +159,11 @@ async fn centrifuge_js_recovers_on_a_nats_backed_edge() {
     let backbone = groupcast_edge::backbone::build(&config, Default::default())
         .await
         .expect("NATS backbone");
-    centrifuge_recovery(&TestServer::start_with_node(config, backbone.node.clone()).await).await;
+    centrifuge_recovery(
+        &TestServer::start_with_node(config, backbone.node.clone()).await,
+        "json",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,7 @@ pub struct PreparedPush {
     channel: Arc<str>,
     kind: PushKind,
     json: OnceLock<Bytes>,
+    protobuf: OnceLock<Bytes>,
     relay: OnceLock<(Bytes, bool)>,
 }
 
@@ -87,6 +88,7 @@ impl PreparedPush {
             channel: Arc::from(channel),
             kind,
             json: OnceLock::new(),
+            protobuf: OnceLock::new(),
             relay: OnceLock::new(),
         }
     }
@@ -131,31 +133,45 @@ impl PreparedPush {
 
     /// The Centrifugo JSON push, encoded on first use.
     pub fn json(&self) -> &Bytes {
-        self.json.get_or_init(|| {
-            Bytes::from(match &self.kind {
-                PushKind::Pub(p) => {
-                    let data = p.data.to_json();
-                    let mut tagged;
-                    let tags = if matches!(p.data, crate::Payload::Binary(_)) {
-                        tagged = p.tags.clone();
-                        tagged.insert(TAG_ENCODING.into(), "base64".into());
-                        &tagged
-                    } else {
-                        &p.tags
-                    };
-                    encode_pub_push(
-                        &self.channel,
-                        PubView {
-                            data: &data,
-                            offset: p.offset,
-                            info: p.info.as_deref(),
-                            tags,
-                        },
-                    )
+        self.json.get_or_init(|| self.encode(false))
+    }
+
+    /// The same push in the protobuf encoding (one length-prefixed
+    /// `Reply`), encoded on first use. Its data is the same as the JSON
+    /// push's (binary data as base64 with the `encoding` tag).
+    pub fn protobuf(&self) -> &Bytes {
+        self.protobuf.get_or_init(|| self.encode(true))
+    }
+
+    fn encode(&self, protobuf: bool) -> Bytes {
+        use groupcast_proto::protobuf as pb;
+        Bytes::from(match &self.kind {
+            PushKind::Pub(p) => {
+                let data = p.data.to_json();
+                let mut tagged;
+                let tags = if matches!(p.data, crate::Payload::Binary(_)) {
+                    tagged = p.tags.clone();
+                    tagged.insert(TAG_ENCODING.into(), "base64".into());
+                    &tagged
+                } else {
+                    &p.tags
+                };
+                let view = PubView {
+                    data: &data,
+                    offset: p.offset,
+                    info: p.info.as_deref(),
+                    tags,
+                };
+                if protobuf {
+                    pb::encode_pub_push(&self.channel, view)
+                } else {
+                    encode_pub_push(&self.channel, view)
                 }
-                PushKind::Join(info) => encode_join_push(&self.channel, info),
-                PushKind::Leave(info) => encode_leave_push(&self.channel, info),
-            })
+            }
+            PushKind::Join(info) if protobuf => pb::encode_join_push(&self.channel, info),
+            PushKind::Join(info) => encode_join_push(&self.channel, info),
+            PushKind::Leave(info) if protobuf => pb::encode_leave_push(&self.channel, info),
+            PushKind::Leave(info) => encode_leave_push(&self.channel, info),
         })
     }
 

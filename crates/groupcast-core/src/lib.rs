@@ -34,7 +34,9 @@ pub use broker::{
 pub use bus::{valid_target, BackendBus, NodeBus, NodeHandler};
 pub use channel::{ChannelError, ChannelName};
 pub use hub::{Hub, PreparedPush, PushType, Subscriber, SubscriberKind};
-pub use membership::{ClusterEvent, Membership, MembershipError, ReplicaStatus, UserStatus};
+pub use membership::{
+    ClusterEvent, ClusterEventKind, Membership, MembershipError, ReplicaStatus, UserStatus,
+};
 pub use namespace::{ChannelOptions, HistoryStorage, NamespaceConfig, Namespaces};
 pub use node::Node;
 pub use publication::{Payload, Publication, StreamPosition};

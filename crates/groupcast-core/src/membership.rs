@@ -95,15 +95,26 @@ pub struct UserStatus {
 
 /// A cluster-wide change, announced once (by one node) per change.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClusterEvent {
+pub struct ClusterEvent {
+    pub kind: ClusterEventKind,
+    /// The channel or the user.
+    pub name: String,
+    /// Increases with every event of the cluster (of the node, in memory):
+    /// events announced by different nodes can arrive out of order, and
+    /// this orders them.
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterEventKind {
     /// A channel got its first subscriber on any node.
-    ChannelOccupied(String),
+    ChannelOccupied,
     /// A channel lost its last subscriber on every node.
-    ChannelVacated(String),
+    ChannelVacated,
     /// A user got their first connection on any node.
-    UserOnline(String),
+    UserOnline,
     /// A user lost their last connection on every node.
-    UserOffline(String),
+    UserOffline,
 }
 
 /// Told about [`ClusterEvent`]s this node is to announce.

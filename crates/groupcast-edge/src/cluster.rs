@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use groupcast_core::{BrokerHandler, ClusterEvent};
+use groupcast_core::{BrokerHandler, ClusterEvent, ClusterEventKind};
 use groupcast_proto::api::{self, ApiError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -84,13 +84,19 @@ pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
         || state.webhooks.wants("channel_occupied")
         || state.webhooks.wants("channel_vacated")
     {
+        // User statuses are published by one task, in the order the
+        // service gave them (bounded: beyond, dropped and counted).
+        let (tx, rx) = tokio::sync::mpsc::channel(STATUS_QUEUE);
+        if status_channel {
+            tokio::spawn(publish_statuses(Arc::downgrade(state), rx));
+        }
         let weak = Arc::downgrade(state);
         state
             .node
             .membership
             .set_event_handler(Arc::new(move |event| {
                 if let Some(state) = weak.upgrade() {
-                    announce(&state, event);
+                    announce(&state, event, &tx);
                 }
             }));
     }
@@ -141,28 +147,47 @@ pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
     .map_err(|e| format!("cannot serve this node's subject: {e}"))
 }
 
+/// User status changes waiting to be published.
+const STATUS_QUEUE: usize = 10_000;
+
 /// One cluster event this edge is to announce: a webhook for channels, a
-/// publication on `client.user_status_channel` for users. Never waits (the
-/// publication runs in its own task).
-fn announce(state: &Arc<EdgeState>, event: ClusterEvent) {
-    let (kind, name) = match &event {
-        ClusterEvent::ChannelOccupied(c) => ("channel_occupied", c),
-        ClusterEvent::ChannelVacated(c) => ("channel_vacated", c),
-        ClusterEvent::UserOnline(u) => ("online", u),
-        ClusterEvent::UserOffline(u) => ("offline", u),
+/// publication on `client.user_status_channel` for users (queued for
+/// [`publish_statuses`]). Never waits.
+fn announce(
+    state: &Arc<EdgeState>,
+    event: ClusterEvent,
+    statuses: &tokio::sync::mpsc::Sender<(String, &'static str, u64)>,
+) {
+    let kind = match event.kind {
+        ClusterEventKind::ChannelOccupied => "channel_occupied",
+        ClusterEventKind::ChannelVacated => "channel_vacated",
+        ClusterEventKind::UserOnline => "online",
+        ClusterEventKind::UserOffline => "offline",
     };
     if kind.starts_with("channel_") {
-        state
-            .webhooks
-            .emit(kind, serde_json::json!({ "channel": name }));
+        state.webhooks.emit(
+            kind,
+            serde_json::json!({ "channel": event.name, "seq": event.seq }),
+        );
         return;
     }
-    let channel = state.config.client.user_status_channel.clone();
-    if channel.is_empty() {
+    if state.config.client.user_status_channel.is_empty() {
         return;
     }
-    let (state, user) = (state.clone(), name.clone());
-    tokio::spawn(async move {
+    if statuses.try_send((event.name, kind, event.seq)).is_err() {
+        metrics::counter!("groupcast_user_status_dropped_total").increment(1);
+    }
+}
+
+/// Publishes user status changes on `client.user_status_channel`, one at
+/// a time, in order.
+async fn publish_statuses(
+    state: std::sync::Weak<EdgeState>,
+    mut rx: tokio::sync::mpsc::Receiver<(String, &'static str, u64)>,
+) {
+    while let Some((user, kind, seq)) = rx.recv().await {
+        let Some(state) = state.upgrade() else { return };
+        let channel = state.config.client.user_status_channel.clone();
         let last_seen = match state
             .node
             .membership
@@ -177,17 +202,18 @@ fn announce(state: &Arc<EdgeState>, event: ClusterEvent) {
             "user": user,
             "status": kind,
             "last_seen": last_seen,
+            "seq": seq,
         });
         let Some(payload) = serde_json::value::to_raw_value(&data)
             .ok()
             .and_then(|r| groupcast_core::Payload::json(std::sync::Arc::from(r)))
         else {
-            return;
+            continue;
         };
         if let Err(e) = crate::api::publish_status(&state, &channel, payload).await {
             tracing::warn!(%channel, %user, error = ?e, "user status not published");
         }
-    });
+    }
 }
 
 /// Carries out a forwarded action on this edge's connections, or answers

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +118,8 @@ pub struct Conn {
     max_queue: usize,
     cancel: CancellationToken,
     close_reason: Mutex<Option<(u16, Cow<'static, str>)>>,
+    /// Protobuf encoding (subprotocol `centrifuge-protobuf`) instead of JSON.
+    protobuf: AtomicBool,
     controls: Mutex<VecDeque<Control>>,
     control_notify: Notify,
 }
@@ -150,6 +152,7 @@ impl Conn {
             max_queue,
             cancel: CancellationToken::new(),
             close_reason: Mutex::new(None),
+            protobuf: AtomicBool::new(false),
             controls: Mutex::new(VecDeque::new()),
             control_notify: Notify::new(),
         });
@@ -175,6 +178,17 @@ impl Conn {
             return false;
         }
         true
+    }
+
+    /// Speak the protobuf encoding from now on (set by the session before
+    /// anything is queued): binary frames of length-prefixed messages, and
+    /// protobuf pushes from the hub.
+    pub fn set_protobuf(&self) {
+        self.protobuf.store(true, Ordering::Release);
+    }
+
+    pub fn is_protobuf(&self) -> bool {
+        self.protobuf.load(Ordering::Acquire)
     }
 
     /// Queue one protocol message (a reply, a push, or the `{}` ping).
@@ -338,6 +352,7 @@ impl Conn {
     ) {
         let mut rx = outbox.0;
         let m = Metrics::get();
+        let protobuf = self.is_protobuf();
         let mut batch = Vec::new();
         let mut counts = KindCounts::default();
         // An item taken while batching that belongs in the next frame.
@@ -397,19 +412,26 @@ impl Conn {
                     } else {
                         let mut buf = BytesMut::with_capacity(total + batch.len());
                         for (i, b) in batch.drain(..).enumerate() {
-                            if i > 0 {
+                            // Protobuf messages carry their length: just
+                            // concatenated. JSON ones are `\n`-separated.
+                            if i > 0 && !protobuf {
                                 buf.extend_from_slice(b"\n");
                             }
                             buf.extend_from_slice(&b);
                         }
                         buf.freeze()
                     };
-                    // Replies and pushes are serde_json output: always UTF-8.
-                    match Utf8Bytes::try_from(frame) {
-                        Ok(t) => (Message::Text(t), total),
-                        Err(_) => {
-                            self.queued.fetch_sub(total, Ordering::AcqRel);
-                            continue;
+                    if protobuf {
+                        (Message::Binary(frame), total)
+                    } else {
+                        // Replies and pushes are serde_json output: always
+                        // UTF-8.
+                        match Utf8Bytes::try_from(frame) {
+                            Ok(t) => (Message::Text(t), total),
+                            Err(_) => {
+                                self.queued.fetch_sub(total, Ordering::AcqRel);
+                                continue;
+                            }
                         }
                     }
                 }
@@ -499,7 +521,12 @@ impl Subscriber for Conn {
                     PushType::Join => OutKind::Join,
                     PushType::Leave => OutKind::Leave,
                 };
-                self.enqueue(Out::Json(push.json().clone(), kind));
+                let bytes = if self.is_protobuf() {
+                    push.protobuf()
+                } else {
+                    push.json()
+                };
+                self.enqueue(Out::Json(bytes.clone(), kind));
             }
             SubscriberKind::Relay => {
                 if let Some((bytes, binary)) = push.relay() {

@@ -233,6 +233,10 @@ fn describe() {
         "Webhook POSTs by outcome (ok, retried, failed: batch dropped after its retries)."
     );
     describe_counter!(
+        "groupcast_user_status_dropped_total",
+        "User status changes not published on client.user_status_channel: the queue (10,000) was full."
+    );
+    describe_counter!(
         "groupcast_relay_backend_events_total",
         "Relay route events to backend targets, by event (join, message, heartbeat, leave) and outcome (sent, gone: no responders, failed)."
     );

@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /connection/websocket` | Centrifugo client protocol v2 (JSON) |
+//! | `GET /connection/websocket` | Centrifugo client protocol v2 (JSON; protobuf with the `centrifuge-protobuf` subprotocol) |
 //! | `GET /ws/relay/{channel}` (and `/ws/relay/`) | raw relay |
 //! | `POST /api/{method}` | server API |
 //! | `GET /metrics` | Prometheus text format |
@@ -157,6 +157,9 @@ pub fn router(state: Arc<EdgeState>) -> Router {
         .with_state(state)
 }
 
+/// The WebSocket subprotocol of the Centrifugo protocol's protobuf encoding.
+pub const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+
 /// Is the browser origin allowed? Requests without `Origin` are not from a
 /// browser page and are allowed.
 pub fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
@@ -244,8 +247,17 @@ async fn websocket(
     let st = state.clone();
     // What the event proxies forward of the upgrade request (cookies...).
     let kept = state.proxies.keep_headers(&headers);
-    configure(ws, &state)
-        .on_upgrade(move |socket| state.tasks.track_future(session::serve(st, socket, kept)))
+    // The protobuf encoding when the client asks for it (Centrifugo's
+    // SDKs do by subprotocol); JSON otherwise.
+    let ws = ws.protocols([PROTOBUF_SUBPROTOCOL]);
+    let protobuf = ws
+        .selected_protocol()
+        .is_some_and(|p| p == PROTOBUF_SUBPROTOCOL);
+    configure(ws, &state).on_upgrade(move |socket| {
+        state
+            .tasks
+            .track_future(session::serve(st, socket, kept, protobuf))
+    })
 }
 
 #[derive(Deserialize)]

@@ -180,12 +180,34 @@ pub async fn replay(state: Arc<EdgeState>, frames: &[&[u8]]) -> Replay {
 
 /// Serve one upgraded WebSocket with the Centrifugo protocol.
 /// `headers`: the upgrade request's headers that event proxies forward.
-pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, headers: HeaderMap) {
+/// `protobuf`: the client chose the `centrifuge-protobuf` subprotocol.
+pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, headers: HeaderMap, protobuf: bool) {
     let (opened, stream) = state.open(socket, SubscriberKind::Protocol);
+    if protobuf {
+        opened.conn.set_protobuf();
+    }
     let mut session = Session::new(state, opened.conn.clone(), headers);
     session.run(stream).await;
     session.cleanup().await;
     opened.finish().await;
+}
+
+/// A reply in the connection's encoding.
+fn encode_reply(conn: &Conn, reply: &Reply) -> Bytes {
+    Bytes::from(if conn.is_protobuf() {
+        groupcast_proto::protobuf::encode_reply(reply)
+    } else {
+        reply.encode()
+    })
+}
+
+/// An unsubscribe push in the connection's encoding.
+fn unsubscribe_push(conn: &Conn, channel: &str, code: u32, reason: &str) -> Bytes {
+    Bytes::from(if conn.is_protobuf() {
+        groupcast_proto::protobuf::encode_unsubscribe_push(channel, code, reason)
+    } else {
+        proto::encode_unsubscribe_push(channel, code, reason)
+    })
 }
 
 fn deadline_from_unix(at: i64) -> tokio::time::Instant {
@@ -229,11 +251,17 @@ impl Session {
                 _ = conn.cancelled() => break,
                 msg = stream.next() => match conn.inbound(msg) {
                     Inbound::End => break,
-                    Inbound::Text(t) => {
+                    // Text frames carry JSON, binary frames protobuf: each
+                    // only on a connection of that encoding.
+                    Inbound::Text(t) if !conn.is_protobuf() => {
                         Metrics::get().bytes_in.increment(t.len() as u64);
                         self.handle_frame(t.as_bytes()).await;
                     }
-                    Inbound::Binary(_) => {
+                    Inbound::Binary(b) if conn.is_protobuf() => {
+                        Metrics::get().bytes_in.increment(b.len() as u64);
+                        self.handle_frame(&b).await;
+                    }
+                    Inbound::Text(_) | Inbound::Binary(_) => {
                         conn.close(DisconnectCode::BAD_REQUEST);
                         break;
                     }
@@ -244,7 +272,12 @@ impl Session {
                     break;
                 }
                 _ = ping.tick(), if self.connected => {
-                    conn.send_json(Bytes::from_static(b"{}"), OutKind::Ping);
+                    let ping = if conn.is_protobuf() {
+                        Bytes::from(groupcast_proto::protobuf::encode_ping())
+                    } else {
+                        Bytes::from_static(b"{}")
+                    };
+                    conn.send_json(ping, OutKind::Ping);
                     if self.pong_deadline.is_none() {
                         self.pong_deadline = Some(Instant::now() + pong_timeout);
                     }
@@ -344,8 +377,8 @@ impl Session {
             }
             self.remove_sub(&channel).await;
             let u = groupcast_proto::codes::UnsubscribeCode::EXPIRED;
-            let push = proto::encode_unsubscribe_push(&channel, u.code, u.reason);
-            self.conn.send_json(Bytes::from(push), OutKind::Reply);
+            let push = unsubscribe_push(&self.conn, &channel, u.code, u.reason);
+            self.conn.send_json(push, OutKind::Reply);
         }
     }
 
@@ -381,9 +414,15 @@ impl Session {
     }
 
     async fn handle_frame(&mut self, frame: &[u8]) {
-        let commands = match proto::decode_commands(frame) {
+        let decoded = if self.conn.is_protobuf() {
+            groupcast_proto::protobuf::decode_commands(frame).map_err(|e| e.to_string())
+        } else {
+            proto::decode_commands(frame).map_err(|e| e.to_string())
+        };
+        let commands = match decoded {
             Ok(c) => c,
-            Err(_) => {
+            Err(e) => {
+                tracing::debug!(client = %self.conn.client, error = %e, "undecodable frame");
                 self.conn.close(DisconnectCode::BAD_REQUEST);
                 return;
             }
@@ -401,7 +440,7 @@ impl Session {
             Metrics::error(e.code);
         }
         self.conn
-            .send_json(Bytes::from(reply.encode()), OutKind::Reply);
+            .send_json(encode_reply(&self.conn, &reply), OutKind::Reply);
     }
 
     async fn handle_command(&mut self, cmd: Command) {
@@ -450,10 +489,14 @@ impl Session {
             Err(Fail::Disconnect(d)) => self.conn.close(d),
             Err(Fail::Backend { code, message }) => {
                 Metrics::error(code);
-                let reply =
-                    serde_json::json!({"id": id, "error": {"code": code, "message": message}});
-                self.conn
-                    .send_json(Bytes::from(reply.to_string()), OutKind::Reply);
+                let reply = if self.conn.is_protobuf() {
+                    groupcast_proto::protobuf::encode_error_reply(id, code, &message)
+                } else {
+                    serde_json::json!({"id": id, "error": {"code": code, "message": message}})
+                        .to_string()
+                        .into_bytes()
+                };
+                self.conn.send_json(Bytes::from(reply), OutKind::Reply);
             }
             Err(Fail::Close { code, reason }) => self.conn.close_with(code, Cow::Owned(reason)),
         }
@@ -461,11 +504,16 @@ impl Session {
 
     /// The fields every proxy request starts with (Centrifugo's).
     fn proxy_body(&self) -> serde_json::Value {
+        let (protocol, encoding) = if self.conn.is_protobuf() {
+            ("protobuf", "binary")
+        } else {
+            ("json", "json")
+        };
         serde_json::json!({
             "client": self.conn.client,
             "transport": "websocket",
-            "protocol": "json",
-            "encoding": "json",
+            "protocol": protocol,
+            "encoding": encoding,
             "user": self.user,
         })
     }
@@ -503,7 +551,7 @@ impl Session {
                 ..Default::default()
             };
             self.finish_subscribe(&req.channel, result.1, |conn| {
-                conn.send_json(Bytes::from(reply.encode()), OutKind::Reply);
+                conn.send_json(encode_reply(conn, &reply), OutKind::Reply);
             })
             .await?;
             return Ok(None);
@@ -1221,8 +1269,8 @@ impl Session {
             Control::Unsubscribe { channel, code: u } => {
                 if self.subs.contains_key(&channel) {
                     self.remove_sub(&channel).await;
-                    let push = proto::encode_unsubscribe_push(&channel, u.code, u.reason);
-                    self.conn.send_json(Bytes::from(push), OutKind::Reply);
+                    let push = unsubscribe_push(&self.conn, &channel, u.code, u.reason);
+                    self.conn.send_json(push, OutKind::Reply);
                 }
             }
             Control::Subscribe { channel, data } => {
@@ -1237,7 +1285,11 @@ impl Session {
                 match self.subscribe(spec).await {
                     Ok((mut result, position)) => {
                         result.data = data;
-                        let push = proto::encode_subscribe_push(&channel, &result);
+                        let push = if self.conn.is_protobuf() {
+                            groupcast_proto::protobuf::encode_subscribe_push(&channel, &result)
+                        } else {
+                            proto::encode_subscribe_push(&channel, &result)
+                        };
                         let done = self
                             .finish_subscribe(&channel, position, |c| {
                                 c.send_json(Bytes::from(push), OutKind::Reply);

@@ -3,10 +3,11 @@
 //!
 //! Events: `client_connected`, `client_disconnected` (with the close code
 //! and reason), `member_added`, `member_removed` (presence, in namespaces
-//! with `presence`). Each event happens on exactly one edge (the one that
-//! holds the connection), so a cluster sends each once. Every event has an
-//! `id`: a batch retried after a lost answer can arrive twice, and the
-//! receiver drops what it has seen.
+//! with `presence`): each happens on exactly one edge (the one that holds
+//! the connection), so a cluster sends each once. `channel_occupied` and
+//! `channel_vacated`: the membership service hands each to one edge
+//! ([`crate::cluster`]). Every event has an `id`: a batch retried after a
+//! lost answer can arrive twice, and the receiver drops what it has seen.
 //!
 //! A `[[webhooks]]` entry has its own bounded queue and task: events past
 //! `queue_max` are dropped and counted, never block a connection. A batch

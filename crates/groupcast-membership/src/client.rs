@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use groupcast_core::membership::{
-    ClusterEvent, EventHandler, LeaveHandler, Membership, MembershipError, PresenceStats,
-    ReplicaStatus, UserStatus, MAX_USER_STATUS,
+    ClusterEvent, ClusterEventKind, EventHandler, LeaveHandler, Membership, MembershipError,
+    PresenceStats, ReplicaStatus, UserStatus, MAX_USER_STATUS,
 };
 use groupcast_proto::api::NodeInfo;
 use groupcast_proto::client::ClientInfo;
@@ -380,7 +380,7 @@ impl LocalView {
                 self.presence.remove(&(channel.clone(), client.clone()));
             }
             // A moment, not state: a resync does not resend it.
-            Delta::Seen { .. } => {}
+            Delta::Seen { .. } | Delta::ResyncDone => {}
         }
     }
 
@@ -921,7 +921,10 @@ impl Shared {
     /// `batch_max` (the first resets), then answers `waiting`: a join the
     /// service refused fails with the limit, the rest succeed. False:
     /// cancelled.
-    async fn resync(&self, state: Vec<Delta>, waiting: Vec<(Delta, Waiter)>) -> bool {
+    async fn resync(&self, mut state: Vec<Delta>, waiting: Vec<(Delta, Waiter)>) -> bool {
+        // The service announces what the reset dropped for good only at the
+        // end marker (a resync's drop-and-re-add is no change).
+        state.push(Delta::ResyncDone);
         let mut chunks = state
             .chunks(self.cfg.batch_max.max(1))
             .map(<[Delta]>::to_vec);
@@ -1193,11 +1196,16 @@ async fn events_loop(s: Arc<Shared>) {
             if !mine {
                 continue;
             }
-            let event = match e.kind {
-                EventKind::Occupied => ClusterEvent::ChannelOccupied(e.name.clone()),
-                EventKind::Vacated => ClusterEvent::ChannelVacated(e.name.clone()),
-                EventKind::Online => ClusterEvent::UserOnline(e.name.clone()),
-                EventKind::Offline => ClusterEvent::UserOffline(e.name.clone()),
+            let kind = match e.kind {
+                EventKind::Occupied => ClusterEventKind::ChannelOccupied,
+                EventKind::Vacated => ClusterEventKind::ChannelVacated,
+                EventKind::Online => ClusterEventKind::UserOnline,
+                EventKind::Offline => ClusterEventKind::UserOffline,
+            };
+            let event = ClusterEvent {
+                kind,
+                name: e.name.clone(),
+                seq: e.seq,
             };
             if let Some(h) = s.event_handler.get() {
                 h(event);

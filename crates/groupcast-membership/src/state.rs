@@ -76,6 +76,10 @@ pub struct State {
     /// The latest occupancy and online events, oldest first (bounded).
     events: VecDeque<Event>,
     event_seq: u64,
+    /// Edge → what its unfinished resync turned off (is a user, name): said
+    /// only at its `ResyncDone` (or when the edge is removed), unless it came
+    /// back on meanwhile.
+    resyncing: BTreeMap<String, BTreeSet<(bool, String)>>,
     /// While a batch applies: (is a user, name) → on before the batch, for
     /// the channels and users that changed during it (only net changes are
     /// recorded: a resync's drop-and-re-add is none). Not stored.
@@ -133,6 +137,27 @@ impl State {
         });
         while self.events.len() > MAX_EVENTS_KEPT {
             self.events.pop_front();
+        }
+    }
+
+    /// An item turned back on: if an unfinished resync had turned it off,
+    /// that is no change (forget it there).
+    fn resync_resolves(&mut self, key: &(bool, String)) -> bool {
+        let mut found = false;
+        self.resyncing.retain(|_, pending| {
+            found |= pending.remove(key);
+            !pending.is_empty()
+        });
+        found
+    }
+
+    /// The edge's resync is over (or the edge is gone): what it turned off
+    /// and is still off is announced now.
+    fn finish_resync(&mut self, edge: &str) {
+        for (user, name) in self.resyncing.remove(edge).unwrap_or_default() {
+            if !self.is_on(user, &name) {
+                self.record_event(edge, user, &name, false);
+            }
         }
     }
 
@@ -239,9 +264,25 @@ impl State {
                 }
                 for ((user, name), before) in self.batch_changes.take().unwrap_or_default() {
                     let now = self.is_on(user, &name);
-                    if now != before {
-                        self.record_event(&edge.name, user, &name, now);
+                    if now == before {
+                        continue;
                     }
+                    let key = (user, name);
+                    if now && self.resync_resolves(&key) {
+                        // Dropped by a resync and back: no change.
+                        continue;
+                    }
+                    if !now && *reset {
+                        self.resyncing
+                            .entry(edge.name.clone())
+                            .or_default()
+                            .insert(key);
+                        continue;
+                    }
+                    self.record_event(&edge.name, key.0, &key.1, now);
+                }
+                if deltas.iter().any(|d| matches!(d, Delta::ResyncDone)) {
+                    self.finish_resync(&edge.name);
                 }
                 let e = self.edges.get_mut(&edge.name).expect("registered above");
                 e.last_seq = *seq;
@@ -317,6 +358,8 @@ impl State {
                 }
             }
             Delta::Seen { user, unix_ms } => self.record_seen(user, *unix_ms),
+            // Handled by the batch, after its deltas.
+            Delta::ResyncDone => {}
             Delta::Connections { user, delta } => {
                 let change = add_count(&mut e.connections, user, *delta);
                 if change != 0 {
@@ -432,6 +475,8 @@ impl State {
     fn remove_edge(&mut self, edge: &EdgeId) -> Vec<Leave> {
         let leaves = self.clear_edge(&edge.name);
         self.edges.remove(&edge.name);
+        // A resync it did not finish: what it dropped is gone for good.
+        self.finish_resync(&edge.name);
         leaves
     }
 
@@ -930,24 +975,53 @@ mod tests {
             edge: a.clone(),
             seq: 5,
             reset: true,
-            deltas: vec![subs("e", 1)],
+            deltas: vec![subs("e", 1), Delta::ResyncDone],
         });
         assert!(channel_events(&s, 3).is_empty());
+        // A resync over several batches: what the first one drops and a
+        // later one brings back is no change; what never comes back is
+        // vacated at the end marker.
+        s.apply(&batch(&a, 6, vec![subs("f", 1)]));
+        assert_eq!(channel_events(&s, 3), [("f".to_string(), true)]);
+        s.apply(&Command::Batch {
+            edge: a.clone(),
+            seq: 7,
+            reset: true,
+            deltas: vec![subs("e", 1)],
+        });
+        assert!(channel_events(&s, 4).is_empty(), "f waits for the end");
+        s.apply(&batch(&a, 8, vec![subs("f", 1)]));
+        s.apply(&Command::Batch {
+            edge: a.clone(),
+            seq: 9,
+            reset: true,
+            deltas: vec![subs("e", 1), subs("f", 1)],
+        });
+        s.apply(&batch(&a, 10, vec![Delta::ResyncDone]));
+        assert!(channel_events(&s, 4).is_empty(), "f came back: nothing");
+        s.apply(&Command::Batch {
+            edge: a.clone(),
+            seq: 11,
+            reset: true,
+            deltas: vec![subs("e", 1)],
+        });
+        s.apply(&batch(&a, 12, vec![Delta::ResyncDone]));
+        assert_eq!(channel_events(&s, 4), [("f".to_string(), false)]);
         // An edge removed with the only subscribers: vacated.
         s.apply(&Command::Remove {
             edge: a.clone(),
             reason: RemoveReason::LeaseExpired,
         });
-        assert_eq!(channel_events(&s, 3), [("e".to_string(), false)]);
+        assert_eq!(channel_events(&s, 5), [("e".to_string(), false)]);
         // The answer says what was missed; each event names its edge.
         match s.query(&Query::Events { after: 0 }) {
             QueryResult::Events {
                 latest, complete, ..
-            } => assert_eq!((latest, complete), (4, true)),
+            } => assert_eq!((latest, complete), (6, true)),
             other => panic!("{other:?}"),
         }
         let edges: Vec<String> = events(&s, 0).into_iter().map(|e| e.2).collect();
-        assert_eq!(edges, ["a", "b", "a", "a"]);
+        assert_eq!(edges, ["a", "b", "a", "a", "a", "a"]);
     }
 
     #[test]

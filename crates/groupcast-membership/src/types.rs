@@ -91,6 +91,11 @@ pub enum Delta {
     /// (the edge's clock): the user's "last seen". Added after the first
     /// release: replicas must be upgraded before the edges that send it.
     Seen { user: String, unix_ms: u64 },
+    /// Ends a resync (the state after a `reset`, which may span several
+    /// batches): channels and users the reset turned off that did not come
+    /// back are announced vacated/offline only now. Added after the first
+    /// release, like `Seen`.
+    ResyncDone,
 }
 
 /// A replicated command (the Raft log's application data).

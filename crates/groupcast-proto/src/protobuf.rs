@@ -944,6 +944,21 @@ pub fn encode_reply(reply: &client::Reply) -> Vec<u8> {
     reply_from_model(reply).encode_length_delimited_to_vec()
 }
 
+/// An error reply with any code and message (a backend's error from an
+/// event proxy, which [`client::Reply`]'s fixed table cannot hold).
+pub fn encode_error_reply(id: u32, code: u32, message: &str) -> Vec<u8> {
+    Reply {
+        id,
+        error: Some(Error {
+            code,
+            message: message.to_owned(),
+            temporary: false,
+        }),
+        ..Default::default()
+    }
+    .encode_length_delimited_to_vec()
+}
+
 /// The server's ping: an empty `Reply`, length-prefixed (the byte `0x00`).
 /// The client answers with an empty `Command`.
 pub fn encode_ping() -> Vec<u8> {

@@ -859,7 +859,9 @@ async fn in_a_cluster_channel_webhooks_and_user_status_come_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The watcher saw ann online once and offline once, in that order.
+    // The watcher saw ann online once and offline once; the two edges that
+    // caused them announce each, so they may arrive in either order, and
+    // `seq` orders them.
     let mut statuses = Vec::new();
     while statuses.len() < 2 {
         let p = watcher
@@ -869,21 +871,34 @@ async fn in_a_cluster_channel_webhooks_and_user_status_come_once() {
         let d = &p["pub"]["data"];
         assert_eq!(d["type"], "user_status", "{p}");
         assert_eq!(d["user"], "ann", "{p}");
-        statuses.push(d["status"].as_str().unwrap().to_string());
+        statuses.push((
+            d["seq"].as_u64().unwrap(),
+            d["status"].as_str().unwrap().to_string(),
+        ));
     }
-    assert_eq!(statuses, ["online", "offline"]);
+    statuses.sort();
+    let order: Vec<&str> = statuses.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(order, ["online", "offline"]);
 
     // One occupied and one vacated for the channel, though both edges had
     // subscribers; nothing more comes.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Sent by the edge that caused each, so in either order: `seq` orders.
     let room = |events: &Value| -> Vec<String> {
-        events
+        let mut mine: Vec<(u64, String)> = events
             .as_array()
             .unwrap()
             .iter()
             .filter(|e| e["channel"] == "plain:room")
-            .map(|e| e["type"].as_str().unwrap().to_string())
-            .collect()
+            .map(|e| {
+                (
+                    e["seq"].as_u64().unwrap(),
+                    e["type"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        mine.sort();
+        mine.into_iter().map(|(_, t)| t).collect()
     };
     loop {
         let events = get_json(receiver, "/events").await;

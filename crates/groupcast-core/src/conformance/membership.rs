@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use groupcast_proto::client::ClientInfo;
 
-use crate::membership::{ClusterEvent, Membership, MembershipError, PresenceStats};
+use crate::membership::{ClusterEventKind, Membership, MembershipError, PresenceStats};
 
 /// The presence limit per channel the factory's handles must have.
 pub const MAX_CLIENTS: u32 = 3;
@@ -302,13 +302,10 @@ pub async fn cluster_events(m: Arc<dyn Membership>) {
     m.subscribers_changed(&ch, 1);
     m.subscribers_changed(&ch, 1);
     m.connections_changed(&user, 1);
-    let mine = |got: &[ClusterEvent]| -> Vec<ClusterEvent> {
+    let mine = |got: &[crate::ClusterEvent]| -> Vec<(ClusterEventKind, String, u64)> {
         got.iter()
-            .filter(|e| match e {
-                ClusterEvent::ChannelOccupied(c) | ClusterEvent::ChannelVacated(c) => *c == ch,
-                ClusterEvent::UserOnline(u) | ClusterEvent::UserOffline(u) => *u == user,
-            })
-            .cloned()
+            .filter(|e| e.name == ch || e.name == user)
+            .map(|e| (e.kind, e.name.clone(), e.seq))
             .collect()
     };
     settles("occupied and online announced", || async {
@@ -324,13 +321,20 @@ pub async fn cluster_events(m: Arc<dyn Membership>) {
     .await;
     // Nothing more comes (a duplicate would show now).
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = mine(&got.lock());
+    let kinds: Vec<(ClusterEventKind, String)> =
+        seen.iter().map(|(k, n, _)| (*k, n.clone())).collect();
     assert_eq!(
-        mine(&got.lock()),
+        kinds,
         [
-            ClusterEvent::ChannelOccupied(ch.clone()),
-            ClusterEvent::UserOnline(user.clone()),
-            ClusterEvent::ChannelVacated(ch.clone()),
-            ClusterEvent::UserOffline(user.clone()),
+            (ClusterEventKind::ChannelOccupied, ch.clone()),
+            (ClusterEventKind::UserOnline, user.clone()),
+            (ClusterEventKind::ChannelVacated, ch.clone()),
+            (ClusterEventKind::UserOffline, user.clone()),
         ]
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].2 < w[1].2),
+        "sequence numbers increase: {seen:?}"
     );
 }

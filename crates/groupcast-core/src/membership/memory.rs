@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use groupcast_proto::api::NodeInfo;
 
 use super::{
-    ClusterEvent, EventHandler, LeaveHandler, Membership, MembershipError, PresenceStats,
-    UserStatus, MAX_USER_STATUS,
+    ClusterEvent, ClusterEventKind, EventHandler, LeaveHandler, Membership, MembershipError,
+    PresenceStats, UserStatus, MAX_USER_STATUS,
 };
 
 /// Users whose last-seen time is kept (as the replicated service does).
@@ -31,6 +31,7 @@ pub struct MemoryMembership {
     max_per_channel: usize,
     started: Instant,
     events: OnceLock<EventHandler>,
+    event_seq: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -80,12 +81,21 @@ impl MemoryMembership {
             max_per_channel,
             started: Instant::now(),
             events: OnceLock::new(),
+            event_seq: Default::default(),
         }
     }
 
-    fn announce(&self, event: ClusterEvent) {
+    fn announce(&self, kind: ClusterEventKind, name: &str) {
+        let seq = self
+            .event_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         if let Some(h) = self.events.get() {
-            h(event);
+            h(ClusterEvent {
+                kind,
+                name: name.to_string(),
+                seq,
+            });
         }
     }
 }
@@ -140,8 +150,8 @@ impl Membership for MemoryMembership {
     fn subscribers_changed(&self, channel: &str, delta: i64) {
         let turned = bump(&mut self.counts.lock().subscribers, channel, delta);
         match turned {
-            Some(true) => self.announce(ClusterEvent::ChannelOccupied(channel.into())),
-            Some(false) => self.announce(ClusterEvent::ChannelVacated(channel.into())),
+            Some(true) => self.announce(ClusterEventKind::ChannelOccupied, channel),
+            Some(false) => self.announce(ClusterEventKind::ChannelVacated, channel),
             None => {}
         }
     }
@@ -150,7 +160,12 @@ impl Membership for MemoryMembership {
         let turned = {
             let mut c = self.counts.lock();
             let turned = bump(&mut c.connections, user, delta);
-            c.last_seen.insert(user.to_string(), unix_ms());
+            // As the replicated service: on the first and the last
+            // connection, never backwards.
+            if turned.is_some() {
+                let t = c.last_seen.entry(user.to_string()).or_insert(0);
+                *t = (*t).max(unix_ms());
+            }
             if c.last_seen.len() > MAX_LAST_SEEN_USERS {
                 let mut by_age: Vec<(u64, String)> =
                     c.last_seen.iter().map(|(u, t)| (*t, u.clone())).collect();
@@ -162,8 +177,8 @@ impl Membership for MemoryMembership {
             turned
         };
         match turned {
-            Some(true) => self.announce(ClusterEvent::UserOnline(user.into())),
-            Some(false) => self.announce(ClusterEvent::UserOffline(user.into())),
+            Some(true) => self.announce(ClusterEventKind::UserOnline, user),
+            Some(false) => self.announce(ClusterEventKind::UserOffline, user),
             None => {}
         }
     }
