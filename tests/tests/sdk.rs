@@ -1,6 +1,7 @@
 //! The real Centrifugo SDKs against a live in-process server:
 //! `centrifuge` (npm, centrifuge-js) for the client protocol and recovery,
-//! `cent` (PyPI) for the server HTTP API.
+//! `cent` (PyPI) for the server HTTP API, and centrifuge-python's own test
+//! suite (PyPI sdist, downloaded and checksummed at test time).
 //!
 //! The scripts live in `tests/sdk/`; their dependencies are pinned in
 //! `tests/sdk/package.json` (+ lock) and `tests/sdk/requirements.txt` and are
@@ -35,6 +36,17 @@ fn sdk_dir() -> PathBuf {
 /// Run `program args…` in `cwd` with a timeout; panic with its output unless
 /// it exits with success. Returns stdout.
 async fn run_script(what: &str, program: &Path, args: &[String], cwd: &Path) -> String {
+    run_script_within(what, program, args, cwd, SCRIPT_TIMEOUT).await
+}
+
+/// [`run_script`] with another time limit.
+async fn run_script_within(
+    what: &str,
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    timeout: Duration,
+) -> String {
     let child = Command::new(program)
         .args(args)
         .current_dir(cwd)
@@ -49,11 +61,11 @@ async fn run_script(what: &str, program: &Path, args: &[String], cwd: &Path) -> 
                 program.display()
             )
         });
-    let out = match tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output()).await {
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => panic!("{what}: waiting for {} failed: {e}", program.display()),
         Err(_) => panic!(
-            "{what}: {} did not finish within {SCRIPT_TIMEOUT:?} (killed)",
+            "{what}: {} did not finish within {timeout:?} (killed)",
             program.display()
         ),
     };
@@ -362,4 +374,100 @@ async fn seed_004_relay_flow_with_browser_websockets_and_a_nats_backend() {
     let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("relay_backend_page.mjs summary is not JSON ({e}): {out}"));
     assert_eq!(summary["ok"], true, "{summary}");
+}
+
+/// Delta compression with centrifuge-js (`delta: 'fossil'`), JSON and its
+/// protobuf build: 40 large, slowly changing publications (live, recovered
+/// after a reconnect, live again) decode to exactly what was published,
+/// most of them sent as deltas.
+async fn centrifuge_delta(encoding: &str) {
+    let node = node_with_sdk();
+    let server = TestServer::start().await;
+    let token = server.token("delta-user", json!({}));
+    let script = sdk_dir().join("centrifuge_delta.mjs");
+    let args = [
+        script.display().to_string(),
+        server.ws_url(),
+        server.api_url(),
+        API_KEY.to_string(),
+        token,
+        encoding.to_string(),
+    ];
+    let out = run_script("centrifuge_delta.mjs", &node, &args, &sdk_dir()).await;
+    let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("centrifuge_delta.mjs summary is not JSON ({e}): {out}"));
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["publications"], 40, "{summary}");
+    let stats = &summary["stats"];
+    let deltas = stats["numDeltaPayloads"].as_u64().unwrap_or(0);
+    assert!(deltas >= 30, "most publications as deltas: {summary}");
+    let ratio = stats["compressionRatio"].as_f64().unwrap_or(0.0);
+    assert!(ratio > 0.5, "deltas are much smaller: {summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_js_decodes_fossil_deltas_over_json() {
+    centrifuge_delta("json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_js_decodes_fossil_deltas_over_protobuf() {
+    centrifuge_delta("protobuf").await;
+}
+
+/// centrifuge-python's own test suite (its 185 `unittest` tests, from the
+/// pinned sdist of PyPI centrifuge-python 0.7.0), run by
+/// `tests/sdk/centrifuge_python_suite.py` against a server configured like
+/// the Centrifugo of the SDK's docker-compose.yml
+/// (`tests/sdk/centrifuge_python.toml`, loaded as `groupcast dev --config`
+/// loads it). Each test runs with a time limit; the runner's skip list names
+/// the tests that fail because of a Groupcast gap, and one of them passing
+/// fails this test too (docs/sdks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_python_sdk_test_suite() {
+    let python = python_with_cent();
+    let has_deps = std::process::Command::new(&python)
+        .args(["-c", "import websockets, google.protobuf"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        has_deps,
+        "`websockets` and `protobuf` are not installed in {}: {INSTALL_HINT}",
+        python.display()
+    );
+    let toml = sdk_dir().join("centrifuge_python.toml");
+    let config = groupcast_edge::Config::load(
+        TestServer::dev_config(),
+        Some(toml.as_path()),
+        figment::providers::Serialized::defaults(json!({})),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", toml.display()));
+    let server = TestServer::start_with(config).await;
+    let script = sdk_dir().join("centrifuge_python_suite.py");
+    // A healthy run takes about 40 s; its budget ends it with a summary
+    // (tests left count as failed) before nextest's 2-minute kill.
+    let args = [
+        script.display().to_string(),
+        server.ws_url(),
+        server.config.client.token_hmac_secret.clone(),
+        "--timeout".to_string(),
+        "20".to_string(),
+        "--budget".to_string(),
+        "95".to_string(),
+    ];
+    let out = run_script_within(
+        "centrifuge_python_suite.py",
+        &python,
+        &args,
+        &sdk_dir(),
+        Duration::from_secs(115),
+    )
+    .await;
+    let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("centrifuge_python_suite.py summary is not JSON ({e}): {out}"));
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["failed"], json!([]), "{summary}");
 }

@@ -5,6 +5,16 @@
 //! shared by every subscriber ([`PreparedPush`]). Fan-out holds the channel's
 //! lock, so all local subscribers see a channel's messages in the same order.
 //!
+//! # Delta compression
+//! A subscription that negotiated delta compression (`delta: "fossil"`)
+//! gets each publication as a Fossil delta against the previous one of the
+//! channel when it received that previous one live in this subscription;
+//! else (its first live publication, after a gap) in full. The hub keeps
+//! the data of each channel's latest publication as the base of the next
+//! one's delta, computed once per publication for all such subscribers.
+//! Over JSON such a subscription's data is always a JSON string: the JSON
+//! text, or (`delta: true`) the delta.
+//!
 //! # Recovery merge (invariant 2)
 //! A subscription that must start at a stream position is added in the
 //! *buffering* phase: live pushes are kept aside while the session reads
@@ -21,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use groupcast_proto::client::{
-    encode_join_push, encode_leave_push, encode_pub_push, ClientInfo, PubView,
+    encode_join_push, encode_leave_push, encode_pub_push, ClientInfo, PubView, RawJson,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -53,6 +63,13 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Enqueue a push. Must not block; a connection that cannot take it
     /// closes itself (slow consumer) rather than stall the fan-out.
     fn push(&self, push: &PreparedPush);
+    /// Enqueue a publication for a subscription with delta compression:
+    /// as a delta against the previous one (`delta`), or in full. A
+    /// subscriber without delta support takes it as [`Subscriber::push`].
+    fn push_delta(&self, push: &PreparedPush, delta: bool) {
+        let _ = delta;
+        self.push(push);
+    }
     /// The broker lost publications of `channel` it cannot read back: the
     /// subscriber should be unsubscribed with "insufficient state" so that
     /// it resubscribes and recovers. Must not block.
@@ -80,6 +97,16 @@ pub struct PreparedPush {
     json: OnceLock<Bytes>,
     protobuf: OnceLock<Bytes>,
     relay: OnceLock<(Bytes, bool)>,
+    /// The previous publication of the channel (offset, data), the base of
+    /// this one's delta.
+    base: Option<(u64, RawJson)>,
+    /// For delta subscriptions: the full data as a JSON string (JSON).
+    json_full_string: OnceLock<Bytes>,
+    /// The Fossil delta against `base`: `None` when there is no base, or
+    /// the delta would not be smaller, or (JSON) not valid UTF-8.
+    delta: OnceLock<Option<Vec<u8>>>,
+    json_delta: OnceLock<Option<Bytes>>,
+    protobuf_delta: OnceLock<Option<Bytes>>,
 }
 
 impl PreparedPush {
@@ -90,6 +117,11 @@ impl PreparedPush {
             json: OnceLock::new(),
             protobuf: OnceLock::new(),
             relay: OnceLock::new(),
+            base: None,
+            json_full_string: OnceLock::new(),
+            delta: OnceLock::new(),
+            json_delta: OnceLock::new(),
+            protobuf_delta: OnceLock::new(),
         }
     }
 
@@ -161,6 +193,7 @@ impl PreparedPush {
                     offset: p.offset,
                     info: p.info.as_deref(),
                     tags,
+                    delta: false,
                 };
                 if protobuf {
                     pb::encode_pub_push(&self.channel, view)
@@ -172,6 +205,113 @@ impl PreparedPush {
             PushKind::Join(info) => encode_join_push(&self.channel, info),
             PushKind::Leave(info) if protobuf => pb::encode_leave_push(&self.channel, info),
             PushKind::Leave(info) => encode_leave_push(&self.channel, info),
+        })
+    }
+
+    /// Offset of the publication this one's delta is against.
+    pub fn base_offset(&self) -> Option<u64> {
+        self.base.as_ref().map(|(o, _)| *o)
+    }
+
+    fn publication(&self) -> Option<&Arc<Publication>> {
+        match &self.kind {
+            PushKind::Pub(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The data's JSON text, the bytes deltas are computed on (a binary
+    /// payload: its base64 JSON string, as JSON clients see it).
+    fn data_text(&self) -> Option<RawJson> {
+        self.publication().map(|p| p.data.to_json())
+    }
+
+    /// The Fossil delta from the base's data to this one's.
+    fn delta_bytes(&self) -> Option<&Vec<u8>> {
+        self.delta
+            .get_or_init(|| {
+                let (_, base) = self.base.as_ref()?;
+                let target = self.data_text()?;
+                let (source, target) = (base.get().as_bytes(), target.get().as_bytes());
+                let d = fossil_delta::delta(target, source);
+                (d.len() < target.len()).then_some(d)
+            })
+            .as_ref()
+    }
+
+    /// A publication push for a delta subscription, full: over JSON the
+    /// data is a JSON string holding the JSON text; over protobuf the
+    /// plain push.
+    pub fn full_for_delta(&self, protobuf: bool) -> &Bytes {
+        if protobuf {
+            return self.protobuf();
+        }
+        self.json_full_string.get_or_init(|| {
+            let Some(p) = self.publication() else {
+                return self.json().clone();
+            };
+            let text = p.data.to_json();
+            let quoted = json_string(text.get());
+            self.encode_pub(&quoted, false, false)
+        })
+    }
+
+    /// The delta push, when there is one (see [`PreparedPush::delta_bytes`]).
+    pub fn delta_push(&self, protobuf: bool) -> Option<&Bytes> {
+        if protobuf {
+            return self
+                .protobuf_delta
+                .get_or_init(|| {
+                    let d = self.delta_bytes()?;
+                    let p = self.publication()?;
+                    let tags = self.tags_of(p);
+                    Some(Bytes::from(
+                        groupcast_proto::protobuf::encode_pub_push_bytes(
+                            &self.channel,
+                            d,
+                            true,
+                            p.offset,
+                            p.info.as_deref(),
+                            &tags,
+                        ),
+                    ))
+                })
+                .as_ref();
+        }
+        self.json_delta
+            .get_or_init(|| {
+                let d = std::str::from_utf8(self.delta_bytes()?).ok()?;
+                let quoted = json_string(d);
+                Some(self.encode_pub(&quoted, true, false))
+            })
+            .as_ref()
+    }
+
+    fn tags_of(&self, p: &Publication) -> std::collections::BTreeMap<String, String> {
+        let mut tags = p.tags.clone();
+        if matches!(p.data, crate::Payload::Binary(_)) {
+            tags.insert(TAG_ENCODING.into(), "base64".into());
+        }
+        tags
+    }
+
+    /// A publication push with `data` (JSON) as given.
+    fn encode_pub(&self, data: &RawJson, delta: bool, protobuf: bool) -> Bytes {
+        let Some(p) = self.publication() else {
+            return Bytes::new();
+        };
+        let tags = self.tags_of(p);
+        let view = PubView {
+            data,
+            offset: p.offset,
+            info: p.info.as_deref(),
+            tags: &tags,
+            delta,
+        };
+        Bytes::from(if protobuf {
+            groupcast_proto::protobuf::encode_pub_push(&self.channel, view)
+        } else {
+            encode_pub_push(&self.channel, view)
         })
     }
 
@@ -197,6 +337,10 @@ enum Phase {
 struct Entry {
     sub: Arc<dyn Subscriber>,
     phase: Phase,
+    /// Delta compression negotiated for this subscription.
+    delta: bool,
+    /// It received a publication live (its base for the next delta).
+    delta_ready: bool,
 }
 
 impl Entry {
@@ -218,13 +362,21 @@ impl Entry {
         match &mut self.phase {
             Phase::Live { last_offset } => {
                 let off = push.offset();
+                let previous = *last_offset;
                 if off > 0 {
                     if off <= *last_offset {
                         return;
                     }
                     *last_offset = off;
                 }
-                self.sub.push(push);
+                if self.delta && push.is_pub() {
+                    // A delta only against what this subscription has.
+                    let delta = self.delta_ready && push.base_offset() == Some(previous);
+                    self.delta_ready = true;
+                    self.sub.push_delta(push, delta);
+                } else {
+                    self.sub.push(push);
+                }
             }
             Phase::Buffering { items, overflow } => {
                 if items.len() >= MAX_RECOVERY_BUFFER {
@@ -265,6 +417,15 @@ pub struct BufferOverflow;
 #[derive(Default)]
 pub struct Hub {
     channels: RwLock<HashMap<String, Channel>>,
+    /// Each channel's latest publication (offset, data): the next one's
+    /// delta base.
+    bases: Mutex<HashMap<String, (u64, RawJson)>>,
+}
+
+/// `s` as a JSON string.
+fn json_string(s: &str) -> RawJson {
+    let quoted = serde_json::to_string(s).expect("strings serialize");
+    Arc::from(serde_json::value::RawValue::from_string(quoted).expect("a JSON string"))
 }
 
 impl Hub {
@@ -274,6 +435,17 @@ impl Hub {
 
     /// Add a subscriber; `buffering` starts it in the recovery phase.
     pub fn add(&self, channel: &str, sub: Arc<dyn Subscriber>, buffering: bool) -> AddOutcome {
+        self.add_with_delta(channel, sub, buffering, false)
+    }
+
+    /// [`Hub::add`]; `delta`: the subscription negotiated delta compression.
+    pub fn add_with_delta(
+        &self,
+        channel: &str,
+        sub: Arc<dyn Subscriber>,
+        buffering: bool,
+        delta: bool,
+    ) -> AddOutcome {
         let mut map = self.channels.write();
         let first = !map.contains_key(channel);
         let ch = map.entry(channel.to_string()).or_default().clone();
@@ -290,7 +462,15 @@ impl Hub {
         } else {
             Phase::Live { last_offset: 0 }
         };
-        subs.insert(id, Entry { sub, phase });
+        subs.insert(
+            id,
+            Entry {
+                sub,
+                phase,
+                delta,
+                delta_ready: false,
+            },
+        );
         if first {
             AddOutcome::First
         } else {
@@ -348,6 +528,7 @@ impl Hub {
         }
         if subs.is_empty() {
             map.remove(channel);
+            self.bases.lock().remove(channel);
             RemoveOutcome::Last
         } else {
             RemoveOutcome::Removed
@@ -356,12 +537,19 @@ impl Hub {
 
     /// Deliver one push to every local subscriber of its channel.
     /// Returns the number of subscribers it was handed to.
-    pub fn fan_out(&self, push: PreparedPush) -> usize {
+    pub fn fan_out(&self, mut push: PreparedPush) -> usize {
         let Some(ch) = self.get(&push.channel) else {
             return 0;
         };
-        let push = Arc::new(push);
         let mut subs = ch.lock();
+        // Under the channel lock: publications of a channel take their base
+        // in the order they are delivered.
+        if let Some(p) = push.publication().filter(|p| p.offset > 0) {
+            let mut bases = self.bases.lock();
+            let data = p.data.to_json();
+            push.base = bases.insert(push.channel.to_string(), (p.offset, data));
+        }
+        let push = Arc::new(push);
         let n = subs.len();
         for entry in subs.values_mut() {
             entry.deliver(&push);
@@ -469,6 +657,95 @@ mod tests {
         p.offset = offset;
         p.origin = origin;
         Arc::new(p)
+    }
+
+    /// Records what a delta subscription is handed: (delta?, push bytes).
+    struct DeltaSink {
+        id: u64,
+        got: Mutex<Vec<(bool, Bytes)>>,
+    }
+    impl Subscriber for DeltaSink {
+        fn id(&self) -> u64 {
+            self.id
+        }
+        fn kind(&self) -> SubscriberKind {
+            SubscriberKind::Protocol
+        }
+        fn push(&self, push: &PreparedPush) {
+            self.got.lock().push((false, push.json().clone()));
+        }
+        fn push_delta(&self, push: &PreparedPush, delta: bool) {
+            let b = match delta.then(|| push.delta_push(false)).flatten() {
+                Some(d) => (true, d.clone()),
+                None => (false, push.full_for_delta(false).clone()),
+            };
+            self.got.lock().push(b);
+        }
+        fn insufficient_state(&self, _: &str) {}
+    }
+
+    /// The `pub.data` of a JSON push, and its `delta` flag.
+    fn pub_data(b: &[u8]) -> (serde_json::Value, bool) {
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        let p = &v["push"]["pub"];
+        (p["data"].clone(), p["delta"] == true)
+    }
+
+    #[test]
+    fn a_delta_subscription_gets_the_first_publication_full_then_deltas_that_apply() {
+        let hub = Hub::default();
+        let d = Arc::new(DeltaSink {
+            id: 7,
+            got: Mutex::new(Vec::new()),
+        });
+        let plain = sink(8, SubscriberKind::Protocol);
+        hub.add_with_delta("w", d.clone(), false, true);
+        hub.add("w", plain.clone(), false);
+        // A world state where each publication moves one entity.
+        let state = |n: u64| {
+            let xs: Vec<String> = (0..50u64)
+                .map(|i| format!("{{\"id\":{i},\"x\":{}}}", if i == n { n * 1000 } else { i }))
+                .collect();
+            format!("[{}]", xs.join(","))
+        };
+        for n in 1..=3 {
+            hub.on_publication("w", publication(n, &state(n), None));
+        }
+        let got = d.got.lock().clone();
+        // First: full, as a JSON string holding the JSON text.
+        let (data, delta) = pub_data(&got[0].1);
+        assert!(!delta);
+        assert_eq!(data.as_str().unwrap(), state(1));
+        // Then deltas, smaller, that rebuild the data from the previous one.
+        let mut prev = state(1).into_bytes();
+        for (i, (is_delta, bytes)) in got.iter().enumerate().skip(1) {
+            let (data, delta) = pub_data(bytes);
+            assert!(*is_delta && delta, "publication {} as a delta", i + 1);
+            let d = data.as_str().unwrap().as_bytes().to_vec();
+            assert!(d.len() < prev.len() / 2, "a delta is small: {}", d.len());
+            let next = fossil_delta::apply(&prev, &d).unwrap();
+            assert_eq!(
+                String::from_utf8(next.clone()).unwrap(),
+                state(i as u64 + 1)
+            );
+            prev = next;
+        }
+        // The plain subscriber got plain pushes of the same publications.
+        let plain_got = plain.got.lock().clone();
+        assert_eq!(plain_got.len(), 3);
+        assert!(pub_data(&plain_got[2]).0.is_array());
+        // A subscription that joins later has no base: its first
+        // publication is full, the next a delta.
+        let late = Arc::new(DeltaSink {
+            id: 9,
+            got: Mutex::new(Vec::new()),
+        });
+        hub.add_with_delta("w", late.clone(), false, true);
+        hub.on_publication("w", publication(4, &state(4), None));
+        hub.on_publication("w", publication(5, &state(5), None));
+        let got = late.got.lock().clone();
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [false, true]);
+        assert_eq!(pub_data(&got[0].1).0.as_str().unwrap(), state(4));
     }
 
     #[test]

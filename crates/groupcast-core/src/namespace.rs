@@ -65,6 +65,10 @@ pub struct ChannelOptions {
     /// ends it, the client does nothing. Empty: the client must
     /// `sub_refresh` with a token.
     pub sub_refresh_proxy: String,
+    /// Delta compression a subscriber may ask for (`delta` on subscribe):
+    /// `["fossil"]`, or none. Needs history (deltas are against the
+    /// previous publication of the stream).
+    pub allowed_delta_types: Vec<String>,
 }
 
 /// Where a backbone stores history (`history_storage`).
@@ -99,6 +103,7 @@ impl Default for ChannelOptions {
             subscribe_proxy: String::new(),
             publish_proxy: String::new(),
             sub_refresh_proxy: String::new(),
+            allowed_delta_types: Vec::new(),
         }
     }
 }
@@ -123,6 +128,7 @@ impl ChannelOptions {
             allow_subscribe_for_client: true,
             allow_anonymous: true,
             allow_user_limited_channels: true,
+            allowed_delta_types: vec!["fossil".into()],
             ..ChannelOptions::default()
         }
     }
@@ -145,6 +151,14 @@ impl ChannelOptions {
         }
         if !(1..=5).contains(&self.history_replicas) {
             return Err("history_replicas must be between 1 and 5".into());
+        }
+        if let Some(t) = self.allowed_delta_types.iter().find(|t| *t != "fossil") {
+            return Err(format!(
+                "allowed_delta_types: unknown type {t:?} (only \"fossil\")"
+            ));
+        }
+        if !self.allowed_delta_types.is_empty() && !self.has_history() {
+            return Err("allowed_delta_types needs history (history_size and history_ttl)".into());
         }
         if self.join_leave && !self.presence {
             return Err("join_leave needs presence".into());

@@ -77,9 +77,22 @@ impl Node {
         sub: Arc<dyn Subscriber>,
         buffering: bool,
     ) -> Result<AddOutcome, BrokerError> {
+        self.add_subscriber_with_delta(channel, sub, buffering, false)
+            .await
+    }
+
+    /// [`Node::add_subscriber`]; `delta`: the subscription negotiated
+    /// delta compression ([`crate::hub`]).
+    pub async fn add_subscriber_with_delta(
+        &self,
+        channel: &str,
+        sub: Arc<dyn Subscriber>,
+        buffering: bool,
+        delta: bool,
+    ) -> Result<AddOutcome, BrokerError> {
         let _g = self.stripe(channel).lock().await;
         let id = sub.id();
-        let outcome = self.hub.add(channel, sub, buffering);
+        let outcome = self.hub.add_with_delta(channel, sub, buffering, delta);
         if outcome == AddOutcome::First {
             if let Err(e) = self.broker.subscribe(channel).await {
                 self.hub.remove(channel, id);

@@ -536,6 +536,18 @@ impl Subscriber for Conn {
         }
     }
 
+    fn push_delta(&self, push: &PreparedPush, delta: bool) {
+        if self.kind != SubscriberKind::Protocol {
+            return self.push(push);
+        }
+        let protobuf = self.is_protobuf();
+        let bytes = match delta.then(|| push.delta_push(protobuf)).flatten() {
+            Some(d) => d,
+            None => push.full_for_delta(protobuf),
+        };
+        self.enqueue(Out::Json(bytes.clone(), OutKind::Pub));
+    }
+
     fn insufficient_state(&self, channel: &str) {
         // Relay connections are at-most-once and have no recovery: they
         // just go on. Protocol clients resubscribe and recover.

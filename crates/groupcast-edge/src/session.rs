@@ -129,6 +129,8 @@ struct SubscribeSpec<'a> {
     server_side: bool,
     /// The client's subscribe `data` (for the subscribe proxy).
     data: Option<&'a RawJson>,
+    /// The client asked for delta compression (`delta: "fossil"`).
+    delta: bool,
 }
 
 pub struct Session {
@@ -543,6 +545,12 @@ impl Session {
                 reject_unrecovered: req.flag & proto::FLAG_REJECT_UNRECOVERED != 0,
                 server_side: false,
                 data: req.data.as_ref(),
+                delta: match req.delta.as_str() {
+                    "" => false,
+                    proto::DELTA_FOSSIL => true,
+                    // A type we do not know: refused, never ignored.
+                    _ => return Err(ErrorCode::BAD_REQUEST.into()),
+                },
             };
             let result = self.subscribe(spec).await?;
             let reply = Reply {
@@ -786,6 +794,7 @@ impl Session {
                 reject_unrecovered: false,
                 server_side: true,
                 data: None,
+                delta: false,
             };
             match self.subscribe(spec).await {
                 Ok((result, position)) => {
@@ -890,8 +899,15 @@ impl Session {
             chan_info,
         });
         let node = &state.node;
+        // Delta compression when asked and the namespace allows it (it
+        // needs history: validated with the configuration).
+        let delta = spec.delta
+            && opts
+                .allowed_delta_types
+                .iter()
+                .any(|t| t == proto::DELTA_FOSSIL);
         match node
-            .add_subscriber(spec.channel, self.conn.clone(), true)
+            .add_subscriber_with_delta(spec.channel, self.conn.clone(), true, delta)
             .await
         {
             Ok(AddOutcome::AlreadySubscribed) => return Err(ErrorCode::ALREADY_SUBSCRIBED.into()),
@@ -938,6 +954,19 @@ impl Session {
         }
         let mut result = result;
         result.0.data = sub_data;
+        if delta {
+            result.0.delta = true;
+            if !self.conn.is_protobuf() {
+                // Every publication of a delta subscription comes as a JSON
+                // string over JSON (the SDKs parse it): recovered ones too.
+                for p in &mut result.0.publications {
+                    let quoted = serde_json::to_string(p.data.get()).expect("strings serialize");
+                    p.data = Arc::from(
+                        serde_json::value::RawValue::from_string(quoted).expect("a JSON string"),
+                    );
+                }
+            }
+        }
         if let (Some(exp), None) = (expires_at, &proxy_refresh) {
             result.0.expires = true;
             result.0.ttl = (exp - now_unix()).max(0) as u32;
@@ -1281,6 +1310,7 @@ impl Session {
                     reject_unrecovered: false,
                     server_side: true,
                     data: None,
+                    delta: false,
                 };
                 match self.subscribe(spec).await {
                     Ok((mut result, position)) => {

@@ -435,3 +435,59 @@ async fn a_frame_of_the_other_encoding_or_a_bad_frame_closes_with_3501() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Delta negotiation: `fossil` where the namespace allows it, the
+/// subscription without delta where it does not, 107 for an unknown type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_is_negotiated_where_the_namespace_allows_it() {
+    let mut config = TestServer::dev_config();
+    let mut plain = groupcast_core::ChannelOptions::dev();
+    plain.allowed_delta_types.clear();
+    config.namespaces.push(groupcast_core::NamespaceConfig {
+        name: "plain".into(),
+        options: plain,
+    });
+    let server = TestServer::start_with(config).await;
+    let mut ws = open(&server, false).await;
+    let ask = |id: u32, cmd: Value| {
+        let mut cmd = cmd;
+        cmd["id"] = json!(id);
+        Message::text(cmd.to_string())
+    };
+    let steps = [
+        ask(1, json!({"connect": {}})),
+        ask(2, json!({"subscribe": {"channel": "d", "delta": "fossil"}})),
+        ask(
+            3,
+            json!({"subscribe": {"channel": "plain:d", "delta": "fossil"}}),
+        ),
+        ask(4, json!({"subscribe": {"channel": "x", "delta": "xdelta"}})),
+    ];
+    let mut answers = std::collections::HashMap::new();
+    for step in steps {
+        ws.send(step).await.unwrap();
+    }
+    while answers.len() < 4 {
+        let m = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            for line in t.as_str().split('\n') {
+                let v: Value = serde_json::from_str(line).unwrap();
+                if let Some(id) = v["id"].as_u64() {
+                    answers.insert(id, v);
+                }
+            }
+        }
+    }
+    assert_eq!(answers[&2]["subscribe"]["delta"], true, "{}", answers[&2]);
+    assert!(answers[&3]["subscribe"].is_object(), "{}", answers[&3]);
+    assert!(
+        answers[&3]["subscribe"].get("delta").is_none(),
+        "{}",
+        answers[&3]
+    );
+    assert_eq!(answers[&4]["error"]["code"], 107, "{}", answers[&4]);
+}

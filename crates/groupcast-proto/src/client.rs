@@ -341,7 +341,13 @@ pub struct SubscribeRequest {
     /// (1) and shared poll (4) subscriptions answer 108 "not available".
     #[serde(default, rename = "type")]
     pub kind: i32,
+    /// Delta compression asked for: `fossil` is the only type.
+    #[serde(default)]
+    pub delta: String,
 }
+
+/// The delta compression type Groupcast implements (Fossil's delta format).
+pub const DELTA_FOSSIL: &str = "fossil";
 
 /// `flag` bit: when recovery was asked for and fails, answer 112
 /// "unrecoverable position" instead of subscribing without the missed
@@ -514,6 +520,11 @@ pub struct SubscribeResult {
     pub data: Option<RawJson>,
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// Delta compression negotiated: every publication's `data` of this
+    /// subscription comes as a JSON string (the JSON text, or with
+    /// `delta: true` a Fossil delta against the previous one).
+    #[serde(skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 /// Client information attached to publications, presence, join and leave.
@@ -623,11 +634,16 @@ pub struct PubView<'a> {
     pub offset: u64,
     pub info: Option<&'a ClientInfo>,
     pub tags: &'a BTreeMap<String, String>,
+    /// `data` is a Fossil delta (a JSON string of it) against the
+    /// subscription's previous publication.
+    pub delta: bool,
 }
 
 #[derive(Serialize)]
 struct PubRef<'a> {
     data: &'a RawValue,
+    #[serde(skip_serializing_if = "is_false")]
+    delta: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     info: Option<&'a ClientInfo>,
     #[serde(skip_serializing_if = "is_zero_u64")]
@@ -649,6 +665,7 @@ pub fn encode_pub_push(channel: &str, p: PubView<'_>) -> Vec<u8> {
         PubKind {
             publication: PubRef {
                 data: p.data,
+                delta: p.delta,
                 info: p.info,
                 offset: p.offset,
                 tags: p.tags,
@@ -863,6 +880,7 @@ mod tests {
                 offset: 4,
                 info: Some(&info),
                 tags: &tags,
+                delta: false,
             },
         );
         assert_eq!(

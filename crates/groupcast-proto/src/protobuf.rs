@@ -746,6 +746,7 @@ fn subscribe_to_model(
         join_leave: s.join_leave,
         flag: s.flag,
         kind: s.kind,
+        delta: s.delta,
     })
 }
 
@@ -872,6 +873,7 @@ fn subscribe_result_from_model(s: &client::SubscribeResult) -> SubscribeResult {
         positioned: s.positioned,
         data: json_bytes(s.data.as_deref()),
         was_recovering: s.was_recovering,
+        delta: s.delta,
         ..Default::default()
     }
 }
@@ -979,6 +981,31 @@ pub fn encode_pub_push(channel: &str, p: client::PubView<'_>) -> Vec<u8> {
     encode_push(Push {
         channel: channel.to_owned(),
         publication: Some(publication(p.data, p.info, p.offset, p.tags)),
+        ..Default::default()
+    })
+}
+
+/// A publication push whose data are `data` as they are: the full JSON
+/// text, or (`delta`) a Fossil delta against the subscription's previous
+/// publication's data.
+pub fn encode_pub_push_bytes(
+    channel: &str,
+    data: &[u8],
+    delta: bool,
+    offset: u64,
+    info: Option<&client::ClientInfo>,
+    tags: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    encode_push(Push {
+        channel: channel.to_owned(),
+        publication: Some(Publication {
+            data: data.to_vec(),
+            info: info.map(info_from_model),
+            offset,
+            tags: tags.clone(),
+            delta,
+            ..Default::default()
+        }),
         ..Default::default()
     })
 }
@@ -1905,11 +1932,13 @@ mod tests {
             positioned: true,
             data: Some(raw(r#"{"d":true}"#)),
             was_recovering: true,
+            delta: true,
         }
     }
 
     fn check_subscribe_result(s: &SubscribeResult) {
         assert!(s.expires && s.recoverable && s.recovered && s.positioned && s.was_recovering);
+        assert!(s.delta, "delta negotiated");
         assert_eq!(s.ttl, 30);
         assert_eq!(s.epoch, "ep");
         assert_eq!(s.offset, 9);
@@ -2221,6 +2250,7 @@ mod tests {
                 offset: 4,
                 info: Some(&info),
                 tags: &tags,
+                delta: false,
             },
         );
         let p = push_of(&bytes);
@@ -2263,6 +2293,7 @@ mod tests {
                 offset: 0,
                 info: None,
                 tags: &empty,
+                delta: false,
             },
         );
         let p = push_of(&bytes).publication.unwrap();
@@ -2362,6 +2393,7 @@ mod tests {
                     offset: 1,
                     info: None,
                     tags: &tags,
+                    delta: false,
                 },
             ),
             encode_ping(),
