@@ -390,6 +390,29 @@ mod tests {
     }
 
     #[test]
+    fn a_long_disconnect_reason_is_cut_to_fit_a_close_frame_on_a_char_boundary() {
+        // 99 ASCII bytes, then 'é' (2 bytes) across the 100-byte mark.
+        let reason = format!("{}é and more", "r".repeat(99));
+        let body = serde_json::json!({"disconnect": {"code": 4001, "reason": reason}});
+        match parse_answer(body.to_string().as_bytes()).unwrap() {
+            Answer::Disconnect { code, reason } => {
+                assert_eq!(code, 4001);
+                assert_eq!(reason, "r".repeat(99), "cut before the character");
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = serde_json::json!({"disconnect": {"code": 4001}});
+        assert_eq!(
+            parse_answer(body.to_string().as_bytes()).unwrap(),
+            Answer::Disconnect {
+                code: 4001,
+                reason: "disconnect".into()
+            },
+            "an empty reason gets one (clients treat empty as terminal)"
+        );
+    }
+
+    #[test]
     fn bad_entries_are_refused_naming_the_setting() {
         let entry = |name: &str, endpoint: &str| ProxyConfig {
             name: name.into(),

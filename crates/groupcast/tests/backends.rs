@@ -515,10 +515,33 @@ async fn webhooks_arrive_signed_once_each_and_a_full_queue_drops() {
         })
         .unwrap_or(0.0);
     assert!(dropped >= 1.0, "{metrics}");
+
     assert!(
         !metrics.contains("event=\"client_disconnected\""),
         "only the events asked for"
     );
+    let _ = std::fs::remove_file(config);
+
+    // With no retries, a POST the receiver does not take is given up at
+    // once: counted as failed, and the connections go on.
+    let (_server, addr, config) = dev_with(&format!(
+        "[[webhooks]]\nurl = \"http://127.0.0.1:{dead}/hooks\"\nsecret = \"s\"\nmax_retries = 0\n"
+    ));
+    let ws = format!("ws://{addr}/connection/websocket");
+    let (c, reply) = Client::connect(&ws, "").await.unwrap();
+    assert!(reply.get("connect").is_some());
+    c.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http_request(addr, "GET", "/metrics", "", b"").await;
+        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        if metrics.contains("groupcast_webhook_requests_total{outcome=\"failed\"}") {
+            assert!(!metrics.contains("outcome=\"retried\""), "{metrics}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = std::fs::remove_file(config);
 }
 
