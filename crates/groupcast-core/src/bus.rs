@@ -26,7 +26,8 @@ pub trait NodeBus: Send + Sync + 'static {
     /// task) from now on.
     async fn serve(&self, node: &str, handler: NodeHandler) -> Result<(), BrokerError>;
     /// Ask `node`. `Ok(None)`: no such node listens (it is gone, and so are
-    /// its connections); `Unavailable`: no answer within `timeout`.
+    /// its connections); `Timeout`: no answer within `timeout`;
+    /// `Unavailable`: the backbone is down.
     async fn request(
         &self,
         node: &str,

@@ -819,27 +819,27 @@ impl RelayConn {
                             None => (1005, "no status code".into()),
                         });
                     }
-                    let body = match conn.inbound(msg) {
+                    let frame = match conn.inbound(msg) {
                         Inbound::End => break,
                         Inbound::Control => continue,
-                        Inbound::Text(t) => {
-                            if rates.check(true).is_err() {
-                                conn.close(DisconnectCode::TOO_MANY_REQUESTS);
-                                break;
-                            }
-                            m.messages_in_relay.increment(1);
+                        Inbound::Text(t) => Ok(t),
+                        Inbound::Binary(b) => Err(b),
+                    };
+                    // The relay has no error reply: over the rate, it
+                    // closes with 3013 (the client may reconnect).
+                    if rates.check(true).is_err() {
+                        conn.close(DisconnectCode::TOO_MANY_REQUESTS);
+                        break;
+                    }
+                    m.messages_in_relay.increment(1);
+                    self.messages += 1;
+                    let body = match frame {
+                        Ok(t) => {
                             m.bytes_in.increment(t.len() as u64);
-                            self.messages += 1;
                             self.text(&t).await
                         }
-                        Inbound::Binary(b) => {
-                            if rates.check(true).is_err() {
-                                conn.close(DisconnectCode::TOO_MANY_REQUESTS);
-                                break;
-                            }
-                            m.messages_in_relay.increment(1);
+                        Err(b) => {
                             m.bytes_in.increment(b.len() as u64);
-                            self.messages += 1;
                             let b64data = base64::engine::general_purpose::STANDARD.encode(&b);
                             self.emit(Body::Binary { frame: "binary", b64data }).await
                         }

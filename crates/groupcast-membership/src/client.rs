@@ -1058,39 +1058,81 @@ async fn renew_loop(s: Arc<Shared>) {
     }
 }
 
+/// Polls the leader for one of its bounded logs (edge removals, cluster
+/// events) every `removal_poll`: from this handle's first answer on (what
+/// came before is not this edge's to announce), each answer with the mark
+/// it was asked after.
+struct LogPoll {
+    s: Arc<Shared>,
+    tick: tokio::time::Interval,
+    /// None until the first answer.
+    seen: Option<u64>,
+}
+
+impl LogPoll {
+    fn new(s: Arc<Shared>) -> LogPoll {
+        let mut tick = tokio::time::interval(s.cfg.removal_poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        LogPoll {
+            s,
+            tick,
+            seen: None,
+        }
+    }
+
+    /// The next answer to `query(after)`, with `after`; `None` once the
+    /// handle stopped.
+    async fn next(&mut self, query: fn(u64) -> Query) -> Option<(u64, QueryResult)> {
+        let s = self.s.clone();
+        loop {
+            tokio::select! {
+                _ = s.cancel.cancelled() => return None,
+                _ = self.tick.tick() => {}
+            }
+            if !s.available.load(Ordering::Relaxed) {
+                continue;
+            }
+            let req = Request::Query(query(self.seen.unwrap_or(u64::MAX)));
+            let reply = tokio::select! {
+                _ = s.cancel.cancelled() => return None,
+                r = s.conn.call(&req, s.cfg.request_timeout) => r,
+            };
+            let Ok(Reply::Query(answer)) = reply else {
+                continue;
+            };
+            let latest = match &answer {
+                QueryResult::Removals { latest, .. } | QueryResult::Events { latest, .. } => {
+                    *latest
+                }
+                _ => continue,
+            };
+            let Some(after) = self.seen else {
+                self.seen = Some(latest);
+                continue;
+            };
+            return Some((after, answer));
+        }
+    }
+
+    /// The entries up to `latest` are handled. `latest` can be below
+    /// `after` when a new leader's state is behind the old one's by a few
+    /// entries: the higher mark is kept.
+    fn done(&mut self, after: u64, latest: u64) {
+        self.seen = Some(after.max(latest));
+    }
+}
+
 /// Hands the entries of removed edges (other than this one) to the leave
 /// handler, each once, in removal order.
 async fn removal_loop(s: Arc<Shared>) {
-    let mut tick = tokio::time::interval(s.cfg.removal_poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // None until the first answer: removals before this edge started are
-    // not this edge's to announce.
-    let mut seen: Option<u64> = None;
-    loop {
-        tokio::select! {
-            _ = s.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !s.available.load(Ordering::Relaxed) {
-            continue;
-        }
-        let req = Request::Query(Query::Removals {
-            after: seen.unwrap_or(u64::MAX),
-        });
-        let reply = tokio::select! {
-            _ = s.cancel.cancelled() => return,
-            r = s.conn.call(&req, s.cfg.request_timeout) => r,
-        };
-        let Ok(Reply::Query(QueryResult::Removals {
+    let mut poll = LogPoll::new(s.clone());
+    while let Some((after, answer)) = poll.next(|after| Query::Removals { after }).await {
+        let QueryResult::Removals {
             latest,
             removals,
             complete,
-        })) = reply
+        } = answer
         else {
-            continue;
-        };
-        let Some(after) = seen else {
-            seen = Some(latest);
             continue;
         };
         if !complete {
@@ -1113,9 +1155,7 @@ async fn removal_loop(s: Arc<Shared>) {
                 }
             }
         }
-        // `latest` can be below `after` when a new leader's state is behind
-        // the old one's by a few entries: keep the higher mark.
-        seen = Some(after.max(latest));
+        poll.done(after, latest);
     }
 }
 
@@ -1136,35 +1176,14 @@ async fn events_loop(s: Arc<Shared>) {
         _ = s.cancel.cancelled() => return,
         _ = s.events_wanted.notified() => {}
     }
-    let mut tick = tokio::time::interval(s.cfg.removal_poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // None until the first answer: earlier events are not this edge's.
-    let mut seen: Option<u64> = None;
-    loop {
-        tokio::select! {
-            _ = s.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !s.available.load(Ordering::Relaxed) {
-            continue;
-        }
-        let req = Request::Query(Query::Events {
-            after: seen.unwrap_or(u64::MAX),
-        });
-        let reply = tokio::select! {
-            _ = s.cancel.cancelled() => return,
-            r = s.conn.call(&req, s.cfg.request_timeout) => r,
-        };
-        let Ok(Reply::Query(QueryResult::Events {
+    let mut poll = LogPoll::new(s.clone());
+    while let Some((after, answer)) = poll.next(|after| Query::Events { after }).await {
+        let QueryResult::Events {
             latest,
             events,
             complete,
-        })) = reply
+        } = answer
         else {
-            continue;
-        };
-        let Some(after) = seen else {
-            seen = Some(latest);
             continue;
         };
         if !complete {
@@ -1211,7 +1230,7 @@ async fn events_loop(s: Arc<Shared>) {
                 h(event);
             }
         }
-        seen = Some(after.max(latest));
+        poll.done(after, latest);
     }
 }
 

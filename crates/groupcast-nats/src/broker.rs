@@ -324,14 +324,9 @@ impl NodeBus for NatsBroker {
         timeout: Duration,
     ) -> Result<Option<Bytes>, BrokerError> {
         let subject = self.inner.subjects.node(node);
-        let request = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
-        match self.inner.client.send_request(subject, request).await {
-            Ok(m) => Ok(Some(m.payload)),
-            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(None),
-            Err(e) => Err(BrokerError::Unavailable(format!("node {node}: {e}"))),
-        }
+        self.inner
+            .request(subject, payload, timeout, &format!("node {node}"))
+            .await
     }
 }
 
@@ -355,19 +350,9 @@ impl BackendBus for NatsBroker {
         timeout: Duration,
     ) -> Result<Option<Bytes>, BrokerError> {
         let subject = self.inner.subjects.relay_target(target);
-        let request = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
-        match self.inner.client.send_request(subject, request).await {
-            Ok(m) => Ok(Some(m.payload)),
-            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(None),
-            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
-                Err(BrokerError::Timeout(format!("relay target {target}: {e}")))
-            }
-            Err(e) => Err(BrokerError::Unavailable(format!(
-                "relay target {target}: {e}"
-            ))),
-        }
+        self.inner
+            .request(subject, payload, timeout, &format!("relay target {target}"))
+            .await
     }
 
     async fn serve_commands(
@@ -411,6 +396,29 @@ impl BackendBus for NatsBroker {
 }
 
 impl Inner {
+    /// A core NATS request: `Ok(None)` when nothing listens on `subject`
+    /// ("no responders"), `Timeout` for no answer in time, `Unavailable`
+    /// otherwise (`what` names the peer in errors).
+    async fn request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Option<Bytes>, BrokerError> {
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        match self.client.send_request(subject, request).await {
+            Ok(m) => Ok(Some(m.payload)),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(None),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                Err(BrokerError::Timeout(format!("{what}: {e}")))
+            }
+            Err(e) => Err(BrokerError::Unavailable(format!("{what}: {e}"))),
+        }
+    }
+
     fn handler(&self) -> Option<&Arc<dyn BrokerHandler>> {
         self.handler.get()
     }

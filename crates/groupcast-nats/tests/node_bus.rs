@@ -62,12 +62,12 @@ async fn a_node_answers_requests_by_name_and_a_missing_or_slow_one_is_told_apart
     let asked = Instant::now();
     assert_eq!(a.request("gone", Bytes::new(), t).await.unwrap(), None);
     assert!(asked.elapsed() < t, "no responders is answered at once");
-    // Serving but not answering in time: unavailable.
+    // Serving but not answering in time: a timeout.
     let asked = Instant::now();
     let slow = a
         .request("slow", Bytes::new(), Duration::from_millis(300))
         .await;
-    assert!(matches!(slow, Err(BrokerError::Unavailable(_))), "{slow:?}");
+    assert!(matches!(slow, Err(BrokerError::Timeout(_))), "{slow:?}");
     assert!(asked.elapsed() >= Duration::from_millis(300));
 }
 

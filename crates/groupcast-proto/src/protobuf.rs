@@ -1946,7 +1946,7 @@ mod tests {
         assert_eq!(s.publications.len(), 2);
         check_publication(&s.publications[0], 8);
         check_publication(&s.publications[1], 9);
-        assert!(!s.delta && s.id == 0 && s.kind == 0 && s.state.is_empty());
+        assert!(s.id == 0 && s.kind == 0 && s.state.is_empty());
     }
 
     /// Only the named result is set, with the command's id and no error.
