@@ -424,6 +424,9 @@ impl Session {
         let commands = match decoded {
             Ok(c) => c,
             Err(e) => {
+                if e.contains(proto::TOO_MANY_COMMANDS) {
+                    Metrics::limit_hit("max_commands_per_frame");
+                }
                 tracing::debug!(client = %self.conn.client, error = %e, "undecodable frame");
                 self.conn.close(DisconnectCode::BAD_REQUEST);
                 return;

@@ -414,14 +414,20 @@ fn cases() -> Vec<Case> {
         ),
         // Floods.
         c(
-            "10,000 pongs in one frame",
+            "4,095 pongs and a ping in one frame (the most a frame holds)",
             true,
             text(format!(
                 "{}\n{}",
-                vec!["{}"; 10_000].join("\n"),
+                vec!["{}"; groupcast_proto::client::MAX_COMMANDS_PER_FRAME - 1].join("\n"),
                 r#"{"id":31,"ping":{}}"#
             )),
             Accept(31),
+        ),
+        c(
+            "one command over MAX_COMMANDS_PER_FRAME in one frame",
+            true,
+            text(vec!["{}"; groupcast_proto::client::MAX_COMMANDS_PER_FRAME + 1].join("\n")),
+            Close(3501),
         ),
         c(
             "command flood over the rate limit",

@@ -172,6 +172,9 @@ pub fn decode_commands(frame: &[u8]) -> Result<Vec<Command>, serde_json::Error> 
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
+        if out.len() == MAX_COMMANDS_PER_FRAME {
+            return Err(serde::de::Error::custom(TOO_MANY_COMMANDS));
+        }
         match serde_json::from_slice(line) {
             Ok(cmd) => out.push(cmd),
             // Only on the error path: is it a command whose params are not
@@ -182,6 +185,17 @@ pub fn decode_commands(frame: &[u8]) -> Result<Vec<Command>, serde_json::Error> 
     }
     Ok(out)
 }
+
+/// Most commands one frame may carry (either encoding): a frame of tiny
+/// commands (`{}` pongs, empty protobuf messages) would otherwise decode
+/// into far more memory than its size. A connection that sends more is
+/// closed with 3501 (`max_commands_per_frame` in the limit metric). SDKs
+/// send a connect and their pending subscribes in one frame: this is above
+/// any `client.max_channels_per_connection` worth using.
+pub const MAX_COMMANDS_PER_FRAME: usize = 4096;
+
+/// The decode error of a frame over [`MAX_COMMANDS_PER_FRAME`].
+pub const TOO_MANY_COMMANDS: &str = "too many commands in one frame";
 
 /// The method names, as in [`Command`].
 pub const METHODS: [&str; 12] = [
@@ -740,6 +754,30 @@ pub fn encode_subscribe_push(channel: &str, result: &SubscribeResult) -> Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_holds_at_most_max_commands_per_frame() {
+        let frame = |n: usize| vec!["{}"; n].join("\n");
+        assert_eq!(
+            decode_commands(frame(MAX_COMMANDS_PER_FRAME).as_bytes())
+                .unwrap()
+                .len(),
+            MAX_COMMANDS_PER_FRAME
+        );
+        let e = decode_commands(frame(MAX_COMMANDS_PER_FRAME + 1).as_bytes()).unwrap_err();
+        assert!(e.to_string().contains(TOO_MANY_COMMANDS), "{e}");
+        // Protobuf: empty messages (one byte each) count alike.
+        let pb = vec![0u8; MAX_COMMANDS_PER_FRAME];
+        assert_eq!(
+            crate::protobuf::decode_commands(&pb).unwrap().len(),
+            MAX_COMMANDS_PER_FRAME
+        );
+        let pb = vec![0u8; MAX_COMMANDS_PER_FRAME + 1];
+        assert!(matches!(
+            crate::protobuf::decode_commands(&pb),
+            Err(crate::protobuf::ProtoError::TooManyCommands)
+        ));
+    }
     use serde_json::json;
 
     fn raw(s: &str) -> RawJson {

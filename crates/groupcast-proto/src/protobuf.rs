@@ -660,6 +660,8 @@ pub enum ProtoError {
     /// byte `at` is not JSON that [`json_is_portable`] accepts. Groupcast's
     /// data model is JSON: binary data is not supported yet.
     NonJsonData { at: usize, field: &'static str },
+    /// More than [`client::MAX_COMMANDS_PER_FRAME`] messages in the frame.
+    TooManyCommands,
 }
 
 impl std::fmt::Display for ProtoError {
@@ -674,6 +676,7 @@ impl std::fmt::Display for ProtoError {
             ProtoError::NonJsonData { at, field } => {
                 write!(f, "{field} of the command at byte {at} is not JSON (binary data is not supported)")
             }
+            ProtoError::TooManyCommands => f.write_str(client::TOO_MANY_COMMANDS),
         }
     }
 }
@@ -700,6 +703,9 @@ pub fn decode_commands(frame: &[u8]) -> Result<Vec<client::Command>, ProtoError>
     let mut out = Vec::new();
     let mut rest = frame;
     while !rest.is_empty() {
+        if out.len() == client::MAX_COMMANDS_PER_FRAME {
+            return Err(ProtoError::TooManyCommands);
+        }
         let at = frame.len() - rest.len();
         let len =
             prost::decode_length_delimiter(&mut rest).map_err(|_| ProtoError::Length { at })?;
