@@ -97,9 +97,10 @@ pub struct PreparedPush {
     json: OnceLock<Bytes>,
     protobuf: OnceLock<Bytes>,
     relay: OnceLock<(Bytes, bool)>,
-    /// The previous publication of the channel (offset, data), the base of
+    /// The previous publication of the channel (offset, data; no data when
+    /// it was binary), the base of
     /// this one's delta.
-    base: Option<(u64, RawJson)>,
+    base: Option<(u64, Option<RawJson>)>,
     /// For delta subscriptions: the full data as a JSON string (JSON).
     json_full_string: OnceLock<Bytes>,
     /// The Fossil delta against `base`: `None` when there is no base, or
@@ -178,6 +179,20 @@ impl PreparedPush {
     fn encode(&self, protobuf: bool) -> Bytes {
         use groupcast_proto::protobuf as pb;
         Bytes::from(match &self.kind {
+            // Protobuf carries binary data as it is (no base64, no tag).
+            PushKind::Pub(p) if protobuf && matches!(p.data, crate::Payload::Binary(_)) => {
+                let crate::Payload::Binary(b) = &p.data else {
+                    unreachable!("matched above")
+                };
+                pb::encode_pub_push_bytes(
+                    &self.channel,
+                    b,
+                    false,
+                    p.offset,
+                    p.info.as_deref(),
+                    &p.tags,
+                )
+            }
             PushKind::Pub(p) => {
                 let data = p.data.to_json();
                 let mut tagged;
@@ -226,11 +241,21 @@ impl PreparedPush {
         self.publication().map(|p| p.data.to_json())
     }
 
-    /// The Fossil delta from the base's data to this one's.
+    /// The Fossil delta from the base's data to this one's. None for
+    /// binary data on either side (protobuf clients hold it as bytes, JSON
+    /// clients as base64 text: one delta cannot serve both).
     fn delta_bytes(&self) -> Option<&Vec<u8>> {
         self.delta
             .get_or_init(|| {
-                let (_, base) = self.base.as_ref()?;
+                let (_, Some(base)) = self.base.as_ref()? else {
+                    return None;
+                };
+                if self
+                    .publication()
+                    .is_some_and(|p| matches!(p.data, crate::Payload::Binary(_)))
+                {
+                    return None;
+                }
                 let target = self.data_text()?;
                 let (source, target) = (base.get().as_bytes(), target.get().as_bytes());
                 let d = fossil_delta::delta(target, source);
@@ -419,7 +444,7 @@ pub struct Hub {
     channels: RwLock<HashMap<String, Channel>>,
     /// Each channel's latest publication (offset, data): the next one's
     /// delta base.
-    bases: Mutex<HashMap<String, (u64, RawJson)>>,
+    bases: Mutex<HashMap<String, (u64, Option<RawJson>)>>,
 }
 
 /// `s` as a JSON string.
@@ -546,7 +571,11 @@ impl Hub {
         // in the order they are delivered.
         if let Some(p) = push.publication().filter(|p| p.offset > 0) {
             let mut bases = self.bases.lock();
-            let data = p.data.to_json();
+            // Binary data is no delta base (see `delta_bytes`).
+            let data = match p.data {
+                crate::Payload::Binary(_) => None,
+                _ => Some(p.data.to_json()),
+            };
             push.base = bases.insert(push.channel.to_string(), (p.offset, data));
         }
         let push = Arc::new(push);

@@ -1108,11 +1108,17 @@ impl Session {
     async fn publish(&mut self, req: proto::PublishRequest) -> Result<(), Fail> {
         let state = self.state.clone();
         let (ch, opts) = state.channel(&req.channel)?;
-        let data = req
-            .data
-            .clone()
-            .and_then(Payload::json)
-            .ok_or(ErrorCode::BAD_REQUEST)?;
+        // Binary data comes only from protobuf clients: JSON clients get it
+        // as base64 with the `encoding` tag, relay connections as a binary
+        // frame, protobuf clients as the bytes.
+        let data = match &req.binary {
+            Some(b) => Payload::Binary(b.clone()),
+            None => req
+                .data
+                .clone()
+                .and_then(Payload::json)
+                .ok_or(ErrorCode::BAD_REQUEST)?,
+        };
         if !state.check_publication_size(opts, data.len()) {
             return Err(ErrorCode::LIMIT_EXCEEDED.into());
         }
@@ -1124,7 +1130,14 @@ impl Session {
             // and may replace the data.
             let mut body = self.proxy_body();
             body["channel"] = req.channel.clone().into();
-            body["data"] = serde_json::to_value(&req.data).unwrap_or_default();
+            match &req.binary {
+                // Centrifugo's proxies carry binary data as `b64data`.
+                Some(b) => {
+                    use base64::Engine as _;
+                    body["b64data"] = base64::engine::general_purpose::STANDARD.encode(b).into();
+                }
+                None => body["data"] = serde_json::to_value(&req.data).unwrap_or_default(),
+            }
             let r = ask(&proxy, "publish", body, &self.headers).await?;
             if let Some(new) = raw_field(&r, "data") {
                 data = Payload::json(new).ok_or(ErrorCode::INTERNAL)?;

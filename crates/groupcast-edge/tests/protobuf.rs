@@ -491,3 +491,136 @@ async fn delta_is_negotiated_where_the_namespace_allows_it() {
     );
     assert_eq!(answers[&4]["error"]["code"], 107, "{}", answers[&4]);
 }
+
+/// Binary data from a protobuf client: protobuf subscribers get the bytes
+/// (live and from history), JSON subscribers the same publication as base64
+/// tagged `encoding: base64`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_data_from_a_protobuf_client_reaches_both_encodings() {
+    let server = TestServer::start().await;
+    let bytes = vec![0xffu8, 0x00, 0x01, 0x89, b'P', b'N', b'G'];
+    // A JSON subscriber.
+    let mut json_ws = open(&server, false).await;
+    json_ws
+        .send(Message::text(
+            r#"{"id":1,"connect":{}}
+{"id":2,"subscribe":{"channel":"bin"}}"#,
+        ))
+        .await
+        .unwrap();
+    // A protobuf client: subscribe, publish the bytes, read history.
+    let mut pb_ws = open(&server, true).await;
+    let mut frame = Vec::new();
+    for (id, step) in [
+        (1, Step::Connect),
+        (
+            2,
+            Step::Subscribe {
+                channel: "bin".into(),
+                kind: 0,
+            },
+        ),
+    ] {
+        frame.extend(pb_command(id, &step).encode_length_delimited_to_vec());
+    }
+    pb_ws.send(Message::binary(frame)).await.unwrap();
+    // Wait for both subscribe replies before publishing.
+    let mut json_seen = Vec::new();
+    while !json_seen.iter().any(|v: &Value| v["id"] == 2) {
+        if let Message::Text(t) = tokio::time::timeout(T, json_ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            json_seen.extend(
+                t.as_str()
+                    .split('\n')
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+            );
+        }
+    }
+    let mut pb_seen: Vec<pb::Reply> = Vec::new();
+    let read_pb =
+        async |ws: &mut Ws, seen: &mut Vec<pb::Reply>, until: &dyn Fn(&pb::Reply) -> bool| {
+            while !seen.iter().any(until) {
+                if let Message::Binary(b) = tokio::time::timeout(T, ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap()
+                {
+                    let mut rest = &b[..];
+                    while !rest.is_empty() {
+                        seen.push(pb::Reply::decode_length_delimited(&mut rest).unwrap());
+                    }
+                }
+            }
+        };
+    read_pb(&mut pb_ws, &mut pb_seen, &|r| r.id == 2).await;
+    let publish = pb::Command {
+        id: 3,
+        publish: Some(pb::PublishRequest {
+            channel: "bin".into(),
+            data: bytes.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let history = pb::Command {
+        id: 4,
+        history: Some(pb::HistoryRequest {
+            channel: "bin".into(),
+            limit: 10,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    pb_ws
+        .send(Message::binary(publish.encode_length_delimited_to_vec()))
+        .await
+        .unwrap();
+    read_pb(&mut pb_ws, &mut pb_seen, &|r| {
+        r.push.as_ref().is_some_and(|p| p.publication.is_some())
+    })
+    .await;
+    pb_ws
+        .send(Message::binary(history.encode_length_delimited_to_vec()))
+        .await
+        .unwrap();
+    read_pb(&mut pb_ws, &mut pb_seen, &|r| r.id == 4).await;
+    let live = pb_seen
+        .iter()
+        .find_map(|r| r.push.as_ref()?.publication.clone())
+        .unwrap();
+    assert_eq!(live.data, bytes, "protobuf: the bytes, live");
+    assert!(live.tags.is_empty(), "no encoding tag: {:?}", live.tags);
+    let h = pb_seen.iter().find(|r| r.id == 4).unwrap();
+    let stored = &h.history.as_ref().unwrap().publications[0];
+    assert_eq!(stored.data, bytes, "protobuf: the bytes, from history");
+    assert!(stored.tags.is_empty());
+    // JSON: base64 with the tag.
+    while !json_seen
+        .iter()
+        .any(|v| v.get("push").is_some_and(|p| p.get("pub").is_some()))
+    {
+        if let Message::Text(t) = tokio::time::timeout(T, json_ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            json_seen.extend(
+                t.as_str()
+                    .split('\n')
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+            );
+        }
+    }
+    let p = json_seen
+        .iter()
+        .find_map(|v| v["push"].get("pub").cloned())
+        .unwrap();
+    assert_eq!(p["data"], "/wABiVBORw==");
+    assert_eq!(p["tags"], json!({"encoding": "base64"}));
+}

@@ -384,6 +384,10 @@ pub struct PublishRequest {
     /// (Phoenix's `broadcast_from`).
     #[serde(default)]
     pub exclude_self: bool,
+    /// Protobuf only: `data` bytes that are not JSON, published as binary
+    /// (then `data` is `None`).
+    #[serde(skip)]
+    pub binary: Option<bytes::Bytes>,
 }
 
 /// Request that names only a channel (`presence`, `presence_stats`).

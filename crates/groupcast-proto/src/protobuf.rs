@@ -27,9 +27,10 @@
 //! does, so a session handles both encodings with one code path.
 //! * `data` fields are bytes in protobuf and JSON in Groupcast's model. Bytes
 //!   that are a JSON text [`client::json_is_portable`] accepts become
-//!   [`client::RawJson`]; any other bytes (binary, text that is not JSON,
-//!   JSON with `1e999` or a lone surrogate escape) fail the whole frame with
-//!   [`ProtoError::NonJsonData`]. **Binary data is not supported yet.** Empty
+//!   [`client::RawJson`]. Any other bytes (binary, text that is not JSON,
+//!   JSON with `1e999` or a lone surrogate escape) are a binary publication
+//!   in `publish` ([`client::PublishRequest::binary`]) and fail the whole
+//!   frame with [`ProtoError::NonJsonData`] in any other command. Empty
 //!   bytes are an absent `data` (proto3 cannot tell them apart), and the
 //!   text `null` is absent too, as `"data":null` is for the JSON decoder.
 //! * Fields the model has no place for are read and dropped, as the JSON
@@ -657,8 +658,8 @@ pub enum ProtoError {
         error: prost::DecodeError,
     },
     /// A `data` field (`field`, e.g. `"publish.data"`) of the message at
-    /// byte `at` is not JSON that [`json_is_portable`] accepts. Groupcast's
-    /// data model is JSON: binary data is not supported yet.
+    /// byte `at` is not JSON that [`json_is_portable`] accepts (only a
+    /// publication may be binary).
     NonJsonData { at: usize, field: &'static str },
     /// More than [`client::MAX_COMMANDS_PER_FRAME`] messages in the frame.
     TooManyCommands,
@@ -674,7 +675,7 @@ impl std::fmt::Display for ProtoError {
                 write!(f, "invalid command at byte {at}: {error}")
             }
             ProtoError::NonJsonData { at, field } => {
-                write!(f, "{field} of the command at byte {at} is not JSON (binary data is not supported)")
+                write!(f, "{field} of the command at byte {at} is not JSON (binary data is not supported there)")
             }
             ProtoError::TooManyCommands => f.write_str(client::TOO_MANY_COMMANDS),
         }
@@ -777,10 +778,21 @@ fn command_to_model(c: Command) -> Result<client::Command, &'static str> {
         .transpose()?;
     let publish = match c.publish {
         None => None,
-        Some(p) => Some(client::PublishRequest {
-            data: json_data(&p.data, "publish.data")?,
-            channel: p.channel,
-            exclude_self: false,
+        // Data that is not JSON is published as binary (the other fields'
+        // data must be JSON).
+        Some(p) => Some(match json_data(&p.data, "publish.data") {
+            Ok(data) => client::PublishRequest {
+                data,
+                channel: p.channel,
+                exclude_self: false,
+                binary: None,
+            },
+            Err(_) => client::PublishRequest {
+                data: None,
+                channel: p.channel,
+                exclude_self: false,
+                binary: Some(bytes::Bytes::from(p.data)),
+            },
         }),
     };
     let send = match c.send {
@@ -863,9 +875,34 @@ fn publication(
     }
 }
 
+/// A stored publication for a protobuf client. Binary data (a base64 JSON
+/// string tagged `encoding: base64`, as JSON clients get it) goes back to its
+/// bytes, without the tag, as live pushes carry it.
 fn publication_from_model(p: &client::PublicationOut) -> Publication {
+    if p.tags.get(ENCODING_TAG).map(String::as_str) == Some("base64") {
+        let raw = serde_json::from_str::<String>(p.data.get())
+            .ok()
+            .and_then(|s| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.decode(s).ok()
+            });
+        if let Some(raw) = raw {
+            let mut tags = p.tags.clone();
+            tags.remove(ENCODING_TAG);
+            return Publication {
+                data: raw,
+                info: p.info.as_ref().map(info_from_model),
+                offset: p.offset,
+                tags,
+                ..Default::default()
+            };
+        }
+    }
     publication(&p.data, p.info.as_ref(), p.offset, &p.tags)
 }
+
+/// The tag that marks binary data carried as base64 in JSON.
+pub const ENCODING_TAG: &str = "encoding";
 
 fn subscribe_result_from_model(s: &client::SubscribeResult) -> SubscribeResult {
     SubscribeResult {
@@ -1702,7 +1739,7 @@ mod tests {
     }
 
     #[test]
-    fn data_that_is_not_portable_json_is_its_own_error() {
+    fn publish_data_that_is_not_portable_json_is_binary() {
         let publish = |data: &[u8]| Command {
             id: 1,
             publish: Some(PublishRequest {
@@ -1722,15 +1759,20 @@ mod tests {
             b"1e999",
             br#"{"s":"\udbbb"}"#,
         ] {
-            assert_eq!(
-                decode_commands(&publish(data).encode_length_delimited_to_vec()).unwrap_err(),
-                ProtoError::NonJsonData {
-                    at: 0,
-                    field: "publish.data"
-                },
-                "{data:?}"
-            );
+            let c = decode_commands(&publish(data).encode_length_delimited_to_vec()).unwrap();
+            let p = c[0].publish.as_ref().unwrap();
+            assert!(p.data.is_none(), "{data:?}");
+            assert_eq!(p.binary.as_deref(), Some(data), "{data:?}");
         }
+        // JSON stays JSON.
+        let c = decode_commands(&publish(b"{\"a\":1}").encode_length_delimited_to_vec()).unwrap();
+        let p = c[0].publish.as_ref().unwrap();
+        assert_eq!(p.data.as_ref().unwrap().get(), "{\"a\":1}");
+        assert!(p.binary.is_none());
+    }
+
+    #[test]
+    fn other_data_that_is_not_portable_json_is_its_own_error() {
         // Every data field of a command.
         let binary = b"\x89PNG".to_vec();
         let cases: [(Command, &str); 5] = [
