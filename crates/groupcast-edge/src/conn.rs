@@ -352,7 +352,6 @@ impl Conn {
     ) {
         let mut rx = outbox.0;
         let m = Metrics::get();
-        let protobuf = self.is_protobuf();
         let mut batch = Vec::new();
         let mut counts = KindCounts::default();
         // An item taken while batching that belongs in the next frame.
@@ -389,6 +388,10 @@ impl Conn {
                     (msg, len)
                 }
                 Out::Json(b, kind) => {
+                    // Read per frame, not once at the start: the session
+                    // sets the encoding after this task was spawned, but
+                    // before it queues anything.
+                    let protobuf = self.is_protobuf();
                     batch.clear();
                     counts.add(kind);
                     let mut total = b.len();
