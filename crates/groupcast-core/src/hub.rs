@@ -548,12 +548,15 @@ impl Hub {
             return RemoveOutcome::NotSubscribed;
         };
         let mut subs = ch.lock();
-        if subs.remove(&id).is_none() {
+        let Some(gone) = subs.remove(&id) else {
             return RemoveOutcome::NotSubscribed;
+        };
+        // The last delta subscription gone: no base to keep.
+        if gone.delta && !subs.values().any(|e| e.delta) {
+            self.bases.lock().remove(channel);
         }
         if subs.is_empty() {
             map.remove(channel);
-            self.bases.lock().remove(channel);
             RemoveOutcome::Last
         } else {
             RemoveOutcome::Removed
@@ -568,8 +571,11 @@ impl Hub {
         };
         let mut subs = ch.lock();
         // Under the channel lock: publications of a channel take their base
-        // in the order they are delivered.
-        if let Some(p) = push.publication().filter(|p| p.offset > 0) {
+        // in the order they are delivered. Only channels with a delta
+        // subscription keep their latest data (the next delta's base):
+        // others hold no payload beyond delivery.
+        let keep_base = subs.values().any(|e| e.delta);
+        if let Some(p) = push.publication().filter(|p| p.offset > 0 && keep_base) {
             let mut bases = self.bases.lock();
             // Binary data is no delta base (see `delta_bytes`).
             let data = match p.data {
