@@ -784,6 +784,31 @@ mod tests {
     }
 
     #[test]
+    fn only_channels_with_a_delta_subscription_keep_a_base() {
+        let hub = Hub::default();
+        let plain = sink(1, SubscriberKind::Protocol);
+        hub.add("c", plain.clone(), false);
+        hub.on_publication("c", publication(1, "{}", None));
+        assert!(
+            hub.bases.lock().is_empty(),
+            "no delta subscription: no payload kept"
+        );
+        let d = Arc::new(DeltaSink {
+            id: 2,
+            got: Mutex::new(Vec::new()),
+        });
+        hub.add_with_delta("c", d.clone(), false, true);
+        hub.on_publication("c", publication(2, "{}", None));
+        assert_eq!(hub.bases.lock().get("c").map(|b| b.0), Some(2));
+        hub.remove("c", 2);
+        assert!(
+            hub.bases.lock().is_empty(),
+            "gone with the last delta subscription"
+        );
+        assert_eq!(hub.remove("c", 1), RemoveOutcome::Last);
+    }
+
+    #[test]
     fn an_excluded_client_is_left_out_of_the_fan_out_only() {
         let hub = Hub::default();
         let (a, b) = (
