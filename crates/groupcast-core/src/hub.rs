@@ -98,8 +98,7 @@ pub struct PreparedPush {
     protobuf: OnceLock<Bytes>,
     relay: OnceLock<(Bytes, bool)>,
     /// The previous publication of the channel (offset, data; no data when
-    /// it was binary), the base of
-    /// this one's delta.
+    /// it was binary): the base of this one's delta.
     base: Option<(u64, Option<RawJson>)>,
     /// For delta subscriptions: the full data as a JSON string (JSON).
     json_full_string: OnceLock<Bytes>,
@@ -415,7 +414,18 @@ impl Entry {
     }
 }
 
-type Channel = Arc<Mutex<HashMap<u64, Entry>>>;
+/// One channel's local subscriptions and its delta state.
+#[derive(Default)]
+struct ChannelState {
+    subs: HashMap<u64, Entry>,
+    /// Subscriptions that negotiated delta compression.
+    delta_subs: usize,
+    /// The latest publication (offset, data; no data when binary): the
+    /// next one's delta base, kept only while `delta_subs > 0`.
+    base: Option<(u64, Option<RawJson>)>,
+}
+
+type Channel = Arc<Mutex<ChannelState>>;
 
 /// Outcome of [`Hub::add`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,9 +452,6 @@ pub struct BufferOverflow;
 #[derive(Default)]
 pub struct Hub {
     channels: RwLock<HashMap<String, Channel>>,
-    /// Each channel's latest publication (offset, data): the next one's
-    /// delta base.
-    bases: Mutex<HashMap<String, (u64, Option<RawJson>)>>,
 }
 
 /// `s` as a JSON string.
@@ -474,9 +481,9 @@ impl Hub {
         let mut map = self.channels.write();
         let first = !map.contains_key(channel);
         let ch = map.entry(channel.to_string()).or_default().clone();
-        let mut subs = ch.lock();
+        let mut ch = ch.lock();
         let id = sub.id();
-        if subs.contains_key(&id) {
+        if ch.subs.contains_key(&id) {
             return AddOutcome::AlreadySubscribed;
         }
         let phase = if buffering {
@@ -487,7 +494,8 @@ impl Hub {
         } else {
             Phase::Live { last_offset: 0 }
         };
-        subs.insert(
+        ch.delta_subs += usize::from(delta);
+        ch.subs.insert(
             id,
             Entry {
                 sub,
@@ -519,8 +527,8 @@ impl Hub {
         let Some(ch) = self.get(channel) else {
             return Err(BufferOverflow);
         };
-        let mut subs = ch.lock();
-        let Some(entry) = subs.get_mut(&id) else {
+        let mut ch = ch.lock();
+        let Some(entry) = ch.subs.get_mut(&id) else {
             return Err(BufferOverflow);
         };
         let items = match std::mem::replace(
@@ -547,15 +555,18 @@ impl Hub {
         let Some(ch) = map.get(channel).cloned() else {
             return RemoveOutcome::NotSubscribed;
         };
-        let mut subs = ch.lock();
-        let Some(gone) = subs.remove(&id) else {
+        let mut ch = ch.lock();
+        let Some(gone) = ch.subs.remove(&id) else {
             return RemoveOutcome::NotSubscribed;
         };
-        // The last delta subscription gone: no base to keep.
-        if gone.delta && !subs.values().any(|e| e.delta) {
-            self.bases.lock().remove(channel);
+        if gone.delta {
+            ch.delta_subs -= 1;
+            if ch.delta_subs == 0 {
+                // No delta subscription left: no base to keep.
+                ch.base = None;
+            }
         }
-        if subs.is_empty() {
+        if ch.subs.is_empty() {
             map.remove(channel);
             RemoveOutcome::Last
         } else {
@@ -569,24 +580,24 @@ impl Hub {
         let Some(ch) = self.get(&push.channel) else {
             return 0;
         };
-        let mut subs = ch.lock();
+        let mut ch = ch.lock();
         // Under the channel lock: publications of a channel take their base
         // in the order they are delivered. Only channels with a delta
         // subscription keep their latest data (the next delta's base):
         // others hold no payload beyond delivery.
-        let keep_base = subs.values().any(|e| e.delta);
-        if let Some(p) = push.publication().filter(|p| p.offset > 0 && keep_base) {
-            let mut bases = self.bases.lock();
-            // Binary data is no delta base (see `delta_bytes`).
-            let data = match p.data {
-                crate::Payload::Binary(_) => None,
-                _ => Some(p.data.to_json()),
-            };
-            push.base = bases.insert(push.channel.to_string(), (p.offset, data));
+        if ch.delta_subs > 0 {
+            if let Some(p) = push.publication().filter(|p| p.offset > 0) {
+                // Binary data is no delta base (see `delta_bytes`).
+                let data = match p.data {
+                    crate::Payload::Binary(_) => None,
+                    _ => Some(p.data.to_json()),
+                };
+                push.base = ch.base.replace((p.offset, data));
+            }
         }
         let push = Arc::new(push);
-        let n = subs.len();
-        for entry in subs.values_mut() {
+        let n = ch.subs.len();
+        for entry in ch.subs.values_mut() {
             entry.deliver(&push);
         }
         n
@@ -600,7 +611,7 @@ impl Hub {
     pub fn channels(&self) -> Vec<(String, usize)> {
         let map = self.channels.read();
         map.iter()
-            .map(|(k, v)| (k.clone(), v.lock().len()))
+            .map(|(k, v)| (k.clone(), v.lock().subs.len()))
             .collect()
     }
 }
@@ -626,8 +637,8 @@ impl BrokerHandler for Hub {
         let Some(ch) = self.get(channel) else {
             return;
         };
-        let mut subs = ch.lock();
-        for entry in subs.values_mut() {
+        let mut ch = ch.lock();
+        for entry in ch.subs.values_mut() {
             match &mut entry.phase {
                 // Its history read may have missed the lost ones: restart it.
                 Phase::Buffering { overflow, items } => {
@@ -783,6 +794,11 @@ mod tests {
         assert_eq!(pub_data(&got[0].1).0.as_str().unwrap(), state(4));
     }
 
+    /// The offset of a channel's kept delta base.
+    fn base_of(hub: &Hub, channel: &str) -> Option<u64> {
+        hub.get(channel)?.lock().base.as_ref().map(|b| b.0)
+    }
+
     #[test]
     fn only_channels_with_a_delta_subscription_keep_a_base() {
         let hub = Hub::default();
@@ -790,7 +806,7 @@ mod tests {
         hub.add("c", plain.clone(), false);
         hub.on_publication("c", publication(1, "{}", None));
         assert!(
-            hub.bases.lock().is_empty(),
+            base_of(&hub, "c").is_none(),
             "no delta subscription: no payload kept"
         );
         let d = Arc::new(DeltaSink {
@@ -799,10 +815,10 @@ mod tests {
         });
         hub.add_with_delta("c", d.clone(), false, true);
         hub.on_publication("c", publication(2, "{}", None));
-        assert_eq!(hub.bases.lock().get("c").map(|b| b.0), Some(2));
+        assert_eq!(base_of(&hub, "c"), Some(2));
         hub.remove("c", 2);
         assert!(
-            hub.bases.lock().is_empty(),
+            base_of(&hub, "c").is_none(),
             "gone with the last delta subscription"
         );
         assert_eq!(hub.remove("c", 1), RemoveOutcome::Last);
