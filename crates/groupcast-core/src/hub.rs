@@ -36,7 +36,7 @@ use groupcast_proto::client::{
 use parking_lot::{Mutex, RwLock};
 
 use crate::broker::BrokerHandler;
-use crate::publication::{Publication, TAG_ENCODING};
+use crate::publication::{json_string, Publication, TAG_ENCODING};
 
 /// Live pushes held per subscription while it recovers (`recovery_buffer_max`).
 pub const MAX_RECOVERY_BUFFER: usize = 10_000;
@@ -452,12 +452,6 @@ pub struct BufferOverflow;
 #[derive(Default)]
 pub struct Hub {
     channels: RwLock<HashMap<String, Channel>>,
-}
-
-/// `s` as a JSON string.
-fn json_string(s: &str) -> RawJson {
-    let quoted = serde_json::to_string(s).expect("strings serialize");
-    Arc::from(serde_json::value::RawValue::from_string(quoted).expect("a JSON string"))
 }
 
 impl Hub {

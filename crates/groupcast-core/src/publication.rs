@@ -63,10 +63,10 @@ impl Payload {
     pub fn to_json(&self) -> RawJson {
         match self {
             Payload::Json(r) => r.clone(),
-            Payload::Text(t) => raw_string(t),
+            Payload::Text(t) => json_string(t),
             Payload::Binary(b) => {
                 use base64::Engine as _;
-                raw_string(&base64::engine::general_purpose::STANDARD.encode(b))
+                json_string(&base64::engine::general_purpose::STANDARD.encode(b))
             }
         }
     }
@@ -81,7 +81,8 @@ impl Payload {
     }
 }
 
-fn raw_string(s: &str) -> RawJson {
+/// `s` as a JSON string (quoted and escaped).
+pub fn json_string(s: &str) -> RawJson {
     let quoted = serde_json::to_string(s).expect("strings serialize");
     Arc::from(RawValue::from_string(quoted).expect("a JSON string is valid JSON"))
 }

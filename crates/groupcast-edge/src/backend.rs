@@ -581,14 +581,7 @@ struct Admitted {
 
 /// Why a connection is refused after the upgrade.
 fn refuse(conn: &Conn, code: u16, reason: &str) {
-    let mut reason = reason.to_string();
-    if reason.len() > MAX_CLOSE_REASON {
-        let mut end = MAX_CLOSE_REASON;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
+    let reason = crate::conn::cut_reason(reason.to_string(), MAX_CLOSE_REASON);
     conn.close_with(code, Cow::Owned(reason));
 }
 

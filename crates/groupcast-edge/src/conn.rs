@@ -38,6 +38,18 @@ pub const MAX_CONTROL_QUEUE: usize = 64;
 /// Longest close reason in bytes: a close frame's payload is at most 125
 /// bytes, two of which hold the code.
 pub const MAX_CLOSE_REASON: usize = 123;
+/// `reason` cut to at most `max` bytes, on a character boundary.
+pub fn cut_reason(mut reason: String, max: usize) -> String {
+    if reason.len() > max {
+        let mut end = max;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
 /// Time allowed for the close frame when a connection ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 

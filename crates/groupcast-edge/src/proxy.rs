@@ -130,19 +130,13 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, Failure> {
                 .ok()
                 .filter(|c| (3000..=4999).contains(c))
                 .ok_or_else(|| bad(format!("disconnect code {} not in 3000..=4999", d.code)))?;
-            let mut reason = if d.reason.is_empty() {
+            let reason = if d.reason.is_empty() {
                 "disconnect".to_string()
             } else {
                 d.reason
             };
             // A close frame holds 123 bytes of reason; keep well within.
-            if reason.len() > 100 {
-                let mut end = 100;
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                reason.truncate(end);
-            }
+            let reason = crate::conn::cut_reason(reason, 100);
             Ok(Answer::Disconnect { code, reason })
         }
         (_, Some(e), None) if (400..=1999).contains(&e.code) => Ok(Answer::Error {

@@ -963,10 +963,7 @@ impl Session {
                 // Every publication of a delta subscription comes as a JSON
                 // string over JSON (the SDKs parse it): recovered ones too.
                 for p in &mut result.0.publications {
-                    let quoted = serde_json::to_string(p.data.get()).expect("strings serialize");
-                    p.data = Arc::from(
-                        serde_json::value::RawValue::from_string(quoted).expect("a JSON string"),
-                    );
+                    p.data = groupcast_core::publication::json_string(p.data.get());
                 }
             }
         }
