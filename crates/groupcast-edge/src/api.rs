@@ -75,7 +75,8 @@ pub(crate) enum ConnAction {
     RelayTargetGone(String),
 }
 
-/// The user and client id an action is for (either may be empty, not both).
+/// The user and client id an action is for; both empty: every connection
+/// (only `relay_target_gone`, which picks its connections by target).
 pub(crate) struct Target<'a> {
     pub user: &'a str,
     pub client: &'a str,
@@ -178,10 +179,7 @@ impl ConnAction {
     /// Acts on this node's matching connections; returns how many.
     pub(crate) fn apply_local(&self, state: &EdgeState) -> usize {
         let t = self.target();
-        let conns = match self {
-            ConnAction::RelayTargetGone(_) => state.registry.all(),
-            _ => state.registry.find(t.user, t.client),
-        };
+        let conns = state.registry.find(t.user, t.client);
         for conn in &conns {
             match self {
                 ConnAction::Subscribe(r) => {
@@ -617,10 +615,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
         "subscribe" | "unsubscribe" | "disconnect" | "refresh" | "relay_send" | "relay_close"
         | "relay_transfer" | "relay_target_gone" => {
             let action = ConnAction::parse(state, method, body.clone())?;
-            let mut found_here = action.apply_local(state);
-            if matches!(action, ConnAction::RelayTargetGone(_)) {
-                found_here = 0; // every edge may hold some
-            }
+            let found_here = action.apply_local(state);
             crate::cluster::fan_out(state, method, body, action.target(), found_here).await?;
             Ok(empty())
         }

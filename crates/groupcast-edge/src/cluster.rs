@@ -255,8 +255,9 @@ pub(crate) async fn fan_out(
             .user_nodes(target.user)
             .await
             .map_err(unavailable)?
-    } else if found_here > 0 {
-        // A client id lives on one edge: this one.
+    } else if !target.client.is_empty() && found_here > 0 {
+        // A client id lives on one edge: this one. (No user and no client:
+        // every connection, so every edge.)
         return Ok(());
     } else {
         node.membership

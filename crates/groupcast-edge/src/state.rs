@@ -57,9 +57,13 @@ impl Registry {
         }
     }
 
-    /// Connections of `user`, narrowed to `client` when it is not empty.
+    /// Connections of `user`, narrowed to `client` when it is not empty;
+    /// every connection when both are empty.
     pub fn find(&self, user: &str, client: &str) -> Vec<Arc<Conn>> {
         let r = self.inner.read();
+        if user.is_empty() && client.is_empty() {
+            return r.clients.values().map(|(c, _)| c.clone()).collect();
+        }
         if !client.is_empty() {
             return r
                 .clients
@@ -76,16 +80,6 @@ impl Registry {
                     .collect()
             })
             .unwrap_or_default()
-    }
-
-    /// Every registered connection.
-    pub fn all(&self) -> Vec<Arc<Conn>> {
-        self.inner
-            .read()
-            .clients
-            .values()
-            .map(|(c, _)| c.clone())
-            .collect()
     }
 
     pub fn num_clients(&self) -> usize {
