@@ -551,33 +551,40 @@ impl State {
                     .collect(),
             ),
             Query::Events { after } => {
-                let oldest = self.events.front().map(|e| e.seq);
+                let (events, complete) = after_in(&self.events, |e| e.seq, self.event_seq, *after);
                 QueryResult::Events {
                     latest: self.event_seq,
-                    events: self
-                        .events
-                        .iter()
-                        .filter(|e| e.seq > *after)
-                        .cloned()
-                        .collect(),
-                    complete: *after >= self.event_seq || oldest.is_some_and(|o| o <= after + 1),
+                    events,
+                    complete,
                 }
             }
             Query::Removals { after } => {
-                let oldest = self.removals.front().map(|r| r.seq);
+                let (removals, complete) =
+                    after_in(&self.removals, |r| r.seq, self.removal_seq, *after);
                 QueryResult::Removals {
                     latest: self.removal_seq,
-                    removals: self
-                        .removals
-                        .iter()
-                        .filter(|r| r.seq > *after)
-                        .cloned()
-                        .collect(),
-                    complete: *after >= self.removal_seq || oldest.is_some_and(|o| o <= after + 1),
+                    removals,
+                    complete,
                 }
             }
         }
     }
+}
+
+/// The entries of a bounded log (removals, events) after sequence number
+/// `after`, and whether none after it were already forgotten.
+fn after_in<T: Clone>(
+    log: &VecDeque<T>,
+    seq: impl Fn(&T) -> u64,
+    latest: u64,
+    after: u64,
+) -> (Vec<T>, bool) {
+    let oldest = log.front().map(&seq);
+    let entries = log.iter().filter(|e| seq(e) > after).cloned().collect();
+    (
+        entries,
+        after >= latest || oldest.is_some_and(|o| o <= after + 1),
+    )
 }
 
 #[cfg(test)]
@@ -1022,6 +1029,35 @@ mod tests {
         }
         let edges: Vec<String> = events(&s, 0).into_iter().map(|e| e.2).collect();
         assert_eq!(edges, ["a", "b", "a", "a", "a", "a"]);
+    }
+
+    #[test]
+    fn the_event_log_keeps_the_last_max_events_kept_and_says_what_was_missed() {
+        let mut s = State::default();
+        let a = edge("a", 1);
+        register(&mut s, &a);
+        // Each delta turns a channel on: one event each.
+        let deltas: Vec<Delta> = (0..MAX_EVENTS_KEPT + 5)
+            .map(|i| subs(&format!("c{i}"), 1))
+            .collect();
+        s.apply(&batch(&a, 1, deltas));
+        match s.query(&Query::Events { after: 0 }) {
+            QueryResult::Events {
+                latest,
+                events,
+                complete,
+            } => {
+                assert_eq!(latest, (MAX_EVENTS_KEPT + 5) as u64);
+                assert_eq!(events.len(), MAX_EVENTS_KEPT);
+                assert_eq!(events[0].seq, 6, "the oldest five forgotten");
+                assert!(!complete, "a poller after 0 missed some");
+            }
+            other => panic!("{other:?}"),
+        }
+        match s.query(&Query::Events { after: 5 }) {
+            QueryResult::Events { complete, .. } => assert!(complete, "after 5: nothing missed"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
