@@ -947,3 +947,38 @@ async fn in_a_cluster_channel_webhooks_and_user_status_come_once() {
 async fn publication_none(c: &mut Client) -> bool {
     c.publication(Duration::from_millis(300)).await.is_err()
 }
+
+/// An HTTP relay target that does not keep up: its queue (`queue_max`) is
+/// full, the connection waits up to the target's `timeout` for room, then
+/// closes with 3004 — events are never dropped for a full queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_route_waits_for_a_full_http_target_queue_then_closes_with_3004() {
+    use futures_util::SinkExt;
+    use groupcast_testkit::raw::{closed, open};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dead = groupcast_testkit::free_tcp_port();
+    let (_server, addr, config) = dev_with(&format!(
+        "[[relay.routes]]\npath = \"/ws/slow/\"\ntarget = \"slow\"\n\n\
+         [[relay.http_targets]]\nname = \"slow\"\nurl = \"http://127.0.0.1:{dead}/events\"\n\
+         secret = \"s\"\nqueue_max = 1\nbatch_max = 1\ntimeout = \"200ms\"\n"
+    ));
+    let mut ws = open(&format!("ws://{addr}/ws/slow/"), None).await.unwrap();
+    // The join is being retried; one event fits the queue; the next waits.
+    for i in 0..3 {
+        if ws.send(Message::text(format!("frame {i}"))).await.is_err() {
+            break;
+        }
+    }
+    let (code, _) = closed(&mut ws).await;
+    assert_eq!(code, 3004);
+    let (_, metrics) = http_request(addr, "GET", "/metrics", "", b"").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(
+            r#"groupcast_relay_backend_events_total{event="message",outcome="failed"} 1"#
+        ),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_file(config);
+}

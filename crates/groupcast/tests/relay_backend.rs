@@ -157,7 +157,8 @@ async fn relay_connections_reach_a_nats_backend_and_back_across_edges() {
     let (nats, m) = backbone().await;
     // Edge b asks for join and heartbeats: nothing listening means gone.
     let (a, b) = tokio::join!(
-        edge("a", &nats, &m, &[]),
+        // A small API body limit on a: over NATS too.
+        edge("a", &nats, &m, &[("GROUPCAST_API__MAX_BODY_BYTES", "2000")]),
         edge(
             "b",
             &nats,
@@ -237,6 +238,32 @@ async fn relay_connections_reach_a_nats_backend_and_back_across_edges() {
         .api("relay_transfer", json!({"client": c1, "target": "a.*"}))
         .await;
     assert_eq!(r["error"]["code"], 107, "wildcard target: {r}");
+    let (_, r) = b
+        .api(
+            "relay_close",
+            json!({"client": c1, "reason": "x".repeat(124)}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 107, "reason over 123 bytes: {r}");
+    // A frame over client.max_message_size (64 KiB): 106, nothing sent.
+    use base64::Engine as _;
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 65_537]);
+    let (_, r) = b
+        .api("relay_send", json!({"client": c1, "b64data": big}))
+        .await;
+    assert_eq!(r["error"]["code"], 106, "frame over the message limit");
+    // A command over api.max_body_bytes, over NATS: 106.
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let cmd = json!({"method": "info", "params": {"pad": "x".repeat(3000)}});
+    let answer = nc
+        .request(
+            join["commands"].as_str().unwrap().to_string(),
+            cmd.to_string().into(),
+        )
+        .await
+        .unwrap();
+    let r: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(r["error"]["code"], 106, "over api.max_body_bytes: {r}");
 
     // A second connection, on edge b (which asks for its join: answered).
     let mut ws2 = open(&route_url(&b, "/ws/echo/lobby/"), None).await.unwrap();
