@@ -765,11 +765,7 @@ impl RelayConn {
             Err(EmitError::Failed) => conn.close(DisconnectCode::SERVER_ERROR),
         }
         let cfg = &state.config.client;
-        let silent_limit = cfg.ping_interval + cfg.pong_timeout;
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + cfg.ping_interval,
-            cfg.ping_interval,
-        );
+        let mut keepalive = crate::relay::Keepalive::new(cfg);
         // Never ticks without heartbeats.
         let beat_every = if heartbeat.is_zero() {
             Duration::from_secs(86_400 * 365)
@@ -778,20 +774,13 @@ impl RelayConn {
         };
         let mut beat =
             tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
-        let mut last_seen = Instant::now();
         let mut rates = ConnRates::new(cfg);
         let mut peer_close: Option<(u16, String)> = None;
         let m = Metrics::get();
         while !conn.is_closed() {
             tokio::select! {
                 _ = conn.cancelled() => break,
-                _ = ping.tick() => {
-                    if last_seen.elapsed() > silent_limit {
-                        conn.close(DisconnectCode::NO_PONG);
-                        break;
-                    }
-                    conn.send_ws_ping();
-                }
+                alive = keepalive.tick(&conn) => if !alive { break },
                 _ = beat.tick() => {
                     let body = Body::Heartbeat {
                         uptime_ms: self.opened.elapsed().as_millis() as u64,
@@ -805,7 +794,7 @@ impl RelayConn {
                 }
                 control = conn.next_control() => self.control(&mut subs, control).await,
                 msg = stream.next() => {
-                    last_seen = Instant::now();
+                    keepalive.heard();
                     if let Some(Ok(Message::Close(f))) = &msg {
                         peer_close = Some(match f {
                             Some(f) => (f.code, f.reason.to_string()),

@@ -158,23 +158,18 @@ fn announce(
     event: ClusterEvent,
     statuses: &tokio::sync::mpsc::Sender<(String, &'static str, u64)>,
 ) {
-    let kind = match event.kind {
-        ClusterEventKind::ChannelOccupied => "channel_occupied",
-        ClusterEventKind::ChannelVacated => "channel_vacated",
-        ClusterEventKind::UserOnline => "online",
-        ClusterEventKind::UserOffline => "offline",
+    let (webhook, status) = match event.kind {
+        ClusterEventKind::ChannelOccupied => ("channel_occupied", ""),
+        ClusterEventKind::ChannelVacated => ("channel_vacated", ""),
+        ClusterEventKind::UserOnline => ("", "online"),
+        ClusterEventKind::UserOffline => ("", "offline"),
     };
-    if kind.starts_with("channel_") {
-        state.webhooks.emit(
-            kind,
-            serde_json::json!({ "channel": event.name, "seq": event.seq }),
-        );
-        return;
-    }
-    if state.config.client.user_status_channel.is_empty() {
-        return;
-    }
-    if statuses.try_send((event.name, kind, event.seq)).is_err() {
+    if !webhook.is_empty() {
+        let fields = serde_json::json!({ "channel": event.name, "seq": event.seq });
+        state.webhooks.emit(webhook, fields);
+    } else if !state.config.client.user_status_channel.is_empty()
+        && statuses.try_send((event.name, status, event.seq)).is_err()
+    {
         metrics::counter!("groupcast_user_status_dropped_total").increment(1);
     }
 }

@@ -31,6 +31,45 @@ use crate::limits::ConnRates;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
 
+/// Keepalive of a raw WebSocket (the relay, relay routes): a WebSocket
+/// ping every `client.ping_interval`; a peer silent for more than
+/// `ping_interval + pong_timeout` at a tick is closed with 3012.
+pub(crate) struct Keepalive {
+    ping: tokio::time::Interval,
+    silent_limit: std::time::Duration,
+    last_seen: Instant,
+}
+
+impl Keepalive {
+    pub(crate) fn new(cfg: &crate::config::ClientConfig) -> Keepalive {
+        Keepalive {
+            ping: tokio::time::interval_at(
+                tokio::time::Instant::now() + cfg.ping_interval,
+                cfg.ping_interval,
+            ),
+            silent_limit: cfg.ping_interval + cfg.pong_timeout,
+            last_seen: Instant::now(),
+        }
+    }
+
+    /// The peer sent something (any frame counts).
+    pub(crate) fn heard(&mut self) {
+        self.last_seen = Instant::now();
+    }
+
+    /// Waits for the next tick, then pings; `false` when the peer was
+    /// silent too long and the connection is closed.
+    pub(crate) async fn tick(&mut self, conn: &crate::conn::Conn) -> bool {
+        self.ping.tick().await;
+        if self.last_seen.elapsed() > self.silent_limit {
+            conn.close(DisconnectCode::NO_PONG);
+            return false;
+        }
+        conn.send_ws_ping();
+        true
+    }
+}
+
 /// Who a relay connection is, decided before the upgrade.
 pub struct RelayAuth {
     pub channel: String,
@@ -107,25 +146,14 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
         ..Default::default()
     };
     let cfg = &state.config.client;
-    let silent_limit = cfg.ping_interval + cfg.pong_timeout;
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + cfg.ping_interval,
-        cfg.ping_interval,
-    );
-    let mut last_seen = Instant::now();
+    let mut keepalive = Keepalive::new(cfg);
     let mut rates = ConnRates::new(cfg);
     while !conn.is_closed() {
         tokio::select! {
             _ = conn.cancelled() => break,
-            _ = ping.tick() => {
-                if last_seen.elapsed() > silent_limit {
-                    conn.close(DisconnectCode::NO_PONG);
-                    break;
-                }
-                conn.send_ws_ping();
-            }
+            alive = keepalive.tick(&conn) => if !alive { break },
             msg = stream.next() => {
-                last_seen = Instant::now();
+                keepalive.heard();
                 let data = match conn.inbound(msg) {
                     Inbound::End => break,
                     Inbound::Text(t) => Payload::from_text(t.as_str()),
