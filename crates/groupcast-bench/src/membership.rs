@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use groupcast_core::membership::Membership;
 use groupcast_membership::certs::TlsFiles;
-use groupcast_membership::client::{ClientConfig, MembershipClient};
+use groupcast_membership::{MembershipClient, MembershipClientConfig};
 use groupcast_proto::client::ClientInfo;
 
 #[derive(clap::Args)]
@@ -35,7 +35,8 @@ pub async fn run(p: Params) -> anyhow::Result<()> {
     let tls = TlsFiles::in_dir(&p.certs, &p.cert_name);
     let mut handles = Vec::new();
     for e in 0..p.edges {
-        let cfg = ClientConfig::new(p.seeds.clone(), tls.clone(), format!("bench-edge-{e}"));
+        let cfg =
+            MembershipClientConfig::new(p.seeds.clone(), tls.clone(), format!("bench-edge-{e}"));
         let h = MembershipClient::start(cfg).await?;
         anyhow::ensure!(
             h.wait_available(Duration::from_secs(10)).await,

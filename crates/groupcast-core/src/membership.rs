@@ -123,6 +123,12 @@ pub type EventHandler = Arc<dyn Fn(ClusterEvent) + Send + Sync>;
 /// Most users one `user_status` call asks about.
 pub const MAX_USER_STATUS: usize = 1000;
 
+/// Most channels one [`Membership::channels`] call is answered with: the
+/// clustered service caps every answer here whatever `limit` says, so a
+/// caller that wants the same answer from every implementation asks for
+/// at most this many.
+pub const MAX_CHANNELS_PER_QUERY: u32 = 10_000;
+
 #[async_trait]
 pub trait Membership: Send + Sync + 'static {
     async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), MembershipError>;
@@ -139,7 +145,9 @@ pub trait Membership: Send + Sync + 'static {
     /// This node's connection count of `user` changed by `delta`.
     fn connections_changed(&self, user: &str, delta: i64);
     /// Channels with at least one subscriber on any node whose name starts
-    /// with `prefix`, with cluster-wide subscriber counts; at most `limit`.
+    /// with `prefix`, with cluster-wide subscriber counts; at most `limit`,
+    /// which callers keep at or below [`MAX_CHANNELS_PER_QUERY`] (the
+    /// clustered handle never answers with more).
     async fn channels(
         &self,
         prefix: &str,

@@ -27,7 +27,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::state::State;
+use crate::state_machine::State;
 use crate::types::{CommandResult, LogId, NodeId, StorageError, StoredMembership, TypeConfig};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -282,7 +282,7 @@ impl StateMachineStore {
     }
 
     /// Runs `f` on the current state (as applied on this replica).
-    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.inner.applied.read().state)
     }
 

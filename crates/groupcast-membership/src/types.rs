@@ -276,7 +276,7 @@ pub enum QueryResult {
         /// Removals after the asked-for sequence number, oldest first.
         removals: Vec<Removal>,
         /// False when some removals after it were already forgotten
-        /// ([`crate::state::MAX_REMOVALS_KEPT`]).
+        /// (`state_machine::MAX_REMOVALS_KEPT`).
         complete: bool,
     },
     UserStatus(Vec<UserStatus>),
@@ -286,7 +286,7 @@ pub enum QueryResult {
         /// Events after the asked-for sequence number, oldest first.
         events: Vec<Event>,
         /// False when some events after it were already forgotten
-        /// ([`crate::state::MAX_EVENTS_KEPT`]).
+        /// (`state_machine::MAX_EVENTS_KEPT`).
         complete: bool,
     },
 }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use groupcast_core::membership::{ClusterEventKind, Membership};
 use groupcast_membership::certs::{self, TlsFiles};
-use groupcast_membership::client::{ClientConfig, Conn, MembershipClient};
 use groupcast_membership::server::{LeaveHook, MembershipServer, ServerConfig};
 use groupcast_membership::transport::{Reply, Request};
 use groupcast_membership::types::{Command, CommandResult, Delta, EdgeId, Leave};
+use groupcast_membership::{Conn, MembershipClient, MembershipClientConfig};
 use groupcast_proto::client::ClientInfo;
 use parking_lot::Mutex;
 
@@ -120,9 +120,10 @@ impl Cluster {
     }
 
     async fn client(&self, name: &str) -> MembershipClient {
-        let c = MembershipClient::start(ClientConfig::new(self.seeds(), self.tls(), name))
-            .await
-            .unwrap();
+        let c =
+            MembershipClient::start(MembershipClientConfig::new(self.seeds(), self.tls(), name))
+                .await
+                .unwrap();
         assert!(
             c.wait_available(Duration::from_secs(10)).await,
             "edge {name} not registered"
@@ -213,7 +214,8 @@ async fn the_raft_backed_handle_passes_the_membership_conformance_suite() {
     let n = std::sync::atomic::AtomicUsize::new(0);
     membership::run_all(|| {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut cfg = ClientConfig::new(cluster.seeds(), cluster.tls(), format!("conf-{i}"));
+        let mut cfg =
+            MembershipClientConfig::new(cluster.seeds(), cluster.tls(), format!("conf-{i}"));
         cfg.presence_max_clients = membership::MAX_CLIENTS;
         async move {
             let c = MembershipClient::start(cfg).await.unwrap();
@@ -227,7 +229,7 @@ async fn the_raft_backed_handle_passes_the_membership_conformance_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_presence_limit_is_enforced_cluster_wide() {
     let cluster = Cluster::start().await;
-    let mut cfg = ClientConfig::new(cluster.seeds(), cluster.tls(), "edge-a");
+    let mut cfg = MembershipClientConfig::new(cluster.seeds(), cluster.tls(), "edge-a");
     cfg.presence_max_clients = 2;
     let a = MembershipClient::start(cfg.clone()).await.unwrap();
     assert!(a.wait_available(Duration::from_secs(10)).await);
@@ -457,7 +459,7 @@ async fn strangers_are_refused_and_junk_frames_get_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_batch_leaves_without_waiting_for_the_flush_interval() {
     let cluster = Cluster::start().await;
-    let mut cfg = ClientConfig::new(cluster.seeds(), cluster.tls(), "full");
+    let mut cfg = MembershipClientConfig::new(cluster.seeds(), cluster.tls(), "full");
     // Only the size bound can send these within the test.
     cfg.flush_interval = Duration::from_secs(3600);
     cfg.batch_max = 4;

@@ -5,14 +5,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use groupcast_membership::admin::AdminRequest;
 use groupcast_membership::certs::{self, TlsFiles};
-use groupcast_membership::client::Conn;
 use groupcast_membership::server::{MembershipServer, ServerConfig};
-use groupcast_membership::transport::{Reply, Request};
+use groupcast_membership::Conn;
 
 #[derive(Args)]
 pub struct CertsArgs {
@@ -252,24 +251,15 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
 
 async fn admin(action: MembershipAction) -> anyhow::Result<()> {
     let (args, req) = match action {
-        MembershipAction::Status(a) => (a, Request::Status),
-        MembershipAction::Add { id, addr, admin } => (admin, Request::AddMember { id, addr }),
-        MembershipAction::Remove { id, admin } => (admin, Request::RemoveMember { id }),
+        MembershipAction::Status(a) => (a, AdminRequest::Status),
+        MembershipAction::Add { id, addr, admin } => (admin, AdminRequest::AddMember { id, addr }),
+        MembershipAction::Remove { id, admin } => (admin, AdminRequest::RemoveMember { id }),
     };
     let tls = TlsFiles::in_dir(&args.certs, &args.cert_name).with_server_name(args.server_name);
     let conn = Conn::connect(args.via, &tls).await?;
-    let timeout = match req {
-        Request::Status => Duration::from_secs(5),
-        _ => Duration::from_secs(60),
-    };
-    match conn.call(&req, timeout).await? {
-        Reply::Status(s) | Reply::MemberChanged(s) => {
-            println!("{}", serde_json::to_string_pretty(&s)?);
-            Ok(())
-        }
-        Reply::Failed(reason) => bail!("{reason}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    let status = conn.admin(req).await?;
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(())
 }
 
 #[cfg(test)]

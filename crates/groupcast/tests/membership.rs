@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use groupcast_core::membership::{Membership, MembershipError};
 use groupcast_membership::certs::TlsFiles;
-use groupcast_membership::client::{ClientConfig, Conn, MembershipClient};
 use groupcast_membership::transport::{Reply, Request};
 use groupcast_membership::types::{
     Command, CommandResult, Delta, EdgeId, Presence, Query, QueryResult,
 };
+use groupcast_membership::{Conn, MembershipClient, MembershipClientConfig};
 use groupcast_proto::client::ClientInfo;
 use groupcast_testkit::membership::MembershipCluster;
 
@@ -372,7 +372,7 @@ fn info(client: &str) -> ClientInfo {
 async fn an_edge_handle_rides_out_an_outage_and_replays_its_deltas() {
     let cluster = MembershipCluster::start(bin(), 3, &[]).await;
     let tls = TlsFiles::in_dir(&cluster.certs_dir(), "edge");
-    let mut cfg = ClientConfig::new(cluster.seeds(), tls, "replay");
+    let mut cfg = MembershipClientConfig::new(cluster.seeds(), tls, "replay");
     cfg.request_timeout = Duration::from_millis(800);
     let replay = MembershipClient::start(cfg.clone()).await.unwrap();
     // A second edge with a tiny buffer: it overflows and resends its state.
@@ -506,7 +506,8 @@ async fn edge_handles_under_load_keep_their_leases_across_a_leader_failure() {
     let tls = TlsFiles::in_dir(&cluster.certs_dir(), "edge");
     let mut handles = Vec::new();
     for e in 0..3 {
-        let mut cfg = ClientConfig::new(cluster.seeds(), tls.clone(), format!("loaded-{e}"));
+        let mut cfg =
+            MembershipClientConfig::new(cluster.seeds(), tls.clone(), format!("loaded-{e}"));
         // Short: the handles surely count the service unavailable during
         // the failover (that is when the loops spun).
         cfg.request_timeout = Duration::from_millis(500);
