@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert_eq!(
-        w.node.hub.num_channels(),
+        w.node.num_local_channels(),
         0,
         "subscriptions outlived the session"
     );

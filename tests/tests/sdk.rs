@@ -207,6 +207,8 @@ async fn seed_relay_snippet_with_a_browser_websocket() {
         "--experimental-websocket".to_string(),
         script.display().to_string(),
         server.relay_url("relay"),
+        server.api_url(),
+        API_KEY.to_string(),
     ];
     let out = run_script("relay_snippet.mjs", Path::new("node"), &args, &sdk_dir()).await;
     let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
@@ -228,6 +230,7 @@ async fn demo_page_relays_between_two_browser_tabs() {
     let args = [
         script.display().to_string(),
         format!("http://{}/", server.addr),
+        API_KEY.to_string(),
     ];
     let out = run_script("demo_page.mjs", Path::new("node"), &args, &sdk_dir()).await;
     assert!(out.contains("\"ok\":true"), "{out}");
@@ -290,7 +293,7 @@ async fn seed_004_relay_flow_with_browser_websockets_and_a_nats_backend() {
     config
         .relay
         .routes
-        .push(groupcast_edge::backend::RouteConfig {
+        .push(groupcast_edge::config::RouteConfig {
             path: "/ws/app/{room}/".into(),
             target: "app.{room}".into(),
             ..Default::default()

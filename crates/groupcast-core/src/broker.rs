@@ -35,6 +35,7 @@ use groupcast_proto::client::ClientInfo;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::namespace::ChannelOptions;
 use crate::publication::{Publication, StreamPosition};
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -64,6 +65,19 @@ pub struct PublishOptions {
     /// window, 2 minutes) is stored once and answers the first position.
     /// Honoured for history publishes on NATS; ignored otherwise.
     pub idempotency_key: Option<String>,
+}
+
+impl PublishOptions {
+    /// How a publication to a channel with `opts` is stored: its
+    /// namespace's history size and TTL. The one place a namespace's
+    /// options become publish options.
+    pub fn for_channel(opts: &ChannelOptions) -> PublishOptions {
+        PublishOptions {
+            history_size: opts.history_size,
+            history_ttl: opts.history_ttl,
+            idempotency_key: None,
+        }
+    }
 }
 
 /// Which part of a channel's history to read.

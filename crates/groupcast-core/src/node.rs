@@ -1,4 +1,12 @@
-//! `Node`: one edge's view of the system: broker, membership and hub.
+//! `Node`: one edge's view of the system, and the only door to it.
+//!
+//! Like the `Node` of centrifuge's Go library, it is the façade the
+//! protocols and the API use: `publish`, `join`, `leave`, presence,
+//! history, local subscribers, and the cluster queries. Its broker,
+//! membership and hub are private: callers never reach around it, so what
+//! a publication or a join *means* (history options from the namespace,
+//! presence before `join`, `leave` after the entry is gone) is decided in
+//! one place.
 //!
 //! Adding the first local subscriber of a channel subscribes the node on the
 //! broker before the caller reads history; removing the last unsubscribes.
@@ -10,17 +18,29 @@
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
-use crate::broker::{Broker, BrokerError};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use groupcast_proto::api::NodeInfo;
+use groupcast_proto::client::ClientInfo;
+
+use crate::broker::{
+    BackboneStatus, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
+};
 use crate::bus::{BackendBus, NodeBus};
-use crate::hub::{AddOutcome, Hub, RemoveOutcome, Subscriber};
-use crate::membership::Membership;
+use crate::hub::{AddOutcome, BufferOverflow, Hub, RemoveOutcome, Subscriber};
+use crate::membership::{
+    EventHandler, LeaveHandler, Membership, MembershipError, PresenceStats, ReplicaStatus,
+    UserStatus,
+};
+use crate::publication::{Publication, StreamPosition};
 
 const LOCK_STRIPES: usize = 128;
 
 pub struct Node {
-    pub broker: Arc<dyn Broker>,
-    pub membership: Arc<dyn Membership>,
-    pub hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    membership: Arc<dyn Membership>,
+    hub: Arc<Hub>,
     /// Requests to other nodes (none on a single node).
     bus: OnceLock<Arc<dyn NodeBus>>,
     /// Relay connections' backend processes (NATS only).
@@ -118,5 +138,189 @@ impl Node {
                 let _ = e;
             }
         }
+    }
+
+    // Publications and history.
+
+    /// Publish to `channel`, stored as `opts` says (see
+    /// [`PublishOptions::for_channel`]); answers the publication's position.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, BrokerError> {
+        self.broker.publish(channel, publication, opts).await
+    }
+
+    /// Read a channel's history.
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, BrokerError> {
+        self.broker.history(channel, query).await
+    }
+
+    /// Drop a channel's stored publications (the epoch is kept).
+    pub async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        self.broker.remove_history(channel).await
+    }
+
+    /// Ends a subscriber's recovery buffering ([`Hub::finish_buffering`]):
+    /// `before` runs first (the subscribe reply), then the buffered
+    /// publications above `position` go out.
+    pub fn finish_buffering(
+        &self,
+        channel: &str,
+        id: u64,
+        position: u64,
+        before: impl FnOnce(),
+    ) -> Result<(), BufferOverflow> {
+        self.hub.finish_buffering(channel, id, position, before)
+    }
+
+    // Presence, join and leave.
+
+    /// A client joins `channel`: its presence entry when `presence` (an
+    /// error refuses the join), then the `join` push when `announce`. The
+    /// entry is written before the push goes out, so whoever saw the `join`
+    /// finds the client in presence (invariant 3).
+    pub async fn join(
+        &self,
+        channel: &str,
+        info: Arc<ClientInfo>,
+        presence: bool,
+        announce: bool,
+    ) -> Result<(), MembershipError> {
+        if presence {
+            self.membership
+                .add_presence(channel, (*info).clone())
+                .await?;
+        }
+        if announce {
+            // Best effort: a lost `join` push loses nothing stored.
+            let _ = self.broker.publish_join(channel, info).await;
+        }
+        Ok(())
+    }
+
+    /// The `join` push alone, for a join whose presence entry was written
+    /// earlier (a subscription that recovered first).
+    pub async fn announce_join(&self, channel: &str, info: Arc<ClientInfo>) {
+        let _ = self.broker.publish_join(channel, info).await;
+    }
+
+    /// A client leaves `channel`: its presence entry goes when `presence`,
+    /// then the `leave` push when `announce` (only after a `join` went out).
+    pub async fn leave(
+        &self,
+        channel: &str,
+        info: Arc<ClientInfo>,
+        presence: bool,
+        announce: bool,
+    ) {
+        if presence {
+            let _ = self.membership.remove_presence(channel, &info.client).await;
+        }
+        if announce {
+            let _ = self.broker.publish_leave(channel, info).await;
+        }
+    }
+
+    /// Present clients of a channel, keyed by client id, cluster-wide.
+    pub async fn presence(
+        &self,
+        channel: &str,
+    ) -> Result<BTreeMap<String, ClientInfo>, MembershipError> {
+        self.membership.presence(channel).await
+    }
+
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, MembershipError> {
+        self.membership.presence_stats(channel).await
+    }
+
+    /// Pushes `leave` to this node's subscribers of `channel` only (for the
+    /// entries of a dead node, which can no longer publish its own).
+    pub fn push_leave_locally(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.hub.on_leave(channel, info);
+    }
+
+    // This node and the cluster.
+
+    /// This node's connection count of `user` changed by `delta`.
+    pub fn connections_changed(&self, user: &str, delta: i64) {
+        self.membership.connections_changed(user, delta);
+    }
+
+    /// Channels with subscribers anywhere whose name starts with `prefix`,
+    /// with cluster-wide counts; at most `limit`
+    /// ([`crate::membership::MAX_CHANNELS_PER_QUERY`]).
+    pub async fn channels(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<BTreeMap<String, u64>, MembershipError> {
+        self.membership.channels(prefix, limit).await
+    }
+
+    /// Names of the nodes holding connections of `user`.
+    pub async fn user_nodes(&self, user: &str) -> Result<Vec<String>, MembershipError> {
+        self.membership.user_nodes(user).await
+    }
+
+    /// Connection counts and last-seen times of `users`.
+    pub async fn user_status(&self, users: &[String]) -> Result<Vec<UserStatus>, MembershipError> {
+        self.membership.user_status(users).await
+    }
+
+    /// Every live node, this one included.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, MembershipError> {
+        self.membership.nodes().await
+    }
+
+    /// This node's name and uid in the cluster; `None` on a single node.
+    pub fn local_node(&self) -> Option<(String, String)> {
+        self.membership.local_node()
+    }
+
+    /// Where leaves of dead nodes' presence entries go (set once).
+    pub fn set_leave_handler(&self, handler: LeaveHandler) {
+        self.membership.set_leave_handler(handler);
+    }
+
+    /// Where this node's share of the cluster events goes (set once).
+    pub fn set_event_handler(&self, handler: EventHandler) {
+        self.membership.set_event_handler(handler);
+    }
+
+    /// Whether the backbone is usable now (`/readyz`); `Err` says why not.
+    pub fn backbone_health(&self) -> Result<(), String> {
+        self.broker.health()
+    }
+
+    /// The external backbone's state (dashboard); `None` in process.
+    pub fn backbone(&self) -> Option<BackboneStatus> {
+        self.broker.backbone()
+    }
+
+    /// Whether the membership service answers now.
+    pub fn membership_available(&self) -> bool {
+        self.membership.is_available()
+    }
+
+    /// Every membership replica's own status, within `timeout` in all.
+    pub async fn replicas(&self, timeout: Duration) -> Option<Vec<ReplicaStatus>> {
+        self.membership.replicas(timeout).await
+    }
+
+    /// Channels with local subscribers here.
+    pub fn num_local_channels(&self) -> usize {
+        self.hub.num_channels()
+    }
+
+    /// Local channels with their local subscriber counts.
+    pub fn local_channels(&self) -> Vec<(String, usize)> {
+        self.hub.channels()
     }
 }

@@ -17,6 +17,7 @@
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
@@ -192,9 +193,49 @@ pub fn mint_hs256(secret: &str, claims: &serde_json::Value) -> String {
     .expect("HS256 encoding of JSON claims cannot fail")
 }
 
+/// Does the request carry the API key (`X-API-Key: KEY` or
+/// `Authorization: apikey KEY`)? Never with no key configured.
+pub fn api_key_ok(key: &str, headers: &HeaderMap) -> bool {
+    let expected = key.as_bytes();
+    if expected.is_empty() {
+        return false;
+    }
+    let given = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("apikey "))
+        })
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), expected)
+}
+
+/// Compare `given` with `expected` in time that depends only on the length
+/// of `expected` (not on where they differ, nor on `given`'s length).
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
+    }
+    diff == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"ab\0", b"ab"));
+        assert!(!constant_time_eq(b"", b"abc"));
+    }
     use serde_json::json;
 
     fn verifier(aud: &str, iss: &str) -> Verifier {

@@ -13,7 +13,7 @@ use groupcast_core::broker::memory::MemoryBroker;
 use groupcast_core::membership::memory::MemoryMembership;
 use groupcast_core::{ChannelOptions, HistoryStorage, Membership, Node};
 use groupcast_membership::certs::TlsFiles;
-use groupcast_membership::client::{ClientConfig, MembershipClient};
+use groupcast_membership::{MembershipClient, MembershipClientConfig};
 use groupcast_nats::{NatsBroker, StreamSpec};
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +62,7 @@ async fn membership(config: &Config) -> Result<MembershipClient, String> {
     } else {
         &m.cert_name
     };
-    let mut cfg = ClientConfig::new(
+    let mut cfg = MembershipClientConfig::new(
         m.seeds.clone(),
         TlsFiles::in_dir(m.certs.as_ref(), cert_name).with_server_name(Some(m.server_name.clone())),
         config.name.clone(),

@@ -24,19 +24,20 @@
 //!
 //! [`Node`]: groupcast_core::Node
 
-pub mod api;
 pub mod auth;
 pub mod backbone;
-pub mod backend;
-pub mod cluster;
 pub mod config;
 pub mod conn;
-pub mod dashboard;
-pub mod head;
+pub mod control;
+pub mod glob;
+pub mod keepalive;
 pub mod limits;
 pub mod metrics;
+pub mod origin;
 pub mod proxy;
 pub mod relay;
+pub mod request_deadlines;
+pub mod routes;
 pub mod server;
 pub mod session;
 pub mod state;
@@ -45,6 +46,7 @@ pub mod webhooks;
 
 pub use config::Config;
 pub use server::run;
+pub use state::check_config;
 
 /// Errors that stop the edge.
 #[derive(Debug, thiserror::Error)]

@@ -25,36 +25,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
-/// One `[[proxies]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProxyConfig {
-    /// What namespaces and `client.*_proxy` settings call it.
-    pub name: String,
-    /// `http://` or `https://` URL the events are POSTed to.
-    pub endpoint: String,
-    /// The backend must answer within this, else the event fails (100).
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Headers of the client's WebSocket upgrade request forwarded with
-    /// every event (e.g. `Cookie` for a session cookie, `Authorization`,
-    /// `X-Forwarded-For`). Case-insensitive.
-    pub http_headers: Vec<String>,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        ProxyConfig {
-            name: String::new(),
-            endpoint: String::new(),
-            timeout: Duration::from_secs(1),
-            http_headers: Vec::new(),
-        }
-    }
-}
+use crate::config::ProxyConfig;
 
 /// Largest proxy answer read, in bytes: a backend cannot make the edge
 /// buffer more.
@@ -70,7 +44,7 @@ pub enum Answer {
 
 /// Why there is no decision (the client gets 100 "internal").
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Failure {
+pub enum ProxyError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("unreachable: {0}")]
@@ -81,13 +55,13 @@ pub enum Failure {
     BadAnswer(String),
 }
 
-impl Failure {
+impl ProxyError {
     fn outcome(&self) -> &'static str {
         match self {
-            Failure::Timeout(_) => "timeout",
-            Failure::Unreachable(_) => "unreachable",
-            Failure::Status(_) => "bad_status",
-            Failure::BadAnswer(_) => "bad_answer",
+            ProxyError::Timeout(_) => "timeout",
+            ProxyError::Unreachable(_) => "unreachable",
+            ProxyError::Status(_) => "bad_status",
+            ProxyError::BadAnswer(_) => "bad_answer",
         }
     }
 }
@@ -120,8 +94,8 @@ struct DisconnectObject {
 }
 
 /// Reads a backend's answer (the body of a 200).
-pub fn parse_answer(body: &[u8]) -> Result<Answer, Failure> {
-    let bad = |why: String| Failure::BadAnswer(why);
+pub fn parse_answer(body: &[u8]) -> Result<Answer, ProxyError> {
+    let bad = |why: String| ProxyError::BadAnswer(why);
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| bad(format!("not a proxy answer: {e}")))?;
     match (env.result, env.error, env.disconnect) {
@@ -165,7 +139,7 @@ impl Proxy {
         event: &'static str,
         body: &Value,
         upgrade_headers: &HeaderMap,
-    ) -> Result<Answer, Failure> {
+    ) -> Result<Answer, ProxyError> {
         let started = Instant::now();
         let outcome = self.exchange(body, upgrade_headers).await;
         let label = match &outcome {
@@ -184,7 +158,11 @@ impl Proxy {
         outcome
     }
 
-    async fn exchange(&self, body: &Value, upgrade_headers: &HeaderMap) -> Result<Answer, Failure> {
+    async fn exchange(
+        &self,
+        body: &Value,
+        upgrade_headers: &HeaderMap,
+    ) -> Result<Answer, ProxyError> {
         let mut req = self
             .client
             .post(&self.config.endpoint)
@@ -198,7 +176,7 @@ impl Proxy {
         let timeout = self.config.timeout;
         let exchange = async {
             let mut resp = req.send().await.map_err(|e| {
-                Failure::Unreachable(
+                ProxyError::Unreachable(
                     std::error::Error::source(&e)
                         .map(|s| s.to_string())
                         .unwrap_or_else(|| e.to_string()),
@@ -206,16 +184,16 @@ impl Proxy {
             })?;
             let status = resp.status().as_u16();
             if status != 200 {
-                return Err(Failure::Status(status));
+                return Err(ProxyError::Status(status));
             }
             let mut body = Vec::new();
             while let Some(chunk) = resp
                 .chunk()
                 .await
-                .map_err(|e| Failure::BadAnswer(e.to_string()))?
+                .map_err(|e| ProxyError::BadAnswer(e.to_string()))?
             {
                 if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(Failure::BadAnswer(format!(
+                    return Err(ProxyError::BadAnswer(format!(
                         "answer over {MAX_RESPONSE_BYTES} bytes"
                     )));
                 }
@@ -225,7 +203,7 @@ impl Proxy {
         };
         tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| Failure::Timeout(timeout))?
+            .map_err(|_| ProxyError::Timeout(timeout))?
     }
 }
 
@@ -376,7 +354,7 @@ mod tests {
             br#"{"error":{"code":109,"message":"token expired"}}"#,
         ] {
             assert!(
-                matches!(parse_answer(bad), Err(Failure::BadAnswer(_))),
+                matches!(parse_answer(bad), Err(ProxyError::BadAnswer(_))),
                 "{}",
                 String::from_utf8_lossy(bad)
             );

@@ -10,7 +10,7 @@
 //! | `GET /readyz` | 200 while accepting clients; 503 once shutting down or while the backbone (NATS) is unreachable. An unreachable membership service keeps it 200 (pub/sub, history and recovery still work; presence answers 108) and says so in the body |
 //! | `GET /` | a relay demo page (two tabs talk to each other) |
 //! | `GET /dashboard` | the operator dashboard page; `GET /dashboard/data`: its data (API key), see [`crate::dashboard`] |
-//! | `GET` a `[[relay.routes]]` path | relay to a backend, see [`crate::backend`] |
+//! | `GET` a `[[relay.routes]]` path | relay to a backend, see [`crate::relay::route`] |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,10 +33,12 @@ use std::net::{IpAddr, SocketAddr};
 use groupcast_proto::DisconnectCode;
 
 use crate::config::Config;
+use crate::control::{api, dashboard};
 use crate::metrics::Metrics;
+use crate::origin::{origin_allowed, route_origin_allowed};
 use crate::state::EdgeState;
 use crate::tls::{CertStore, ClientAddr, EdgeListener};
-use crate::{api, dashboard, relay, session};
+use crate::{relay, session};
 
 /// Serve `config` on `listener` until `shutdown` is cancelled, then drain.
 ///
@@ -59,7 +61,7 @@ pub async fn run(
     let shutdown = state.shutdown.clone();
     Metrics::get();
     metrics::gauge!("groupcast_drain_connections_left").set(0.0);
-    crate::cluster::start(&state)
+    crate::control::start(&state)
         .await
         .map_err(crate::EdgeError::Cluster)?;
     let app = router(state.clone());
@@ -77,7 +79,7 @@ pub async fn run(
             Some(store.server_config())
         }
     };
-    let limits = crate::head::HeadLimits {
+    let limits = crate::request_deadlines::HeadLimits {
         first_byte: state.config.client.first_byte_timeout,
         request_head: state.config.client.request_head_timeout,
     };
@@ -148,31 +150,16 @@ pub fn router(state: Arc<EdgeState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/", get(|| async { Html(include_str!("relay_demo.html")) }))
-        .route("/dashboard", get(dashboard::page))
-        .route("/dashboard/data", get(dashboard::data))
         // `[[relay.routes]]`: matched here rather than as axum routes, so
         // a configured path can never clash with the edge's own.
         .fallback(backend_route)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(dashboard::router(state))
 }
 
 /// The WebSocket subprotocol of the Centrifugo protocol's protobuf encoding.
 pub const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
-
-/// Is the browser origin allowed? Requests without `Origin` are not from a
-/// browser page and are allowed.
-pub fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    allowed
-        .iter()
-        .any(|p| p == "*" || api::glob_match(&p.to_ascii_lowercase(), &origin.to_ascii_lowercase()))
-}
 
 fn configure(ws: WebSocketUpgrade, state: &EdgeState) -> WebSocketUpgrade {
     let c = &state.config.client;
@@ -301,7 +288,7 @@ fn relay_upgrade(
     if let Err(refused) = admit(&state, &headers, peer) {
         return refused.into_response();
     }
-    let auth = match relay::authorize(&state, &channel, q.token.as_deref()) {
+    let auth = match relay::raw::authorize(&state, &channel, q.token.as_deref()) {
         Ok(a) => a,
         Err(e) => {
             let status = match e.code {
@@ -313,8 +300,11 @@ fn relay_upgrade(
         }
     };
     let st = state.clone();
-    configure(ws, &state)
-        .on_upgrade(move |socket| state.tasks.track_future(relay::serve(st, socket, auth)))
+    configure(ws, &state).on_upgrade(move |socket| {
+        state
+            .tasks
+            .track_future(relay::raw::serve(st, socket, auth))
+    })
 }
 
 /// A `[[relay.routes]]` path (anything else: 404).
@@ -325,7 +315,7 @@ async fn backend_route(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some((route, params)) = state.backends.route(uri.path()) else {
+    let Some((route, params)) = state.routes.route(uri.path()) else {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     };
     let ws = match ws {
@@ -335,14 +325,14 @@ async fn backend_route(
     let Ok(Query(query)) = Query::<BTreeMap<String, String>>::try_from_uri(&uri) else {
         return (StatusCode::BAD_REQUEST, "bad query string").into_response();
     };
-    let cfg = &state.backends.routes[route].config;
-    if !crate::backend::origin_allowed(&cfg.allowed_origins, &headers) {
+    let cfg = &state.routes.routes[route].config;
+    if !route_origin_allowed(&cfg.allowed_origins, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     if let Err(refused) = admit_origin_checked(&state, &headers, peer) {
         return refused.into_response();
     }
-    let req = crate::backend::Request {
+    let req = crate::relay::route::Request {
         route,
         path: uri.path().to_string(),
         params,
@@ -353,13 +343,13 @@ async fn backend_route(
     configure(ws, &state).on_upgrade(move |socket| {
         state
             .tasks
-            .track_future(crate::backend::serve(st, socket, req))
+            .track_future(crate::relay::route::serve(st, socket, req))
     })
 }
 
 async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
     let m = Metrics::get();
-    m.channels.set(state.node.hub.num_channels() as f64);
+    m.channels.set(state.node.num_local_channels() as f64);
     // Tasks alive in this runtime (sessions, their writers, background
     // loops): a leak shows as growth with a steady connection count.
     metrics::gauge!("groupcast_runtime_tasks").set(
@@ -374,9 +364,9 @@ async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
 async fn readyz(State(state): State<Arc<EdgeState>>) -> Response {
     if state.stopping.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
-    } else if let Err(why) = state.node.broker.health() {
+    } else if let Err(why) = state.node.backbone_health() {
         (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
-    } else if !state.node.membership.is_available() {
+    } else if !state.node.membership_available() {
         // Every edge loses the service together: taking them all out of
         // the load balancer would stop pub/sub too, for nothing.
         "ready (membership unavailable: presence answers 108)".into_response()

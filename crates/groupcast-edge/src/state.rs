@@ -110,7 +110,7 @@ pub struct EdgeState {
     /// The webhooks (`[[webhooks]]`).
     pub webhooks: crate::webhooks::Webhooks,
     /// Relay routes to backends and their HTTP targets (`[relay]`).
-    pub backends: crate::backend::Backends,
+    pub routes: crate::routes::Routes,
     /// This edge's own NATS subject for backend commands, once served.
     pub backend_commands: std::sync::OnceLock<String>,
     pub uid: String,
@@ -122,8 +122,6 @@ pub struct EdgeState {
     pub tasks: TaskTracker,
     /// New connections per client address.
     pub connection_rate: IpRateLimiter,
-    /// The operator dashboard's cache and samples.
-    pub dashboard: crate::dashboard::Dashboard,
 }
 
 fn gauge(kind: SubscriberKind) -> &'static metrics::Gauge {
@@ -163,6 +161,26 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Checks everything about `config` that the edge's parts check when they
+/// are built: [`Config::validate`] (the settings' own rules), then the
+/// token keys, the TLS files, the proxies' header names and the relay
+/// routes. [`EdgeState::new`] runs it; the binary runs it right after
+/// loading, so a bad setting stops `groupcast edge` before it connects to
+/// anything. Every error names its key.
+pub fn check_config(config: &Config) -> Result<(), String> {
+    config.validate()?;
+    Verifier::from_config(&config.client).map_err(|e| e.to_string())?;
+    if config.tls.enabled() {
+        crate::tls::load_certified_key(
+            config.tls.cert_file.as_ref(),
+            config.tls.key_file.as_ref(),
+        )?;
+    }
+    crate::proxy::check(&config.proxies)?;
+    crate::routes::check(&config.relay)?;
+    Ok(())
+}
+
 impl EdgeState {
     /// `signal`: cancelled at the stop signal. The drain starts
     /// `shutdown.delay` later (at once when it is zero).
@@ -171,12 +189,12 @@ impl EdgeState {
         node: Arc<Node>,
         signal: CancellationToken,
     ) -> Result<Arc<EdgeState>, String> {
-        config.validate()?;
+        check_config(&config)?;
         let namespaces = config.namespaces()?;
         let verifier = Verifier::from_config(&config.client).map_err(|e| e.to_string())?;
         let proxies = crate::proxy::Proxies::new(&config.proxies)?;
         let webhooks = crate::webhooks::Webhooks::start(&config.webhooks, &config.name)?;
-        let backends = crate::backend::Backends::start(&config.relay)?;
+        let routes = crate::routes::Routes::start(&config.relay)?;
         let delay = config.shutdown.delay;
         let shutdown = if delay.is_zero() {
             signal.clone()
@@ -203,12 +221,11 @@ impl EdgeState {
             stopping: signal,
             proxies,
             webhooks,
-            backends,
+            routes,
             backend_commands: Default::default(),
             // The membership service's name for this run, when there is one
             // (the same `uid` in `info` on every edge).
             uid: node
-                .membership
                 .local_node()
                 .map(|(_, uid)| uid)
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
@@ -221,7 +238,6 @@ impl EdgeState {
                 config.client.connection_rate_per_ip,
                 config.client.connection_burst_per_ip,
             ),
-            dashboard: Default::default(),
             config,
             node,
         }))

@@ -35,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use crate::head::{self, HeadGuard, HeadLimits};
+use crate::request_deadlines::{self, HeadGuard, HeadLimits};
 
 /// Accepted connections waiting for axum (beyond it, accepting pauses).
 const ACCEPT_QUEUE: usize = 1024;
@@ -208,7 +208,7 @@ impl EdgeListener {
                             match hello.await {
                                 Ok(Ok(n)) if n > 0 => {}
                                 Ok(_) => return, // closed, or failed, before a byte
-                                Err(_) => return head::timed_out("first_byte"),
+                                Err(_) => return request_deadlines::timed_out("first_byte"),
                             }
                             let handshake = tokio::time::timeout_at(
                                 accepted + limits.request_head,
@@ -226,7 +226,7 @@ impl EdgeListener {
                                         .increment(1);
                                 }
                                 Err(_) => {
-                                    head::timed_out("request_head");
+                                    request_deadlines::timed_out("request_head");
                                     metrics::counter!("groupcast_tls_handshake_failures_total")
                                         .increment(1);
                                 }

@@ -23,96 +23,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-/// The event types a webhook can ask for.
-pub const EVENTS: &[&str] = &[
-    "client_connected",
-    "client_disconnected",
-    "member_added",
-    "member_removed",
-    "channel_occupied",
-    "channel_vacated",
-];
-
-/// One `[[webhooks]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// `http://` or `https://` URL the batches are POSTed to.
-    pub url: String,
-    /// HMAC-SHA256 key of the signature header (required).
-    pub secret: String,
-    /// Event types to send (see [`EVENTS`]); empty: all.
-    pub events: Vec<String>,
-    /// Most events per POST.
-    pub batch_max: usize,
-    /// How long the first event of a batch waits for others.
-    #[serde(with = "humantime_serde")]
-    pub batch_interval: Duration,
-    /// Events kept while the receiver is slow or down; beyond, dropped
-    /// (counted).
-    pub queue_max: usize,
-    /// Each POST must be answered within this.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Retries of a failed POST (backoff 250 ms, doubling, at most 8 s).
-    pub max_retries: u32,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        WebhookConfig {
-            url: String::new(),
-            secret: String::new(),
-            events: Vec::new(),
-            batch_max: 100,
-            batch_interval: Duration::from_millis(200),
-            queue_max: 10_000,
-            timeout: Duration::from_secs(5),
-            max_retries: 5,
-        }
-    }
-}
-
-impl WebhookConfig {
-    /// `Err` names the bad setting (`i`: the entry's index).
-    pub fn validate(&self, i: usize) -> Result<(), String> {
-        self.validate_as(&format!("webhooks[{i}]"))
-    }
-
-    /// As [`WebhookConfig::validate`], errors naming `key.<field>`.
-    pub fn validate_as(&self, key: &str) -> Result<(), String> {
-        let field = |f: &str| format!("{key}.{f}");
-        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("{}: {e}", field("url")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("{}: use http:// or https://", field("url")));
-        }
-        if self.secret.is_empty() {
-            return Err(format!("{}: required (the signature key)", field("secret")));
-        }
-        if let Some(e) = self.events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
-            return Err(format!(
-                "{}: unknown event {e:?} (one of {EVENTS:?})",
-                field("events")
-            ));
-        }
-        if self.batch_max == 0 || self.queue_max == 0 {
-            return Err(format!("{}: must be above 0", field("batch_max/queue_max")));
-        }
-        if self.timeout.is_zero() || self.batch_interval.is_zero() {
-            return Err(format!(
-                "{}: must be above 0",
-                field("timeout/batch_interval")
-            ));
-        }
-        Ok(())
-    }
-}
+use crate::config::WebhookConfig;
 
 /// The signature header's value for `body` sent at `timestamp`.
 pub fn signature(secret: &str, timestamp: u64, body: &str) -> String {

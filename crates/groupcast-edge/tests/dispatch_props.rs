@@ -107,9 +107,9 @@ proptest! {
         if connect_first {
             prop_assert!(out.messages.first().is_some_and(|m| m.starts_with(br#"{"id":1,"connect""#)), "connected");
         }
-        prop_assert_eq!(node.hub.num_channels(), 0, "subscriptions outlived the session");
+        prop_assert_eq!(node.num_local_channels(), 0, "subscriptions outlived the session");
         for ch in CHANNELS {
-            let stats = rt.block_on(node.membership.presence_stats(ch)).unwrap();
+            let stats = rt.block_on(node.presence_stats(ch)).unwrap();
             prop_assert_eq!(stats.num_clients, 0, "presence outlived the session in {}", ch);
         }
     }

@@ -76,6 +76,29 @@ async fn served_cert(s: &TestServer, c: &TlsConnector) -> CertificateDer<'static
         .into_owned()
 }
 
+/// `groupcast_tls_reloads_total{outcome}` of the server in this process
+/// (its /metrics speaks TLS only).
+fn reloads(outcome: &str) -> f64 {
+    let line = format!("groupcast_tls_reloads_total{{outcome=\"{outcome}\"}} ");
+    groupcast_edge::metrics::install()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&line)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls (bounded) until the server serves `want` to new handshakes.
+async fn serves(s: &TestServer, c: &TlsConnector, want: &CertificateDer<'static>) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if served_cert(s, c).await == *want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// A TLS server on its own certificate directory: it serves pair `a`;
 /// `b` is ready to swap in; the client trusts both.
 struct Fixture {
@@ -162,15 +185,10 @@ async fn websocket_and_api_over_tls_with_reload() {
     // Reload: new handshakes get the new certificate.
     assert_eq!(served_cert(&s, &trusting).await, a.der);
     write(&dir.0, &b);
-    let mut switched = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if served_cert(&s, &trusting).await == b.der {
-            switched = true;
-            break;
-        }
-    }
-    assert!(switched, "certificate was not reloaded");
+    assert!(
+        serves(&s, &trusting, &b.der).await,
+        "certificate was not reloaded"
+    );
     // The open WebSocket from before the reload still works.
     ws.send(Message::text(json!({"id":2,"ping":{}}).to_string()))
         .await
@@ -178,9 +196,18 @@ async fn websocket_and_api_over_tls_with_reload() {
     let pong = ws.next().await.unwrap().unwrap();
     assert!(pong.to_text().unwrap().contains(r#""id":2"#), "{pong:?}");
 
-    // A broken file is not served: the last good pair stays.
+    // A broken file is not served: the last good pair stays (checked once
+    // the server tried it and counted the failed reload).
+    let failed = reloads("error");
     std::fs::write(dir.0.join("key.pem"), "not a key").unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while reloads("error") <= failed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken key was not tried within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         served_cert(&s, &trusting).await,
         b.der,
@@ -193,10 +220,10 @@ async fn bad_tls_files_fail_at_start_naming_the_key() {
     let mut config = TestServer::dev_config();
     config.tls.cert_file = "/nonexistent/cert.pem".into();
     config.tls.key_file = "/nonexistent/key.pem".into();
-    let e = config.validate().unwrap_err();
+    let e = groupcast_edge::check_config(&config).unwrap_err();
     assert!(e.contains("tls.cert_file"), "{e}");
     config.tls.key_file = String::new();
-    let e = config.validate().unwrap_err();
+    let e = groupcast_edge::check_config(&config).unwrap_err();
     assert!(e.contains("tls"), "{e}");
 }
 
@@ -218,25 +245,38 @@ async fn sighup_reloads_the_certificate() {
         s,
         trusting,
     } = Fixture::start(Duration::from_secs(3600)).await;
-    // A handshake proves the server (and its signal handler) is running.
     assert_eq!(served_cert(&s, &trusting).await, a.der);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    write(&dir.0, &b);
+    // The server installs its SIGHUP handler in its reload task, on that
+    // task's own time. This test's handler keeps a SIGHUP that comes
+    // earlier from ending the process; the signal is repeated until the
+    // server counts a (forced) reload of the unchanged files, which proves
+    // it listens.
+    let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
     let pid = std::process::id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let mut switched = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if served_cert(&s, &trusting).await == b.der {
-            switched = true;
-            break;
-        }
+    let hup = || {
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let before = reloads("ok");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while reloads("ok") <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not reload on SIGHUP within 20 s"
+        );
+        hup();
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(switched, "SIGHUP did not reload the certificate");
+    assert_eq!(served_cert(&s, &trusting).await, a.der, "same files");
+    write(&dir.0, &b);
+    hup();
+    assert!(
+        serves(&s, &trusting, &b.der).await,
+        "SIGHUP did not reload the certificate"
+    );
 }
 
 /// On a TLS listener the deadlines count from the TCP accept: a socket

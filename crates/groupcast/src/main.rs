@@ -165,6 +165,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         )]),
     )
     .map_err(anyhow::Error::msg)?;
+    groupcast_edge::check_config(&config).map_err(anyhow::Error::msg)?;
     let secret = &config.client.token_hmac_secret;
     if secret.is_empty() {
         bail!("no HMAC secret: pass --token-hmac-secret, set GROUPCAST_CLIENT__TOKEN_HMAC_SECRET, or client.token_hmac_secret in --config");
@@ -216,6 +217,8 @@ fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         ]),
     )
     .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    groupcast_edge::check_config(&config)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     if config.nats.urls.is_empty() {
         bail!("groupcast edge needs NATS (nats.urls): pass --nats URL, set GROUPCAST_NATS__URLS or nats.urls in --config (groupcast dev runs without)");
     }
@@ -268,6 +271,8 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
     if config.client.token_hmac_secret.is_empty() {
         config.client.token_hmac_secret = random_hex(2);
     }
+    groupcast_edge::check_config(&config)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)

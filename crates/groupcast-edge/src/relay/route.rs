@@ -27,372 +27,31 @@
 //! configured, only the page's own origin (the `Host` it connects to).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use base64::Engine;
 use futures_util::StreamExt;
 use groupcast_core::broker::BrokerError;
 use groupcast_core::hub::SubscriberKind;
 use groupcast_core::{valid_target, BackendBus};
 use groupcast_proto::DisconnectCode;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::config::RelayConfig;
+use crate::config::RouteConfig;
 use crate::conn::{Conn, Control, Inbound, MAX_CLOSE_REASON};
+use crate::keepalive::Keepalive;
 use crate::limits::ConnRates;
 use crate::metrics::Metrics;
 use crate::proxy::Answer;
+use crate::routes::fill;
 use crate::state::EdgeState;
-use crate::webhooks::WebhookConfig;
-
-/// One `[[relay.routes]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RouteConfig {
-    /// The path served, `/`-separated; a whole segment `{name}` is a
-    /// parameter (`/ws/chat/{room}/`), usable as `{name}` in `target` and
-    /// `channels`.
-    pub path: String,
-    /// The backend target of the route's connections, unless the connect
-    /// proxy or the token names one.
-    pub target: String,
-    /// `[[proxies]]` entry that authenticates each connection and may set
-    /// its user, info, `meta`, `target` and `channels`.
-    pub connect_proxy: String,
-    /// Channels each connection is subscribed to (publications arrive as
-    /// raw frames), beside those of the proxy or token.
-    pub channels: Vec<String>,
-    /// Browser origins allowed (`*` globs); empty: same origin only.
-    pub allowed_origins: Vec<String>,
-    /// A `heartbeat` event per connection this often; 0: none.
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    /// Without a connect proxy: refuse connections with no `?token=`.
-    pub require_token: bool,
-}
-
-impl Default for RouteConfig {
-    fn default() -> Self {
-        RouteConfig {
-            path: String::new(),
-            target: String::new(),
-            connect_proxy: String::new(),
-            channels: Vec::new(),
-            allowed_origins: Vec::new(),
-            heartbeat_interval: Duration::ZERO,
-            require_token: false,
-        }
-    }
-}
-
-/// One `[[relay.http_targets]]` entry: a target reached by HTTP POST.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpTargetConfig {
-    /// The target name routes, proxies and tokens use.
-    pub name: String,
-    /// `http://` or `https://` URL the batches are POSTed to.
-    pub url: String,
-    /// HMAC-SHA256 key of the signature header (required).
-    pub secret: String,
-    /// Most events per POST.
-    pub batch_max: usize,
-    /// How long the first event of a batch waits for others.
-    #[serde(with = "humantime_serde")]
-    pub batch_interval: Duration,
-    /// Events waiting while the backend is slow; when full, a connection
-    /// waits up to `timeout`, then closes with 3004. A batch the backend
-    /// refuses `max_retries` times is dropped (counted).
-    pub queue_max: usize,
-    /// Each POST must be answered within this.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Retries of a failed POST (backoff 250 ms, doubling, at most 8 s).
-    pub max_retries: u32,
-}
-
-impl Default for HttpTargetConfig {
-    fn default() -> Self {
-        let w = WebhookConfig::default();
-        HttpTargetConfig {
-            name: String::new(),
-            url: String::new(),
-            secret: String::new(),
-            batch_max: w.batch_max,
-            batch_interval: Duration::from_millis(5),
-            queue_max: w.queue_max,
-            timeout: w.timeout,
-            max_retries: w.max_retries,
-        }
-    }
-}
-
-impl HttpTargetConfig {
-    fn sender(&self) -> WebhookConfig {
-        WebhookConfig {
-            url: self.url.clone(),
-            secret: self.secret.clone(),
-            events: Vec::new(),
-            batch_max: self.batch_max,
-            batch_interval: self.batch_interval,
-            queue_max: self.queue_max,
-            timeout: self.timeout,
-            max_retries: self.max_retries,
-        }
-    }
-}
-
-/// Paths the edge serves itself: a route there would never be reached.
-const RESERVED: &[&str] = &["/api/", "/connection/", "/ws/relay/", "/dashboard/"];
-const RESERVED_EXACT: &[&str] = &[
-    "/",
-    "/metrics",
-    "/healthz",
-    "/readyz",
-    "/dashboard",
-    "/ws/relay",
-];
-
-#[derive(Debug, Clone, PartialEq)]
-enum Seg {
-    Lit(String),
-    Param(String),
-}
-
-fn parse_path(path: &str) -> Result<Vec<Seg>, String> {
-    if !path.starts_with('/') {
-        return Err("must start with /".into());
-    }
-    if RESERVED_EXACT.contains(&path) || RESERVED.iter().any(|r| path.starts_with(r)) {
-        return Err("the edge serves this path itself".into());
-    }
-    let mut names = HashSet::new();
-    path.split('/')
-        .skip(1)
-        .map(|s| {
-            if let Some(name) = s.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
-                let ok = !name.is_empty()
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                if !ok {
-                    return Err(format!("bad parameter {s:?} (letters, digits, _)"));
-                }
-                if !names.insert(name.to_string()) {
-                    return Err(format!("parameter {s:?} twice"));
-                }
-                Ok(Seg::Param(name.to_string()))
-            } else if s.contains(['{', '}', '*', '?', '#', '%']) {
-                Err(format!("bad segment {s:?}"))
-            } else {
-                Ok(Seg::Lit(s.to_string()))
-            }
-        })
-        .collect()
-}
-
-/// Decodes `%XX` escapes of a path segment; `None` when invalid.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Longest path parameter value.
-pub const MAX_PARAM_LEN: usize = 64;
-
-/// A path parameter's value: 1 to [`MAX_PARAM_LEN`] ASCII letters, digits,
-/// `_` and `-`. Nothing else, so a parameter filled into `channels` or
-/// `target` cannot change their meaning: no `#` (user-limited channels),
-/// no `$` (private), no `:` (namespace), no `.` (subject levels).
-fn param_value_ok(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= MAX_PARAM_LEN
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// Fill `{name}` placeholders with the path's parameters.
-fn fill(template: &str, params: &BTreeMap<String, String>) -> String {
-    let mut out = template.to_string();
-    for (k, v) in params {
-        out = out.replace(&format!("{{{k}}}"), v);
-    }
-    out
-}
-
-/// A route, ready to match request paths.
-pub struct Route {
-    pub config: RouteConfig,
-    segs: Vec<Seg>,
-}
-
-impl Route {
-    /// The path's parameters when `path` is this route's.
-    fn matches(&self, path: &str) -> Option<BTreeMap<String, String>> {
-        let parts: Vec<&str> = path.split('/').skip(1).collect();
-        if parts.len() != self.segs.len() || !path.starts_with('/') {
-            return None;
-        }
-        let mut params = BTreeMap::new();
-        for (seg, part) in self.segs.iter().zip(parts) {
-            match seg {
-                Seg::Lit(l) if l == part => {}
-                Seg::Lit(_) => return None,
-                Seg::Param(name) => {
-                    let v = percent_decode(part).filter(|v| param_value_ok(v))?;
-                    params.insert(name.clone(), v);
-                }
-            }
-        }
-        Some(params)
-    }
-}
-
-/// Checks `[relay]`'s routes and HTTP targets (errors name the setting).
-pub fn check(c: &RelayConfig) -> Result<(), String> {
-    let mut shapes = HashSet::new();
-    for (i, r) in c.routes.iter().enumerate() {
-        let key = |f: &str| format!("relay.routes[{i}].{f}");
-        let segs = parse_path(&r.path).map_err(|e| format!("{}: {e}", key("path")))?;
-        let shape: Vec<Option<String>> = segs
-            .iter()
-            .map(|s| match s {
-                Seg::Lit(l) => Some(l.clone()),
-                Seg::Param(_) => None,
-            })
-            .collect();
-        if !shapes.insert(shape) {
-            return Err(format!(
-                "{}: {:?} matches the same paths as an earlier route",
-                key("path"),
-                r.path
-            ));
-        }
-        if r.target.is_empty() && r.connect_proxy.is_empty() {
-            return Err(format!(
-                "{}: required without a connect_proxy (which may name one)",
-                key("target")
-            ));
-        }
-        if !r.target.is_empty() {
-            // Parameters make it whatever the client sends: check the shape
-            // with a stand-in; the filled-in name is checked per connection.
-            let sample: BTreeMap<String, String> = segs
-                .iter()
-                .filter_map(|s| match s {
-                    Seg::Param(n) => Some((n.clone(), "x".to_string())),
-                    Seg::Lit(_) => None,
-                })
-                .collect();
-            if !valid_target(&fill(&r.target, &sample)) {
-                return Err(format!(
-                    "{}: {:?} is not a target name (dot-separated letters, digits, _ and -)",
-                    key("target"),
-                    r.target
-                ));
-            }
-        }
-    }
-    let mut names = HashSet::new();
-    for (i, t) in c.http_targets.iter().enumerate() {
-        let key = format!("relay.http_targets[{i}]");
-        if !valid_target(&t.name) {
-            return Err(format!(
-                "{key}.name: {:?} is not a target name (dot-separated letters, digits, _ and -)",
-                t.name
-            ));
-        }
-        if !names.insert(t.name.as_str()) {
-            return Err(format!("{key}.name: {:?} twice", t.name));
-        }
-        t.sender().validate_as(&key)?;
-    }
-    Ok(())
-}
-
-/// The routes and the HTTP targets' senders.
-#[derive(Default)]
-pub struct Backends {
-    pub routes: Vec<Route>,
-    http: HashMap<String, mpsc::Sender<Box<RawValue>>>,
-}
-
-impl Backends {
-    /// Starts one sender task per HTTP target (needs a Tokio runtime when
-    /// there is one).
-    pub fn start(c: &RelayConfig) -> Result<Backends, String> {
-        check(c)?;
-        let routes = c
-            .routes
-            .iter()
-            .map(|r| {
-                Ok(Route {
-                    config: r.clone(),
-                    segs: parse_path(&r.path)?,
-                })
-            })
-            .collect::<Result<_, String>>()?;
-        let mut http = HashMap::new();
-        if !c.http_targets.is_empty() {
-            let client = crate::proxy::http_client()?;
-            for t in &c.http_targets {
-                let tx = crate::webhooks::spawn_sender(
-                    t.sender(),
-                    client.clone(),
-                    "groupcast_relay_http_requests_total",
-                );
-                http.insert(t.name.clone(), tx);
-            }
-        }
-        Ok(Backends { routes, http })
-    }
-
-    /// The first route serving `path`, with the path's parameters.
-    pub fn route(&self, path: &str) -> Option<(usize, BTreeMap<String, String>)> {
-        self.routes
-            .iter()
-            .enumerate()
-            .find_map(|(i, r)| r.matches(path).map(|p| (i, p)))
-    }
-}
-
-/// Is the browser origin allowed on a route? No `Origin`: not a browser
-/// page, allowed. No `allowed_origins`: the origin must be the host the
-/// request was made to.
-pub fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    if !allowed.is_empty() {
-        return crate::server::origin_allowed(allowed, headers);
-    }
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let (Ok(origin), Some(Ok(host))) = (
-        origin.to_str(),
-        headers.get(header::HOST).map(|h| h.to_str()),
-    ) else {
-        return false;
-    };
-    origin
-        .split_once("://")
-        .is_some_and(|(_, o)| o.eq_ignore_ascii_case(host))
-}
 
 /// Where a target's events go.
 #[derive(Clone)]
@@ -409,7 +68,7 @@ impl EdgeState {
     }
 
     fn sink(&self, target: &str) -> Option<Sink> {
-        if let Some(tx) = self.backends.http.get(target) {
+        if let Some(tx) = self.routes.http_target(target) {
             return Some(Sink::Http(tx.clone()));
         }
         self.node.backend_bus().map(|b| Sink::Nats(b.clone()))
@@ -693,7 +352,7 @@ pub struct Request {
 pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, req: Request) {
     let (opened, mut stream) = state.open(socket, SubscriberKind::Relay);
     let conn = opened.conn.clone();
-    let route = &state.backends.routes[req.route].config;
+    let route = &state.routes.routes[req.route].config;
     let admitted = match admit(&state, &conn, route, &req).await {
         Ok(a) => a,
         Err((code, reason)) => {
@@ -744,7 +403,7 @@ impl RelayConn {
             json!({"client": conn.client, "user": self.user, "transport": "relay"}),
         );
         if !self.user.is_empty() {
-            state.node.membership.connections_changed(&self.user, 1);
+            state.node.connections_changed(&self.user, 1);
         }
         let mut subs = HashSet::new();
         for ch in channels {
@@ -765,7 +424,7 @@ impl RelayConn {
             Err(EmitError::Failed) => conn.close(DisconnectCode::SERVER_ERROR),
         }
         let cfg = &state.config.client;
-        let mut keepalive = crate::relay::Keepalive::new(cfg);
+        let mut keepalive = Keepalive::new(cfg);
         // Never ticks without heartbeats.
         let beat_every = if heartbeat.is_zero() {
             Duration::from_secs(86_400 * 365)
@@ -862,7 +521,7 @@ impl RelayConn {
                    "reason": hook_reason, "transport": "relay"}),
         );
         if !self.user.is_empty() {
-            state.node.membership.connections_changed(&self.user, -1);
+            state.node.connections_changed(&self.user, -1);
         }
     }
 
@@ -957,123 +616,5 @@ impl RelayConn {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn route(path: &str) -> Route {
-        Route {
-            config: RouteConfig {
-                path: path.into(),
-                target: "t".into(),
-                ..Default::default()
-            },
-            segs: parse_path(path).unwrap(),
-        }
-    }
-
-    #[test]
-    fn paths_match_with_their_parameters() {
-        let r = route("/ws/chat/{room}/");
-        let p = r.matches("/ws/chat/lobby/").unwrap();
-        assert_eq!(p["room"], "lobby");
-        assert_eq!(r.matches("/ws/chat/a%2Db/").unwrap()["room"], "a-b");
-        // Only letters, digits, _ and -: a parameter filled into a channel
-        // or target cannot reach a user's (#), a private ($) or another
-        // namespace's (:) channel, nor add subject levels (.).
-        for bad in [
-            "%23bob",
-            "%24secret",
-            "ns%3Ax",
-            "a.b",
-            "a%20b",
-            "%C3%A9",
-            "%zz",
-        ] {
-            assert!(r.matches(&format!("/ws/chat/{bad}/")).is_none(), "{bad}");
-        }
-        let long = "x".repeat(MAX_PARAM_LEN + 1);
-        assert!(r.matches(&format!("/ws/chat/{long}/")).is_none());
-        assert!(r.matches("/ws/chat/lobby").is_none(), "trailing slash");
-        assert!(r.matches("/ws/chat//").is_none(), "empty parameter");
-        assert!(r.matches("/ws/chat/a/b/").is_none());
-        assert!(route("/ws/status/").matches("/ws/status/").is_some());
-    }
-
-    #[test]
-    fn templates_are_filled_from_the_path() {
-        let mut p = BTreeMap::new();
-        p.insert("room".to_string(), "42".to_string());
-        assert_eq!(fill("chat.{room}", &p), "chat.42");
-        assert_eq!(fill("chat:{room}", &p), "chat:42");
-    }
-
-    #[test]
-    fn bad_routes_are_refused_naming_the_setting() {
-        let cfg = |routes: Vec<RouteConfig>| RelayConfig {
-            routes,
-            ..Default::default()
-        };
-        let r = |path: &str, target: &str| RouteConfig {
-            path: path.into(),
-            target: target.into(),
-            ..Default::default()
-        };
-        assert!(check(&cfg(vec![r("/ws/chat/{room}/", "chat.{room}")])).is_ok());
-        for (path, target, why) in [
-            ("ws/x", "t", "must start with /"),
-            ("/api/x", "t", "serves this path itself"),
-            ("/ws/relay/x", "t", "serves this path itself"),
-            ("/a/{b c}", "t", "bad parameter"),
-            ("/a/{b}/{b}", "t", "twice"),
-            ("/a/x*", "t", "bad segment"),
-            ("/a", "", "required without a connect_proxy"),
-            ("/a", "bad target", "not a target name"),
-        ] {
-            let e = check(&cfg(vec![r(path, target)])).unwrap_err();
-            assert!(
-                e.contains("relay.routes[0]") && e.contains(why),
-                "{path}: {e}"
-            );
-        }
-        let e = check(&cfg(vec![r("/a/{x}", "t"), r("/a/{y}", "t")])).unwrap_err();
-        assert!(e.contains("relay.routes[1].path"), "{e}");
-        let e = check(&RelayConfig {
-            http_targets: vec![HttpTargetConfig {
-                name: "t".into(),
-                url: "http://127.0.0.1:1/".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(e.contains("relay.http_targets[0].secret"), "{e}");
-    }
-
-    #[test]
-    fn same_origin_only_without_allowed_origins() {
-        let h = |origin: Option<&str>, host: &str| {
-            let mut h = HeaderMap::new();
-            if let Some(o) = origin {
-                h.insert(header::ORIGIN, o.parse().unwrap());
-            }
-            h.insert(header::HOST, host.parse().unwrap());
-            h
-        };
-        assert!(
-            origin_allowed(&[], &h(None, "a:80")),
-            "no Origin: not a browser"
-        );
-        assert!(origin_allowed(&[], &h(Some("http://a:8000"), "a:8000")));
-        assert!(!origin_allowed(&[], &h(Some("http://evil:8000"), "a:8000")));
-        let allowed = vec!["https://app.example.com".to_string()];
-        assert!(origin_allowed(
-            &allowed,
-            &h(Some("https://app.example.com"), "gc:1")
-        ));
-        assert!(!origin_allowed(&allowed, &h(Some("http://a:1"), "a:1")));
     }
 }

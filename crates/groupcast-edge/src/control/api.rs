@@ -16,16 +16,14 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
 use groupcast_core::broker::{BrokerError, HistoryQuery, PublishOptions};
-use groupcast_core::hub::SubscriberKind;
 use groupcast_core::{Payload, Publication, StreamPosition};
 use groupcast_proto::api::{self, ApiError};
-use groupcast_proto::{DisconnectCode, ErrorCode};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::conn::{Control, MAX_CLOSE_REASON};
+use super::action::{channel_error, parse, ApiFailure, ConnAction};
+use super::forward::fan_out;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
 
@@ -57,219 +55,7 @@ pub const MAX_BATCH_COMMANDS: usize = 1000;
 pub const MAX_BROADCAST_CHANNELS: usize = 10_000;
 /// Most channels one `channels` call lists (the membership service's
 /// per-query limit).
-pub const MAX_CHANNELS: u32 = groupcast_membership::state::MAX_CHANNELS_PER_QUERY;
-
-/// An API action on connections, by user and/or client id: carried out on
-/// this node's connections, and (see [`crate::cluster::fan_out`]) on the
-/// other nodes holding that user or client.
-pub(crate) enum ConnAction {
-    Subscribe(api::SubscribeRequest),
-    Unsubscribe(api::UnsubscribeRequest),
-    Disconnect(api::DisconnectRequest, u16, String),
-    Refresh(api::RefreshRequest),
-    /// A frame to a relay connection: bytes, binary.
-    RelaySend(String, Bytes, bool),
-    RelayClose(String, u16, String),
-    RelayTransfer(String, String, Option<Arc<RawValue>>),
-    /// Every edge's connections bound to this target.
-    RelayTargetGone(String),
-}
-
-/// The user and client id an action is for; both empty: every connection
-/// (only `relay_target_gone`, which picks its connections by target).
-pub(crate) struct Target<'a> {
-    pub user: &'a str,
-    pub client: &'a str,
-}
-
-impl ConnAction {
-    /// Checks the request as the API does (same errors on every node).
-    pub(crate) fn parse(state: &EdgeState, method: &str, body: Value) -> Result<Self, Failure> {
-        let action = match method {
-            "subscribe" => {
-                let r: api::SubscribeRequest = parse(body)?;
-                state.channel(&r.channel).map_err(channel_error)?;
-                ConnAction::Subscribe(r)
-            }
-            "unsubscribe" => {
-                let r: api::UnsubscribeRequest = parse(body)?;
-                state.channel(&r.channel).map_err(channel_error)?;
-                ConnAction::Unsubscribe(r)
-            }
-            "disconnect" => {
-                let r: api::DisconnectRequest = parse(body)?;
-                let (code, reason) = disconnect_code(r.disconnect.as_ref())?;
-                ConnAction::Disconnect(r, code, reason)
-            }
-            "refresh" => ConnAction::Refresh(parse(body)?),
-            "relay_send" => {
-                let r: api::RelaySendRequest = parse(body)?;
-                let (bytes, binary) = match (r.text, r.b64data.is_empty()) {
-                    (Some(t), true) => (Bytes::from(t), false),
-                    (None, false) => (
-                        base64::engine::general_purpose::STANDARD
-                            .decode(&r.b64data)
-                            .map(Bytes::from)
-                            .map_err(|_| ApiError::BAD_REQUEST)?,
-                        true,
-                    ),
-                    _ => return Err(ApiError::BAD_REQUEST.into()),
-                };
-                if bytes.len() > state.config.client.max_message_size {
-                    Metrics::limit_hit("max_message_size");
-                    return Err(ApiError::LIMIT_EXCEEDED.into());
-                }
-                ConnAction::RelaySend(r.client, bytes, binary)
-            }
-            "relay_close" => {
-                let r: api::RelayCloseRequest = parse(body)?;
-                let code = match r.code {
-                    0 => 1000,
-                    c @ (1000 | 3000..=4999) => c as u16,
-                    _ => return Err(ApiError::BAD_REQUEST.into()),
-                };
-                if r.reason.len() > MAX_CLOSE_REASON {
-                    return Err(ApiError::BAD_REQUEST.into());
-                }
-                ConnAction::RelayClose(r.client, code, r.reason)
-            }
-            "relay_transfer" => {
-                let r: api::RelayTransferRequest = parse(body)?;
-                if !groupcast_core::valid_target(&r.target) {
-                    return Err(ApiError::BAD_REQUEST.into());
-                }
-                // Every edge has the same targets: one this edge cannot
-                // reach (no HTTP target by that name, no NATS) is refused
-                // here rather than ignored where the connection is.
-                if !state.can_reach(&r.target) {
-                    return Err(ApiError::NOT_AVAILABLE.into());
-                }
-                ConnAction::RelayTransfer(r.client, r.target, r.meta.map(Arc::from))
-            }
-            "relay_target_gone" => {
-                let r: api::RelayTargetGoneRequest = parse(body)?;
-                if !groupcast_core::valid_target(&r.target) {
-                    return Err(ApiError::BAD_REQUEST.into());
-                }
-                return Ok(ConnAction::RelayTargetGone(r.target));
-            }
-            _ => return Err(ApiError::METHOD_NOT_FOUND.into()),
-        };
-        let t = action.target();
-        if t.user.is_empty() && t.client.is_empty() {
-            return Err(ApiError::BAD_REQUEST.into());
-        }
-        Ok(action)
-    }
-
-    pub(crate) fn target(&self) -> Target<'_> {
-        let (user, client) = match self {
-            ConnAction::Subscribe(r) => (r.user.as_str(), r.client.as_str()),
-            ConnAction::Unsubscribe(r) => (r.user.as_str(), r.client.as_str()),
-            ConnAction::Disconnect(r, ..) => (r.user.as_str(), r.client.as_str()),
-            ConnAction::Refresh(r) => (r.user.as_str(), r.client.as_str()),
-            ConnAction::RelaySend(c, ..)
-            | ConnAction::RelayClose(c, ..)
-            | ConnAction::RelayTransfer(c, ..) => ("", c.as_str()),
-            ConnAction::RelayTargetGone(_) => ("", ""),
-        };
-        Target { user, client }
-    }
-
-    /// Acts on this node's matching connections; returns how many.
-    pub(crate) fn apply_local(&self, state: &EdgeState) -> usize {
-        let t = self.target();
-        let conns = state.registry.find(t.user, t.client);
-        for conn in &conns {
-            match self {
-                ConnAction::Subscribe(r) => {
-                    conn.control(Control::Subscribe {
-                        channel: r.channel.clone(),
-                        data: r.data.clone(),
-                    });
-                }
-                ConnAction::Unsubscribe(r) => {
-                    conn.control(Control::Unsubscribe {
-                        channel: r.channel.clone(),
-                        code: groupcast_proto::codes::UnsubscribeCode::SERVER,
-                    });
-                }
-                ConnAction::Disconnect(r, code, reason) => {
-                    if !r.whitelist.contains(&conn.client) {
-                        conn.control(Control::Disconnect {
-                            code: *code,
-                            reason: reason.clone(),
-                        });
-                    }
-                }
-                ConnAction::Refresh(r) => {
-                    conn.control(Control::Refresh {
-                        expired: r.expired,
-                        expire_at: r.expire_at,
-                    });
-                }
-                // Frames and closes only for relay connections (a frame
-                // would break a protocol client's stream).
-                ConnAction::RelaySend(_, bytes, binary) => {
-                    if conn.kind == SubscriberKind::Relay {
-                        conn.send_frame(bytes.clone(), *binary);
-                    }
-                }
-                ConnAction::RelayClose(_, code, reason) => {
-                    // After the frames already queued (a backend's last
-                    // `relay_send` before its close arrives first).
-                    if conn.kind == SubscriberKind::Relay {
-                        conn.drain_with(*code, reason.clone().into());
-                    }
-                }
-                ConnAction::RelayTransfer(_, target, meta) => {
-                    conn.control(Control::Transfer {
-                        target: target.clone(),
-                        meta: meta.clone(),
-                    });
-                }
-                ConnAction::RelayTargetGone(target) => {
-                    if conn.kind == SubscriberKind::Relay {
-                        conn.control(Control::TargetGone {
-                            target: target.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        conns.len()
-    }
-}
-
-/// Does the request carry the API key (`X-API-Key: KEY` or
-/// `Authorization: apikey KEY`)? Never with no key configured.
-pub(crate) fn key_ok(state: &EdgeState, headers: &HeaderMap) -> bool {
-    let expected = state.config.api.key.as_bytes();
-    if expected.is_empty() {
-        return false;
-    }
-    let given = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("apikey "))
-        })
-        .unwrap_or("");
-    constant_time_eq(given.as_bytes(), expected)
-}
-
-/// Compare `given` with `expected` in time that depends only on the length
-/// of `expected` (not on where they differ, nor on `given`'s length).
-fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    let mut diff = given.len() ^ expected.len();
-    for (i, e) in expected.iter().enumerate() {
-        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
-    }
-    diff == 0
-}
+pub const MAX_CHANNELS: u32 = groupcast_core::membership::MAX_CHANNELS_PER_QUERY;
 
 /// axum handler for `POST /api/{method}`.
 pub async fn handle(
@@ -278,7 +64,7 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !key_ok(&state, &headers) {
+    if !crate::auth::api_key_ok(&state.config.api.key, &headers) {
         Metrics::api_call("unauthorized", "unauthorized");
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -328,8 +114,8 @@ async fn respond(
     } else {
         match call(state, method, value).await {
             Ok(result) => Ok((encode(&Reply::result(&result)), "ok")),
-            Err(Failure::Api(e)) => Ok((encode(&Reply::error(e)), "error")),
-            Err(Failure::BadBody) => Err(()),
+            Err(ApiFailure::Api(e)) => Ok((encode(&Reply::error(e)), "error")),
+            Err(ApiFailure::BadBody) => Err(()),
         }
     }
 }
@@ -421,35 +207,6 @@ fn encode<T: Serialize>(t: &T) -> String {
     serde_json::to_string(t).expect("API reply types always serialize")
 }
 
-pub(crate) enum Failure {
-    /// The body does not have the method's shape: HTTP 400.
-    BadBody,
-    /// A Centrifugo API error: HTTP 200 with `error`.
-    Api(ApiError),
-}
-
-impl From<ApiError> for Failure {
-    fn from(e: ApiError) -> Self {
-        Failure::Api(e)
-    }
-}
-
-/// A method's params: a JSON object only (serde would also read a struct
-/// from an array, e.g. a `batch` command `{"publish":["ch",{}]}`).
-fn parse<T: DeserializeOwned>(v: Value) -> Result<T, Failure> {
-    if !v.is_object() {
-        return Err(Failure::BadBody);
-    }
-    serde_json::from_value(v).map_err(|_| Failure::BadBody)
-}
-
-fn channel_error(e: ErrorCode) -> ApiError {
-    match e {
-        ErrorCode::UNKNOWN_CHANNEL => ApiError::UNKNOWN_CHANNEL,
-        _ => ApiError::BAD_REQUEST,
-    }
-}
-
 fn broker_error(e: BrokerError) -> ApiError {
     match e {
         BrokerError::Unavailable(_) | BrokerError::Timeout(_) => ApiError::NOT_AVAILABLE,
@@ -484,8 +241,8 @@ async fn batch(state: &EdgeState, value: Value) -> Result<(String, &'static str)
         }
         match call(state, &method, body).await {
             Ok(result) => format!("{{{}:{}}}", encode(&method), result.get()),
-            Err(Failure::Api(e)) => error(e),
-            Err(Failure::BadBody) => error(ApiError::BAD_REQUEST),
+            Err(ApiFailure::Api(e)) => error(e),
+            Err(ApiFailure::BadBody) => error(ApiError::BAD_REQUEST),
         }
     };
     let replies: Vec<String> = if req.parallel {
@@ -520,9 +277,8 @@ async fn publish_one(
         PublishOptions::default()
     } else {
         PublishOptions {
-            history_size: opts.history_size,
-            history_ttl: opts.history_ttl,
             idempotency_key: (!idempotency_key.is_empty()).then(|| idempotency_key.to_string()),
+            ..PublishOptions::for_channel(opts)
         }
     };
     let mut p = Publication::new(data);
@@ -530,7 +286,6 @@ async fn publish_one(
     p.exclude_client = (!exclude_client.is_empty()).then(|| Arc::from(exclude_client));
     let pos = state
         .node
-        .broker
         .publish(ch.as_str(), p, &po)
         .await
         .map_err(broker_error)?;
@@ -538,15 +293,6 @@ async fn publish_one(
         offset: pos.offset,
         epoch: pos.epoch,
     })
-}
-
-/// A user status publication (`client.user_status_channel`).
-pub(crate) async fn publish_status(
-    state: &EdgeState,
-    channel: &str,
-    data: Payload,
-) -> Result<api::PublishResult, ApiError> {
-    publish_one(state, channel, data, false, &Default::default(), "", "").await
 }
 
 fn payload(data: Option<groupcast_proto::client::RawJson>, b64: &str) -> Result<Payload, ApiError> {
@@ -560,7 +306,7 @@ fn payload(data: Option<groupcast_proto::client::RawJson>, b64: &str) -> Result<
     }
 }
 
-async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawValue>, Failure> {
+async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawValue>, ApiFailure> {
     match method {
         "publish" => {
             let r: api::PublishRequest = parse(body)?;
@@ -616,7 +362,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
         | "relay_transfer" | "relay_target_gone" => {
             let action = ConnAction::parse(state, method, body.clone())?;
             let found_here = action.apply_local(state);
-            crate::cluster::fan_out(state, method, body, action.target(), found_here).await?;
+            fan_out(state, method, body, action.target(), found_here).await?;
             Ok(empty())
         }
         "presence" | "presence_stats" => {
@@ -625,7 +371,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             if !opts.presence {
                 return Err(ApiError::NOT_AVAILABLE.into());
             }
-            let m = &state.node.membership;
+            let m = &state.node;
             if method == "presence" {
                 let presence = m
                     .presence(ch.as_str())
@@ -661,7 +407,6 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             };
             let h = state
                 .node
-                .broker
                 .history(ch.as_str(), q)
                 .await
                 .map_err(broker_error)?;
@@ -676,7 +421,6 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             let (ch, _) = state.channel(&r.channel).map_err(channel_error)?;
             state
                 .node
-                .broker
                 .remove_history(ch.as_str())
                 .await
                 .map_err(broker_error)?;
@@ -690,12 +434,11 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             let prefix = r.pattern.split('*').next().unwrap_or("");
             let channels = state
                 .node
-                .membership
                 .channels(prefix, MAX_CHANNELS)
                 .await
                 .map_err(|_| ApiError::NOT_AVAILABLE)?
                 .into_iter()
-                .filter(|(name, _)| glob_match(&r.pattern, name))
+                .filter(|(name, _)| crate::glob::glob_match(&r.pattern, name))
                 .map(|(name, n)| {
                     (
                         name,
@@ -715,7 +458,6 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             }
             let statuses = state
                 .node
-                .membership
                 .user_status(&r.users)
                 .await
                 .map_err(|_| ApiError::NOT_AVAILABLE)?
@@ -732,89 +474,9 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
         "info" => {
             let _: api::ChannelsRequest = parse(body)?;
             Ok(to_value(api::InfoResult {
-                nodes: crate::cluster::nodes(state).await?,
+                nodes: super::forward::nodes(state).await?,
             }))
         }
         _ => Err(ApiError::METHOD_NOT_FOUND.into()),
-    }
-}
-
-/// The close code and reason for an API `disconnect`: none given means 3503
-/// "force disconnect"; otherwise any code in 3000..=4999 (4000..4999 are
-/// the application's), with the given reason or the table's. Reasons over
-/// [`MAX_CLOSE_REASON`] bytes are refused (they cannot fit a close frame).
-fn disconnect_code(d: Option<&api::DisconnectObject>) -> Result<(u16, String), ApiError> {
-    let Some(d) = d.filter(|d| d.code != 0) else {
-        let c = DisconnectCode::FORCE_NO_RECONNECT;
-        return Ok((c.code, c.reason.to_string()));
-    };
-    let code = u16::try_from(d.code)
-        .ok()
-        .filter(|c| (3000..=4999).contains(c))
-        .ok_or(ApiError::BAD_REQUEST)?;
-    if d.reason.len() > MAX_CLOSE_REASON {
-        return Err(ApiError::BAD_REQUEST);
-    }
-    let reason = match (d.reason.is_empty(), DisconnectCode::from_code(code)) {
-        (false, _) => d.reason.clone(),
-        (true, Some(known)) => known.reason.to_string(),
-        // Clients treat an empty reason as "reconnect"; never send one.
-        (true, None) => "disconnect".to_string(),
-    };
-    Ok((code, reason))
-}
-
-/// `*` matches any run of characters; empty pattern matches everything.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    if pattern.is_empty() {
-        return true;
-    }
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    let mut rest = name;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(pos) => rest = &rest[pos + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob() {
-        assert!(glob_match("", "x"));
-        assert!(glob_match("chat:*", "chat:1"));
-        assert!(!glob_match("chat:*", "news:1"));
-        assert!(glob_match("*:1", "chat:1"));
-        assert!(glob_match("a*b*c", "aXXbYYc"));
-        assert!(!glob_match("a*b*c", "aXXcYYb"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exact2"));
-    }
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(!constant_time_eq(b"ab", b"abc"));
-        assert!(!constant_time_eq(b"ab\0", b"ab"));
-        assert!(!constant_time_eq(b"", b"abc"));
     }
 }

@@ -5,6 +5,17 @@
 //! (`GROUPCAST_LISTEN`, nested keys with `__`: `GROUPCAST_CLIENT__PING_INTERVAL`),
 //! then flags. Unknown keys are errors. [`Config::validate`] checks what types
 //! cannot; every error names the key. `docs/configuration.md` lists every field.
+//!
+//! This module is the bottom of the edge: it imports nothing else of the
+//! crate. Checks that need another part (token keys parsed, TLS files read,
+//! proxies' header names, relay route templates) run where the edge's state
+//! is built (`state::check_config`).
+//!
+//! # Layout
+//! * this file: [`Config`], the small sections, layering and validation;
+//! * [`client`]: `[client]` ([`ClientConfig`]);
+//! * [`relay`]: `[relay]`, `[[relay.routes]]`, `[[relay.http_targets]]`;
+//! * [`hooks`]: `[[proxies]]` and `[[webhooks]]`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +26,14 @@ use figment::Figment;
 use groupcast_core::{ChannelOptions, NamespaceConfig, Namespaces};
 use groupcast_nats::NatsConfig;
 use serde::{Deserialize, Serialize};
+
+pub mod client;
+pub mod hooks;
+pub mod relay;
+
+pub use client::ClientConfig;
+pub use hooks::{ProxyConfig, WebhookConfig, WEBHOOK_EVENTS};
+pub use relay::{HttpTargetConfig, RelayConfig, RouteConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,9 +67,9 @@ pub struct Config {
     pub dashboard: DashboardConfig,
     /// Event proxies to the application backend (`[[proxies]]`), named by
     /// `client.*_proxy` and the namespaces' `*_proxy` (docs/backends.md).
-    pub proxies: Vec<crate::proxy::ProxyConfig>,
+    pub proxies: Vec<ProxyConfig>,
     /// Signed, batched event POSTs to the application (`[[webhooks]]`).
-    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -239,154 +258,6 @@ pub struct ApiConfig {
     pub over_nats: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientConfig {
-    /// HMAC secret for HS256/384/512 connection and subscription tokens.
-    #[serde(deserialize_with = "lenient::string")]
-    pub token_hmac_secret: String,
-    /// PEM public key for RS256/384/512 tokens (inline PEM text).
-    pub token_rsa_public_key: String,
-    /// PEM public key for ES256/384 tokens (inline PEM text).
-    pub token_ecdsa_public_key: String,
-    /// Required `aud` claim, when set.
-    #[serde(deserialize_with = "lenient::string")]
-    pub token_audience: String,
-    /// Required `iss` claim, when set.
-    #[serde(deserialize_with = "lenient::string")]
-    pub token_issuer: String,
-    /// Accept `connect` without a token (user is empty: anonymous).
-    pub allow_anonymous_connect_without_token: bool,
-    /// Browser origins allowed to open WebSockets (`*` wildcards; `["*"]`: any).
-    /// Requests without an `Origin` header (non-browsers) are always allowed.
-    pub allowed_origins: Vec<String>,
-    /// A socket that has not sent a successful `connect` within this is
-    /// closed with 3502 "stale" (a socket that opens and says nothing).
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Every connection to the listener (WebSocket, relay, API, metrics)
-    /// must send its first byte within this of being accepted (the TLS
-    /// ClientHello with TLS), or it is closed.
-    #[serde(with = "humantime_serde")]
-    pub first_byte_timeout: Duration,
-    /// ... and its whole first HTTP request head, TLS handshake included,
-    /// within this (a slowloris sending a byte every few seconds).
-    #[serde(with = "humantime_serde")]
-    pub request_head_timeout: Duration,
-    /// Server ping interval (`{}`); clients answer with `{}`.
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// How long to wait for the pong before disconnecting with 3012 "no pong".
-    #[serde(with = "humantime_serde")]
-    pub pong_timeout: Duration,
-    /// Largest incoming WebSocket message (and frame) in bytes; larger ones
-    /// close the connection with 1009.
-    pub max_message_size: usize,
-    /// Outgoing queue per connection in bytes; a client that falls further
-    /// behind is disconnected with 3008 "slow".
-    pub max_queue_bytes: usize,
-    /// Longest channel name in bytes.
-    pub channel_max_length: usize,
-    /// Initial read buffer per connection in bytes (grows for larger messages).
-    pub read_buffer_size: usize,
-    /// Most publications a `history` command may ask for at once.
-    pub history_max_limit: usize,
-    /// Most channels one connection may subscribe to (106 beyond).
-    pub max_channels_per_connection: usize,
-    /// Most open connections on this node (protocol and relay); beyond it
-    /// upgrades answer HTTP 503 and clients retry (elsewhere, behind a LB).
-    pub max_connections: usize,
-    /// Most connections of one user on this node (0: unlimited); beyond it
-    /// `connect` closes with 3504 "connection limit". Anonymous is exempt.
-    pub max_connections_per_user: usize,
-    /// New connections per second per client address (0: off); beyond the
-    /// burst, upgrades answer HTTP 429.
-    pub connection_rate_per_ip: f64,
-    /// Burst for `connection_rate_per_ip`.
-    pub connection_burst_per_ip: f64,
-    /// Header carrying the client address, set by a trusted load balancer
-    /// (e.g. `X-Forwarded-For`: the right-most address is used). Empty: the
-    /// TCP peer address. Only set it when every request passes the proxy.
-    #[serde(deserialize_with = "lenient::string")]
-    pub client_ip_header: String,
-    /// Commands per second per connection (0: off); beyond the burst a
-    /// command answers 111 "too many requests".
-    pub command_rate: f64,
-    /// Burst for `command_rate`.
-    pub command_burst: f64,
-    /// Publishes per second per connection, on top of `command_rate` (0: off).
-    pub publish_rate: f64,
-    /// Burst for `publish_rate`.
-    pub publish_burst: f64,
-    /// A connection whose commands were refused (111) more than this many
-    /// times within `rate_refusals_window` is closed with 3013 "too many
-    /// requests" (0: never; it keeps getting 111).
-    pub rate_refusals_max: u32,
-    /// The window for `rate_refusals_max`, from the first refusal.
-    #[serde(with = "humantime_serde")]
-    pub rate_refusals_window: Duration,
-    /// Subscribe every authenticated connection to its user's personal
-    /// channel at connect, server-side (Centrifugo's
-    /// `user_subscribe_to_personal`): `#<user>`, or
-    /// `<personal_channel_namespace>:#<user>`. Its result is in the connect
-    /// reply's `subs`; anonymous connections get none.
-    pub subscribe_to_personal: bool,
-    /// Namespace of the personal channel ("" : the default namespace).
-    #[serde(deserialize_with = "lenient::string")]
-    pub personal_channel_namespace: String,
-    /// Channel that gets a publication each time a user comes online (first
-    /// connection anywhere in the cluster) or goes offline (last one
-    /// closed): `{"type":"user_status","user":..,"status":"online"|"offline",
-    /// "last_seen":<unix s>}`. Empty: none.
-    #[serde(deserialize_with = "lenient::string")]
-    pub user_status_channel: String,
-    /// `[[proxies]]` entry that authenticates connections without a token
-    /// (the backend returns the user); empty: none. A token, when given,
-    /// is still checked as a JWT.
-    #[serde(deserialize_with = "lenient::string")]
-    pub connect_proxy: String,
-    /// `[[proxies]]` entry that answers client `rpc` commands; empty: `rpc`
-    /// answers 108.
-    #[serde(deserialize_with = "lenient::string")]
-    pub rpc_proxy: String,
-    /// `[[proxies]]` entry asked when a connection with an expiry expires:
-    /// the backend extends it or ends it (3005), server-side, and clients
-    /// are not told to `refresh`. Empty: clients refresh with a new token.
-    #[serde(deserialize_with = "lenient::string")]
-    pub refresh_proxy: String,
-    /// `[[proxies]]` entry that receives client `send` messages (fire and
-    /// forget); empty: `send` answers 108 (dropped when sent without id).
-    #[serde(deserialize_with = "lenient::string")]
-    pub send_proxy: String,
-    /// Grace after a connection token's expiry for the client to `refresh`
-    /// before it is closed with 3005 "connection expired".
-    #[serde(with = "humantime_serde")]
-    pub expired_close_delay: Duration,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RelayConfig {
-    /// Serve `/ws/relay/{channel}`.
-    pub enabled: bool,
-    /// Channel used by `/ws/relay/` (no channel in the path).
-    pub default_channel: String,
-    /// Relay routes bound to backend targets (`[[relay.routes]]`,
-    /// docs/backends.md).
-    pub routes: Vec<crate::backend::RouteConfig>,
-    /// Backend targets reached over HTTP (`[[relay.http_targets]]`); any
-    /// other target is a NATS subject.
-    pub http_targets: Vec<crate::backend::HttpTargetConfig>,
-    /// On NATS, send `join` and heartbeats as requests: a target with
-    /// nothing subscribed ("no responders") is gone, and the connection
-    /// closes with 3015. Backends then answer them (any payload).
-    pub target_gone_on_no_responders: bool,
-    /// How long such a request waits for its answer (no answer in time is
-    /// not "gone": the backend may be busy).
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -414,63 +285,6 @@ impl Default for ApiConfig {
             key: String::new(),
             max_body_bytes: 1 << 20,
             over_nats: true,
-        }
-    }
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            token_hmac_secret: String::new(),
-            token_rsa_public_key: String::new(),
-            token_ecdsa_public_key: String::new(),
-            token_audience: String::new(),
-            token_issuer: String::new(),
-            allow_anonymous_connect_without_token: false,
-            allowed_origins: Vec::new(),
-            connect_timeout: Duration::from_secs(10),
-            first_byte_timeout: Duration::from_secs(5),
-            request_head_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(25),
-            pong_timeout: Duration::from_secs(8),
-            max_message_size: 65_536,
-            max_queue_bytes: 1 << 20,
-            channel_max_length: groupcast_core::channel::DEFAULT_MAX_LENGTH,
-            read_buffer_size: 4096,
-            history_max_limit: 1000,
-            max_channels_per_connection: 128,
-            expired_close_delay: Duration::from_secs(25),
-            max_connections: 100_000,
-            max_connections_per_user: 0,
-            connection_rate_per_ip: 0.0,
-            connection_burst_per_ip: 50.0,
-            client_ip_header: String::new(),
-            command_rate: 100.0,
-            command_burst: 200.0,
-            subscribe_to_personal: false,
-            personal_channel_namespace: String::new(),
-            user_status_channel: String::new(),
-            connect_proxy: String::new(),
-            rpc_proxy: String::new(),
-            refresh_proxy: String::new(),
-            send_proxy: String::new(),
-            rate_refusals_max: 100,
-            rate_refusals_window: Duration::from_secs(10),
-            publish_rate: 0.0,
-            publish_burst: 50.0,
-        }
-    }
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        RelayConfig {
-            enabled: true,
-            default_channel: "relay".into(),
-            routes: Vec::new(),
-            http_targets: Vec::new(),
-            target_gone_on_no_responders: false,
-            request_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -611,10 +425,6 @@ impl Config {
             if self.tls.cert_file.is_empty() || self.tls.key_file.is_empty() {
                 return Err("tls: set both tls.cert_file and tls.key_file".into());
             }
-            crate::tls::load_certified_key(
-                self.tls.cert_file.as_ref(),
-                self.tls.key_file.as_ref(),
-            )?;
             if self.tls.reload_every() < Duration::from_millis(100) {
                 return Err("tls.reload_interval: must be at least 100ms".into());
             }
@@ -637,7 +447,6 @@ impl Config {
         if self.relay.enabled && self.relay.default_channel.is_empty() {
             return Err("relay.default_channel: must not be empty".into());
         }
-        crate::auth::Verifier::from_config(c).map_err(|e| e.to_string())?;
         self.namespaces()?;
         let ns = &c.personal_channel_namespace;
         if c.subscribe_to_personal
@@ -664,8 +473,6 @@ impl Config {
                 .iter()
                 .map(|n| (format!("namespace {:?}: ", n.name), &n.options)),
         );
-        // Checked only: the edge builds them once, in its state.
-        crate::proxy::check(&self.proxies)?;
         for (i, w) in self.webhooks.iter().enumerate() {
             w.validate(i)?;
         }
@@ -680,7 +487,6 @@ impl Config {
         known("client.rpc_proxy".into(), &c.rpc_proxy)?;
         known("client.refresh_proxy".into(), &c.refresh_proxy)?;
         known("client.send_proxy".into(), &c.send_proxy)?;
-        crate::backend::check(&self.relay)?;
         for (i, r) in self.relay.routes.iter().enumerate() {
             known(format!("relay.routes[{i}].connect_proxy"), &r.connect_proxy)?;
         }
@@ -743,7 +549,7 @@ pub fn is_service_link(key: &str) -> bool {
 
 /// Environment values are typed by their look (`GROUPCAST_API__KEY=123456`
 /// arrives as a number); free-text settings accept any scalar as text.
-mod lenient {
+pub(crate) mod lenient {
     use serde::{Deserialize, Deserializer};
 
     #[derive(Deserialize)]

@@ -6,7 +6,7 @@
 //! has.
 //! * **edges**: every live edge the membership service knows, each with the
 //!   counts it reports itself when asked over the node bus (the subject of
-//!   forwarded API actions, [`crate::cluster::reports`]), or as the
+//!   forwarded API actions, [`super::forward::reports`]), or as the
 //!   membership service counts them when it does not answer; this node
 //!   alone without a membership service (`groupcast dev`).
 //! * **rates**: each edge's report carries its Prometheus counters (messages
@@ -41,6 +41,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use bytes::Bytes;
 use groupcast_core::{BackboneStatus, ReplicaStatus};
 use groupcast_proto::{DisconnectCode, ErrorCode};
@@ -102,15 +104,26 @@ impl Dashboard {
             return body;
         }
         Metrics::dashboard_refresh();
-        let data = build(state).await;
+        let data = build(state, self).await;
         let body = Bytes::from(serde_json::to_vec(&data).expect("dashboard data serializes"));
         *self.cached.lock() = Some((Instant::now(), body.clone()));
         body
     }
 }
 
+/// The dashboard's routes, with their own state: the edge and the cache.
+pub fn router(edge: Arc<EdgeState>) -> Router {
+    Router::new()
+        .route("/dashboard", get(page))
+        .route("/dashboard/data", get(data))
+        .with_state(Arc::new((edge, Dashboard::default())))
+}
+
+type Shared = Arc<(Arc<EdgeState>, Dashboard)>;
+
 /// `GET /dashboard`.
-pub async fn page(State(state): State<Arc<EdgeState>>) -> Response {
+async fn page(State(shared): State<Shared>) -> Response {
+    let state = &shared.0;
     if !state.config.dashboard.enabled {
         return (StatusCode::NOT_FOUND, "dashboard disabled").into_response();
     }
@@ -127,18 +140,19 @@ pub async fn page(State(state): State<Arc<EdgeState>>) -> Response {
 }
 
 /// `GET /dashboard/data`: 401 without the API key.
-pub async fn data(State(state): State<Arc<EdgeState>>, headers: HeaderMap) -> Response {
+async fn data(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    let (state, dashboard) = (&shared.0, &shared.1);
     if !state.config.dashboard.enabled {
         return (StatusCode::NOT_FOUND, "dashboard disabled").into_response();
     }
     let json = (header::CONTENT_TYPE, "application/json");
     let no_store = (header::CACHE_CONTROL, "no-store");
-    if !crate::api::key_ok(&state, &headers) {
+    if !crate::auth::api_key_ok(&state.config.api.key, &headers) {
         Metrics::dashboard_request("unauthorized");
         return (StatusCode::UNAUTHORIZED, [json, no_store], UNAUTHORIZED).into_response();
     }
     Metrics::dashboard_request("ok");
-    let body = state.dashboard.data(&state).await;
+    let body = dashboard.data(state).await;
     ([json, no_store], body).into_response()
 }
 
@@ -202,7 +216,7 @@ impl Counters {
 }
 
 /// What an edge reports of itself: this node's row, and the answer to
-/// another edge's request ([`crate::cluster::reports`]).
+/// another edge's request ([`super::forward::reports`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EdgeReport {
     pub name: String,
@@ -220,7 +234,7 @@ pub(crate) struct EdgeReport {
 
 /// This edge's report.
 pub(crate) fn report(state: &EdgeState) -> EdgeReport {
-    let n = crate::cluster::this_node(state);
+    let n = super::forward::this_node(state);
     EdgeReport {
         name: n.name,
         uid: n.uid,
@@ -344,7 +358,7 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-async fn build(state: &EdgeState) -> Data {
+async fn build(state: &EdgeState, dashboard: &Dashboard) -> Data {
     let this = report(state);
     let node = NodeRef {
         name: this.name.clone(),
@@ -353,8 +367,8 @@ async fn build(state: &EdgeState) -> Data {
     };
     let ((mut reports, edges_error), membership, channels) =
         tokio::join!(edges(state, this), membership(state), channels(state));
-    let errors = rates(&state.dashboard, &mut reports);
-    let nats = match state.node.broker.backbone() {
+    let errors = rates(dashboard, &mut reports);
+    let nats = match state.node.backbone() {
         Some(status) => NatsPart {
             in_use: true,
             status: Some(status),
@@ -384,7 +398,7 @@ async fn edges(
     state: &EdgeState,
     this: EdgeReport,
 ) -> (Vec<(EdgeRow, Option<Counters>)>, Option<String>) {
-    let membership = &state.node.membership;
+    let membership = &state.node;
     let mut rows = vec![row(this, true)];
     let Some((me, _)) = membership.local_node() else {
         return (rows, None);
@@ -404,7 +418,7 @@ async fn edges(
     let mut others: Vec<_> = nodes.into_iter().filter(|n| n.name != me).collect();
     others.sort_by(|a, b| a.name.cmp(&b.name));
     let names: Vec<String> = others.iter().map(|n| n.name.clone()).collect();
-    let answers = crate::cluster::reports(state, &names, PART_TIMEOUT).await;
+    let answers = super::forward::reports(state, &names, PART_TIMEOUT).await;
     for (n, answer) in others.into_iter().zip(answers) {
         let report = answer.and_then(|bytes| {
             serde_json::from_slice::<EdgeReport>(&bytes)
@@ -459,7 +473,7 @@ fn row(r: EdgeReport, this: bool) -> (EdgeRow, Option<Counters>) {
 }
 
 async fn membership(state: &EdgeState) -> MembershipPart {
-    let m = &state.node.membership;
+    let m = &state.node;
     if m.local_node().is_none() {
         return MembershipPart {
             in_use: false,
@@ -482,15 +496,15 @@ async fn membership(state: &EdgeState) -> MembershipPart {
     };
     MembershipPart {
         in_use: true,
-        available: m.is_available(),
+        available: m.membership_available(),
         replicas,
         note,
     }
 }
 
 async fn channels(state: &EdgeState) -> ChannelsPart {
-    let m = &state.node.membership;
-    let limit = crate::api::MAX_CHANNELS;
+    let m = &state.node;
+    let limit = groupcast_core::membership::MAX_CHANNELS_PER_QUERY;
     let (scope, mut all, error): (_, Vec<(String, u64)>, _) =
         match tokio::time::timeout(PART_TIMEOUT, m.channels("", limit)).await {
             Ok(Ok(map)) if m.local_node().is_none() => {
@@ -504,8 +518,7 @@ async fn channels(state: &EdgeState) -> ChannelsPart {
                 };
                 let local = state
                     .node
-                    .hub
-                    .channels()
+                    .local_channels()
                     .into_iter()
                     .map(|(c, n)| (c, n as u64))
                     .collect();

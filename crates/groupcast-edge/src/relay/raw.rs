@@ -16,7 +16,6 @@
 //! dead peer is noticed within about two ping intervals).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
@@ -27,48 +26,10 @@ use groupcast_proto::client::ClientInfo;
 use groupcast_proto::{DisconnectCode, ErrorCode};
 
 use crate::conn::Inbound;
+use crate::keepalive::Keepalive;
 use crate::limits::ConnRates;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
-
-/// Keepalive of a raw WebSocket (the relay, relay routes): a WebSocket
-/// ping every `client.ping_interval`; a peer silent for more than
-/// `ping_interval + pong_timeout` at a tick is closed with 3012.
-pub(crate) struct Keepalive {
-    ping: tokio::time::Interval,
-    silent_limit: std::time::Duration,
-    last_seen: Instant,
-}
-
-impl Keepalive {
-    pub(crate) fn new(cfg: &crate::config::ClientConfig) -> Keepalive {
-        Keepalive {
-            ping: tokio::time::interval_at(
-                tokio::time::Instant::now() + cfg.ping_interval,
-                cfg.ping_interval,
-            ),
-            silent_limit: cfg.ping_interval + cfg.pong_timeout,
-            last_seen: Instant::now(),
-        }
-    }
-
-    /// The peer sent something (any frame counts).
-    pub(crate) fn heard(&mut self) {
-        self.last_seen = Instant::now();
-    }
-
-    /// Waits for the next tick, then pings; `false` when the peer was
-    /// silent too long and the connection is closed.
-    pub(crate) async fn tick(&mut self, conn: &crate::conn::Conn) -> bool {
-        self.ping.tick().await;
-        if self.last_seen.elapsed() > self.silent_limit {
-            conn.close(DisconnectCode::NO_PONG);
-            return false;
-        }
-        conn.send_ws_ping();
-        true
-    }
-}
 
 /// Who a relay connection is, decided before the upgrade.
 pub struct RelayAuth {
@@ -132,19 +93,11 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
         conn.close(DisconnectCode::SERVER_ERROR);
     } else if opts.presence {
         present = node
-            .membership
-            .add_presence(channel, (*info).clone())
+            .join(channel, info.clone(), true, opts.join_leave)
             .await
             .is_ok();
-        if present && opts.join_leave {
-            let _ = node.broker.publish_join(channel, info.clone()).await;
-        }
     }
-    let publish_opts = PublishOptions {
-        history_size: opts.history_size,
-        history_ttl: opts.history_ttl,
-        ..Default::default()
-    };
+    let publish_opts = PublishOptions::for_channel(opts);
     let cfg = &state.config.client;
     let mut keepalive = Keepalive::new(cfg);
     let mut rates = ConnRates::new(cfg);
@@ -181,7 +134,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
                 let mut p = Publication::new(data);
                 p.origin = Some(conn.id);
                 p.info = Some(info.clone());
-                if node.broker.publish(channel, p, &publish_opts).await.is_err() {
+                if node.publish(channel, p, &publish_opts).await.is_err() {
                     conn.close(DisconnectCode::SERVER_ERROR);
                     break;
                 }
@@ -192,10 +145,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
         node.remove_subscriber(channel, conn.id).await;
     }
     if present {
-        let _ = node.membership.remove_presence(channel, &conn.client).await;
-        if opts.join_leave {
-            let _ = node.broker.publish_leave(channel, info).await;
-        }
+        node.leave(channel, info, true, opts.join_leave).await;
     }
     opened.finish().await;
 }

@@ -1,0 +1,259 @@
+//! API actions on connections (`subscribe`, `unsubscribe`, `disconnect`,
+//! `refresh` and the `relay_*` commands): checked alike on every edge,
+//! carried out on this edge's matching connections ([`ConnAction`]), and
+//! forwarded to the other edges that hold the user or client
+//! ([`super::forward::fan_out`]).
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use groupcast_core::hub::SubscriberKind;
+use groupcast_proto::api::{self, ApiError};
+use groupcast_proto::{DisconnectCode, ErrorCode};
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::conn::{Control, MAX_CLOSE_REASON};
+use crate::metrics::Metrics;
+use crate::state::EdgeState;
+
+/// An API action on connections, by user and/or client id: carried out on
+/// this node's connections, and (see [`super::forward::fan_out`]) on the
+/// other nodes holding that user or client.
+pub(crate) enum ConnAction {
+    Subscribe(api::SubscribeRequest),
+    Unsubscribe(api::UnsubscribeRequest),
+    Disconnect(api::DisconnectRequest, u16, String),
+    Refresh(api::RefreshRequest),
+    /// A frame to a relay connection: bytes, binary.
+    RelaySend(String, Bytes, bool),
+    RelayClose(String, u16, String),
+    RelayTransfer(String, String, Option<Arc<RawValue>>),
+    /// Every edge's connections bound to this target.
+    RelayTargetGone(String),
+}
+
+/// The user and client id an action is for; both empty: every connection
+/// (only `relay_target_gone`, which picks its connections by target).
+pub(crate) struct Target<'a> {
+    pub user: &'a str,
+    pub client: &'a str,
+}
+
+impl ConnAction {
+    /// Checks the request as the API does (same errors on every node).
+    pub(crate) fn parse(state: &EdgeState, method: &str, body: Value) -> Result<Self, ApiFailure> {
+        let action = match method {
+            "subscribe" => {
+                let r: api::SubscribeRequest = parse(body)?;
+                state.channel(&r.channel).map_err(channel_error)?;
+                ConnAction::Subscribe(r)
+            }
+            "unsubscribe" => {
+                let r: api::UnsubscribeRequest = parse(body)?;
+                state.channel(&r.channel).map_err(channel_error)?;
+                ConnAction::Unsubscribe(r)
+            }
+            "disconnect" => {
+                let r: api::DisconnectRequest = parse(body)?;
+                let (code, reason) = disconnect_code(r.disconnect.as_ref())?;
+                ConnAction::Disconnect(r, code, reason)
+            }
+            "refresh" => ConnAction::Refresh(parse(body)?),
+            "relay_send" => {
+                let r: api::RelaySendRequest = parse(body)?;
+                let (bytes, binary) = match (r.text, r.b64data.is_empty()) {
+                    (Some(t), true) => (Bytes::from(t), false),
+                    (None, false) => (
+                        base64::engine::general_purpose::STANDARD
+                            .decode(&r.b64data)
+                            .map(Bytes::from)
+                            .map_err(|_| ApiError::BAD_REQUEST)?,
+                        true,
+                    ),
+                    _ => return Err(ApiError::BAD_REQUEST.into()),
+                };
+                if bytes.len() > state.config.client.max_message_size {
+                    Metrics::limit_hit("max_message_size");
+                    return Err(ApiError::LIMIT_EXCEEDED.into());
+                }
+                ConnAction::RelaySend(r.client, bytes, binary)
+            }
+            "relay_close" => {
+                let r: api::RelayCloseRequest = parse(body)?;
+                let code = match r.code {
+                    0 => 1000,
+                    c @ (1000 | 3000..=4999) => c as u16,
+                    _ => return Err(ApiError::BAD_REQUEST.into()),
+                };
+                if r.reason.len() > MAX_CLOSE_REASON {
+                    return Err(ApiError::BAD_REQUEST.into());
+                }
+                ConnAction::RelayClose(r.client, code, r.reason)
+            }
+            "relay_transfer" => {
+                let r: api::RelayTransferRequest = parse(body)?;
+                if !groupcast_core::valid_target(&r.target) {
+                    return Err(ApiError::BAD_REQUEST.into());
+                }
+                // Every edge has the same targets: one this edge cannot
+                // reach (no HTTP target by that name, no NATS) is refused
+                // here rather than ignored where the connection is.
+                if !state.can_reach(&r.target) {
+                    return Err(ApiError::NOT_AVAILABLE.into());
+                }
+                ConnAction::RelayTransfer(r.client, r.target, r.meta.map(Arc::from))
+            }
+            "relay_target_gone" => {
+                let r: api::RelayTargetGoneRequest = parse(body)?;
+                if !groupcast_core::valid_target(&r.target) {
+                    return Err(ApiError::BAD_REQUEST.into());
+                }
+                return Ok(ConnAction::RelayTargetGone(r.target));
+            }
+            _ => return Err(ApiError::METHOD_NOT_FOUND.into()),
+        };
+        let t = action.target();
+        if t.user.is_empty() && t.client.is_empty() {
+            return Err(ApiError::BAD_REQUEST.into());
+        }
+        Ok(action)
+    }
+
+    pub(crate) fn target(&self) -> Target<'_> {
+        let (user, client) = match self {
+            ConnAction::Subscribe(r) => (r.user.as_str(), r.client.as_str()),
+            ConnAction::Unsubscribe(r) => (r.user.as_str(), r.client.as_str()),
+            ConnAction::Disconnect(r, ..) => (r.user.as_str(), r.client.as_str()),
+            ConnAction::Refresh(r) => (r.user.as_str(), r.client.as_str()),
+            ConnAction::RelaySend(c, ..)
+            | ConnAction::RelayClose(c, ..)
+            | ConnAction::RelayTransfer(c, ..) => ("", c.as_str()),
+            ConnAction::RelayTargetGone(_) => ("", ""),
+        };
+        Target { user, client }
+    }
+
+    /// Acts on this node's matching connections; returns how many.
+    pub(crate) fn apply_local(&self, state: &EdgeState) -> usize {
+        let t = self.target();
+        let conns = state.registry.find(t.user, t.client);
+        for conn in &conns {
+            match self {
+                ConnAction::Subscribe(r) => {
+                    conn.control(Control::Subscribe {
+                        channel: r.channel.clone(),
+                        data: r.data.clone(),
+                    });
+                }
+                ConnAction::Unsubscribe(r) => {
+                    conn.control(Control::Unsubscribe {
+                        channel: r.channel.clone(),
+                        code: groupcast_proto::codes::UnsubscribeCode::SERVER,
+                    });
+                }
+                ConnAction::Disconnect(r, code, reason) => {
+                    if !r.whitelist.contains(&conn.client) {
+                        conn.control(Control::Disconnect {
+                            code: *code,
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+                ConnAction::Refresh(r) => {
+                    conn.control(Control::Refresh {
+                        expired: r.expired,
+                        expire_at: r.expire_at,
+                    });
+                }
+                // Frames and closes only for relay connections (a frame
+                // would break a protocol client's stream).
+                ConnAction::RelaySend(_, bytes, binary) => {
+                    if conn.kind == SubscriberKind::Relay {
+                        conn.send_frame(bytes.clone(), *binary);
+                    }
+                }
+                ConnAction::RelayClose(_, code, reason) => {
+                    // After the frames already queued (a backend's last
+                    // `relay_send` before its close arrives first).
+                    if conn.kind == SubscriberKind::Relay {
+                        conn.drain_with(*code, reason.clone().into());
+                    }
+                }
+                ConnAction::RelayTransfer(_, target, meta) => {
+                    conn.control(Control::Transfer {
+                        target: target.clone(),
+                        meta: meta.clone(),
+                    });
+                }
+                ConnAction::RelayTargetGone(target) => {
+                    if conn.kind == SubscriberKind::Relay {
+                        conn.control(Control::TargetGone {
+                            target: target.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        conns.len()
+    }
+}
+
+/// Why an API call failed.
+pub(crate) enum ApiFailure {
+    /// The body does not have the method's shape: HTTP 400.
+    BadBody,
+    /// A Centrifugo API error: HTTP 200 with `error`.
+    Api(ApiError),
+}
+
+impl From<ApiError> for ApiFailure {
+    fn from(e: ApiError) -> Self {
+        ApiFailure::Api(e)
+    }
+}
+
+/// A method's params: a JSON object only (serde would also read a struct
+/// from an array, e.g. a `batch` command `{"publish":["ch",{}]}`).
+pub(crate) fn parse<T: DeserializeOwned>(v: Value) -> Result<T, ApiFailure> {
+    if !v.is_object() {
+        return Err(ApiFailure::BadBody);
+    }
+    serde_json::from_value(v).map_err(|_| ApiFailure::BadBody)
+}
+
+pub(crate) fn channel_error(e: ErrorCode) -> ApiError {
+    match e {
+        ErrorCode::UNKNOWN_CHANNEL => ApiError::UNKNOWN_CHANNEL,
+        _ => ApiError::BAD_REQUEST,
+    }
+}
+
+/// The close code and reason for an API `disconnect`: none given means 3503
+/// "force disconnect"; otherwise any code in 3000..=4999 (4000..4999 are
+/// the application's), with the given reason or the table's. Reasons over
+/// [`MAX_CLOSE_REASON`] bytes are refused (they cannot fit a close frame).
+pub(crate) fn disconnect_code(
+    d: Option<&api::DisconnectObject>,
+) -> Result<(u16, String), ApiError> {
+    let Some(d) = d.filter(|d| d.code != 0) else {
+        let c = DisconnectCode::FORCE_NO_RECONNECT;
+        return Ok((c.code, c.reason.to_string()));
+    };
+    let code = u16::try_from(d.code)
+        .ok()
+        .filter(|c| (3000..=4999).contains(c))
+        .ok_or(ApiError::BAD_REQUEST)?;
+    if d.reason.len() > MAX_CLOSE_REASON {
+        return Err(ApiError::BAD_REQUEST);
+    }
+    let reason = match (d.reason.is_empty(), DisconnectCode::from_code(code)) {
+        (false, _) => d.reason.clone(),
+        (true, Some(known)) => known.reason.to_string(),
+        // Clients treat an empty reason as "reconnect"; never send one.
+        (true, None) => "disconnect".to_string(),
+    };
+    Ok((code, reason))
+}

@@ -1,0 +1,561 @@
+//! A Centrifugo-protocol connection: command dispatch, subscriptions,
+//! pings, expiry and server-initiated actions.
+//!
+//! One task per connection reads frames and runs commands in order; a second
+//! task ([`Conn::run_writer`]) writes. Protocol rules (see `docs/protocol.md`):
+//! * the first command must be `connect`; anything else, a second `connect`,
+//!   an undecodable frame, a binary frame, or a command without `id` (other
+//!   than the `{}` pong and `send`) disconnects with 3501 "bad request";
+//! * a connection that sends no `connect` within `client.connect_timeout` is
+//!   closed with 3502 "stale"; one that misses a pong with 3012 "no pong";
+//! * an expired connection that did not refresh within
+//!   `client.expired_close_delay` is closed with 3005; an expired subscription is
+//!   ended with unsubscribe code 2501 (the SDK resubscribes with a new token);
+//! * at shutdown the edge drains connections (see `server.rs`): queued output
+//!   is written, then the close frame 3001 "shutdown".
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::WebSocket;
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
+use groupcast_core::broker::BrokerError;
+use groupcast_core::hub::SubscriberKind;
+use groupcast_core::StreamPosition;
+use groupcast_proto::client::{self as proto, ClientInfo, Command, RawJson, Reply};
+use groupcast_proto::{DisconnectCode, ErrorCode};
+
+use crate::auth::now_unix;
+use crate::conn::{Conn, Inbound, OutKind};
+use crate::limits::{ConnRates, Refusal};
+use crate::metrics::Metrics;
+use crate::proxy::{Answer, Proxy};
+use crate::state::EdgeState;
+
+mod connect;
+mod control;
+mod expiry;
+mod publish;
+mod subscribe;
+
+/// How a command ended when it did not produce a normal reply.
+enum CommandError {
+    Error(ErrorCode),
+    Disconnect(DisconnectCode),
+    /// An event proxy's `error`: its code and message, as the backend said.
+    Backend {
+        code: u32,
+        message: String,
+    },
+    /// An event proxy's `disconnect`.
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// A raw JSON value of a proxy result field, when present and not null.
+fn raw_field(result: &serde_json::Value, key: &str) -> Option<RawJson> {
+    result
+        .get(key)
+        .filter(|v| !v.is_null())
+        .and_then(|v| serde_json::value::to_raw_value(v).ok())
+        .map(Arc::from)
+}
+
+/// Asks `proxy` about `event`: its `result` object, or how the command
+/// fails (the backend's error or disconnect; 100 "internal" when it could
+/// not answer).
+async fn ask(
+    proxy: &Proxy,
+    event: &'static str,
+    body: serde_json::Value,
+    headers: &HeaderMap,
+) -> Result<serde_json::Value, CommandError> {
+    match proxy.call(event, &body, headers).await {
+        Ok(Answer::Result(r)) => Ok(r),
+        Ok(Answer::Error { code, message }) => Err(CommandError::Backend { code, message }),
+        Ok(Answer::Disconnect { code, reason }) => Err(CommandError::Close { code, reason }),
+        Err(_) => Err(ErrorCode::INTERNAL.into()),
+    }
+}
+
+impl From<ErrorCode> for CommandError {
+    fn from(e: ErrorCode) -> Self {
+        CommandError::Error(e)
+    }
+}
+
+fn broker_error(e: BrokerError) -> ErrorCode {
+    match e {
+        BrokerError::Unavailable(_) | BrokerError::Timeout(_) => ErrorCode::NOT_AVAILABLE,
+        BrokerError::UnrecoverablePosition => ErrorCode::UNRECOVERABLE_POSITION,
+        BrokerError::Internal(_) => ErrorCode::INTERNAL,
+    }
+}
+
+/// State of one subscription.
+struct Sub {
+    info: Arc<ClientInfo>,
+    presence: bool,
+    join_leave: bool,
+    /// Unix seconds when the subscription token expires.
+    expires_at: Option<i64>,
+    /// Extended or ended by the namespace's `sub_refresh_proxy` at expiry
+    /// (the client was not told it expires).
+    proxy_refresh: Option<Arc<Proxy>>,
+}
+
+/// What a refresh proxy decided.
+enum Refreshed {
+    /// Goes on until this Unix second (with new info, if any).
+    Until(i64, Option<RawJson>),
+    Expired,
+    Close(u16, String),
+}
+
+/// When a refresh proxy could not answer, the connection or subscription
+/// lives this much longer and the proxy is asked again (as Centrifugo does).
+const REFRESH_RETRY_SECS: i64 = 60;
+
+/// How a subscribe was requested.
+struct SubscribeSpec<'a> {
+    channel: &'a str,
+    token: &'a str,
+    recover: Option<StreamPosition>,
+    /// Answer 112 instead of subscribing when recovery fails
+    /// (`proto::FLAG_REJECT_UNRECOVERED`).
+    reject_unrecovered: bool,
+    /// Server-side subscription (token `channels`, API): no permission check.
+    server_side: bool,
+    /// The client's subscribe `data` (for the subscribe proxy).
+    data: Option<&'a RawJson>,
+    /// The client asked for delta compression (`delta: "fossil"`).
+    delta: bool,
+}
+
+pub struct Session {
+    state: Arc<EdgeState>,
+    conn: Arc<Conn>,
+    connected: bool,
+    user: String,
+    conn_info: Option<RawJson>,
+    expires_at: Option<i64>,
+    subs: HashMap<String, Sub>,
+    pong_deadline: Option<Instant>,
+    rates: ConnRates,
+    /// What the event proxies forward of the upgrade request.
+    headers: HeaderMap,
+}
+
+/// What [`replay`] saw.
+#[derive(Debug)]
+pub struct Replay {
+    /// Everything the session queued (replies, pushes), in order.
+    pub messages: Vec<Bytes>,
+    /// The close code, when the session closed the connection.
+    pub closed: Option<u16>,
+}
+
+/// Run text frames through a session with no socket, then end it as a
+/// disconnect would. This is the command dispatcher as the fuzz target and
+/// the property tests drive it; it shares every line with [`serve`] but the
+/// socket loop.
+pub async fn replay(state: Arc<EdgeState>, frames: &[&[u8]]) -> Replay {
+    let (conn, mut outbox) = Conn::new(
+        state.next_conn_id(),
+        SubscriberKind::Protocol,
+        state.config.client.max_queue_bytes,
+    );
+    let mut session = Session::new(state, conn.clone(), HeaderMap::new());
+    for frame in frames {
+        if conn.is_closed() {
+            break;
+        }
+        session.handle_frame(frame).await;
+    }
+    session.cleanup().await;
+    Replay {
+        messages: outbox.take_messages(),
+        closed: conn.close_code(),
+    }
+}
+
+/// Serve one upgraded WebSocket with the Centrifugo protocol.
+/// `headers`: the upgrade request's headers that event proxies forward.
+/// `protobuf`: the client chose the `centrifuge-protobuf` subprotocol.
+pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, headers: HeaderMap, protobuf: bool) {
+    let (opened, stream) = state.open(socket, SubscriberKind::Protocol);
+    if protobuf {
+        opened.conn.set_protobuf();
+    }
+    let mut session = Session::new(state, opened.conn.clone(), headers);
+    session.run(stream).await;
+    session.cleanup().await;
+    opened.finish().await;
+}
+
+/// A reply in the connection's encoding.
+fn encode_reply(conn: &Conn, reply: &Reply) -> Bytes {
+    Bytes::from(if conn.is_protobuf() {
+        groupcast_proto::protobuf::encode_reply(reply)
+    } else {
+        reply.encode()
+    })
+}
+
+/// An unsubscribe push in the connection's encoding.
+fn unsubscribe_push(conn: &Conn, channel: &str, code: u32, reason: &str) -> Bytes {
+    Bytes::from(if conn.is_protobuf() {
+        groupcast_proto::protobuf::encode_unsubscribe_push(channel, code, reason)
+    } else {
+        proto::encode_unsubscribe_push(channel, code, reason)
+    })
+}
+
+fn deadline_from_unix(at: i64) -> tokio::time::Instant {
+    let left = at - now_unix();
+    tokio::time::Instant::now() + Duration::from_secs(left.max(0) as u64)
+}
+
+impl Session {
+    fn new(state: Arc<EdgeState>, conn: Arc<Conn>, headers: HeaderMap) -> Session {
+        Session {
+            headers,
+            rates: ConnRates::new(&state.config.client),
+            conn,
+            connected: false,
+            user: String::new(),
+            conn_info: None,
+            expires_at: None,
+            subs: HashMap::new(),
+            pong_deadline: None,
+            state,
+        }
+    }
+
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>) {
+        let cfg = &self.state.config.client;
+        let ping_interval = cfg.ping_interval;
+        let pong_timeout = cfg.pong_timeout;
+        let stale_at = tokio::time::Instant::now() + cfg.connect_timeout;
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let conn = self.conn.clone();
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let pong_at = self
+                .pong_deadline
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or(far);
+            let expiry_at = self.next_expiry().map(deadline_from_unix).unwrap_or(far);
+            tokio::select! {
+                _ = conn.cancelled() => break,
+                msg = stream.next() => match conn.inbound(msg) {
+                    Inbound::End => break,
+                    // Text frames carry JSON, binary frames protobuf: each
+                    // only on a connection of that encoding.
+                    Inbound::Text(t) if !conn.is_protobuf() => {
+                        Metrics::get().bytes_in.increment(t.len() as u64);
+                        self.handle_frame(t.as_bytes()).await;
+                    }
+                    Inbound::Binary(b) if conn.is_protobuf() => {
+                        Metrics::get().bytes_in.increment(b.len() as u64);
+                        self.handle_frame(&b).await;
+                    }
+                    Inbound::Text(_) | Inbound::Binary(_) => {
+                        conn.close(DisconnectCode::BAD_REQUEST);
+                        break;
+                    }
+                    Inbound::Control => {}
+                },
+                _ = tokio::time::sleep_until(stale_at), if !self.connected => {
+                    conn.close(DisconnectCode::STALE);
+                    break;
+                }
+                _ = ping.tick(), if self.connected => {
+                    let ping = if conn.is_protobuf() {
+                        Bytes::from(groupcast_proto::protobuf::encode_ping())
+                    } else {
+                        Bytes::from_static(b"{}")
+                    };
+                    conn.send_json(ping, OutKind::Ping);
+                    if self.pong_deadline.is_none() {
+                        self.pong_deadline = Some(Instant::now() + pong_timeout);
+                    }
+                }
+                _ = tokio::time::sleep_until(pong_at), if self.pong_deadline.is_some() => {
+                    conn.close(DisconnectCode::NO_PONG);
+                    break;
+                }
+                _ = tokio::time::sleep_until(expiry_at), if self.next_expiry().is_some() => {
+                    self.expire().await;
+                }
+                control = conn.next_control() => self.handle_control(control).await,
+            }
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: &[u8]) {
+        let decoded = if self.conn.is_protobuf() {
+            groupcast_proto::protobuf::decode_commands(frame).map_err(|e| e.to_string())
+        } else {
+            proto::decode_commands(frame).map_err(|e| e.to_string())
+        };
+        let commands = match decoded {
+            Ok(c) => c,
+            Err(e) => {
+                if e.contains(proto::TOO_MANY_COMMANDS) {
+                    Metrics::limit_hit("max_commands_per_frame");
+                }
+                tracing::debug!(client = %self.conn.client, error = %e, "undecodable frame");
+                self.conn.close(DisconnectCode::BAD_REQUEST);
+                return;
+            }
+        };
+        for cmd in commands {
+            if self.conn.is_closed() {
+                return;
+            }
+            self.handle_command(cmd).await;
+        }
+    }
+
+    fn reply(&self, reply: Reply) {
+        if let Some(e) = reply.error {
+            Metrics::error(e.code);
+        }
+        self.conn
+            .send_json(encode_reply(&self.conn, &reply), OutKind::Reply);
+    }
+
+    async fn handle_command(&mut self, cmd: Command) {
+        // Params that are not a JSON object name their method too: the same
+        // rules apply (id, connection state, rate), then 107 instead of
+        // running it.
+        let Some(method) = cmd.method().or(cmd.params_not_object) else {
+            if cmd.id == 0 {
+                // `{}`: the pong to our ping.
+                self.pong_deadline = None;
+            } else {
+                self.reply(Reply::error(cmd.id, ErrorCode::METHOD_NOT_FOUND));
+            }
+            return;
+        };
+        Metrics::command_in(method);
+        if cmd.id == 0 && (method != "send" || cmd.params_not_object.is_some()) {
+            self.conn.close(DisconnectCode::BAD_REQUEST);
+            return;
+        }
+        if self.connected == (method == "connect") {
+            // Not connected yet and not a connect, or a second connect.
+            self.conn.close(DisconnectCode::BAD_REQUEST);
+            return;
+        }
+        if self.rates.check(cmd.publish.is_some()).is_err() {
+            if self.rates.refused() == Refusal::Disconnect {
+                self.conn.close(DisconnectCode::TOO_MANY_REQUESTS);
+            } else if cmd.id != 0 {
+                self.reply(Reply::error(cmd.id, ErrorCode::TOO_MANY_REQUESTS));
+            }
+            return;
+        }
+        if cmd.params_not_object.is_some() {
+            self.reply(Reply::error(cmd.id, ErrorCode::BAD_REQUEST));
+            return;
+        }
+        let started = Instant::now();
+        let id = cmd.id;
+        let result = self.dispatch(cmd).await;
+        Metrics::command_duration(method, started.elapsed());
+        match result {
+            Ok(Some(reply)) => self.reply(reply),
+            Ok(None) => {}
+            Err(CommandError::Error(e)) => self.reply(Reply::error(id, e)),
+            Err(CommandError::Disconnect(d)) => self.conn.close(d),
+            Err(CommandError::Backend { code, message }) => {
+                Metrics::error(code);
+                let reply = if self.conn.is_protobuf() {
+                    groupcast_proto::protobuf::encode_error_reply(id, code, &message)
+                } else {
+                    serde_json::json!({"id": id, "error": {"code": code, "message": message}})
+                        .to_string()
+                        .into_bytes()
+                };
+                self.conn.send_json(Bytes::from(reply), OutKind::Reply);
+            }
+            Err(CommandError::Close { code, reason }) => {
+                self.conn.close_with(code, Cow::Owned(reason))
+            }
+        }
+    }
+
+    /// The fields every proxy request starts with (Centrifugo's).
+    fn proxy_body(&self) -> serde_json::Value {
+        let (protocol, encoding) = if self.conn.is_protobuf() {
+            ("protobuf", "binary")
+        } else {
+            ("json", "json")
+        };
+        serde_json::json!({
+            "client": self.conn.client,
+            "transport": "websocket",
+            "protocol": protocol,
+            "encoding": encoding,
+            "user": self.user,
+        })
+    }
+
+    /// Run one command. `Ok(None)`: the reply was already queued (subscribe
+    /// merges it with the recovery) or none is due (`send`).
+    async fn dispatch(&mut self, cmd: Command) -> Result<Option<Reply>, CommandError> {
+        let id = cmd.id;
+        let ok = |r: Reply| Ok(Some(Reply { id, ..r }));
+        if let Some(req) = cmd.connect {
+            return self.connect(id, req).await.map(|_| None);
+        }
+        if let Some(req) = cmd.subscribe {
+            if req.kind != 0 {
+                // Map and shared-poll subscriptions are not implemented:
+                // refused, never served as a plain stream.
+                return Err(ErrorCode::NOT_AVAILABLE.into());
+            }
+            let recover = req.recover.then(|| StreamPosition {
+                offset: req.offset,
+                epoch: req.epoch.clone(),
+            });
+            let spec = SubscribeSpec {
+                channel: &req.channel,
+                token: &req.token,
+                recover,
+                reject_unrecovered: req.flag & proto::FLAG_REJECT_UNRECOVERED != 0,
+                server_side: false,
+                data: req.data.as_ref(),
+                delta: match req.delta.as_str() {
+                    "" => false,
+                    proto::DELTA_FOSSIL => true,
+                    // A type we do not know: refused, never ignored.
+                    _ => return Err(ErrorCode::BAD_REQUEST.into()),
+                },
+            };
+            let result = self.subscribe(spec).await?;
+            let reply = Reply {
+                id,
+                subscribe: Some(result.0),
+                ..Default::default()
+            };
+            self.finish_subscribe(&req.channel, result.1, |conn| {
+                conn.send_json(encode_reply(conn, &reply), OutKind::Reply);
+            })
+            .await?;
+            return Ok(None);
+        }
+        if let Some(req) = cmd.unsubscribe {
+            self.remove_sub(&req.channel).await;
+            return ok(Reply {
+                unsubscribe: Some(proto::Empty {}),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.publish {
+            self.publish(req).await?;
+            return ok(Reply {
+                publish: Some(proto::Empty {}),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.presence {
+            let (ch, opts) = self.state.channel(&req.channel)?;
+            self.check_presence(&ch, opts)?;
+            let presence = self
+                .state
+                .node
+                .presence(ch.as_str())
+                .await
+                .map_err(|_| ErrorCode::NOT_AVAILABLE)?;
+            return ok(Reply {
+                presence: Some(proto::PresenceResult { presence }),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.presence_stats {
+            let (ch, opts) = self.state.channel(&req.channel)?;
+            self.check_presence(&ch, opts)?;
+            let s = self
+                .state
+                .node
+                .presence_stats(ch.as_str())
+                .await
+                .map_err(|_| ErrorCode::NOT_AVAILABLE)?;
+            return ok(Reply {
+                presence_stats: Some(proto::PresenceStatsResult {
+                    num_clients: s.num_clients,
+                    num_users: s.num_users,
+                }),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.history {
+            return ok(Reply {
+                history: Some(self.history(req).await?),
+                ..Default::default()
+            });
+        }
+        if cmd.ping.is_some() {
+            return ok(Reply {
+                ping: Some(proto::Empty {}),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.send {
+            // Asynchronous message to the backend (`client.send_proxy`),
+            // sent in order with the connection's other commands; nothing
+            // is answered. Without a proxy there is nobody to take it.
+            let Some(proxy) = self.state.proxies.get(&self.state.config.client.send_proxy) else {
+                return if id == 0 {
+                    Ok(None)
+                } else {
+                    Err(ErrorCode::NOT_AVAILABLE.into())
+                };
+            };
+            let mut body = self.proxy_body();
+            body["data"] = serde_json::to_value(&req.data).unwrap_or_default();
+            let _ = proxy.call("send", &body, &self.headers).await;
+            return Ok(None);
+        }
+        if let Some(req) = cmd.rpc {
+            let Some(proxy) = self.state.proxies.get(&self.state.config.client.rpc_proxy) else {
+                return Err(ErrorCode::NOT_AVAILABLE.into());
+            };
+            let mut body = self.proxy_body();
+            body["method"] = req.method.into();
+            body["data"] = serde_json::to_value(&req.data).unwrap_or_default();
+            let result = ask(&proxy, "rpc", body, &self.headers).await?;
+            return ok(Reply {
+                rpc: Some(proto::RpcResult {
+                    data: raw_field(&result, "data"),
+                }),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.refresh {
+            return ok(Reply {
+                refresh: Some(self.refresh(&req.token)?),
+                ..Default::default()
+            });
+        }
+        if let Some(req) = cmd.sub_refresh {
+            return ok(Reply {
+                sub_refresh: Some(self.sub_refresh(&req.channel, &req.token)?),
+                ..Default::default()
+            });
+        }
+        Err(ErrorCode::METHOD_NOT_FOUND.into())
+    }
+}
