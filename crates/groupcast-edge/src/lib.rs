@@ -1,48 +1,73 @@
 //! The edge role: everything between a client's socket and the [`Node`].
 //!
 //! `groupcast-edge` terminates WebSockets (axum over tokio-tungstenite),
-//! speaks the Centrifugo client protocol v2 (JSON) and the raw relay,
+//! speaks the Centrifugo client protocol v2 (JSON and protobuf), the raw
+//! relay and relay to a backend,
 //! authenticates clients with JWTs, enforces per-connection limits, serves
 //! the Centrifugo-compatible server HTTP API, `/metrics`, `/healthz`,
 //! `/readyz` and the operator dashboard. The entry point is [`run`].
 //!
 //! # Layout
-//! * [`config`]: the configuration tree, layering and validation.
-//! * [`auth`]: connection and subscription token verification, minting.
-//! * [`conn`]: per-connection outgoing queue (bounded in bytes), writer task, control inbox.
-//! * [`limits`]: token buckets for command, publish and new-connection rates.
-//! * [`session`]: the Centrifugo protocol session (commands, subscriptions, recovery, pings).
-//! * [`relay`]: the raw relay session.
-//! * [`api`]: the server HTTP API.
-//! * [`cluster`]: API actions on other edges' connections, leaves of dead edges, `info`.
-//! * [`dashboard`]: the operator dashboard (`/dashboard`) and its data.
-//! * [`backbone`]: which broker and membership the node runs on.
-//! * [`state`]: state shared by sessions and the API; the client registry.
-//! * [`server`]: the router and [`run`].
-//! * [`tls`]: the listener (TCP or TLS with rustls/ring) and certificate reload.
+//!
+//! Three floors; a module imports only from its own floor or the ones
+//! below (no circle: `docs/architecture.md` draws the graph).
+//!
+//! **Base**: what every session and the control plane stand on.
+//! * [`config`]: the configuration tree, layering and validation; imports
+//!   nothing else of the crate.
+//! * `glob`, `origin`: glob patterns; the `Origin` checks (client and
+//!   route `allowed_origins`, same origin).
+//! * `routes`: `[[relay.routes]]` path templates and the HTTP targets'
+//!   senders.
+//! * [`auth`]: connection and subscription tokens (verify, mint), the API key.
+//! * `conn`: per-connection outgoing queue (bounded in bytes), writer task,
+//!   control inbox. `keepalive`: pings for plain WebSockets.
+//! * `limits`: token buckets for command, publish and new-connection rates.
+//! * `proxy`: event proxies (HTTP calls to the backend). `webhooks`:
+//!   signed, batched event POSTs.
 //! * [`metrics`]: Prometheus recorder and cached handles.
+//! * `request_deadlines`, `tls`: the listener (TCP or TLS with rustls/ring,
+//!   certificate reload) and its deadlines for a request's first byte and head.
+//! * [`state`]: [`EdgeState`](state::EdgeState), shared by sessions and the
+//!   control plane (node, registry, proxies, webhooks, routes, drain list);
+//!   [`check_config`].
+//! * [`backbone`]: which broker and membership the [`Node`] runs on.
+//!
+//! **Sessions**: one per connection.
+//! * [`session`]: the Centrifugo protocol session (connect, subscribe and
+//!   recovery, publish, expiry, server-initiated actions).
+//! * `relay`: plain WebSockets: `relay::raw` (the raw relay) and
+//!   `relay::route` (relay to a backend).
+//!
+//! **Control plane**: what acts from outside a session.
+//! * `control`: the server HTTP API (`control::api`), API actions on
+//!   connections (`control::action`), requests between edges
+//!   (`control::forward`), membership events (`control::events`), the
+//!   operator dashboard (`control::dashboard`).
+//!
+//! **Top**: `server`, the router and [`run`].
 //!
 //! [`Node`]: groupcast_core::Node
 
 pub mod auth;
 pub mod backbone;
 pub mod config;
-pub mod conn;
-pub mod control;
-pub mod glob;
-pub mod keepalive;
-pub mod limits;
+pub(crate) mod conn;
+pub(crate) mod control;
+pub(crate) mod glob;
+pub(crate) mod keepalive;
+pub(crate) mod limits;
 pub mod metrics;
-pub mod origin;
-pub mod proxy;
-pub mod relay;
-pub mod request_deadlines;
-pub mod routes;
-pub mod server;
+pub(crate) mod origin;
+pub(crate) mod proxy;
+pub(crate) mod relay;
+pub(crate) mod request_deadlines;
+pub(crate) mod routes;
+pub(crate) mod server;
 pub mod session;
 pub mod state;
-pub mod tls;
-pub mod webhooks;
+pub(crate) mod tls;
+pub(crate) mod webhooks;
 
 pub use config::Config;
 pub use server::run;

@@ -6,7 +6,7 @@
 //! with `presence`): each happens on exactly one edge (the one that holds
 //! the connection), so a cluster sends each once. `channel_occupied` and
 //! `channel_vacated`: the membership service hands each to one edge
-//! ([`crate::cluster`]). Every event has an `id`: a batch retried after a
+//! (`control::events`). Every event has an `id`: a batch retried after a
 //! lost answer can arrive twice, and the receiver drops what it has seen.
 //!
 //! A `[[webhooks]]` entry has its own bounded queue and task: events past

@@ -1,0 +1,284 @@
+//! [`PreparedPush`]: one message for a channel, encoded lazily at most once
+//! per encoding (JSON push, protobuf push, raw relay frame) and per delta
+//! form, and shared by every subscriber of the channel on this node.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use groupcast_proto::client::{
+    encode_join_push, encode_leave_push, encode_pub_push, ClientInfo, PubView, RawJson,
+};
+
+use crate::publication::{json_string, Publication, TAG_ENCODING};
+
+/// What a [`PreparedPush`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushType {
+    Pub,
+    Join,
+    Leave,
+}
+
+pub(super) enum PushKind {
+    Pub(Arc<Publication>),
+    Join(Arc<ClientInfo>),
+    Leave(Arc<ClientInfo>),
+}
+
+/// One message for a channel, encoded lazily and shared by all subscribers.
+pub struct PreparedPush {
+    pub(super) channel: Arc<str>,
+    pub(super) kind: PushKind,
+    pub(super) json: OnceLock<Bytes>,
+    pub(super) protobuf: OnceLock<Bytes>,
+    pub(super) relay: OnceLock<(Bytes, bool)>,
+    /// The previous publication of the channel (offset, data; no data when
+    /// it was binary): the base of this one's delta.
+    pub(super) base: Option<(u64, Option<RawJson>)>,
+    /// For delta subscriptions: the full data as a JSON string (JSON).
+    json_full_string: OnceLock<Bytes>,
+    /// The Fossil delta against `base`: `None` when there is no base, or
+    /// the delta would not be smaller, or (JSON) not valid UTF-8.
+    pub(super) delta: OnceLock<Option<Vec<u8>>>,
+    json_delta: OnceLock<Option<Bytes>>,
+    protobuf_delta: OnceLock<Option<Bytes>>,
+}
+
+impl PreparedPush {
+    pub(super) fn new(channel: &str, kind: PushKind) -> PreparedPush {
+        PreparedPush {
+            channel: Arc::from(channel),
+            kind,
+            json: OnceLock::new(),
+            protobuf: OnceLock::new(),
+            relay: OnceLock::new(),
+            base: None,
+            json_full_string: OnceLock::new(),
+            delta: OnceLock::new(),
+            json_delta: OnceLock::new(),
+            protobuf_delta: OnceLock::new(),
+        }
+    }
+
+    pub fn push_type(&self) -> PushType {
+        match &self.kind {
+            PushKind::Pub(_) => PushType::Pub,
+            PushKind::Join(_) => PushType::Join,
+            PushKind::Leave(_) => PushType::Leave,
+        }
+    }
+
+    /// Stream offset of a publication (0 for join/leave and plain channels).
+    pub fn offset(&self) -> u64 {
+        match &self.kind {
+            PushKind::Pub(p) => p.offset,
+            _ => 0,
+        }
+    }
+
+    /// A publication (relay connections get only these; join and leave
+    /// have no relay frame).
+    pub fn is_pub(&self) -> bool {
+        matches!(self.kind, PushKind::Pub(_))
+    }
+
+    /// The client this publication leaves out, if any.
+    pub fn exclude_client(&self) -> Option<&str> {
+        match &self.kind {
+            PushKind::Pub(p) => p.exclude_client.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The relay connection that published this, if any.
+    pub fn origin(&self) -> Option<u64> {
+        match &self.kind {
+            PushKind::Pub(p) => p.origin,
+            _ => None,
+        }
+    }
+
+    /// The Centrifugo JSON push, encoded on first use.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| self.encode(false))
+    }
+
+    /// The same push in the protobuf encoding (one length-prefixed
+    /// `Reply`), encoded on first use. Its data is the same as the JSON
+    /// push's (binary data as base64 with the `encoding` tag).
+    pub fn protobuf(&self) -> &Bytes {
+        self.protobuf.get_or_init(|| self.encode(true))
+    }
+
+    fn encode(&self, protobuf: bool) -> Bytes {
+        use groupcast_proto::protobuf as pb;
+        Bytes::from(match &self.kind {
+            // Protobuf carries binary data as it is (no base64, no tag).
+            PushKind::Pub(p) if protobuf && matches!(p.data, crate::Payload::Binary(_)) => {
+                let crate::Payload::Binary(b) = &p.data else {
+                    unreachable!("matched above")
+                };
+                pb::encode_pub_push_bytes(
+                    &self.channel,
+                    b,
+                    false,
+                    p.offset,
+                    p.info.as_deref(),
+                    &p.tags,
+                )
+            }
+            PushKind::Pub(p) => {
+                let data = p.data.to_json();
+                let mut tagged;
+                let tags = if matches!(p.data, crate::Payload::Binary(_)) {
+                    tagged = p.tags.clone();
+                    tagged.insert(TAG_ENCODING.into(), "base64".into());
+                    &tagged
+                } else {
+                    &p.tags
+                };
+                let view = PubView {
+                    data: &data,
+                    offset: p.offset,
+                    info: p.info.as_deref(),
+                    tags,
+                    delta: false,
+                };
+                if protobuf {
+                    pb::encode_pub_push(&self.channel, view)
+                } else {
+                    encode_pub_push(&self.channel, view)
+                }
+            }
+            PushKind::Join(info) if protobuf => pb::encode_join_push(&self.channel, info),
+            PushKind::Join(info) => encode_join_push(&self.channel, info),
+            PushKind::Leave(info) if protobuf => pb::encode_leave_push(&self.channel, info),
+            PushKind::Leave(info) => encode_leave_push(&self.channel, info),
+        })
+    }
+
+    /// Offset of the publication this one's delta is against.
+    pub fn base_offset(&self) -> Option<u64> {
+        self.base.as_ref().map(|(o, _)| *o)
+    }
+
+    pub(super) fn publication(&self) -> Option<&Arc<Publication>> {
+        match &self.kind {
+            PushKind::Pub(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The data's JSON text, the bytes deltas are computed on (a binary
+    /// payload: its base64 JSON string, as JSON clients see it).
+    fn data_text(&self) -> Option<RawJson> {
+        self.publication().map(|p| p.data.to_json())
+    }
+
+    /// The Fossil delta from the base's data to this one's. None for
+    /// binary data on either side (protobuf clients hold it as bytes, JSON
+    /// clients as base64 text: one delta cannot serve both).
+    fn delta_bytes(&self) -> Option<&Vec<u8>> {
+        self.delta
+            .get_or_init(|| {
+                let (_, Some(base)) = self.base.as_ref()? else {
+                    return None;
+                };
+                if self
+                    .publication()
+                    .is_some_and(|p| matches!(p.data, crate::Payload::Binary(_)))
+                {
+                    return None;
+                }
+                let target = self.data_text()?;
+                let (source, target) = (base.get().as_bytes(), target.get().as_bytes());
+                let d = fossil_delta::delta(target, source);
+                (d.len() < target.len()).then_some(d)
+            })
+            .as_ref()
+    }
+
+    /// A publication push for a delta subscription, full: over JSON the
+    /// data is a JSON string holding the JSON text; over protobuf the
+    /// plain push.
+    pub fn full_for_delta(&self, protobuf: bool) -> &Bytes {
+        if protobuf {
+            return self.protobuf();
+        }
+        self.json_full_string.get_or_init(|| {
+            let Some(p) = self.publication() else {
+                return self.json().clone();
+            };
+            let text = p.data.to_json();
+            let quoted = json_string(text.get());
+            self.encode_pub(&quoted, false, false)
+        })
+    }
+
+    /// The delta push, when there is one (see [`PreparedPush::delta_bytes`]).
+    pub fn delta_push(&self, protobuf: bool) -> Option<&Bytes> {
+        if protobuf {
+            return self
+                .protobuf_delta
+                .get_or_init(|| {
+                    let d = self.delta_bytes()?;
+                    let p = self.publication()?;
+                    let tags = self.tags_of(p);
+                    Some(Bytes::from(
+                        groupcast_proto::protobuf::encode_pub_push_bytes(
+                            &self.channel,
+                            d,
+                            true,
+                            p.offset,
+                            p.info.as_deref(),
+                            &tags,
+                        ),
+                    ))
+                })
+                .as_ref();
+        }
+        self.json_delta
+            .get_or_init(|| {
+                let d = std::str::from_utf8(self.delta_bytes()?).ok()?;
+                let quoted = json_string(d);
+                Some(self.encode_pub(&quoted, true, false))
+            })
+            .as_ref()
+    }
+
+    fn tags_of(&self, p: &Publication) -> std::collections::BTreeMap<String, String> {
+        let mut tags = p.tags.clone();
+        if matches!(p.data, crate::Payload::Binary(_)) {
+            tags.insert(TAG_ENCODING.into(), "base64".into());
+        }
+        tags
+    }
+
+    /// A publication push with `data` (JSON) as given.
+    fn encode_pub(&self, data: &RawJson, delta: bool, protobuf: bool) -> Bytes {
+        let Some(p) = self.publication() else {
+            return Bytes::new();
+        };
+        let tags = self.tags_of(p);
+        let view = PubView {
+            data,
+            offset: p.offset,
+            info: p.info.as_deref(),
+            tags: &tags,
+            delta,
+        };
+        Bytes::from(if protobuf {
+            groupcast_proto::protobuf::encode_pub_push(&self.channel, view)
+        } else {
+            encode_pub_push(&self.channel, view)
+        })
+    }
+
+    /// The raw relay frame `(bytes, is_binary)`; `None` for join/leave.
+    pub fn relay(&self) -> Option<&(Bytes, bool)> {
+        match &self.kind {
+            PushKind::Pub(p) => Some(self.relay.get_or_init(|| p.data.to_relay())),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The hub's fan-out, ordering, recovery merge and delta bases.
+
+use super::*;
+use crate::publication::Payload;
+use bytes::Bytes;
+
+struct Sink {
+    id: u64,
+    kind: SubscriberKind,
+    got: Mutex<Vec<Bytes>>,
+    /// Whether the relay frame was already encoded when pushed.
+    relay_encoded: Mutex<Vec<bool>>,
+    insufficient: Mutex<Vec<String>>,
+}
+impl Subscriber for Sink {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn client(&self) -> &str {
+        match self.id {
+            1 => "client-1",
+            _ => "client-other",
+        }
+    }
+    fn kind(&self) -> SubscriberKind {
+        self.kind
+    }
+    fn push(&self, push: &PreparedPush) {
+        self.relay_encoded.lock().push(push.relay.get().is_some());
+        let b = match self.kind {
+            SubscriberKind::Protocol => push.json().clone(),
+            SubscriberKind::Relay => push.relay().unwrap().0.clone(),
+        };
+        self.got.lock().push(b);
+    }
+    fn insufficient_state(&self, channel: &str) {
+        self.insufficient.lock().push(channel.to_string());
+    }
+}
+fn sink(id: u64, kind: SubscriberKind) -> Arc<Sink> {
+    Arc::new(Sink {
+        id,
+        kind,
+        got: Mutex::new(Vec::new()),
+        relay_encoded: Mutex::new(Vec::new()),
+        insufficient: Mutex::new(Vec::new()),
+    })
+}
+fn publication(offset: u64, text: &str, origin: Option<u64>) -> Arc<Publication> {
+    let mut p = Publication::new(Payload::from_text(text));
+    p.offset = offset;
+    p.origin = origin;
+    Arc::new(p)
+}
+
+/// Records what a delta subscription is handed: (delta?, push bytes).
+struct DeltaSink {
+    id: u64,
+    got: Mutex<Vec<(bool, Bytes)>>,
+}
+impl Subscriber for DeltaSink {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn kind(&self) -> SubscriberKind {
+        SubscriberKind::Protocol
+    }
+    fn push(&self, push: &PreparedPush) {
+        self.got.lock().push((false, push.json().clone()));
+    }
+    fn push_delta(&self, push: &PreparedPush, delta: bool) {
+        let b = match delta.then(|| push.delta_push(false)).flatten() {
+            Some(d) => (true, d.clone()),
+            None => (false, push.full_for_delta(false).clone()),
+        };
+        self.got.lock().push(b);
+    }
+    fn insufficient_state(&self, _: &str) {}
+}
+
+/// The `pub.data` of a JSON push, and its `delta` flag.
+fn pub_data(b: &[u8]) -> (serde_json::Value, bool) {
+    let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+    let p = &v["push"]["pub"];
+    (p["data"].clone(), p["delta"] == true)
+}
+
+#[test]
+fn a_delta_subscription_gets_the_first_publication_full_then_deltas_that_apply() {
+    let hub = Hub::default();
+    let d = Arc::new(DeltaSink {
+        id: 7,
+        got: Mutex::new(Vec::new()),
+    });
+    let plain = sink(8, SubscriberKind::Protocol);
+    hub.add_with_delta("w", d.clone(), false, true);
+    hub.add("w", plain.clone(), false);
+    // A world state where each publication moves one entity.
+    let state = |n: u64| {
+        let xs: Vec<String> = (0..50u64)
+            .map(|i| format!("{{\"id\":{i},\"x\":{}}}", if i == n { n * 1000 } else { i }))
+            .collect();
+        format!("[{}]", xs.join(","))
+    };
+    for n in 1..=3 {
+        hub.on_publication("w", publication(n, &state(n), None));
+    }
+    let got = d.got.lock().clone();
+    // First: full, as a JSON string holding the JSON text.
+    let (data, delta) = pub_data(&got[0].1);
+    assert!(!delta);
+    assert_eq!(data.as_str().unwrap(), state(1));
+    // Then deltas, smaller, that rebuild the data from the previous one.
+    let mut prev = state(1).into_bytes();
+    for (i, (is_delta, bytes)) in got.iter().enumerate().skip(1) {
+        let (data, delta) = pub_data(bytes);
+        assert!(*is_delta && delta, "publication {} as a delta", i + 1);
+        let d = data.as_str().unwrap().as_bytes().to_vec();
+        assert!(d.len() < prev.len() / 2, "a delta is small: {}", d.len());
+        let next = fossil_delta::apply(&prev, &d).unwrap();
+        assert_eq!(
+            String::from_utf8(next.clone()).unwrap(),
+            state(i as u64 + 1)
+        );
+        prev = next;
+    }
+    // The plain subscriber got plain pushes of the same publications.
+    let plain_got = plain.got.lock().clone();
+    assert_eq!(plain_got.len(), 3);
+    assert!(pub_data(&plain_got[2]).0.is_array());
+    // A subscription that joins later has no base: its first
+    // publication is full, the next a delta.
+    let late = Arc::new(DeltaSink {
+        id: 9,
+        got: Mutex::new(Vec::new()),
+    });
+    hub.add_with_delta("w", late.clone(), false, true);
+    hub.on_publication("w", publication(4, &state(4), None));
+    hub.on_publication("w", publication(5, &state(5), None));
+    let got = late.got.lock().clone();
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [false, true]);
+    assert_eq!(pub_data(&got[0].1).0.as_str().unwrap(), state(4));
+}
+
+/// The offset of a channel's kept delta base.
+fn base_of(hub: &Hub, channel: &str) -> Option<u64> {
+    hub.get(channel)?.lock().base.as_ref().map(|b| b.0)
+}
+
+#[test]
+fn only_channels_with_a_delta_subscription_keep_a_base() {
+    let hub = Hub::default();
+    let plain = sink(1, SubscriberKind::Protocol);
+    hub.add("c", plain.clone(), false);
+    hub.on_publication("c", publication(1, "{}", None));
+    assert!(
+        base_of(&hub, "c").is_none(),
+        "no delta subscription: no payload kept"
+    );
+    let d = Arc::new(DeltaSink {
+        id: 2,
+        got: Mutex::new(Vec::new()),
+    });
+    hub.add_with_delta("c", d.clone(), false, true);
+    hub.on_publication("c", publication(2, "{}", None));
+    assert_eq!(base_of(&hub, "c"), Some(2));
+    hub.remove("c", 2);
+    assert!(
+        base_of(&hub, "c").is_none(),
+        "gone with the last delta subscription"
+    );
+    assert_eq!(hub.remove("c", 1), RemoveOutcome::Last);
+}
+
+#[test]
+fn an_excluded_client_is_left_out_of_the_fan_out_only() {
+    let hub = Hub::default();
+    let (a, b) = (
+        sink(1, SubscriberKind::Protocol),
+        sink(2, SubscriberKind::Protocol),
+    );
+    hub.add("c", a.clone(), false);
+    hub.add("c", b.clone(), false);
+    let mut p = Publication::new(Payload::from_text("{}"));
+    p.offset = 1;
+    p.exclude_client = Some(Arc::from("client-1"));
+    hub.on_publication("c", Arc::new(p));
+    hub.on_publication("c", publication(2, "{}", None));
+    assert_eq!(a.got.lock().len(), 1, "client-1 got only the second");
+    assert_eq!(b.got.lock().len(), 2, "the others get both");
+}
+
+#[test]
+fn encodes_once_and_shares_bytes() {
+    let hub = Hub::default();
+    let (a, b) = (
+        sink(1, SubscriberKind::Protocol),
+        sink(2, SubscriberKind::Protocol),
+    );
+    assert_eq!(hub.add("c", a.clone(), false), AddOutcome::First);
+    assert_eq!(hub.add("c", b.clone(), false), AddOutcome::Added);
+    assert_eq!(
+        hub.add("c", b.clone(), false),
+        AddOutcome::AlreadySubscribed
+    );
+    hub.on_publication("c", publication(1, "{}", None));
+    let (ga, gb) = (a.got.lock()[0].clone(), b.got.lock()[0].clone());
+    assert_eq!(
+        ga.as_ptr(),
+        gb.as_ptr(),
+        "one encoding shared by subscribers"
+    );
+    assert_eq!(
+        *b.relay_encoded.lock(),
+        [false],
+        "no relay frame is encoded for protocol subscribers"
+    );
+}
+
+#[test]
+fn relay_origin_is_not_echoed_and_gets_no_join() {
+    let hub = Hub::default();
+    let (r1, r2, p) = (
+        sink(1, SubscriberKind::Relay),
+        sink(2, SubscriberKind::Relay),
+        sink(3, SubscriberKind::Protocol),
+    );
+    for s in [r1.clone(), r2.clone(), p.clone()] {
+        hub.add("relay", s, false);
+    }
+    hub.on_publication("relay", publication(0, "hello", Some(1)));
+    hub.on_join("relay", Arc::new(ClientInfo::default()));
+    assert!(
+        r1.got.lock().is_empty(),
+        "sender does not get its own frame"
+    );
+    assert_eq!(&r2.got.lock()[..], &[Bytes::from_static(b"hello")]);
+    assert_eq!(p.got.lock().len(), 2, "protocol sub gets pub and join");
+}
+
+#[test]
+fn buffering_merges_without_gap_or_duplicate() {
+    let hub = Hub::default();
+    let s = sink(1, SubscriberKind::Relay);
+    hub.add("c", s.clone(), true);
+    for off in 3..=6 {
+        hub.on_publication("c", publication(off, &off.to_string(), None));
+    }
+    // History covered up to offset 4; the reply goes first.
+    hub.finish_buffering("c", 1, 4, || {
+        s.got.lock().push(Bytes::from_static(b"reply"))
+    })
+    .unwrap();
+    hub.on_publication("c", publication(6, "6", None)); // duplicate
+    hub.on_publication("c", publication(7, "7", None));
+    let got: Vec<_> = s
+        .got
+        .lock()
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .collect();
+    assert_eq!(got, ["reply", "5", "6", "7"]);
+}
+
+#[test]
+fn buffer_overflow_is_reported() {
+    let hub = Hub::default();
+    let s = sink(1, SubscriberKind::Relay);
+    hub.add("c", s.clone(), true);
+    for off in 1..=(MAX_RECOVERY_BUFFER as u64 + 1) {
+        hub.on_publication("c", publication(off, "x", None));
+    }
+    assert_eq!(
+        hub.finish_buffering("c", 1, 0, || panic!("not run")),
+        Err(BufferOverflow)
+    );
+}
+
+#[test]
+fn remove_reports_last_subscriber() {
+    let hub = Hub::default();
+    hub.add("c", sink(1, SubscriberKind::Relay), false);
+    hub.add("c", sink(2, SubscriberKind::Relay), false);
+    assert_eq!(hub.remove("c", 1), RemoveOutcome::Removed);
+    assert_eq!(hub.remove("c", 1), RemoveOutcome::NotSubscribed);
+    assert_eq!(hub.remove("c", 2), RemoveOutcome::Last);
+    assert_eq!(hub.num_channels(), 0);
+}
+
+#[test]
+fn insufficient_state_restarts_live_and_recovering_subscribers() {
+    let hub = Hub::default();
+    let live = sink(1, SubscriberKind::Protocol);
+    let recovering = sink(2, SubscriberKind::Protocol);
+    let other = sink(3, SubscriberKind::Protocol);
+    hub.add("c", live.clone(), false);
+    hub.add("c", recovering.clone(), true);
+    hub.add("d", other.clone(), false);
+    hub.on_insufficient_state("c");
+    assert_eq!(*live.insufficient.lock(), ["c"], "live one told once");
+    assert_eq!(
+        hub.finish_buffering("c", 2, 0, || panic!("not run")),
+        Err(BufferOverflow),
+        "a recovering one must restart its recovery"
+    );
+    assert!(
+        other.insufficient.lock().is_empty(),
+        "other channels untouched"
+    );
+}
