@@ -23,6 +23,9 @@
 //!   `client.connect_proxy` pointed at `proxy-backend` (a minimal backend
 //!   in this tool), the cost of the connect proxy.
 //!
+//! * `rooms`: R rooms of M subscribers, one publisher at a steady total
+//!   rate over the rooms in turn: delivered per second, latency p50/p99.
+//!
 //! * `relay-backend`: relay connections bound to a NATS backend target
 //!   (a backend in this tool echoes every frame through `relay_send`):
 //!   round trips per second and latency p50/p99.
@@ -49,6 +52,7 @@ mod http;
 mod membership;
 mod presence;
 mod relay_backend;
+mod rooms;
 mod soak;
 
 #[derive(Parser)]
@@ -110,6 +114,8 @@ enum Scenario {
     Soak(soak::Params),
     /// Connections per second (upgrade + connect + reply) and latency.
     ConnectRate(connect::Params),
+    /// Many small channels (rooms) at a steady rate: delivered/s, latency.
+    Rooms(rooms::Params),
     /// Relay connections to a NATS backend (echo): round trips/s, latency.
     RelayBackend(relay_backend::Params),
     /// A minimal connect-proxy backend for `connect-rate` (runs until
@@ -179,13 +185,11 @@ async fn handshake(ws: &mut Ws, token: &str, channel: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// Latency samples: one of every `.1` publications a connection receives.
+type Samples = (Arc<std::sync::Mutex<Vec<u64>>>, u64);
+
 /// Keep a connection alive: answer pings, count publications.
-async fn drain(
-    mut ws: Ws,
-    delivered: Arc<AtomicU64>,
-    latencies: Option<Arc<std::sync::Mutex<Vec<u64>>>>,
-    t0: Instant,
-) {
+async fn drain(mut ws: Ws, delivered: Arc<AtomicU64>, latencies: Option<Samples>, t0: Instant) {
     let mut n: u64 = 0;
     while let Some(Ok(msg)) = ws.next().await {
         let Message::Text(t) = msg else { continue };
@@ -196,7 +200,10 @@ async fn drain(
             } else if line.contains("\"pub\":") {
                 pubs += 1;
                 n += 1;
-                if let (Some(l), true) = (&latencies, n.is_multiple_of(97)) {
+                if let Some((l, _)) = latencies
+                    .as_ref()
+                    .filter(|(_, every)| n.is_multiple_of(*every))
+                {
                     if let Some(sent) = sent_at(line) {
                         let now = t0.elapsed().as_micros() as u64;
                         l.lock()
@@ -237,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::ConnectRate(params) => connect::run(cli.server, &cli.token, params).await?,
         Scenario::ProxyBackend { listen } => connect::backend(listen).await?,
         Scenario::RelayBackend(params) => relay_backend::run(cli.server, params).await?,
+        Scenario::Rooms(params) => rooms::run(cli.server, &cli.token, params).await?,
         Scenario::Idle {
             connections,
             server_pid,
@@ -298,7 +306,7 @@ async fn main() -> anyhow::Result<()> {
                 tasks.push(tokio::spawn(drain(
                     ws,
                     delivered.clone(),
-                    Some(latencies.clone()),
+                    Some((latencies.clone(), 97)),
                     t0,
                 )));
             }
