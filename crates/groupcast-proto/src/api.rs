@@ -4,15 +4,32 @@
 //! `{"result":{...}}` or `{"error":{"code":..,"message":..}}` with HTTP 200.
 //! `POST /api/batch` takes `{"commands":[{"<method>":{...}}, ...]}` and
 //! answers `{"replies":[{"<method>":{...}} | {"error":{...}}, ...]}`.
+//!
+//! Where an API method shares a name with a client protocol method, the
+//! bodies usually differ (the API names a target user or client, and has
+//! extra fields), so `api::SubscribeRequest` and `client::SubscribeRequest`
+//! are different types. Bodies of the very same shape are the client
+//! protocol's types, re-exported here: [`ChannelRequest`],
+//! [`PresenceResult`], [`HistoryResult`]. Error codes and messages come
+//! from the client protocol's table ([`ApiError::of`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::client::{raw_opt, ClientInfo, PublicationOut, RawJson, StreamPosition};
+use crate::client::{is_zero_u64, raw_opt, RawJson, StreamPosition};
+use crate::codes::ErrorCode;
 
-/// API-level error codes (Centrifugo's server API table).
+/// The same bodies as the client protocol's, so the same types.
+pub use crate::client::{ChannelRequest, HistoryResult, PresenceResult};
+
+/// An API error: the `error` object of an answer, `{"code":..,"message":..}`.
+///
+/// The codes and messages are the client protocol's, from the one table
+/// ([`ErrorCode`]); each constant here is built from its namesake there.
+/// The API's error object has no `temporary` field, so this type drops it
+/// (e.g. `INTERNAL` is temporary in the client protocol, not here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ApiError {
     pub code: u32,
@@ -20,38 +37,22 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub const INTERNAL: ApiError = ApiError {
-        code: 100,
-        message: "internal server error",
-    };
-    pub const UNAUTHORIZED: ApiError = ApiError {
-        code: 101,
-        message: "unauthorized",
-    };
-    pub const UNKNOWN_CHANNEL: ApiError = ApiError {
-        code: 102,
-        message: "unknown channel",
-    };
-    pub const METHOD_NOT_FOUND: ApiError = ApiError {
-        code: 104,
-        message: "method not found",
-    };
-    pub const LIMIT_EXCEEDED: ApiError = ApiError {
-        code: 106,
-        message: "limit exceeded",
-    };
-    pub const BAD_REQUEST: ApiError = ApiError {
-        code: 107,
-        message: "bad request",
-    };
-    pub const NOT_AVAILABLE: ApiError = ApiError {
-        code: 108,
-        message: "not available",
-    };
-    pub const UNRECOVERABLE_POSITION: ApiError = ApiError {
-        code: 112,
-        message: "unrecoverable position",
-    };
+    /// The API form of a client protocol error: its code and message.
+    pub const fn of(e: ErrorCode) -> ApiError {
+        ApiError {
+            code: e.code,
+            message: e.message,
+        }
+    }
+
+    pub const INTERNAL: ApiError = ApiError::of(ErrorCode::INTERNAL);
+    pub const UNAUTHORIZED: ApiError = ApiError::of(ErrorCode::UNAUTHORIZED);
+    pub const UNKNOWN_CHANNEL: ApiError = ApiError::of(ErrorCode::UNKNOWN_CHANNEL);
+    pub const METHOD_NOT_FOUND: ApiError = ApiError::of(ErrorCode::METHOD_NOT_FOUND);
+    pub const LIMIT_EXCEEDED: ApiError = ApiError::of(ErrorCode::LIMIT_EXCEEDED);
+    pub const BAD_REQUEST: ApiError = ApiError::of(ErrorCode::BAD_REQUEST);
+    pub const NOT_AVAILABLE: ApiError = ApiError::of(ErrorCode::NOT_AVAILABLE);
+    pub const UNRECOVERABLE_POSITION: ApiError = ApiError::of(ErrorCode::UNRECOVERABLE_POSITION);
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,12 +220,11 @@ pub struct RefreshRequest {
     pub expire_at: i64,
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct ChannelRequest {
-    #[serde(default)]
-    pub channel: String,
-}
-
+/// `history`. The same fields as [`crate::client::HistoryRequest`] but its
+/// own type: `since` is read by serde's default here, which also takes a
+/// `[offset, epoch]` array by position, while the client protocol reads
+/// only an object there. One type for both would change what one of them
+/// accepts.
 #[derive(Debug, Default, Deserialize)]
 pub struct HistoryRequest {
     #[serde(default)]
@@ -259,10 +259,6 @@ pub struct PublishResult {
     pub epoch: String,
 }
 
-fn is_zero_u64(v: &u64) -> bool {
-    *v == 0
-}
-
 /// One entry of a broadcast result: a publish result or an error.
 #[derive(Debug, Serialize)]
 pub struct BroadcastEntry {
@@ -275,20 +271,6 @@ pub struct BroadcastEntry {
 #[derive(Debug, Serialize)]
 pub struct BroadcastResult {
     pub responses: Vec<BroadcastEntry>,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct PresenceResult {
-    pub presence: BTreeMap<String, ClientInfo>,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct HistoryResult {
-    pub publications: Vec<PublicationOut>,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub epoch: String,
-    #[serde(skip_serializing_if = "is_zero_u64")]
-    pub offset: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -316,4 +298,41 @@ pub struct NodeInfo {
 #[derive(Debug, Default, Serialize)]
 pub struct InfoResult {
     pub nodes: Vec<NodeInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_errors_are_the_client_table_without_temporary() {
+        // The code and message of each, as the API has always answered.
+        for (api, code, message) in [
+            (ApiError::INTERNAL, 100, "internal server error"),
+            (ApiError::UNAUTHORIZED, 101, "unauthorized"),
+            (ApiError::UNKNOWN_CHANNEL, 102, "unknown channel"),
+            (ApiError::METHOD_NOT_FOUND, 104, "method not found"),
+            (ApiError::LIMIT_EXCEEDED, 106, "limit exceeded"),
+            (ApiError::BAD_REQUEST, 107, "bad request"),
+            (ApiError::NOT_AVAILABLE, 108, "not available"),
+            (
+                ApiError::UNRECOVERABLE_POSITION,
+                112,
+                "unrecoverable position",
+            ),
+        ] {
+            assert_eq!((api.code, api.message), (code, message));
+            let client = ErrorCode::ALL.iter().find(|e| e.code == code).unwrap();
+            assert_eq!(api, ApiError::of(*client));
+        }
+        // The wire form: code and message only, also for a temporary error.
+        assert_eq!(
+            serde_json::to_value(ApiError::INTERNAL).unwrap(),
+            serde_json::json!({"code":100,"message":"internal server error"})
+        );
+        assert_eq!(
+            serde_json::to_value(ApiError::UNRECOVERABLE_POSITION).unwrap(),
+            serde_json::json!({"code":112,"message":"unrecoverable position"})
+        );
+    }
 }

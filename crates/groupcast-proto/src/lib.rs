@@ -8,9 +8,24 @@
 //!
 //! # Layout
 //! * [`codes`]: the client error table and the disconnect table (one place).
-//! * [`client`]: client protocol commands, replies and push encoders.
-//! * [`protobuf`]: the same protocol in its protobuf encoding.
-//! * [`api`]: server HTTP API request and response bodies.
+//! * [`client`]: client protocol, JSON encoding; one folder, re-exported
+//!   at `client::X`:
+//!   * `client/command.rs`: frame decoding, [`client::Command`] and each
+//!     method's request;
+//!   * `client/reply.rs`: [`client::Reply`] and each method's result;
+//!   * `client/push.rs`: the push encoders;
+//!   * `client/portable.rs`: [`client::json_is_portable`];
+//!   * `client/object.rs`: read a struct only from a JSON object.
+//! * [`protobuf`]: the same protocol in its protobuf encoding; one folder,
+//!   re-exported at `protobuf::X`:
+//!   * `protobuf/messages.rs`: the hand-written mirror of `client.proto`
+//!     (its module doc says why not generated);
+//!   * `protobuf/decode.rs`: commands to the JSON model;
+//!   * `protobuf/encode.rs`: replies and pushes from the JSON model;
+//!   * `protobuf/tests/`: tests, with bytes written from the schema.
+//! * [`api`]: server HTTP API request and response bodies; its errors are
+//!   the [`codes`] table's, and bodies of the same shape as the client
+//!   protocol's are those types.
 
 pub mod api;
 pub mod client;
