@@ -17,7 +17,7 @@ use groupcast_membership::{MembershipClient, MembershipClientConfig};
 use groupcast_nats::{NatsBroker, StreamSpec};
 use tokio_util::sync::CancellationToken;
 
-use crate::Config;
+use crate::config::Config;
 
 /// How often the in-memory broker drops idle streams.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
