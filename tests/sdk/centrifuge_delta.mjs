@@ -16,9 +16,11 @@ const decode = (data) => (protobuf ? JSON.parse(new TextDecoder().decode(data)) 
 const CHANNEL = 'world';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const fail = (m) => { console.error(`FAIL: ${m}`); process.exit(1); };
-setTimeout(() => fail('did not finish within 25 s'), 25000).unref();
+// Bounds for what merely has to happen (generous: a busy machine is slow,
+// not wrong); the script's own bound stays under the Rust test's 60 s.
+setTimeout(() => fail('did not finish within 55 s'), 55000).unref();
 
-async function until(cond, what, ms = 5000) {
+async function until(cond, what, ms = 15000) {
   const deadline = Date.now() + ms;
   for (;;) {
     const v = cond();

@@ -126,21 +126,40 @@ const publisher = (async () => {
 })();
 
 // ------------------------------------------------------------ control
+// Presence lists every client, on two edges or more: polled (bounded) until
+// it does, since clients reconnect and edges report on their own time.
 async function presence() {
-  const p = await api('presence', { channel: CHANNEL });
-  const users = new Set(Object.values(p.presence || {}).map((e) => e.user));
-  const connected = clients.filter((c) => c.centrifuge.state === 'connected').length;
-  if (users.size !== N) fail(`presence lists ${users.size} users, ${N} clients (${connected} connected)`);
-  const info = await api('info', {});
-  const withClients = (info.nodes || []).filter((n) => (n.num_clients || 0) > 0);
-  if (withClients.length < 2) fail(`clients on ${withClients.length} edge(s), want 2 or more: ${JSON.stringify(info.nodes)}`);
-  log(`presence: ${users.size} users, clients on ${withClients.length} edges (${withClients.map((n) => `${n.name}=${n.num_clients}`).join(', ')})`);
+  const deadline = Date.now() + 60000;
+  for (;;) {
+    let p;
+    let info;
+    try {
+      p = await api('presence', { channel: CHANNEL });
+      info = await api('info', {});
+    } catch (e) {
+      if (Date.now() > deadline) fail(`presence: ${e}`);
+      await sleep(500);
+      continue;
+    }
+    const users = new Set(Object.values(p.presence || {}).map((e) => e.user));
+    const connected = clients.filter((c) => c.centrifuge.state === 'connected').length;
+    const withClients = (info.nodes || []).filter((n) => (n.num_clients || 0) > 0);
+    if (users.size === N && withClients.length >= 2) {
+      log(`presence: ${users.size} users, clients on ${withClients.length} edges (${withClients.map((n) => `${n.name}=${n.num_clients}`).join(', ')})`);
+      return;
+    }
+    if (Date.now() > deadline) {
+      if (users.size !== N) fail(`presence lists ${users.size} users, ${N} clients (${connected} connected)`);
+      fail(`clients on ${withClients.length} edge(s), want 2 or more: ${JSON.stringify(info.nodes)}`);
+    }
+    await sleep(500);
+  }
 }
 
 async function stop() {
   publishing = false;
   await publisher;
-  const until = Date.now() + 15000;
+  const until = Date.now() + 60000;
   while (!clients.every((c) => c.got.length >= published)) {
     if (Date.now() > until) break;
     await sleep(100);

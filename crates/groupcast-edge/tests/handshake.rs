@@ -151,8 +151,11 @@ async fn silent_and_slowloris_sockets_are_cut_and_harm_no_one() {
 #[tokio::test]
 async fn a_request_head_in_time_is_served_even_if_it_came_slowly() {
     let mut config = TestServer::dev_config();
-    config.client.first_byte_timeout = Duration::from_millis(500);
-    config.client.request_head_timeout = Duration::from_secs(3);
+    // The head takes longer than first_byte_timeout (at least 1.5 s: the
+    // pauses are lower bounds), well within request_head_timeout however
+    // busy the machine.
+    config.client.first_byte_timeout = Duration::from_secs(1);
+    config.client.request_head_timeout = Duration::from_secs(15);
     let s = TestServer::start_with(config).await;
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     for chunk in [
@@ -162,7 +165,7 @@ async fn a_request_head_in_time_is_served_even_if_it_came_slowly() {
         "\r\n",
     ] {
         c.write_all(chunk.as_bytes()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let mut answer = String::new();
     c.read_to_string(&mut answer).await.unwrap();

@@ -8,11 +8,31 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(5);
 
-async fn expect_silence(c: &mut RelayClient) {
-    match c.recv(Duration::from_millis(300)).await {
-        Err(groupcast_client::ClientError::Timeout) => {}
-        other => panic!("expected nothing, got {other:?}"),
+/// Waits (bounded) until `channel` has `n` subscribers: a relay connection
+/// subscribes once its WebSocket is open, on the server's own time.
+async fn subscribed(s: &TestServer, channel: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, r) = s.api("channels", json!({ "pattern": channel })).await;
+        if r["result"]["channels"][channel]["num_clients"] == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{channel}: not {n} subscribers within 20 s: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The next frame `c` gets is `marker` (sent after whatever must not
+/// arrive: the channel keeps its order).
+async fn next_is(c: &mut RelayClient, marker: &str) {
+    assert_eq!(
+        c.recv(T).await.unwrap(),
+        Frame::Text(marker.into()),
+        "expected nothing before the marker"
+    );
 }
 
 #[tokio::test]
@@ -22,8 +42,8 @@ async fn frames_reach_the_other_relay_clients_verbatim() {
     let mut b = RelayClient::open(&s.relay_url("relay")).await.unwrap();
     let mut c = RelayClient::open(&s.relay_url("relay")).await.unwrap();
     let mut other = RelayClient::open(&s.relay_url("elsewhere")).await.unwrap();
-    // Give the subscriptions a moment to register.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    subscribed(&s, "relay", 3).await;
+    subscribed(&s, "elsewhere", 1).await;
     // The seed's message, byte for byte (note the spacing: not re-encoded).
     let msg = r#"{"type": "message", "text": "Hello from client", "timestamp": "2025-10-30T19:00:00.000Z"}"#;
     a.send_text(msg).await.unwrap();
@@ -36,8 +56,15 @@ async fn frames_reach_the_other_relay_clients_verbatim() {
     );
     a.send_binary(&[0, 159, 255]).await.unwrap();
     assert_eq!(b.recv(T).await.unwrap(), Frame::Binary(vec![0, 159, 255]));
-    expect_silence(&mut a).await; // no echo to the sender
-    expect_silence(&mut other).await; // other channels see nothing
+    // No echo to the sender: b's answer, sent after a's frames reached it,
+    // is the first frame a gets.
+    b.send_text("marker from b").await.unwrap();
+    next_is(&mut a, "marker from b").await;
+    // Other channels see nothing: a publication made on `elsewhere` after
+    // a's frames is the first frame there.
+    s.api("publish", json!({"channel":"elsewhere","data":"marker"}))
+        .await;
+    next_is(&mut other, r#""marker""#).await;
 }
 
 #[tokio::test]
@@ -108,7 +135,7 @@ async fn default_channel_and_rejections() {
         .await
         .unwrap();
     let mut b = RelayClient::open(&s.relay_url("relay")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    subscribed(&s, "relay", 2).await;
     a.send_text("hi").await.unwrap();
     assert_eq!(b.recv(T).await.unwrap(), Frame::Text("hi".into()));
 
@@ -155,9 +182,24 @@ async fn silent_relay_peer_is_closed_with_no_pong() {
     config.client.ping_interval = Duration::from_secs(1);
     config.client.pong_timeout = Duration::from_millis(500);
     let s = TestServer::start_with(config).await;
-    // Never reads, so never answers the server's WebSocket pings.
+    // Never reads (so never answers the server's WebSocket pings) until
+    // the server counted a 3012 disconnect; then reads up to its close.
     let mut a = RelayClient::open(&s.relay_url("relay")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, m) = s.http_raw("GET", "/metrics", "", b"").await;
+        if String::from_utf8_lossy(&m)
+            .lines()
+            .any(|l| l.starts_with(r#"groupcast_disconnects_total{code="3012"}"#))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a silent peer was not closed within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     loop {
         match a.recv(T).await.unwrap() {
             Frame::Close(code) => {
@@ -183,7 +225,7 @@ async fn relay_frames_need_publish_permission() {
     // Receiving works: API publications arrive.
     let mut r = RelayClient::open(&s.relay_url("feed:news")).await.unwrap();
     let mut other = RelayClient::open(&s.relay_url("feed:news")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    subscribed(&s, "feed:news", 2).await;
     s.api("publish", json!({"channel":"feed:news","data":{"n":1}}))
         .await;
     assert_eq!(r.recv(T).await.unwrap(), Frame::Text(r#"{"n":1}"#.into()));
@@ -197,5 +239,9 @@ async fn relay_frames_need_publish_permission() {
         Frame::Close(Some((code, _))) => assert_eq!(code, 3507),
         other => panic!("expected close 3507, got {other:?}"),
     }
-    expect_silence(&mut other).await; // the frame was not relayed
+    // The frame was not relayed: the next frame `other` gets is a
+    // publication made after the refusal.
+    s.api("publish", json!({"channel":"feed:news","data":{"n":2}}))
+        .await;
+    next_is(&mut other, r#"{"n":2}"#).await;
 }

@@ -419,7 +419,7 @@ async fn shutdown_delay_keeps_serving_while_not_ready_then_drains() {
     let mut server = DevServer::start(
         BIN,
         &["--listen", &listen],
-        &[("GROUPCAST_SHUTDOWN__DELAY", "2s")],
+        &[("GROUPCAST_SHUTDOWN__DELAY", "10s")],
     );
     let addr: std::net::SocketAddr = listen.parse().unwrap();
     let ws = format!("ws://{listen}/connection/websocket");
@@ -432,14 +432,15 @@ async fn shutdown_delay_keeps_serving_while_not_ready_then_drains() {
         .status()
         .unwrap()
         .success());
-    // Not ready at once...
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    // Not ready at once (well within the delay)...
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while http_request(addr, "GET", "/readyz", "", b"").await.0 != 503 {
         assert!(std::time::Instant::now() < deadline, "/readyz still 200");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // ...but still serving: a new client connects and subscribes, the old
-    // one is not told to go yet.
+    // one still gets its answers and was not told to go (a close would
+    // have come before the answer).
     let (mut during, reply) = Client::connect(&ws, "").await.unwrap();
     assert!(reply.get("connect").is_some(), "{reply}");
     let sub = during
@@ -447,13 +448,11 @@ async fn shutdown_delay_keeps_serving_while_not_ready_then_drains() {
         .await
         .unwrap();
     assert!(sub.get("error").is_none(), "{sub}");
-    assert!(matches!(
-        before.closed(Duration::from_millis(500)).await,
-        Err(groupcast_testkit::ClientError::Timeout)
-    ));
+    let r = before.command("ping", json!({})).await.unwrap();
+    assert_eq!(r["ping"], json!({}), "still served during the delay: {r}");
     // Then the drain: both are told to reconnect elsewhere (3001).
     for c in [&mut before, &mut during] {
-        let code = c.closed(Duration::from_secs(5)).await.unwrap();
+        let code = c.closed(Duration::from_secs(20)).await.unwrap();
         assert_eq!(code.map(|c| c.0), Some(3001));
     }
     let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(10)));

@@ -74,6 +74,55 @@ async fn pubs(c: &mut Client, channel: &str, n: usize) -> Vec<(Value, u64)> {
     out
 }
 
+/// The names of the NATS connections (the edges) that hold `subject`.
+fn holders(connz: &Value, subject: &str) -> Vec<String> {
+    let mut names: Vec<String> = connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|conn| {
+            conn["subscriptions_list"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|s| s == subject))
+        })
+        .map(|conn| conn["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits (bounded: 20 s) until exactly the edges `want` hold `subject` on
+/// `nats`.
+async fn held_by(nats: &NatsServer, subject: &str, want: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = holders(&nats.monitor("/connz?subs=1").await, subject);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{subject} held by {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes `data` on `channel` through `e`, retrying a refused publish
+/// (with the same idempotency key) for at most 30 s.
+async fn api_publish_retried(e: &EdgeProcess, channel: &str, data: Value, key: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = json!({ "channel": channel, "data": data, "idempotency_key": key });
+        let (status, reply) = e.api("publish", body).await;
+        if status == 200 && reply.get("error").is_none() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "publish: {reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn numbers(v: &[(Value, u64)]) -> Vec<u64> {
     v.iter().map(|(d, _)| d["n"].as_u64().unwrap()).collect()
 }
@@ -157,8 +206,9 @@ async fn three_edges_share_channels_in_order() {
     subscribe(&mut watcher, "room").await;
     let mut ra = RelayClient::open(&a.relay_url("room")).await.unwrap();
     let mut rc = RelayClient::open(&c.relay_url("room")).await.unwrap();
-    // Both relay subscriptions exist on NATS once a frame goes through.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A relay connection subscribes once it is open, on the edge's own
+    // time: wait until NATS shows the three edges' interest.
+    held_by(&nats, "gc.g.~.room", &["a", "b", "c"]).await;
     ra.send_text("from-a").await.unwrap();
     assert!(matches!(rc.recv(T).await.unwrap(), Frame::Text(t) if t == "from-a"));
     rc.send_text("from-c").await.unwrap();
@@ -197,35 +247,17 @@ async fn an_edge_without_subscribers_receives_none_of_a_channels_traffic() {
 
     // NATS itself shows the interest: only B's connection holds the subject.
     let subject = "gc.g.~.lonely";
-    let holders = |connz: &Value| -> Vec<String> {
-        connz["connections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|conn| {
-                conn["subscriptions_list"]
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|s| s == subject))
-            })
-            .map(|conn| conn["name"].as_str().unwrap_or("").to_string())
-            .collect()
-    };
-    assert_eq!(holders(&nats.monitor("/connz?subs=1").await), ["b"]);
+    assert_eq!(
+        holders(&nats.monitor("/connz?subs=1").await, subject),
+        ["b"]
+    );
     // After B's last subscriber leaves, B drops the subject too.
     let r = on_b
         .command("unsubscribe", json!({ "channel": "lonely" }))
         .await
         .unwrap();
     assert!(r.get("error").is_none(), "{r}");
-    let mut left = Vec::new();
-    for _ in 0..100 {
-        left = holders(&nats.monitor("/connz?subs=1").await);
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(left.is_empty(), "still subscribed: {left:?}");
+    held_by(&nats, subject, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,11 +275,13 @@ async fn a_client_recovers_on_another_edge() {
 
     // A steady numbered stream through C's API while X moves from A to B.
     let c = Arc::new(c);
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let publisher = {
-        let c = c.clone();
+        let (c, published) = (c.clone(), published.clone());
         tokio::spawn(async move {
             for n in 1..=60 {
                 api_publish(&c, "feed", json!({ "n": n })).await;
+                published.store(n, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -255,7 +289,15 @@ async fn a_client_recovers_on_another_edge() {
     let first = pubs(&mut x, "feed", 10).await;
     let last_offset = first.last().unwrap().1;
     x.close().await;
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Away until at least two more were published (whatever the pace).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while published.load(std::sync::atomic::Ordering::SeqCst) < 12 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the publisher stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     let mut y = client(&b).await;
     let r = y
@@ -287,8 +329,11 @@ async fn a_client_recovers_on_another_edge() {
         (1..=60).collect::<Vec<_>>(),
         "exactly the missed ones, then live"
     );
-    assert!(
-        y.push(Duration::from_millis(300)).await.is_err(),
+    // Nothing twice: the next publication is one made after.
+    api_publish(&c, "feed", json!({ "n": 61 })).await;
+    assert_eq!(
+        numbers(&pubs(&mut y, "feed", 1).await),
+        [61],
         "nothing twice"
     );
 }
@@ -336,16 +381,15 @@ async fn killing_a_nats_server_loses_and_duplicates_nothing() {
     // lives there (edges pick a random server from the list).
     cluster.servers[0].kill();
     let retries = publisher.await.unwrap();
+    // One more after the stream: each subscriber's next publication after
+    // the N is this one (nothing twice).
+    api_publish_retried(&a, "ticks", json!({ "n": N + 1 }), &format!("t{}", N + 1)).await;
     for (i, s) in subs.iter_mut().enumerate() {
-        let got = numbers(&pubs(s, "ticks", N as usize).await);
+        let got = numbers(&pubs(s, "ticks", N as usize + 1).await);
         assert_eq!(
             got,
-            (1..=N).collect::<Vec<_>>(),
-            "subscriber {i}: complete, in order"
-        );
-        assert!(
-            s.push(Duration::from_millis(300)).await.is_err(),
-            "subscriber {i}: nothing twice"
+            (1..=N + 1).collect::<Vec<_>>(),
+            "subscriber {i}: complete, in order, nothing twice"
         );
     }
     for e in [&*a, &b] {
@@ -370,10 +414,11 @@ async fn nats_unreachable_is_a_clear_error_and_not_ready() {
     api_publish(&a, "news", json!({ "n": 1 })).await;
     nats.kill();
     // The edge notices the lost connection.
-    let mut ready = 200;
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut ready;
+    loop {
         ready = http_request(a.addr, "GET", "/readyz", "", b"").await.0;
-        if ready == 503 {
+        if ready == 503 || std::time::Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -400,9 +445,10 @@ async fn nats_unreachable_is_a_clear_error_and_not_ready() {
     );
 
     nats.restart().await;
-    for _ in 0..400 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
         ready = http_request(a.addr, "GET", "/readyz", "", b"").await.0;
-        if ready == 200 {
+        if ready == 200 || std::time::Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

@@ -178,39 +178,68 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_batch() {
         .as_u64()
         .unwrap();
 
-    // Two edges write continuously for 6 s; the leader dies after 1.5 s.
+    // Two edges write continuously; the leader dies once each has ten
+    // batches acknowledged, and they write on until each has ten more
+    // acknowledged by the new leader (counts, not a time: a busy machine
+    // only makes it take longer).
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
+    let mut counts = Vec::new();
     for name in ["w1", "w2"] {
         let mut w = Writer::new(&cluster, cluster.seeds(), name).await;
+        let (stop, count) = (stop.clone(), Arc::new(AtomicU64::new(0)));
+        counts.push(count.clone());
         writers.push(tokio::spawn(async move {
-            let stop = Instant::now() + Duration::from_secs(6);
             let mut acked = 0u64;
-            while Instant::now() < stop {
+            while !stop.load(Ordering::SeqCst) {
                 assert!(
-                    w.batch(stop + Duration::from_secs(20)).await,
+                    w.batch(Instant::now() + Duration::from_secs(30)).await,
                     "batch never acknowledged"
                 );
                 acked += 1;
+                count.store(acked, Ordering::SeqCst);
             }
             (w, acked)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acked_at_least = |n: u64, what: &str| {
+        let counts = counts.clone();
+        let what = what.to_string();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while counts.iter().any(|c| c.load(Ordering::SeqCst) < n) {
+                assert!(Instant::now() < deadline, "{what}: {counts:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    acked_at_least(10, "ten batches each before the fault").await;
     cluster.kill(leader);
+    let at_kill: Vec<u64> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     let new_leader = cluster
         .leader(Duration::from_secs(15), &[leader])
         .await
         .expect("a new leader is elected");
     let status = cluster.status(new_leader).await.unwrap();
     assert!(status["term"].as_u64().unwrap() > old_term);
+    // Ten more each, the last of them surely after the election (a batch
+    // in flight at the kill counts one).
+    acked_at_least(
+        at_kill.iter().max().unwrap() + 11,
+        "writing through the failover",
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
 
     let mut acked_total = 0;
     let mut expected = BTreeSet::new();
     let mut reader = None;
-    for h in writers {
+    for (h, before) in writers.into_iter().zip(at_kill) {
         let (w, acked) = h.await.unwrap();
         assert!(
-            acked > 10,
+            acked > before + 10,
             "{} kept writing through the failover",
             w.edge.name
         );
@@ -516,11 +545,17 @@ async fn edge_handles_under_load_keep_their_leases_across_a_leader_failure() {
         handles.push(h);
     }
     let committed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let stop = Instant::now() + Duration::from_secs(14);
+    // The load runs until the test has seen what it waits for below (the
+    // window is set by what happened, not by the clock).
+    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = {
+        let stopped = stopped.clone();
+        move || !stopped.load(std::sync::atomic::Ordering::SeqCst)
+    };
     let mut tasks = Vec::new();
     for (e, h) in handles.iter().enumerate() {
         for t in 0..16 {
-            let (h, committed) = (h.clone(), committed.clone());
+            let (h, committed, running) = (h.clone(), committed.clone(), running.clone());
             tasks.push(tokio::spawn(async move {
                 let client = format!("e{e}-t{t}");
                 let channel = format!("load-{}", t % 4);
@@ -530,7 +565,7 @@ async fn edge_handles_under_load_keep_their_leases_across_a_leader_failure() {
                     ..Default::default()
                 };
                 // Back to back, no pause on failure (as the benchmark did).
-                while Instant::now() < stop {
+                while running() {
                     let a = h.add_presence(&channel, info.clone()).await.is_ok();
                     let r = h.remove_presence(&channel, &client).await.is_ok();
                     if a && r && h.is_available() {
@@ -542,8 +577,9 @@ async fn edge_handles_under_load_keep_their_leases_across_a_leader_failure() {
     }
     // A reader that also retries at once.
     let reader = handles[0].clone();
+    let reading = running.clone();
     tasks.push(tokio::spawn(async move {
-        while Instant::now() < stop {
+        while reading() {
             let _ = reader.presence("load-0").await;
         }
     }));
@@ -559,12 +595,22 @@ async fn edge_handles_under_load_keep_their_leases_across_a_leader_failure() {
         .await
         .expect("a new leader");
     let at_failover = committed.load(std::sync::atomic::Ordering::Relaxed);
+    // Watched for at least two lease TTLs (and a little more) after the
+    // failover, and until the handles committed 1,000 changes on the new
+    // leader (bounded: 60 s).
     let mut edges_seen = Vec::new();
-    while Instant::now() < stop {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
         let s = cluster.status(new).await.expect("the new leader answers");
         edges_seen.push(s["edges"].as_u64().unwrap_or(0));
+        let after = committed.load(std::sync::atomic::Ordering::Relaxed) - at_failover;
+        if (killed.elapsed() > Duration::from_secs(11) && after > 1000) || Instant::now() > give_up
+        {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
     for t in tasks {
         t.await.unwrap();
     }
