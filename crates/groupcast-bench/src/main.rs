@@ -32,6 +32,17 @@
 //!
 //! Every scenario is bounded in connections and time and exits by itself.
 //! `docs/benchmarks.md` records results with the exact commands.
+//!
+//! # Layout
+//! * this file: the command line, `idle` and `fanout`, and the shared
+//!   connection and latency helpers.
+//! * `connect`: `connect-rate` and its `proxy-backend`.
+//! * `membership`: `membership`.
+//! * `presence`: `presence`.
+//! * `rooms`: `rooms`.
+//! * `relay_backend`: `relay-backend` and its echoing backend.
+//! * `soak`: `soak`.
+//! * `http`: the server API and `/metrics` calls the scenarios make.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};

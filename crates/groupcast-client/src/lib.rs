@@ -1,10 +1,17 @@
-//! A small Rust client for Groupcast, used by tests and the load tool.
+//! A small Rust client for Groupcast, used by tests, the load tool and
+//! `groupcast probe`.
 //!
-//! [`Client`] speaks the Centrifugo client protocol v2 (JSON): it numbers
-//! commands, matches replies by id, keeps pushes that arrive meanwhile, and
-//! answers server pings (`{}`) unless told not to. [`RelayClient`] is a plain
+//! This crate owns the client side of the wire as tests see it. [`Client`]
+//! speaks the Centrifugo client protocol v2 (JSON): it numbers commands,
+//! matches replies by id, keeps pushes that arrive meanwhile, and answers
+//! server pings (`{}`) unless told not to. [`RelayClient`] is a plain
 //! WebSocket for the raw relay. Both expose the close code the server sent.
 //! Replies and pushes are `serde_json::Value`: tests assert on the wire shape.
+//!
+//! # Layout
+//! * this file: [`Client`], [`RelayClient`] and their frames and errors.
+//! * [`http`]: the plain HTTP calls the tools and tests make (the server
+//!   API, `/metrics`, health endpoints).
 
 pub mod http;
 

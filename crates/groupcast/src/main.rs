@@ -1,9 +1,18 @@
-//! `groupcast`: the one binary. Thin: parse flags, load config, call a role's
-//! `run`. Roles: `dev` (all-in-one, no external services; `--nats` to use a
-//! real NATS), `edge` (production edge on a NATS backbone), `membership`
-//! (a Raft replica of the membership service, and its admin commands),
-//! `certs` (the membership cluster's CA and certificates), `token` (mint a
-//! connection token), `probe` (an end-to-end check of a deployment).
+//! `groupcast`: the one binary. Thin: parse flags, load and check the
+//! config, call a role's library entry point (`groupcast_edge::run`,
+//! `groupcast_membership`'s server). Roles: `dev` (all-in-one, no external
+//! services; `--nats` to use a real NATS), `edge` (production edge on a NATS
+//! backbone), `membership` (a Raft replica of the membership service, and
+//! its admin commands), `certs` (the membership cluster's CA and
+//! certificates), `token` (mint a connection token), `probe` (an end-to-end
+//! check of a deployment). Its tests in `tests/` start these as processes.
+//!
+//! # Layout
+//! * this file: the command line, `dev`, `edge` and `token`, logging and
+//!   signals.
+//! * `membership`: `groupcast membership ...` and `groupcast certs ...`:
+//!   flags to `groupcast_membership` calls.
+//! * `probe`: `groupcast probe`.
 
 mod membership;
 mod probe;
