@@ -9,7 +9,7 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 while accepting clients; 503 once shutting down or while the backbone (NATS) is unreachable. An unreachable membership service keeps it 200 (pub/sub, history and recovery still work; presence answers 108) and says so in the body |
 //! | `GET /` | a relay demo page (two tabs talk to each other) |
-//! | `GET /dashboard` | the operator dashboard page; `GET /dashboard/data`: its data (API key), see [`crate::dashboard`] |
+//! | `GET /dashboard` | the operator dashboard page; `GET /dashboard/data`: its data (API key), see `control::dashboard` |
 //! | `GET` a `[[relay.routes]]` path | relay to a backend, see [`crate::relay::route`] |
 
 use std::collections::BTreeMap;
@@ -326,7 +326,13 @@ async fn backend_route(
         return (StatusCode::BAD_REQUEST, "bad query string").into_response();
     };
     let cfg = &state.routes.routes[route].config;
-    if !route_origin_allowed(&cfg.allowed_origins, &headers) {
+    if !route_origin_allowed(
+        &cfg.allowed_origins,
+        &state.config.client.public_origins,
+        state.config.tls.enabled(),
+        &headers,
+        &uri,
+    ) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     if let Err(refused) = admit_origin_checked(&state, &headers, peer) {

@@ -215,7 +215,7 @@ impl PreparedPush {
         })
     }
 
-    /// The delta push, when there is one (see [`PreparedPush::delta_bytes`]).
+    /// The delta push, when there is one (computed once, from the channel's previous publication).
     pub fn delta_push(&self, protobuf: bool) -> Option<&Bytes> {
         if protobuf {
             return self
