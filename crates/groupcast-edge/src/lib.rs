@@ -25,6 +25,8 @@
 //! * `limits`: token buckets for command, publish and new-connection rates.
 //! * `proxy`: event proxies (HTTP calls to the backend). `webhooks`:
 //!   signed, batched event POSTs.
+//! * `publish_gate`: what every client publication passes, whatever the
+//!   session (size limit, the namespace's publish proxy).
 //! * [`metrics`]: Prometheus recorder and cached handles.
 //! * `request_deadlines`, `tls`: the listener (TCP or TLS with rustls/ring,
 //!   certificate reload) and its deadlines for a request's first byte and head.
@@ -60,6 +62,7 @@ pub(crate) mod limits;
 pub mod metrics;
 pub(crate) mod origin;
 pub(crate) mod proxy;
+pub(crate) mod publish_gate;
 pub(crate) mod relay;
 pub(crate) mod request_deadlines;
 pub(crate) mod routes;

@@ -252,6 +252,10 @@ fn describe() {
         "groupcast_proxy_duration_seconds",
         Unit::Seconds,
         "Event proxy call time, by event, whatever the outcome."
+    describe_counter!(
+        "groupcast_publish_proxy_refusals_total",
+        "Client publications refused at the publish proxy by the edge, by reason (binary_not_accepted: not JSON and the proxy lacks `binary`; unusable_answer)."
+    );
     );
     describe_histogram!(
         "groupcast_delivery_latency_seconds",

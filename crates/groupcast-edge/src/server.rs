@@ -288,7 +288,7 @@ fn relay_upgrade(
     if let Err(refused) = admit(&state, &headers, peer) {
         return refused.into_response();
     }
-    let auth = match relay::raw::authorize(&state, &channel, q.token.as_deref()) {
+    let auth = match relay::raw::authorize(&state, &channel, q.token.as_deref(), &headers) {
         Ok(a) => a,
         Err(e) => {
             let status = match e.code {

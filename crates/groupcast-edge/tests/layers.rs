@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 fn floor(module: &str) -> Option<u8> {
     Some(match module {
         "config" | "glob" | "origin" | "routes" | "auth" | "conn" | "keepalive" | "limits"
-        | "proxy" | "webhooks" | "metrics" | "request_deadlines" | "tls" | "state" | "backbone" => {
-            0
-        }
+        | "proxy" | "webhooks" | "metrics" | "request_deadlines" | "tls" | "state" | "backbone"
+        | "publish_gate" => 0,
         "session" | "relay" => 1,
         "control" => 2,
         "server" | "lib" => 3,

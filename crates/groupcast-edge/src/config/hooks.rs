@@ -20,6 +20,13 @@ pub struct ProxyConfig {
     /// every event (e.g. `Cookie` for a session cookie, `Authorization`,
     /// `X-Forwarded-For`). Case-insensitive.
     pub http_headers: Vec<String>,
+    /// As a `publish_proxy`: the backend reads `b64data`, so publications
+    /// that are not JSON (a protobuf client's binary data, a relay binary
+    /// frame, relay text that is not portable JSON) are sent to it as
+    /// `b64data`. Off (the default), such publications into its namespaces
+    /// are refused (107; the raw relay closes with 3501) and the backend
+    /// only ever sees `data`.
+    pub binary: bool,
 }
 
 impl Default for ProxyConfig {
@@ -29,6 +36,7 @@ impl Default for ProxyConfig {
             endpoint: String::new(),
             timeout: Duration::from_secs(1),
             http_headers: Vec::new(),
+            binary: false,
         }
     }
 }

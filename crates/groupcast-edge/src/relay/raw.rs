@@ -14,10 +14,22 @@
 //! WebSocket pings (browsers answer them); at each ping tick, a peer silent
 //! for more than `ping_interval + pong_timeout` is closed with 3012 (so a
 //! dead peer is noticed within about two ping intervals).
+//!
+//! Every frame passes the same gate as a protocol client's publish
+//! (`crate::publish_gate`): the namespace's size limit, then its
+//! `publish_proxy`, asked with `"protocol": "relay", "encoding": "raw"`,
+//! the token's user (`""` when anonymous), the connection's client id and
+//! the upgrade request's headers the proxy forwards. The relay has no error
+//! reply, so a refusal closes the connection (docs/protocol.md §3.2): the
+//! backend's error with 3507 and the reason `<message> (<code>)`, its
+//! disconnect with its own code, data the proxy cannot take (not JSON, and
+//! the proxy lacks `binary`) with 3501, a proxy that fails with 3004.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocket;
+use axum::http::HeaderMap;
 use futures_util::StreamExt;
 use groupcast_core::broker::PublishOptions;
 use groupcast_core::hub::SubscriberKind;
@@ -29,6 +41,7 @@ use crate::conn::Inbound;
 use crate::keepalive::Keepalive;
 use crate::limits::ConnRates;
 use crate::metrics::Metrics;
+use crate::publish_gate::{self, Passed, Publisher, Refusal};
 use crate::state::EdgeState;
 
 /// Who a relay connection is, decided before the upgrade.
@@ -39,13 +52,18 @@ pub struct RelayAuth {
     pub can_publish: bool,
     /// The channel's namespace options.
     pub opts: ChannelOptions,
+    /// What the event proxies forward of the upgrade request.
+    pub headers: HeaderMap,
 }
 
 /// Check a relay request before upgrading: channel, token, permissions.
+/// `headers`: the upgrade request's (the publish proxy gets those it
+/// forwards).
 pub fn authorize(
     state: &EdgeState,
     channel: &str,
     token: Option<&str>,
+    headers: &HeaderMap,
 ) -> Result<RelayAuth, ErrorCode> {
     let (ch, opts) = state.channel(channel)?;
     let (user, conn_info) = match token {
@@ -61,13 +79,18 @@ pub fn authorize(
     if !state.can_subscribe(&ch, opts, &user) {
         return Err(ErrorCode::PERMISSION_DENIED);
     }
-    let can_publish = opts.allow_publish_for_client || opts.allow_publish_for_subscriber;
+    // With a publish proxy the backend decides each frame instead of the
+    // namespace's allow_publish_* (as for protocol clients).
+    let can_publish = opts.allow_publish_for_client
+        || opts.allow_publish_for_subscriber
+        || !opts.publish_proxy.is_empty();
     Ok(RelayAuth {
         channel: channel.to_string(),
         user,
         conn_info,
         can_publish,
         opts: opts.clone(),
+        headers: state.proxies.keep_headers(headers),
     })
 }
 
@@ -98,6 +121,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
             .is_ok();
     }
     let publish_opts = PublishOptions::for_channel(opts);
+    let live_only = PublishOptions::default();
     let cfg = &state.config.client;
     let mut keepalive = Keepalive::new(cfg);
     let mut rates = ConnRates::new(cfg);
@@ -117,12 +141,6 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
                     conn.close(DisconnectCode::PERMISSION_DENIED);
                     break;
                 }
-                // Over the namespace's publication size: 1009, as for a
-                // frame over the global limit (the relay has no error reply).
-                if !state.check_publication_size(opts, data.len()) {
-                    conn.close(DisconnectCode::MESSAGE_TOO_BIG);
-                    break;
-                }
                 // The relay has no error reply: over the rate, it closes
                 // with 3013 (the client may reconnect).
                 if rates.check(true).is_err() {
@@ -131,10 +149,34 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
                 }
                 m.messages_in_relay.increment(1);
                 m.bytes_in.increment(data.len() as u64);
+                let who = Publisher {
+                    client: &conn.client,
+                    user: &auth.user,
+                    protocol: "relay",
+                    encoding: "raw",
+                    headers: &auth.headers,
+                };
+                let gate = publish_gate::check(&state, opts, channel, who, data).await;
+                // Frames waited unread while the proxy was asked: the
+                // peer was not silent.
+                keepalive.heard();
+                let (data, skip_history) = match gate {
+                    Ok(Passed::Unproxied(data)) => (data, false),
+                    Ok(Passed::Proxied { data, skip_history }) => (data, skip_history),
+                    Err(refusal) => {
+                        refuse(&conn, refusal);
+                        break;
+                    }
+                };
                 let mut p = Publication::new(data);
                 p.origin = Some(conn.id);
                 p.info = Some(info.clone());
-                if node.publish(channel, p, &publish_opts).await.is_err() {
+                let po = match skip_history {
+                    // The backend's `skip_history`: delivered live, not stored.
+                    true => &live_only,
+                    false => &publish_opts,
+                };
+                if node.publish(channel, p, po).await.is_err() {
                     conn.close(DisconnectCode::SERVER_ERROR);
                     break;
                 }
@@ -148,4 +190,25 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
         node.leave(channel, info, true, opts.join_leave).await;
     }
     opened.finish().await;
+}
+
+/// Closes the connection for a frame the gate refused (the relay has no
+/// error reply).
+fn refuse(conn: &crate::conn::Conn, refusal: Refusal) {
+    match refusal {
+        // Over the namespace's publication size: 1009, as for a frame
+        // over the global limit.
+        Refusal::TooBig => conn.close(DisconnectCode::MESSAGE_TOO_BIG),
+        // Not JSON, and the publish proxy does not take b64data: 3501, the
+        // close for 107.
+        Refusal::NotJson => conn.close(DisconnectCode::BAD_REQUEST),
+        // The backend's error: 3507 with its message and code, as relay
+        // routes close for their connect proxy's error.
+        Refusal::Backend { code, message } => {
+            let reason = crate::conn::cut_reason(format!("{message} ({code})"), 100);
+            conn.close_with(DisconnectCode::PERMISSION_DENIED.code, Cow::Owned(reason));
+        }
+        Refusal::Disconnect { code, reason } => conn.close_with(code, Cow::Owned(reason)),
+        Refusal::Failed => conn.close(DisconnectCode::SERVER_ERROR),
+    }
 }

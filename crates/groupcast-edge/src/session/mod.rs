@@ -396,13 +396,18 @@ impl Session {
         }
     }
 
-    /// The fields every proxy request starts with (Centrifugo's).
-    fn proxy_body(&self) -> serde_json::Value {
-        let (protocol, encoding) = if self.conn.is_protobuf() {
+    /// The connection's `protocol` and `encoding`, as proxies are told.
+    fn protocol_encoding(&self) -> (&'static str, &'static str) {
+        if self.conn.is_protobuf() {
             ("protobuf", "binary")
         } else {
             ("json", "json")
-        };
+        }
+    }
+
+    /// The fields every proxy request starts with (Centrifugo's).
+    fn proxy_body(&self) -> serde_json::Value {
+        let (protocol, encoding) = self.protocol_encoding();
         serde_json::json!({
             "client": self.conn.client,
             "transport": "websocket",

@@ -1,5 +1,6 @@
-//! Client publications (with the publish proxy) and the channel reads a
-//! client may make: presence and history.
+//! Client publications (through `crate::publish_gate`, the raw relay's
+//! gate too) and the channel reads a client may make: presence and
+//! history (in a namespace with a subscribe proxy, only by a subscriber).
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use groupcast_proto::client::{self as proto, ClientInfo};
 use groupcast_proto::ErrorCode;
 
 use super::*;
+use crate::publish_gate::{self, Passed, Publisher, Refusal};
 
 impl Session {
     pub(super) async fn publish(&mut self, req: proto::PublishRequest) -> Result<(), CommandError> {
@@ -25,46 +27,45 @@ impl Session {
                 .and_then(Payload::json)
                 .ok_or(ErrorCode::BAD_REQUEST)?,
         };
-        if !state.check_publication_size(opts, data.len()) {
-            return Err(ErrorCode::LIMIT_EXCEEDED.into());
-        }
         let subscribed = self.subs.get(ch.as_str());
-        let mut data = data;
-        let mut skip_history = false;
-        if let Some(proxy) = state.proxies.get(&opts.publish_proxy) {
-            // The backend decides (instead of the namespace's permissions)
-            // and may replace the data.
-            let mut body = self.proxy_body();
-            body["channel"] = req.channel.clone().into();
-            match &req.binary {
-                // Centrifugo's proxies carry binary data as `b64data`.
-                Some(b) => {
-                    use base64::Engine as _;
-                    body["b64data"] = base64::engine::general_purpose::STANDARD.encode(b).into();
+        // Size, then the namespace's publish proxy: the same gate as the
+        // raw relay's.
+        let (protocol, encoding) = self.protocol_encoding();
+        let who = Publisher {
+            client: &self.conn.client,
+            user: &self.user,
+            protocol,
+            encoding,
+            headers: &self.headers,
+        };
+        let passed = publish_gate::check(&state, opts, &req.channel, who, data)
+            .await
+            .map_err(|r| match r {
+                Refusal::TooBig => ErrorCode::LIMIT_EXCEEDED.into(),
+                Refusal::NotJson => ErrorCode::BAD_REQUEST.into(),
+                Refusal::Backend { code, message } => CommandError::Backend { code, message },
+                Refusal::Disconnect { code, reason } => CommandError::Close { code, reason },
+                Refusal::Failed => ErrorCode::INTERNAL.into(),
+            })?;
+        let (data, skip_history) = match passed {
+            // The backend decided (instead of the namespace's permissions)
+            // and may have replaced the data.
+            Passed::Proxied { data, skip_history } => (data, skip_history),
+            Passed::Unproxied(data) => {
+                // Private and user-limited channels: only a subscriber (who
+                // proved access) may publish, whatever
+                // allow_publish_for_client says.
+                let open_to_all = !state.is_restricted(&ch, opts);
+                let allowed = ((opts.allow_publish_for_client && open_to_all)
+                    || ((opts.allow_publish_for_subscriber || opts.allow_publish_for_client)
+                        && subscribed.is_some()))
+                    && (opts.allow_anonymous || !self.user.is_empty());
+                if !allowed {
+                    return Err(ErrorCode::PERMISSION_DENIED.into());
                 }
-                None => body["data"] = serde_json::to_value(&req.data).unwrap_or_default(),
+                (data, false)
             }
-            let r = ask(&proxy, "publish", body, &self.headers).await?;
-            if let Some(new) = raw_field(&r, "data") {
-                data = Payload::json(new).ok_or(ErrorCode::INTERNAL)?;
-                if !state.check_publication_size(opts, data.len()) {
-                    return Err(ErrorCode::LIMIT_EXCEEDED.into());
-                }
-            }
-            skip_history = r.get("skip_history").and_then(|v| v.as_bool()) == Some(true);
-        } else {
-            // Private and user-limited channels: only a subscriber (who
-            // proved access) may publish, whatever allow_publish_for_client
-            // says.
-            let open_to_all = !state.is_restricted(&ch, opts);
-            let allowed = ((opts.allow_publish_for_client && open_to_all)
-                || ((opts.allow_publish_for_subscriber || opts.allow_publish_for_client)
-                    && subscribed.is_some()))
-                && (opts.allow_anonymous || !self.user.is_empty());
-            if !allowed {
-                return Err(ErrorCode::PERMISSION_DENIED.into());
-            }
-        }
+        };
         let mut p = Publication::new(data);
         if req.exclude_self {
             p.exclude_client = Some(Arc::from(self.conn.client.as_str()));
@@ -99,12 +100,40 @@ impl Session {
         if !opts.presence {
             return Err(ErrorCode::NOT_AVAILABLE);
         }
-        let allowed = (opts.allow_presence_for_subscriber && self.subs.contains_key(ch.as_str()))
-            || (opts.allow_presence_for_client && self.may_read_unsubscribed(ch, opts));
+        let allowed = self.may_read(
+            ch,
+            opts,
+            opts.allow_presence_for_subscriber,
+            opts.allow_presence_for_client,
+        );
         if !allowed {
             return Err(ErrorCode::PERMISSION_DENIED);
         }
         Ok(())
+    }
+
+    /// May this connection read `ch` (presence or history), given the
+    /// namespace's `allow_*_for_subscriber` and `allow_*_for_client` for
+    /// that read? In a namespace with a `subscribe_proxy` the backend
+    /// decides who sees the channel, so `allow_*_for_client` needs a
+    /// subscription there too (the proxy allowed it, or a token or the
+    /// backend made it); elsewhere it lets a client that is not subscribed
+    /// read ([`Self::may_read_unsubscribed`]).
+    fn may_read(
+        &self,
+        ch: &ChannelName<'_>,
+        opts: &ChannelOptions,
+        for_subscriber: bool,
+        for_client: bool,
+    ) -> bool {
+        let subscribed = self.subs.contains_key(ch.as_str());
+        let backend_decides = !opts.subscribe_proxy.is_empty();
+        (for_subscriber && subscribed)
+            || (for_client
+                && match backend_decides {
+                    true => subscribed,
+                    false => self.may_read_unsubscribed(ch, opts),
+                })
     }
 
     /// `allow_presence_for_client` / `allow_history_for_client` let a client
@@ -127,8 +156,12 @@ impl Session {
         if !opts.has_history() {
             return Err(ErrorCode::NOT_AVAILABLE.into());
         }
-        let allowed = (opts.allow_history_for_subscriber && self.subs.contains_key(ch.as_str()))
-            || (opts.allow_history_for_client && self.may_read_unsubscribed(&ch, opts));
+        let allowed = self.may_read(
+            &ch,
+            opts,
+            opts.allow_history_for_subscriber,
+            opts.allow_history_for_client,
+        );
         if !allowed {
             return Err(ErrorCode::PERMISSION_DENIED.into());
         }
