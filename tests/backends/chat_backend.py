@@ -16,9 +16,13 @@ Prints "listening PORT". It serves:
                  status channel.
   POST /events   the relay target "django" (HTTP): batches of
                  join/message/heartbeat/leave events, signed with SECRET
-                 (X-Groupcast-Signature); a bad signature is refused (401)
-                 and counted.
-  GET /stats     {"bad_signatures": N, "events": N, "types": {...}}.
+                 for the purpose "relay" (docs/backends.md, "Signatures":
+                 X-Groupcast-Signature is sha256=HMAC-SHA256(SECRET,
+                 "relay.<timestamp>.<body>")); a bad signature (a webhook's
+                 included) is refused (401) and counted, and so is a
+                 timestamp more than 5 minutes from now (a replay).
+  GET /stats     {"bad_signatures": N, "stale_timestamps": N, "events": N,
+                 "types": {...}}.
 Message handling, as the seed's consumers: chat_message is HTML-escaped
 (XSS filtering) and published to the room; typing goes to the room;
 edit_message and delete_message are validated (only the author, known
@@ -39,7 +43,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 GROUPCAST, API_KEY, SECRET = sys.argv[1], sys.argv[2], sys.argv[3].encode()
 LOCK = threading.Lock()
-STATS = {"bad_signatures": 0, "events": 0, "types": {}}
+STATS = {"bad_signatures": 0, "stale_timestamps": 0, "events": 0, "types": {}}
+# Timestamps further than this from now are refused: a batch captured on
+# the way cannot be replayed later (Groupcast signs each attempt afresh).
+MAX_AGE = 300
 MESSAGES = {}  # id -> {"author": user, "room": room}
 IDS = itertools.count(1)
 
@@ -53,6 +60,20 @@ def api(method, params):
     if "error" in out:
         raise RuntimeError(f"{method}: {out['error']}")
     return out["result"]
+
+
+def verify(purpose, headers, body):
+    """None when the batch is signed with SECRET for `purpose` (our own
+    expectation, never taken from the request) at a current timestamp;
+    else what is wrong ("bad_signatures" or "stale_timestamps")."""
+    ts = headers.get("X-Groupcast-Timestamp", "")
+    signed = purpose.encode() + b"." + ts.encode() + b"." + body
+    want = "sha256=" + hmac.new(SECRET, signed, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(want, headers.get("X-Groupcast-Signature", "")):
+        return "bad_signatures"
+    if not ts.isdigit() or abs(time.time() - int(ts)) > MAX_AGE:
+        return "stale_timestamps"
+    return None
 
 
 def now():
@@ -146,11 +167,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(200, json.dumps(connect(json.loads(body))).encode())
         if self.path != "/events":
             return self.answer(404)
-        ts = self.headers.get("X-Groupcast-Timestamp", "")
-        want = "sha256=" + hmac.new(SECRET, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(want, self.headers.get("X-Groupcast-Signature", "")):
+        wrong = verify("relay", self.headers, body)
+        if wrong:
             with LOCK:
-                STATS["bad_signatures"] += 1
+                STATS[wrong] += 1
             return self.answer(401)
         # One batch at a time, in order (Groupcast sends the next batch of a
         # target only after this one is answered).

@@ -226,7 +226,7 @@ fn describe() {
     );
     describe_counter!(
         "groupcast_webhook_events_total",
-        "Webhook events by type and outcome (queued, dropped when the queue is full)."
+        "Webhook events by type and outcome (queued; dropped: no room, or given up for another client's event)."
     );
     describe_counter!(
         "groupcast_webhook_requests_total",
@@ -234,11 +234,15 @@ fn describe() {
     );
     describe_counter!(
         "groupcast_user_status_dropped_total",
-        "User status changes not published on client.user_status_channel: the queue (10,000) was full."
+        "User status changes not published on client.user_status_channel: 10,000 users already had a change waiting."
     );
     describe_counter!(
         "groupcast_relay_backend_events_total",
-        "Relay route events to backend targets, by event (join, message, heartbeat, leave) and outcome (sent, gone: no responders, failed)."
+        "Relay route events to backend targets, by event (join, message, heartbeat, leave) and outcome (sent, gone: no responders, failed, dropped: its connection lost its share of a full HTTP target queue)."
+    );
+    describe_counter!(
+        "groupcast_relay_http_evictions_total",
+        "Relay route connections closed (3013) for holding more than their share of a full HTTP target queue that another connection needed, by target."
     );
     describe_counter!(
         "groupcast_relay_http_requests_total",
@@ -248,14 +252,14 @@ fn describe() {
         "groupcast_proxy_requests_total",
         "Event proxy calls to the backend, by event (connect, refresh, subscribe, sub_refresh, publish, rpc, send) and outcome."
     );
-    describe_histogram!(
-        "groupcast_proxy_duration_seconds",
-        Unit::Seconds,
-        "Event proxy call time, by event, whatever the outcome."
     describe_counter!(
         "groupcast_publish_proxy_refusals_total",
         "Client publications refused at the publish proxy by the edge, by reason (binary_not_accepted: not JSON and the proxy lacks `binary`; unusable_answer)."
     );
+    describe_histogram!(
+        "groupcast_proxy_duration_seconds",
+        Unit::Seconds,
+        "Event proxy call time, by event, whatever the outcome."
     );
     describe_histogram!(
         "groupcast_delivery_latency_seconds",

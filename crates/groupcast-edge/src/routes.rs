@@ -1,15 +1,18 @@
 //! Relay routes (`[[relay.routes]]`): path templates such as
 //! `/ws/chat/{room}/`, matching a request path, filling `{param}` into a
 //! target or channel name, and the HTTP targets' senders
-//! (`[[relay.http_targets]]`).
+//! (`[[relay.http_targets]]`): one queue per target, bounded in events and
+//! bytes and shared out between the connections holding events
+//! (`webhooks::queue`, [`Eviction::Whole`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use groupcast_core::valid_target;
-use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 
 use crate::config::{RelayConfig, RouteConfig};
+use crate::webhooks::queue::{Eviction, QueueHandle};
 
 /// Paths the edge serves itself: a route there would never be reached.
 const RESERVED: &[&str] = &["/api/", "/connection/", "/ws/relay/", "/dashboard/"];
@@ -189,11 +192,20 @@ pub fn check(c: &RelayConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// An HTTP target's sender: its queue, and how long a connection waits
+/// for room in it.
+#[derive(Clone)]
+pub(crate) struct HttpTarget {
+    pub queue: Arc<QueueHandle>,
+    /// The target's `timeout`.
+    pub wait: Duration,
+}
+
 /// The routes and the HTTP targets' senders.
 #[derive(Default)]
 pub struct Routes {
     pub routes: Vec<Route>,
-    http: HashMap<String, mpsc::Sender<Box<RawValue>>>,
+    http: HashMap<String, HttpTarget>,
 }
 
 impl Routes {
@@ -215,19 +227,24 @@ impl Routes {
         if !c.http_targets.is_empty() {
             let client = crate::proxy::http_client()?;
             for t in &c.http_targets {
-                let tx = crate::webhooks::spawn_sender(
+                let queue = crate::webhooks::spawn_sender(
                     t.sender(),
                     client.clone(),
-                    "groupcast_relay_http_requests_total",
+                    crate::webhooks::RELAY,
+                    Eviction::Whole,
                 );
-                http.insert(t.name.clone(), tx);
+                let target = HttpTarget {
+                    queue: Arc::new(queue),
+                    wait: t.timeout,
+                };
+                http.insert(t.name.clone(), target);
             }
         }
         Ok(Routes { routes, http })
     }
 
     /// The sender of an HTTP target's events; `None`: not an HTTP target.
-    pub(crate) fn http_target(&self, name: &str) -> Option<&mpsc::Sender<Box<RawValue>>> {
+    pub(crate) fn http_target(&self, name: &str) -> Option<&HttpTarget> {
         self.http.get(name)
     }
 

@@ -69,6 +69,12 @@ pub struct WebhookConfig {
     /// Events kept while the receiver is slow or down; beyond, dropped
     /// (counted).
     pub queue_max: usize,
+    /// Bytes of events' JSON kept (queued, or in a POST not yet answered);
+    /// beyond, dropped (counted). When the queue is full, an event of a
+    /// client (or, for channel events, a channel) holding less than its
+    /// share (each bound divided by the clients holding events) takes the
+    /// place of the newest event of the one most over its share.
+    pub queue_max_bytes: usize,
     /// Each POST must be answered within this.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -85,6 +91,7 @@ impl Default for WebhookConfig {
             batch_max: 100,
             batch_interval: Duration::from_millis(200),
             queue_max: 10_000,
+            queue_max_bytes: 16 << 20,
             timeout: Duration::from_secs(5),
             max_retries: 5,
         }
@@ -119,6 +126,9 @@ impl WebhookConfig {
         }
         if self.batch_max == 0 || self.queue_max == 0 {
             return Err(format!("{}: must be above 0", field("batch_max/queue_max")));
+        }
+        if self.queue_max_bytes == 0 {
+            return Err(format!("{}: must be above 0", field("queue_max_bytes")));
         }
         if self.timeout.is_zero() || self.batch_interval.is_zero() {
             return Err(format!(

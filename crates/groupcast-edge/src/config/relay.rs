@@ -101,6 +101,13 @@ pub struct HttpTargetConfig {
     /// waits up to `timeout`, then closes with 3004. A batch the backend
     /// refuses `max_retries` times is dropped (counted).
     pub queue_max: usize,
+    /// Bytes of events' JSON held (queued, or in a POST not yet answered),
+    /// on this edge. When the queue is full (events or bytes), a
+    /// connection within its share (each bound divided by the connections
+    /// holding events) takes the room of the one most over its share,
+    /// which is closed with 3013 and its queued events dropped (counted);
+    /// otherwise it waits as for `queue_max`.
+    pub queue_max_bytes: usize,
     /// Each POST must be answered within this.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -118,6 +125,7 @@ impl Default for HttpTargetConfig {
             batch_max: w.batch_max,
             batch_interval: Duration::from_millis(5),
             queue_max: w.queue_max,
+            queue_max_bytes: w.queue_max_bytes,
             timeout: w.timeout,
             max_retries: w.max_retries,
         }
@@ -134,6 +142,7 @@ impl HttpTargetConfig {
             batch_max: self.batch_max,
             batch_interval: self.batch_interval,
             queue_max: self.queue_max,
+            queue_max_bytes: self.queue_max_bytes,
             timeout: self.timeout,
             max_retries: self.max_retries,
         }

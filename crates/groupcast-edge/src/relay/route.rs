@@ -14,7 +14,10 @@
 //!   backend processes share a target with a queue group;
 //! * over **HTTP** for targets named in `[[relay.http_targets]]`: batched
 //!   POSTs of `{"events": [...]}`, signed and retried like webhooks, in
-//!   order.
+//!   order. The target's queue is bounded in events and bytes and shared
+//!   out between connections: when it is full, a connection within its
+//!   share takes the room of the one most over its share, which is closed
+//!   with 3013 (reason [`OVER_SHARE`]) and its queued events dropped.
 //!
 //! The backend answers through the server API by client id, on whichever
 //! edge holds the connection: `relay_send` (a text or binary frame),
@@ -42,7 +45,6 @@ use groupcast_proto::DisconnectCode;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 use crate::config::RouteConfig;
 use crate::conn::{Conn, Control, Inbound, MAX_CLOSE_REASON};
@@ -50,14 +52,19 @@ use crate::keepalive::Keepalive;
 use crate::limits::ConnRates;
 use crate::metrics::Metrics;
 use crate::proxy::Answer;
-use crate::routes::fill;
+use crate::routes::{fill, HttpTarget};
 use crate::state::EdgeState;
+use crate::webhooks::queue::{Item, Owner, Refused};
+
+/// Close reason (code 3013) of a connection holding more than its share of
+/// a full HTTP target queue when another connection needed the room.
+pub(crate) const OVER_SHARE: &str = "too many requests: over its share of the backend queue";
 
 /// Where a target's events go.
 #[derive(Clone)]
 enum Sink {
     Nats(Arc<dyn BackendBus>),
-    Http(mpsc::Sender<Box<RawValue>>),
+    Http(HttpTarget),
 }
 
 impl EdgeState {
@@ -68,8 +75,8 @@ impl EdgeState {
     }
 
     fn sink(&self, target: &str) -> Option<Sink> {
-        if let Some(tx) = self.routes.http_target(target) {
-            return Some(Sink::Http(tx.clone()));
+        if let Some(t) = self.routes.http_target(target) {
+            return Some(Sink::Http(t.clone()));
         }
         self.node.backend_bus().map(|b| Sink::Nats(b.clone()))
     }
@@ -129,6 +136,18 @@ enum EmitError {
     /// NATS down, the HTTP queue full past its timeout, no way to reach
     /// the target.
     Failed,
+    /// Over its share of a full HTTP target queue, the connection gave its
+    /// room to another one: closed already (3013).
+    Evicted,
+}
+
+/// Closes `conn` for an event that could not be handed over.
+fn close_for(conn: &Conn, e: EmitError) {
+    match e {
+        EmitError::Gone => conn.close(DisconnectCode::TARGET_GONE),
+        EmitError::Failed => conn.close(DisconnectCode::SERVER_ERROR),
+        EmitError::Evicted => {}
+    }
 }
 
 /// A connection's binding to its target.
@@ -136,6 +155,33 @@ struct Binding {
     target: String,
     meta: Option<Arc<RawValue>>,
     sink: Sink,
+    /// Its share of an HTTP target's queue: told when it loses it.
+    owner: Option<Arc<Owner>>,
+}
+
+impl Binding {
+    fn new(conn: &Arc<Conn>, target: String, meta: Option<Arc<RawValue>>, sink: Sink) -> Binding {
+        let owner = matches!(sink, Sink::Http(_)).then(|| {
+            let (id, conn) = (conn.id, Arc::downgrade(conn));
+            let label = target.clone();
+            Owner::new(id, move || {
+                metrics::counter!("groupcast_relay_http_evictions_total", "target" => label.clone())
+                    .increment(1);
+                if let Some(c) = conn.upgrade() {
+                    c.close_with(
+                        DisconnectCode::TOO_MANY_REQUESTS.code,
+                        Cow::Borrowed(OVER_SHARE),
+                    );
+                }
+            })
+        });
+        Binding {
+            target,
+            meta,
+            sink,
+            owner,
+        }
+    }
 }
 
 struct RelayConn {
@@ -173,12 +219,13 @@ impl RelayConn {
         self.seq += 1;
         let outcome = match serde_json::to_string(&event) {
             Err(_) => Err(EmitError::Failed),
-            Ok(text) => send(&self.state, &self.binding, text, ask).await,
+            Ok(text) => send(&self.state, &self.binding, kind, text, ask).await,
         };
         let label = match &outcome {
             Ok(()) => "sent",
             Err(EmitError::Gone) => "gone",
             Err(EmitError::Failed) => "failed",
+            Err(EmitError::Evicted) => "dropped",
         };
         metrics::counter!("groupcast_relay_backend_events_total", "event" => kind, "outcome" => label)
             .increment(1);
@@ -186,7 +233,13 @@ impl RelayConn {
     }
 }
 
-async fn send(state: &EdgeState, b: &Binding, text: String, ask: bool) -> Result<(), EmitError> {
+async fn send(
+    state: &EdgeState,
+    b: &Binding,
+    kind: &'static str,
+    text: String,
+    ask: bool,
+) -> Result<(), EmitError> {
     let cfg = &state.config.relay;
     match &b.sink {
         Sink::Nats(bus) if ask => {
@@ -212,20 +265,24 @@ async fn send(state: &EdgeState, b: &Binding, text: String, ask: bool) -> Result
                 tracing::warn!(target = %b.target, error = %e, "relay event not published");
                 EmitError::Failed
             }),
-        Sink::Http(tx) => {
-            let raw = RawValue::from_string(text).map_err(|_| EmitError::Failed)?;
-            let wait = state
-                .config
-                .relay
-                .http_targets
-                .iter()
-                .find(|t| t.name == b.target)
-                .map(|t| t.timeout)
-                .unwrap_or(Duration::from_secs(5));
-            tx.send_timeout(raw, wait).await.map_err(|_| {
-                tracing::warn!(target = %b.target, "relay HTTP target's queue stayed full");
-                EmitError::Failed
-            })
+        Sink::Http(t) => {
+            let event = RawValue::from_string(text).map_err(|_| EmitError::Failed)?;
+            let item = Item {
+                owner: b.owner.as_ref().map_or(0, |o| o.id),
+                kind,
+                // The backend learns that the connection is gone, even
+                // one whose other events were dropped for room.
+                keep: kind == "leave",
+                event,
+            };
+            match t.queue.push(item, b.owner.as_ref(), t.wait).await {
+                Ok(()) => Ok(()),
+                Err(Refused::Evicted) => Err(EmitError::Evicted),
+                Err(Refused::Full) => {
+                    tracing::warn!(target = %b.target, "relay HTTP target's queue stayed full");
+                    Err(EmitError::Failed)
+                }
+            }
         }
     }
 }
@@ -372,11 +429,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, req: Request) {
         state: state.clone(),
         conn: conn.clone(),
         user: admitted.user,
-        binding: Binding {
-            target: admitted.target,
-            meta: admitted.meta,
-            sink,
-        },
+        binding: Binding::new(&conn, admitted.target, admitted.meta, sink),
         seq: 0,
         messages: 0,
         opened: Instant::now(),
@@ -420,8 +473,7 @@ impl RelayConn {
             .await
         {
             Ok(()) => {}
-            Err(EmitError::Gone) => conn.close(DisconnectCode::TARGET_GONE),
-            Err(EmitError::Failed) => conn.close(DisconnectCode::SERVER_ERROR),
+            Err(e) => close_for(&conn, e),
         }
         let cfg = &state.config.client;
         let mut keepalive = Keepalive::new(cfg);
@@ -445,10 +497,8 @@ impl RelayConn {
                         uptime_ms: self.opened.elapsed().as_millis() as u64,
                         messages: self.messages,
                     };
-                    match self.emit(body).await {
-                        Ok(()) => {}
-                        Err(EmitError::Gone) => conn.close(DisconnectCode::TARGET_GONE),
-                        Err(EmitError::Failed) => conn.close(DisconnectCode::SERVER_ERROR),
+                    if let Err(e) = self.emit(body).await {
+                        close_for(&conn, e);
                     }
                 }
                 control = conn.next_control() => self.control(&mut subs, control).await,
@@ -485,10 +535,8 @@ impl RelayConn {
                             self.emit(Body::Binary { frame: "binary", b64data }).await
                         }
                     };
-                    match body {
-                        Ok(()) => {}
-                        Err(EmitError::Gone) => conn.close(DisconnectCode::TARGET_GONE),
-                        Err(EmitError::Failed) => conn.close(DisconnectCode::SERVER_ERROR),
+                    if let Err(e) = body {
+                        close_for(&conn, e);
                     }
                 }
             }
@@ -590,11 +638,8 @@ impl RelayConn {
                         reason: "transferred",
                     })
                     .await;
-                self.binding = Binding {
-                    target,
-                    meta: meta.or(self.binding.meta.take()),
-                    sink,
-                };
+                let meta = meta.or(self.binding.meta.take());
+                self.binding = Binding::new(&self.conn, target, meta, sink);
                 let commands = self.state.backend_commands.get().cloned();
                 let (path, params) = (self.path.clone(), self.params.clone());
                 let joined = self
@@ -604,10 +649,8 @@ impl RelayConn {
                         commands: commands.as_deref(),
                     })
                     .await;
-                match joined {
-                    Ok(()) => {}
-                    Err(EmitError::Gone) => self.conn.close(DisconnectCode::TARGET_GONE),
-                    Err(EmitError::Failed) => self.conn.close(DisconnectCode::SERVER_ERROR),
+                if let Err(e) = joined {
+                    close_for(&self.conn, e);
                 }
             }
             Control::TargetGone { target } => {
