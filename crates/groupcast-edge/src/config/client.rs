@@ -24,9 +24,24 @@ pub struct ClientConfig {
     pub token_issuer: String,
     /// Accept `connect` without a token (user is empty: anonymous).
     pub allow_anonymous_connect_without_token: bool,
-    /// Browser origins allowed to open WebSockets (`*` wildcards; `["*"]`: any).
+    /// Browser origins allowed to open WebSockets on `/connection/websocket`
+    /// and `/ws/relay/`: patterns over the whole origin `scheme://host[:port]`
+    /// (`*` matches any run of characters; `["*"]`: any origin, `null`
+    /// included). Each pattern must start with its scheme (checked at
+    /// start, see [`origin_pattern`]). Empty: every browser is refused.
     /// Requests without an `Origin` header (non-browsers) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// The origins this deployment's pages are served from, as browsers
+    /// write them (`https://chat.example.com`, `http://10.0.0.5:8000`):
+    /// what "same origin" means on relay routes without `allowed_origins`.
+    /// An `Origin` is the same origin when it equals one of them (scheme,
+    /// host and port). Empty: when its scheme is the listener's (`https`
+    /// with `[tls]`, else `http`), its host and port are those of the
+    /// `Host` header, and that host is an IP address or `localhost` (a DNS
+    /// name in both headers may be another site's, rebound to this
+    /// server's address). Behind a proxy that terminates TLS, or served at
+    /// a DNS name, list the public origins here.
+    pub public_origins: Vec<String>,
     /// A socket that has not sent a successful `connect` within this is
     /// closed with 3502 "stale" (a socket that opens and says nothing).
     #[serde(with = "humantime_serde")]
@@ -141,6 +156,7 @@ impl Default for ClientConfig {
             token_issuer: String::new(),
             allow_anonymous_connect_without_token: false,
             allowed_origins: Vec::new(),
+            public_origins: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             first_byte_timeout: Duration::from_secs(5),
             request_head_timeout: Duration::from_secs(10),
@@ -172,5 +188,245 @@ impl Default for ClientConfig {
             publish_rate: 0.0,
             publish_burst: 50.0,
         }
+    }
+}
+
+/// A browser origin (RFC 6454 §6.2, what browsers send in `Origin`):
+/// `scheme://host[:port]`, nothing else (no path, user or query). The
+/// scheme and host are lowercased and the port is always known (the
+/// scheme's default when the text has none: 80 for `http`/`ws`, 443 for
+/// `https`/`wss`), so two origins are the same exactly when they are equal.
+/// `null`, a missing scheme, an empty host, a port that is not 1 to 65535
+/// or any other character are malformed.
+///
+/// Hand-written rather than `url::Url`: the grammar is one line, and a URL
+/// parser accepts (and rewrites) paths, credentials and escapes that an
+/// origin never has, which a check should refuse instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebOrigin {
+    /// Lowercase: `[a-z][a-z0-9+.-]*`.
+    pub scheme: String,
+    /// Lowercase; an IPv6 address keeps its brackets (`[::1]`).
+    pub host: String,
+    /// Given, or the scheme's default; `None` only for a scheme without a
+    /// default port written without one.
+    pub port: Option<u16>,
+}
+
+impl WebOrigin {
+    /// Parse `text` strictly (see [`WebOrigin`]); the error says what is wrong.
+    pub fn parse(text: &str) -> Result<WebOrigin, &'static str> {
+        let (scheme, rest) = text.split_once("://").ok_or("not scheme://host[:port]")?;
+        if !valid_scheme(scheme) {
+            return Err("bad scheme");
+        }
+        let scheme = scheme.to_ascii_lowercase();
+        let (host, port) = if rest.starts_with('[') {
+            let end = rest.find(']').ok_or("unclosed [ in the host")?;
+            let inner = &rest[1..end];
+            if !inner.contains(':')
+                || !inner
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return Err("bad IPv6 host");
+            }
+            let after = &rest[end + 1..];
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or("bad text after the IPv6 host")?),
+            };
+            (&rest[..=end], port)
+        } else {
+            let (host, port) = match rest.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            };
+            if host.is_empty()
+                || !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            {
+                return Err("bad host (scheme://host[:port], no path)");
+            }
+            (host, port)
+        };
+        let port = match port {
+            None => default_port(&scheme),
+            Some(p) => {
+                if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("bad port");
+                }
+                match p.parse::<u16>() {
+                    Ok(0) | Err(_) => return Err("port out of range"),
+                    Ok(n) => Some(n),
+                }
+            }
+        };
+        Ok(WebOrigin {
+            host: host.to_ascii_lowercase(),
+            port,
+            scheme,
+        })
+    }
+}
+
+/// The canonical text: the port is left out when it is the scheme's default.
+impl std::fmt::Display for WebOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)?;
+        match self.port {
+            Some(p) if Some(p) != default_port(&self.scheme) => write!(f, ":{p}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn valid_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// The port an origin of `scheme` has when it names none.
+pub fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    }
+}
+
+/// An `allowed_origins` entry in its canonical form, the one compared with
+/// an origin's canonical text ([`WebOrigin`]'s `Display`): lowercase, and
+/// without the scheme's default port (`https://App.example.com:443` is
+/// `https://app.example.com`). `*` alone stays `*` (any origin). Any other
+/// pattern starts with a literal scheme and `://`, and has no path, query,
+/// user or space; without `*` it must be a well-formed origin. The error
+/// says what is wrong, for the key that holds it.
+pub fn origin_pattern(pattern: &str) -> Result<String, String> {
+    if pattern == "*" {
+        return Ok(pattern.into());
+    }
+    if pattern.is_empty() {
+        return Err("empty origin".into());
+    }
+    let Some((scheme, rest)) = pattern.split_once("://").filter(|(s, _)| valid_scheme(s)) else {
+        return Err(format!(
+            "{pattern:?} does not start with a scheme: patterns match whole origins, \
+             scheme://host[:port] (e.g. \"https://{}\")",
+            pattern.trim_start_matches("*://")
+        ));
+    };
+    if !pattern.contains('*') {
+        return WebOrigin::parse(pattern)
+            .map(|o| o.to_string())
+            .map_err(|e| format!("{pattern:?}: {e}"));
+    }
+    if rest.is_empty()
+        || !rest.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']' | b'*')
+        })
+    {
+        return Err(format!(
+            "{pattern:?}: only scheme://host[:port] with `*` (no path, query, user or space)"
+        ));
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let mut rest = rest.to_ascii_lowercase();
+    if let Some(p) = default_port(&scheme) {
+        if let Some(r) = rest.strip_suffix(&format!(":{p}")) {
+            rest = r.to_string();
+        }
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_parse_strictly_to_one_form() {
+        let canon = |s: &str| WebOrigin::parse(s).map(|o| o.to_string());
+        assert_eq!(
+            canon("https://App.Example.COM"),
+            Ok("https://app.example.com".into())
+        );
+        assert_eq!(
+            canon("HTTPS://a.example:443"),
+            Ok("https://a.example".into())
+        );
+        assert_eq!(canon("http://a.example:80"), Ok("http://a.example".into()));
+        assert_eq!(
+            canon("http://a.example:443"),
+            Ok("http://a.example:443".into())
+        );
+        assert_eq!(
+            canon("http://127.0.0.1:8000"),
+            Ok("http://127.0.0.1:8000".into())
+        );
+        assert_eq!(canon("http://[::1]:8000"), Ok("http://[::1]:8000".into()));
+        assert_eq!(
+            canon("capacitor://localhost"),
+            Ok("capacitor://localhost".into())
+        );
+        assert_eq!(WebOrigin::parse("https://a").unwrap().port, Some(443));
+        assert_eq!(
+            WebOrigin::parse("capacitor://localhost").unwrap().port,
+            None
+        );
+        for bad in [
+            "null",
+            "",
+            "a.example",
+            "://a.example",
+            "1http://a",
+            "https://",
+            "https://a.example/",
+            "https://a.example/path",
+            "https://user@a.example",
+            "https://a.example?x",
+            "https://a.example#x",
+            "https://a b",
+            "https://a.example:",
+            "https://a.example:0",
+            "https://a.example:65536",
+            "https://a.example:8443x",
+            "https://a.example:+80",
+            "https://evil.test:1.a.example",
+            "https://[::1",
+            "https://[::1]x",
+            "https://[zz]",
+            "https://*.a.example",
+        ] {
+            assert!(WebOrigin::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn patterns_need_a_scheme_and_are_canonical() {
+        let ok = |p: &str| origin_pattern(p).unwrap();
+        assert_eq!(ok("*"), "*");
+        assert_eq!(ok("https://*.Example.com"), "https://*.example.com");
+        assert_eq!(ok("https://*.example.com:443"), "https://*.example.com");
+        assert_eq!(ok("http://localhost:*"), "http://localhost:*");
+        assert_eq!(ok("HTTPS://App.example.com:443"), "https://app.example.com");
+        for bad in [
+            "",
+            "app.example.com",
+            "*.example.com",
+            "*://app.example.com",
+            "https://app.example.com/",
+            "https://*.example.com/",
+            "https://app.example.com:99999",
+            "https://*.example.com?x",
+            "null",
+        ] {
+            assert!(origin_pattern(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(origin_pattern("app.example.com")
+            .unwrap_err()
+            .contains("\"https://app.example.com\""));
     }
 }

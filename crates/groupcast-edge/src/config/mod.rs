@@ -409,8 +409,19 @@ impl Config {
             return Err("client.history_max_limit: must be above 0".into());
         }
         for (i, o) in c.allowed_origins.iter().enumerate() {
-            if o.is_empty() {
-                return Err(format!("client.allowed_origins[{i}]: empty origin"));
+            client::origin_pattern(o).map_err(|e| format!("client.allowed_origins[{i}]: {e}"))?;
+        }
+        for (i, o) in c.public_origins.iter().enumerate() {
+            let key = format!("client.public_origins[{i}]");
+            let origin = client::WebOrigin::parse(o).map_err(|e| format!("{key}: {o:?}: {e}"))?;
+            if !matches!(origin.scheme.as_str(), "http" | "https") {
+                return Err(format!("{key}: {o:?}: the scheme must be http or https"));
+            }
+        }
+        for (i, r) in self.relay.routes.iter().enumerate() {
+            for (j, o) in r.allowed_origins.iter().enumerate() {
+                client::origin_pattern(o)
+                    .map_err(|e| format!("relay.routes[{i}].allowed_origins[{j}]: {e}"))?;
             }
         }
         self.nats.validate()?;

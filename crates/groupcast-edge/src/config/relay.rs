@@ -59,7 +59,9 @@ pub struct RouteConfig {
     /// Channels each connection is subscribed to (publications arrive as
     /// raw frames), beside those of the proxy or token.
     pub channels: Vec<String>,
-    /// Browser origins allowed (`*` globs); empty: same origin only.
+    /// Browser origins allowed: patterns as `client.allowed_origins`
+    /// (which routes do not use). Empty: the same origin only, as
+    /// `client.public_origins` defines it.
     pub allowed_origins: Vec<String>,
     /// A `heartbeat` event per connection this often; 0: none.
     #[serde(with = "humantime_serde")]
