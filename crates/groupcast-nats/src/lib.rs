@@ -1,4 +1,28 @@
-//! `groupcast-nats`: the [`Broker`](groupcast_core::Broker) over NATS.
+//! `groupcast-nats`: the [`Broker`](groupcast_core::Broker) over NATS. It
+//! owns everything Groupcast does on NATS: the connection, live fan-out on
+//! core subjects, history in JetStream streams, the requests between nodes
+//! ([`NodeBus`](groupcast_core::NodeBus)) and to backends
+//! ([`BackendBus`](groupcast_core::BackendBus)), every subject name, and the
+//! bytes of every message.
+//!
+//! # Layout
+//!
+//! * `config`: [`NatsConfig`], the `[nats]` settings.
+//! * `broker`: [`NatsBroker`], one cloneable handle on one connection, and
+//!   the [`Broker`](groupcast_core::Broker) implementation; by concern:
+//!   * `broker::connection`: connecting, connection events, the streams
+//!     made at start;
+//!   * `broker::streams`: one JetStream stream per history namespace
+//!     ([`StreamSpec`]);
+//!   * `broker::history`: storing publications and reading them back;
+//!   * `broker::live`: channel subscriptions, delivery, gap repair
+//!     ([`GapStats`]);
+//!   * `broker::node_bus`: requests between nodes;
+//!   * `broker::backend_bus`: relay targets and backend commands.
+//! * [`subjects`]: every subject and stream name, built in one place.
+//! * [`envelope`]: the binary format of every message.
+//!
+//! # How it works
 //!
 //! * **Live fan-out** on core NATS: one subject per channel
 //!   ([`subjects::Subjects::live`]). An edge subscribes to a channel's subject
@@ -23,111 +47,13 @@
 //! See `docs/operations.md` (NATS backbone) for configuration and metrics.
 
 mod broker;
+mod config;
 pub mod envelope;
+pub mod signing;
 pub mod subjects;
 
 pub use broker::{GapStats, NatsBroker, StreamSpec};
-
-use std::path::PathBuf;
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-
-/// How an edge connects to NATS (`[nats]` in the configuration).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NatsConfig {
-    /// NATS server URLs (`nats://host:4222`, `tls://host:4222`); several for a
-    /// NATS cluster. Empty: no NATS (the in-memory broker, `groupcast dev`).
-    pub urls: Vec<String>,
-    /// Connection name shown in NATS monitoring (default: the node name).
-    pub name: String,
-    /// Prefix of every subject and stream name (letters, digits, `_`, `-`);
-    /// separate Groupcast installations sharing one NATS use different ones.
-    pub prefix: String,
-    /// NATS credentials file (JWT + NKey seed), e.g. from a Kubernetes Secret.
-    pub credentials_file: Option<PathBuf>,
-    /// User and password authentication.
-    pub user: String,
-    pub password: String,
-    /// Token authentication.
-    pub token: String,
-    /// CA certificate (PEM) to verify the NATS servers with; setting it
-    /// requires TLS.
-    pub tls_ca_file: Option<PathBuf>,
-    /// Client certificate and key (PEM) for NATS servers that verify clients.
-    pub tls_cert_file: Option<PathBuf>,
-    pub tls_key_file: Option<PathBuf>,
-    /// Require TLS even without a CA file (system roots are used).
-    pub tls_required: bool,
-    /// Time limit for one JetStream request (publish acknowledgement,
-    /// history read).
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Time limit for the first connection at start.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// How long start-up retries creating the JetStream streams (a NATS
-    /// cluster that just formed answers "timed out" for a few seconds)
-    /// before the edge gives up and exits.
-    #[serde(with = "humantime_serde")]
-    pub startup_timeout: Duration,
-    /// Messages buffered per channel subscription before NATS reports a slow
-    /// consumer and drops (history channels then repair from JetStream).
-    pub subscription_capacity: usize,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            urls: Vec::new(),
-            name: String::new(),
-            prefix: "gc".into(),
-            credentials_file: None,
-            user: String::new(),
-            password: String::new(),
-            token: String::new(),
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            tls_required: false,
-            request_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            startup_timeout: Duration::from_secs(30),
-            subscription_capacity: 65_536,
-        }
-    }
-}
-
-impl NatsConfig {
-    /// Check the settings; `Err` names the offending key.
-    pub fn validate(&self) -> Result<(), String> {
-        if !subjects::valid_prefix(&self.prefix) {
-            return Err("nats.prefix: 1 to 32 letters, digits, `_` or `-`".into());
-        }
-        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
-            return Err("nats.tls_cert_file and nats.tls_key_file go together".into());
-        }
-        if self.user.is_empty() != self.password.is_empty() {
-            return Err("nats.user and nats.password go together".into());
-        }
-        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err("nats.request_timeout and nats.connect_timeout must be > 0".into());
-        }
-        if self.startup_timeout.is_zero() {
-            return Err("nats.startup_timeout must be > 0".into());
-        }
-        if self.subscription_capacity == 0 {
-            return Err("nats.subscription_capacity must be > 0".into());
-        }
-        for u in &self.urls {
-            if u.trim().is_empty() {
-                return Err("nats.urls: empty URL".into());
-            }
-        }
-        Ok(())
-    }
-}
+pub use config::NatsConfig;
 
 /// Describe the backbone's metrics (call once after installing a recorder).
 pub fn describe_metrics() {
@@ -157,76 +83,11 @@ pub fn describe_metrics() {
         "Gaps in a channel's offsets seen on the live subject, by outcome (repaired from JetStream, or insufficient: subscribers told to recover)"
     );
     describe_counter!(
+        "groupcast_backbone_rejected_total",
+        "Backbone messages dropped for their signature (reason: unsigned, bad_signature; kind: pub, node): forged or from an edge with another cluster_secret"
+    );
+    describe_counter!(
         "groupcast_nats_publish_errors_total",
         "Publishes that failed (NATS unreachable, no JetStream acknowledgement)"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn invalid_settings_name_the_key() {
-        let base = NatsConfig {
-            urls: vec!["nats://127.0.0.1:4222".into()],
-            ..Default::default()
-        };
-        assert_eq!(base.validate(), Ok(()));
-        let cases: Vec<(NatsConfig, &str)> = vec![
-            (
-                NatsConfig {
-                    prefix: "g.c".into(),
-                    ..base.clone()
-                },
-                "nats.prefix",
-            ),
-            (
-                NatsConfig {
-                    prefix: String::new(),
-                    ..base.clone()
-                },
-                "nats.prefix",
-            ),
-            (
-                NatsConfig {
-                    tls_cert_file: Some("c.pem".into()),
-                    ..base.clone()
-                },
-                "nats.tls_cert_file",
-            ),
-            (
-                NatsConfig {
-                    user: "u".into(),
-                    ..base.clone()
-                },
-                "nats.user",
-            ),
-            (
-                NatsConfig {
-                    request_timeout: Duration::ZERO,
-                    ..base.clone()
-                },
-                "nats.request_timeout",
-            ),
-            (
-                NatsConfig {
-                    subscription_capacity: 0,
-                    ..base.clone()
-                },
-                "nats.subscription_capacity",
-            ),
-            (
-                NatsConfig {
-                    urls: vec![" ".into()],
-                    ..base.clone()
-                },
-                "nats.urls",
-            ),
-        ];
-        for (config, key) in cases {
-            let err = config.validate().unwrap_err();
-            assert!(err.contains(key), "{key}: {err}");
-        }
-    }
 }

@@ -1,0 +1,341 @@
+//! Stored publications: a history publish waits for JetStream's
+//! acknowledgement (its stream sequence is the publication's **offset**);
+//! reads use the stream's direct get, in batches, by channel subject. The
+//! live path reads here too, to repair gaps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use groupcast_core::broker::{BrokerError, HistoryQuery, HistoryResult, PublishOptions};
+use groupcast_core::{Publication, StreamPosition};
+use serde::Deserialize;
+
+use super::streams::StreamState;
+use super::{header_u64, unavailable, Inner};
+use crate::envelope::{self, Envelope};
+use crate::signing::{count_rejected, Domain};
+use crate::subjects::{encode_token, namespace_of};
+
+/// Messages asked for per batched direct-get request.
+pub(super) const READ_BATCH: usize = 256;
+
+/// Pause before sending a history publish again after "no responders"
+/// (see `Inner::publish_stored`).
+const NO_RESPONDERS_RETRY: Duration = Duration::from_millis(100);
+
+impl Inner {
+    /// Offset of the newest stored publication of `subject` (0: none).
+    pub(super) async fn last_offset(
+        &self,
+        stream: &StreamState,
+        subject: &str,
+    ) -> Result<u64, BrokerError> {
+        #[derive(Deserialize)]
+        struct Msg {
+            seq: u64,
+        }
+        #[derive(Deserialize)]
+        struct ApiErr {
+            code: u16,
+            description: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Resp {
+            message: Option<Msg>,
+            error: Option<ApiErr>,
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "last_by_subj": subject }))
+            .expect("serializes");
+        let api = format!("$JS.API.STREAM.MSG.GET.{}", stream.name);
+        let reply = self
+            .client
+            .request(api, body.into())
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("JetStream: {e}")))?;
+        let resp: Resp = serde_json::from_slice(&reply.payload)
+            .map_err(|e| BrokerError::Internal(format!("JetStream reply: {e}")))?;
+        match (resp.message, resp.error) {
+            (Some(m), _) => Ok(m.seq),
+            (None, Some(e)) if e.code == 404 => Ok(0),
+            (None, e) => Err(BrokerError::Unavailable(format!(
+                "JetStream: {}",
+                e.and_then(|e| e.description).unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Stored publications of `subject` with offsets in `from..=to`, oldest
+    /// first, read with batched direct gets.
+    pub(super) async fn read_range(
+        &self,
+        stream: &StreamState,
+        subject: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Publication>, BrokerError> {
+        let mut out = Vec::new();
+        let mut next = from.max(1);
+        let api = format!("$JS.API.DIRECT.GET.{}", stream.name);
+        // Stored publications are checked again as they are read back: one
+        // published on the stream's subject by a NATS client that is not an
+        // edge is skipped (its offset stays unused).
+        let channel = self.subjects.channel_of(subject).unwrap_or_default();
+        // A channel holds at most `history_size` publications: bound the
+        // loop by that (plus one batch of slack for concurrent publishes).
+        let max = stream.spec.history_size + self.read_batch;
+        while next <= to && out.len() < max {
+            let inbox = self.client.new_inbox();
+            let mut replies = self
+                .client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| BrokerError::Unavailable(format!("NATS: {e}")))?;
+            let req = serde_json::json!({ "seq": next, "next_by_subj": subject, "batch": self.read_batch });
+            self.client
+                .publish_with_reply(
+                    api.clone(),
+                    inbox,
+                    serde_json::to_vec(&req).expect("json").into(),
+                )
+                .await
+                .map_err(|e| BrokerError::Unavailable(format!("NATS: {e}")))?;
+            let mut got = 0;
+            let mut done = false;
+            loop {
+                let msg = tokio::time::timeout(self.request_timeout, replies.next())
+                    .await
+                    .map_err(|_| BrokerError::Unavailable("JetStream read timed out".into()))?
+                    .ok_or_else(|| BrokerError::Unavailable("NATS connection closed".into()))?;
+                if let Some(status) = msg.status {
+                    // 204: end of batch; 404: nothing (more) for this subject.
+                    match status.as_u16() {
+                        204 => break,
+                        404 => {
+                            done = true;
+                            break;
+                        }
+                        code => {
+                            return Err(BrokerError::Unavailable(format!(
+                                "JetStream direct get: {code} {}",
+                                msg.description.unwrap_or_default()
+                            )))
+                        }
+                    }
+                }
+                let Some(seq) = header_u64(msg.headers.as_ref(), "Nats-Sequence") else {
+                    return Err(BrokerError::Internal(
+                        "direct get without Nats-Sequence".into(),
+                    ));
+                };
+                got += 1;
+                next = seq + 1;
+                if seq > to {
+                    done = true;
+                    continue;
+                }
+                if let Err(why) = self.signer.check(
+                    msg.headers.as_ref(),
+                    Domain::Channel,
+                    &channel,
+                    &msg.payload,
+                ) {
+                    count_rejected(why, Domain::Channel);
+                    continue;
+                }
+                match envelope::decode(msg.payload) {
+                    Ok(Envelope::Pub(mut p)) => {
+                        p.offset = seq;
+                        out.push(p);
+                    }
+                    _ => {
+                        metrics::counter!("groupcast_nats_invalid_messages_total").increment(1);
+                    }
+                }
+            }
+            let _ = replies.unsubscribe().await;
+            if done || got < self.read_batch {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read the publications after offset `after` up to `to` and say whether
+    /// they are provably all of them: the stored publication at `after` is
+    /// still there (trimming is oldest first), or `after` is 0 and nothing
+    /// was ever trimmed from this channel as far as the count shows.
+    pub(super) async fn read_after(
+        &self,
+        stream: &StreamState,
+        subject: &str,
+        after: u64,
+        to: u64,
+    ) -> Result<(Vec<Publication>, bool), BrokerError> {
+        let mut pubs = self.read_range(stream, subject, after, to).await?;
+        let complete = if after == 0 {
+            pubs.len() < stream.spec.history_size
+        } else if pubs.first().map(|p| p.offset) == Some(after) {
+            pubs.remove(0);
+            true
+        } else {
+            false
+        };
+        Ok((pubs, complete))
+    }
+
+    /// Store in JetStream and wait for the acknowledgement; its sequence is
+    /// the offset. The stream republishes it to the live subject.
+    ///
+    /// Fails at once while NATS is not connected. Otherwise bounded by
+    /// `nats.request_timeout` in all, within which it rides out "no
+    /// responders" while JetStream elects a new leader for the stream
+    /// (nobody received the message, so sending it again cannot store it
+    /// twice). The answer is the position, or `Unavailable` (108) once the
+    /// bound is reached.
+    pub(super) async fn publish_stored(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        mut headers: HeaderMap,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, BrokerError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let ns = namespace_of(channel);
+        if let Some(key) = &opts.idempotency_key {
+            // JetStream deduplicates per stream (namespace): scope the key
+            // to the channel.
+            let id = format!("{}:{}", encode_token(channel), encode_token(key));
+            headers.insert("Nats-Msg-Id", id.as_str());
+        }
+        loop {
+            self.check_connected()?;
+            let Some(stream) = self.stream(ns).await? else {
+                return Err(BrokerError::Internal(format!(
+                    "namespace {ns:?} has no history stream configured"
+                )));
+            };
+            let sent = self
+                .js
+                .publish_with_headers(
+                    self.subjects.history(channel),
+                    headers.clone(),
+                    payload.clone(),
+                )
+                .await;
+            let ack = match sent {
+                Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
+                    Ok(ack) => ack,
+                    Err(_) => Err(PublishErrorKind::TimedOut.into()),
+                },
+                Err(e) => Err(e),
+            };
+            let e = match ack {
+                Ok(ack) => {
+                    return Ok(StreamPosition {
+                        offset: ack.sequence,
+                        epoch: stream.epoch.clone(),
+                    })
+                }
+                Err(e) => e,
+            };
+            tracing::debug!(channel, error = %e, "JetStream publish failed");
+            if !matches!(e.kind(), PublishErrorKind::StreamNotFound) {
+                return Err(unavailable(e));
+            }
+            // "No responders": no server holds the stream's subject right
+            // now (a leader election) or the stream was deleted.
+            let retry_at = tokio::time::Instant::now() + NO_RESPONDERS_RETRY;
+            if retry_at >= deadline {
+                // Still nobody at the bound: if it was deleted, the next
+                // publish creates it again (with a new epoch).
+                self.forget_stream(ns);
+                metrics::counter!("groupcast_nats_publish_retries_total", "outcome" => "gave_up")
+                    .increment(1);
+                return Err(unavailable(e));
+            }
+            metrics::counter!("groupcast_nats_publish_retries_total", "outcome" => "retried")
+                .increment(1);
+            tokio::time::sleep_until(retry_at).await;
+        }
+    }
+
+    /// [`Broker::history`](groupcast_core::Broker::history): the stored
+    /// publications `query` asks for, read with batched direct gets.
+    pub(super) async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, BrokerError> {
+        let Some(stream) = self.stream(namespace_of(channel)).await? else {
+            return Ok(HistoryResult::default());
+        };
+        if let Some(since) = &query.since {
+            if !since.epoch_matches(&stream.epoch) {
+                return Err(BrokerError::UnrecoverablePosition);
+            }
+        }
+        let subject = self.subjects.history(channel);
+        let top = self.last_offset(&stream, &subject).await?;
+        let position = StreamPosition {
+            offset: top,
+            epoch: stream.epoch.clone(),
+        };
+        let since = query.since.as_ref().map(|s| s.offset);
+        let mut result = HistoryResult {
+            publications: Vec::new(),
+            position,
+            complete: false,
+        };
+        if let (Some(s), false, None) = (since, query.reverse, query.limit) {
+            if s >= top {
+                result.complete = s == top;
+                return Ok(result);
+            }
+        }
+        if query.limit == Some(0) {
+            return Ok(result);
+        }
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let pubs = match (query.reverse, since) {
+            (false, Some(after)) => {
+                let (pubs, complete) = self.read_after(&stream, &subject, after, top).await?;
+                result.complete = complete && query.limit.is_none();
+                pubs
+            }
+            (true, Some(before)) => {
+                let to = before.saturating_sub(1).min(top);
+                self.read_range(&stream, &subject, 1, to).await?
+            }
+            (_, None) => self.read_range(&stream, &subject, 1, top).await?,
+        };
+        let pubs = pubs.into_iter().map(Arc::new);
+        result.publications = if query.reverse {
+            pubs.rev().take(limit).collect()
+        } else {
+            pubs.take(limit).collect()
+        };
+        Ok(result)
+    }
+
+    /// [`Broker::remove_history`](groupcast_core::Broker::remove_history):
+    /// purge one channel's subject from its stream.
+    pub(super) async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        let Some(stream) = self.stream(namespace_of(channel)).await? else {
+            return Ok(());
+        };
+        let s = self
+            .js
+            .get_stream(&stream.name)
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("JetStream: {e}")))?;
+        s.purge()
+            .filter(self.subjects.history(channel))
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("JetStream purge: {e}")))?;
+        Ok(())
+    }
+}
