@@ -27,6 +27,9 @@ $nats -a 127.0.0.1 -p 15522 -m 15523 -js -sd "$work/nats" >"$work/nats.log" 2>&1
 pids+=($!)
 wait_http http://127.0.0.1:15523/healthz
 cat >"$work/relay.toml" <<'TOML'
+[api]
+key = "bench-key"
+over_nats = true
 [client]
 command_rate = 0.0
 [[relay.routes]]
@@ -36,6 +39,6 @@ TOML
 $bin dev --listen 127.0.0.1:15501 --nats nats://127.0.0.1:15522 --config "$work/relay.toml" >"$work/edge.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:15501/readyz
-$bench --server 127.0.0.1:15501 relay-backend --nats nats://127.0.0.1:15522 \
+$bench --server 127.0.0.1:15501 relay-backend --nats nats://127.0.0.1:15522 --api-key bench-key \
   --connections "$connections" --window "$window" --secs "$secs"
 echo "events: $(curl -fs http://127.0.0.1:15501/metrics | grep '^groupcast_relay_backend_events_total' | tr '\n' ' ')"

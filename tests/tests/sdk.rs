@@ -290,6 +290,8 @@ async fn seed_004_relay_flow_with_browser_websockets_and_a_nats_backend() {
     let nats = groupcast_testkit::nats::NatsServer::start().await;
     let mut config = TestServer::dev_config();
     config.nats.urls = vec![nats.url()];
+    // The backend answers through the API over NATS (off unless set).
+    config.api.over_nats = true;
     config
         .relay
         .routes
@@ -306,11 +308,21 @@ async fn seed_004_relay_flow_with_browser_websockets_and_a_nats_backend() {
     // The backend process: one target, the seed's broadcasting pattern.
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut events = client.subscribe("gc.relay.app.lobby").await.unwrap();
-    client.flush().await.unwrap();
+    // The server holds the interest once a message this client sends after
+    // the subscription comes back on it (a flush only empties the socket).
+    client
+        .publish("gc.relay.app.lobby", "{}".into())
+        .await
+        .unwrap();
+    let probe = tokio::time::timeout(Duration::from_secs(20), events.next())
+        .await
+        .expect("the probe within 20 s")
+        .expect("subscription open");
+    assert_eq!(probe.payload.as_ref(), b"{}");
     let backend = tokio::spawn(async move {
         let mut clients: Vec<String> = Vec::new();
         let call = |method: &str, params: serde_json::Value| {
-            let cmd = json!({ "method": method, "params": params }).to_string();
+            let cmd = json!({ "method": method, "params": params, "api_key": API_KEY }).to_string();
             let client = client.clone();
             async move {
                 let r = client.request("gc.api", cmd.into()).await.unwrap();

@@ -30,6 +30,9 @@ pub struct Params {
     /// The edge's `nats.prefix`.
     #[arg(long, default_value = "gc")]
     prefix: String,
+    /// The edge's `api.key`: commands over NATS carry it.
+    #[arg(long, default_value = "")]
+    api_key: String,
     /// The route's path with `{i}` for the connection's room (0..rooms).
     #[arg(long, default_value = "/ws/bench/{i}/")]
     path: String,
@@ -53,7 +56,11 @@ pub struct Params {
 }
 
 /// The backend: echo every text frame back to its sender.
-async fn backend(client: async_nats::Client, subject: String) -> anyhow::Result<()> {
+async fn backend(
+    client: async_nats::Client,
+    subject: String,
+    api_key: String,
+) -> anyhow::Result<()> {
     let mut sub = client.subscribe(subject).await?;
     client.flush().await?;
     tokio::spawn(async move {
@@ -76,7 +83,7 @@ async fn backend(client: async_nats::Client, subject: String) -> anyhow::Result<
                     let Some(subject) = commands.get(&c) else {
                         continue;
                     };
-                    let cmd = json!({"method": "relay_send",
+                    let cmd = json!({"method": "relay_send", "api_key": api_key,
                         "params": {"client": c, "text": e["data"]}});
                     let _ = client
                         .publish(subject.clone(), cmd.to_string().into())
@@ -99,6 +106,7 @@ pub async fn run(server: SocketAddr, p: Params) -> anyhow::Result<()> {
     backend(
         nats.clone(),
         format!("{}.relay.{}.>", p.prefix, p.target_prefix),
+        p.api_key.clone(),
     )
     .await?;
     let done = Arc::new(AtomicU64::new(0));

@@ -7,7 +7,7 @@
 //! `alg: none`). `exp` and `nbf` are checked without leeway; `aud` and `iss`
 //! when configured.
 //!
-//! Outcomes map to the protocol in `session.rs`: an expired (or not yet
+//! Outcomes map to the protocol in the session (`session/connect.rs`, `session/expiry.rs`): an expired (or not yet
 //! valid, `nbf`) connection token answers error 109 (the SDK fetches a new
 //! one); any other invalid connection token disconnects with 3500, and so does
 //! a subscription token used as a connection token (it has a `channel`
@@ -211,6 +211,12 @@ pub fn api_key_ok(key: &str, headers: &HeaderMap) -> bool {
         })
         .unwrap_or("");
     constant_time_eq(given.as_bytes(), expected)
+}
+
+/// Is `given` the API key? Never with no key configured. In constant time
+/// (for commands over NATS, which carry the key in their body).
+pub fn api_key_matches(key: &str, given: &str) -> bool {
+    !key.is_empty() && constant_time_eq(given.as_bytes(), key.as_bytes())
 }
 
 /// Compare `given` with `expected` in time that depends only on the length

@@ -14,6 +14,7 @@ use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
 use groupcast_testkit::membership::MembershipCluster;
 use groupcast_testkit::nats::NatsServer;
 use groupcast_testkit::raw::{closed, frame, open};
+use groupcast_testkit::API_KEY;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -48,7 +49,11 @@ async fn edge(
     env: &[(&str, &str)],
 ) -> EdgeProcess {
     let config = format!("{EDGE_CONFIG}{}{ROUTES}", m.edge_section());
-    let mut all = vec![("GROUPCAST_CLIENT__COMMAND_RATE", "0")];
+    // Backends answer through the API over NATS, which is off unless set.
+    let mut all = vec![
+        ("GROUPCAST_CLIENT__COMMAND_RATE", "0"),
+        ("GROUPCAST_API__OVER_NATS", "true"),
+    ];
     all.extend_from_slice(env);
     EdgeProcess::start(Path::new(BIN), name, &[nats.url()], &config, &all).await
 }
@@ -77,7 +82,24 @@ impl Backend {
     async fn start(nats: &NatsServer, subject: &str) -> Backend {
         let client = async_nats::connect(nats.url()).await.expect("nats");
         let mut sub = client.subscribe(subject.to_string()).await.unwrap();
-        client.flush().await.unwrap();
+        // The server holds the interest once a message this client sends
+        // after the subscription comes back on it (a flush only empties
+        // the socket: on a busy machine the server may read an edge's
+        // first event before this subscription).
+        let probe = match subject.strip_suffix('>') {
+            Some(prefix) => format!("{prefix}probe"),
+            None => subject.to_string(),
+        };
+        client.publish(probe.clone(), "{}".into()).await.unwrap();
+        loop {
+            let m = tokio::time::timeout(T, sub.next())
+                .await
+                .expect("the probe within 10 s")
+                .expect("subscription open");
+            if m.subject.as_str() == probe {
+                break;
+            }
+        }
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
         let task = tokio::spawn(async move {
@@ -96,7 +118,8 @@ impl Backend {
                 let text = e["data"].as_str().unwrap_or_default().to_string();
                 ev.lock().unwrap().push(e);
                 if let Some(x) = text.strip_prefix("echo:") {
-                    let cmd = json!({"method": "relay_send", "params": {"client": c, "text": x}});
+                    let cmd = json!({"method": "relay_send", "api_key": API_KEY,
+                        "params": {"client": c, "text": x}});
                     let r = client
                         .request("gc.api", cmd.to_string().into())
                         .await
@@ -107,13 +130,13 @@ impl Backend {
                     // A last frame, then the close, back to back: the frame
                     // arrives before the close.
                     let subject = commands.get(&c).cloned().expect("join told the subject");
-                    let last = json!({"method": "relay_send",
+                    let last = json!({"method": "relay_send", "api_key": API_KEY,
                         "params": {"client": c, "text": "last words"}});
                     client
                         .publish(subject.clone(), last.to_string().into())
                         .await
                         .unwrap();
-                    let cmd = json!({"method": "relay_close",
+                    let cmd = json!({"method": "relay_close", "api_key": API_KEY,
                         "params": {"client": c, "code": 4001, "reason": "bye"}});
                     client
                         .publish(subject, cmd.to_string().into())
@@ -254,7 +277,7 @@ async fn relay_connections_reach_a_nats_backend_and_back_across_edges() {
     assert_eq!(r["error"]["code"], 106, "frame over the message limit");
     // A command over api.max_body_bytes, over NATS: 106.
     let nc = async_nats::connect(nats.url()).await.unwrap();
-    let cmd = json!({"method": "info", "params": {"pad": "x".repeat(3000)}});
+    let cmd = json!({"method": "info", "api_key": API_KEY, "params": {"pad": "x".repeat(3000)}});
     let answer = nc
         .request(
             join["commands"].as_str().unwrap().to_string(),
@@ -264,6 +287,23 @@ async fn relay_connections_reach_a_nats_backend_and_back_across_edges() {
         .unwrap();
     let r: Value = serde_json::from_slice(&answer.payload).unwrap();
     assert_eq!(r["error"]["code"], 106, "over api.max_body_bytes: {r}");
+    // Without the API key, or with a wrong one, nothing is done: 101.
+    for cmd in [
+        json!({"method": "relay_close", "params": {"client": c1, "code": 4001}}),
+        json!({"method": "relay_close", "api_key": "guess", "params": {"client": c1, "code": 4001}}),
+    ] {
+        for subject in [
+            "gc.api".to_string(),
+            join["commands"].as_str().unwrap().to_string(),
+        ] {
+            let answer = nc
+                .request(subject.clone(), cmd.to_string().into())
+                .await
+                .unwrap();
+            let r: Value = serde_json::from_slice(&answer.payload).unwrap();
+            assert_eq!(r["error"]["code"], 101, "{subject} {cmd}: {r}");
+        }
+    }
 
     // A second connection, on edge b (which asks for its join: answered).
     let mut ws2 = open(&route_url(&b, "/ws/echo/lobby/"), None).await.unwrap();

@@ -253,8 +253,9 @@ pub struct ApiConfig {
     /// Largest accepted API request body in bytes.
     pub max_body_bytes: usize,
     /// On NATS, serve the API to backends on `{nats.prefix}.api` (and each
-    /// edge's `{nats.prefix}.api.{name}`), without the key: whoever may
-    /// publish there is trusted (docs/backends.md).
+    /// edge's `{nats.prefix}.api.{name}`). Off unless set: each command
+    /// must carry the API key (`"api_key"`), and NATS permissions decide who
+    /// may publish there at all (docs/backends.md, docs/security.md).
     pub over_nats: bool,
 }
 
@@ -284,7 +285,7 @@ impl Default for ApiConfig {
         ApiConfig {
             key: String::new(),
             max_body_bytes: 1 << 20,
-            over_nats: true,
+            over_nats: false,
         }
     }
 }

@@ -121,19 +121,27 @@ async fn respond(
 }
 
 /// A command from a backend over NATS (`{nats.prefix}.api`):
-/// `{"method": "<API method>", "params": {...}}`, answered (when asked
-/// with a reply subject) with the HTTP API's body: `{"result": ...}` or
-/// `{"error": {...}}` (107 for a message that is not such a command, 104
-/// for an unknown method).
+/// `{"method": "<API method>", "params": {...}, "api_key": "<api.key>"}`,
+/// answered (when asked with a reply subject) with the HTTP API's body:
+/// `{"result": ...}` or `{"error": {...}}` (101 for a missing or wrong
+/// key, before anything else is looked at; 107 for a message that is not
+/// such a command, 104 for an unknown method).
 pub(crate) async fn over_nats(state: &EdgeState, payload: &[u8]) -> Bytes {
     #[derive(serde::Deserialize)]
     struct Command {
         method: String,
         #[serde(default)]
         params: Option<Value>,
+        #[serde(default)]
+        api_key: String,
     }
     let started = Instant::now();
     let (body, method, outcome) = match serde_json::from_slice::<Command>(payload) {
+        Ok(c) if !crate::auth::api_key_matches(&state.config.api.key, &c.api_key) => (
+            encode(&Reply::error(ApiError::UNAUTHORIZED)),
+            "unknown".to_string(),
+            "unauthorized",
+        ),
         Err(_) => (
             encode(&Reply::error(ApiError::BAD_REQUEST)),
             "unknown".to_string(),
