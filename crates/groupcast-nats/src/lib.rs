@@ -21,6 +21,8 @@
 //!   * `broker::backend_bus`: relay targets and backend commands.
 //! * [`subjects`]: every subject and stream name, built in one place.
 //! * [`envelope`]: the binary format of every message.
+//! * [`signing`]: the HMAC-SHA256 tag (`nats.cluster_secret`) on what edges
+//!   publish to each other, checked on receipt and on history reads.
 //!
 //! # How it works
 //!
