@@ -23,11 +23,14 @@
 //! edge holds the connection: `relay_send` (a text or binary frame),
 //! `relay_close`, `relay_transfer` (to another target), `relay_target_gone`
 //! (closes every connection of a target with 3015), and `subscribe` to
-//! channels, whose publications then arrive as raw frames. On NATS the same
-//! API is served on `{nats.prefix}.api` (request-reply or plain publish).
+//! channels, whose publications then arrive as raw frames. On NATS, with
+//! `api.over_nats`, the same API is served on `{nats.prefix}.api`
+//! (request-reply or plain publish; each command carries the API key).
 //!
 //! Browsers' `Origin` must be in the route's `allowed_origins`; with none
-//! configured, only the page's own origin (the `Host` it connects to).
+//! configured, only the deployment's own origins: `client.public_origins`,
+//! or without them the scheme, host and port the page connected to, for an
+//! IP address or `localhost` only (`crate::origin`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
