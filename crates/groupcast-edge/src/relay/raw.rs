@@ -10,10 +10,25 @@
 //!
 //! Authentication is optional: `?token=JWT` (a connection token) sets the
 //! user; without it the connection is anonymous. The upgrade is refused with
-//! 403 when the user may not subscribe to the channel. Keepalive uses
-//! WebSocket pings (browsers answer them); at each ping tick, a peer silent
-//! for more than `ping_interval + pong_timeout` is closed with 3012 (so a
-//! dead peer is noticed within about two ping intervals).
+//! 403 when the user may not subscribe to the channel by the namespace's
+//! rules. Keepalive uses WebSocket pings (browsers answer them); at each
+//! ping tick, a peer silent for more than `ping_interval + pong_timeout` is
+//! closed with 3012 (so a dead peer is noticed within about two ping
+//! intervals).
+//!
+//! In a namespace with a `subscribe_proxy`, the backend is asked too, once
+//! the socket is open and before the connection is subscribed (invariant 8;
+//! a relay connection has no subscription token to show instead), with the
+//! fields the publish proxy gets (below) and the `channel`. As for a refused
+//! frame, its error closes the connection with 3507 and the reason
+//! `<message> (<code>)`, its disconnect with its own code, a proxy that
+//! fails with 3004; each answer is counted in
+//! `groupcast_proxy_requests_total{proxy="subscribe", outcome}`. Of an
+//! answer that lets it in, `info` is the connection's channel info (in its
+//! publications and presence) and `expire_at` closes it with 3006 at that
+//! time (the `sub_refresh_proxy` is not asked: the client reconnects and the
+//! subscribe proxy is asked again); `data` (the relay has no subscribe reply
+//! to carry it) and anything else are not used.
 //!
 //! Every frame passes the same gate as a protocol client's publish
 //! (`crate::publish_gate`): the namespace's size limit, then its
@@ -37,10 +52,12 @@ use groupcast_core::{ChannelOptions, Payload, Publication};
 use groupcast_proto::client::ClientInfo;
 use groupcast_proto::{DisconnectCode, ErrorCode};
 
+use crate::auth::now_unix;
 use crate::conn::Inbound;
 use crate::keepalive::Keepalive;
 use crate::limits::ConnRates;
 use crate::metrics::Metrics;
+use crate::proxy::Answer;
 use crate::publish_gate::{self, Passed, Publisher, Refusal};
 use crate::state::EdgeState;
 
@@ -54,6 +71,63 @@ pub struct RelayAuth {
     pub opts: ChannelOptions,
     /// What the event proxies forward of the upgrade request.
     pub headers: HeaderMap,
+}
+
+/// What the namespace's subscribe proxy let in (everything, without one).
+#[derive(Default)]
+struct Admitted {
+    /// The answer's `info`: channel info in the connection's publications
+    /// and presence.
+    chan_info: Option<Arc<serde_json::value::RawValue>>,
+    /// The answer's `expire_at` (Unix seconds): the connection ends then.
+    expires_at: Option<i64>,
+}
+
+/// Asks the namespace's `subscribe_proxy`, when it has one, whether the
+/// connection may read the channel. Refused as a frame the publish proxy
+/// refuses is (the same [`Refusal`]s, closed by [`refuse`]).
+async fn admit(
+    state: &EdgeState,
+    conn: &crate::conn::Conn,
+    auth: &RelayAuth,
+) -> Result<Admitted, Refusal> {
+    let Some(proxy) = state.proxies.get(&auth.opts.subscribe_proxy) else {
+        return Ok(Admitted::default());
+    };
+    let body = serde_json::json!({
+        "client": conn.client,
+        "transport": "websocket",
+        "protocol": "relay",
+        "encoding": "raw",
+        "user": auth.user,
+        "channel": auth.channel,
+    });
+    let result = match proxy.call("subscribe", &body, &auth.headers).await {
+        Ok(Answer::Result(r)) => r,
+        Ok(Answer::Error { code, message }) => return Err(Refusal::Backend { code, message }),
+        Ok(Answer::Disconnect { code, reason }) => {
+            return Err(Refusal::Disconnect { code, reason })
+        }
+        Err(_) => return Err(Refusal::Failed),
+    };
+    Ok(Admitted {
+        chan_info: result
+            .get("info")
+            .filter(|v| !v.is_null())
+            .and_then(|v| serde_json::value::to_raw_value(v).ok())
+            .map(Arc::from),
+        expires_at: result
+            .get("expire_at")
+            .and_then(serde_json::Value::as_i64)
+            .filter(|&at| at > 0),
+    })
+}
+
+/// When a subscription that expires at `at` (Unix seconds) ends; `None`:
+/// never (so far ahead that the clock cannot hold it).
+fn deadline(at: Option<i64>) -> Option<tokio::time::Instant> {
+    let left = u64::try_from(at? - now_unix()).unwrap_or(0);
+    tokio::time::Instant::now().checked_add(std::time::Duration::from_secs(left))
 }
 
 /// Check a relay request before upgrading: channel, token, permissions.
@@ -100,11 +174,31 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
     let m = Metrics::get();
     let channel = auth.channel.as_str();
     let opts = &auth.opts;
+    // Nothing of the channel reaches the connection before the backend
+    // let it in.
+    let admitted = match admit(&state, &conn, &auth).await {
+        Ok(a) => a,
+        Err(refusal) => {
+            refuse(&conn, refusal);
+            opened.finish().await;
+            return;
+        }
+    };
+    if admitted.expires_at.is_some_and(|at| at <= now_unix()) {
+        // Let in until a time already past.
+        conn.close(DisconnectCode::SUB_EXPIRED);
+    }
+    if conn.is_closed() {
+        // Or closed (shutdown) while the backend was asked.
+        opened.finish().await;
+        return;
+    }
+    let expiry = deadline(admitted.expires_at);
     let info = Arc::new(ClientInfo {
         user: auth.user.clone(),
         client: conn.client.clone(),
         conn_info: auth.conn_info.clone(),
-        chan_info: None,
+        chan_info: admitted.chan_info,
     });
     let node = state.node.clone();
     let subscribed = node
@@ -125,9 +219,21 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
     let cfg = &state.config.client;
     let mut keepalive = Keepalive::new(cfg);
     let mut rates = ConnRates::new(cfg);
+    let expiry = async {
+        match expiry {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     while !conn.is_closed() {
         tokio::select! {
             _ = conn.cancelled() => break,
+            // The subscribe proxy's `expire_at`: no refresh on the relay.
+            _ = &mut expiry => {
+                conn.close(DisconnectCode::SUB_EXPIRED);
+                break;
+            }
             alive = keepalive.tick(&conn) => if !alive { break },
             msg = stream.next() => {
                 keepalive.heard();
@@ -192,8 +298,8 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
     opened.finish().await;
 }
 
-/// Closes the connection for a frame the gate refused (the relay has no
-/// error reply).
+/// Closes the connection for a frame the gate refused, or a connection the
+/// subscribe proxy refused (the relay has no error reply).
 fn refuse(conn: &crate::conn::Conn, refusal: Refusal) {
     match refusal {
         // Over the namespace's publication size: 1009, as for a frame
