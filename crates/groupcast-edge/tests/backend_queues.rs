@@ -146,20 +146,11 @@ fn hmac_hex(secret: &str, message: &str) -> String {
     format!("sha256={hex}")
 }
 
-/// The value of one series in `/metrics` (0 when absent).
-async fn metric(s: &TestServer, series: &str) -> f64 {
-    let (_, body) = s.http_raw("GET", "/metrics", "", b"").await;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Waits (bounded) until `series` is at least `n`.
 async fn metric_reaches(s: &TestServer, series: &str, n: f64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let v = metric(s, series).await;
+        let v = s.metric(series).await;
         if v >= n {
             return;
         }
@@ -321,11 +312,11 @@ async fn one_client_filling_an_http_target_queue_is_closed_and_a_newcomer_gets_t
 
     // Counted: the closure, the dropped events, the disconnect code.
     let evicted = r#"groupcast_relay_http_evictions_total{target="q"}"#;
-    assert_eq!(metric(&s, evicted).await, 1.0);
+    assert_eq!(s.metric(evicted).await, 1.0);
     let dropped = r#"groupcast_relay_backend_events_total{event="message",outcome="dropped"}"#;
-    assert!(metric(&s, dropped).await >= 1.0);
+    assert!(s.metric(dropped).await >= 1.0);
     let closed = r#"groupcast_disconnects_total{code="3013"}"#;
-    assert_eq!(metric(&s, closed).await, 1.0);
+    assert_eq!(s.metric(closed).await, 1.0);
 
     // The newcomer was never closed: its socket still answers.
     newcomer_tx.send(Message::Ping("p".into())).await.unwrap();

@@ -198,32 +198,6 @@ fn namespace(name: &str, f: impl FnOnce(&mut ChannelOptions)) -> NamespaceConfig
     }
 }
 
-/// The value of one series on `/metrics` (0 when absent).
-async fn metric(s: &TestServer, series: &str) -> f64 {
-    let (_, body) = s.http_raw("GET", "/metrics", "", b"").await;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Waits (bounded) until `channel` has `n` subscribers: a relay connection
-/// subscribes once its WebSocket is open, on the server's own time.
-async fn subscribed(s: &TestServer, channel: &str, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, r) = s.api("channels", json!({ "pattern": channel })).await;
-        if r["result"]["channels"][channel]["num_clients"] == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{channel}: not {n} subscribers within 20 s: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -348,10 +322,10 @@ const BINARY_REFUSED: &str =
 async fn a_protobuf_client_cannot_slip_unfiltered_binary_past_the_publish_proxy() {
     let backend = PyBackend::start();
     let s = chat_server(&backend).await;
-    let refused_before = metric(&s, BINARY_REFUSED).await;
+    let refused_before = s.metric(BINARY_REFUSED).await;
     // A browser page on the relay, which JSON.parses every frame.
     let mut page = RelayClient::open(&s.relay_url("chat:lobby")).await.unwrap();
-    subscribed(&s, "chat:lobby", 1).await;
+    s.wait_subscribers("chat:lobby", 1).await;
 
     let mut attacker = PbClient::connect(&s, "mallory").await;
     let refusal = attacker.publish("chat:lobby", &unportable_json()).await;
@@ -381,7 +355,7 @@ async fn a_protobuf_client_cannot_slip_unfiltered_binary_past_the_publish_proxy(
         "binary data into a namespace whose publish proxy takes JSON only: {refusal:?}"
     );
 
-    assert!(metric(&s, BINARY_REFUSED).await >= refused_before + 1.0);
+    assert!(s.metric(BINARY_REFUSED).await >= refused_before + 1.0);
     let log = backend.log().await;
     assert!(
         log.iter().all(|e| e["body"].get("b64data").is_none()),
@@ -393,7 +367,7 @@ async fn a_protobuf_client_cannot_slip_unfiltered_binary_past_the_publish_proxy(
 async fn the_raw_relay_asks_the_publish_proxy_and_closes_on_its_refusal() {
     let backend = PyBackend::start();
     let s = chat_server(&backend).await;
-    let refused_before = metric(&s, BINARY_REFUSED).await;
+    let refused_before = s.metric(BINARY_REFUSED).await;
     let url = s.relay_url("chat:lobby");
     let mut page = RelayClient::open(&url).await.unwrap();
     let token = s.token("alice", json!({}));
@@ -406,7 +380,7 @@ async fn the_raw_relay_asks_the_publish_proxy_and_closes_on_its_refusal() {
         .await
         .unwrap();
     assert!(r.get("subscribe").is_some(), "{r}");
-    subscribed(&s, "chat:lobby", 3).await;
+    s.wait_subscribers("chat:lobby", 3).await;
 
     // The relay's frame is the backend's to judge: escaped for everyone.
     alice
@@ -488,7 +462,7 @@ async fn the_raw_relay_asks_the_publish_proxy_and_closes_on_its_refusal() {
         bob.publication(T).await.unwrap()["pub"]["data"],
         json!({"text": "marker"})
     );
-    assert!(metric(&s, BINARY_REFUSED).await >= refused_before + 2.0);
+    assert!(s.metric(BINARY_REFUSED).await >= refused_before + 2.0);
 }
 
 #[tokio::test]
@@ -501,7 +475,7 @@ async fn a_proxy_that_takes_binary_gets_b64data_and_may_answer_either_kind() {
         .push(namespace("files", |o| o.publish_proxy = "bin".into()));
     let s = TestServer::start_with(config).await;
     let unusable = r#"groupcast_publish_proxy_refusals_total{reason="unusable_answer"}"#;
-    let unusable_before = metric(&s, unusable).await;
+    let unusable_before = s.metric(unusable).await;
     let url = s.relay_url("files:x");
     let mut page = RelayClient::open(&url).await.unwrap();
     let mut alice = s.client("alice").await;
@@ -510,7 +484,7 @@ async fn a_proxy_that_takes_binary_gets_b64data_and_may_answer_either_kind() {
         .await
         .unwrap();
     assert!(r.get("subscribe").is_some(), "{r}");
-    subscribed(&s, "files:x", 2).await;
+    s.wait_subscribers("files:x", 2).await;
     let mut carol = PbClient::connect(&s, "carol").await;
 
     // Binary data goes to the proxy as b64data, and out as it is.
@@ -575,7 +549,7 @@ async fn a_proxy_that_takes_binary_gets_b64data_and_may_answer_either_kind() {
             .unwrap();
         assert_eq!(r["error"]["code"], 100, "{text}: {r}");
     }
-    assert!(metric(&s, unusable).await >= unusable_before + 2.0);
+    assert!(s.metric(unusable).await >= unusable_before + 2.0);
 
     // A relay text frame that is not JSON reaches the proxy as b64data and
     // goes out as the same text.

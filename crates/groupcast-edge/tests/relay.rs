@@ -8,23 +8,6 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(5);
 
-/// Waits (bounded) until `channel` has `n` subscribers: a relay connection
-/// subscribes once its WebSocket is open, on the server's own time.
-async fn subscribed(s: &TestServer, channel: &str, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, r) = s.api("channels", json!({ "pattern": channel })).await;
-        if r["result"]["channels"][channel]["num_clients"] == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{channel}: not {n} subscribers within 20 s: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The next frame `c` gets is `marker` (sent after whatever must not
 /// arrive: the channel keeps its order).
 async fn next_is(c: &mut RelayClient, marker: &str) {
@@ -42,8 +25,8 @@ async fn frames_reach_the_other_relay_clients_verbatim() {
     let mut b = RelayClient::open(&s.relay_url("relay")).await.unwrap();
     let mut c = RelayClient::open(&s.relay_url("relay")).await.unwrap();
     let mut other = RelayClient::open(&s.relay_url("elsewhere")).await.unwrap();
-    subscribed(&s, "relay", 3).await;
-    subscribed(&s, "elsewhere", 1).await;
+    s.wait_subscribers("relay", 3).await;
+    s.wait_subscribers("elsewhere", 1).await;
     // The seed's message, byte for byte (note the spacing: not re-encoded).
     let msg = r#"{"type": "message", "text": "Hello from client", "timestamp": "2025-10-30T19:00:00.000Z"}"#;
     a.send_text(msg).await.unwrap();
@@ -135,7 +118,7 @@ async fn default_channel_and_rejections() {
         .await
         .unwrap();
     let mut b = RelayClient::open(&s.relay_url("relay")).await.unwrap();
-    subscribed(&s, "relay", 2).await;
+    s.wait_subscribers("relay", 2).await;
     a.send_text("hi").await.unwrap();
     assert_eq!(b.recv(T).await.unwrap(), Frame::Text("hi".into()));
 
@@ -225,7 +208,7 @@ async fn relay_frames_need_publish_permission() {
     // Receiving works: API publications arrive.
     let mut r = RelayClient::open(&s.relay_url("feed:news")).await.unwrap();
     let mut other = RelayClient::open(&s.relay_url("feed:news")).await.unwrap();
-    subscribed(&s, "feed:news", 2).await;
+    s.wait_subscribers("feed:news", 2).await;
     s.api("publish", json!({"channel":"feed:news","data":{"n":1}}))
         .await;
     assert_eq!(r.recv(T).await.unwrap(), Frame::Text(r#"{"n":1}"#.into()));

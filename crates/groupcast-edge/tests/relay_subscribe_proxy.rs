@@ -141,35 +141,6 @@ async fn server(backend: &ScriptedProxy) -> TestServer {
     TestServer::start_with(config).await
 }
 
-/// The value of one series on `/metrics` (0 when absent).
-async fn metric(s: &TestServer, series: &str) -> f64 {
-    let (_, body) = s.http_raw("GET", "/metrics", "", b"").await;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Waits (bounded) until `channel` has `n` subscribers: a relay connection
-/// subscribes once its WebSocket is open, on the server's own time.
-async fn subscribed(s: &TestServer, channel: &str, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, r) = s.api("channels", json!({ "pattern": channel })).await;
-        let now = r["result"]["channels"][channel]["num_clients"]
-            .as_u64()
-            .unwrap_or(0);
-        if now == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{channel}: not {n} subscribers within 20 s: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Publishes `{"n": i}` on `channel` through the API every 100 ms until
 /// `c` gets a frame (bounded): the first frame it gets, whether it was
 /// subscribed at once or later.
@@ -203,7 +174,7 @@ const REFUSED: &str = r#"groupcast_proxy_requests_total{proxy="subscribe",outcom
 async fn a_user_the_subscribe_proxy_refuses_reads_nothing_over_the_raw_relay() {
     let backend = ScriptedProxy::start().await;
     let s = server(&backend).await;
-    let refused_before = metric(&s, REFUSED).await;
+    let refused_before = s.metric(REFUSED).await;
 
     // The namespace's rules let anyone in; the backend refuses bob, and
     // the anonymous: the first frame either gets is the close, never a
@@ -219,7 +190,7 @@ async fn a_user_the_subscribe_proxy_refuses_reads_nothing_over_the_raw_relay() {
             "{user:?}, refused by the subscribe proxy, read the channel over the raw relay"
         );
     }
-    subscribed(&s, "rooms:secret", 0).await;
+    s.wait_subscribers("rooms:secret", 0).await;
 
     // The backend was asked as for the publish proxy of the raw relay: the
     // client id, the token's user (`""` when anonymous), the channel and
@@ -259,7 +230,7 @@ async fn a_user_the_subscribe_proxy_refuses_reads_nothing_over_the_raw_relay() {
     assert_eq!(anonymous[0].cookie, None);
     assert_eq!(anonymous[1].cookie.as_deref(), Some("session=mallory"));
 
-    assert!(metric(&s, REFUSED).await >= refused_before + 3.0);
+    assert!(s.metric(REFUSED).await >= refused_before + 3.0);
 }
 
 #[tokio::test]
@@ -275,7 +246,7 @@ async fn a_user_the_subscribe_proxy_allows_reads_the_channel_with_its_channel_in
         Frame::Text(t) => assert!(t.starts_with(r#"{"n":"#), "{t}"),
         other => panic!("alice, allowed, got {other:?}"),
     }
-    subscribed(&s, "rooms:secret", 1).await;
+    s.wait_subscribers("rooms:secret", 1).await;
     assert_eq!(backend.asked_about("alice").len(), 1);
 
     // The answer's `info` is the connection's channel info: in its
@@ -306,11 +277,9 @@ async fn a_user_the_subscribe_proxy_allows_reads_the_channel_with_its_channel_in
 async fn a_proxy_disconnect_closes_with_its_code_and_a_proxy_that_is_down_with_3004() {
     let backend = ScriptedProxy::start().await;
     let s = server(&backend).await;
-    let failed_before = metric(
-        &s,
-        r#"groupcast_proxy_requests_total{proxy="subscribe",outcome="unreachable"}"#,
-    )
-    .await;
+    let failed_before = s
+        .metric(r#"groupcast_proxy_requests_total{proxy="subscribe",outcome="unreachable"}"#)
+        .await;
 
     let mut banned = RelayClient::open(&relay_url(&s, "rooms:secret", Some("banned")))
         .await
@@ -328,14 +297,11 @@ async fn a_proxy_disconnect_closes_with_its_code_and_a_proxy_that_is_down_with_3
         Frame::Close(Some((3004, "internal server error".into()))),
         "a subscribe proxy that is down"
     );
-    subscribed(&s, "rooms:secret", 0).await;
-    subscribed(&s, "down:x", 0).await;
+    s.wait_subscribers("rooms:secret", 0).await;
+    s.wait_subscribers("down:x", 0).await;
     assert!(
-        metric(
-            &s,
-            r#"groupcast_proxy_requests_total{proxy="subscribe",outcome="unreachable"}"#
-        )
-        .await
+        s.metric(r#"groupcast_proxy_requests_total{proxy="subscribe",outcome="unreachable"}"#)
+            .await
             >= failed_before + 1.0
     );
 }
@@ -374,5 +340,5 @@ async fn a_subscription_the_proxy_gave_an_expiry_ends_there_with_3006() {
         }
         assert!(tokio::time::Instant::now() < deadline);
     }
-    subscribed(&s, "rooms:secret", 0).await;
+    s.wait_subscribers("rooms:secret", 0).await;
 }

@@ -150,6 +150,40 @@ impl TestServer {
     }
 
     /// One HTTP request (see [`http_request`]): `(status, body bytes)`.
+    /// The value of one series on `/metrics` (the line starting with
+    /// `series`, e.g. `groupcast_x_total{a="b"}`); 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http_raw("GET", "/metrics", "", b"").await;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits (bounded: 20 s, then panics) until `channel` has `n`
+    /// subscribers, as the API's `channels` counts them: a relay
+    /// connection subscribes once its WebSocket is open, on the server's
+    /// own time.
+    pub async fn wait_subscribers(&self, channel: &str, n: u64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, r) = self
+                .api("channels", serde_json::json!({ "pattern": channel }))
+                .await;
+            let now = r["result"]["channels"][channel]["num_clients"]
+                .as_u64()
+                .unwrap_or(0);
+            if now == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{channel}: not {n} subscribers within 20 s: {r}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn http_raw(
         &self,
         method: &str,
