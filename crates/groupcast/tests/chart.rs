@@ -54,10 +54,15 @@ fn rendered(sets: &[&str], name: &str) -> PathBuf {
     path
 }
 
-/// The chart's secrets reach edges through the environment.
+/// The chart's secrets reach edges through the environment (edge.yaml):
+/// the API key, the token secret, the NATS cluster secret, user and
+/// password.
 const ENV: &[(&str, &str)] = &[
     ("GROUPCAST_API__KEY", "k"),
     ("GROUPCAST_CLIENT__TOKEN_HMAC_SECRET", "s"),
+    ("GROUPCAST_NATS__CLUSTER_SECRET", "c"),
+    ("GROUPCAST_NATS__USER", "edge"),
+    ("GROUPCAST_NATS__PASSWORD", "p"),
 ];
 
 #[test]
@@ -81,6 +86,10 @@ fn the_config_the_chart_renders_is_what_the_binary_accepts() {
                 r#"config.client.allowed_origins=["https://a.example","https://b.example"]"#,
                 "--set",
                 "config.dashboard.enabled=false",
+                "--set",
+                "config.api.over_nats=true",
+                "--set",
+                "config.api.max_body_bytes=65536",
             ],
         ),
     ];

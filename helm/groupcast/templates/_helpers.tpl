@@ -43,6 +43,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.membership.certs.existingSecret | default (printf "%s-membership-certs" (include "groupcast.fullname" .)) }}
 {{- end }}
 
+{{- define "groupcast.natsAuthSecret" -}}
+{{- .Values.nats.auth.existingSecret | default (printf "%s-nats-auth" (include "groupcast.fullname" .)) }}
+{{- end }}
+
+{{/*
+Whether the edges log in to NATS with a user and password: always with the
+bundled NATS; with your own, when its password is given and no .creds file.
+*/}}
+{{- define "groupcast.natsEdgePassword" -}}
+{{- if and .Values.nats.auth.edgeUser (not .Values.nats.auth.credentialsSecret) (or .Values.nats.enabled .Values.nats.auth.edgePassword .Values.nats.auth.existingSecret) }}true{{ end }}
+{{- end }}
+
 {{- define "groupcast.serverName" -}}
 {{- .Values.membership.serverName | default (printf "%s-membership" (include "groupcast.fullname" .)) }}
 {{- end }}
