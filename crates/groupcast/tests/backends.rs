@@ -814,8 +814,8 @@ secret = "s3cret"
 /// In a cluster (two edges, NATS, the membership service), each channel
 /// occupied/vacated webhook is sent once, not once per edge; a user's status
 /// (`user_status`) counts their connections on every edge and keeps the
-/// last-seen time; `client.user_status_channel` gets one publication per
-/// online/offline change.
+/// last-seen time; `client.user_status_channel` gets at most one
+/// publication per online/offline change, and always the latest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_channel_webhooks_and_user_status_come_once() {
     use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
@@ -911,26 +911,12 @@ async fn in_a_cluster_channel_webhooks_and_user_status_come_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The watcher saw ann online once and offline once; the two edges that
-    // caused them announce each, so they may arrive in either order, and
-    // `seq` orders them.
-    let mut statuses = Vec::new();
-    while statuses.len() < 2 {
-        let p = watcher
-            .publication(Duration::from_secs(10))
-            .await
-            .expect("a status publication");
-        let d = &p["pub"]["data"];
-        assert_eq!(d["type"], "user_status", "{p}");
-        assert_eq!(d["user"], "ann", "{p}");
-        statuses.push((
-            d["seq"].as_u64().unwrap(),
-            d["status"].as_str().unwrap().to_string(),
-        ));
-    }
-    statuses.sort();
-    let order: Vec<&str> = statuses.iter().map(|(_, s)| s.as_str()).collect();
-    assert_eq!(order, ["online", "offline"]);
+    // The watcher sees ann's status publications after the markers below
+    // (read there). Each edge publishes its share in order, but a change
+    // still waiting on an edge is replaced by the user's newer one (only
+    // the latest is published, docs/backends.md), so whether `online` was
+    // published depends on how fast that edge was; `offline`, the latest,
+    // always is.
 
     // A marker on each edge: a user who connects, subscribes to a channel
     // of their own and, once its occupied webhook came (a change undone
@@ -1005,22 +991,36 @@ async fn in_a_cluster_channel_webhooks_and_user_status_come_once() {
         ["channel_occupied", "channel_vacated"],
         "{events}"
     );
-    // No more status publications about ann: up to both markers' offline,
-    // only the markers'.
+    // Ann's status publications, up to both markers' offline: once each at
+    // most, in `seq` order `online` (unless replaced) then `offline`, the
+    // latest; nothing more about ann. (The two edges that caused them
+    // publish each, so they may arrive in either order: `seq` orders them.)
+    let mut statuses = Vec::new();
     let mut offline = Vec::new();
     while offline.len() < 2 {
         let p = watcher
             .publication(Duration::from_secs(20))
             .await
-            .expect("the markers' status publications");
+            .unwrap_or_else(|e| panic!("status publications ({e:?}), so far ann's {statuses:?}"));
         let d = &p["pub"]["data"];
-        assert_ne!(d["user"], "ann", "no more status publications: {p}");
-        if d["status"] == "offline" {
-            offline.push(d["user"].as_str().unwrap().to_string());
+        assert_eq!(d["type"], "user_status", "{p}");
+        match d["user"].as_str().unwrap() {
+            "ann" => statuses.push((
+                d["seq"].as_u64().unwrap(),
+                d["status"].as_str().unwrap().to_string(),
+            )),
+            user if d["status"] == "offline" => offline.push(user.to_string()),
+            _ => {}
         }
     }
     offline.sort();
     assert_eq!(offline, ["mark-a", "mark-b"]);
+    statuses.sort();
+    let order: Vec<&str> = statuses.iter().map(|(_, s)| s.as_str()).collect();
+    assert!(
+        order == ["online", "offline"] || order == ["offline"],
+        "ann's status publications: {statuses:?}"
+    );
 }
 
 /// An HTTP relay target that does not keep up: its queue (`queue_max`) is
