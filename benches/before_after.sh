@@ -40,7 +40,7 @@ run_one() { # LABEL BINARY SCENARIO...
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   local delivered latency
-  delivered=$(grep -o 'delivered: [0-9]* ([0-9]*/s), expected [0-9]* ([0-9.]*%)' <<<"$out" || echo "delivered: ?")
+  delivered=$(grep -o 'delivered: [0-9]* ([0-9]*/s), expected [0-9]* ([0-9.]*%)' <<<"$out" || echo "failed: $(tail -1 <<<"$out")")
   latency=$(grep -o 'p50 [0-9.]* ms, p99 [0-9.]* ms' <<<"$out" || echo "no latency")
   printf '%-4s %-11s %s | %s\n' "$label" "$SCENARIO" "$delivered" "$latency"
 }
@@ -50,8 +50,10 @@ for r in $(seq "$rounds"); do
   for pair in "old:$old" "new:$new"; do
     label=${pair%%:*}
     bin=${pair#*:}
-    SCENARIO=fanout-256 run_one "$label" "$bin" fanout --subscribers 1000 --size 128 --secs 10
-    SCENARIO=fanout-1 run_one "$label" "$bin" fanout --subscribers 1000 --size 128 --secs 10 --window 1
-    SCENARIO=rooms run_one "$label" "$bin" rooms --rooms 500 --members 10 --rate 2000 --secs 10
+    # 16 source addresses: thousands of connections a run, closed sockets
+    # linger in TIME_WAIT for a minute, and one address has ~28k ports.
+    SCENARIO=fanout-256 run_one "$label" "$bin" fanout --subscribers 1000 --size 128 --secs 10 --source-ips 16
+    SCENARIO=fanout-1 run_one "$label" "$bin" fanout --subscribers 1000 --size 128 --secs 10 --window 1 --source-ips 16
+    SCENARIO=rooms run_one "$label" "$bin" rooms --rooms 500 --members 10 --rate 2000 --secs 10 --source-ips 16
   done
 done

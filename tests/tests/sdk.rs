@@ -470,15 +470,18 @@ async fn centrifuge_python_sdk_test_suite() {
         server.config.client.token_hmac_secret.clone(),
         "--timeout".to_string(),
         "20".to_string(),
+        // A bound against a hung run, not a speed check: on a machine
+        // whose cores are busy with other work the 185 tests take minutes
+        // (.config/nextest.toml runs this test alone, killed after 5 min).
         "--budget".to_string(),
-        "95".to_string(),
+        "240".to_string(),
     ];
     let out = run_script_within(
         "centrifuge_python_suite.py",
         &python,
         &args,
         &sdk_dir(),
-        Duration::from_secs(115),
+        Duration::from_secs(270),
     )
     .await;
     let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
