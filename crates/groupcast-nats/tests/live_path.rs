@@ -48,18 +48,28 @@ fn text(n: u64) -> Publication {
     Publication::new(Payload::from_text(&n.to_string()))
 }
 
-/// Blocks its delivery task on the first publication, so that NATS drops
-/// what overflows the (tiny) subscription buffer meanwhile: a real slow
-/// consumer, not a simulated one.
+/// Blocks its delivery task on the first publication until released, so
+/// that NATS drops what overflows the (tiny) subscription buffer meanwhile:
+/// a real slow consumer, not a simulated one.
 struct Stalling {
     rec: Recorder,
     stalled: AtomicBool,
+    released: AtomicBool,
 }
 
 impl BrokerHandler for Stalling {
     fn on_publication(&self, channel: &str, p: Arc<Publication>) {
         if !self.stalled.swap(true, Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(600));
+            // Until the test published the rest (bounded, in case it
+            // failed). `block_in_place`: the runtime's other tasks (the NATS
+            // connection's among them) move to another thread instead of
+            // waiting behind this one.
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            tokio::task::block_in_place(|| {
+                while !self.released.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
         }
         self.rec.on_publication(channel, p);
     }
@@ -74,31 +84,76 @@ impl BrokerHandler for Stalling {
     }
 }
 
-/// Publish 30 while the subscriber is stalled, wait, publish one more (its
+/// A message this client sends to itself comes back once the server
+/// processed everything the client sent before, and after everything the
+/// server had sent the client before.
+async fn round_trip(c: &async_nats::Client) {
+    use futures_util::StreamExt;
+    let subject = format!("probe.{:x}", rand::random::<u64>());
+    let mut sub = c.subscribe(subject.clone()).await.unwrap();
+    c.publish(subject, "probe".into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("a round trip within 20 s")
+        .expect("subscription open");
+}
+
+/// Publish one, and once its delivery is stalled 29 more; release the
+/// subscriber once NATS sent all 30 to it (two fit its buffer, NATS drops
+/// the rest: one gap, however fast or slow the machine), and once it
+/// delivered what the buffer held, publish one more (its
 /// `Nats-Last-Sequence` shows the gap).
-async fn stall_and_publish(b: &NatsBroker, history_size: usize) -> (Arc<Stalling>, Vec<u64>) {
+async fn stall_and_publish(
+    b: &NatsBroker,
+    url: &str,
+    history_size: usize,
+) -> (Arc<Stalling>, Vec<u64>) {
+    use futures_util::StreamExt;
     let h = Arc::new(Stalling {
         rec: Recorder::default(),
         stalled: AtomicBool::new(false),
+        released: AtomicBool::new(false),
     });
     b.set_handler(h.clone());
     b.subscribe("gappy").await.unwrap();
-    let mut offsets = Vec::new();
-    for n in 1..=30 {
-        offsets.push(
-            b.publish("gappy", text(n), &opts(history_size))
-                .await
-                .unwrap()
-                .offset,
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(900)).await;
-    offsets.push(
-        b.publish("gappy", text(31), &opts(history_size))
+    // Sees what the server sends on the channel's live subject.
+    let observer = async_nats::connect(url).await.unwrap();
+    let mut seen = observer.subscribe(b.live_subject("gappy")).await.unwrap();
+    round_trip(&observer).await;
+    let publish = |n: u64| async move {
+        b.publish("gappy", text(n), &opts(history_size))
             .await
             .unwrap()
-            .offset,
-    );
+            .offset
+    };
+    let mut offsets = vec![publish(1).await];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !h.stalled.load(Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first publication never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for n in 2..=30 {
+        offsets.push(publish(n).await);
+    }
+    // The server republishes stored messages on its own time: once the
+    // observer has the 30th, the server sent it to the broker's connection
+    // too, and a round trip on that connection comes after it.
+    for _ in 1..=30 {
+        tokio::time::timeout(Duration::from_secs(20), seen.next())
+            .await
+            .expect("the live copies within 20 s")
+            .expect("subscription open");
+    }
+    round_trip(b.client()).await;
+    h.released.store(true, Ordering::SeqCst);
+    events_until(&h.rec, "the publications the buffer held", |e| {
+        pub_offsets(e).len() >= 3
+    })
+    .await;
+    offsets.push(publish(31).await);
     (h, offsets)
 }
 
@@ -132,7 +187,7 @@ fn pub_offsets(events: &[Event]) -> Vec<u64> {
 async fn a_gap_is_repaired_from_jetstream_before_delivering() {
     let server = NatsServer::start().await;
     let b = broker(&server.url(), 100, 2).await;
-    let (h, offsets) = stall_and_publish(&b, 100).await;
+    let (h, offsets) = stall_and_publish(&b, &server.url(), 100).await;
     let events = events_until(&h.rec, "31 publications", |e| pub_offsets(e).len() >= 31).await;
     assert_eq!(
         pub_offsets(&events),
@@ -153,7 +208,7 @@ async fn a_gap_is_repaired_from_jetstream_before_delivering() {
 async fn a_gap_no_longer_stored_makes_subscribers_recover() {
     let server = NatsServer::start().await;
     let b = broker(&server.url(), 3, 2).await;
-    let (h, offsets) = stall_and_publish(&b, 3).await;
+    let (h, offsets) = stall_and_publish(&b, &server.url(), 3).await;
     // The last publication comes after the gap in any case (live).
     let events = events_until(&h.rec, "the last publication", |e| {
         pub_offsets(e).last() == offsets.last()
