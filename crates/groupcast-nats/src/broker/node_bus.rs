@@ -29,17 +29,45 @@ impl NodeBus for NatsBroker {
             .map_err(|e| BrokerError::Unavailable(format!("subscribe {subject}: {e}")))?;
         // Serving once this returns: the server has the interest, so a
         // request made right after is not answered "no responders" (which
-        // callers read as "that node is gone").
+        // callers read as "that node is gone"). A flush only empties the
+        // socket; a message this connection publishes after the SUB coming
+        // back on it proves the server processed the SUB. Requests that
+        // arrive before it are kept and answered first.
+        let probe = Bytes::from(self.inner.client.new_inbox());
         self.inner
             .client
-            .flush()
+            .publish(subject.clone(), probe.clone())
             .await
             .map_err(|e| BrokerError::Unavailable(format!("subscribe {subject}: {e}")))?;
+        let mut early = Vec::new();
+        let confirmed = tokio::time::timeout(self.inner.request_timeout, async {
+            while let Some(msg) = sub.next().await {
+                if msg.reply.is_none() && msg.payload == probe {
+                    return true;
+                }
+                early.push(msg);
+            }
+            false
+        })
+        .await;
+        if confirmed != Ok(true) {
+            return Err(BrokerError::Unavailable(format!(
+                "subscribe {subject}: the server did not confirm the subscription"
+            )));
+        }
         let client = self.inner.client.clone();
         let signer = self.inner.signer.clone();
         let me = node.to_string();
         tokio::spawn(async move {
-            while let Some(msg) = sub.next().await {
+            let mut early = early.into_iter();
+            loop {
+                let msg = match early.next() {
+                    Some(m) => m,
+                    None => match sub.next().await {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
                 let Some(reply) = msg.reply.clone() else {
                     continue;
                 };
