@@ -29,6 +29,11 @@
 #   GROUPCAST_LOCAL_EDGE_ENV     extra environment for the three edges, space-separated
 #                                NAME=VALUE words, e.g. "GROUPCAST_CLIENT__COMMAND_RATE=0"
 #                                (configuration keys as environment variables)
+#   GROUPCAST_LOCAL_EDGE_CONFIG  extra TOML files for the three edges, space-separated, layered
+#                                over the rendered edge-N.toml (groupcast edge --config A --config B:
+#                                tables merge key by key, arrays of tables are replaced), e.g. an
+#                                example's settings (examples/*/groupcast.toml). Read at each start:
+#                                a running edge keeps what it started with (`down`, then `up`).
 # Other GROUPCAST_* variables are not passed on (groupcast would read them as configuration
 # keys): change the templates next to this script instead (edge.toml.tmpl, nats.conf.tmpl,
 # nginx.conf.tmpl), rendered into the state directory at every `up`.
@@ -54,6 +59,8 @@ nats_env=${GROUPCAST_NATS_SERVER:-}
 offset_given=${GROUPCAST_LOCAL_PORT_OFFSET+given}
 # Extra environment for the edges only, e.g. "GROUPCAST_CLIENT__COMMAND_RATE=0" (benches/cluster.sh).
 read -r -a edge_env <<<"${GROUPCAST_LOCAL_EDGE_ENV:-}"
+# Extra configuration files for the edges only (examples/*/groupcast.toml), made absolute below.
+read -r -a edge_config <<<"${GROUPCAST_LOCAL_EDGE_CONFIG:-}"
 # groupcast treats every GROUPCAST_* variable as configuration and refuses unknown ones.
 while IFS= read -r var; do
   unset "$var"
@@ -107,6 +114,10 @@ load_offset() {
     offset=$saved
   fi
 }
+for i in "${!edge_config[@]}"; do
+  [ -f "${edge_config[$i]}" ] || die "GROUPCAST_LOCAL_EDGE_CONFIG: ${edge_config[$i]} is not a file"
+  edge_config[i]=$(realpath "${edge_config[$i]}")
+done
 case "$offset" in
   '' | *[!0-9]*) die "GROUPCAST_LOCAL_PORT_OFFSET must be a non-negative integer, not '$offset'" ;;
 esac
@@ -425,6 +436,9 @@ build_cmd() {
       ;;
     edge-*)
       CMD=("$GC" edge --config "$state/edge-$i.toml")
+      for f in ${edge_config[@]+"${edge_config[@]}"}; do
+        CMD+=(--config "$f")
+      done
       [ ${#edge_env[@]} -eq 0 ] || CMD=("$(command -v env)" "${edge_env[@]}" "${CMD[@]}")
       ;;
     nginx) CMD=("$NGINX" -p "$state/nginx" -c "$state/nginx/nginx.conf" -g 'daemon off;') ;;

@@ -71,9 +71,10 @@ struct DevArgs {
     /// HMAC secret for connection tokens (default: random, printed at start).
     #[arg(long)]
     token_hmac_secret: Option<String>,
-    /// TOML configuration file; `GROUPCAST_*` variables override it, flags override both.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    /// TOML configuration file; repeat to layer several (a later file's
+    /// keys win). `GROUPCAST_*` variables override them, flags override all.
+    #[arg(long = "config")]
+    config: Vec<PathBuf>,
     /// Use this NATS server (JetStream enabled) instead of the in-memory bus;
     /// repeat for a NATS cluster.
     #[arg(long = "nats")]
@@ -99,9 +100,10 @@ struct EdgeArgs {
     /// (`membership.certs`), made with `groupcast certs`.
     #[arg(long = "membership-certs")]
     membership_certs: Option<PathBuf>,
-    /// TOML configuration file; `GROUPCAST_*` variables override it, flags override both.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    /// TOML configuration file; repeat to layer several (a later file's
+    /// keys win). `GROUPCAST_*` variables override them, flags override all.
+    #[arg(long = "config")]
+    config: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -210,9 +212,9 @@ fn list(v: Vec<String>) -> Option<Value> {
 
 fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     init_tracing();
-    let config = Config::load(
+    let config = Config::load_files(
         Config::default(),
-        args.config.as_deref(),
+        &args.config,
         overrides(&[
             ("listen", args.listen.map(Value::String)),
             ("name", args.name.map(Value::String)),
@@ -260,9 +262,9 @@ fn edge(args: EdgeArgs) -> anyhow::Result<()> {
 
 fn dev(args: DevArgs) -> anyhow::Result<()> {
     init_tracing();
-    let mut config = Config::load(
+    let mut config = Config::load_files(
         Config::dev(),
-        args.config.as_deref(),
+        &args.config,
         overrides(&[
             ("listen", args.listen.map(Value::String)),
             ("api.key", args.api_key.map(Value::String)),

@@ -312,8 +312,21 @@ impl Config {
         file: Option<&Path>,
         overrides: Serialized<serde_json::Value>,
     ) -> Result<Config, String> {
+        Config::load_files(base, file.as_slice(), overrides)
+    }
+
+    /// [`Config::load`] with several TOML files, each layered over the ones
+    /// before it: tables merge key by key, any other value (an array of
+    /// tables such as `[[namespaces]]` included) is replaced whole by the
+    /// later file's.
+    pub fn load_files<P: AsRef<Path>>(
+        base: Config,
+        files: &[P],
+        overrides: Serialized<serde_json::Value>,
+    ) -> Result<Config, String> {
         let mut fig = Figment::from(Serialized::defaults(base));
-        if let Some(path) = file {
+        for path in files {
+            let path = path.as_ref();
             if !path.exists() {
                 return Err(format!("config file {} does not exist", path.display()));
             }

@@ -56,6 +56,42 @@ join_leave = true
     assert_eq!(c.listen.port(), 9002);
 }
 
+/// `--config a.toml --config b.toml`: b's keys win, tables merge key by key,
+/// an array of tables is replaced whole, and a missing file is named.
+#[test]
+fn later_files_layer_over_earlier_ones() {
+    let base = write(
+        r#"
+listen = "127.0.0.1:9001"
+[client]
+ping_interval = "10s"
+pong_timeout = "3s"
+[[namespaces]]
+name = "status"
+presence = true
+"#,
+    );
+    let example = write(
+        r#"
+[client]
+pong_timeout = "4s"
+[[namespaces]]
+name = "game"
+presence = true
+join_leave = true
+"#,
+    );
+    let c = Config::load_files(Config::dev(), &[&base.0, &example.0], none()).unwrap();
+    assert_eq!(c.listen.port(), 9001);
+    assert_eq!(c.client.ping_interval, Duration::from_secs(10));
+    assert_eq!(c.client.pong_timeout, Duration::from_secs(4));
+    let names: Vec<&str> = c.namespaces.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["game"]);
+    let missing = Path::new("/nonexistent-layer.toml");
+    let e = Config::load_files(Config::dev(), &[base.0.as_path(), missing], none()).unwrap_err();
+    assert!(e.contains("/nonexistent-layer.toml"), "{e}");
+}
+
 /// The example in docs/configuration.md is a valid configuration.
 #[test]
 fn documented_example_loads() {
