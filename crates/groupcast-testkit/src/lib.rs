@@ -14,6 +14,7 @@
 //!   the in-memory broker and membership.
 //! * [`edge`]: `groupcast edge` as a separate process.
 //! * [`dev`]: `groupcast dev` as a child process, as a user runs it.
+//! * [`example`]: `examples/<name>/run.sh`, an example started by its one command.
 //! * [`membership`]: a cluster of `groupcast membership` processes.
 //! * [`nats`]: real `nats-server` processes (one, or a cluster).
 //! * [`nginx`]: nginx in front of edges (the local cluster's config).
@@ -26,6 +27,7 @@
 
 pub mod dev;
 pub mod edge;
+pub mod example;
 mod http;
 pub mod membership;
 pub mod nats;

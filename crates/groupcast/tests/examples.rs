@@ -1,0 +1,110 @@
+//! The examples (`examples/*/`, issue 21): each seed system started by its one command,
+//! `examples/NAME/run.sh`, on `groupcast dev` and on the local cluster (nginx in front of three
+//! edges), and driven by the seed's own client code: browser pages in Chromium, the seed's
+//! Python clients and backends. The scripts that drive them are in `tests/sdk/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use groupcast_testkit::example::{repo_root, Example, Mode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
+const INSTALL_HINT: &str = "run scripts/test.sh, which installs the test tools \
+     (tests/sdk/node_modules, .tools/venv, Chromium, nginx)";
+
+fn sdk_dir() -> PathBuf {
+    repo_root().join("tests").join("sdk")
+}
+
+fn python() -> PathBuf {
+    let p = repo_root().join(".tools/venv/bin/python");
+    assert!(p.is_file(), "{} is missing: {INSTALL_HINT}", p.display());
+    p
+}
+
+fn chromium_ready() {
+    assert!(
+        sdk_dir()
+            .join("node_modules/playwright-core/package.json")
+            .is_file(),
+        "playwright-core is missing: {INSTALL_HINT}"
+    );
+    assert!(
+        Path::new("/usr/bin/chromium").is_file() || std::env::var_os("CHROMIUM").is_some(),
+        "chromium is missing: {INSTALL_HINT}"
+    );
+}
+
+/// Runs `node tests/sdk/SCRIPT ARGS` (bounded by `within`) and returns its last line, which
+/// must be `{"ok":true...}`; panics with its output and the example's logs otherwise.
+async fn node_script(example: &Example, script: &str, args: &[String], within: Duration) -> String {
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(sdk_dir().join(script))
+        .args(args)
+        .current_dir(sdk_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start node {script}: {e}; {INSTALL_HINT}"));
+    let out = match tokio::time::timeout(within, child.wait_with_output()).await {
+        Ok(out) => out.expect("wait for node"),
+        Err(_) => panic!(
+            "{script} did not finish within {within:?}\n{}",
+            example.logs()
+        ),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let last = stdout.trim().lines().last().unwrap_or("").to_string();
+    assert!(
+        out.status.success() && last.starts_with("{\"ok\":true"),
+        "{script} failed ({}).\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n--- logs ---\n{}",
+        out.status,
+        example.logs()
+    );
+    last
+}
+
+/// Seed 000: the test page in two tabs (on two edges of the cluster) and the Python client,
+/// named and interactive.
+async fn relay(mode: Mode) {
+    chromium_ready();
+    let within = Duration::from_secs(if mode == Mode::Dev { 30 } else { 120 });
+    let example = Example::start("relay", mode, BIN, &[], within);
+    let edges = example.edges();
+    let ws = |http: &str| format!("{}/ws/relay/", http.replacen("http:", "ws:", 1));
+    let args = [
+        example.field("page").to_string(),
+        ws(&edges[0]),
+        ws(edges.get(1).unwrap_or(&edges[0])),
+        format!("{}/ws/relay/", example.field("ws")),
+        example.field("api").to_string(),
+        example.field("key").to_string(),
+        python().display().to_string(),
+        repo_root()
+            .join("examples/relay/test_websocket_relay.py")
+            .display()
+            .to_string(),
+    ];
+    node_script(
+        &example,
+        "example_relay.mjs",
+        &args,
+        Duration::from_secs(110),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_example_on_groupcast_dev() {
+    relay(Mode::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_example_on_the_local_cluster_across_two_edges() {
+    relay(Mode::Cluster { port_offset: 11000 }).await;
+}
