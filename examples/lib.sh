@@ -87,6 +87,27 @@ ex_wait_http() {
   ex_die "$2 did not answer at $1 within 30 s (logs in $ex_log)"
 }
 
+# ex_render FILE NAME=VALUE...: a copy of FILE in the log directory with each @NAME@ replaced by
+# VALUE (addresses and secrets chosen at run time); prints the copy's path.
+ex_render() {
+  local src=$1 out
+  shift
+  out="$ex_log/$(basename "$src")"
+  cp "$src" "$out"
+  local kv
+  for kv in "$@"; do
+    sed -i "s|@${kv%%=*}@|${kv#*=}|g" "$out"
+  done
+  if grep -q '@[A-Z_]*@' "$out"; then
+    ex_die "$src: $(grep -o '@[A-Z_]*@' "$out" | head -1) has no value"
+  fi
+  chmod 600 "$out"
+  printf '%s' "$out"
+}
+
+# ex_random: 32 random hex digits (keys, secrets).
+ex_random() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+
 # ex_start_groupcast CONFIG: Groupcast with the example's settings layered over the mode's own.
 # Sets EX_HTTP (http://host:port, the clients' and the API's entry), EX_WS (ws://host:port),
 # EX_API_KEY and EX_EDGES (the edges' own http://host:port, one on dev).
@@ -94,7 +115,7 @@ ex_start_groupcast() {
   local config=$1
   if [ "$ex_mode" = dev ]; then
     local port=${EXAMPLE_PORT:-8000}
-    EX_API_KEY=${EXAMPLE_API_KEY:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
+    EX_API_KEY=${EXAMPLE_API_KEY:-$(ex_random)}
     ex_say "groupcast dev on 127.0.0.1:$port with $config"
     ex_bg groupcast "$ex_bin" dev --listen "127.0.0.1:$port" \
       --api-key "$EX_API_KEY" --config "$config"

@@ -108,3 +108,36 @@ async fn relay_example_on_groupcast_dev() {
 async fn relay_example_on_the_local_cluster_across_two_edges() {
     relay(Mode::Cluster { port_offset: 11000 }).await;
 }
+
+/// Seed 004: two tabs bound to backend processes through the gateway's connect proxy; the
+/// processes answer by id, broadcast, transfer, close, and their death closes their connections.
+async fn backend_relay(mode: Mode) {
+    chromium_ready();
+    let within = Duration::from_secs(if mode == Mode::Dev { 30 } else { 120 });
+    let example = Example::start("backend-relay", mode, BIN, &[], within);
+    let edges = example.edges();
+    let ws = |http: &str| format!("{}/ws/", http.replacen("http:", "ws:", 1));
+    let args = [
+        example.field("page").to_string(),
+        ws(&edges[0]),
+        ws(edges.get(1).unwrap_or(&edges[0])),
+        example.field("gateway").to_string(),
+    ];
+    node_script(
+        &example,
+        "example_backend_relay.mjs",
+        &args,
+        Duration::from_secs(110),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_relay_example_on_groupcast_dev() {
+    backend_relay(Mode::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_relay_example_on_the_local_cluster_across_two_edges() {
+    backend_relay(Mode::Cluster { port_offset: 12000 }).await;
+}
