@@ -142,15 +142,28 @@ impl Example {
         self.field("edges").split(',').map(str::to_string).collect()
     }
 
-    /// `deploy/local/cluster.sh ARGS` on this example's cluster (kill, restart, status).
-    pub fn cluster(&self, args: &[&str]) -> std::process::Output {
+    /// The environment that points `deploy/local/cluster.sh` at this example's cluster.
+    pub fn cluster_env(&self) -> Vec<(String, String)> {
         let Mode::Cluster { port_offset } = self.mode else {
             panic!("not a cluster example");
         };
+        vec![
+            (
+                "GROUPCAST_LOCAL_DIR".into(),
+                self.scratch.join("cluster").display().to_string(),
+            ),
+            (
+                "GROUPCAST_LOCAL_PORT_OFFSET".into(),
+                port_offset.to_string(),
+            ),
+        ]
+    }
+
+    /// `deploy/local/cluster.sh ARGS` on this example's cluster (kill, restart, status).
+    pub fn cluster(&self, args: &[&str]) -> std::process::Output {
         Command::new(self.root.join("deploy/local/cluster.sh"))
             .args(args)
-            .env("GROUPCAST_LOCAL_DIR", self.scratch.join("cluster"))
-            .env("GROUPCAST_LOCAL_PORT_OFFSET", port_offset.to_string())
+            .envs(self.cluster_env())
             .output()
             .expect("run deploy/local/cluster.sh")
     }

@@ -38,10 +38,17 @@ fn chromium_ready() {
 
 /// Runs `node tests/sdk/SCRIPT ARGS` (bounded by `within`) and returns its last line, which
 /// must be `{"ok":true...}`; panics with its output and the example's logs otherwise.
-async fn node_script(example: &Example, script: &str, args: &[String], within: Duration) -> String {
+async fn node_script(
+    example: &Example,
+    script: &str,
+    args: &[String],
+    env: &[(String, String)],
+    within: Duration,
+) -> String {
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(sdk_dir().join(script))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(sdk_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -94,6 +101,7 @@ async fn relay(mode: Mode) {
         &example,
         "example_relay.mjs",
         &args,
+        &[],
         Duration::from_secs(110),
     )
     .await;
@@ -127,6 +135,7 @@ async fn backend_relay(mode: Mode) {
         &example,
         "example_backend_relay.mjs",
         &args,
+        &[],
         Duration::from_secs(110),
     )
     .await;
@@ -140,4 +149,40 @@ async fn backend_relay_example_on_groupcast_dev() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_relay_example_on_the_local_cluster_across_two_edges() {
     backend_relay(Mode::Cluster { port_offset: 12000 }).await;
+}
+
+/// Seed 003: bot players running the page's own client module (and one person in Chromium)
+/// play for a while; on the cluster an edge is killed halfway. At the end every bot is back in
+/// its room and its view, built from deltas, equals the game loop's world.
+async fn mud(mode: Mode, bots: u32, seconds: u32) {
+    chromium_ready();
+    let within = Duration::from_secs(if mode == Mode::Dev { 30 } else { 120 });
+    let example = Example::start("mud", mode, BIN, &[], within);
+    let mut args = vec![
+        example.field("page").to_string(),
+        example.field("ws").to_string(),
+        example.field("game").to_string(),
+        bots.to_string(),
+        seconds.to_string(),
+    ];
+    let mut env = Vec::new();
+    if let Mode::Cluster { .. } = mode {
+        let cluster = repo_root().join("deploy/local/cluster.sh");
+        args.push(format!("{} kill edge-2", cluster.display()));
+        env = example.cluster_env();
+    }
+    let limit = Duration::from_secs(u64::from(seconds) + 160);
+    let summary = node_script(&example, "example_mud.mjs", &args, &env, limit).await;
+    eprintln!("mud: {summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mud_example_on_groupcast_dev() {
+    mud(Mode::Dev, 24, 8).await;
+}
+
+/// The figure: 200 bots for 60 s across the cluster's edges, one edge killed midway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mud_example_on_the_local_cluster_with_an_edge_killed() {
+    mud(Mode::Cluster { port_offset: 13000 }, 200, 60).await;
 }
