@@ -18,7 +18,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
-use groupcast_core::hub::{PreparedPush, PushType, Subscriber, SubscriberKind};
+use groupcast_core::hub::{PreparedPush, PushType, SioPub, Subscriber, SubscriberKind};
 use groupcast_proto::client::RawJson;
 use groupcast_proto::codes::UnsubscribeCode;
 use groupcast_proto::DisconnectCode;
@@ -66,6 +66,10 @@ pub enum OutKind {
 enum Out {
     Json(Bytes, OutKind),
     Relay(Bytes, bool),
+    /// Socket.IO: a publication of a channel, as an event.
+    Sio(Arc<str>, SioPub),
+    /// Socket.IO: an Engine.IO packet the session wrote (text, or binary).
+    Eio(Bytes, bool),
     /// A WebSocket-level ping (relay connections).
     WsPing,
     /// End of output: close after everything queued before it.
@@ -75,10 +79,21 @@ enum Out {
 impl Out {
     fn len(&self) -> usize {
         match self {
-            Out::Json(b, _) | Out::Relay(b, _) => b.len(),
+            Out::Json(b, _) | Out::Relay(b, _) | Out::Eio(b, _) => b.len(),
+            Out::Sio(_, p) => p.args.len(),
             Out::WsPing | Out::Close => 0,
         }
     }
+}
+
+/// What a Socket.IO session's transport takes from its queue ([`Outbox::next_sio`]).
+pub enum SioOut {
+    /// A publication of `channel`, as an event.
+    Pub(Arc<str>, SioPub),
+    /// An Engine.IO packet: text, or binary.
+    Packet(Bytes, bool),
+    /// The connection is drained or closed: nothing more comes.
+    End,
 }
 
 /// A server-initiated action delivered to a session task.
@@ -107,6 +122,21 @@ pub enum Control {
     /// Relay connections of a backend route: close with 3015 when bound to
     /// `target`.
     TargetGone { target: String },
+    /// Socket.IO: emit `event` with `args` in `namespace` (with ack id `ack`).
+    SioEmit {
+        namespace: String,
+        event: String,
+        args: Vec<serde_json::Value>,
+        ack: Option<u64>,
+    },
+    /// Socket.IO: answer the client's event `id` in `namespace` with `args`.
+    SioAck {
+        namespace: String,
+        id: u64,
+        args: Vec<serde_json::Value>,
+    },
+    /// Socket.IO: end the socket of `namespace` (the session stays).
+    SioDisconnect { namespace: String },
 }
 
 /// One read of a client's socket, as [`Conn::inbound`] sorts it.
@@ -140,6 +170,40 @@ pub struct Conn {
 pub struct Outbox(mpsc::UnboundedReceiver<Out>);
 
 impl Outbox {
+    /// Socket.IO: the next item of the queue, waiting for one; [`SioOut::End`] once the
+    /// connection is closed or drained. Its bytes leave `conn`'s queue count.
+    pub async fn next_sio(&mut self, conn: &Conn) -> SioOut {
+        let item = tokio::select! {
+            biased;
+            _ = conn.cancel.cancelled() => None,
+            item = self.0.recv() => item,
+        };
+        Self::sio(item, conn)
+    }
+
+    /// [`Outbox::next_sio`] without waiting: `None` when the queue is empty.
+    pub fn try_next_sio(&mut self, conn: &Conn) -> Option<SioOut> {
+        match self.0.try_recv() {
+            Ok(item) => Some(Self::sio(Some(item), conn)),
+            Err(mpsc::error::TryRecvError::Empty) if !conn.is_closed() => None,
+            Err(_) => Some(SioOut::End),
+        }
+    }
+
+    fn sio(item: Option<Out>, conn: &Conn) -> SioOut {
+        let Some(item) = item else {
+            return SioOut::End;
+        };
+        conn.queued.fetch_sub(item.len(), Ordering::AcqRel);
+        match item {
+            Out::Sio(channel, p) => SioOut::Pub(channel, p),
+            Out::Eio(b, binary) => SioOut::Packet(b, binary),
+            Out::Close => SioOut::End,
+            // Not queued on Socket.IO connections.
+            Out::Json(..) | Out::Relay(..) | Out::WsPing => SioOut::Packet(Bytes::new(), false),
+        }
+    }
+
     /// Take every protocol message queued so far (no socket: replay, fuzzing).
     pub fn take_messages(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
@@ -212,6 +276,11 @@ impl Conn {
     /// `binary`.
     pub fn send_frame(&self, bytes: Bytes, binary: bool) -> bool {
         self.enqueue(Out::Relay(bytes, binary))
+    }
+
+    /// Queue an Engine.IO packet (Socket.IO connections): text, or binary when `binary`.
+    pub fn send_eio(&self, bytes: Bytes, binary: bool) -> bool {
+        self.enqueue(Out::Eio(bytes, binary))
     }
 
     /// Queue a WebSocket ping frame (relay keepalive).
@@ -382,6 +451,8 @@ impl Conn {
             };
             let (msg, bytes) = match first {
                 Out::Close => break,
+                // Socket.IO connections have their own transports.
+                Out::Sio(..) | Out::Eio(..) => continue,
                 Out::WsPing => (Message::Ping(Bytes::new()), 0),
                 Out::Relay(b, binary) => {
                     m.messages_out_relay.increment(1);
@@ -546,6 +617,11 @@ impl Subscriber for Conn {
             SubscriberKind::Relay => {
                 if let Some((bytes, binary)) = push.relay() {
                     self.enqueue(Out::Relay(bytes.clone(), *binary));
+                }
+            }
+            SubscriberKind::SocketIo => {
+                if let Some(p) = push.socketio() {
+                    self.enqueue(Out::Sio(push.channel().clone(), p.clone()));
                 }
             }
         }

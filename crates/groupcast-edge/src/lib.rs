@@ -40,6 +40,8 @@
 //!   recovery, publish, expiry, server-initiated actions).
 //! * `relay`: plain WebSockets: `relay::raw` (the raw relay) and
 //!   `relay::route` (relay to a backend).
+//! * `socketio`: the Socket.IO server (Engine.IO transports in
+//!   `socketio::engine`, the Socket.IO session in `socketio::socket`).
 //!
 //! **Control plane**: what acts from outside a session.
 //! * `control`: the server HTTP API (`control::api`), API actions on
@@ -68,6 +70,7 @@ pub(crate) mod request_deadlines;
 pub(crate) mod routes;
 pub(crate) mod server;
 pub mod session;
+pub(crate) mod socketio;
 pub mod state;
 pub(crate) mod tls;
 pub(crate) mod webhooks;

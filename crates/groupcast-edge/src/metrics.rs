@@ -50,6 +50,7 @@ pub fn install() -> PrometheusHandle {
 pub struct Metrics {
     pub connections_protocol: Gauge,
     pub connections_relay: Gauge,
+    pub connections_socketio: Gauge,
     pub subscriptions: Gauge,
     pub channels: Gauge,
     pub messages_out_pub: Counter,
@@ -74,6 +75,7 @@ impl Metrics {
             Metrics {
                 connections_protocol: metrics::gauge!("groupcast_connections", "protocol" => "centrifugo"),
                 connections_relay: metrics::gauge!("groupcast_connections", "protocol" => "relay"),
+                connections_socketio: metrics::gauge!("groupcast_connections", "protocol" => "socketio"),
                 subscriptions: metrics::gauge!("groupcast_subscriptions"),
                 channels: metrics::gauge!("groupcast_channels"),
                 messages_out_pub: metrics::counter!("groupcast_messages_out_total", "kind" => "pub"),

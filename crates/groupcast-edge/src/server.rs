@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use std::future::IntoFuture;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use groupcast_proto::DisconnectCode;
 
@@ -155,6 +155,7 @@ pub fn router(state: Arc<EdgeState>) -> Router {
         .fallback(backend_route)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state.clone())
+        .merge(crate::socketio::router(state.clone()))
         .merge(dashboard::router(state))
 }
 
@@ -168,20 +169,6 @@ fn configure(ws: WebSocketUpgrade, state: &EdgeState) -> WebSocketUpgrade {
         .max_write_buffer_size(c.max_queue_bytes.saturating_mul(2))
         .max_message_size(c.max_message_size)
         .max_frame_size(c.max_message_size)
-}
-
-/// The client's address: from `client.client_ip_header` when configured
-/// (right-most entry of a comma list, the one the proxy added), else the peer.
-pub fn client_ip(header: &str, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    if header.is_empty() {
-        return peer.ip();
-    }
-    headers
-        .get(header)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(peer.ip())
 }
 
 /// Checks every WebSocket upgrade passes before it is accepted.
@@ -204,22 +191,7 @@ fn admit_origin_checked(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<(), (StatusCode, &'static str)> {
-    let c = &state.config.client;
-    if state.shutdown.is_cancelled() {
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
-    }
-    if state.num_connections() >= c.max_connections {
-        Metrics::limit_hit("max_connections");
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "connection limit"));
-    }
-    if !state
-        .connection_rate
-        .allow(client_ip(&c.client_ip_header, headers, peer))
-    {
-        Metrics::limit_hit("connection_rate_per_ip");
-        return Err((StatusCode::TOO_MANY_REQUESTS, "too many new connections"));
-    }
-    Ok(())
+    state.admit_connection(headers, peer)
 }
 
 async fn websocket(

@@ -129,6 +129,7 @@ fn gauge(kind: SubscriberKind) -> &'static metrics::Gauge {
     match kind {
         SubscriberKind::Protocol => &m.connections_protocol,
         SubscriberKind::Relay => &m.connections_relay,
+        SubscriberKind::SocketIo => &m.connections_socketio,
     }
 }
 
@@ -147,6 +148,36 @@ impl Opened {
         let _ = self.writer.await;
         gauge(self.conn.kind).decrement(1.0);
     }
+}
+
+/// A connection set up by [`EdgeState::open_detached`]: listed and counted until dropped.
+pub struct Detached {
+    pub conn: Arc<Conn>,
+    _guard: ConnGuard,
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        gauge(self.conn.kind).decrement(1.0);
+    }
+}
+
+/// The client's address: from `client.client_ip_header` when configured
+/// (right-most entry of a comma list, the one the proxy added), else the peer.
+pub fn client_ip(
+    header: &str,
+    headers: &axum::http::HeaderMap,
+    peer: std::net::SocketAddr,
+) -> std::net::IpAddr {
+    if header.is_empty() {
+        return peer.ip();
+    }
+    headers
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer.ip())
 }
 
 /// Keeps a connection in [`EdgeState`]'s list while alive.
@@ -297,6 +328,54 @@ impl EdgeState {
                 _guard: guard,
             },
             stream,
+        )
+    }
+
+    /// Checks a new connection (any transport) passes once its origin was checked: not
+    /// shutting down, under `client.max_connections`, within its address's connection rate.
+    pub fn admit_connection(
+        &self,
+        headers: &axum::http::HeaderMap,
+        peer: std::net::SocketAddr,
+    ) -> Result<(), (axum::http::StatusCode, &'static str)> {
+        use axum::http::StatusCode;
+        let c = &self.config.client;
+        if self.shutdown.is_cancelled() {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+        }
+        if self.num_connections() >= c.max_connections {
+            Metrics::limit_hit("max_connections");
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "connection limit"));
+        }
+        if !self
+            .connection_rate
+            .allow(client_ip(&c.client_ip_header, headers, peer))
+        {
+            Metrics::limit_hit("connection_rate_per_ip");
+            return Err((StatusCode::TOO_MANY_REQUESTS, "too many new connections"));
+        }
+        Ok(())
+    }
+
+    /// A connection without a WebSocket writer (Socket.IO: its session runs the
+    /// transports): listed for the drain and counted while the [`Detached`] lives.
+    pub fn open_detached(
+        self: &Arc<Self>,
+        kind: SubscriberKind,
+    ) -> (Detached, crate::conn::Outbox) {
+        let (conn, outbox) = Conn::new(
+            self.next_conn_id(),
+            kind,
+            self.config.client.max_queue_bytes,
+        );
+        let guard = self.track(&conn);
+        gauge(kind).increment(1.0);
+        (
+            Detached {
+                conn,
+                _guard: guard,
+            },
+            outbox,
         )
     }
 

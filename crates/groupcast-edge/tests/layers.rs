@@ -15,7 +15,7 @@ fn floor(module: &str) -> Option<u8> {
         "config" | "glob" | "origin" | "routes" | "auth" | "conn" | "keepalive" | "limits"
         | "proxy" | "webhooks" | "metrics" | "request_deadlines" | "tls" | "state" | "backbone"
         | "publish_gate" => 0,
-        "session" | "relay" => 1,
+        "session" | "relay" | "socketio" => 1,
         "control" => 2,
         "server" | "lib" => 3,
         // An item of the crate root (`crate::EdgeError`, a re-export).

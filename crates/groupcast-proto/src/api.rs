@@ -205,6 +205,44 @@ pub struct RelayTargetGoneRequest {
     pub target: String,
 }
 
+/// `sio_emit`: emit a Socket.IO event, to one socket (`client`) or to a room of a namespace
+/// (`room`: a publication on the room's channel, tagged with the event). Bytes in `args` are
+/// written `{"$binary": "<base64>"}` and go as binary attachments.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SioEmitRequest {
+    pub client: String,
+    pub room: String,
+    pub namespace: Option<String>,
+    pub event: String,
+    pub args: Vec<serde_json::Value>,
+    /// With `client`: the id the client acknowledges the event with (the backend then gets an
+    /// `ack` event with this id).
+    pub ack: Option<u64>,
+    /// With `room`: a client id left out (Socket.IO's `socket.to(room).emit`).
+    pub except: String,
+}
+
+/// `sio_ack`: answer a client's event that asked for an acknowledgement.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SioAckRequest {
+    pub client: String,
+    pub namespace: Option<String>,
+    pub id: u64,
+    pub args: Vec<serde_json::Value>,
+}
+
+/// `sio_join`, `sio_leave`: a socket joins or leaves a room; `sio_disconnect`: the server
+/// ends a socket (`room` unused).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SioSocketRequest {
+    pub client: String,
+    pub namespace: Option<String>,
+    pub room: String,
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct RefreshRequest {
     #[serde(default)]

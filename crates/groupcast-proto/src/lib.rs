@@ -26,10 +26,13 @@
 //! * [`api`]: server HTTP API request and response bodies; its errors are
 //!   the [`codes`] table's, and bodies of the same shape as the client
 //!   protocol's are those types.
+//! * [`socketio`]: Engine.IO v4 and Socket.IO v5 packets (the codec the
+//!   edge's Socket.IO server runs on).
 
 pub mod api;
 pub mod client;
 pub mod codes;
 pub mod protobuf;
+pub mod socketio;
 
 pub use codes::{DisconnectCode, ErrorCode};

@@ -43,7 +43,7 @@ use crate::publication::Publication;
 mod push;
 
 use push::PushKind;
-pub use push::{PreparedPush, PushType};
+pub use push::{PreparedPush, PushType, SioPub, TAG_SIO_EVENT};
 
 /// Live pushes held per subscription while it recovers (`recovery_buffer_max`).
 pub const MAX_RECOVERY_BUFFER: usize = 10_000;
@@ -55,6 +55,8 @@ pub enum SubscriberKind {
     Protocol,
     /// Raw relay: the publication's data as one frame; no join/leave.
     Relay,
+    /// Socket.IO: publications as events ([`SioPub`]); no join/leave.
+    SocketIo,
 }
 
 /// A local connection subscribed to channels. Implemented by edge sessions.

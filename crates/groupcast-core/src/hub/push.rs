@@ -32,6 +32,7 @@ pub struct PreparedPush {
     pub(super) json: OnceLock<Bytes>,
     pub(super) protobuf: OnceLock<Bytes>,
     pub(super) relay: OnceLock<(Bytes, bool)>,
+    socketio: OnceLock<SioPub>,
     /// The previous publication of the channel (offset, data; no data when
     /// it was binary): the base of this one's delta.
     pub(super) base: Option<(u64, Option<RawJson>)>,
@@ -52,12 +53,18 @@ impl PreparedPush {
             json: OnceLock::new(),
             protobuf: OnceLock::new(),
             relay: OnceLock::new(),
+            socketio: OnceLock::new(),
             base: None,
             json_full_string: OnceLock::new(),
             delta: OnceLock::new(),
             json_delta: OnceLock::new(),
             protobuf_delta: OnceLock::new(),
         }
+    }
+
+    /// The channel this push is for.
+    pub fn channel(&self) -> &Arc<str> {
+        &self.channel
     }
 
     pub fn push_type(&self) -> PushType {
@@ -274,11 +281,72 @@ impl PreparedPush {
         })
     }
 
+    /// The publication as a Socket.IO event ([`SioPub`]); `None` for join/leave.
+    pub fn socketio(&self) -> Option<&SioPub> {
+        match &self.kind {
+            PushKind::Pub(p) => Some(self.socketio.get_or_init(|| SioPub::of(p))),
+            _ => None,
+        }
+    }
+
     /// The raw relay frame `(bytes, is_binary)`; `None` for join/leave.
     pub fn relay(&self) -> Option<&(Bytes, bool)> {
         match &self.kind {
             PushKind::Pub(p) => Some(self.relay.get_or_init(|| p.data.to_relay())),
             _ => None,
+        }
+    }
+}
+
+/// Tag of a publication that names the Socket.IO event it is emitted as (API `sio_emit` sets
+/// it); its data is then the JSON array of the event's arguments.
+pub const TAG_SIO_EVENT: &str = "sio_event";
+
+/// A publication as a Socket.IO event, shared by every socket of the channel: each socket's
+/// session writes `42<namespace>,["<event>",<args>]` around it.
+#[derive(Debug, Clone)]
+pub struct SioPub {
+    /// The event ([`TAG_SIO_EVENT`]); `None`: the namespace's default event.
+    pub event: Option<Arc<str>>,
+    /// The arguments as JSON, comma-separated, without the brackets (may be empty).
+    pub args: Bytes,
+    /// The arguments hold `{"$binary": "<base64>"}` values, which go as binary attachments.
+    pub binary: bool,
+}
+
+impl SioPub {
+    fn of(p: &Publication) -> SioPub {
+        use base64::Engine as _;
+        let named = p
+            .tags
+            .get(TAG_SIO_EVENT)
+            .map(|e| Arc::<str>::from(e.as_str()));
+        match &p.data {
+            crate::Payload::Binary(b) => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(b);
+                SioPub {
+                    event: named,
+                    args: Bytes::from(format!("{{\"$binary\":\"{b64}\"}}")),
+                    binary: true,
+                }
+            }
+            data => {
+                let json = data.to_json();
+                let text = json.get().trim();
+                // A named event's data is its argument list; anything else is one argument.
+                let args = match (
+                    &named,
+                    text.strip_prefix('[').and_then(|t| t.strip_suffix(']')),
+                ) {
+                    (Some(_), Some(inner)) => inner,
+                    _ => text,
+                };
+                SioPub {
+                    binary: args.contains("\"$binary\""),
+                    args: Bytes::copy_from_slice(args.as_bytes()),
+                    event: named,
+                }
+            }
         }
     }
 }

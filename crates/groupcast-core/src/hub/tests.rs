@@ -30,6 +30,16 @@ impl Subscriber for Sink {
         let b = match self.kind {
             SubscriberKind::Protocol => push.json().clone(),
             SubscriberKind::Relay => push.relay().unwrap().0.clone(),
+            SubscriberKind::SocketIo => {
+                // Join and leave have no Socket.IO form: not delivered.
+                let Some(p) = push.socketio() else { return };
+                let event = p.event.as_deref().unwrap_or("-");
+                Bytes::from(format!(
+                    "{event}|{}|{}",
+                    std::str::from_utf8(&p.args).unwrap(),
+                    p.binary
+                ))
+            }
         };
         self.got.lock().push(b);
     }
@@ -236,6 +246,41 @@ fn relay_origin_is_not_echoed_and_gets_no_join() {
     );
     assert_eq!(&r2.got.lock()[..], &[Bytes::from_static(b"hello")]);
     assert_eq!(p.got.lock().len(), 2, "protocol sub gets pub and join");
+}
+
+/// A publication as a Socket.IO event: a `sio_event` tag names the event and its data is
+/// the argument list; without it, the data is the one argument (of the namespace's default
+/// event); binary data is one `$binary` argument.
+#[test]
+fn socketio_subscribers_get_events() {
+    let hub = Hub::default();
+    let s = sink(1, SubscriberKind::SocketIo);
+    hub.add("room", s.clone(), false);
+    let mut named = Publication::new(crate::Payload::from_text(r#"[1, {"a":2}]"#));
+    named
+        .tags
+        .insert(super::TAG_SIO_EVENT.into(), "news".into());
+    hub.on_publication("room", Arc::new(named));
+    let plain = Publication::new(crate::Payload::from_text(r#"{"text":"hi"}"#));
+    hub.on_publication("room", Arc::new(plain));
+    let binary = Publication::new(crate::Payload::Binary(Bytes::from_static(&[1, 2])));
+    hub.on_publication("room", Arc::new(binary));
+    hub.on_join("room", Arc::new(ClientInfo::default()));
+    let got: Vec<_> = s
+        .got
+        .lock()
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            r#"news|1, {"a":2}|false"#,
+            r#"-|{"text":"hi"}|false"#,
+            r#"-|{"$binary":"AQI="}|true"#,
+        ],
+        "no join for Socket.IO subscribers"
+    );
 }
 
 #[test]

@@ -30,10 +30,12 @@ use serde::{Deserialize, Serialize};
 pub mod client;
 pub mod hooks;
 pub mod relay;
+pub mod socketio;
 
 pub use client::ClientConfig;
 pub use hooks::{ProxyConfig, WebhookConfig, WEBHOOK_EVENTS};
 pub use relay::{HttpTargetConfig, RelayConfig, RouteConfig};
+pub use socketio::{SioNamespaceConfig, SocketIoConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -53,6 +55,8 @@ pub struct Config {
     pub namespaces: Vec<NamespaceConfig>,
     /// Raw WebSocket relay at `/ws/relay/{channel}`.
     pub relay: RelayConfig,
+    /// The Socket.IO server (`[socketio]`, docs/socketio.md).
+    pub socketio: SocketIoConfig,
     /// Graceful shutdown (SIGTERM, SIGINT).
     pub shutdown: ShutdownConfig,
     /// TLS on the listener (WebSocket and HTTP API alike).
@@ -269,6 +273,7 @@ impl Default for Config {
             channel: ChannelOptions::default(),
             namespaces: Vec::new(),
             relay: RelayConfig::default(),
+            socketio: SocketIoConfig::default(),
             shutdown: ShutdownConfig::default(),
             tls: TlsConfig::default(),
             nats: NatsConfig::default(),
@@ -300,6 +305,10 @@ impl Config {
                 allow_anonymous_connect_without_token: true,
                 allowed_origins: vec!["*".into()],
                 ..defaults.client.clone()
+            },
+            socketio: SocketIoConfig {
+                enabled: true,
+                ..defaults.socketio.clone()
             },
             ..defaults
         }
@@ -348,6 +357,7 @@ impl Config {
 
     /// Checks beyond types. The error names the key.
     pub fn validate(&self) -> Result<(), String> {
+        self.socketio.validate()?;
         let c = &self.client;
         if c.first_byte_timeout < Duration::from_millis(100) {
             return Err("client.first_byte_timeout: must be at least 100ms".into());

@@ -33,6 +33,14 @@ pub(crate) enum ConnAction {
     RelayTransfer(String, String, Option<Arc<RawValue>>),
     /// Every edge's connections bound to this target.
     RelayTargetGone(String),
+    /// Socket.IO: client, namespace, event, args, ack id.
+    SioEmit(String, String, String, Vec<Value>, Option<u64>),
+    /// Socket.IO: client, namespace, ack id, args.
+    SioAck(String, String, u64, Vec<Value>),
+    /// Socket.IO: client, the room's channel, join (or leave).
+    SioRoom(String, String, bool),
+    /// Socket.IO: client, namespace.
+    SioDisconnect(String, String),
 }
 
 /// The user and client id an action is for; both empty: every connection
@@ -113,6 +121,36 @@ impl ConnAction {
                 }
                 return Ok(ConnAction::RelayTargetGone(r.target));
             }
+            "sio_emit" => {
+                let r: api::SioEmitRequest = parse(body)?;
+                let ns = sio_namespace(state, r.namespace.as_deref())?;
+                if r.event.is_empty() || !r.room.is_empty() || r.ack.is_some_and(|a| a > MAX_ACK_ID)
+                {
+                    return Err(ApiError::BAD_REQUEST.into());
+                }
+                check_sio_args(state, &r.args)?;
+                ConnAction::SioEmit(r.client, ns, r.event, r.args, r.ack)
+            }
+            "sio_ack" => {
+                let r: api::SioAckRequest = parse(body)?;
+                let ns = sio_namespace(state, r.namespace.as_deref())?;
+                if r.id > MAX_ACK_ID {
+                    return Err(ApiError::BAD_REQUEST.into());
+                }
+                check_sio_args(state, &r.args)?;
+                ConnAction::SioAck(r.client, ns, r.id, r.args)
+            }
+            "sio_join" | "sio_leave" => {
+                let r: api::SioSocketRequest = parse(body)?;
+                let channel = sio_room_channel(state, r.namespace.as_deref(), &r.room)?;
+                state.channel(&channel).map_err(channel_error)?;
+                ConnAction::SioRoom(r.client, channel, method == "sio_join")
+            }
+            "sio_disconnect" => {
+                let r: api::SioSocketRequest = parse(body)?;
+                let ns = sio_namespace(state, r.namespace.as_deref())?;
+                ConnAction::SioDisconnect(r.client, ns)
+            }
             _ => return Err(ApiError::METHOD_NOT_FOUND.into()),
         };
         let t = action.target();
@@ -130,7 +168,11 @@ impl ConnAction {
             ConnAction::Refresh(r) => (r.user.as_str(), r.client.as_str()),
             ConnAction::RelaySend(c, ..)
             | ConnAction::RelayClose(c, ..)
-            | ConnAction::RelayTransfer(c, ..) => ("", c.as_str()),
+            | ConnAction::RelayTransfer(c, ..)
+            | ConnAction::SioEmit(c, ..)
+            | ConnAction::SioAck(c, ..)
+            | ConnAction::SioRoom(c, ..)
+            | ConnAction::SioDisconnect(c, ..) => ("", c.as_str()),
             ConnAction::RelayTargetGone(_) => ("", ""),
         };
         Target { user, client }
@@ -189,9 +231,50 @@ impl ConnAction {
                     });
                 }
                 ConnAction::RelayTargetGone(target) => {
-                    if conn.kind == SubscriberKind::Relay {
+                    if matches!(conn.kind, SubscriberKind::Relay | SubscriberKind::SocketIo) {
                         conn.control(Control::TargetGone {
                             target: target.clone(),
+                        });
+                    }
+                }
+                ConnAction::SioEmit(_, namespace, event, args, ack) => {
+                    if conn.kind == SubscriberKind::SocketIo {
+                        conn.control(Control::SioEmit {
+                            namespace: namespace.clone(),
+                            event: event.clone(),
+                            args: args.clone(),
+                            ack: *ack,
+                        });
+                    }
+                }
+                ConnAction::SioAck(_, namespace, id, args) => {
+                    if conn.kind == SubscriberKind::SocketIo {
+                        conn.control(Control::SioAck {
+                            namespace: namespace.clone(),
+                            id: *id,
+                            args: args.clone(),
+                        });
+                    }
+                }
+                ConnAction::SioRoom(_, channel, join) => {
+                    if conn.kind == SubscriberKind::SocketIo {
+                        conn.control(if *join {
+                            Control::Subscribe {
+                                channel: channel.clone(),
+                                data: None,
+                            }
+                        } else {
+                            Control::Unsubscribe {
+                                channel: channel.clone(),
+                                code: groupcast_proto::codes::UnsubscribeCode::SERVER,
+                            }
+                        });
+                    }
+                }
+                ConnAction::SioDisconnect(_, namespace) => {
+                    if conn.kind == SubscriberKind::SocketIo {
+                        conn.control(Control::SioDisconnect {
+                            namespace: namespace.clone(),
                         });
                     }
                 }
@@ -199,6 +282,56 @@ impl ConnAction {
         }
         conns.len()
     }
+}
+
+/// Largest Socket.IO acknowledgement id (JavaScript's safe integers).
+const MAX_ACK_ID: u64 = groupcast_proto::socketio::packet::MAX_ACK_ID;
+
+/// A configured Socket.IO namespace's name (default `/`); 102 "unknown channel" for another
+/// one, 108 when Socket.IO is off.
+pub(crate) fn sio_namespace(state: &EdgeState, ns: Option<&str>) -> Result<String, ApiFailure> {
+    let cfg = &state.config.socketio;
+    if !cfg.enabled {
+        return Err(ApiError::NOT_AVAILABLE.into());
+    }
+    let name = ns.unwrap_or("/");
+    cfg.namespaces
+        .iter()
+        .find(|n| n.name == name)
+        .map(|n| n.name.clone())
+        .ok_or(ApiError::UNKNOWN_CHANNEL.into())
+}
+
+/// The channel of a room of a Socket.IO namespace (`channel_prefix` + room).
+pub(crate) fn sio_room_channel(
+    state: &EdgeState,
+    ns: Option<&str>,
+    room: &str,
+) -> Result<String, ApiFailure> {
+    let name = sio_namespace(state, ns)?;
+    if room.is_empty() {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    let ns = state
+        .config
+        .socketio
+        .namespaces
+        .iter()
+        .find(|n| n.name == name)
+        .ok_or(ApiFailure::Api(ApiError::UNKNOWN_CHANNEL))?;
+    Ok(format!("{}{room}", ns.channel_prefix))
+}
+
+/// An event's arguments fit a client message, and their `$binary` values are base64.
+pub(crate) fn check_sio_args(state: &EdgeState, args: &[Value]) -> Result<(), ApiFailure> {
+    let mut all = Value::Array(args.to_vec());
+    groupcast_proto::socketio::packet::extract_binary(&mut all)
+        .map_err(|_| ApiFailure::Api(ApiError::BAD_REQUEST))?;
+    if all.to_string().len() > state.config.client.max_message_size {
+        Metrics::limit_hit("max_message_size");
+        return Err(ApiError::LIMIT_EXCEEDED.into());
+    }
+    Ok(())
 }
 
 /// Why an API call failed.

@@ -22,7 +22,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::action::{channel_error, parse, ApiFailure, ConnAction};
+use super::action::{
+    channel_error, check_sio_args, parse, sio_room_channel, ApiFailure, ConnAction,
+};
 use super::forward::fan_out;
 use crate::metrics::Metrics;
 use crate::state::EdgeState;
@@ -47,6 +49,11 @@ pub const METHODS: &[&str] = &[
     "relay_close",
     "relay_transfer",
     "relay_target_gone",
+    "sio_emit",
+    "sio_ack",
+    "sio_join",
+    "sio_leave",
+    "sio_disconnect",
 ];
 
 /// Most commands in one `batch` (`api_batch_max_commands`).
@@ -366,8 +373,34 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             }
             Ok(to_value(api::BroadcastResult { responses }))
         }
+        "sio_emit"
+            if body
+                .get("room")
+                .and_then(Value::as_str)
+                .is_some_and(|r| !r.is_empty()) =>
+        {
+            // To a room: a publication on its channel, tagged with the event, from which
+            // every socket in the room, on every edge, gets it.
+            let r: api::SioEmitRequest = parse(body)?;
+            let channel = sio_room_channel(state, r.namespace.as_deref(), &r.room)?;
+            if r.event.is_empty() || !r.client.is_empty() || r.ack.is_some() {
+                return Err(ApiError::BAD_REQUEST.into());
+            }
+            check_sio_args(state, &r.args)?;
+            let data = serde_json::value::to_raw_value(&r.args)
+                .map_err(|_| ApiFailure::Api(ApiError::BAD_REQUEST))?;
+            let data = Payload::json(Arc::from(data)).ok_or(ApiError::BAD_REQUEST)?;
+            let tags = std::collections::BTreeMap::from([(
+                groupcast_core::hub::TAG_SIO_EVENT.to_string(),
+                r.event,
+            )]);
+            Ok(to_value(
+                publish_one(state, &channel, data, false, &tags, "", &r.except).await?,
+            ))
+        }
         "subscribe" | "unsubscribe" | "disconnect" | "refresh" | "relay_send" | "relay_close"
-        | "relay_transfer" | "relay_target_gone" => {
+        | "relay_transfer" | "relay_target_gone" | "sio_emit" | "sio_ack" | "sio_join"
+        | "sio_leave" | "sio_disconnect" => {
             let action = ConnAction::parse(state, method, body.clone())?;
             let found_here = action.apply_local(state);
             fan_out(state, method, body, action.target(), found_here).await?;

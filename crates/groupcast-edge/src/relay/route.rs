@@ -65,7 +65,7 @@ pub(crate) const OVER_SHARE: &str = "too many requests: over its share of the ba
 
 /// Where a target's events go.
 #[derive(Clone)]
-enum Sink {
+pub(crate) enum Sink {
     Nats(Arc<dyn BackendBus>),
     Http(HttpTarget),
 }
@@ -77,7 +77,7 @@ impl EdgeState {
         self.sink(target).is_some()
     }
 
-    fn sink(&self, target: &str) -> Option<Sink> {
+    pub(crate) fn sink(&self, target: &str) -> Option<Sink> {
         if let Some(t) = self.routes.http_target(target) {
             return Some(Sink::Http(t.clone()));
         }
@@ -132,7 +132,7 @@ enum Body<'a> {
 }
 
 /// Why an event could not be handed over.
-enum EmitError {
+pub(crate) enum EmitError {
     /// Nothing listens on the target's subject (only asked when
     /// `relay.target_gone_on_no_responders`).
     Gone,
@@ -145,7 +145,7 @@ enum EmitError {
 }
 
 /// Closes `conn` for an event that could not be handed over.
-fn close_for(conn: &Conn, e: EmitError) {
+pub(crate) fn close_for(conn: &Conn, e: EmitError) {
     match e {
         EmitError::Gone => conn.close(DisconnectCode::TARGET_GONE),
         EmitError::Failed => conn.close(DisconnectCode::SERVER_ERROR),
@@ -154,16 +154,21 @@ fn close_for(conn: &Conn, e: EmitError) {
 }
 
 /// A connection's binding to its target.
-struct Binding {
-    target: String,
-    meta: Option<Arc<RawValue>>,
+pub(crate) struct Binding {
+    pub(crate) target: String,
+    pub(crate) meta: Option<Arc<RawValue>>,
     sink: Sink,
     /// Its share of an HTTP target's queue: told when it loses it.
     owner: Option<Arc<Owner>>,
 }
 
 impl Binding {
-    fn new(conn: &Arc<Conn>, target: String, meta: Option<Arc<RawValue>>, sink: Sink) -> Binding {
+    pub(crate) fn new(
+        conn: &Arc<Conn>,
+        target: String,
+        meta: Option<Arc<RawValue>>,
+        sink: Sink,
+    ) -> Binding {
         let owner = matches!(sink, Sink::Http(_)).then(|| {
             let (id, conn) = (conn.id, Arc::downgrade(conn));
             let label = target.clone();
@@ -236,7 +241,9 @@ impl RelayConn {
     }
 }
 
-async fn send(
+/// Hands one event (`kind`, its JSON `text`) to `b`'s target: a NATS publish (a request when
+/// `ask`), or the HTTP target's queue.
+pub(crate) async fn send(
     state: &EdgeState,
     b: &Binding,
     kind: &'static str,
@@ -661,6 +668,8 @@ impl RelayConn {
                     self.conn.close(DisconnectCode::TARGET_GONE);
                 }
             }
+            // Socket.IO sessions only.
+            Control::SioEmit { .. } | Control::SioAck { .. } | Control::SioDisconnect { .. } => {}
         }
     }
 }

@@ -18,8 +18,12 @@ impl Session {
         }
         match control {
             Control::Disconnect { code, reason } => self.conn.close_with(code, reason.into()),
-            // For relay connections of backend routes only.
-            Control::Transfer { .. } | Control::TargetGone { .. } => {}
+            // For relay connections of backend routes, and Socket.IO sessions, only.
+            Control::Transfer { .. }
+            | Control::TargetGone { .. }
+            | Control::SioEmit { .. }
+            | Control::SioAck { .. }
+            | Control::SioDisconnect { .. } => {}
             Control::Refresh { expired, expire_at } => {
                 if expired {
                     self.conn.close(DisconnectCode::EXPIRED);

@@ -1,0 +1,127 @@
+//! `[socketio]`: the Socket.IO server (Engine.IO v4, Socket.IO v5) and its namespaces
+//! (docs/socketio.md).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoConfig {
+    /// Serve Socket.IO at `path` (404 when off).
+    pub enabled: bool,
+    /// Where: `socket.io-client`'s `path` option (default `/socket.io/`).
+    pub path: String,
+    /// The server's heartbeat: a ping this often (Socket.IO's `pingInterval`).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A client that does not answer a ping within this is gone ("ping timeout").
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// Largest HTTP long-polling body and WebSocket message, in bytes (`maxHttpBufferSize`):
+    /// a larger POST gets 413, a larger WebSocket message closes the session.
+    pub max_http_buffer_size: usize,
+    /// How long a client may take to finish an upgrade from polling to WebSocket.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_timeout: Duration,
+    /// The namespaces served (`[[socketio.namespaces]]`); a CONNECT to any other one gets
+    /// CONNECT_ERROR "Invalid namespace". Default: `/` alone.
+    pub namespaces: Vec<SioNamespaceConfig>,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            enabled: false,
+            path: "/socket.io/".into(),
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_http_buffer_size: 1_000_000,
+            upgrade_timeout: Duration::from_secs(10),
+            namespaces: vec![SioNamespaceConfig::default()],
+        }
+    }
+}
+
+/// One `[[socketio.namespaces]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SioNamespaceConfig {
+    /// The Socket.IO namespace: `/`, `/admin`.
+    pub name: String,
+    /// Room `R` of this namespace is the Groupcast channel `<channel_prefix>R`: `""` for the
+    /// channels without a namespace, `"chat:"` for the `chat` namespace's. Each Socket.IO
+    /// namespace needs its own prefix.
+    pub channel_prefix: String,
+    /// The backend target that gets the sockets' events (`connect`, `event`, `ack`,
+    /// `disconnect`): an HTTP target of `[[relay.http_targets]]`, or a NATS subject. Empty: no
+    /// backend; events from clients are dropped (counted) and acks answered with an error.
+    pub target: String,
+    /// `[[proxies]]` entry asked at each CONNECT (with `auth`, the query and the forwarded
+    /// headers); it may set the user, `meta`, `target` and rooms, or refuse with
+    /// CONNECT_ERROR. Without it, `auth.token` is checked as a connection JWT.
+    pub connect_proxy: String,
+    /// Without a connect proxy: refuse a CONNECT without `auth.token` (otherwise anonymous,
+    /// where `client.allow_anonymous_connect_without_token` allows it).
+    pub require_token: bool,
+    /// The event a publication without a `sio_event` tag is emitted as (its data the one
+    /// argument): a Centrifugo client's or a raw relay's publication on a room's channel.
+    pub default_event: String,
+}
+
+impl Default for SioNamespaceConfig {
+    fn default() -> Self {
+        SioNamespaceConfig {
+            name: "/".into(),
+            channel_prefix: String::new(),
+            target: String::new(),
+            connect_proxy: String::new(),
+            require_token: false,
+            default_event: "message".into(),
+        }
+    }
+}
+
+impl SocketIoConfig {
+    /// Checks beyond types; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if !self.path.starts_with('/') || !self.path.ends_with('/') || self.path.len() < 3 {
+            return Err("socketio.path: must start and end with / (e.g. /socket.io/)".into());
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return Err("socketio.ping_interval, socketio.ping_timeout: must be above 0".into());
+        }
+        if self.max_http_buffer_size < 1024 {
+            return Err("socketio.max_http_buffer_size: must be at least 1024".into());
+        }
+        if self.upgrade_timeout.is_zero() {
+            return Err("socketio.upgrade_timeout: must be above 0".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut prefixes = std::collections::HashSet::new();
+        for (i, n) in self.namespaces.iter().enumerate() {
+            let key = format!("socketio.namespaces[{i}]");
+            if !n.name.starts_with('/') || n.name.len() > 256 || n.name.contains(',') {
+                return Err(format!(
+                    "{key}.name: must start with / (at most 256 bytes, no comma)"
+                ));
+            }
+            if !names.insert(n.name.as_str()) {
+                return Err(format!("{key}.name: {} is listed twice", n.name));
+            }
+            if !prefixes.insert(n.channel_prefix.as_str()) {
+                return Err(format!(
+                    "{key}.channel_prefix: {:?} is another namespace's too; each needs its own",
+                    n.channel_prefix
+                ));
+            }
+            if n.default_event.is_empty() {
+                return Err(format!("{key}.default_event: must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}

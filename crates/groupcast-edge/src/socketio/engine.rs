@@ -1,0 +1,436 @@
+//! Engine.IO v4 transports: the handshake, long-polling (`GET` waits for the session's queue,
+//! `POST` hands the client's packets to the session task), WebSocket, and the upgrade from
+//! polling to WebSocket (`2probe` / `3probe`, a `6` noop that ends the pending poll, `5`).
+//!
+//! Outgoing, everything goes through the session's [`Conn`] queue (bounded by
+//! `client.max_queue_bytes`): publications of its rooms' channels, pushed there by the hub, and
+//! the packets the session task writes. One transport at a time takes from it: the pending
+//! poll, or the WebSocket writer once upgraded. A second poll while one waits is refused (400)
+//! and ends the session, as Engine.IO does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use groupcast_core::hub::{SioPub, SubscriberKind};
+use groupcast_proto::socketio::engineio::{self, HttpError, Message as EioMessage, Packet};
+use groupcast_proto::socketio::packet::{self, Kind};
+use groupcast_proto::DisconnectCode;
+use tokio::sync::mpsc;
+
+use super::socket::{self, NsMap};
+use super::SioState;
+use crate::conn::{Conn, Outbox, SioOut};
+use crate::metrics::Metrics;
+
+/// Packets from the client not yet taken by the session task.
+const INBOUND_MAX: usize = 1024;
+/// Most packets in one polling POST.
+const MAX_PACKETS_PER_PAYLOAD: usize = 10_000;
+
+/// One Engine.IO session.
+pub(crate) struct Session {
+    pub sid: String,
+    pub conn: Arc<Conn>,
+    outbox: tokio::sync::Mutex<Outbox>,
+    inbound: mpsc::Sender<Packet>,
+    /// The WebSocket carries the session (from the start, or after an upgrade).
+    upgraded: AtomicBool,
+    /// An upgrade is under way.
+    upgrading: AtomicBool,
+    /// Namespaces (their index in `[[socketio.namespaces]]`) the client has connected: a
+    /// publication of a channel whose namespace is not connected is not sent.
+    pub connected: AtomicU64,
+    ns: Arc<NsMap>,
+}
+
+/// Why a request is refused.
+pub(crate) enum Refusal {
+    Eio(HttpError),
+    Status(StatusCode, String),
+}
+
+impl From<HttpError> for Refusal {
+    fn from(e: HttpError) -> Self {
+        Refusal::Eio(e)
+    }
+}
+
+/// 20 URL-safe random characters (Engine.IO's sids look alike).
+fn new_sid() -> String {
+    let bytes: [u8; 15] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A namespace socket's id (as Socket.IO makes them: 20 URL-safe characters).
+pub(crate) fn new_socket_id() -> String {
+    new_sid()
+}
+
+/// What the session task needs from the handshake request.
+pub(crate) struct Handshake {
+    /// Headers the event proxies forward (`[[proxies]] http_headers`).
+    pub headers: HeaderMap,
+    pub query: HashMap<String, String>,
+}
+
+fn open_packet(sio: &SioState, sid: &str, websocket: bool) -> String {
+    let c = &sio.edge.config.socketio;
+    let upgrades: &[&str] = if websocket { &[] } else { &["websocket"] };
+    let mut s = String::new();
+    engineio::encode_text(
+        &Packet::Open(engineio::open_json(
+            sid,
+            upgrades,
+            c.ping_interval.as_millis() as u64,
+            c.ping_timeout.as_millis() as u64,
+            c.max_http_buffer_size,
+        )),
+        &mut s,
+    );
+    s
+}
+
+/// A new session and its task.
+fn start_session(sio: &Arc<SioState>, hs: Handshake, websocket: bool) -> Arc<Session> {
+    let (detached, outbox) = sio.edge.open_detached(SubscriberKind::SocketIo);
+    let (tx, rx) = mpsc::channel(INBOUND_MAX);
+    let session = Arc::new(Session {
+        sid: new_sid(),
+        conn: detached.conn.clone(),
+        outbox: tokio::sync::Mutex::new(outbox),
+        inbound: tx,
+        upgraded: AtomicBool::new(websocket),
+        upgrading: AtomicBool::new(false),
+        connected: AtomicU64::new(0),
+        ns: sio.ns.clone(),
+    });
+    sio.sessions.insert(session.clone());
+    metrics::counter!("groupcast_socketio_sessions_total", "transport" => if websocket { "websocket" } else { "polling" })
+        .increment(1);
+    let task = socket::run(sio.clone(), session.clone(), detached, rx, hs);
+    sio.edge.tasks.spawn(task);
+    session
+}
+
+fn admit(sio: &SioState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), Refusal> {
+    sio.edge
+        .admit_connection(headers, peer)
+        .map_err(|(status, why)| Refusal::Status(status, why.into()))
+}
+
+/// `GET ?EIO=4&transport=polling`: a new session; the body is its open packet.
+pub(crate) async fn polling_handshake(
+    sio: &Arc<SioState>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: HashMap<String, String>,
+) -> Result<String, Refusal> {
+    admit(sio, headers, peer)?;
+    let hs = Handshake {
+        headers: sio.edge.proxies.keep_headers(headers),
+        query,
+    };
+    let session = start_session(sio, hs, false);
+    Ok(open_packet(sio, &session.sid, false))
+}
+
+/// `GET ?EIO=4&transport=websocket` without a sid: a session on a WebSocket from the start.
+pub(crate) async fn websocket_handshake(
+    sio: Arc<SioState>,
+    ws: WebSocketUpgrade,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    query: HashMap<String, String>,
+) -> Response {
+    if let Err(r) = admit(&sio, &headers, peer) {
+        return refusal_response(r);
+    }
+    let hs = Handshake {
+        headers: sio.edge.proxies.keep_headers(&headers),
+        query,
+    };
+    let state = sio.edge.clone();
+    configure(ws, &sio).on_upgrade(move |mut socket| {
+        state.tasks.track_future(async move {
+            let session = start_session(&sio, hs, true);
+            let open = open_packet(&sio, &session.sid, true);
+            if socket.send(Message::Text(open.into())).await.is_err() {
+                session.conn.closed_by_peer();
+                return;
+            }
+            run_websocket(session, socket).await;
+        })
+    })
+}
+
+fn refusal_response(r: Refusal) -> Response {
+    match r {
+        Refusal::Eio(e) => (
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            e.body(),
+        )
+            .into_response(),
+        Refusal::Status(s, text) => (s, text).into_response(),
+    }
+}
+
+fn configure(ws: WebSocketUpgrade, sio: &SioState) -> WebSocketUpgrade {
+    let c = &sio.edge.config;
+    let max = c.socketio.max_http_buffer_size;
+    ws.read_buffer_size(c.client.read_buffer_size)
+        .write_buffer_size(0)
+        .max_write_buffer_size(c.client.max_queue_bytes.saturating_mul(2))
+        .max_message_size(max)
+        .max_frame_size(max)
+}
+
+/// `GET ?transport=websocket&sid=X`: the upgrade of a polling session.
+pub(crate) fn websocket_upgrade(
+    sio: Arc<SioState>,
+    session: Arc<Session>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if session.upgraded.load(Ordering::Acquire) || session.upgrading.swap(true, Ordering::AcqRel) {
+        return refusal_response(HttpError::BadRequest.into());
+    }
+    let state = sio.edge.clone();
+    let timeout = sio.edge.config.socketio.upgrade_timeout;
+    configure(ws, &sio).on_upgrade(move |socket| {
+        state.tasks.track_future(async move {
+            match tokio::time::timeout(timeout, probe(&session, socket)).await {
+                Ok(Some(socket)) => {
+                    session.upgraded.store(true, Ordering::Release);
+                    metrics::counter!("groupcast_socketio_upgrades_total").increment(1);
+                    run_websocket(session, socket).await;
+                }
+                // No probe, no upgrade in time, or the socket went away: polling goes on.
+                _ => {
+                    session.upgrading.store(false, Ordering::Release);
+                }
+            }
+        })
+    })
+}
+
+/// The probe: `2probe` answered `3probe`, a noop for the pending poll, then `5`.
+async fn probe(session: &Session, mut socket: WebSocket) -> Option<WebSocket> {
+    loop {
+        match socket.recv().await? {
+            Ok(Message::Text(t)) if t.as_str() == "2probe" => break,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            _ => return None,
+        }
+    }
+    socket.send(Message::Text("3probe".into())).await.ok()?;
+    // Ends a poll that waits, so the client can switch.
+    session.conn.send_eio(Bytes::from_static(b"6"), false);
+    loop {
+        match socket.recv().await? {
+            Ok(Message::Text(t)) if t.as_str() == "5" => return Some(socket),
+            Ok(Message::Text(t)) if t.as_str() == "2probe" => {
+                socket.send(Message::Text("3probe".into())).await.ok()?;
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// The WebSocket carries the session: the writer takes the queue, the reader hands the
+/// client's packets to the session task.
+async fn run_websocket(session: Arc<Session>, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let conn = session.conn.clone();
+    let writer = {
+        let session = session.clone();
+        async move {
+            let mut outbox = session.outbox.lock().await;
+            let m = Metrics::get();
+            loop {
+                let item = outbox.next_sio(&session.conn).await;
+                let frames = match item {
+                    SioOut::End => break,
+                    SioOut::Packet(b, _) if b.is_empty() => continue,
+                    SioOut::Packet(b, binary) => vec![(b, binary)],
+                    SioOut::Pub(channel, p) => match publication(&session, &channel, &p) {
+                        Some(frames) => frames,
+                        None => continue,
+                    },
+                };
+                for (bytes, binary) in frames {
+                    let len = bytes.len();
+                    let msg = if binary {
+                        Message::Binary(bytes)
+                    } else {
+                        match Utf8Bytes::try_from(bytes) {
+                            Ok(t) => Message::Text(t),
+                            Err(_) => continue,
+                        }
+                    };
+                    if sink.send(msg).await.is_err() {
+                        session.conn.close(DisconnectCode::WRITE_ERROR);
+                        return;
+                    }
+                    m.frames_out.increment(1);
+                    m.bytes_out.increment(len as u64);
+                }
+            }
+            let _ = sink.send(Message::Close(None)).await;
+            let _ = sink.close().await;
+        }
+    };
+    let reader = async {
+        let limit = "socketio_max_http_buffer_size";
+        while let Some(msg) = stream.next().await {
+            let packet = match msg {
+                Ok(Message::Text(t)) => match engineio::decode_text(t.as_str()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        bad_packet(&conn, e.0);
+                        break;
+                    }
+                },
+                Ok(Message::Binary(b)) => Packet::Message(EioMessage::Binary(b)),
+                Ok(Message::Close(_)) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    if e.to_string().contains("Space limit exceeded")
+                        || e.to_string().contains("too long")
+                    {
+                        Metrics::limit_hit(limit);
+                        conn.close(DisconnectCode::MESSAGE_TOO_BIG);
+                    }
+                    break;
+                }
+            };
+            Metrics::get().bytes_in.increment(1);
+            if session.inbound.send(packet).await.is_err() {
+                break;
+            }
+        }
+        conn.closed_by_peer();
+    };
+    tokio::join!(writer, reader);
+}
+
+/// A packet the client should not have sent: counted, and the session ends ("parse error").
+fn bad_packet(conn: &Conn, why: &'static str) {
+    metrics::counter!("groupcast_socketio_bad_packets_total").increment(1);
+    tracing::debug!(client = %conn.client, why, "socket.io: bad packet; session closed");
+    conn.close(DisconnectCode::BAD_REQUEST);
+}
+
+/// A `GET` on a polling session: waits for its queue, answers everything queued by then.
+pub(crate) async fn poll(session: &Arc<Session>) -> Result<String, Refusal> {
+    if session.upgraded.load(Ordering::Acquire) {
+        return Err(HttpError::BadRequest.into());
+    }
+    let Ok(mut outbox) = session.outbox.try_lock() else {
+        // Two polls at once: Engine.IO ends the session.
+        metrics::counter!("groupcast_socketio_bad_packets_total").increment(1);
+        session.conn.close(DisconnectCode::BAD_REQUEST);
+        return Err(HttpError::BadRequest.into());
+    };
+    let mut records: Vec<String> = Vec::new();
+    let mut item = Some(outbox.next_sio(&session.conn).await);
+    while let Some(next) = item.take() {
+        match next {
+            SioOut::End => {
+                records.push("1".into());
+                break;
+            }
+            SioOut::Packet(b, binary) => {
+                if !b.is_empty() {
+                    records.push(record(&b, binary));
+                }
+            }
+            SioOut::Pub(channel, p) => {
+                for (b, binary) in publication(session, &channel, &p).unwrap_or_default() {
+                    records.push(record(&b, binary));
+                }
+            }
+        }
+        item = outbox.try_next_sio(&session.conn);
+    }
+    let body = records.join("\u{1e}");
+    let m = Metrics::get();
+    m.bytes_out.increment(body.len() as u64);
+    m.frames_out.increment(1);
+    Ok(body)
+}
+
+/// One record of a polling payload: a text packet as it is, binary as `b<base64>`.
+fn record(b: &Bytes, binary: bool) -> String {
+    if binary {
+        let mut s = String::from("b");
+        base64::engine::general_purpose::STANDARD.encode_string(b, &mut s);
+        s
+    } else {
+        String::from_utf8_lossy(b).into_owned()
+    }
+}
+
+/// A `POST` on a polling session: its packets go to the session task, in order.
+pub(crate) async fn post(session: &Arc<Session>, body: Bytes) -> Result<String, Refusal> {
+    if session.upgraded.load(Ordering::Acquire) {
+        return Err(HttpError::BadRequest.into());
+    }
+    let packets = match engineio::decode_payload(&body, MAX_PACKETS_PER_PAYLOAD) {
+        Ok(p) => p,
+        Err(e) => {
+            bad_packet(&session.conn, e.0);
+            return Err(HttpError::BadRequest.into());
+        }
+    };
+    Metrics::get().bytes_in.increment(body.len() as u64);
+    for p in packets {
+        if session.inbound.send(p).await.is_err() {
+            return Err(HttpError::UnknownSid.into());
+        }
+    }
+    Ok("ok".into())
+}
+
+/// The frames of a publication for this session: an EVENT in the channel's namespace (none
+/// when the client has not connected that namespace).
+fn publication(session: &Session, channel: &str, p: &SioPub) -> Option<Vec<(Bytes, bool)>> {
+    let ns = session.ns.of_channel(channel)?;
+    if session.connected.load(Ordering::Acquire) & (1 << ns.index) == 0 {
+        return None;
+    }
+    let event = p.event.as_deref().unwrap_or(&ns.config.default_event);
+    let name = serde_json::to_string(event).ok()?;
+    if !p.binary {
+        let mut data = String::with_capacity(name.len() + p.args.len() + 3);
+        data.push('[');
+        data.push_str(&name);
+        if !p.args.is_empty() {
+            data.push(',');
+            data.push_str(std::str::from_utf8(&p.args).ok()?);
+        }
+        data.push(']');
+        let text = format!(
+            "4{}",
+            packet::encode(Kind::Event, &ns.config.name, None, 0, Some(&data))
+        );
+        return Some(vec![(Bytes::from(text), false)]);
+    }
+    let args = std::str::from_utf8(&p.args).ok()?;
+    let mut data: serde_json::Value = serde_json::from_str(&format!("[{name},{args}]")).ok()?;
+    let attachments = packet::extract_binary(&mut data).ok()?;
+    Some(socket::binary_frames(
+        Kind::BinaryEvent,
+        &ns.config.name,
+        None,
+        &data,
+        attachments,
+    ))
+}

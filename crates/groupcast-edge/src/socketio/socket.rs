@@ -1,0 +1,714 @@
+//! The Socket.IO side of one Engine.IO session, in its own task: the heartbeat, the client's
+//! packets in order (CONNECT with its `auth`, EVENT, ACK, DISCONNECT, binary attachments), and
+//! the server's actions from the API (emit, ack, rooms, disconnect).
+//!
+//! A namespace CONNECT is admitted by the namespace's connect proxy, else by `auth.token` (a
+//! connection JWT), else as anonymous where that is allowed; a refusal is a CONNECT_ERROR
+//! `{"message", "data": {"code"}}`. The sockets' events go to the namespace's backend target
+//! (`connect`, `event`, `ack`, `disconnect`, as JSON with the client id, the user, the
+//! namespace and the socket id), in order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use groupcast_proto::socketio::engineio::{Message as EioMessage, Packet};
+use groupcast_proto::socketio::packet::{self, Kind};
+use groupcast_proto::DisconnectCode;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::engine::{Handshake, Session};
+use super::SioState;
+use crate::config::{SioNamespaceConfig, SocketIoConfig};
+use crate::conn::{Conn, Control};
+use crate::limits::ConnRates;
+use crate::metrics::Metrics;
+use crate::proxy::Answer;
+use crate::relay::route::{close_for, send, Binding};
+use crate::state::Detached;
+
+/// Most namespaces (a session keeps which it connected in 64 bits).
+pub const MAX_NAMESPACES: usize = 64;
+
+/// A configured namespace.
+pub(crate) struct Ns {
+    pub index: u32,
+    pub config: SioNamespaceConfig,
+}
+
+/// The namespaces, and the mapping between their rooms and channels.
+pub(crate) struct NsMap {
+    list: Vec<Ns>,
+    /// Indices by prefix length, longest first.
+    by_prefix: Vec<usize>,
+}
+
+impl NsMap {
+    pub fn new(cfg: &SocketIoConfig) -> NsMap {
+        let list: Vec<Ns> = cfg
+            .namespaces
+            .iter()
+            .take(MAX_NAMESPACES)
+            .enumerate()
+            .map(|(i, c)| Ns {
+                index: i as u32,
+                config: c.clone(),
+            })
+            .collect();
+        let mut by_prefix: Vec<usize> = (0..list.len()).collect();
+        by_prefix.sort_by_key(|i| std::cmp::Reverse(list[*i].config.channel_prefix.len()));
+        NsMap { list, by_prefix }
+    }
+
+    pub fn by_name(&self, nsp: &str) -> Option<&Ns> {
+        self.list.iter().find(|n| n.config.name == nsp)
+    }
+
+    /// The namespace whose rooms a channel is (the longest matching prefix).
+    pub fn of_channel(&self, channel: &str) -> Option<&Ns> {
+        self.by_prefix
+            .iter()
+            .map(|i| &self.list[*i])
+            .find(|n| channel.starts_with(n.config.channel_prefix.as_str()))
+    }
+
+    /// The channel of room `room` of `ns`.
+    pub fn channel(ns: &Ns, room: &str) -> String {
+        format!("{}{room}", ns.config.channel_prefix)
+    }
+}
+
+/// One namespace socket.
+struct NsSocket {
+    id: String,
+    binding: Option<Binding>,
+}
+
+/// Who a CONNECT admitted.
+struct Admitted {
+    user: String,
+    meta: Option<Arc<RawValue>>,
+    target: String,
+    channels: Vec<String>,
+}
+
+struct Task {
+    sio: Arc<SioState>,
+    session: Arc<Session>,
+    conn: Arc<Conn>,
+    hs: Handshake,
+    /// The session's user, from its first admitted CONNECT.
+    user: Option<String>,
+    sockets: HashMap<u32, NsSocket>,
+    /// Channels subscribed, for the rooms of the sockets.
+    channels: HashSet<String>,
+    /// A binary packet waiting for its attachments.
+    pending: Option<(packet::Packet, Vec<Bytes>)>,
+    seq: u64,
+    rates: ConnRates,
+}
+
+/// The session task: runs until the session ends, then cleans up.
+pub(crate) async fn run(
+    sio: Arc<SioState>,
+    session: Arc<Session>,
+    detached: Detached,
+    mut inbound: mpsc::Receiver<Packet>,
+    hs: Handshake,
+) {
+    let conn = session.conn.clone();
+    let cfg = sio.edge.config.socketio.clone();
+    let mut t = Task {
+        rates: ConnRates::new(&sio.edge.config.client),
+        sio: sio.clone(),
+        session: session.clone(),
+        conn: conn.clone(),
+        hs,
+        user: None,
+        sockets: HashMap::new(),
+        channels: HashSet::new(),
+        pending: None,
+        seq: 0,
+    };
+    let start = tokio::time::Instant::now() + cfg.ping_interval;
+    let mut ping = tokio::time::interval_at(start, cfg.ping_interval);
+    let mut pong_deadline: Option<tokio::time::Instant> = None;
+    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+    loop {
+        let deadline = pong_deadline.unwrap_or(far);
+        tokio::select! {
+            _ = conn.cancelled() => break,
+            _ = ping.tick() => {
+                if pong_deadline.is_none() {
+                    conn.send_eio(Bytes::from_static(b"2"), false);
+                    pong_deadline = Some(tokio::time::Instant::now() + cfg.ping_timeout);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if pong_deadline.is_some() => {
+                metrics::counter!("groupcast_socketio_ping_timeouts_total").increment(1);
+                conn.close(DisconnectCode::NO_PONG);
+                break;
+            }
+            p = inbound.recv() => match p {
+                None => break,
+                Some(Packet::Pong(false)) => pong_deadline = None,
+                Some(p) => t.packet(p).await,
+            },
+            c = conn.next_control() => t.control(c).await,
+        }
+    }
+    t.end().await;
+    sio.sessions.remove(&session.sid);
+    drop(detached);
+}
+
+impl Task {
+    fn ns_map(&self) -> &NsMap {
+        &self.sio.ns
+    }
+
+    async fn packet(&mut self, p: Packet) {
+        match p {
+            Packet::Close => self.conn.closed_by_peer(),
+            Packet::Message(EioMessage::Text(t)) => {
+                if self.pending.is_some() {
+                    return self.bad("a text packet while attachments were due");
+                }
+                match packet::decode(&t) {
+                    Ok(p) if p.kind.is_binary() && p.attachments > 0 => {
+                        self.pending = Some((p, Vec::new()));
+                    }
+                    Ok(p) => self.handle(p, Vec::new()).await,
+                    Err(e) => self.bad(e.0),
+                }
+            }
+            Packet::Message(EioMessage::Binary(b)) => {
+                let Some((p, mut got)) = self.pending.take() else {
+                    return self.bad("an attachment without its packet");
+                };
+                got.push(b);
+                if got.len() == p.attachments {
+                    self.handle(p, got).await;
+                } else {
+                    self.pending = Some((p, got));
+                }
+            }
+            // Heartbeats from the client (Engine.IO 3's direction), probes, upgrades and
+            // noops carry nothing for the session.
+            Packet::Ping(_) | Packet::Pong(_) | Packet::Upgrade | Packet::Noop => {}
+            Packet::Open(_) => self.bad("an open packet from the client"),
+        }
+    }
+
+    fn bad(&self, why: &'static str) {
+        metrics::counter!("groupcast_socketio_bad_packets_total").increment(1);
+        tracing::debug!(client = %self.conn.client, why, "socket.io: bad packet; session closed");
+        self.conn.close(DisconnectCode::BAD_REQUEST);
+    }
+
+    async fn handle(&mut self, mut p: packet::Packet, attachments: Vec<Bytes>) {
+        if let Some(data) = p.data.as_mut() {
+            if packet::fill_placeholders(data, &attachments, &packet::binary_json).is_err() {
+                return self.bad("a placeholder without its attachment");
+            }
+        }
+        let Some(index) = self.ns_map().by_name(&p.nsp).map(|n| n.index) else {
+            if p.kind == Kind::Connect {
+                self.send(
+                    Kind::ConnectError,
+                    &p.nsp,
+                    None,
+                    &json!({"message": "Invalid namespace"}),
+                );
+            }
+            return;
+        };
+        match p.kind {
+            Kind::Connect => self.connect(index, &p.nsp, p.data).await,
+            Kind::Disconnect => self.disconnect(index, "client namespace disconnect").await,
+            Kind::Event | Kind::BinaryEvent => self.event(index, p.id, p.data).await,
+            Kind::Ack | Kind::BinaryAck => self.ack(index, p.id, p.data).await,
+            Kind::ConnectError => self.bad("CONNECT_ERROR from a client"),
+        }
+    }
+
+    /// Queues one packet (text, then its attachments when its data holds `$binary` values).
+    fn send(&self, kind: Kind, nsp: &str, id: Option<u64>, data: &Value) {
+        for (b, binary) in packet_frames(kind, nsp, id, data) {
+            self.conn.send_eio(b, binary);
+        }
+    }
+
+    async fn connect(&mut self, index: u32, nsp: &str, auth: Option<Value>) {
+        if self.sockets.contains_key(&index) {
+            return;
+        }
+        let ns_config = self.ns_map().list[index as usize].config.clone();
+        let auth = auth.unwrap_or_else(|| json!({}));
+        let admitted = match self.admit(&ns_config, &auth).await {
+            Ok(a) => a,
+            Err((message, code)) => {
+                metrics::counter!("groupcast_socketio_connect_errors_total").increment(1);
+                let data = json!({"message": message, "data": {"code": code}});
+                return self.send(Kind::ConnectError, nsp, None, &data);
+            }
+        };
+        let state = self.sio.edge.clone();
+        if self.user.is_none() {
+            state.registry.add(self.conn.clone(), &admitted.user);
+            state.webhooks.emit(
+                "client_connected",
+                json!({"client": self.conn.client, "user": admitted.user, "transport": "socketio"}),
+            );
+            if !admitted.user.is_empty() {
+                state.node.connections_changed(&admitted.user, 1);
+            }
+            self.user = Some(admitted.user.clone());
+        }
+        let target = if admitted.target.is_empty() {
+            ns_config.target.clone()
+        } else {
+            admitted.target.clone()
+        };
+        let binding = if target.is_empty() {
+            None
+        } else if let Some(sink) = state.sink(&target) {
+            Some(Binding::new(
+                &self.conn,
+                target,
+                admitted.meta.clone(),
+                sink,
+            ))
+        } else {
+            tracing::warn!(%target, "socket.io: backend target unreachable (not an HTTP target, and no NATS)");
+            None
+        };
+        let id = super::engine::new_socket_id();
+        self.session
+            .connected
+            .fetch_or(1 << index, Ordering::AcqRel);
+        self.send(Kind::Connect, nsp, None, &json!({"sid": id}));
+        self.sockets.insert(
+            index,
+            NsSocket {
+                id: id.clone(),
+                binding,
+            },
+        );
+        for ch in admitted.channels {
+            self.subscribe(&ch).await;
+        }
+        let query: serde_json::Map<String, Value> = self
+            .hs
+            .query
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "EIO" | "transport" | "sid" | "t"))
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        self.emit(
+            index,
+            "connect",
+            json!({"auth": without_token(auth), "query": query}),
+        )
+        .await;
+    }
+
+    async fn admit(
+        &self,
+        ns: &SioNamespaceConfig,
+        auth: &Value,
+    ) -> Result<Admitted, (String, u16)> {
+        let state = &self.sio.edge;
+        let mut a = Admitted {
+            user: String::new(),
+            meta: None,
+            target: String::new(),
+            channels: Vec::new(),
+        };
+        let token = auth
+            .get("token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty());
+        if !ns.connect_proxy.is_empty() {
+            let Some(proxy) = state.proxies.get(&ns.connect_proxy) else {
+                return Err(("no connect proxy".into(), DisconnectCode::SERVER_ERROR.code));
+            };
+            let body = json!({
+                "client": self.conn.client,
+                "transport": "socketio",
+                "protocol": "socketio",
+                "encoding": "json",
+                "socketio": {"namespace": ns.name, "auth": auth, "query": self.hs.query},
+            });
+            match proxy.call("connect", &body, &self.hs.headers).await {
+                Ok(Answer::Result(r)) => {
+                    a.user = r
+                        .get("user")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    a.meta = raw(r.get("meta"));
+                    if let Some(t) = r.get("target").and_then(Value::as_str) {
+                        a.target = t.to_string();
+                    }
+                    let strings = |key: &str| -> Vec<String> {
+                        r.get(key)
+                            .and_then(Value::as_array)
+                            .map(|v| {
+                                v.iter()
+                                    .filter_map(|c| c.as_str().map(String::from))
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    };
+                    a.channels.extend(strings("channels"));
+                    if let Some(n) = self.ns_map().by_name(&ns.name) {
+                        a.channels
+                            .extend(strings("rooms").iter().map(|r| NsMap::channel(n, r)));
+                    }
+                }
+                Ok(Answer::Error { code, message }) => {
+                    return Err((message, code.try_into().unwrap_or(u16::MAX)))
+                }
+                Ok(Answer::Disconnect { code, reason }) => return Err((reason, code)),
+                Err(_) => {
+                    return Err((
+                        "connect proxy failed".into(),
+                        DisconnectCode::SERVER_ERROR.code,
+                    ))
+                }
+            }
+        } else if let Some(t) = token {
+            let claims = state
+                .verifier
+                .verify_connect(t)
+                .map_err(|e| (e.to_string(), DisconnectCode::INVALID_TOKEN.code))?;
+            a.user = claims.sub;
+            a.meta = claims.meta.map(Arc::from);
+            if let Some(t) = claims.target {
+                a.target = t;
+            }
+            a.channels.extend(claims.channels);
+        } else if ns.require_token || !state.config.client.allow_anonymous_connect_without_token {
+            let invalid = DisconnectCode::INVALID_TOKEN;
+            return Err((format!("{}: none given", invalid.reason), invalid.code));
+        }
+        if let Some(u) = &self.user {
+            if *u != a.user {
+                return Err((
+                    "another user on the same connection".into(),
+                    DisconnectCode::INVALID_TOKEN.code,
+                ));
+            }
+        } else {
+            let per_user = state.config.client.max_connections_per_user;
+            if per_user > 0
+                && !a.user.is_empty()
+                && state.registry.find(&a.user, "").len() >= per_user
+            {
+                Metrics::limit_hit("max_connections_per_user");
+                let limit = DisconnectCode::CONNECTION_LIMIT;
+                return Err((limit.reason.into(), limit.code));
+            }
+        }
+        if !a.target.is_empty() && !groupcast_core::valid_target(&a.target) {
+            let na = DisconnectCode::NOT_AVAILABLE;
+            return Err((format!("{}: no backend target", na.reason), na.code));
+        }
+        Ok(a)
+    }
+
+    /// One event for the socket's backend target (none: nothing to do).
+    async fn emit(&mut self, index: u32, kind: &'static str, body: Value) {
+        let Some(sock) = self.sockets.get(&index) else {
+            return;
+        };
+        let Some(b) = &sock.binding else {
+            return;
+        };
+        let mut event = json!({
+            "type": kind,
+            "client": self.conn.client,
+            "user": self.user.as_deref().unwrap_or_default(),
+            "node": self.sio.edge.config.name,
+            "target": b.target,
+            "seq": self.seq,
+            "namespace": self.ns_map().list[index as usize].config.name,
+            "sid": sock.id,
+        });
+        if let Some(m) = &b.meta {
+            event["meta"] = serde_json::from_str(m.get()).unwrap_or(Value::Null);
+        }
+        if let (Value::Object(e), Value::Object(extra)) = (&mut event, body) {
+            e.extend(extra);
+        }
+        self.seq += 1;
+        let outcome = send(&self.sio.edge, b, kind, event.to_string(), false).await;
+        let label = if outcome.is_ok() { "sent" } else { "failed" };
+        metrics::counter!("groupcast_socketio_backend_events_total", "event" => kind, "outcome" => label)
+            .increment(1);
+        if let Err(e) = outcome {
+            close_for(&self.conn, e);
+        }
+    }
+
+    async fn event(&mut self, index: u32, id: Option<u64>, data: Option<Value>) {
+        if !self.sockets.contains_key(&index) {
+            return;
+        }
+        if self.rates.check(true).is_err() {
+            self.conn.close(DisconnectCode::TOO_MANY_REQUESTS);
+            return;
+        }
+        let Some(Value::Array(mut args)) = data else {
+            return;
+        };
+        let name = args.remove(0);
+        let has_target = self.sockets[&index].binding.is_some();
+        if !has_target {
+            metrics::counter!("groupcast_socketio_backend_events_total", "event" => "event", "outcome" => "no_target")
+                .increment(1);
+            return;
+        }
+        let mut body = json!({"event": name, "args": args});
+        if let Some(id) = id {
+            body["ack"] = json!(id);
+        }
+        self.emit(index, "event", body).await;
+    }
+
+    async fn ack(&mut self, index: u32, id: Option<u64>, data: Option<Value>) {
+        if !self.sockets.contains_key(&index) {
+            return;
+        }
+        self.emit(index, "ack", json!({"id": id, "args": data}))
+            .await;
+    }
+
+    /// The socket of namespace `index` is gone: its rooms left, its backend told why.
+    async fn disconnect(&mut self, index: u32, reason: &str) {
+        if !self.sockets.contains_key(&index) {
+            return;
+        }
+        self.emit(index, "disconnect", json!({"reason": reason}))
+            .await;
+        self.sockets.remove(&index);
+        self.session
+            .connected
+            .fetch_and(!(1 << index), Ordering::AcqRel);
+        let rooms: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|c| self.ns_map().of_channel(c).map(|n| n.index) == Some(index))
+            .cloned()
+            .collect();
+        for ch in rooms {
+            self.unsubscribe(&ch).await;
+        }
+    }
+
+    async fn subscribe(&mut self, channel: &str) {
+        let Some(index) = self.ns_map().of_channel(channel).map(|n| n.index) else {
+            return;
+        };
+        if !self.sockets.contains_key(&index) || self.channels.contains(channel) {
+            return;
+        }
+        let state = &self.sio.edge;
+        if self.channels.len() >= state.config.client.max_channels_per_connection {
+            Metrics::limit_hit("max_channels_per_connection");
+            tracing::warn!(client = %self.conn.client, channel, "socket.io: channel limit; room not joined");
+            return;
+        }
+        if let Err(e) = state.channel(channel) {
+            tracing::warn!(client = %self.conn.client, channel, error = ?e, "socket.io: cannot join the room's channel");
+            return;
+        }
+        match state
+            .node
+            .add_subscriber(channel, self.conn.clone(), false)
+            .await
+        {
+            Ok(_) => {
+                self.channels.insert(channel.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(client = %self.conn.client, channel, error = %e, "socket.io: join failed");
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) {
+        if self.channels.remove(channel) {
+            self.sio
+                .edge
+                .node
+                .remove_subscriber(channel, self.conn.id)
+                .await;
+        }
+    }
+
+    async fn control(&mut self, c: Control) {
+        match c {
+            Control::Subscribe { channel, .. } => self.subscribe(&channel).await,
+            Control::Unsubscribe { channel, .. } => self.unsubscribe(&channel).await,
+            Control::Disconnect { code, reason } => self.server_close(code, reason).await,
+            Control::Refresh { expired, .. } => {
+                if expired {
+                    let e = DisconnectCode::EXPIRED;
+                    self.server_close(e.code, e.reason.into()).await;
+                }
+            }
+            Control::Transfer { .. } => {}
+            Control::TargetGone { target } => {
+                let gone: Vec<u32> = self
+                    .sockets
+                    .iter()
+                    .filter(|(_, s)| s.binding.as_ref().is_some_and(|b| b.target == target))
+                    .map(|(i, _)| *i)
+                    .collect();
+                for index in gone {
+                    self.server_disconnect(index).await;
+                }
+            }
+            Control::SioEmit {
+                namespace,
+                event,
+                args,
+                ack,
+            } => {
+                if let Some(n) = self.ns_map().by_name(&namespace) {
+                    if self.sockets.contains_key(&n.index) {
+                        let mut data = vec![Value::String(event)];
+                        data.extend(args);
+                        self.send(Kind::Event, &namespace, ack, &Value::Array(data));
+                    }
+                }
+            }
+            Control::SioAck {
+                namespace,
+                id,
+                args,
+            } => {
+                if let Some(n) = self.ns_map().by_name(&namespace) {
+                    if self.sockets.contains_key(&n.index) {
+                        self.send(Kind::Ack, &namespace, Some(id), &Value::Array(args));
+                    }
+                }
+            }
+            Control::SioDisconnect { namespace } => {
+                if let Some(index) = self.ns_map().by_name(&namespace).map(|n| n.index) {
+                    self.server_disconnect(index).await;
+                }
+            }
+        }
+    }
+
+    /// The server ends one namespace socket: a DISCONNECT packet (the client's reason is
+    /// "io server disconnect"), its rooms left.
+    async fn server_disconnect(&mut self, index: u32) {
+        if !self.sockets.contains_key(&index) {
+            return;
+        }
+        let nsp = self.ns_map().list[index as usize].config.name.clone();
+        self.send(Kind::Disconnect, &nsp, None, &Value::Null);
+        self.disconnect(index, "server namespace disconnect").await;
+    }
+
+    /// The server ends the session: a DISCONNECT for each socket, then the transport closes
+    /// once they are written.
+    async fn server_close(&mut self, code: u16, reason: String) {
+        let indices: Vec<u32> = self.sockets.keys().copied().collect();
+        for index in indices {
+            self.server_disconnect(index).await;
+        }
+        self.conn.drain_with(code, reason.into());
+    }
+
+    /// The session is over: every socket's backend hears why, the rooms are left.
+    async fn end(&mut self) {
+        let reason = match self.conn.close_code() {
+            None => "transport close",
+            Some(c) if c == DisconnectCode::NO_PONG.code => "ping timeout",
+            Some(c) if c == DisconnectCode::BAD_REQUEST.code => "parse error",
+            Some(_) => "server shutting down",
+        };
+        let indices: Vec<u32> = self.sockets.keys().copied().collect();
+        for index in indices {
+            self.disconnect(index, reason).await;
+        }
+        let channels: Vec<String> = self.channels.iter().cloned().collect();
+        for ch in channels {
+            self.unsubscribe(&ch).await;
+        }
+        let state = &self.sio.edge;
+        if let Some(user) = self.user.take() {
+            state.registry.remove(&self.conn.client);
+            let (code, why) = match self.conn.close_reason() {
+                Some((c, r)) => (json!(c), r),
+                None => (Value::Null, "connection closed".to_string()),
+            };
+            state.webhooks.emit(
+                "client_disconnected",
+                json!({"client": self.conn.client, "user": user, "code": code,
+                       "reason": why, "transport": "socketio"}),
+            );
+            if !user.is_empty() {
+                state.node.connections_changed(&user, -1);
+            }
+        }
+    }
+}
+
+/// `auth` as the backend gets it: without the token (already checked).
+fn without_token(mut auth: Value) -> Value {
+    if let Value::Object(o) = &mut auth {
+        o.remove("token");
+    }
+    auth
+}
+
+fn raw(v: Option<&Value>) -> Option<Arc<RawValue>> {
+    v.filter(|v| !v.is_null())
+        .and_then(|v| serde_json::value::to_raw_value(v).ok())
+        .map(Arc::from)
+}
+
+/// The Engine.IO messages of one Socket.IO packet from the server: its text (`4...`), then
+/// its attachments when `data` holds `{"$binary": ...}` values.
+pub(crate) fn packet_frames(
+    kind: Kind,
+    nsp: &str,
+    id: Option<u64>,
+    data: &Value,
+) -> Vec<(Bytes, bool)> {
+    let mut data = data.clone();
+    let attachments = packet::extract_binary(&mut data).unwrap_or_default();
+    let kind = match (kind, attachments.is_empty()) {
+        (Kind::Event, false) => Kind::BinaryEvent,
+        (Kind::Ack, false) => Kind::BinaryAck,
+        (k, _) => k,
+    };
+    binary_frames(kind, nsp, id, &data, attachments)
+}
+
+/// A packet's text and its attachments as Engine.IO messages.
+pub(crate) fn binary_frames(
+    kind: Kind,
+    nsp: &str,
+    id: Option<u64>,
+    data: &Value,
+    attachments: Vec<Bytes>,
+) -> Vec<(Bytes, bool)> {
+    let json = (!data.is_null()).then(|| data.to_string());
+    let text = format!(
+        "4{}",
+        packet::encode(kind, nsp, id, attachments.len(), json.as_deref())
+    );
+    let mut out = vec![(Bytes::from(text), false)];
+    out.extend(attachments.into_iter().map(|b| (b, true)));
+    out
+}
