@@ -64,7 +64,10 @@ pub async fn run(
     crate::control::start(&state)
         .await
         .map_err(crate::EdgeError::Cluster)?;
-    let app = router(state.clone());
+    let sio = crate::socketio::start(&state)
+        .await
+        .map_err(crate::EdgeError::Cluster)?;
+    let app = router(state.clone(), sio);
     let stop = shutdown.clone();
     let app = app.into_make_service_with_connect_info::<ClientAddr>();
     let tls = match state.config.tls.enabled() {
@@ -139,7 +142,7 @@ async fn drain(state: &EdgeState) {
     }
 }
 
-pub fn router(state: Arc<EdgeState>) -> Router {
+pub fn router(state: Arc<EdgeState>, sio: Option<Arc<crate::socketio::SioState>>) -> Router {
     let body_limit = state.config.api.max_body_bytes + 1;
     Router::new()
         .route("/connection/websocket", get(websocket))
@@ -155,7 +158,7 @@ pub fn router(state: Arc<EdgeState>) -> Router {
         .fallback(backend_route)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state.clone())
-        .merge(crate::socketio::router(state.clone()))
+        .merge(crate::socketio::router(sio))
         .merge(dashboard::router(state))
 }
 

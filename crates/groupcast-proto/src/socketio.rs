@@ -174,6 +174,18 @@ pub mod engineio {
             self as u8
         }
 
+        pub fn from_code(code: u8) -> Option<HttpError> {
+            Some(match code {
+                0 => HttpError::TransportUnknown,
+                1 => HttpError::UnknownSid,
+                2 => HttpError::BadHandshakeMethod,
+                3 => HttpError::BadRequest,
+                4 => HttpError::Forbidden,
+                5 => HttpError::UnsupportedProtocolVersion,
+                _ => return None,
+            })
+        }
+
         pub fn message(self) -> &'static str {
             match self {
                 HttpError::TransportUnknown => "Transport unknown",

@@ -25,6 +25,17 @@ impl Nginx {
     /// Start nginx on a free loopback port in front of `edges` (exactly
     /// three, the template's upstream) and wait until it accepts (30 s).
     pub async fn start(edges: &[SocketAddr]) -> Nginx {
+        Self::start_with(edges, false).await
+    }
+
+    /// [`Nginx::start`] with plain round-robin instead of the template's `least_conn`:
+    /// consecutive requests of one client go to different edges (what "no sticky sessions"
+    /// must survive).
+    pub async fn start_round_robin(edges: &[SocketAddr]) -> Nginx {
+        Self::start_with(edges, true).await
+    }
+
+    async fn start_with(edges: &[SocketAddr], round_robin: bool) -> Nginx {
         assert_eq!(edges.len(), 3, "the local cluster's nginx has three edges");
         let port = crate::process::free_tcp_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -44,6 +55,13 @@ impl Nginx {
             !conf.contains('@'),
             "unfilled placeholder in nginx.conf.tmpl"
         );
+        if round_robin {
+            assert!(
+                conf.contains("least_conn;"),
+                "nginx.conf.tmpl balances least_conn"
+            );
+            conf = conf.replace("least_conn;", "");
+        }
         let conf_file = dir.join("nginx.conf");
         std::fs::write(&conf_file, conf).expect("write nginx.conf");
         let mut cmd = Command::new(crate::debian_binary("nginx", "nginx"));

@@ -103,7 +103,7 @@ fn start_session(sio: &Arc<SioState>, hs: Handshake, websocket: bool) -> Arc<Ses
     let (detached, outbox) = sio.edge.open_detached(SubscriberKind::SocketIo);
     let (tx, rx) = mpsc::channel(INBOUND_MAX);
     let session = Arc::new(Session {
-        sid: new_sid(),
+        sid: super::forward::sid_for(new_sid(), sio.me.as_deref()),
         conn: detached.conn.clone(),
         outbox: tokio::sync::Mutex::new(outbox),
         inbound: tx,

@@ -19,6 +19,7 @@
 //! `max_http_buffer_size`. Each is counted in `groupcast_socketio_http_errors_total{code}`.
 
 pub(crate) mod engine;
+mod forward;
 pub(crate) mod socket;
 
 use std::collections::HashMap;
@@ -62,20 +63,56 @@ pub struct SioState {
     pub edge: Arc<EdgeState>,
     pub sessions: Sessions,
     pub(crate) ns: Arc<socket::NsMap>,
+    /// This edge's node on the node bus (sids carry it), when there is a bus.
+    pub(crate) me: Option<String>,
+}
+
+/// The node-bus subject suffix of an edge's Socket.IO requests.
+fn bus_node(node: &str) -> String {
+    format!("{node}.socketio")
+}
+
+/// Sets up Socket.IO when it is on: its state, and on a cluster the answering of the polling
+/// requests other edges forward to this one (the sid names the edge that holds a session, so
+/// a load balancer need not be sticky).
+pub async fn start(edge: &Arc<EdgeState>) -> Result<Option<Arc<SioState>>, String> {
+    if !edge.config.socketio.enabled {
+        return Ok(None);
+    }
+    let me = edge.node.local_node().map(|(node, _)| node);
+    let sio = Arc::new(SioState {
+        ns: Arc::new(socket::NsMap::new(&edge.config.socketio)),
+        edge: edge.clone(),
+        sessions: Sessions::default(),
+        me: me.clone(),
+    });
+    if let (Some(bus), Some(me)) = (edge.node.bus(), me) {
+        let weak = Arc::downgrade(&sio);
+        bus.serve(
+            &bus_node(&me),
+            Arc::new(move |payload| {
+                let sio = weak.upgrade();
+                Box::pin(async move {
+                    match sio {
+                        Some(sio) => forward::answer(&sio, &payload).await,
+                        None => forward::gone(),
+                    }
+                })
+            }),
+        )
+        .await
+        .map_err(|e| format!("cannot serve Socket.IO forwarding: {e}"))?;
+    }
+    Ok(Some(sio))
 }
 
 /// The routes at `[socketio] path` (none when Socket.IO is off).
-pub fn router(edge: Arc<EdgeState>) -> Router {
-    if !edge.config.socketio.enabled {
+pub fn router(sio: Option<Arc<SioState>>) -> Router {
+    let Some(sio) = sio else {
         return Router::new();
-    }
-    let path = edge.config.socketio.path.clone();
-    let state = Arc::new(SioState {
-        ns: Arc::new(socket::NsMap::new(&edge.config.socketio)),
-        edge,
-        sessions: Sessions::default(),
-    });
-    Router::new().route(&path, any(handle)).with_state(state)
+    };
+    let path = sio.edge.config.socketio.path.clone();
+    Router::new().route(&path, any(handle)).with_state(sio)
 }
 
 fn http_error(e: HttpError, cors: &HeaderMap) -> Response {
@@ -158,44 +195,76 @@ async fn handle(
             None => engine::websocket_handshake(sio.clone(), ws, peer, headers, q).await,
             Some(sid) => match sio.sessions.get(&sid) {
                 Some(s) => engine::websocket_upgrade(sio.clone(), s, ws),
+                // A session of another edge cannot move its transport here: the client keeps
+                // polling (through any edge).
+                None if forward::elsewhere(&sio, &sid).is_some() => {
+                    metrics::counter!("groupcast_socketio_upgrades_refused_total", "reason" => "other_edge")
+                        .increment(1);
+                    http_error(HttpError::BadRequest, &cors)
+                }
                 None => http_error(HttpError::UnknownSid, &cors),
             },
         };
     }
-    let response = match (q.get("sid").cloned(), &method) {
-        (None, &Method::GET) => engine::polling_handshake(&sio, peer, &headers, q).await,
-        (None, _) => return http_error(HttpError::BadHandshakeMethod, &cors),
-        (Some(sid), m) => {
-            let Some(s) = sio.sessions.get(&sid) else {
-                return http_error(HttpError::UnknownSid, &cors);
-            };
-            if m == Method::GET {
-                engine::poll(&s).await
-            } else if m == Method::POST {
-                let limit = state.config.socketio.max_http_buffer_size;
-                match axum::body::to_bytes(body, limit).await {
-                    Ok(bytes) => engine::post(&s, bytes).await,
-                    Err(_) => {
-                        metrics::counter!("groupcast_socketio_http_errors_total", "code" => "413")
-                            .increment(1);
-                        crate::metrics::Metrics::limit_hit("socketio_max_http_buffer_size");
-                        s.conn
-                            .close(groupcast_proto::DisconnectCode::MESSAGE_TOO_BIG);
-                        Err(engine::Refusal::Status(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "Payload Too Large".into(),
-                        ))
-                    }
+    let Some(sid) = q.get("sid").cloned() else {
+        if method != Method::GET {
+            return http_error(HttpError::BadHandshakeMethod, &cors);
+        }
+        return respond(
+            engine::polling_handshake(&sio, peer, &headers, q).await,
+            cors,
+        );
+    };
+    let body = if method == Method::POST {
+        let limit = state.config.socketio.max_http_buffer_size;
+        match axum::body::to_bytes(body, limit).await {
+            Ok(b) => Some(b),
+            Err(_) => {
+                metrics::counter!("groupcast_socketio_http_errors_total", "code" => "413")
+                    .increment(1);
+                crate::metrics::Metrics::limit_hit("socketio_max_http_buffer_size");
+                if let Some(s) = sio.sessions.get(&sid) {
+                    s.conn
+                        .close(groupcast_proto::DisconnectCode::MESSAGE_TOO_BIG);
                 }
-            } else {
-                Err(engine::Refusal::Status(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "Method Not Allowed".into(),
-                ))
+                let refused = engine::Refusal::Status(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Payload Too Large".into(),
+                );
+                return respond(Err(refused), cors);
             }
         }
+    } else if method == Method::GET {
+        None
+    } else {
+        let refused =
+            engine::Refusal::Status(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into());
+        return respond(Err(refused), cors);
     };
-    match response {
+    let result = match forward::elsewhere(&sio, &sid) {
+        Some(node) => forward::request(&sio, &node, &sid, body).await,
+        None => local(&sio, &sid, body).await,
+    };
+    respond(result, cors)
+}
+
+/// A polling request (`GET` without a body, `POST` with one) for a session of this edge.
+pub(crate) async fn local(
+    sio: &SioState,
+    sid: &str,
+    body: Option<axum::body::Bytes>,
+) -> Result<String, engine::Refusal> {
+    let Some(s) = sio.sessions.get(sid) else {
+        return Err(HttpError::UnknownSid.into());
+    };
+    match body {
+        None => engine::poll(&s).await,
+        Some(b) => engine::post(&s, b).await,
+    }
+}
+
+fn respond(result: Result<String, engine::Refusal>, cors: HeaderMap) -> Response {
+    match result {
         Ok(body) => {
             let mut r =
                 ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response();

@@ -1,0 +1,253 @@
+//! Socket.IO (issue 20) with the real clients: `socket.io-client` 4.8 (npm) in Node
+//! (`tests/sdk/socketio_client.mjs`), against `groupcast dev` on each transport (polling then
+//! the upgrade, WebSocket only, polling only), and against three edges behind nginx balancing
+//! round-robin, with no stickiness: each polling request may reach another edge, which
+//! forwards it to the edge holding the session. Namespace `/` sends its sockets' events to a
+//! backend on NATS, which answers with the API's `sio_*` commands over NATS, as a real one
+//! would.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::StreamExt;
+use groupcast_edge::auth::{mint_hs256, now_unix};
+use groupcast_testkit::dev::DevServer;
+use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
+use groupcast_testkit::membership::MembershipCluster;
+use groupcast_testkit::nats::NatsServer;
+use groupcast_testkit::nginx::Nginx;
+use groupcast_testkit::{free_tcp_port, API_KEY, SECRET};
+use serde_json::{json, Value};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
+const INSTALL_HINT: &str =
+    "run scripts/test.sh, which installs the test tools (npm ci in tests/sdk, nginx)";
+
+/// Namespace `/` with its events to target `sio` (a NATS subject).
+const SOCKETIO: &str = r#"
+[socketio]
+enabled = true
+[[socketio.namespaces]]
+name = "/"
+target = "sio"
+"#;
+
+fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/sdk")
+        .canonicalize()
+        .expect("tests/sdk")
+}
+
+/// The backend of namespace `/`: a NATS subscriber of its target's subject that answers
+/// through the API over NATS. On connect it puts the socket in room "lobby" and says so; it
+/// tells the room what a socket says ("chat"), answers "add" and "reverse" (bytes) with acks,
+/// asks a question with an ack ("ask-me") and reports the answer, and disconnects a socket
+/// that emits "kick".
+async fn backend(nats_url: &str) -> tokio::task::JoinHandle<()> {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let mut events = client.subscribe("gc.relay.sio").await.unwrap();
+    // The server holds the interest once a message sent after the SUB comes back.
+    client.publish("gc.relay.sio", "{}".into()).await.unwrap();
+    let probe = tokio::time::timeout(Duration::from_secs(20), events.next())
+        .await
+        .expect("the probe within 20 s")
+        .expect("subscription open");
+    assert_eq!(probe.payload.as_ref(), b"{}");
+    tokio::spawn(async move {
+        let call = |method: &'static str, params: Value| {
+            let client = client.clone();
+            async move {
+                let cmd = json!({"method": method, "params": params, "api_key": API_KEY});
+                let r = client
+                    .request("gc.api", cmd.to_string().into())
+                    .await
+                    .unwrap();
+                let r: Value = serde_json::from_slice(&r.payload).unwrap();
+                assert!(r.get("error").is_none(), "{method}: {r}");
+            }
+        };
+        let b64 = base64::engine::general_purpose::STANDARD;
+        while let Some(msg) = events.next().await {
+            let e: Value = serde_json::from_slice(&msg.payload).unwrap();
+            let client_id = e["client"].as_str().unwrap_or_default().to_string();
+            match (e["type"].as_str().unwrap_or_default(), e["event"].as_str()) {
+                ("connect", _) => {
+                    assert_eq!(e["namespace"], "/", "{e}");
+                    call("sio_join", json!({"client": client_id, "room": "lobby"})).await;
+                    let hi = json!({"client": client_id, "event": "joined", "args": ["lobby"]});
+                    call("sio_emit", hi).await;
+                }
+                ("event", Some("chat")) => {
+                    let mut args = vec![e["user"].clone()];
+                    args.extend(e["args"].as_array().unwrap().iter().cloned());
+                    let chat = json!({"room": "lobby", "event": "chat", "args": args});
+                    call("sio_emit", chat).await;
+                }
+                ("event", Some("add")) => {
+                    let sum = e["args"][0].as_i64().unwrap() + e["args"][1].as_i64().unwrap();
+                    let ack = json!({"client": client_id, "id": e["ack"], "args": [sum]});
+                    call("sio_ack", ack).await;
+                }
+                ("event", Some("reverse")) => {
+                    let mut bytes = b64
+                        .decode(e["args"][0]["$binary"].as_str().unwrap())
+                        .unwrap();
+                    bytes.reverse();
+                    let back = json!([{"$binary": b64.encode(bytes)}]);
+                    let ack = json!({"client": client_id, "id": e["ack"], "args": back});
+                    call("sio_ack", ack).await;
+                }
+                ("event", Some("ask-me")) => {
+                    let q = json!({"client": client_id, "event": "question", "args": ["ready"], "ack": 42});
+                    call("sio_emit", q).await;
+                }
+                ("ack", _) if e["id"] == 42 => {
+                    let said =
+                        json!({"client": client_id, "event": "answered", "args": [e["args"][0]]});
+                    call("sio_emit", said).await;
+                }
+                ("event", Some("kick")) => {
+                    call("sio_disconnect", json!({"client": client_id})).await;
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+/// Runs `socketio_client.mjs` against `url`; returns its summary.
+async fn client(url: &str, api_url: &str, transports: &str) -> Value {
+    assert!(
+        sdk_dir()
+            .join("node_modules/socket.io-client/package.json")
+            .is_file(),
+        "socket.io-client is missing: {INSTALL_HINT}"
+    );
+    let token = mint_hs256(SECRET, &json!({"sub": "alice", "exp": now_unix() + 3600}));
+    let args = [
+        sdk_dir().join("socketio_client.mjs").display().to_string(),
+        url.to_string(),
+        api_url.to_string(),
+        API_KEY.to_string(),
+        token,
+        "not-a-token".to_string(),
+        transports.to_string(),
+    ];
+    let child = Command::new("node")
+        .args(&args)
+        .current_dir(sdk_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start node: {e}; {INSTALL_HINT}"));
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("socketio_client.mjs within 60 s")
+        .expect("node ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("\"ok\":true"),
+        "socketio_client.mjs ({transports}) failed:\n{stdout}\n{stderr}"
+    );
+    serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap()
+}
+
+/// `groupcast dev --nats URL` with [`SOCKETIO`] and the API over NATS.
+async fn dev(transports: &str) {
+    let nats = NatsServer::start().await;
+    let config = std::env::temp_dir().join(format!(
+        "gc-socketio-{}-{}.toml",
+        std::process::id(),
+        free_tcp_port()
+    ));
+    std::fs::write(&config, format!("[api]\nover_nats = true\n{SOCKETIO}")).unwrap();
+    let port = free_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = DevServer::start(
+        BIN,
+        &[
+            "--listen",
+            &listen,
+            "--api-key",
+            API_KEY,
+            "--token-hmac-secret",
+            SECRET,
+            "--nats",
+            &nats.url(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let _ = std::fs::remove_file(&config);
+    let backend = backend(&nats.url()).await;
+    let url = format!("http://{listen}");
+    let summary = client(&url, &format!("{url}/api"), transports).await;
+    backend.abort();
+    drop(server);
+    let expected = if transports == "polling" {
+        "polling"
+    } else {
+        "websocket"
+    };
+    assert_eq!(summary["transport"], expected, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_polling_then_upgrade() {
+    dev("default").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_websocket_only() {
+    dev("websocket").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_polling_only() {
+    dev("polling").await;
+}
+
+/// Three edges behind nginx balancing round-robin: a polling session's requests land on any
+/// edge and are forwarded to the one holding it; everything the client does works as on one
+/// server, with the default transports (whose upgrade succeeds only where it reaches the
+/// holder) and with polling only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_through_a_round_robin_balancer_without_sticky_sessions() {
+    let (nats, membership) = tokio::join!(
+        NatsServer::start(),
+        MembershipCluster::start(Path::new(BIN), 1, &[])
+    );
+    let config = format!("{EDGE_CONFIG}{}{SOCKETIO}", membership.edge_section());
+    let env = [("GROUPCAST_API__OVER_NATS", "true")];
+    let urls = [nats.url()];
+    let (a, b, c) = tokio::join!(
+        EdgeProcess::start(Path::new(BIN), "edge-a", &urls, &config, &env),
+        EdgeProcess::start(Path::new(BIN), "edge-b", &urls, &config, &env),
+        EdgeProcess::start(Path::new(BIN), "edge-c", &urls, &config, &env),
+    );
+    let nginx = Nginx::start_round_robin(&[a.addr, b.addr, c.addr]).await;
+    let backend = backend(&nats.url()).await;
+    let url = format!("http://{}", nginx.addr);
+    for transports in ["polling", "default"] {
+        client(&url, &format!("{url}/api"), transports).await;
+    }
+    backend.abort();
+    let mut forwarded = 0.0;
+    for e in [&a, &b, &c] {
+        forwarded += e
+            .metric("groupcast_socketio_forwarded_total{op=\"poll\",outcome=\"answered\"}")
+            .await;
+    }
+    assert!(
+        forwarded > 0.0,
+        "no polling request was forwarded between edges: was the balancer sticky?"
+    );
+}
