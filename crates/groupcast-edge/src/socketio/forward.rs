@@ -18,13 +18,20 @@ use serde::{Deserialize, Serialize};
 use super::engine::Refusal;
 use super::{bus_node, local, SioState};
 
-/// A forwarded polling request: `body` (base64) for a POST, none for a GET.
+/// A forwarded polling request: `body` (base64) for a POST, none for a GET; `probe`: only
+/// "are you there" (while a long poll waits there).
 #[derive(Serialize, Deserialize)]
 struct Forwarded {
     sid: String,
     #[serde(default)]
     body: Option<String>,
+    #[serde(default)]
+    probe: bool,
 }
+
+/// How often an edge waiting for a forwarded long poll checks that the holder is still there:
+/// a holder that died answers nothing, and its sessions are gone.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// The holder's answer: the body, an Engine.IO error code, or another HTTP status.
 #[derive(Serialize, Deserialize, Default)]
@@ -78,11 +85,31 @@ pub(super) async fn request(
     let f = Forwarded {
         sid: sid.to_string(),
         body: body.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+        probe: false,
     };
     let payload = Bytes::from(serde_json::to_vec(&f).unwrap_or_default());
     let c = &sio.edge.config.socketio;
     let timeout = c.ping_interval + c.ping_timeout + Duration::from_secs(5);
-    let outcome = bus.request(&bus_node(node), payload, timeout).await;
+    let subject = bus_node(node);
+    let probes = async {
+        let probe = Forwarded {
+            sid: sid.to_string(),
+            body: None,
+            probe: true,
+        };
+        let probe = Bytes::from(serde_json::to_vec(&probe).unwrap_or_default());
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            if let Ok(None) = bus.request(&subject, probe.clone(), PROBE_EVERY).await {
+                return;
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = bus.request(&subject, payload, timeout) => outcome,
+        // The holder is gone while the poll waited there.
+        _ = probes => Ok(None),
+    };
     let label = match &outcome {
         Ok(Some(_)) => "answered",
         Ok(None) => "gone",
@@ -124,6 +151,10 @@ pub(super) async fn answer(sio: &SioState, payload: &[u8]) -> Bytes {
     let a = match serde_json::from_slice::<Forwarded>(payload) {
         Err(_) => Answer {
             eio: Some(HttpError::BadRequest.code()),
+            ..Default::default()
+        },
+        Ok(f) if f.probe => Answer {
+            ok: Some(String::new()),
             ..Default::default()
         },
         Ok(f) => {
