@@ -147,6 +147,33 @@ ex_serve_page() {
   ex_wait_http "$EX_PAGE/" "the page server"
 }
 
+# ex_npm_file PACKAGE@VERSION FILE: the path of FILE in that npm package, installed once into a
+# cache outside the repository (${XDG_CACHE_HOME:-~/.cache}/groupcast-examples).
+ex_npm_file() {
+  local pkg=$1 file=$2 dir
+  dir="${XDG_CACHE_HOME:-$HOME/.cache}/groupcast-examples/npm/${pkg//[@\/]/_}"
+  if [ ! -f "$dir/node_modules/${pkg%@*}/$file" ]; then
+    mkdir -p "$dir"
+    npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "$pkg" >&2 ||
+      ex_die "npm install $pkg failed"
+  fi
+  printf '%s' "$dir/node_modules/${pkg%@*}/$file"
+}
+
+# ex_serve_pages DIR FILE...: like ex_serve_page, from a copy of DIR in the log directory with
+# FILEs (paths) added beside its pages.
+ex_serve_pages() {
+  local src=$1 site="$ex_log/site"
+  shift
+  rm -rf "$site"
+  cp -r "$src" "$site"
+  local f
+  for f in "$@"; do
+    cp "$f" "$site/"
+  done
+  ex_serve_page "$site"
+}
+
 # ex_ready [KEY=VALUE...]: prints the ready line (tests wait for it and read its fields: the
 # example's own, then ws, api, key and the edges' addresses), then waits until a process ends.
 ex_ready() {

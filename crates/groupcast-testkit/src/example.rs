@@ -182,6 +182,9 @@ impl Example {
                     dirs.push(p);
                     continue;
                 }
+                if p.extension().is_none_or(|e| e != "log") {
+                    continue;
+                }
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
                 out.push_str(&format!("--- {} ---\n", p.display()));

@@ -186,3 +186,57 @@ async fn mud_example_on_groupcast_dev() {
 async fn mud_example_on_the_local_cluster_with_an_edge_killed() {
     mud(Mode::Cluster { port_offset: 13000 }, 200, 60).await;
 }
+
+/// Seed 001: LQDOJ's pages (socket.io-client in Chromium) and its poster (python-socketio) on
+/// Groupcast's Socket.IO server: acks and ids, each error code, the catch-up of a new channel,
+/// the capacity limit, and a reconnect (on the cluster: the edge holding the page's session
+/// killed) after which every message posted meanwhile arrives, once.
+async fn event_daemon(mode: Mode) {
+    chromium_ready();
+    let within = Duration::from_secs(if mode == Mode::Dev { 60 } else { 150 });
+    let capacity = if mode == Mode::Dev { "3" } else { "10000" };
+    let env = [("EVENT_DAEMON_MAX_CLIENTS", capacity)];
+    let example = Example::start("event-daemon", mode, BIN, &env, within);
+    let entry = example.field("api").trim_end_matches("/api").to_string();
+    let (how, env) = match mode {
+        Mode::Dev => ("dev".to_string(), Vec::new()),
+        Mode::Cluster { .. } => {
+            let cluster = repo_root().join("deploy/local/cluster.sh");
+            (
+                format!("cluster={}", cluster.display()),
+                example.cluster_env(),
+            )
+        }
+    };
+    let args = [
+        example.field("page").to_string(),
+        entry,
+        python().display().to_string(),
+        repo_root()
+            .join("examples/event-daemon")
+            .display()
+            .to_string(),
+        example.field("event_daemon_key").to_string(),
+        example.field("daemon").to_string(),
+        how,
+    ];
+    let summary = node_script(
+        &example,
+        "example_event_daemon.mjs",
+        &args,
+        &env,
+        Duration::from_secs(160),
+    )
+    .await;
+    eprintln!("event-daemon: {summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_daemon_example_on_groupcast_dev() {
+    event_daemon(Mode::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_daemon_example_on_the_local_cluster_with_the_session_s_edge_killed() {
+    event_daemon(Mode::Cluster { port_offset: 15000 }).await;
+}
