@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
-const INSTALL_HINT: &str =
-    "run scripts/test.sh, which installs the test tools (npm ci in tests/sdk, nginx)";
+const INSTALL_HINT: &str = "run scripts/test.sh, which installs the test tools \
+     (npm ci in tests/sdk, .tools/venv with python-socketio, nginx)";
 
 /// Namespace `/` with its events to target `sio` (a NATS subject).
 const SOCKETIO: &str = r#"
@@ -159,17 +159,33 @@ async fn client(url: &str, api_url: &str, transports: &str) -> Value {
     serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap()
 }
 
-/// `groupcast dev --nats URL` with [`SOCKETIO`] and the API over NATS.
+/// socket.io-client on `groupcast dev`, with `transports`.
 async fn dev(transports: &str) {
     let nats = NatsServer::start().await;
+    let (server, listen) = start_dev(&nats);
+    let backend = backend(&nats.url()).await;
+    let url = format!("http://{listen}");
+    let summary = client(&url, &format!("{url}/api"), transports).await;
+    backend.abort();
+    drop(server);
+    let expected = if transports == "polling" {
+        "polling"
+    } else {
+        "websocket"
+    };
+    assert_eq!(summary["transport"], expected, "{summary}");
+}
+
+/// `groupcast dev --nats URL` with [`SOCKETIO`] and the API over NATS: the server and its
+/// address.
+fn start_dev(nats: &NatsServer) -> (DevServer, String) {
     let config = std::env::temp_dir().join(format!(
         "gc-socketio-{}-{}.toml",
         std::process::id(),
         free_tcp_port()
     ));
     std::fs::write(&config, format!("[api]\nover_nats = true\n{SOCKETIO}")).unwrap();
-    let port = free_tcp_port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_tcp_port());
     let server = DevServer::start(
         BIN,
         &[
@@ -187,17 +203,47 @@ async fn dev(transports: &str) {
         &[],
     );
     let _ = std::fs::remove_file(&config);
+    (server, listen)
+}
+
+/// python-socketio's client (`tests/sdk/socketio_python.py`) on one transport.
+async fn python_client(transport: &str) {
+    let python = sdk_dir().join("../../.tools/venv/bin/python");
+    let nats = NatsServer::start().await;
+    let (server, listen) = start_dev(&nats);
     let backend = backend(&nats.url()).await;
-    let url = format!("http://{listen}");
-    let summary = client(&url, &format!("{url}/api"), transports).await;
+    let token = mint_hs256(SECRET, &json!({"sub": "alice", "exp": now_unix() + 3600}));
+    let child = Command::new(&python)
+        .arg(sdk_dir().join("socketio_python.py"))
+        .args([&format!("http://{listen}"), &token, transport])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}; {INSTALL_HINT}", python.display()));
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("socketio_python.py within 60 s")
+        .expect("python ran");
     backend.abort();
     drop(server);
-    let expected = if transports == "polling" {
-        "polling"
-    } else {
-        "websocket"
-    };
-    assert_eq!(summary["transport"], expected, "{summary}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("\"ok\": true"),
+        "socketio_python.py ({transport}) failed:\n{stdout}\n{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_socketio_client_polling() {
+    python_client("polling").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_socketio_client_websocket() {
+    python_client("websocket").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
