@@ -51,6 +51,10 @@ pub enum BrokerError {
     /// A request got no answer in time (it may still be acted on).
     #[error("no answer in time: {0}")]
     Timeout(String),
+    /// The message is larger than the backbone carries (NATS `max_payload`); nothing was
+    /// sent. The client's limit is above the backbone's: raise one or lower the other.
+    #[error("too large for the backbone: {0}")]
+    TooLarge(String),
 }
 
 /// How to store one publication.

@@ -178,6 +178,16 @@ impl Broker for NatsBroker {
         opts: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
         let payload = envelope::encode_pub(&publication);
+        // NATS refuses a message over its server's max_payload: say so (106 to the client),
+        // not "unavailable".
+        let max = self.inner.client.server_info().max_payload;
+        if max > 0 && payload.len() > max {
+            metrics::counter!("groupcast_nats_publish_too_large_total").increment(1);
+            return Err(BrokerError::TooLarge(format!(
+                "{} bytes over the NATS server's max_payload of {max}",
+                payload.len()
+            )));
+        }
         let mut headers = published_at_headers(publication.published_at_us);
         self.inner
             .signer

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use groupcast_core::broker::{Broker, BrokerHandler, HistoryQuery, PublishOptions};
+use groupcast_core::broker::{Broker, BrokerError, BrokerHandler, HistoryQuery, PublishOptions};
 use groupcast_core::conformance::{Event, Recorder};
 use groupcast_core::{Payload, Publication};
 use groupcast_nats::{GapStats, NatsBroker, NatsConfig, StreamSpec};
@@ -250,6 +250,25 @@ async fn an_idempotency_key_stores_a_publication_once() {
     assert!(other.offset > first.offset);
     let h = b.history("idem", HistoryQuery::default()).await.unwrap();
     assert_eq!(h.publications.len(), 1);
+}
+
+/// A publication larger than the NATS server's `max_payload` (1 MiB by default) is refused
+/// as too large (106 to clients), not as the backbone being unavailable (108); stored or live,
+/// and the broker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_over_max_payload_is_too_large_not_unavailable() {
+    let server = NatsServer::start().await;
+    let b = broker(&server.url(), 10, 1024).await;
+    let big = || Publication::new(Payload::from_text(&"x".repeat(1_100_000)));
+    for size in [10, 0] {
+        match b.publish("big", big(), &opts(size)).await {
+            Err(BrokerError::TooLarge(why)) => assert!(why.contains("max_payload"), "{why}"),
+            other => panic!("history {size}: {other:?}"),
+        }
+    }
+    b.publish("big", text(1), &opts(10))
+        .await
+        .expect("a small one goes");
 }
 
 /// "No responders" on a history publish is retried within

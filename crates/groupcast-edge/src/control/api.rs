@@ -227,6 +227,10 @@ fn broker_error(e: BrokerError) -> ApiError {
         BrokerError::Unavailable(_) | BrokerError::Timeout(_) => ApiError::NOT_AVAILABLE,
         BrokerError::UnrecoverablePosition => ApiError::UNRECOVERABLE_POSITION,
         BrokerError::Internal(_) => ApiError::INTERNAL,
+        BrokerError::TooLarge(_) => {
+            Metrics::limit_hit("nats_max_payload");
+            ApiError::LIMIT_EXCEEDED
+        }
     }
 }
 

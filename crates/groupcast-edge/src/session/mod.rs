@@ -96,6 +96,7 @@ fn broker_error(e: BrokerError) -> ErrorCode {
         BrokerError::Unavailable(_) | BrokerError::Timeout(_) => ErrorCode::NOT_AVAILABLE,
         BrokerError::UnrecoverablePosition => ErrorCode::UNRECOVERABLE_POSITION,
         BrokerError::Internal(_) => ErrorCode::INTERNAL,
+        BrokerError::TooLarge(_) => ErrorCode::LIMIT_EXCEEDED,
     }
 }
 
