@@ -211,6 +211,9 @@ impl Inner {
             let id = format!("{}:{}", encode_token(channel), encode_token(key));
             headers.insert("Nats-Msg-Id", id.as_str());
         }
+        // Set once JetStream answered "no responders": if the bound is then reached another
+        // way (the last attempt's ack outlived it), the stream may be gone all the same.
+        let mut no_responders = false;
         loop {
             self.check_connected()?;
             let Some(stream) = self.stream(ns).await? else {
@@ -244,8 +247,12 @@ impl Inner {
             };
             tracing::debug!(channel, error = %e, "JetStream publish failed");
             if !matches!(e.kind(), PublishErrorKind::StreamNotFound) {
+                if no_responders {
+                    self.forget_stream(ns);
+                }
                 return Err(unavailable(e));
             }
+            no_responders = true;
             // "No responders": no server holds the stream's subject right
             // now (a leader election) or the stream was deleted.
             let retry_at = tokio::time::Instant::now() + NO_RESPONDERS_RETRY;
