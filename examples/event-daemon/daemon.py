@@ -131,8 +131,10 @@ class Daemon:
                 log(f"start-msg {client}: {data}")
                 start = data.get("start") if isinstance(data, dict) else None
                 with self.lock:
-                    if client in self.clients and isinstance(start, int):
-                        self.clients[client]["start"] = start
+                    # A page connected before this daemon (re)started is known from now on.
+                    state = self.clients.setdefault(client, {"start": 0, "filter": set()})
+                    if isinstance(start, int):
+                        state["start"] = start
             elif role == "client" and name == "set-filter":
                 self.set_filter(client, data)
 
@@ -174,9 +176,8 @@ class Daemon:
         if not all(isinstance(c, str) and CHANNEL.match(c) for c in channels):
             return self.error(client, "invalid-channel", "a channel is 1-100 letters, digits, _ . -")
         with self.lock:
-            state = self.clients.get(client)
-            if state is None:
-                return
+            # A page connected before this daemon (re)started is known from now on.
+            state = self.clients.setdefault(client, {"start": 0, "filter": set()})
             old, new = state["filter"], set(channels)
             state["filter"] = new
             start = state["start"]
