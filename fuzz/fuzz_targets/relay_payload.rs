@@ -1,6 +1,7 @@
 //! The raw relay path: a frame is relayed verbatim to relay clients, and
 //! reaches protocol clients as valid JSON (publication data and the encoded
-//! push), whatever its bytes.
+//! push), and Socket.IO sockets as a valid event's arguments, whatever its
+//! bytes.
 #![no_main]
 
 use std::sync::Arc;
@@ -30,11 +31,13 @@ impl Subscriber for Check {
         match self.kind {
             SubscriberKind::Protocol => 1,
             SubscriberKind::Relay => 2,
+            SubscriberKind::SocketIo => 3,
         }
     }
     fn kind(&self) -> SubscriberKind {
         self.kind
     }
+    fn insufficient_state(&self, _channel: &str) {}
     fn push(&self, push: &PreparedPush) {
         match self.kind {
             SubscriberKind::Protocol => {
@@ -45,6 +48,13 @@ impl Subscriber for Check {
             SubscriberKind::Relay => {
                 let (bytes, _) = push.relay().expect("a publication has a relay frame");
                 assert_eq!(&bytes[..], &self.expect[..], "relayed verbatim");
+            }
+            SubscriberKind::SocketIo => {
+                let p = push.socketio().expect("a publication is an event");
+                let args = std::str::from_utf8(&p.args).expect("arguments are UTF-8");
+                let comma = if args.is_empty() { "" } else { "," };
+                let event = format!("[\"message\"{comma}{args}]");
+                assert_json(event.as_bytes(), "the Socket.IO event");
             }
         }
     }
@@ -70,6 +80,14 @@ fuzz_target!(|data: &[u8]| {
         Arc::new(Check {
             kind: SubscriberKind::Relay,
             expect: data.to_vec(),
+        }),
+        false,
+    );
+    hub.add(
+        "c",
+        Arc::new(Check {
+            kind: SubscriberKind::SocketIo,
+            expect: Vec::new(),
         }),
         false,
     );
