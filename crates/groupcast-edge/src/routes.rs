@@ -130,6 +130,27 @@ impl Route {
     }
 }
 
+/// Is `path` one the edge serves itself (its API, its WebSockets, its pages)?
+pub fn served_by_the_edge(path: &str) -> bool {
+    RESERVED_EXACT.contains(&path) || RESERVED.iter().any(|r| path.starts_with(r))
+}
+
+/// The `[[relay.routes]]` entry (its index) whose path template matches `path`.
+pub fn route_matching(c: &RelayConfig, path: &str) -> Option<usize> {
+    c.routes.iter().position(|r| {
+        parse_path(&r.path)
+            .map(|segs| {
+                Route {
+                    config: r.clone(),
+                    segs,
+                }
+                .matches(path)
+                .is_some()
+            })
+            .unwrap_or(false)
+    })
+}
+
 /// Checks `[relay]`'s routes and HTTP targets (errors name the setting).
 pub fn check(c: &RelayConfig) -> Result<(), String> {
     let mut shapes = HashSet::new();

@@ -209,6 +209,44 @@ pub fn check_config(config: &Config) -> Result<(), String> {
     }
     crate::proxy::check(&config.proxies)?;
     crate::routes::check(&config.relay)?;
+    check_socketio(config)?;
+    Ok(())
+}
+
+/// `[socketio]` against the rest: its path is not one the edge or a relay route serves, its
+/// namespaces' proxies exist and their targets are target names.
+fn check_socketio(config: &Config) -> Result<(), String> {
+    let c = &config.socketio;
+    if !c.enabled {
+        return Ok(());
+    }
+    if crate::routes::served_by_the_edge(&c.path) {
+        return Err(format!(
+            "socketio.path: {:?} is a path the edge serves itself",
+            c.path
+        ));
+    }
+    if let Some(i) = crate::routes::route_matching(&config.relay, &c.path) {
+        return Err(format!(
+            "socketio.path: {:?} is relay.routes[{i}]'s path too",
+            c.path
+        ));
+    }
+    for (i, n) in c.namespaces.iter().enumerate() {
+        if !n.connect_proxy.is_empty() && !config.proxies.iter().any(|p| p.name == n.connect_proxy)
+        {
+            return Err(format!(
+                "socketio.namespaces[{i}].connect_proxy: no [[proxies]] entry {:?}",
+                n.connect_proxy
+            ));
+        }
+        if !n.target.is_empty() && !groupcast_core::valid_target(&n.target) {
+            return Err(format!(
+                "socketio.namespaces[{i}].target: {:?} is not a target name (dot-separated letters, digits, _ and -)",
+                n.target
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -241,3 +241,156 @@ async fn a_client_without_a_token_is_refused_where_anonymous_is_not_allowed() {
     let (_, body) = poll(&server, &sid).await;
     assert!(body.starts_with("40{\"sid\":"), "{body}");
 }
+
+#[tokio::test]
+async fn a_session_that_connects_no_namespace_is_closed_after_connect_timeout() {
+    let mut config = TestServer::dev_config();
+    config.socketio.connect_timeout = Duration::from_millis(300);
+    let server = TestServer::start_with(config).await;
+    let idle = handshake(&server).await;
+    let used = handshake(&server).await;
+    assert_works(&server, &used).await;
+    assert_over(&server, &idle).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The connected one is not affected.
+    assert_eq!(post(&server, &used, b"41").await, (200, "ok".into()));
+    assert_eq!(
+        server
+            .metric("groupcast_socketio_connect_timeouts_total")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_whose_target_is_unreachable_refuses_connects() {
+    let mut config = TestServer::dev_config();
+    // No NATS on this server, and no HTTP target by that name.
+    config.socketio.namespaces[0].target = "nowhere".into();
+    let server = TestServer::start_with(config).await;
+    let sid = handshake(&server).await;
+    assert_eq!(post(&server, &sid, b"40").await.0, 200);
+    let (_, body) = poll(&server, &sid).await;
+    assert_eq!(
+        body,
+        r#"44{"data":{"code":3508},"message":"backend target unreachable"}"#
+    );
+}
+
+#[tokio::test]
+async fn the_api_refuses_reserved_events_and_rooms_of_another_namespace() {
+    let mut config = TestServer::dev_config();
+    config
+        .socketio
+        .namespaces
+        .push(groupcast_edge::config::SioNamespaceConfig {
+            name: "/chat".into(),
+            channel_prefix: "chat:".into(),
+            ..Default::default()
+        });
+    config.namespaces.push(groupcast_core::NamespaceConfig {
+        name: "chat".into(),
+        options: groupcast_core::ChannelOptions::dev(),
+    });
+    let server = TestServer::start_with(config).await;
+    let bad_request = json!({"error": {"code": 107, "message": "bad request"}});
+    for event in ["connect", "disconnect", "connect_error", ""] {
+        let (_, r) = server
+            .api(
+                "sio_emit",
+                json!({"room": "lobby", "event": event, "args": []}),
+            )
+            .await;
+        assert_eq!(r, bad_request, "room emit of {event:?}");
+        let (_, r) = server
+            .api(
+                "sio_emit",
+                json!({"client": "c", "event": event, "args": []}),
+            )
+            .await;
+        assert_eq!(r, bad_request, "emit of {event:?}");
+    }
+    // Room "chat:x" of "/" would be channel "chat:x": a room of "/chat".
+    let (_, r) = server
+        .api("sio_join", json!({"client": "c", "room": "chat:x"}))
+        .await;
+    assert_eq!(r, bad_request);
+    let (_, r) = server
+        .api(
+            "sio_join",
+            json!({"client": "c", "namespace": "/chat", "room": "x"}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (_, r) = server
+        .api(
+            "sio_emit",
+            json!({"namespace": "/nope", "room": "x", "event": "e", "args": []}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 102, "{r}");
+}
+
+#[test]
+fn bad_socketio_settings_are_refused_naming_the_key() {
+    use groupcast_edge::config::SioNamespaceConfig;
+    let ns = |name: &str, prefix: &str| SioNamespaceConfig {
+        name: name.into(),
+        channel_prefix: prefix.into(),
+        ..Default::default()
+    };
+    type Change = Box<dyn Fn(&mut groupcast_edge::Config)>;
+    let cases: Vec<(Change, &str)> = vec![
+        (
+            Box::new(|c| c.socketio.path = "/api/sio/".into()),
+            "socketio.path",
+        ),
+        (
+            Box::new(|c| c.socketio.path = "socket.io".into()),
+            "socketio.path",
+        ),
+        (
+            Box::new(|c| c.socketio.namespaces[0].connect_proxy = "missing".into()),
+            "socketio.namespaces[0].connect_proxy",
+        ),
+        (
+            Box::new(|c| c.socketio.namespaces[0].target = "a..b".into()),
+            "socketio.namespaces[0].target",
+        ),
+        (
+            Box::new(move |c| {
+                c.socketio.namespaces = vec![ns("/a", "chat:"), ns("/b", "chat:vip:")]
+            }),
+            "channel_prefix",
+        ),
+        (
+            Box::new(move |c| c.socketio.namespaces = vec![ns("/a", "x:"), ns("/b", "x:")]),
+            "channel_prefix",
+        ),
+        (
+            Box::new(move |c| {
+                c.socketio.namespaces = (0..65)
+                    .map(|i| ns(&format!("/n{i}"), &format!("n{i}-")))
+                    .collect()
+            }),
+            "socketio.namespaces",
+        ),
+        (
+            Box::new(|c| {
+                c.relay.routes.push(groupcast_edge::config::RouteConfig {
+                    path: "/socket.io/".into(),
+                    target: "t".into(),
+                    ..Default::default()
+                })
+            }),
+            "socketio.path",
+        ),
+    ];
+    for (change, key) in cases {
+        let mut c = TestServer::dev_config();
+        change(&mut c);
+        let e = groupcast_edge::check_config(&c).unwrap_err();
+        assert!(e.contains(key), "{key}: {e}");
+    }
+    groupcast_edge::check_config(&TestServer::dev_config()).expect("the dev profile is valid");
+}

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Most namespaces (a session keeps which it connected in 64 bits).
+pub const MAX_NAMESPACES: usize = 64;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SocketIoConfig {
@@ -24,6 +27,10 @@ pub struct SocketIoConfig {
     /// How long a client may take to finish an upgrade from polling to WebSocket.
     #[serde(with = "humantime_serde")]
     pub upgrade_timeout: Duration,
+    /// A session that has connected no namespace this long after its handshake is closed
+    /// (Socket.IO's `connectTimeout`).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// The namespaces served (`[[socketio.namespaces]]`); a CONNECT to any other one gets
     /// CONNECT_ERROR "Invalid namespace". Default: `/` alone.
     pub namespaces: Vec<SioNamespaceConfig>,
@@ -38,6 +45,7 @@ impl Default for SocketIoConfig {
             ping_timeout: Duration::from_secs(20),
             max_http_buffer_size: 1_000_000,
             upgrade_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(45),
             namespaces: vec![SioNamespaceConfig::default()],
         }
     }
@@ -55,7 +63,8 @@ pub struct SioNamespaceConfig {
     pub channel_prefix: String,
     /// The backend target that gets the sockets' events (`connect`, `event`, `ack`,
     /// `disconnect`): an HTTP target of `[[relay.http_targets]]`, or a NATS subject. Empty: no
-    /// backend; events from clients are dropped (counted) and acks answered with an error.
+    /// backend; events from clients are dropped (counted: a client waiting for an ack gets its
+    /// own timeout).
     pub target: String,
     /// `[[proxies]]` entry asked at each CONNECT (with `auth`, the query and the forwarded
     /// headers); it may set the user, `meta`, `target` and rooms, or refuse with
@@ -97,8 +106,13 @@ impl SocketIoConfig {
         if self.max_http_buffer_size < 1024 {
             return Err("socketio.max_http_buffer_size: must be at least 1024".into());
         }
-        if self.upgrade_timeout.is_zero() {
-            return Err("socketio.upgrade_timeout: must be above 0".into());
+        if self.upgrade_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(
+                "socketio.upgrade_timeout, socketio.connect_timeout: must be above 0".into(),
+            );
+        }
+        if self.namespaces.len() > MAX_NAMESPACES {
+            return Err(format!("socketio.namespaces: at most {MAX_NAMESPACES}"));
         }
         let mut names = std::collections::HashSet::new();
         let mut prefixes = std::collections::HashSet::new();
@@ -120,6 +134,19 @@ impl SocketIoConfig {
             }
             if n.default_event.is_empty() {
                 return Err(format!("{key}.default_event: must not be empty"));
+            }
+        }
+        // A room's channel must lead back to its namespace: with prefixes `chat:` and
+        // `chat:vip:`, room `vip:x` of the first would be a room of the second.
+        for a in &self.namespaces {
+            for b in &self.namespaces {
+                let (p, q) = (&a.channel_prefix, &b.channel_prefix);
+                if !p.is_empty() && p != q && q.starts_with(p.as_str()) {
+                    return Err(format!(
+                        "socketio.namespaces: channel_prefix {q:?} ({}) starts with {p:?} ({}): a room of {} could name a channel of {}",
+                        b.name, a.name, a.name, b.name
+                    ));
+                }
             }
         }
         Ok(())

@@ -124,7 +124,9 @@ impl ConnAction {
             "sio_emit" => {
                 let r: api::SioEmitRequest = parse(body)?;
                 let ns = sio_namespace(state, r.namespace.as_deref())?;
-                if r.event.is_empty() || !r.room.is_empty() || r.ack.is_some_and(|a| a > MAX_ACK_ID)
+                if !event_name_ok(&r.event)
+                    || !r.room.is_empty()
+                    || r.ack.is_some_and(|a| a > MAX_ACK_ID)
                 {
                     return Err(ApiError::BAD_REQUEST.into());
                 }
@@ -312,22 +314,38 @@ pub(crate) fn sio_room_channel(
     if room.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
-    let ns = state
-        .config
-        .socketio
-        .namespaces
+    let namespaces = &state.config.socketio.namespaces;
+    let ns = namespaces
         .iter()
         .find(|n| n.name == name)
         .ok_or(ApiFailure::Api(ApiError::UNKNOWN_CHANNEL))?;
-    Ok(format!("{}{room}", ns.channel_prefix))
+    let channel = format!("{}{room}", ns.channel_prefix);
+    // The channel must lead back to this namespace (the longest matching prefix): a room of
+    // `/` (prefix "") named `chat:x` would be a room of `/chat` (prefix "chat:").
+    let owner = namespaces
+        .iter()
+        .filter(|n| channel.starts_with(n.channel_prefix.as_str()))
+        .max_by_key(|n| n.channel_prefix.len());
+    if owner.map(|n| &n.name) != Some(&name) {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    Ok(channel)
 }
 
-/// An event's arguments fit a client message, and their `$binary` values are base64.
+/// An event name a server may emit: not empty, and not one the Socket.IO API keeps
+/// (`connect`, `disconnect`...), which clients would not deliver to a listener.
+pub(crate) fn event_name_ok(event: &str) -> bool {
+    !event.is_empty() && !groupcast_proto::socketio::packet::RESERVED_EVENTS.contains(&event)
+}
+
+/// An event's arguments fit a client message (the JSON and the bytes of its attachments),
+/// and their `$binary` values are base64.
 pub(crate) fn check_sio_args(state: &EdgeState, args: &[Value]) -> Result<(), ApiFailure> {
     let mut all = Value::Array(args.to_vec());
-    groupcast_proto::socketio::packet::extract_binary(&mut all)
+    let attachments = groupcast_proto::socketio::packet::extract_binary(&mut all)
         .map_err(|_| ApiFailure::Api(ApiError::BAD_REQUEST))?;
-    if all.to_string().len() > state.config.client.max_message_size {
+    let bytes: usize = attachments.iter().map(|a| a.len()).sum();
+    if all.to_string().len() + bytes > state.config.client.max_message_size {
         Metrics::limit_hit("max_message_size");
         return Err(ApiError::LIMIT_EXCEEDED.into());
     }

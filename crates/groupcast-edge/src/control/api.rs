@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::action::{
-    channel_error, check_sio_args, parse, sio_room_channel, ApiFailure, ConnAction,
+    channel_error, check_sio_args, event_name_ok, parse, sio_room_channel, ApiFailure, ConnAction,
 };
 use super::forward::fan_out;
 use crate::metrics::Metrics;
@@ -387,7 +387,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
             // every socket in the room, on every edge, gets it.
             let r: api::SioEmitRequest = parse(body)?;
             let channel = sio_room_channel(state, r.namespace.as_deref(), &r.room)?;
-            if r.event.is_empty() || !r.client.is_empty() || r.ack.is_some() {
+            if !event_name_ok(&r.event) || !r.client.is_empty() || r.ack.is_some() {
                 return Err(ApiError::BAD_REQUEST.into());
             }
             check_sio_args(state, &r.args)?;

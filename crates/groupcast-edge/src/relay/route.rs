@@ -280,9 +280,10 @@ pub(crate) async fn send(
             let item = Item {
                 owner: b.owner.as_ref().map_or(0, |o| o.id),
                 kind,
-                // The backend learns that the connection is gone, even
-                // one whose other events were dropped for room.
-                keep: kind == "leave",
+                // The backend learns that the connection is gone (a relay
+                // `leave`, a Socket.IO `disconnect`), even one whose other
+                // events were dropped for room.
+                keep: matches!(kind, "leave" | "disconnect"),
                 event,
             };
             match t.queue.push(item, b.owner.as_ref(), t.wait).await {

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use super::socket::{self, NsMap};
 use super::SioState;
-use crate::conn::{Conn, Outbox, SioOut};
+use crate::conn::{Conn, Inbound, Outbox, SioOut};
 use crate::metrics::Metrics;
 
 /// Packets from the client not yet taken by the session task.
@@ -192,6 +192,13 @@ fn configure(ws: WebSocketUpgrade, sio: &SioState) -> WebSocketUpgrade {
         .max_frame_size(max)
 }
 
+impl Session {
+    /// Polling, and no upgrade under way: a WebSocket may take the session over.
+    pub(crate) fn can_upgrade(&self) -> bool {
+        !self.upgraded.load(Ordering::Acquire) && !self.upgrading.load(Ordering::Acquire)
+    }
+}
+
 /// `GET ?transport=websocket&sid=X`: the upgrade of a polling session.
 pub(crate) fn websocket_upgrade(
     sio: Arc<SioState>,
@@ -288,30 +295,25 @@ async fn run_websocket(session: Arc<Session>, socket: WebSocket) {
         }
     };
     let reader = async {
-        let limit = "socketio_max_http_buffer_size";
-        while let Some(msg) = stream.next().await {
-            let packet = match msg {
-                Ok(Message::Text(t)) => match engineio::decode_text(t.as_str()) {
-                    Ok(p) => p,
+        loop {
+            // The close frame, the end of the stream and read errors end the connection
+            // there (a message over max_http_buffer_size: 1009), as for every WebSocket.
+            let (packet, len) = match conn.inbound(stream.next().await) {
+                Inbound::End => break,
+                Inbound::Control => continue,
+                Inbound::Text(t) => match engineio::decode_text(t.as_str()) {
+                    Ok(p) => (p, t.len()),
                     Err(e) => {
                         bad_packet(&conn, e.0);
                         break;
                     }
                 },
-                Ok(Message::Binary(b)) => Packet::Message(EioMessage::Binary(b)),
-                Ok(Message::Close(_)) => break,
-                Ok(_) => continue,
-                Err(e) => {
-                    if e.to_string().contains("Space limit exceeded")
-                        || e.to_string().contains("too long")
-                    {
-                        Metrics::limit_hit(limit);
-                        conn.close(DisconnectCode::MESSAGE_TOO_BIG);
-                    }
-                    break;
+                Inbound::Binary(b) => {
+                    let len = b.len();
+                    (Packet::Message(EioMessage::Binary(b)), len)
                 }
             };
-            Metrics::get().bytes_in.increment(1);
+            Metrics::get().bytes_in.increment(len as u64);
             if session.inbound.send(packet).await.is_err() {
                 break;
             }
@@ -408,27 +410,36 @@ fn publication(session: &Session, channel: &str, p: &SioPub) -> Option<Vec<(Byte
     }
     let event = p.event.as_deref().unwrap_or(&ns.config.default_event);
     let name = serde_json::to_string(event).ok()?;
-    if !p.binary {
-        let mut data = String::with_capacity(name.len() + p.args.len() + 3);
-        data.push('[');
-        data.push_str(&name);
-        if !p.args.is_empty() {
-            data.push(',');
-            data.push_str(std::str::from_utf8(&p.args).ok()?);
+    if p.binary {
+        if let Some(frames) = binary_publication(&name, p, &ns.config.name) {
+            return Some(frames);
         }
-        data.push(']');
-        let text = format!(
-            "4{}",
-            packet::encode(Kind::Event, &ns.config.name, None, 0, Some(&data))
-        );
-        return Some(vec![(Bytes::from(text), false)]);
+        // `$binary` that is not bytes (bad base64, in some client's JSON): sent as the JSON
+        // it is.
     }
+    let mut data = String::with_capacity(name.len() + p.args.len() + 3);
+    data.push('[');
+    data.push_str(&name);
+    if !p.args.is_empty() {
+        data.push(',');
+        data.push_str(std::str::from_utf8(&p.args).ok()?);
+    }
+    data.push(']');
+    let text = format!(
+        "4{}",
+        packet::encode(Kind::Event, &ns.config.name, None, 0, Some(&data))
+    );
+    Some(vec![(Bytes::from(text), false)])
+}
+
+/// A publication whose arguments hold `$binary` values: a BINARY_EVENT and its attachments.
+fn binary_publication(name: &str, p: &SioPub, nsp: &str) -> Option<Vec<(Bytes, bool)>> {
     let args = std::str::from_utf8(&p.args).ok()?;
     let mut data: serde_json::Value = serde_json::from_str(&format!("[{name},{args}]")).ok()?;
     let attachments = packet::extract_binary(&mut data).ok()?;
     Some(socket::binary_frames(
         Kind::BinaryEvent,
-        &ns.config.name,
+        nsp,
         None,
         &data,
         attachments,

@@ -27,6 +27,10 @@ struct Forwarded {
     body: Option<String>,
     #[serde(default)]
     probe: bool,
+    /// The client sent this session a body over `max_http_buffer_size` (through another
+    /// edge): end it, as the holder would have.
+    #[serde(default)]
+    too_big: bool,
 }
 
 /// How often an edge waiting for a forwarded long poll checks that the holder is still there:
@@ -86,6 +90,7 @@ pub(super) async fn request(
         sid: sid.to_string(),
         body: body.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
         probe: false,
+        too_big: false,
     };
     let payload = Bytes::from(serde_json::to_vec(&f).unwrap_or_default());
     let c = &sio.edge.config.socketio;
@@ -96,6 +101,7 @@ pub(super) async fn request(
             sid: sid.to_string(),
             body: None,
             probe: true,
+            too_big: false,
         };
         let probe = Bytes::from(serde_json::to_vec(&probe).unwrap_or_default());
         loop {
@@ -146,6 +152,22 @@ pub(super) async fn request(
     }
 }
 
+/// Tells `node` that its session `sid` was sent a body over `max_http_buffer_size` (refused
+/// here with 413): it ends the session.
+pub(super) async fn close_too_big(sio: &SioState, node: &str, sid: &str) {
+    let Some(bus) = sio.edge.node.bus() else {
+        return;
+    };
+    let f = Forwarded {
+        sid: sid.to_string(),
+        body: None,
+        probe: false,
+        too_big: true,
+    };
+    let payload = Bytes::from(serde_json::to_vec(&f).unwrap_or_default());
+    let _ = bus.request(&bus_node(node), payload, PROBE_EVERY).await;
+}
+
 /// Answers a polling request another edge forwarded.
 pub(super) async fn answer(sio: &SioState, payload: &[u8]) -> Bytes {
     let a = match serde_json::from_slice::<Forwarded>(payload) {
@@ -157,6 +179,17 @@ pub(super) async fn answer(sio: &SioState, payload: &[u8]) -> Bytes {
             ok: Some(String::new()),
             ..Default::default()
         },
+        Ok(f) if f.too_big => {
+            if let Some(s) = sio.sessions.get(&f.sid) {
+                crate::metrics::Metrics::limit_hit("socketio_max_http_buffer_size");
+                s.conn
+                    .close(groupcast_proto::DisconnectCode::MESSAGE_TOO_BIG);
+            }
+            Answer {
+                ok: Some(String::new()),
+                ..Default::default()
+            }
+        }
         Ok(f) => {
             let body = match f
                 .body

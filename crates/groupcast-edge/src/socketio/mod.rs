@@ -194,7 +194,9 @@ async fn handle(
         return match q.get("sid").cloned() {
             None => engine::websocket_handshake(sio.clone(), ws, peer, headers, q).await,
             Some(sid) => match sio.sessions.get(&sid) {
-                Some(s) => engine::websocket_upgrade(sio.clone(), s, ws),
+                Some(s) if s.can_upgrade() => engine::websocket_upgrade(sio.clone(), s, ws),
+                // Upgraded already, or an upgrade under way.
+                Some(_) => http_error(HttpError::BadRequest, &cors),
                 // A session of another edge cannot move its transport here: the client keeps
                 // polling (through any edge).
                 None if forward::elsewhere(&sio, &sid).is_some() => {
@@ -223,9 +225,14 @@ async fn handle(
                 metrics::counter!("groupcast_socketio_http_errors_total", "code" => "413")
                     .increment(1);
                 crate::metrics::Metrics::limit_hit("socketio_max_http_buffer_size");
-                if let Some(s) = sio.sessions.get(&sid) {
-                    s.conn
-                        .close(groupcast_proto::DisconnectCode::MESSAGE_TOO_BIG);
+                match forward::elsewhere(&sio, &sid) {
+                    Some(node) => forward::close_too_big(&sio, &node, &sid).await,
+                    None => {
+                        if let Some(s) = sio.sessions.get(&sid) {
+                            s.conn
+                                .close(groupcast_proto::DisconnectCode::MESSAGE_TOO_BIG);
+                        }
+                    }
                 }
                 let refused = engine::Refusal::Status(
                     StatusCode::PAYLOAD_TOO_LARGE,

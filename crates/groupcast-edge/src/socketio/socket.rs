@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::engine::{Handshake, Session};
 use super::SioState;
+use crate::config::socketio::MAX_NAMESPACES;
 use crate::config::{SioNamespaceConfig, SocketIoConfig};
 use crate::conn::{Conn, Control};
 use crate::limits::ConnRates;
@@ -29,9 +30,6 @@ use crate::metrics::Metrics;
 use crate::proxy::Answer;
 use crate::relay::route::{close_for, send, Binding};
 use crate::state::Detached;
-
-/// Most namespaces (a session keeps which it connected in 64 bits).
-pub const MAX_NAMESPACES: usize = 64;
 
 /// A configured namespace.
 pub(crate) struct Ns {
@@ -75,9 +73,12 @@ impl NsMap {
             .find(|n| channel.starts_with(n.config.channel_prefix.as_str()))
     }
 
-    /// The channel of room `room` of `ns`.
-    pub fn channel(ns: &Ns, room: &str) -> String {
-        format!("{}{room}", ns.config.channel_prefix)
+    /// The channel of room `room` of `ns`; `None` when that channel would be another
+    /// namespace's (a room of `/`, prefix `""`, named `chat:x` while `/chat` has `chat:`).
+    pub fn room_channel(&self, ns: &Ns, room: &str) -> Option<String> {
+        let channel = format!("{}{room}", ns.config.channel_prefix);
+        (!room.is_empty() && self.of_channel(&channel).map(|n| n.index) == Some(ns.index))
+            .then_some(channel)
     }
 }
 
@@ -137,10 +138,18 @@ pub(crate) async fn run(
     let mut ping = tokio::time::interval_at(start, cfg.ping_interval);
     let mut pong_deadline: Option<tokio::time::Instant> = None;
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+    let connect_by = tokio::time::Instant::now() + cfg.connect_timeout;
     loop {
         let deadline = pong_deadline.unwrap_or(far);
+        let unconnected = t.user.is_none();
         tokio::select! {
             _ = conn.cancelled() => break,
+            _ = tokio::time::sleep_until(connect_by), if unconnected => {
+                // Socket.IO's connectTimeout: a session that never connected a namespace.
+                metrics::counter!("groupcast_socketio_connect_timeouts_total").increment(1);
+                conn.close(DisconnectCode::BAD_REQUEST);
+                break;
+            }
             _ = ping.tick() => {
                 if pong_deadline.is_none() {
                     conn.send_eio(Bytes::from_static(b"2"), false);
@@ -217,6 +226,7 @@ impl Task {
         }
         let Some(index) = self.ns_map().by_name(&p.nsp).map(|n| n.index) else {
             if p.kind == Kind::Connect {
+                metrics::counter!("groupcast_socketio_connect_errors_total").increment(1);
                 self.send(
                     Kind::ConnectError,
                     &p.nsp,
@@ -257,17 +267,6 @@ impl Task {
             }
         };
         let state = self.sio.edge.clone();
-        if self.user.is_none() {
-            state.registry.add(self.conn.clone(), &admitted.user);
-            state.webhooks.emit(
-                "client_connected",
-                json!({"client": self.conn.client, "user": admitted.user, "transport": "socketio"}),
-            );
-            if !admitted.user.is_empty() {
-                state.node.connections_changed(&admitted.user, 1);
-            }
-            self.user = Some(admitted.user.clone());
-        }
         let target = if admitted.target.is_empty() {
             ns_config.target.clone()
         } else {
@@ -283,9 +282,24 @@ impl Task {
                 sink,
             ))
         } else {
+            // As a relay route's connection: refused, not served without its backend.
             tracing::warn!(%target, "socket.io: backend target unreachable (not an HTTP target, and no NATS)");
-            None
+            metrics::counter!("groupcast_socketio_connect_errors_total").increment(1);
+            let na = DisconnectCode::NOT_AVAILABLE;
+            let data = json!({"message": "backend target unreachable", "data": {"code": na.code}});
+            return self.send(Kind::ConnectError, nsp, None, &data);
         };
+        if self.user.is_none() {
+            state.registry.add(self.conn.clone(), &admitted.user);
+            state.webhooks.emit(
+                "client_connected",
+                json!({"client": self.conn.client, "user": admitted.user, "transport": "socketio"}),
+            );
+            if !admitted.user.is_empty() {
+                state.node.connections_changed(&admitted.user, 1);
+            }
+            self.user = Some(admitted.user.clone());
+        }
         let id = super::engine::new_socket_id();
         self.session
             .connected
@@ -301,19 +315,23 @@ impl Task {
         for ch in admitted.channels {
             self.subscribe(&ch).await;
         }
-        let query: serde_json::Map<String, Value> = self
-            .hs
+        let mut body = json!({"auth": without_token(auth), "query": self.app_query()});
+        // This edge's own commands subject (with the API over NATS): commands sent there skip
+        // forwarding, as for relay routes.
+        if let Some(commands) = self.sio.edge.backend_commands.get() {
+            body["commands"] = json!(commands);
+        }
+        self.emit(index, "connect", body).await;
+    }
+
+    /// The handshake's query without Engine.IO's own parameters.
+    fn app_query(&self) -> serde_json::Map<String, Value> {
+        self.hs
             .query
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "EIO" | "transport" | "sid" | "t"))
+            .filter(|(k, _)| !matches!(k.as_str(), "EIO" | "transport" | "sid" | "t" | "b64"))
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        self.emit(
-            index,
-            "connect",
-            json!({"auth": without_token(auth), "query": query}),
-        )
-        .await;
+            .collect()
     }
 
     async fn admit(
@@ -341,7 +359,7 @@ impl Task {
                 "transport": "socketio",
                 "protocol": "socketio",
                 "encoding": "json",
-                "socketio": {"namespace": ns.name, "auth": auth, "query": self.hs.query},
+                "socketio": {"namespace": ns.name, "auth": auth, "query": self.app_query()},
             });
             match proxy.call("connect", &body, &self.hs.headers).await {
                 Ok(Answer::Result(r)) => {
@@ -366,8 +384,14 @@ impl Task {
                     };
                     a.channels.extend(strings("channels"));
                     if let Some(n) = self.ns_map().by_name(&ns.name) {
-                        a.channels
-                            .extend(strings("rooms").iter().map(|r| NsMap::channel(n, r)));
+                        for room in strings("rooms") {
+                            match self.ns_map().room_channel(n, &room) {
+                                Some(ch) => a.channels.push(ch),
+                                None => {
+                                    tracing::warn!(room, namespace = %ns.name, "socket.io: a connect proxy's room that is another namespace's channel; not joined")
+                                }
+                            }
+                        }
                     }
                 }
                 Ok(Answer::Error { code, message }) => {
@@ -493,7 +517,8 @@ impl Task {
         if !self.sockets.contains_key(&index) {
             return;
         }
-        self.emit(index, "disconnect", json!({"reason": reason}))
+        let code = self.conn.close_code();
+        self.emit(index, "disconnect", json!({"reason": reason, "code": code}))
             .await;
         self.sockets.remove(&index);
         self.session
@@ -630,11 +655,15 @@ impl Task {
 
     /// The session is over: every socket's backend hears why, the rooms are left.
     async fn end(&mut self) {
-        let reason = match self.conn.close_code() {
+        // Socket.IO's reasons where one fits; the backend also gets the close code.
+        let code = self.conn.close_code();
+        let reason = match code {
             None => "transport close",
             Some(c) if c == DisconnectCode::NO_PONG.code => "ping timeout",
             Some(c) if c == DisconnectCode::BAD_REQUEST.code => "parse error",
-            Some(_) => "server shutting down",
+            Some(c) if c == DisconnectCode::SHUTDOWN.code => "server shutting down",
+            Some(c) if c == DisconnectCode::WRITE_ERROR.code => "transport error",
+            Some(_) => "forced server close",
         };
         let indices: Vec<u32> = self.sockets.keys().copied().collect();
         for index in indices {
