@@ -1,7 +1,8 @@
 //! The examples (`examples/*/`, issue 21): each seed system started by its one command,
 //! `examples/NAME/run.sh`, on `groupcast dev` and on the local cluster (nginx in front of three
 //! edges), and driven by the seed's own client code: browser pages in Chromium, the seed's
-//! Python clients and backends. The scripts that drive them are in `tests/sdk/`.
+//! Python clients and backends. The scripts that drive them are in `tests/sdk/`
+//! (`example_<name>.mjs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -239,4 +240,46 @@ async fn event_daemon_example_on_groupcast_dev() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_daemon_example_on_the_local_cluster_with_the_session_s_edge_killed() {
     event_daemon(Mode::Cluster { port_offset: 15000 }).await;
+}
+
+/// Seed 002: the Django Channels chat, notifications and user status on relay routes with the
+/// example's backend (`examples/chat/backend.py`), driven by the seed's browser code in
+/// Chromium (`tests/sdk/example_chat.mjs`): two users in a room (on two edges of the cluster),
+/// typing, an edit and a delete, a notification that reaches only its user, a status change, a
+/// file, the rate and size limits and the bad-token answer in the seed's error shape, a foreign
+/// origin refused, and a user going offline when they leave.
+async fn chat(mode: Mode) {
+    chromium_ready();
+    python();
+    let within = Duration::from_secs(if mode == Mode::Dev { 30 } else { 120 });
+    let example = Example::start("chat", mode, BIN, &[], within);
+    let edges = example.edges();
+    let ws = |http: &str| http.replacen("http:", "ws:", 1);
+    let args = [
+        example.field("page").to_string(),
+        ws(&edges[0]),
+        ws(edges.get(1).unwrap_or(&edges[0])),
+        example.field("ws").to_string(),
+        example.field("api").to_string(),
+        example.field("key").to_string(),
+        example.field("backend").to_string(),
+    ];
+    node_script(
+        &example,
+        "example_chat.mjs",
+        &args,
+        &[],
+        Duration::from_secs(160),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_example_on_groupcast_dev() {
+    chat(Mode::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_example_on_the_local_cluster_across_two_edges() {
+    chat(Mode::Cluster { port_offset: 14000 }).await;
 }
