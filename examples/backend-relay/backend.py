@@ -26,55 +26,20 @@ is JSON with an "event" field: welcome, said, you, joined, left, heartbeat.
 """
 
 import argparse
-import hashlib
-import hmac
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.parse
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MAX_AGE = 300  # seconds: older (or newer) signed batches are refused
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # examples/
+from groupcast_backend import Api, log, verified  # noqa: E402
+
 TARGETS = ("lobby", "games")
-
-
-def log(*parts):
-    print(time.strftime("%H:%M:%S"), *parts, flush=True)
-
-
-class Api:
-    """Groupcast's HTTP server API (docs/api.md)."""
-
-    def __init__(self, url, key):
-        self.url = url.rstrip("/")
-        self.key = key
-
-    def call(self, method, params):
-        req = urllib.request.Request(
-            f"{self.url}/{method}",
-            data=json.dumps(params).encode(),
-            headers={"X-API-Key": self.key, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=5) as res:
-            body = json.loads(res.read() or b"{}")
-        if "error" in body:
-            # A client that left a moment ago is not an error worth stopping for.
-            log(f"api {method} {params.get('client', '')}: {body['error']}")
-        return body
-
-
-def verified(secret, headers, body):
-    """The batch is Groupcast's: HMAC of "relay.<timestamp>.<body>", timestamp within 5 min."""
-    ts = headers.get("X-Groupcast-Timestamp", "")
-    signed = b"relay." + ts.encode() + b"." + body
-    want = "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
-    fresh = ts.isdigit() and abs(time.time() - int(ts)) <= MAX_AGE
-    return hmac.compare_digest(want, headers.get("X-Groupcast-Signature", "")) and fresh
 
 
 class JsonHandler(BaseHTTPRequestHandler):

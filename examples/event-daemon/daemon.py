@@ -28,49 +28,21 @@ milliseconds, or the last id plus one when the clock has not moved on.
 """
 
 import argparse
-import hashlib
 import hmac
 import json
+import pathlib
 import re
 import signal
+import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MAX_AGE = 300
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # examples/
+from groupcast_backend import Api, log, verified  # noqa: E402
+
 MAX_FILTER = 10
 CHANNEL = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
-
-
-def log(*parts):
-    print(time.strftime("%H:%M:%S"), *parts, flush=True)
-
-
-class Api:
-    def __init__(self, url, key):
-        self.url = url.rstrip("/")
-        self.key = key
-
-    def call(self, method, params):
-        req = urllib.request.Request(
-            f"{self.url}/{method}",
-            data=json.dumps(params).encode(),
-            headers={"X-API-Key": self.key, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=5) as res:
-            body = json.loads(res.read() or b"{}")
-        if "error" in body:
-            log(f"api {method}: {body['error']}")
-        return body
-
-
-def verified(secret, headers, body):
-    ts = headers.get("X-Groupcast-Timestamp", "")
-    signed = b"relay." + ts.encode() + b"." + body
-    want = "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
-    fresh = ts.isdigit() and abs(time.time() - int(ts)) <= MAX_AGE
-    return hmac.compare_digest(want, headers.get("X-Groupcast-Signature", "")) and fresh
 
 
 class Daemon:

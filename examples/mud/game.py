@@ -32,17 +32,19 @@ the ticks after its room_description's `tick` and asks "look" when it sees a tic
 import argparse
 import base64
 import hashlib
-import hmac
 import html
 import http.client
 import json
+import pathlib
 import signal
+import sys
 import threading
 import time
-import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MAX_AGE = 300
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # examples/
+from groupcast_backend import Api, log, verified  # noqa: E402
+
 SIZE = 10  # rooms are SIZE x SIZE tiles
 TICK = 0.1  # seconds: 10 ticks a second
 MOVES = {"north": (0, -1), "south": (0, 1), "east": (1, 0), "west": (-1, 0)}
@@ -52,42 +54,6 @@ ROOMS = {
     "room3": ("An underground lake, black and still.", ["west"], ["rope"]),
     "room4": ("The armoury, long since looted.", ["north", "west"], []),
 }
-
-
-def log(*parts):
-    print(time.strftime("%H:%M:%S"), *parts, flush=True)
-
-
-class Api:
-    """Groupcast's HTTP API over one kept-alive connection per thread."""
-
-    def __init__(self, url, key):
-        u = urllib.parse.urlsplit(url)
-        self.host, self.path, self.key = u.netloc, u.path.rstrip("/"), key
-        self.local = threading.local()
-
-    def call(self, method, params):
-        body = json.dumps(params)
-        for attempt in (1, 2):
-            conn = getattr(self.local, "conn", None)
-            if conn is None:
-                conn = self.local.conn = http.client.HTTPConnection(self.host, timeout=5)
-            try:
-                conn.request("POST", f"{self.path}/{method}", body,
-                             {"X-API-Key": self.key, "Content-Type": "application/json"})
-                res = conn.getresponse()
-                return json.loads(res.read() or b"{}")
-            except (OSError, http.client.HTTPException):
-                # The connection went stale (an edge behind the load balancer died): once more.
-                conn.close()
-                self.local.conn = None
-                if attempt == 2:
-                    raise
-        return {}
-
-    def batch(self, commands):
-        if commands:
-            self.call("batch", {"commands": commands, "parallel": True})
 
 
 def send(client, obj):
@@ -222,14 +188,6 @@ class World:
                     "data": {"tick": self.tick, "changed": changed, "gone": gone}}
             out.append({"publish": {"channel": f"game:{room}", "data": data}})
         return out
-
-
-def verified(secret, headers, body):
-    ts = headers.get("X-Groupcast-Timestamp", "")
-    signed = b"relay." + ts.encode() + b"." + body
-    want = "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
-    fresh = ts.isdigit() and abs(time.time() - int(ts)) <= MAX_AGE
-    return hmac.compare_digest(want, headers.get("X-Groupcast-Signature", "")) and fresh
 
 
 def main():
