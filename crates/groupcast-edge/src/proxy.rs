@@ -322,6 +322,52 @@ fn native_roots() -> rustls::RootCertStore {
     roots
 }
 
+/// What a connect proxy's `result` grants a plain-WebSocket connection (a relay route's, a
+/// Socket.IO namespace's): `user`, `meta`, `target` and the string list under `key`
+/// (`channels`, `rooms`). Absent or mistyped fields grant nothing.
+pub struct Granted {
+    pub user: String,
+    pub meta: Option<std::sync::Arc<serde_json::value::RawValue>>,
+    pub target: Option<String>,
+}
+
+impl Granted {
+    pub fn of(result: &Value) -> Granted {
+        Granted {
+            user: result
+                .get("user")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            meta: raw_json(result.get("meta")),
+            target: result
+                .get("target")
+                .and_then(Value::as_str)
+                .map(String::from),
+        }
+    }
+}
+
+/// The strings of the array under `key` of a proxy's result (others are skipped).
+pub fn strings(result: &Value, key: &str) -> Vec<String> {
+    result
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|v| {
+            v.iter()
+                .filter_map(|c| c.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `v` as shared raw JSON (metadata sent with every event); `None` for absent or `null`.
+pub fn raw_json(v: Option<&Value>) -> Option<std::sync::Arc<serde_json::value::RawValue>> {
+    v.filter(|v| !v.is_null())
+        .and_then(|v| serde_json::value::to_raw_value(v).ok())
+        .map(std::sync::Arc::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

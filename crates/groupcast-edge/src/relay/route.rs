@@ -54,7 +54,7 @@ use crate::conn::{Conn, Control, Inbound, MAX_CLOSE_REASON};
 use crate::keepalive::Keepalive;
 use crate::limits::ConnRates;
 use crate::metrics::Metrics;
-use crate::proxy::Answer;
+use crate::proxy::{strings, Answer, Granted};
 use crate::routes::{fill, HttpTarget};
 use crate::state::EdgeState;
 use crate::webhooks::queue::{Item, Owner, Refused};
@@ -312,12 +312,6 @@ fn refuse(conn: &Conn, code: u16, reason: &str) {
     conn.close_with(code, Cow::Owned(reason));
 }
 
-fn raw(v: Option<&Value>) -> Option<Arc<RawValue>> {
-    v.filter(|v| !v.is_null())
-        .and_then(|v| serde_json::value::to_raw_value(v).ok())
-        .map(Arc::from)
-}
-
 /// Authenticate: the connect proxy, else the token, else anonymous (when
 /// the route allows it).
 async fn admit(
@@ -348,19 +342,12 @@ async fn admit(
         });
         match proxy.call("connect", &body, &req.headers).await {
             Ok(Answer::Result(r)) => {
-                a.user = r
-                    .get("user")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                a.meta = raw(r.get("meta"));
-                if let Some(t) = r.get("target").and_then(Value::as_str) {
-                    a.target = t.to_string();
+                let g = Granted::of(&r);
+                (a.user, a.meta) = (g.user, g.meta);
+                if let Some(t) = g.target {
+                    a.target = t;
                 }
-                if let Some(chs) = r.get("channels").and_then(Value::as_array) {
-                    a.channels
-                        .extend(chs.iter().filter_map(|c| c.as_str().map(String::from)));
-                }
+                a.channels.extend(strings(&r, "channels"));
             }
             Ok(Answer::Error { code, message }) => {
                 return Err((

@@ -27,7 +27,7 @@ use crate::config::{SioNamespaceConfig, SocketIoConfig};
 use crate::conn::{Conn, Control};
 use crate::limits::ConnRates;
 use crate::metrics::Metrics;
-use crate::proxy::Answer;
+use crate::proxy::{strings, Answer, Granted};
 use crate::relay::route::{close_for, send, Binding};
 use crate::state::Detached;
 
@@ -363,28 +363,14 @@ impl Task {
             });
             match proxy.call("connect", &body, &self.hs.headers).await {
                 Ok(Answer::Result(r)) => {
-                    a.user = r
-                        .get("user")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
-                    a.meta = raw(r.get("meta"));
-                    if let Some(t) = r.get("target").and_then(Value::as_str) {
-                        a.target = t.to_string();
+                    let g = Granted::of(&r);
+                    (a.user, a.meta) = (g.user, g.meta);
+                    if let Some(t) = g.target {
+                        a.target = t;
                     }
-                    let strings = |key: &str| -> Vec<String> {
-                        r.get(key)
-                            .and_then(Value::as_array)
-                            .map(|v| {
-                                v.iter()
-                                    .filter_map(|c| c.as_str().map(String::from))
-                                    .collect()
-                            })
-                            .unwrap_or_default()
-                    };
-                    a.channels.extend(strings("channels"));
+                    a.channels.extend(strings(&r, "channels"));
                     if let Some(n) = self.ns_map().by_name(&ns.name) {
-                        for room in strings("rooms") {
+                        for room in strings(&r, "rooms") {
                             match self.ns_map().room_channel(n, &room) {
                                 Some(ch) => a.channels.push(ch),
                                 None => {
@@ -698,12 +684,6 @@ fn without_token(mut auth: Value) -> Value {
         o.remove("token");
     }
     auth
-}
-
-fn raw(v: Option<&Value>) -> Option<Arc<RawValue>> {
-    v.filter(|v| !v.is_null())
-        .and_then(|v| serde_json::value::to_raw_value(v).ok())
-        .map(Arc::from)
 }
 
 /// The Engine.IO messages of one Socket.IO packet from the server: its text (`4...`), then
