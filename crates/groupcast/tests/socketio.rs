@@ -264,7 +264,7 @@ async fn socket_io_client_polling_only() {
 /// Three edges behind nginx balancing round-robin: a polling session's requests land on any
 /// edge and are forwarded to the one holding it; everything the client does works as on one
 /// server, with the default transports (whose upgrade succeeds only where it reaches the
-/// holder) and with polling only.
+/// holder), with polling only, and with WebSocket only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_through_a_round_robin_balancer_without_sticky_sessions() {
     let (nats, membership) = tokio::join!(
@@ -282,7 +282,7 @@ async fn socket_io_through_a_round_robin_balancer_without_sticky_sessions() {
     let nginx = Nginx::start_round_robin(&[a.addr, b.addr, c.addr]).await;
     let backend = backend(&nats.url()).await;
     let url = format!("http://{}", nginx.addr);
-    for transports in ["polling", "default"] {
+    for transports in ["polling", "default", "websocket"] {
         client(&url, &format!("{url}/api"), transports).await;
     }
     backend.abort();
