@@ -147,10 +147,17 @@ ex_serve_page() {
   ex_wait_http "$EX_PAGE/" "the page server"
 }
 
-# ex_npm_file PACKAGE@VERSION FILE: the path of FILE in that npm package, installed once into a
-# cache outside the repository (${XDG_CACHE_HOME:-~/.cache}/groupcast-examples).
+# ex_npm_file PACKAGE@VERSION FILE: the path of FILE in that npm package: the test tools' copy
+# (tests/sdk/node_modules) when it is that version, else installed once into a cache outside
+# the repository (${XDG_CACHE_HOME:-~/.cache}/groupcast-examples).
 ex_npm_file() {
   local pkg=$1 file=$2 dir
+  local installed="$ex_root/tests/sdk/node_modules/${pkg%@*}"
+  if [ -f "$installed/$file" ] &&
+    grep -q "\"version\": \"${pkg##*@}\"" "$installed/package.json" 2>/dev/null; then
+    printf '%s' "$installed/$file"
+    return
+  fi
   dir="${XDG_CACHE_HOME:-$HOME/.cache}/groupcast-examples/npm/${pkg//[@\/]/_}"
   if [ ! -f "$dir/node_modules/${pkg%@*}/$file" ]; then
     mkdir -p "$dir"
