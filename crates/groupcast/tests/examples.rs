@@ -11,6 +11,16 @@ use std::time::Duration;
 use groupcast_testkit::example::{repo_root, Example, Mode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
+
+// Port offsets of the cluster tests, which may run side by side: a local cluster listens on
+// 4222 to 8224 plus its offset (docs: deploy/local/README.md), so offsets are at least 4,003
+// apart, and every port stays below the ephemeral range (32768 on) where the other tests' free
+// ports come from.
+const OFFSET_RELAY: u16 = 5000;
+const OFFSET_BACKEND_RELAY: u16 = 9100;
+const OFFSET_MUD: u16 = 13200;
+const OFFSET_CHAT: u16 = 17300;
+const OFFSET_EVENT_DAEMON: u16 = 21400;
 const INSTALL_HINT: &str = "run scripts/test.sh, which installs the test tools \
      (tests/sdk/node_modules, .tools/venv, Chromium, nginx)";
 
@@ -115,7 +125,10 @@ async fn relay_example_on_groupcast_dev() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_example_on_the_local_cluster_across_two_edges() {
-    relay(Mode::Cluster { port_offset: 11000 }).await;
+    relay(Mode::Cluster {
+        port_offset: OFFSET_RELAY,
+    })
+    .await;
 }
 
 /// Seed 004: two tabs bound to backend processes through the gateway's connect proxy; the
@@ -149,7 +162,10 @@ async fn backend_relay_example_on_groupcast_dev() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_relay_example_on_the_local_cluster_across_two_edges() {
-    backend_relay(Mode::Cluster { port_offset: 12000 }).await;
+    backend_relay(Mode::Cluster {
+        port_offset: OFFSET_BACKEND_RELAY,
+    })
+    .await;
 }
 
 /// Seed 003: bot players running the page's own client module (and one person in Chromium)
@@ -185,7 +201,14 @@ async fn mud_example_on_groupcast_dev() {
 /// The issue's figure: 200 bots for 60 s across the cluster's edges, one edge killed midway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mud_example_on_the_local_cluster_with_an_edge_killed() {
-    mud(Mode::Cluster { port_offset: 13000 }, 200, 60).await;
+    mud(
+        Mode::Cluster {
+            port_offset: OFFSET_MUD,
+        },
+        200,
+        60,
+    )
+    .await;
 }
 
 /// Seed 001: LQDOJ's pages (socket.io-client in Chromium) and its poster (python-socketio) on
@@ -239,7 +262,10 @@ async fn event_daemon_example_on_groupcast_dev() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_daemon_example_on_the_local_cluster_with_the_session_s_edge_killed() {
-    event_daemon(Mode::Cluster { port_offset: 15000 }).await;
+    event_daemon(Mode::Cluster {
+        port_offset: OFFSET_EVENT_DAEMON,
+    })
+    .await;
 }
 
 /// Seed 002: the Django Channels chat, notifications and user status on relay routes with the
@@ -281,5 +307,8 @@ async fn chat_example_on_groupcast_dev() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_example_on_the_local_cluster_across_two_edges() {
-    chat(Mode::Cluster { port_offset: 14000 }).await;
+    chat(Mode::Cluster {
+        port_offset: OFFSET_CHAT,
+    })
+    .await;
 }
