@@ -283,6 +283,12 @@ impl Conn {
         self.enqueue(Out::Eio(bytes, binary))
     }
 
+    /// Socket.IO: queue a publication of `channel` (one read back from history) as the hub
+    /// would.
+    pub fn send_sio(&self, channel: Arc<str>, p: SioPub) -> bool {
+        self.enqueue(Out::Sio(channel, p))
+    }
+
     /// Queue a WebSocket ping frame (relay keepalive).
     pub fn send_ws_ping(&self) -> bool {
         self.enqueue(Out::WsPing)
@@ -641,8 +647,12 @@ impl Subscriber for Conn {
 
     fn insufficient_state(&self, channel: &str) {
         // Relay connections are at-most-once and have no recovery: they
-        // just go on. Protocol clients resubscribe and recover.
-        if self.kind == SubscriberKind::Protocol {
+        // just go on. Protocol clients resubscribe and recover; a Socket.IO
+        // session decides by its room's namespace.
+        if matches!(
+            self.kind,
+            SubscriberKind::Protocol | SubscriberKind::SocketIo
+        ) {
             self.control(Control::Unsubscribe {
                 channel: channel.to_string(),
                 code: UnsubscribeCode::INSUFFICIENT,

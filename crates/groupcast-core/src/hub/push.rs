@@ -312,10 +312,14 @@ pub struct SioPub {
     pub args: Bytes,
     /// The arguments hold `{"$binary": "<base64>"}` values, which go as binary attachments.
     pub binary: bool,
+    /// The publication's position in its channel's stream (0 without history): what
+    /// connection-state recovery remembers of the room.
+    pub offset: u64,
 }
 
 impl SioPub {
-    fn of(p: &Publication) -> SioPub {
+    /// The publication as an event (also for publications read back from history).
+    pub fn of(p: &Publication) -> SioPub {
         use base64::Engine as _;
         let named = p
             .tags
@@ -328,6 +332,7 @@ impl SioPub {
                     event: named,
                     args: Bytes::from(format!("{{\"$binary\":\"{b64}\"}}")),
                     binary: true,
+                    offset: p.offset,
                 }
             }
             data => {
@@ -345,6 +350,7 @@ impl SioPub {
                     binary: args.contains("\"$binary\""),
                     args: Bytes::copy_from_slice(args.as_bytes()),
                     event: named,
+                    offset: p.offset,
                 }
             }
         }

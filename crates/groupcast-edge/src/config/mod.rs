@@ -482,7 +482,25 @@ impl Config {
         if self.relay.enabled && self.relay.default_channel.is_empty() {
             return Err("relay.default_channel: must not be empty".into());
         }
-        self.namespaces()?;
+        let namespaces = self.namespaces()?;
+        if self.socketio.enabled {
+            for (i, n) in self.socketio.namespaces.iter().enumerate() {
+                if !n.recovery {
+                    continue;
+                }
+                // The options of the namespace's rooms (any room name: the prefix decides).
+                let room = format!("{}r", n.channel_prefix);
+                let opts = groupcast_core::ChannelName::parse(&room, c.channel_max_length)
+                    .ok()
+                    .and_then(|ch| namespaces.options(&ch).cloned());
+                if !opts.is_some_and(|o| o.allow_recovery && o.has_history()) {
+                    return Err(format!(
+                        "socketio.namespaces[{i}].recovery: the channels of prefix {:?} need history (history_size, history_ttl) and allow_recovery",
+                        n.channel_prefix
+                    ));
+                }
+            }
+        }
         let ns = &c.personal_channel_namespace;
         if c.subscribe_to_personal
             && !ns.is_empty()

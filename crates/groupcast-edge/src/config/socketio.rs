@@ -34,6 +34,10 @@ pub struct SocketIoConfig {
     /// The namespaces served (`[[socketio.namespaces]]`); a CONNECT to any other one gets
     /// CONNECT_ERROR "Invalid namespace". Default: `/` alone.
     pub namespaces: Vec<SioNamespaceConfig>,
+    /// Key of the connection-state recovery tokens (`pid` and offsets), the same on every edge
+    /// so that a client recovers on any of them. Empty: derived from `nats.cluster_secret`;
+    /// without that either, a random key per process (recovery on the same edge only).
+    pub recovery_secret: String,
 }
 
 impl Default for SocketIoConfig {
@@ -47,6 +51,7 @@ impl Default for SocketIoConfig {
             upgrade_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(45),
             namespaces: vec![SioNamespaceConfig::default()],
+            recovery_secret: String::new(),
         }
     }
 }
@@ -76,6 +81,12 @@ pub struct SioNamespaceConfig {
     /// The event a publication without a `sio_event` tag is emitted as (its data the one
     /// argument): a Centrifugo client's or a raw relay's publication on a room's channel.
     pub default_event: String,
+    /// Connection-state recovery (Socket.IO's `connectionStateRecovery`): each event of a room
+    /// carries an offset as its last argument, and a client that reconnects, to any edge, with
+    /// its `pid` and last offset gets its socket id, its rooms and the events it missed back
+    /// from the rooms' channel history. Needs history and `allow_recovery` on the rooms'
+    /// channels.
+    pub recovery: bool,
 }
 
 impl Default for SioNamespaceConfig {
@@ -87,6 +98,7 @@ impl Default for SioNamespaceConfig {
             connect_proxy: String::new(),
             require_token: false,
             default_event: "message".into(),
+            recovery: false,
         }
     }
 }

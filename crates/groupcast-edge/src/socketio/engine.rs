@@ -8,7 +8,7 @@
 //! poll, or the WebSocket writer once upgraded. A second poll while one waits is refused (400)
 //! and ends the session, as Engine.IO does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use groupcast_proto::socketio::packet::{self, Kind};
 use groupcast_proto::DisconnectCode;
 use tokio::sync::mpsc;
 
+use super::recovery::{self, Key};
 use super::socket::{self, NsMap};
 use super::SioState;
 use crate::conn::{Conn, Inbound, Outbox, SioOut};
@@ -49,6 +50,92 @@ pub(crate) struct Session {
     /// publication of a channel whose namespace is not connected is not sent.
     pub connected: AtomicU64,
     ns: Arc<NsMap>,
+    /// Connection-state recovery: where the rooms of the recovering sockets stand.
+    positions: parking_lot::Mutex<Positions>,
+    /// The last poll's `t` and answer, kept until the next poll: a balancer that retries a
+    /// poll whose answer was lost on its way (the edge relaying it died) gets it again.
+    last_poll: parking_lot::Mutex<Option<(String, String)>>,
+    /// The `t` of the poll waiting now; `retried` ends it when the same request comes again.
+    waiting_t: parking_lot::Mutex<Option<String>>,
+    retried: tokio::sync::Notify,
+    key: Arc<Key>,
+}
+
+/// A room's `(epoch, offset)`: the last of its events written to the client, or where it was
+/// joined.
+type Position = (Arc<str>, u64);
+
+/// The sockets of a session that recover (their namespace has `recovery`), by namespace
+/// index: the socket id, and its rooms' positions as the client has been sent them.
+#[derive(Default)]
+struct Positions(HashMap<u32, (Arc<str>, Rooms)>);
+
+/// A socket's rooms by channel.
+type Rooms = BTreeMap<Arc<str>, Position>;
+
+impl Session {
+    /// Socket `id` of namespace `index` recovers: its rooms are tracked from now on.
+    pub fn track(&self, index: u32, id: &str) {
+        self.positions
+            .lock()
+            .0
+            .insert(index, (Arc::from(id), BTreeMap::new()));
+    }
+
+    pub fn untrack(&self, index: u32) {
+        self.positions.lock().0.remove(&index);
+    }
+
+    /// Room `channel` of socket `index` stands at `position` (it was just joined or restored).
+    pub fn set_room(&self, index: u32, channel: &str, position: Position) {
+        if let Some((_, rooms)) = self.positions.lock().0.get_mut(&index) {
+            rooms.insert(Arc::from(channel), position);
+        }
+    }
+
+    pub fn remove_room(&self, index: u32, channel: &str) {
+        if let Some((_, rooms)) = self.positions.lock().0.get_mut(&index) {
+            rooms.remove(channel);
+        }
+    }
+
+    /// The rooms of socket `index` and where they stand (for its pid).
+    pub fn rooms(&self, index: u32) -> Vec<recovery::Room> {
+        self.positions
+            .lock()
+            .0
+            .get(&index)
+            .map(|(_, rooms)| {
+                rooms
+                    .iter()
+                    .map(|(ch, (epoch, off))| (ch.to_string(), epoch.to_string(), *off))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The offset of an event of `channel` at `offset` for socket `index`: that room moves to
+    /// `offset`, and the token says where every room of the socket stands.
+    fn offset_token(&self, index: u32, channel: &str, offset: u64) -> Option<String> {
+        let mut positions = self.positions.lock();
+        let (socket, rooms) = positions.0.get_mut(&index)?;
+        if let Some(pos) = rooms.get_mut(channel) {
+            pos.1 = pos.1.max(offset);
+        }
+        Some(
+            self.key.offset(&recovery::Offset {
+                socket,
+                rooms: rooms
+                    .iter()
+                    .map(|(ch, (epoch, off))| (&**ch, &**epoch, *off))
+                    .collect(),
+            }),
+        )
+    }
 }
 
 /// Why a request is refused.
@@ -111,6 +198,11 @@ fn start_session(sio: &Arc<SioState>, hs: Handshake, websocket: bool) -> Arc<Ses
         upgrading: AtomicBool::new(false),
         connected: AtomicU64::new(0),
         ns: sio.ns.clone(),
+        positions: Default::default(),
+        key: sio.key.clone(),
+        last_poll: Default::default(),
+        waiting_t: Default::default(),
+        retried: tokio::sync::Notify::new(),
     });
     sio.sessions.insert(session.clone());
     metrics::counter!("groupcast_socketio_sessions_total", "transport" => if websocket { "websocket" } else { "polling" })
@@ -331,18 +423,47 @@ fn bad_packet(conn: &Conn, why: &'static str) {
 }
 
 /// A `GET` on a polling session: waits for its queue, answers everything queued by then.
-pub(crate) async fn poll(session: &Arc<Session>) -> Result<String, Refusal> {
+///
+/// `t` is the request's cache buster, unique per request: the same `t` again is the same
+/// request retried by a load balancer (nginx's `proxy_next_upstream` when the edge relaying it
+/// died), whose answer never reached the client. It gets the kept answer again or, when the
+/// first attempt still waits, takes its place; anything else while a poll waits is a second
+/// poll, and ends the session as Engine.IO does.
+pub(crate) async fn poll(session: &Arc<Session>, t: Option<&str>) -> Result<String, Refusal> {
     if session.upgraded.load(Ordering::Acquire) {
         return Err(HttpError::BadRequest.into());
     }
-    let Ok(mut outbox) = session.outbox.try_lock() else {
-        // Two polls at once: Engine.IO ends the session.
-        metrics::counter!("groupcast_socketio_bad_packets_total").increment(1);
-        session.conn.close(DisconnectCode::BAD_REQUEST);
-        return Err(HttpError::BadRequest.into());
+    if let (Some(t), Some((last, body))) = (t, &*session.last_poll.lock()) {
+        if t == last {
+            metrics::counter!("groupcast_socketio_polls_retried_total", "outcome" => "answered_again")
+                .increment(1);
+            return Ok(body.clone());
+        }
+    }
+    let mut outbox = match session.outbox.try_lock() {
+        Ok(outbox) => outbox,
+        Err(_) if t.is_some() && session.waiting_t.lock().as_deref() == t => {
+            metrics::counter!("groupcast_socketio_polls_retried_total", "outcome" => "took_over")
+                .increment(1);
+            session.retried.notify_waiters();
+            session.outbox.lock().await
+        }
+        Err(_) => {
+            // Two polls at once: Engine.IO ends the session.
+            metrics::counter!("groupcast_socketio_bad_packets_total").increment(1);
+            session.conn.close(DisconnectCode::BAD_REQUEST);
+            return Err(HttpError::BadRequest.into());
+        }
     };
+    *session.waiting_t.lock() = t.map(String::from);
+    let first = tokio::select! {
+        item = outbox.next_sio(&session.conn) => item,
+        // The same request came again: that one answers; this one's asker is gone.
+        _ = session.retried.notified() => return Ok(String::new()),
+    };
+    *session.waiting_t.lock() = None;
     let mut records: Vec<String> = Vec::new();
-    let mut item = Some(outbox.next_sio(&session.conn).await);
+    let mut item = Some(first);
     while let Some(next) = item.take() {
         match next {
             SioOut::End => {
@@ -363,6 +484,7 @@ pub(crate) async fn poll(session: &Arc<Session>) -> Result<String, Refusal> {
         item = outbox.try_next_sio(&session.conn);
     }
     let body = records.join("\u{1e}");
+    *session.last_poll.lock() = t.map(|t| (t.to_string(), body.clone()));
     let m = Metrics::get();
     m.bytes_out.increment(body.len() as u64);
     m.frames_out.increment(1);
@@ -402,7 +524,8 @@ pub(crate) async fn post(session: &Arc<Session>, body: Bytes) -> Result<String, 
 }
 
 /// The frames of a publication for this session: an EVENT in the channel's namespace (none
-/// when the client has not connected that namespace).
+/// when the client has not connected that namespace), with the socket's offset as its last
+/// argument when the namespace recovers.
 fn publication(session: &Session, channel: &str, p: &SioPub) -> Option<Vec<(Bytes, bool)>> {
     let ns = session.ns.of_channel(channel)?;
     if session.connected.load(Ordering::Acquire) & (1 << ns.index) == 0 {
@@ -410,20 +533,30 @@ fn publication(session: &Session, channel: &str, p: &SioPub) -> Option<Vec<(Byte
     }
     let event = p.event.as_deref().unwrap_or(&ns.config.default_event);
     let name = serde_json::to_string(event).ok()?;
+    // A token is base64url and a dot: a JSON string as it is.
+    let offset = match ns.config.recovery {
+        true => session
+            .offset_token(ns.index, channel, p.offset)
+            .map(|t| format!(",\"{t}\"")),
+        false => None,
+    };
+    let offset = offset.as_deref().unwrap_or_default();
+    let args = std::str::from_utf8(&p.args).ok()?;
     if p.binary {
-        if let Some(frames) = binary_publication(&name, p, &ns.config.name) {
+        if let Some(frames) = binary_publication(&name, args, offset, &ns.config.name) {
             return Some(frames);
         }
         // `$binary` that is not bytes (bad base64, in some client's JSON): sent as the JSON
         // it is.
     }
-    let mut data = String::with_capacity(name.len() + p.args.len() + 3);
+    let mut data = String::with_capacity(name.len() + args.len() + offset.len() + 3);
     data.push('[');
     data.push_str(&name);
-    if !p.args.is_empty() {
+    if !args.is_empty() {
         data.push(',');
-        data.push_str(std::str::from_utf8(&p.args).ok()?);
+        data.push_str(args);
     }
+    data.push_str(offset);
     data.push(']');
     let text = format!(
         "4{}",
@@ -433,9 +566,14 @@ fn publication(session: &Session, channel: &str, p: &SioPub) -> Option<Vec<(Byte
 }
 
 /// A publication whose arguments hold `$binary` values: a BINARY_EVENT and its attachments.
-fn binary_publication(name: &str, p: &SioPub, nsp: &str) -> Option<Vec<(Bytes, bool)>> {
-    let args = std::str::from_utf8(&p.args).ok()?;
-    let mut data: serde_json::Value = serde_json::from_str(&format!("[{name},{args}]")).ok()?;
+fn binary_publication(
+    name: &str,
+    args: &str,
+    offset: &str,
+    nsp: &str,
+) -> Option<Vec<(Bytes, bool)>> {
+    let mut data: serde_json::Value =
+        serde_json::from_str(&format!("[{name},{args}{offset}]")).ok()?;
     let attachments = packet::extract_binary(&mut data).ok()?;
     Some(socket::binary_frames(
         Kind::BinaryEvent,

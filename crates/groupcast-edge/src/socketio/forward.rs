@@ -31,6 +31,9 @@ struct Forwarded {
     /// edge): end it, as the holder would have.
     #[serde(default)]
     too_big: bool,
+    /// The request's `t` (a retried poll has the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<String>,
 }
 
 /// How often an edge waiting for a forwarded long poll checks that the holder is still there:
@@ -81,6 +84,7 @@ pub(super) async fn request(
     node: &str,
     sid: &str,
     body: Option<Bytes>,
+    t: Option<&str>,
 ) -> Result<String, Refusal> {
     let op = if body.is_some() { "post" } else { "poll" };
     let Some(bus) = sio.edge.node.bus() else {
@@ -91,6 +95,7 @@ pub(super) async fn request(
         body: body.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
         probe: false,
         too_big: false,
+        t: t.map(String::from),
     };
     let payload = Bytes::from(serde_json::to_vec(&f).unwrap_or_default());
     let c = &sio.edge.config.socketio;
@@ -102,6 +107,7 @@ pub(super) async fn request(
             body: None,
             probe: true,
             too_big: false,
+            t: None,
         };
         let probe = Bytes::from(serde_json::to_vec(&probe).unwrap_or_default());
         loop {
@@ -163,6 +169,7 @@ pub(super) async fn close_too_big(sio: &SioState, node: &str, sid: &str) {
         body: None,
         probe: false,
         too_big: true,
+        t: None,
     };
     let payload = Bytes::from(serde_json::to_vec(&f).unwrap_or_default());
     let _ = bus.request(&bus_node(node), payload, PROBE_EVERY).await;
@@ -204,7 +211,7 @@ pub(super) async fn answer(sio: &SioState, payload: &[u8]) -> Bytes {
                     })
                 }
             };
-            match local(sio, &f.sid, body).await {
+            match local(sio, &f.sid, body, f.t.as_deref()).await {
                 Ok(body) => Answer {
                     ok: Some(body),
                     ..Default::default()

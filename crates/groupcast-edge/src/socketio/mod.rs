@@ -20,6 +20,7 @@
 
 pub(crate) mod engine;
 mod forward;
+mod recovery;
 pub(crate) mod socket;
 
 use std::collections::HashMap;
@@ -65,6 +66,8 @@ pub struct SioState {
     pub(crate) ns: Arc<socket::NsMap>,
     /// This edge's node on the node bus (sids carry it), when there is a bus.
     pub(crate) me: Option<String>,
+    /// Signs and checks connection-state recovery tokens.
+    pub(crate) key: Arc<recovery::Key>,
 }
 
 /// The node-bus subject suffix of an edge's Socket.IO requests.
@@ -85,6 +88,10 @@ pub async fn start(edge: &Arc<EdgeState>) -> Result<Option<Arc<SioState>>, Strin
         edge: edge.clone(),
         sessions: Sessions::default(),
         me: me.clone(),
+        key: Arc::new(recovery::Key::new(
+            &edge.config.socketio.recovery_secret,
+            &edge.config.nats.cluster_secret,
+        )),
     });
     if let (Some(bus), Some(me)) = (edge.node.bus(), me) {
         let weak = Arc::downgrade(&sio);
@@ -248,9 +255,12 @@ async fn handle(
             engine::Refusal::Status(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into());
         return respond(Err(refused), cors);
     };
+    // Engine.IO clients make each request unique with `t`: a poll that comes again with the
+    // same `t` is the balancer retrying it.
+    let t = q.get("t").map(String::as_str);
     let result = match forward::elsewhere(&sio, &sid) {
-        Some(node) => forward::request(&sio, &node, &sid, body).await,
-        None => local(&sio, &sid, body).await,
+        Some(node) => forward::request(&sio, &node, &sid, body, t).await,
+        None => local(&sio, &sid, body, t).await,
     };
     respond(result, cors)
 }
@@ -260,12 +270,13 @@ pub(crate) async fn local(
     sio: &SioState,
     sid: &str,
     body: Option<axum::body::Bytes>,
+    t: Option<&str>,
 ) -> Result<String, engine::Refusal> {
     let Some(s) = sio.sessions.get(sid) else {
         return Err(HttpError::UnknownSid.into());
     };
     match body {
-        None => engine::poll(&s).await,
+        None => engine::poll(&s, t).await,
         Some(b) => engine::post(&s, b).await,
     }
 }

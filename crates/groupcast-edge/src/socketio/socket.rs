@@ -8,11 +8,16 @@
 //! (`connect`, `event`, `ack`, `disconnect`, as JSON with the client id, the user, the
 //! namespace and the socket id), in order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use groupcast_core::broker::HistoryQuery;
+use groupcast_core::hub::SioPub;
+use groupcast_core::{Publication, StreamPosition};
+use groupcast_proto::client::ClientInfo;
+use groupcast_proto::codes::UnsubscribeCode;
 use groupcast_proto::socketio::engineio::{Message as EioMessage, Packet};
 use groupcast_proto::socketio::packet::{self, Kind};
 use groupcast_proto::DisconnectCode;
@@ -21,6 +26,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::engine::{Handshake, Session};
+use super::recovery::{Pid, Room};
 use super::SioState;
 use crate::config::socketio::MAX_NAMESPACES;
 use crate::config::{SioNamespaceConfig, SocketIoConfig};
@@ -96,6 +102,40 @@ struct Admitted {
     channels: Vec<String>,
 }
 
+/// A channel the session is subscribed to, for a room of one of its sockets.
+struct Joined {
+    /// In the channel's presence as this (the namespace's channels have presence).
+    presence: Option<Arc<ClientInfo>>,
+    join_leave: bool,
+}
+
+/// A room being joined: subscribed and buffering, its history read; [`Task::finish_room`]
+/// sends what it missed (a restored room) and makes it live.
+struct Joining {
+    channel: String,
+    /// The stream's top when the history was read (0: the channel keeps no history).
+    position: StreamPosition,
+    /// Where the client stands in the room: the top for a new room, the restored position
+    /// for a restored one (its missed publications move it on as they are written).
+    resume: (Arc<str>, u64),
+    buffering: bool,
+    /// Publications after the restored position, oldest first.
+    missed: Vec<Arc<Publication>>,
+    /// The channel's namespace options.
+    presence: bool,
+    join_leave: bool,
+}
+
+/// A socket that connection-state recovery restores: its pid's contents, and its rooms
+/// subscribed and read since where the client was.
+struct Restored {
+    pid: Pid,
+    /// The pid as the client has it: the CONNECT answers it again, so the client sees
+    /// `socket.recovered`.
+    token: String,
+    rooms: Vec<Joining>,
+}
+
 struct Task {
     sio: Arc<SioState>,
     session: Arc<Session>,
@@ -105,7 +145,7 @@ struct Task {
     user: Option<String>,
     sockets: HashMap<u32, NsSocket>,
     /// Channels subscribed, for the rooms of the sockets.
-    channels: HashSet<String>,
+    channels: HashMap<String, Joined>,
     /// A binary packet waiting for its attachments.
     pending: Option<(packet::Packet, Vec<Bytes>)>,
     seq: u64,
@@ -130,7 +170,7 @@ pub(crate) async fn run(
         hs,
         user: None,
         sockets: HashMap::new(),
-        channels: HashSet::new(),
+        channels: HashMap::new(),
         pending: None,
         seq: 0,
     };
@@ -258,9 +298,28 @@ impl Task {
         }
         let ns_config = self.ns_map().list[index as usize].config.clone();
         let auth = auth.unwrap_or_else(|| json!({}));
-        let admitted = match self.admit(&ns_config, &auth).await {
+        let restored = match ns_config.recovery {
+            true => self.restore(index, &ns_config, &auth).await,
+            false => None,
+        };
+        let admitted = match &restored {
+            Some(r) => {
+                self.check_user(Admitted {
+                    user: r.pid.user.clone(),
+                    meta: r.pid.meta.clone(),
+                    target: r.pid.target.clone(),
+                    channels: Vec::new(),
+                })
+                .await
+            }
+            None => self.admit(&ns_config, &auth).await,
+        };
+        let admitted = match admitted {
             Ok(a) => a,
             Err((message, code)) => {
+                if let Some(r) = restored {
+                    self.abandon(r.rooms).await;
+                }
                 metrics::counter!("groupcast_socketio_connect_errors_total").increment(1);
                 let data = json!({"message": message, "data": {"code": code}});
                 return self.send(Kind::ConnectError, nsp, None, &data);
@@ -284,6 +343,9 @@ impl Task {
         } else {
             // As a relay route's connection: refused, not served without its backend.
             tracing::warn!(%target, "socket.io: backend target unreachable (not an HTTP target, and no NATS)");
+            if let Some(r) = restored {
+                self.abandon(r.rooms).await;
+            }
             metrics::counter!("groupcast_socketio_connect_errors_total").increment(1);
             let na = DisconnectCode::NOT_AVAILABLE;
             let data = json!({"message": "backend target unreachable", "data": {"code": na.code}});
@@ -300,11 +362,11 @@ impl Task {
             }
             self.user = Some(admitted.user.clone());
         }
-        let id = super::engine::new_socket_id();
-        self.session
-            .connected
-            .fetch_or(1 << index, Ordering::AcqRel);
-        self.send(Kind::Connect, nsp, None, &json!({"sid": id}));
+        let (id, joining, pid) = match restored {
+            Some(r) => (r.pid.socket, r.rooms, Some(r.token)),
+            None => (super::engine::new_socket_id(), Vec::new(), None),
+        };
+        let recovered = pid.is_some();
         self.sockets.insert(
             index,
             NsSocket {
@@ -312,10 +374,49 @@ impl Task {
                 binding,
             },
         );
-        for ch in admitted.channels {
-            self.subscribe(&ch).await;
+        if ns_config.recovery {
+            self.session.track(index, &id);
+        }
+        // The rooms of the CONNECT are joined (buffering) before its answer, so that the pid
+        // names where each starts; a new socket's rooms of the token or the connect proxy too.
+        let mut joining = joining;
+        for ch in &admitted.channels {
+            if let Some(j) = self.start_room(ch, None).await {
+                joining.push(j);
+            }
+        }
+        for j in &joining {
+            self.session.set_room(index, &j.channel, j.resume.clone());
+        }
+        self.session
+            .connected
+            .fetch_or(1 << index, Ordering::AcqRel);
+        let mut answer = json!({"sid": id});
+        if ns_config.recovery {
+            let pid = pid.unwrap_or_else(|| {
+                self.session.key().pid(&Pid {
+                    socket: id.clone(),
+                    namespace: ns_config.name.clone(),
+                    user: admitted.user.clone(),
+                    meta: admitted.meta.clone(),
+                    target: admitted.target.clone(),
+                    rooms: self.session.rooms(index),
+                })
+            });
+            answer["pid"] = json!(pid);
+        }
+        self.send(Kind::Connect, nsp, None, &answer);
+        for j in joining {
+            self.finish_room(j).await;
+        }
+        if recovered {
+            metrics::counter!("groupcast_socketio_recoveries_total", "outcome" => "recovered")
+                .increment(1);
         }
         let mut body = json!({"auth": without_token(auth), "query": self.app_query()});
+        if recovered {
+            body["recovered"] = json!(true);
+        }
         // This edge's own commands subject (with the API over NATS): commands sent there skip
         // forwarding, as for relay routes.
         if let Some(commands) = self.sio.edge.backend_commands.get() {
@@ -324,6 +425,74 @@ impl Task {
         self.emit(index, "connect", body).await;
     }
 
+    /// Connection-state recovery: the socket `auth.pid` names, when its token opens, it is of
+    /// this namespace, and every room's history since `auth.offset` (else since the pid's
+    /// positions) is complete; its rooms are then subscribed (buffering). `None`: a new socket
+    /// (Socket.IO's rule: `socket.recovered` is false, the client joins its rooms again).
+    async fn restore(
+        &mut self,
+        index: u32,
+        ns: &SioNamespaceConfig,
+        auth: &Value,
+    ) -> Option<Restored> {
+        let token = auth.get("pid").and_then(Value::as_str)?;
+        let outcome = |o: &'static str| {
+            metrics::counter!("groupcast_socketio_recoveries_total", "outcome" => o).increment(1);
+        };
+        let key = self.session.key();
+        let Some(pid) = key.open_pid(token).filter(|p| p.namespace == ns.name) else {
+            outcome("bad_pid");
+            return None;
+        };
+        let rooms: Vec<Room> = match auth.get("offset").and_then(Value::as_str) {
+            // The client's last event, when it is one of this socket's.
+            Some(o) => match key.open_offset(o).filter(|o| o.socket == pid.socket) {
+                Some(o) => o.rooms,
+                None => {
+                    outcome("bad_offset");
+                    return None;
+                }
+            },
+            // No event since the CONNECT.
+            None => pid.rooms.clone(),
+        };
+        let mut joined = Vec::new();
+        for (channel, epoch, offset) in rooms {
+            let of_ns = self.ns_map().of_channel(&channel).map(|n| n.index) == Some(index);
+            let since = StreamPosition { offset, epoch };
+            match of_ns {
+                true => match self.start_room(&channel, Some(since)).await {
+                    Some(j) => joined.push(j),
+                    None => {
+                        self.abandon(joined).await;
+                        outcome("not_recovered");
+                        return None;
+                    }
+                },
+                false => {
+                    self.abandon(joined).await;
+                    outcome("bad_offset");
+                    return None;
+                }
+            }
+        }
+        Some(Restored {
+            pid,
+            token: token.to_string(),
+            rooms: joined,
+        })
+    }
+
+    /// Rooms started for a socket that is not connected after all.
+    async fn abandon(&mut self, rooms: Vec<Joining>) {
+        for j in rooms {
+            self.sio
+                .edge
+                .node
+                .remove_subscriber(&j.channel, self.conn.id)
+                .await;
+        }
+    }
     /// The handshake's query without Engine.IO's own parameters.
     fn app_query(&self) -> serde_json::Map<String, Value> {
         self.hs
@@ -406,6 +575,13 @@ impl Task {
             let invalid = DisconnectCode::INVALID_TOKEN;
             return Err((format!("{}: none given", invalid.reason), invalid.code));
         }
+        self.check_user(a).await
+    }
+
+    /// What every CONNECT must pass whoever admitted it: one user per session, the per-user
+    /// connection limit, a valid backend target.
+    async fn check_user(&self, a: Admitted) -> Result<Admitted, (String, u16)> {
+        let state = &self.sio.edge;
         if let Some(u) = &self.user {
             if *u != a.user {
                 return Err((
@@ -512,59 +688,196 @@ impl Task {
             .fetch_and(!(1 << index), Ordering::AcqRel);
         let rooms: Vec<String> = self
             .channels
-            .iter()
+            .keys()
             .filter(|c| self.ns_map().of_channel(c).map(|n| n.index) == Some(index))
             .cloned()
             .collect();
         for ch in rooms {
             self.unsubscribe(&ch).await;
         }
+        self.session.untrack(index);
     }
 
+    /// The backend joins the socket to a room (`sio_join`, the `channels` of a connect proxy).
     async fn subscribe(&mut self, channel: &str) {
         let Some(index) = self.ns_map().of_channel(channel).map(|n| n.index) else {
             return;
         };
-        if !self.sockets.contains_key(&index) || self.channels.contains(channel) {
+        if !self.sockets.contains_key(&index) {
             return;
         }
-        let state = &self.sio.edge;
-        if self.channels.len() >= state.config.client.max_channels_per_connection {
-            Metrics::limit_hit("max_channels_per_connection");
-            tracing::warn!(client = %self.conn.client, channel, "socket.io: channel limit; room not joined");
-            return;
-        }
-        if let Err(e) = state.channel(channel) {
-            tracing::warn!(client = %self.conn.client, channel, error = ?e, "socket.io: cannot join the room's channel");
-            return;
-        }
-        match state
-            .node
-            .add_subscriber(channel, self.conn.clone(), false)
-            .await
-        {
-            Ok(_) => {
-                self.channels.insert(channel.to_string());
-            }
-            Err(e) => {
-                tracing::warn!(client = %self.conn.client, channel, error = %e, "socket.io: join failed");
-            }
+        if let Some(j) = self.start_room(channel, None).await {
+            self.session.set_room(index, channel, j.resume.clone());
+            self.finish_room(j).await;
         }
     }
 
+    /// Subscribes the session to `channel`, buffering where the channel keeps history, and
+    /// reads where its stream stands: its top, or (`since`: recovery) everything after
+    /// `since`. `None` when the room cannot be joined (a limit, an unknown channel, the
+    /// backbone) or, with `since`, its missed publications are not all in history.
+    async fn start_room(
+        &mut self,
+        channel: &str,
+        since: Option<StreamPosition>,
+    ) -> Option<Joining> {
+        if self.channels.contains_key(channel) {
+            return None;
+        }
+        let state = self.sio.edge.clone();
+        if self.channels.len() >= state.config.client.max_channels_per_connection {
+            Metrics::limit_hit("max_channels_per_connection");
+            tracing::warn!(client = %self.conn.client, channel, "socket.io: channel limit; room not joined");
+            return None;
+        }
+        let opts = match state.channel(channel) {
+            Ok((_, opts)) => opts.clone(),
+            Err(e) => {
+                tracing::warn!(client = %self.conn.client, channel, error = ?e, "socket.io: cannot join the room's channel");
+                return None;
+            }
+        };
+        let buffering = opts.has_history();
+        if since.is_some() && !(buffering && opts.allow_recovery) {
+            return None;
+        }
+        let node = &state.node;
+        match node
+            .add_subscriber(channel, self.conn.clone(), buffering)
+            .await
+        {
+            Ok(groupcast_core::hub::AddOutcome::AlreadySubscribed) => return None,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(client = %self.conn.client, channel, error = %e, "socket.io: join failed");
+                return None;
+            }
+        }
+        let mut joining = Joining {
+            channel: channel.to_string(),
+            position: StreamPosition {
+                offset: 0,
+                epoch: String::new(),
+            },
+            resume: (Arc::from(""), 0),
+            buffering,
+            missed: Vec::new(),
+            presence: opts.presence,
+            join_leave: opts.join_leave,
+        };
+        if !buffering {
+            return Some(joining);
+        }
+        let query = HistoryQuery {
+            limit: if since.is_some() { None } else { Some(0) },
+            since: since.clone(),
+            reverse: false,
+        };
+        match node.history(channel, query).await {
+            Ok(h) => {
+                let whole = since
+                    .as_ref()
+                    .is_none_or(|s| h.complete && s.epoch_matches(&h.position.epoch));
+                if whole {
+                    let epoch: Arc<str> = Arc::from(h.position.epoch.as_str());
+                    joining.resume = (epoch, since.map_or(h.position.offset, |s| s.offset));
+                    joining.position = h.position;
+                    joining.missed = h.publications;
+                    return Some(joining);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(client = %self.conn.client, channel, error = %e, "socket.io: history unavailable; room not joined");
+            }
+        }
+        node.remove_subscriber(channel, self.conn.id).await;
+        None
+    }
+
+    /// A started room goes live: the publications it missed first (a restored room), then the
+    /// ones that came while it was started; the session joins the channel's presence.
+    async fn finish_room(&mut self, j: Joining) {
+        let node = self.sio.edge.node.clone();
+        if j.buffering {
+            let conn = self.conn.clone();
+            let channel: Arc<str> = Arc::from(j.channel.as_str());
+            let missed = &j.missed;
+            let live = node.finish_buffering(&j.channel, conn.id, j.position.offset, || {
+                for p in missed {
+                    conn.send_sio(channel.clone(), SioPub::of(p));
+                }
+            });
+            if live.is_err() {
+                // More came while the history was read than the recovery buffer holds.
+                node.remove_subscriber(&j.channel, self.conn.id).await;
+                if let Some(index) = self.ns_map().of_channel(&j.channel).map(|n| n.index) {
+                    self.session.remove_room(index, &j.channel);
+                }
+                tracing::warn!(client = %self.conn.client, channel = %j.channel, "socket.io: recovery buffer overflow; session closed to recover again");
+                self.conn.close(DisconnectCode::INSUFFICIENT_STATE);
+                return;
+            }
+        }
+        let presence = match j.presence {
+            true => {
+                let info = Arc::new(ClientInfo {
+                    user: self.user.clone().unwrap_or_default(),
+                    client: self.conn.client.clone(),
+                    conn_info: None,
+                    chan_info: None,
+                });
+                match node
+                    .join(&j.channel, info.clone(), true, j.join_leave)
+                    .await
+                {
+                    Ok(()) => Some(info),
+                    Err(e) => {
+                        tracing::warn!(client = %self.conn.client, channel = %j.channel, error = ?e, "socket.io: presence join failed");
+                        None
+                    }
+                }
+            }
+            false => None,
+        };
+        self.channels.insert(
+            j.channel,
+            Joined {
+                presence,
+                join_leave: j.join_leave,
+            },
+        );
+    }
+
     async fn unsubscribe(&mut self, channel: &str) {
-        if self.channels.remove(channel) {
-            self.sio
-                .edge
-                .node
-                .remove_subscriber(channel, self.conn.id)
-                .await;
+        let Some(joined) = self.channels.remove(channel) else {
+            return;
+        };
+        let node = &self.sio.edge.node;
+        node.remove_subscriber(channel, self.conn.id).await;
+        if let Some(info) = joined.presence {
+            node.leave(channel, info, true, joined.join_leave).await;
+        }
+        if let Some(index) = self.ns_map().of_channel(channel).map(|n| n.index) {
+            self.session.remove_room(index, channel);
         }
     }
 
     async fn control(&mut self, c: Control) {
         match c {
             Control::Subscribe { channel, .. } => self.subscribe(&channel).await,
+            Control::Unsubscribe { channel, code } if code == UnsubscribeCode::INSUFFICIENT => {
+                // The backbone lost some of the room's publications. A recovering socket
+                // gets them back from history: its session ends, the client reconnects and
+                // recovers (a socket that does not recover misses them, as it would in a
+                // Socket.IO cluster).
+                let recovers = self
+                    .ns_map()
+                    .of_channel(&channel)
+                    .is_some_and(|n| n.config.recovery);
+                if recovers {
+                    self.conn.close(DisconnectCode::INSUFFICIENT_STATE);
+                }
+            }
             Control::Unsubscribe { channel, .. } => self.unsubscribe(&channel).await,
             Control::Disconnect { code, reason } => self.server_close(code, reason).await,
             Control::Refresh { expired, .. } => {
@@ -655,7 +968,7 @@ impl Task {
         for index in indices {
             self.disconnect(index, reason).await;
         }
-        let channels: Vec<String> = self.channels.iter().cloned().collect();
+        let channels: Vec<String> = self.channels.keys().cloned().collect();
         for ch in channels {
             self.unsubscribe(&ch).await;
         }
