@@ -14,9 +14,10 @@
 //! * at shutdown the edge drains connections (see `server.rs`): queued output
 //!   is written, then the close frame 3001 "shutdown".
 //!
-//! The session runs over a [`Transport`]: the inbound stream of client
-//! messages and the writer's sink are the transport's. Everything above holds
-//! on each.
+//! The session runs over a [`Transport`]: a WebSocket, or one of the HTTP
+//! transports of [`stream`] (HTTP streaming, SSE), whose client commands after
+//! `connect` come through the emulation endpoint ([`emulation`]) as messages
+//! of the same inbound stream. Everything above holds on each.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -42,8 +43,10 @@ use crate::state::{EdgeState, Opened};
 
 mod connect;
 mod control;
+pub(crate) mod emulation;
 mod expiry;
 mod publish;
+pub(crate) mod stream;
 mod subscribe;
 
 /// What a session runs over.
