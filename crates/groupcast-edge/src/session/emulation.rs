@@ -29,6 +29,8 @@ use axum::extract::ws::Utf8Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +41,7 @@ use crate::origin::origin_allowed;
 use super::stream::{is_protobuf, read_body, BodyError, Delivery, Streams};
 
 /// The node-bus service of forwarded emulation requests.
-pub(super) const SERVICE: &str = "emulation";
+const SERVICE: &str = "emulation";
 /// How long a forwarded request waits for the holder's answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -148,11 +150,31 @@ impl From<Delivery> for Outcome {
     }
 }
 
-pub(super) async fn handle(
-    State(s): State<Arc<Streams>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+/// On a cluster, answers the emulation requests other edges forward to this one.
+pub(super) async fn serve_forwarded(streams: &Arc<Streams>) -> Result<(), String> {
+    let (Some(bus), Some(me)) = (streams.edge.node.bus(), streams.me.as_deref()) else {
+        return Ok(());
+    };
+    let weak = Arc::downgrade(streams);
+    bus.serve(
+        &holder::bus_address(me, SERVICE),
+        Arc::new(move |payload| {
+            let streams = weak.upgrade();
+            Box::pin(async move { answer(streams.as_deref(), &payload) })
+        }),
+    )
+    .await
+    .map_err(|e| format!("cannot serve emulation forwarding: {e}"))
+}
+
+/// `POST /emulation`.
+pub(super) fn router(streams: Arc<Streams>) -> Router {
+    Router::new()
+        .route("/emulation", post(handle))
+        .with_state(streams)
+}
+
+async fn handle(State(s): State<Arc<Streams>>, headers: HeaderMap, body: Body) -> Response {
     if !origin_allowed(&s.edge.config.client.allowed_origins, &headers) {
         return Outcome::Forbidden.response();
     }
@@ -203,7 +225,7 @@ async fn forward(s: &Streams, node: &str, session: String, data: String) -> Outc
 }
 
 /// Answers a request another edge forwarded (`None`: this edge's transports are gone).
-pub(super) fn answer(s: Option<&Streams>, payload: &[u8]) -> Bytes {
+fn answer(s: Option<&Streams>, payload: &[u8]) -> Bytes {
     let outcome = match (s, serde_json::from_slice::<Forwarded>(payload)) {
         (_, Err(_)) => Outcome::Malformed,
         (None, Ok(_)) => Outcome::UnknownSession,

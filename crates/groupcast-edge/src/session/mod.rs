@@ -15,8 +15,8 @@
 //!   is written, then the close frame 3001 "shutdown".
 //!
 //! The session runs over a [`Transport`]: a WebSocket, or one of the HTTP
-//! transports of [`stream`] (HTTP streaming, SSE), whose client commands after
-//! `connect` come through the emulation endpoint ([`emulation`]) as messages
+//! transports of `stream.rs` (HTTP streaming, SSE), whose client commands after
+//! `connect` come through the emulation endpoint (`emulation.rs`) as messages
 //! of the same inbound stream. Everything above holds on each.
 
 use std::borrow::Cow;
@@ -43,10 +43,10 @@ use crate::state::{EdgeState, Opened};
 
 mod connect;
 mod control;
-pub(crate) mod emulation;
+mod emulation;
 mod expiry;
 mod publish;
-pub(crate) mod stream;
+mod stream;
 mod subscribe;
 
 /// What a session runs over.
@@ -247,6 +247,18 @@ pub(crate) async fn serve_on<S>(
     session.run(inbound).await;
     session.cleanup().await;
     opened.finish().await;
+}
+
+/// The HTTP transports (HTTP streaming, SSE and `/emulation`) as `client.http_stream` and
+/// `client.sse` say, with the answering of emulation requests forwarded by other edges.
+pub(crate) async fn http_transports(state: &Arc<EdgeState>) -> Result<axum::Router, String> {
+    let c = &state.config.client;
+    if !c.http_stream && !c.sse {
+        return Ok(axum::Router::new());
+    }
+    let streams = stream::start(state);
+    emulation::serve_forwarded(&streams).await?;
+    Ok(stream::router(streams.clone()).merge(emulation::router(streams)))
 }
 
 /// A reply in the connection's encoding.

@@ -48,7 +48,7 @@ use crate::origin::origin_allowed;
 use crate::state::EdgeState;
 use crate::tls::ClientAddr;
 
-use super::{emulation, serve_on, Transport};
+use super::{serve_on, Transport};
 
 /// Emulation requests waiting for one session's task (`emulation_queue_max`; each at most
 /// `client.max_message_size`): one more is answered 429.
@@ -87,37 +87,23 @@ impl Streams {
     }
 }
 
-/// Sets up the HTTP transports: their sessions, and on a cluster the answering of the
-/// emulation requests other edges forward to this one.
-pub async fn start(edge: &Arc<EdgeState>) -> Result<Arc<Streams>, String> {
-    let bus = edge.node.bus().cloned();
-    let me = bus
-        .as_ref()
+/// The HTTP transports' sessions of `edge` (none yet).
+pub(super) fn start(edge: &Arc<EdgeState>) -> Arc<Streams> {
+    // Ids name this edge only where another edge could forward to it.
+    let me = edge
+        .node
+        .bus()
         .and_then(|_| edge.node.local_node())
         .map(|(node, _)| node);
-    let streams = Arc::new(Streams {
+    Arc::new(Streams {
         edge: edge.clone(),
         sessions: RwLock::new(HashMap::new()),
-        me: me.clone(),
-    });
-    let c = &edge.config.client;
-    if let (Some(bus), Some(me), true) = (bus, me, c.http_stream || c.sse) {
-        let weak = Arc::downgrade(&streams);
-        bus.serve(
-            &holder::bus_address(&me, emulation::SERVICE),
-            Arc::new(move |payload| {
-                let streams = weak.upgrade();
-                Box::pin(async move { emulation::answer(streams.as_deref(), &payload) })
-            }),
-        )
-        .await
-        .map_err(|e| format!("cannot serve emulation forwarding: {e}"))?;
-    }
-    Ok(streams)
+        me,
+    })
 }
 
-/// The routes of the transports that are on, and `/emulation` with them.
-pub fn router(streams: Arc<Streams>) -> Router {
+/// The routes of the transports that are on.
+pub(super) fn router(streams: Arc<Streams>) -> Router {
     let c = &streams.edge.config.client;
     let mut r = Router::new();
     if c.http_stream {
@@ -125,9 +111,6 @@ pub fn router(streams: Arc<Streams>) -> Router {
     }
     if c.sse {
         r = r.route("/connection/sse", get(sse));
-    }
-    if c.http_stream || c.sse {
-        r = r.route("/emulation", post(emulation::handle));
     }
     r.with_state(streams)
 }
