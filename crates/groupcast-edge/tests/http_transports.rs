@@ -345,3 +345,25 @@ async fn concurrent_emulation_requests_are_each_run_or_refused_with_429() {
         assert!(reply["id"].as_u64().unwrap() >= 100, "{reply}");
     }
 }
+
+#[tokio::test]
+async fn the_drain_ends_streams_with_a_shutdown_disconnect_push() {
+    let mut server = TestServer::start().await;
+    let mut http = Stream::http_stream(&server, &connect(&server, "alice")).await;
+    connected(&mut http).await;
+    let mut sse = Stream::sse(&server, &connect(&server, "bob")).await;
+    connected(&mut sse).await;
+    server.begin_shutdown();
+    for stream in [&mut http, &mut sse] {
+        let push = stream.next_message().await;
+        assert_eq!(
+            push,
+            json!({"push": {"disconnect": {"code": 3001, "reason": "shutdown", "reconnect": true}}})
+        );
+        assert_eq!(stream.next().await, None);
+    }
+    assert!(
+        server.stopped(Duration::from_secs(10)).await,
+        "the edge stops once its streams ended"
+    );
+}
