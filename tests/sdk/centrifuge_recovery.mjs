@@ -2,16 +2,19 @@
 // subscribe, live publications, recovery after a client-side reconnect and
 // after a server-forced reconnect (disconnect code 3011), a client publish.
 //
-// Usage: node centrifuge_recovery.mjs WS_URL API_URL API_KEY TOKEN [json|protobuf]
+// Usage: node centrifuge_recovery.mjs WS_URL API_URL API_KEY TOKEN [json|protobuf] [TRANSPORT]
 // `protobuf` runs the SDK's protobuf build (centrifuge/build/protobuf, the
 // `centrifuge-protobuf` subprotocol); publication data then arrives as bytes
 // (the JSON text), and the client publishes bytes.
+// TRANSPORT: `websocket` (the default), or only `http_stream` or only `sse`
+// (JSON), at WS_URL's host with the emulation endpoint there (`/emulation`);
+// `sse` needs Node's EventSource (`node --experimental-eventsource`).
 // Exit code 0 and a one-line JSON summary on stdout only on full success.
 // Run by tests/tests/sdk.rs (cargo test -p groupcast-tests --test sdk).
 
 import WebSocket from 'ws';
 
-const [wsUrl, apiUrl, apiKey, token, encoding = 'json'] = process.argv.slice(2);
+const [wsUrl, apiUrl, apiKey, token, encoding = 'json', transport = 'websocket'] = process.argv.slice(2);
 const protobuf = encoding === 'protobuf';
 const { Centrifuge } = await import(protobuf ? 'centrifuge/build/protobuf' : 'centrifuge');
 // Publication data as the script compares it: objects in both encodings.
@@ -117,8 +120,16 @@ const connecting = []; // ConnectingContext
 const disconnected = []; // DisconnectedContext
 const errors = [];
 
-client = new Centrifuge(wsUrl, {
+// The HTTP transports: that one only (no WebSocket to fall back on).
+const base = wsUrl.replace(/^ws/, 'http').replace(/\/connection\/websocket$/, '');
+const endpoint = transport === 'websocket'
+  ? wsUrl
+  : [{ transport, endpoint: `${base}/connection/${transport}` }];
+if (transport === 'sse' && typeof EventSource === 'undefined') fail('no EventSource: run node --experimental-eventsource');
+client = new Centrifuge(endpoint, {
   websocket: WebSocket,
+  emulationEndpoint: `${base}/emulation`,
+  eventsource: transport === 'sse' ? EventSource : null,
   token,
   timeout: 10000,
   minReconnectDelay: 100,
@@ -140,6 +151,7 @@ const conn1 = await until(() => connected[0], "the 'connected' event");
 if (typeof conn1.client !== 'string' || conn1.client === '') {
   fail(`connected context has no client id: ${JSON.stringify(conn1)}`);
 }
+if (conn1.transport !== transport) fail(`connected over ${conn1.transport}, want ${transport}`);
 
 // b. subscribe
 const sub = client.newSubscription(CHANNEL);
@@ -244,6 +256,7 @@ console.log(JSON.stringify({
   ok: true,
   sdk: 'centrifuge-js',
   encoding,
+  transport: conn1.transport,
   client: conn1.client,
   user,
   epoch: sub1.streamPosition.epoch,

@@ -318,7 +318,11 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
         };
         let (rss, fds) = (rss_kib(p.server_pid), open_fds(p.server_pid));
         let tasks = metric(server, "groupcast_runtime_tasks").await;
-        let conns = metric(server, "groupcast_connections{protocol=\"centrifugo\"}").await;
+        let conns = metric(
+            server,
+            "groupcast_connections{protocol=\"centrifugo\",transport=\"websocket\"}",
+        )
+        .await;
         let line = format!(
             "{:.0},{phase},{rss},{fds},{tasks},{conns},{},{},{},{}\n",
             started.elapsed().as_secs_f64(),

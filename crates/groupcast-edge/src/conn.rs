@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use groupcast_core::hub::{PreparedPush, PushType, SioPub, Subscriber, SubscriberKind};
 use groupcast_proto::client::RawJson;
@@ -432,11 +431,12 @@ impl Conn {
     /// The writer task: drains the queue into the socket until the
     /// connection is closed (at once) or drained (after what was queued
     /// before the drain), then sends the close frame.
-    pub async fn run_writer(
-        self: Arc<Self>,
-        mut sink: SplitSink<WebSocket, Message>,
-        outbox: Outbox,
-    ) {
+    /// `sink`: the WebSocket's, or another transport's that takes the same messages
+    /// (HTTP streaming and SSE: `session::stream`).
+    pub async fn run_writer<S>(self: Arc<Self>, mut sink: S, outbox: Outbox)
+    where
+        S: futures_util::Sink<Message> + Unpin,
+    {
         let mut rx = outbox.0;
         let m = Metrics::get();
         let mut batch = Vec::new();

@@ -34,10 +34,14 @@
 //!   control plane (node, registry, proxies, webhooks, routes, drain list);
 //!   [`check_config`].
 //! * [`backbone`]: which broker and membership the [`Node`] runs on.
+//! * `holder`: ids that name the edge holding a session (forwarding between
+//!   edges over the node bus, no sticky sessions).
 //!
 //! **Sessions**: one per connection.
 //! * [`session`]: the Centrifugo protocol session (connect, subscribe and
-//!   recovery, publish, expiry, server-initiated actions).
+//!   recovery, publish, expiry, server-initiated actions), over WebSocket,
+//!   HTTP streaming or SSE (`session::stream`, with the emulation endpoint
+//!   in `session::emulation`).
 //! * `relay`: plain WebSockets: `relay::raw` (the raw relay) and
 //!   `relay::route` (relay to a backend).
 //! * `socketio`: the Socket.IO server (Engine.IO transports in
@@ -59,6 +63,7 @@ pub mod config;
 pub(crate) mod conn;
 pub(crate) mod control;
 pub(crate) mod glob;
+pub(crate) mod holder;
 pub(crate) mod keepalive;
 pub(crate) mod limits;
 pub mod metrics;

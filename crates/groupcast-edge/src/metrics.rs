@@ -48,7 +48,10 @@ pub fn install() -> PrometheusHandle {
 
 /// Cached metric handles.
 pub struct Metrics {
+    /// Centrifugo-protocol connections by transport: WebSocket, HTTP streaming, SSE.
     pub connections_protocol: Gauge,
+    pub connections_http_stream: Gauge,
+    pub connections_sse: Gauge,
     pub connections_relay: Gauge,
     pub connections_socketio: Gauge,
     pub subscriptions: Gauge,
@@ -73,7 +76,9 @@ impl Metrics {
             install();
             describe();
             Metrics {
-                connections_protocol: metrics::gauge!("groupcast_connections", "protocol" => "centrifugo"),
+                connections_protocol: metrics::gauge!("groupcast_connections", "protocol" => "centrifugo", "transport" => "websocket"),
+                connections_http_stream: metrics::gauge!("groupcast_connections", "protocol" => "centrifugo", "transport" => "http_stream"),
+                connections_sse: metrics::gauge!("groupcast_connections", "protocol" => "centrifugo", "transport" => "sse"),
                 connections_relay: metrics::gauge!("groupcast_connections", "protocol" => "relay"),
                 connections_socketio: metrics::gauge!("groupcast_connections", "protocol" => "socketio"),
                 subscriptions: metrics::gauge!("groupcast_subscriptions"),
@@ -148,7 +153,15 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!(
         "groupcast_connections",
-        "Open client connections by protocol."
+        "Open client connections by protocol (and transport for the Centrifugo protocol: websocket, http_stream, sse)."
+    );
+    describe_counter!(
+        "groupcast_emulation_requests_total",
+        "Emulation requests (POST /emulation) by outcome: delivered, forwarded (to the edge holding the session), or why refused."
+    );
+    describe_counter!(
+        "groupcast_stream_refused_total",
+        "HTTP streaming and SSE connections refused before their stream opened, by transport and reason."
     );
     describe_gauge!(
         "groupcast_subscriptions",

@@ -3,6 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /connection/websocket` | Centrifugo client protocol v2 (JSON; protobuf with the `centrifuge-protobuf` subprotocol) |
+//! | `POST /connection/http_stream`, `GET /connection/sse`, `POST /emulation` | the same protocol (JSON) over HTTP streaming and SSE, see `session::stream` |
 //! | `GET /ws/relay/{channel}` (and `/ws/relay/`) | raw relay |
 //! | `POST /api/{method}` | server API |
 //! | `GET /metrics` | Prometheus text format |
@@ -67,7 +68,10 @@ pub async fn run(
     let sio = crate::socketio::start(&state)
         .await
         .map_err(crate::EdgeError::Cluster)?;
-    let app = router(state.clone(), sio);
+    let http_transports = session::http_transports(&state)
+        .await
+        .map_err(crate::EdgeError::Cluster)?;
+    let app = router(state.clone(), sio).merge(http_transports);
     let stop = shutdown.clone();
     let app = app.into_make_service_with_connect_info::<ClientAddr>();
     let tls = match state.config.tls.enabled() {

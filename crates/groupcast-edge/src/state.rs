@@ -137,6 +137,7 @@ fn gauge(kind: SubscriberKind) -> &'static metrics::Gauge {
 pub struct Opened {
     pub conn: Arc<Conn>,
     writer: tokio::task::JoinHandle<()>,
+    gauge: &'static metrics::Gauge,
     _guard: ConnGuard,
 }
 
@@ -146,7 +147,7 @@ impl Opened {
     pub async fn finish(self) {
         self.conn.closed_by_peer();
         let _ = self.writer.await;
-        gauge(self.conn.kind).decrement(1.0);
+        self.gauge.decrement(1.0);
     }
 }
 
@@ -351,6 +352,20 @@ impl EdgeState {
         kind: SubscriberKind,
     ) -> (Opened, SplitStream<WebSocket>) {
         let (sink, stream) = socket.split();
+        (self.open_with(sink, kind, gauge(kind)), stream)
+    }
+
+    /// [`EdgeState::open`] on any sink that takes WebSocket messages (HTTP streaming and
+    /// SSE give one that writes their response body), counted in `gauge`.
+    pub fn open_with<S>(
+        self: &Arc<Self>,
+        sink: S,
+        kind: SubscriberKind,
+        gauge: &'static metrics::Gauge,
+    ) -> Opened
+    where
+        S: futures_util::Sink<axum::extract::ws::Message> + Unpin + Send + 'static,
+    {
         let (conn, outbox) = Conn::new(
             self.next_conn_id(),
             kind,
@@ -358,15 +373,13 @@ impl EdgeState {
         );
         let guard = self.track(&conn);
         let writer = tokio::spawn(conn.clone().run_writer(sink, outbox));
-        gauge(kind).increment(1.0);
-        (
-            Opened {
-                conn,
-                writer,
-                _guard: guard,
-            },
-            stream,
-        )
+        gauge.increment(1.0);
+        Opened {
+            conn,
+            writer,
+            gauge,
+            _guard: guard,
+        }
     }
 
     /// Checks a new connection (any transport) passes once its origin was checked: not

@@ -273,7 +273,7 @@ async fn metrics_expose_what_operators_watch() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no metric {prefix} in:\n{text}"))
     };
-    assert!(value("groupcast_connections{protocol=\"centrifugo\"}") >= 1.0);
+    assert!(value("groupcast_connections{protocol=\"centrifugo\",transport=\"websocket\"}") >= 1.0);
     assert!(value("groupcast_subscriptions ") >= 1.0);
     assert!(value("groupcast_channels ") >= 1.0);
     assert!(value("groupcast_messages_in_total{kind=\"subscribe\"}") >= 2.0);

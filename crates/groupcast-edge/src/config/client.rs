@@ -55,6 +55,13 @@ pub struct ClientConfig {
     /// within this (a slowloris sending a byte every few seconds).
     #[serde(with = "humantime_serde")]
     pub request_head_timeout: Duration,
+    /// Serve the Centrifugo protocol (JSON) over HTTP streaming,
+    /// `POST /connection/http_stream`, with the emulation endpoint `POST /emulation`
+    /// for the client's later commands.
+    pub http_stream: bool,
+    /// Serve the Centrifugo protocol (JSON) over Server-Sent Events,
+    /// `GET /connection/sse`, with the emulation endpoint `POST /emulation`.
+    pub sse: bool,
     /// Server ping interval (`{}`); clients answer with `{}`.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -160,6 +167,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             first_byte_timeout: Duration::from_secs(5),
             request_head_timeout: Duration::from_secs(10),
+            http_stream: true,
+            sse: true,
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),
             max_message_size: 65_536,

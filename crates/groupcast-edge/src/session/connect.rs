@@ -168,7 +168,8 @@ impl Session {
                 ping: cfg.ping_interval.as_secs() as u32,
                 pong: true,
                 node: self.state.uid.clone(),
-                ..Default::default()
+                // HTTP transports: where the client sends its next commands.
+                session: self.emulation.clone().unwrap_or_default(),
             }),
             ..Default::default()
         };

@@ -13,17 +13,21 @@
 //!   ended with unsubscribe code 2501 (the SDK resubscribes with a new token);
 //! * at shutdown the edge drains connections (see `server.rs`): queued output
 //!   is written, then the close frame 3001 "shutdown".
+//!
+//! The session runs over a [`Transport`]: a WebSocket, or one of the HTTP
+//! transports of `stream.rs` (HTTP streaming, SSE), whose client commands after
+//! `connect` come through the emulation endpoint (`emulation.rs`) as messages
+//! of the same inbound stream. Everything above holds on each.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::WebSocket;
+use axum::extract::ws::{Message, WebSocket};
 use axum::http::HeaderMap;
 use bytes::Bytes;
-use futures_util::stream::SplitStream;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use groupcast_core::broker::BrokerError;
 use groupcast_core::hub::SubscriberKind;
 use groupcast_core::StreamPosition;
@@ -35,13 +39,36 @@ use crate::conn::{Conn, Inbound, OutKind};
 use crate::limits::{ConnRates, Refusal};
 use crate::metrics::Metrics;
 use crate::proxy::{Answer, Proxy};
-use crate::state::EdgeState;
+use crate::state::{EdgeState, Opened};
 
 mod connect;
 mod control;
+mod emulation;
 mod expiry;
 mod publish;
+mod stream;
 mod subscribe;
+
+/// What a session runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    /// `POST /connection/http_stream`: newline-delimited JSON in the response body.
+    HttpStream,
+    /// `GET /connection/sse`: an event stream, one `data:` line per message.
+    Sse,
+}
+
+impl Transport {
+    /// Its name, as Centrifugo's event proxies and the metrics say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::HttpStream => "http_stream",
+            Transport::Sse => "sse",
+        }
+    }
+}
 
 /// How a command ended when it did not produce a normal reply.
 enum CommandError {
@@ -152,6 +179,10 @@ pub struct Session {
     rates: ConnRates,
     /// What the event proxies forward of the upgrade request.
     headers: HeaderMap,
+    transport: Transport,
+    /// The emulation session id (HTTP transports), sent in the connect reply: the
+    /// client names it in its emulation requests.
+    emulation: Option<String>,
 }
 
 /// What [`replay`] saw.
@@ -173,7 +204,7 @@ pub async fn replay(state: Arc<EdgeState>, frames: &[&[u8]]) -> Replay {
         SubscriberKind::Protocol,
         state.config.client.max_queue_bytes,
     );
-    let mut session = Session::new(state, conn.clone(), HeaderMap::new());
+    let mut session = Session::new(state, conn.clone(), HeaderMap::new(), Transport::WebSocket);
     for frame in frames {
         if conn.is_closed() {
             break;
@@ -195,10 +226,39 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, headers: HeaderMap,
     if protobuf {
         opened.conn.set_protobuf();
     }
-    let mut session = Session::new(state, opened.conn.clone(), headers);
-    session.run(stream).await;
+    serve_on(state, opened, stream, headers, Transport::WebSocket, None).await;
+}
+
+/// Serve a connection opened on any transport: `inbound` gives the client's
+/// messages (text: JSON, binary: protobuf) and ends when the client is gone;
+/// `emulation`: the session id of an HTTP transport.
+pub(crate) async fn serve_on<S>(
+    state: Arc<EdgeState>,
+    opened: Opened,
+    inbound: S,
+    headers: HeaderMap,
+    transport: Transport,
+    emulation: Option<String>,
+) where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let mut session = Session::new(state, opened.conn.clone(), headers, transport);
+    session.emulation = emulation;
+    session.run(inbound).await;
     session.cleanup().await;
     opened.finish().await;
+}
+
+/// The HTTP transports (HTTP streaming, SSE and `/emulation`) as `client.http_stream` and
+/// `client.sse` say, with the answering of emulation requests forwarded by other edges.
+pub(crate) async fn http_transports(state: &Arc<EdgeState>) -> Result<axum::Router, String> {
+    let c = &state.config.client;
+    if !c.http_stream && !c.sse {
+        return Ok(axum::Router::new());
+    }
+    let streams = stream::start(state);
+    emulation::serve_forwarded(&streams).await?;
+    Ok(stream::router(streams.clone()).merge(emulation::router(streams)))
 }
 
 /// A reply in the connection's encoding.
@@ -225,9 +285,16 @@ fn deadline_from_unix(at: i64) -> tokio::time::Instant {
 }
 
 impl Session {
-    fn new(state: Arc<EdgeState>, conn: Arc<Conn>, headers: HeaderMap) -> Session {
+    fn new(
+        state: Arc<EdgeState>,
+        conn: Arc<Conn>,
+        headers: HeaderMap,
+        transport: Transport,
+    ) -> Session {
         Session {
             headers,
+            transport,
+            emulation: None,
             rates: ConnRates::new(&state.config.client),
             conn,
             connected: false,
@@ -240,7 +307,10 @@ impl Session {
         }
     }
 
-    async fn run(&mut self, mut stream: SplitStream<WebSocket>) {
+    async fn run<S>(&mut self, mut stream: S)
+    where
+        S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
         let cfg = &self.state.config.client;
         let ping_interval = cfg.ping_interval;
         let pong_timeout = cfg.pong_timeout;
@@ -411,7 +481,7 @@ impl Session {
         let (protocol, encoding) = self.protocol_encoding();
         serde_json::json!({
             "client": self.conn.client,
-            "transport": "websocket",
+            "transport": self.transport.name(),
             "protocol": protocol,
             "encoding": encoding,
             "user": self.user,
