@@ -1,8 +1,9 @@
-//! Socket.IO (issue 20) with the real clients: `socket.io-client` 4.8 (npm) in Node
-//! (`tests/sdk/socketio_client.mjs`, which runs the scenario of
-//! `tests/sdk/socketio_scenario.mjs`), against `groupcast dev` on each transport (polling then
-//! the upgrade, WebSocket only, polling only); `python-socketio`; and Node's run against three
-//! edges behind nginx balancing
+//! Socket.IO (issue 20) with the real clients: `socket.io-client` 4.8 in Node
+//! (`tests/sdk/socketio_client.mjs`, the npm package) and in headless Chromium
+//! (`tests/sdk/socketio_browser.mjs`, its browser bundle in a page), both running the one
+//! scenario of `tests/sdk/socketio_scenario.mjs` and checked against the same outcomes, against
+//! `groupcast dev` on each transport (polling then the upgrade, WebSocket only, polling only);
+//! `python-socketio`; and Node's run against three edges behind nginx balancing
 //! round-robin, with no stickiness: each polling request may reach another edge, which
 //! forwards it to the edge holding the session. Namespace `/` sends its sockets' events to a
 //! backend on NATS, which answers with the API's `sio_*` commands over NATS, as a real one
@@ -126,16 +127,19 @@ async fn backend(nats_url: &str) -> tokio::task::JoinHandle<()> {
 }
 
 /// Where the scenario of `tests/sdk/socketio_scenario.mjs` runs: socket.io-client's npm
-/// package in Node (`socketio_client.mjs`).
+/// package in Node (`socketio_client.mjs`), or its browser bundle in a page of headless Chromium
+/// (`socketio_browser.mjs`). Both run the same module and give the same summary.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Runtime {
     Node,
+    Chromium,
 }
 
 impl Runtime {
     fn script(self) -> &'static str {
         match self {
             Runtime::Node => "socketio_client.mjs",
+            Runtime::Chromium => "socketio_browser.mjs",
         }
     }
 
@@ -143,6 +147,7 @@ impl Runtime {
     fn binary(self) -> (&'static [&'static str], &'static str) {
         match self {
             Runtime::Node => (&["Buffer"], "Buffer"),
+            Runtime::Chromium => (&["Uint8Array", "ArrayBuffer", "Blob"], "ArrayBuffer"),
         }
     }
 }
@@ -157,6 +162,18 @@ async fn client(runtime: Runtime, url: &str, api_url: &str, transports: &str) ->
             .is_file(),
         "socket.io-client is missing: {INSTALL_HINT}"
     );
+    if runtime == Runtime::Chromium {
+        assert!(
+            sdk_dir()
+                .join("node_modules/playwright-core/package.json")
+                .is_file(),
+            "playwright-core is missing: {INSTALL_HINT}"
+        );
+        assert!(
+            Path::new("/usr/bin/chromium").is_file() || std::env::var_os("CHROMIUM").is_some(),
+            "chromium is missing: {INSTALL_HINT}"
+        );
+    }
     let token = mint_hs256(SECRET, &json!({"sub": "alice", "exp": now_unix() + 3600}));
     let args = [
         sdk_dir().join(script).display().to_string(),
@@ -167,6 +184,8 @@ async fn client(runtime: Runtime, url: &str, api_url: &str, transports: &str) ->
         "not-a-token".to_string(),
         transports.to_string(),
     ];
+    // Killed on drop: Chromium, a child of node on a pipe, goes with it. The script closes
+    // the browser itself after 50 s.
     let child = Command::new("node")
         .args(&args)
         .current_dir(sdk_dir())
@@ -193,7 +212,8 @@ async fn client(runtime: Runtime, url: &str, api_url: &str, transports: &str) ->
     summary
 }
 
-/// What the scenario must have seen (binary values aside: each runtime has its own types).
+/// What the scenario must have seen, the same in Node and in Chromium (binary values aside:
+/// each runtime has its own types).
 fn assert_outcomes(runtime: Runtime, transports: &str, s: &Value) {
     let what = format!("{runtime:?} ({transports}): {s}");
     assert_eq!(s["ok"], true, "{what}");
@@ -365,6 +385,23 @@ async fn socket_io_client_websocket_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_client_polling_only() {
     dev(Runtime::Node, "polling").await;
+}
+
+/// The same scenario in a page of headless Chromium: socket.io-client's browser bundle, on a
+/// page of another origin (CORS), polling then the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_in_chromium_polling_then_upgrade() {
+    dev(Runtime::Chromium, "default").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_in_chromium_websocket_only() {
+    dev(Runtime::Chromium, "websocket").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_in_chromium_polling_only() {
+    dev(Runtime::Chromium, "polling").await;
 }
 
 /// Three edges behind nginx balancing round-robin: a polling session's requests land on any
