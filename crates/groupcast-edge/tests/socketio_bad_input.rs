@@ -394,3 +394,42 @@ fn bad_socketio_settings_are_refused_naming_the_key() {
     }
     groupcast_edge::check_config(&TestServer::dev_config()).expect("the dev profile is valid");
 }
+
+#[tokio::test]
+async fn a_session_the_server_ends_is_gone_once_its_close_packet_is_polled() {
+    let mut c = TestServer::dev_config();
+    c.socketio.enabled = true;
+    let server = TestServer::start_with(c).await;
+    let token = groupcast_edge::auth::mint_hs256(groupcast_testkit::SECRET, &json!({"sub": "u1"}));
+    let sid = handshake(&server).await;
+    assert_eq!(
+        post(
+            &server,
+            &sid,
+            format!("40{}", json!({"token": token})).as_bytes()
+        )
+        .await,
+        (200, "ok".into())
+    );
+    assert!(poll(&server, &sid).await.1.starts_with("40{"));
+    let (status, r) = server.api("disconnect", json!({"user": "u1"})).await;
+    assert!(status == 200 && r.get("error").is_none(), "{r}");
+    // The DISCONNECT alone, then the close packet alone (socket.io-client reports one reason,
+    // "io server disconnect", only when they come in that order).
+    assert_eq!(poll(&server, &sid).await, (200, "41".into()));
+    assert_eq!(poll(&server, &sid).await, (200, "1".into()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server
+        .metric("groupcast_connections{protocol=\"socketio\"}")
+        .await
+        > 0.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session still counts as connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = poll(&server, &sid).await;
+    assert_eq!((status, body.contains("\"code\":1")), (400, true), "{body}");
+}

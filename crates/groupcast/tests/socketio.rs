@@ -265,22 +265,13 @@ fn assert_outcomes(runtime: Runtime, transports: &str, s: &Value) {
     );
     // Disconnect reasons: sio_disconnect, API disconnect, the client's own.
     assert_eq!(s["kick"], "io server disconnect", "{what}");
-    // On WebSocket, the one reason. On polling the server sends DISCONNECT and the close
-    // packet in one payload ("41\x1e1"): socket.io-client handles the close first ("transport
-    // close") and the DISCONNECT, which it defers a tick, after it (a second "disconnect" event).
-    // A Socket.IO server sends the close packet in a later poll, once DISCONNECT is written.
-    let one = json!(["io server disconnect"]);
-    let ended = &s["session_ended"];
-    if s["session_ended_on"] == "polling" && *ended != one {
-        assert_eq!(
-            *ended,
-            json!(["transport close", "io server disconnect"]),
-            "{what}"
-        );
-        eprintln!("known issue: API disconnect on polling: socket.io-client saw {ended}");
-    } else {
-        assert_eq!(*ended, one, "{what}");
-    }
+    // One reason, on every transport: on polling the DISCONNECT comes in one answer and the
+    // close packet in the next, so the client handles them in that order.
+    assert_eq!(
+        s["session_ended"],
+        json!(["io server disconnect"]),
+        "{what}"
+    );
     assert_eq!(s["own"], "io client disconnect", "{what}");
 }
 

@@ -58,6 +58,9 @@ pub(crate) struct Session {
     /// The `t` of the poll waiting now; `retried` ends it when the same request comes again.
     waiting_t: parking_lot::Mutex<Option<String>>,
     retried: tokio::sync::Notify,
+    /// The session is over and the client has yet to be told: the next poll answers the close
+    /// packet (alone, as Engine.IO does, so the client handles the packets before it first).
+    close_due: AtomicBool,
     key: Arc<Key>,
 }
 
@@ -203,6 +206,7 @@ fn start_session(sio: &Arc<SioState>, hs: Handshake, websocket: bool) -> Arc<Ses
         last_poll: Default::default(),
         waiting_t: Default::default(),
         retried: tokio::sync::Notify::new(),
+        close_due: AtomicBool::new(false),
     });
     sio.sessions.insert(session.clone());
     metrics::counter!("groupcast_socketio_sessions_total", "transport" => if websocket { "websocket" } else { "polling" })
@@ -455,6 +459,9 @@ pub(crate) async fn poll(session: &Arc<Session>, t: Option<&str>) -> Result<Stri
             return Err(HttpError::BadRequest.into());
         }
     };
+    if session.close_due.load(Ordering::Acquire) {
+        return Ok(close_polling(session));
+    }
     *session.waiting_t.lock() = t.map(String::from);
     let first = tokio::select! {
         item = outbox.next_sio(&session.conn) => item,
@@ -466,8 +473,9 @@ pub(crate) async fn poll(session: &Arc<Session>, t: Option<&str>) -> Result<Stri
     let mut item = Some(first);
     while let Some(next) = item.take() {
         match next {
+            SioOut::End if records.is_empty() => return Ok(close_polling(session)),
             SioOut::End => {
-                records.push("1".into());
+                session.close_due.store(true, Ordering::Release);
                 break;
             }
             SioOut::Packet(b, binary) => {
@@ -489,6 +497,15 @@ pub(crate) async fn poll(session: &Arc<Session>, t: Option<&str>) -> Result<Stri
     m.bytes_out.increment(body.len() as u64);
     m.frames_out.increment(1);
     Ok(body)
+}
+
+/// The close packet: the polling session's last answer. The session is over once it is
+/// written (its task ends; the backend hears why).
+fn close_polling(session: &Session) -> String {
+    session.close_due.store(false, Ordering::Release);
+    session.conn.closed_by_peer();
+    Metrics::get().frames_out.increment(1);
+    "1".into()
 }
 
 /// One record of a polling payload: a text packet as it is, binary as `b<base64>`.

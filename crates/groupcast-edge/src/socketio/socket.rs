@@ -561,10 +561,17 @@ impl Task {
                 }
             }
         } else if let Some(t) = token {
-            let claims = state
-                .verifier
-                .verify_connect(t)
-                .map_err(|e| (e.to_string(), DisconnectCode::INVALID_TOKEN.code))?;
+            let claims = state.verifier.verify_connect(t).map_err(|e| {
+                // The client sees what is wrong, not the JWT library's words.
+                let message = match e {
+                    crate::auth::TokenError::Expired => "token expired",
+                    crate::auth::TokenError::Invalid(why) => {
+                        tracing::debug!(%why, "socket.io: invalid connection token");
+                        "invalid token"
+                    }
+                };
+                (message.to_string(), DisconnectCode::INVALID_TOKEN.code)
+            })?;
             a.user = claims.sub;
             a.meta = claims.meta.map(Arc::from);
             if let Some(t) = claims.target {
