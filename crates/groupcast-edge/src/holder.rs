@@ -3,8 +3,8 @@
 //! sessions: `<random>.<the holder's node name in base64url>`. Without a node bus (one edge)
 //! an id is just the random part.
 //!
-//! Used by the emulation sessions of the Centrifugo HTTP transports (`session::stream`).
-//! Socket.IO's sids have the same form (`socketio::forward`).
+//! Used for the emulation sessions of the Centrifugo HTTP transports (`session::stream`)
+//! and for Socket.IO's sids (`socketio::forward`).
 
 use base64::Engine as _;
 

@@ -39,10 +39,12 @@ use crate::proxy::{Answer, Proxy};
 use crate::state::EdgeState;
 
 /// Who publishes, as the proxy is told (the fields every proxy request
-/// starts with; `transport` is always `websocket`).
+/// starts with).
 pub struct Publisher<'a> {
     /// The connection's client id.
     pub client: &'a str,
+    /// `websocket`, `http_stream` or `sse`.
+    pub transport: &'static str,
     /// The user id; `""` for an anonymous connection.
     pub user: &'a str,
     /// `json`, `protobuf` or `relay`.
@@ -96,7 +98,7 @@ pub async fn check(
     };
     let mut body = serde_json::json!({
         "client": who.client,
-        "transport": "websocket",
+        "transport": who.transport,
         "protocol": who.protocol,
         "encoding": who.encoding,
         "user": who.user,

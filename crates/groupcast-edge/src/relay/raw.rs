@@ -257,6 +257,7 @@ pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, auth: RelayAuth) {
                 m.bytes_in.increment(data.len() as u64);
                 let who = Publisher {
                     client: &conn.client,
+                    transport: "websocket",
                     user: &auth.user,
                     protocol: "relay",
                     encoding: "raw",

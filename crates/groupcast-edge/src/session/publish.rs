@@ -33,6 +33,7 @@ impl Session {
         let (protocol, encoding) = self.protocol_encoding();
         let who = Publisher {
             client: &self.conn.client,
+            transport: self.transport.name(),
             user: &self.user,
             protocol,
             encoding,

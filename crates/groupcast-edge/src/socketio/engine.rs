@@ -153,15 +153,11 @@ impl From<HttpError> for Refusal {
     }
 }
 
-/// 20 URL-safe random characters (Engine.IO's sids look alike).
-fn new_sid() -> String {
+/// A namespace socket's id (as Socket.IO makes them: 20 URL-safe characters). A session's
+/// sid names the edge that holds it (`holder::new_id`).
+pub(crate) fn new_socket_id() -> String {
     let bytes: [u8; 15] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A namespace socket's id (as Socket.IO makes them: 20 URL-safe characters).
-pub(crate) fn new_socket_id() -> String {
-    new_sid()
 }
 
 /// What the session task needs from the handshake request.
@@ -193,7 +189,7 @@ fn start_session(sio: &Arc<SioState>, hs: Handshake, websocket: bool) -> Arc<Ses
     let (detached, outbox) = sio.edge.open_detached(SubscriberKind::SocketIo);
     let (tx, rx) = mpsc::channel(INBOUND_MAX);
     let session = Arc::new(Session {
-        sid: super::forward::sid_for(new_sid(), sio.me.as_deref()),
+        sid: crate::holder::new_id(sio.me.as_deref()),
         conn: detached.conn.clone(),
         outbox: tokio::sync::Mutex::new(outbox),
         inbound: tx,

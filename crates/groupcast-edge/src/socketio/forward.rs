@@ -1,5 +1,5 @@
-//! Polling requests for a session that another edge holds. A sid names its edge (`<random>.`
-//! and the edge's node in base64url), so a request that a load balancer sends to any edge is
+//! Polling requests for a session that another edge holds. A sid names its edge
+//! (`holder::new_id`), so a request that a load balancer sends to any edge is
 //! answered: the edge that gets it asks the holder over the node bus (signed, as every
 //! edge-to-edge message is) and relays the answer. A long poll waits there as it would
 //! locally, so the request's timeout covers a ping interval and a ping timeout.
@@ -53,29 +53,10 @@ struct Answer {
     text: Option<String>,
 }
 
-/// The sid of a session held by edge `node` (`me` where there is a node bus).
-pub(super) fn sid_for(random: String, node: Option<&str>) -> String {
-    match node {
-        Some(n) => format!(
-            "{random}.{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n)
-        ),
-        None => random,
-    }
-}
-
-fn node_of(sid: &str) -> Option<String> {
-    let (_, node) = sid.split_once('.')?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(node)
-        .ok()?;
-    String::from_utf8(bytes).ok()
-}
-
 /// The edge holding `sid` when it is not this one.
 pub(super) fn elsewhere(sio: &SioState, sid: &str) -> Option<String> {
     let me = sio.me.as_deref()?;
-    node_of(sid).filter(|n| n != me)
+    crate::holder::node_of(sid).filter(|n| n != me)
 }
 
 /// Asks `node` to answer a polling request for its session `sid`.
@@ -241,18 +222,4 @@ pub(super) fn gone() -> Bytes {
 
 fn reply(a: Answer) -> Bytes {
     Bytes::from(serde_json::to_vec(&a).unwrap_or_default())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_sid_names_its_edge() {
-        let sid = sid_for("abc".into(), Some("edge-2"));
-        assert_eq!(node_of(&sid).as_deref(), Some("edge-2"));
-        assert_eq!(sid_for("abc".into(), None), "abc");
-        assert_eq!(node_of("abc"), None);
-        assert_eq!(node_of("abc.!!"), None);
-    }
 }

@@ -70,9 +70,9 @@ pub struct SioState {
     pub(crate) key: Arc<recovery::Key>,
 }
 
-/// The node-bus subject suffix of an edge's Socket.IO requests.
+/// The node-bus address of an edge's Socket.IO requests.
 fn bus_node(node: &str) -> String {
-    format!("{node}.socketio")
+    crate::holder::bus_address(node, "socketio")
 }
 
 /// Sets up Socket.IO when it is on: its state, and on a cluster the answering of the polling
