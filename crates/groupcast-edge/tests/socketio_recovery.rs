@@ -2,7 +2,8 @@
 //! long-polling): the pid of the CONNECT answer, the offset as each event's last argument, a
 //! CONNECT with both getting the same socket back with what it missed; forged or foreign
 //! tokens getting a new socket. And a poll that a load balancer retries (the same `t`) getting
-//! the answer its first attempt lost. Across edges: crates/groupcast/tests/socketio_recovery.rs.
+//! the answer its first attempt lost; a socket in its rooms' presence. Across edges:
+//! crates/groupcast/tests/socketio_recovery.rs.
 
 use std::time::Duration;
 
@@ -295,4 +296,27 @@ fn recovery_needs_history_and_allow_recovery_on_the_rooms_channels() {
         assert!(e.contains("socketio.namespaces[0].recovery"), "{e}");
     }
     groupcast_edge::check_config(&recovering()).expect("valid");
+}
+
+#[tokio::test]
+async fn a_socket_is_in_its_rooms_presence_while_it_is_there() {
+    let server = TestServer::start_with(recovering()).await;
+    let (sid, _) = connect(&server, json!({"token": token("u1", &["r1"])})).await;
+    let presence = || async {
+        let (status, r) = server.api("presence", json!({"channel": "r1"})).await;
+        assert_eq!(status, 200, "{r}");
+        r["result"]["presence"].clone()
+    };
+    let entries = presence().await;
+    let entries = entries.as_object().expect("presence entries");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = entries.values().next().unwrap();
+    assert_eq!(entry["user"], "u1", "{entry}");
+    // The socket leaves (its session ends): so does its presence entry.
+    post(&server, &sid, "1").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while presence().await.as_object().is_some_and(|p| !p.is_empty()) {
+        assert!(tokio::time::Instant::now() < deadline, "still present");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
