@@ -4,7 +4,8 @@
 # (benches/socketio/load.mjs: socket.io-client 4.8, WebSocket transport only,
 # in 4 worker processes) driving both the same way:
 #
-#   fanout     1,000 sockets in one room; 100 publications/s for 10 s
+#   fanout     1,000 sockets in one room; 20 publications/s for 10 s
+#   fanout-100 the same at 100 publications/s (100,000 deliveries/s)
 #   rooms      500 rooms of 10 sockets; 2,000 publications/s for 10 s, to the
 #              rooms in turn
 #   rooms-max  the same sockets; 32 publish requests in flight for 10 s, as
@@ -59,12 +60,14 @@ fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 if [ "$quick" = 1 ]; then
-  fanout=(--sockets 200 --rate 50 --secs 3)
+  fanout=(--sockets 200 --rate 20 --secs 3)
+  fanout_100=(--sockets 200 --rate 100 --secs 3)
   rooms=(--sockets 500 --rooms 50 --rate 200 --secs 3)
   rooms_max=(--sockets 500 --rooms 50 --window 32 --secs 3)
   idle=(--sockets 1000 --rooms 100 --settle 2)
 else
-  fanout=(--sockets 1000 --rate 100 --secs 10)
+  fanout=(--sockets 1000 --rate 20 --secs 10)
+  fanout_100=(--sockets 1000 --rate 100 --secs 10)
   rooms=(--sockets 5000 --rooms 500 --rate 2000 --secs 10)
   rooms_max=(--sockets 5000 --rooms 500 --window 32 --secs 10)
   idle=(--sockets 10000 --rooms 100 --settle 5)
@@ -125,8 +128,7 @@ run() { # SERVER SCENARIO LOAD_ARGS...
   local server=$1 scenario=$2
   shift 2
   start_server "$server"
-  local kind=$scenario
-  [ "$kind" = rooms-max ] && kind=rooms
+  local kind=${scenario%%-*}
   node "$dir/load.mjs" --url "http://127.0.0.1:$port" --key "$key" --pid "$server_pid" \
     --label "$server" --scenario "$kind" --tokens "$tmp/tokens" "$@" >"$tmp/run.out" || true
   sed "s/\"scenario\":\"$kind\"/\"scenario\":\"$scenario\"/" "$tmp/run.out" | { grep '^RESULT ' || true; } |
@@ -144,6 +146,7 @@ for r in $(seq "$rounds"); do
   [ $((r % 2)) = 0 ] && order=(socket.io groupcast)
   echo "== round $r of $rounds"
   for s in "${order[@]}"; do run "$s" fanout "${fanout[@]}"; done
+  for s in "${order[@]}"; do run "$s" fanout-100 "${fanout_100[@]}"; done
   for s in "${order[@]}"; do run "$s" rooms "${rooms[@]}"; done
   for s in "${order[@]}"; do run "$s" rooms-max "${rooms_max[@]}"; done
   for s in "${order[@]}"; do run "$s" idle "${idle[@]}"; done
