@@ -66,7 +66,7 @@ enum Out {
     Json(Bytes, OutKind),
     Relay(Bytes, bool),
     /// Socket.IO: a publication of a channel, as an event.
-    Sio(Arc<str>, SioPub),
+    Sio(Arc<str>, Arc<SioPub>),
     /// Socket.IO: an Engine.IO packet the session wrote (text, or binary).
     Eio(Bytes, bool),
     /// A WebSocket-level ping (relay connections).
@@ -88,7 +88,7 @@ impl Out {
 /// What a Socket.IO session's transport takes from its queue ([`Outbox::next_sio`]).
 pub enum SioOut {
     /// A publication of `channel`, as an event.
-    Pub(Arc<str>, SioPub),
+    Pub(Arc<str>, Arc<SioPub>),
     /// An Engine.IO packet: text, or binary.
     Packet(Bytes, bool),
     /// The connection is drained or closed: nothing more comes.
@@ -158,6 +158,8 @@ pub struct Conn {
     queued: AtomicUsize,
     max_queue: usize,
     cancel: CancellationToken,
+    /// `cancel` was cancelled: read on every message, without the token's lock.
+    closed: AtomicBool,
     close_reason: Mutex<Option<(u16, Cow<'static, str>)>>,
     /// Protobuf encoding (subprotocol `centrifuge-protobuf`) instead of JSON.
     protobuf: AtomicBool,
@@ -226,6 +228,7 @@ impl Conn {
             queued: AtomicUsize::new(0),
             max_queue,
             cancel: CancellationToken::new(),
+            closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             protobuf: AtomicBool::new(false),
             controls: Mutex::new(VecDeque::new()),
@@ -235,7 +238,7 @@ impl Conn {
     }
 
     fn enqueue(&self, out: Out) -> bool {
-        if self.cancel.is_cancelled() {
+        if self.closed.load(Ordering::Acquire) {
             return false;
         }
         let len = out.len();
@@ -284,7 +287,7 @@ impl Conn {
 
     /// Socket.IO: queue a publication of `channel` (one read back from history) as the hub
     /// would.
-    pub fn send_sio(&self, channel: Arc<str>, p: SioPub) -> bool {
+    pub fn send_sio(&self, channel: Arc<str>, p: Arc<SioPub>) -> bool {
         self.enqueue(Out::Sio(channel, p))
     }
 
@@ -304,13 +307,13 @@ impl Conn {
     pub fn drain_with(&self, code: u16, reason: Cow<'static, str>) {
         {
             let mut r = self.close_reason.lock();
-            if r.is_some() || self.cancel.is_cancelled() {
+            if r.is_some() || self.closed.load(Ordering::Acquire) {
                 return;
             }
             *r = Some((code, reason));
         }
         if self.tx.send(Out::Close).is_err() {
-            self.cancel.cancel();
+            self.end();
         }
     }
 
@@ -325,16 +328,16 @@ impl Conn {
     pub fn close_with(&self, code: u16, reason: Cow<'static, str>) {
         {
             let mut r = self.close_reason.lock();
-            if r.is_none() && !self.cancel.is_cancelled() {
+            if r.is_none() && !self.closed.load(Ordering::Acquire) {
                 *r = Some((code, reason));
             }
         }
-        self.cancel.cancel();
+        self.end();
     }
 
     /// End the connection without a server close reason (the peer went away).
     pub fn closed_by_peer(&self) {
-        self.cancel.cancel();
+        self.end();
     }
 
     /// Sorts one read of the socket: the end of the stream, a close frame
@@ -395,7 +398,13 @@ impl Conn {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The connection is over: every task waiting on it wakes.
+    fn end(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.cancel.cancel();
     }
 
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
@@ -555,7 +564,7 @@ impl Conn {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(frame))).await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
         // A drained connection ends here: let the session finish.
-        self.cancel.cancel();
+        self.end();
     }
 }
 

@@ -32,7 +32,7 @@ pub struct PreparedPush {
     pub(super) json: OnceLock<Bytes>,
     pub(super) protobuf: OnceLock<Bytes>,
     pub(super) relay: OnceLock<(Bytes, bool)>,
-    socketio: OnceLock<SioPub>,
+    socketio: OnceLock<Arc<SioPub>>,
     /// The previous publication of the channel (offset, data; no data when
     /// it was binary): the base of this one's delta.
     pub(super) base: Option<(u64, Option<RawJson>)>,
@@ -282,9 +282,9 @@ impl PreparedPush {
     }
 
     /// The publication as a Socket.IO event ([`SioPub`]); `None` for join/leave.
-    pub fn socketio(&self) -> Option<&SioPub> {
+    pub fn socketio(&self) -> Option<&Arc<SioPub>> {
         match &self.kind {
-            PushKind::Pub(p) => Some(self.socketio.get_or_init(|| SioPub::of(p))),
+            PushKind::Pub(p) => Some(self.socketio.get_or_init(|| Arc::new(SioPub::of(p)))),
             _ => None,
         }
     }
@@ -303,8 +303,8 @@ impl PreparedPush {
 pub const TAG_SIO_EVENT: &str = "sio_event";
 
 /// A publication as a Socket.IO event, shared by every socket of the channel: each socket's
-/// session writes `42<namespace>,["<event>",<args>]` around it.
-#[derive(Debug, Clone)]
+/// session writes `42<namespace>,["<event>",<args>]` around it, or takes `frame`.
+#[derive(Debug)]
 pub struct SioPub {
     /// The event ([`TAG_SIO_EVENT`]); `None`: the namespace's default event.
     pub event: Option<Arc<str>>,
@@ -315,6 +315,10 @@ pub struct SioPub {
     /// The publication's position in its channel's stream (0 without history): what
     /// connection-state recovery remembers of the room.
     pub offset: u64,
+    /// The event as one text packet, the same for every socket of the channel (all in one
+    /// namespace) that needs no offset: written by the first socket's session, taken by the
+    /// others.
+    pub frame: OnceLock<Bytes>,
 }
 
 impl SioPub {
@@ -333,6 +337,7 @@ impl SioPub {
                     args: Bytes::from(format!("{{\"$binary\":\"{b64}\"}}")),
                     binary: true,
                     offset: p.offset,
+                    frame: OnceLock::new(),
                 }
             }
             data => {
@@ -351,6 +356,7 @@ impl SioPub {
                     args: Bytes::copy_from_slice(args.as_bytes()),
                     event: named,
                     offset: p.offset,
+                    frame: OnceLock::new(),
                 }
             }
         }

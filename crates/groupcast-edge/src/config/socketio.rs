@@ -24,6 +24,9 @@ pub struct SocketIoConfig {
     /// Largest HTTP long-polling body and WebSocket message, in bytes (`maxHttpBufferSize`):
     /// a larger POST gets 413, a larger WebSocket message closes the session.
     pub max_http_buffer_size: usize,
+    /// Bytes read from a WebSocket at a time, allocated for the life of the session. Socket.IO
+    /// clients send small packets: a larger one (a binary attachment) takes more reads.
+    pub read_buffer_size: usize,
     /// How long a client may take to finish an upgrade from polling to WebSocket.
     #[serde(with = "humantime_serde")]
     pub upgrade_timeout: Duration,
@@ -48,6 +51,7 @@ impl Default for SocketIoConfig {
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
             max_http_buffer_size: 1_000_000,
+            read_buffer_size: 1024,
             upgrade_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(45),
             namespaces: vec![SioNamespaceConfig::default()],
@@ -117,6 +121,9 @@ impl SocketIoConfig {
         }
         if self.max_http_buffer_size < 1024 {
             return Err("socketio.max_http_buffer_size: must be at least 1024".into());
+        }
+        if !(256..=1 << 20).contains(&self.read_buffer_size) {
+            return Err("socketio.read_buffer_size: must be between 256 and 1048576".into());
         }
         if self.upgrade_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(

@@ -18,7 +18,6 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
 use groupcast_core::hub::{SioPub, SubscriberKind};
 use groupcast_proto::socketio::engineio::{self, HttpError, Message as EioMessage, Packet};
 use groupcast_proto::socketio::packet::{self, Kind};
@@ -41,7 +40,8 @@ pub(crate) struct Session {
     pub sid: String,
     pub conn: Arc<Conn>,
     outbox: tokio::sync::Mutex<Outbox>,
-    inbound: mpsc::Sender<Packet>,
+    /// Boxed: the channel's first block holds 32 slots for the life of the session.
+    inbound: mpsc::Sender<Box<Packet>>,
     /// The WebSocket carries the session (from the start, or after an upgrade).
     upgraded: AtomicBool,
     /// An upgrade is under way.
@@ -164,7 +164,21 @@ pub(crate) fn new_socket_id() -> String {
 pub(crate) struct Handshake {
     /// Headers the event proxies forward (`[[proxies]] http_headers`).
     pub headers: HeaderMap,
+    /// The application's query parameters (Engine.IO's own left out).
     pub query: HashMap<String, String>,
+}
+
+impl Handshake {
+    fn new(sio: &SioState, headers: &HeaderMap, query: HashMap<String, String>) -> Handshake {
+        Handshake {
+            headers: sio.edge.proxies.keep_headers(headers),
+            // A new map: usually empty, which allocates nothing for the life of the session.
+            query: query
+                .into_iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "EIO" | "transport" | "sid" | "t" | "b64"))
+                .collect(),
+        }
+    }
 }
 
 fn open_packet(sio: &SioState, sid: &str, websocket: bool) -> String {
@@ -226,10 +240,7 @@ pub(crate) async fn polling_handshake(
     query: HashMap<String, String>,
 ) -> Result<String, Refusal> {
     admit(sio, headers, peer)?;
-    let hs = Handshake {
-        headers: sio.edge.proxies.keep_headers(headers),
-        query,
-    };
+    let hs = Handshake::new(sio, headers, query);
     let session = start_session(sio, hs, false);
     Ok(open_packet(sio, &session.sid, false))
 }
@@ -245,10 +256,7 @@ pub(crate) async fn websocket_handshake(
     if let Err(r) = admit(&sio, &headers, peer) {
         return refusal_response(r);
     }
-    let hs = Handshake {
-        headers: sio.edge.proxies.keep_headers(&headers),
-        query,
-    };
+    let hs = Handshake::new(&sio, &headers, query);
     let state = sio.edge.clone();
     configure(ws, &sio).on_upgrade(move |mut socket| {
         state.tasks.track_future(async move {
@@ -277,7 +285,7 @@ fn refusal_response(r: Refusal) -> Response {
 fn configure(ws: WebSocketUpgrade, sio: &SioState) -> WebSocketUpgrade {
     let c = &sio.edge.config;
     let max = c.socketio.max_http_buffer_size;
-    ws.read_buffer_size(c.client.read_buffer_size)
+    ws.read_buffer_size(c.socketio.read_buffer_size)
         .write_buffer_size(0)
         .max_write_buffer_size(c.client.max_queue_bytes.saturating_mul(2))
         .max_message_size(max)
@@ -343,76 +351,103 @@ async fn probe(session: &Session, mut socket: WebSocket) -> Option<WebSocket> {
     }
 }
 
-/// The WebSocket carries the session: the writer takes the queue, the reader hands the
-/// client's packets to the session task.
-async fn run_websocket(session: Arc<Session>, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
+/// The WebSocket carries the session, in one loop (no split halves, no second task): the
+/// queue's packets and events are written as they come, the client's packets handed to the
+/// session task in between.
+async fn run_websocket(session: Arc<Session>, mut socket: WebSocket) {
     let conn = session.conn.clone();
-    let writer = {
-        let session = session.clone();
-        async move {
-            let mut outbox = session.outbox.lock().await;
-            let m = Metrics::get();
-            loop {
-                let item = outbox.next_sio(&session.conn).await;
-                let frames = match item {
-                    SioOut::End => break,
-                    SioOut::Packet(b, _) if b.is_empty() => continue,
-                    SioOut::Packet(b, binary) => vec![(b, binary)],
-                    SioOut::Pub(channel, p) => match publication(&session, &channel, &p) {
-                        Some(frames) => frames,
-                        None => continue,
-                    },
-                };
-                for (bytes, binary) in frames {
-                    let len = bytes.len();
-                    let msg = if binary {
-                        Message::Binary(bytes)
-                    } else {
-                        match Utf8Bytes::try_from(bytes) {
-                            Ok(t) => Message::Text(t),
-                            Err(_) => continue,
+    let mut outbox = session.outbox.lock().await;
+    let m = Metrics::get();
+    // Counted once the queue is drained, not per frame: the counters are shared by every
+    // connection's writer.
+    let (mut frames_out, mut bytes_out) = (0u64, 0u64);
+    loop {
+        let item = match outbox.try_next_sio(&conn) {
+            Some(item) => item,
+            None => {
+                if frames_out > 0 {
+                    m.frames_out.increment(frames_out);
+                    m.bytes_out.increment(bytes_out);
+                    (frames_out, bytes_out) = (0, 0);
+                }
+                tokio::select! {
+                    biased;
+                    item = outbox.next_sio(&conn) => item,
+                    // Cancel-safe: a frame read in part stays in the WebSocket's buffer.
+                    msg = socket.recv() => {
+                        if !read(&session, msg).await {
+                            // The client closed, or broke the protocol: the queue ends.
+                            conn.closed_by_peer();
                         }
-                    };
-                    if sink.send(msg).await.is_err() {
-                        session.conn.close(DisconnectCode::WRITE_ERROR);
-                        return;
+                        continue;
                     }
-                    m.frames_out.increment(1);
-                    m.bytes_out.increment(len as u64);
                 }
             }
-            let _ = sink.send(Message::Close(None)).await;
-            let _ = sink.close().await;
-        }
-    };
-    let reader = async {
-        loop {
-            // The close frame, the end of the stream and read errors end the connection
-            // there (a message over max_http_buffer_size: 1009), as for every WebSocket.
-            let (packet, len) = match conn.inbound(stream.next().await) {
-                Inbound::End => break,
-                Inbound::Control => continue,
-                Inbound::Text(t) => match engineio::decode_text(t.as_str()) {
-                    Ok(p) => (p, t.len()),
-                    Err(e) => {
-                        bad_packet(&conn, e.0);
-                        break;
-                    }
-                },
-                Inbound::Binary(b) => {
-                    let len = b.len();
-                    (Packet::Message(EioMessage::Binary(b)), len)
+        };
+        let frames = match item {
+            SioOut::End => break,
+            SioOut::Packet(b, _) if b.is_empty() => continue,
+            SioOut::Packet(b, binary) => vec![(b, binary)],
+            SioOut::Pub(channel, p) => match publication(&session, &channel, &p) {
+                Some(frames) => frames,
+                None => continue,
+            },
+        };
+        for (bytes, binary) in frames {
+            let len = bytes.len();
+            let msg = if binary {
+                Message::Binary(bytes)
+            } else {
+                match Utf8Bytes::try_from(bytes) {
+                    Ok(t) => Message::Text(t),
+                    Err(_) => continue,
                 }
             };
-            Metrics::get().bytes_in.increment(len as u64);
-            if session.inbound.send(packet).await.is_err() {
-                break;
+            if socket.send(msg).await.is_err() {
+                conn.close(DisconnectCode::WRITE_ERROR);
+                return;
             }
+            frames_out += 1;
+            bytes_out += len as u64;
         }
-        conn.closed_by_peer();
+    }
+    m.frames_out.increment(frames_out);
+    m.bytes_out.increment(bytes_out);
+    if socket.send(Message::Close(None)).await.is_ok() {
+        // The client's close frame answers ours; a client that sends none is let go.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Some(Ok(msg)) = socket.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// One read of the session's WebSocket: a packet goes to the session task. False when the
+/// connection is over (the close frame, the end of the stream, a read error, a bad packet;
+/// a message over max_http_buffer_size: 1009), as for every WebSocket.
+async fn read(session: &Session, msg: Option<Result<Message, axum::Error>>) -> bool {
+    let conn = &session.conn;
+    let (packet, len) = match conn.inbound(msg) {
+        Inbound::End => return false,
+        Inbound::Control => return true,
+        Inbound::Text(t) => match engineio::decode_text(t.as_str()) {
+            Ok(p) => (p, t.len()),
+            Err(e) => {
+                bad_packet(conn, e.0);
+                return false;
+            }
+        },
+        Inbound::Binary(b) => {
+            let len = b.len();
+            (Packet::Message(EioMessage::Binary(b)), len)
+        }
     };
-    tokio::join!(writer, reader);
+    Metrics::get().bytes_in.increment(len as u64);
+    session.inbound.send(Box::new(packet)).await.is_ok()
 }
 
 /// A packet the client should not have sent: counted, and the session ends ("parse error").
@@ -529,7 +564,7 @@ pub(crate) async fn post(session: &Arc<Session>, body: Bytes) -> Result<String, 
     };
     Metrics::get().bytes_in.increment(body.len() as u64);
     for p in packets {
-        if session.inbound.send(p).await.is_err() {
+        if session.inbound.send(Box::new(p)).await.is_err() {
             return Err(HttpError::UnknownSid.into());
         }
     }
@@ -562,20 +597,28 @@ fn publication(session: &Session, channel: &str, p: &SioPub) -> Option<Vec<(Byte
         // `$binary` that is not bytes (bad base64, in some client's JSON): sent as the JSON
         // it is.
     }
-    let mut data = String::with_capacity(name.len() + args.len() + offset.len() + 3);
-    data.push('[');
-    data.push_str(&name);
-    if !args.is_empty() {
-        data.push(',');
-        data.push_str(args);
-    }
-    data.push_str(offset);
-    data.push(']');
-    let text = format!(
-        "4{}",
-        packet::encode(Kind::Event, &ns.config.name, None, 0, Some(&data))
-    );
-    Some(vec![(Bytes::from(text), false)])
+    let text = |offset: &str| {
+        let mut data = String::with_capacity(name.len() + args.len() + offset.len() + 3);
+        data.push('[');
+        data.push_str(&name);
+        if !args.is_empty() {
+            data.push(',');
+            data.push_str(args);
+        }
+        data.push_str(offset);
+        data.push(']');
+        let text = format!(
+            "4{}",
+            packet::encode(Kind::Event, &ns.config.name, None, 0, Some(&data))
+        );
+        Bytes::from(text)
+    };
+    // Without an offset, every socket of the channel gets the same bytes: encoded once.
+    let frame = match offset.is_empty() {
+        true => p.frame.get_or_init(|| text("")).clone(),
+        false => text(offset),
+    };
+    Some(vec![(frame, false)])
 }
 
 /// A publication whose arguments hold `$binary` values: a BINARY_EVENT and its attachments.

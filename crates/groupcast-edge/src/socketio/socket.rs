@@ -157,11 +157,13 @@ pub(crate) async fn run(
     sio: Arc<SioState>,
     session: Arc<Session>,
     detached: Detached,
-    mut inbound: mpsc::Receiver<Packet>,
+    mut inbound: mpsc::Receiver<Box<Packet>>,
     hs: Handshake,
 ) {
     let conn = session.conn.clone();
-    let cfg = sio.edge.config.socketio.clone();
+    let cfg = &sio.edge.config.socketio;
+    let (ping_interval, ping_timeout) = (cfg.ping_interval, cfg.ping_timeout);
+    let connect_by = tokio::time::Instant::now() + cfg.connect_timeout;
     let mut t = Task {
         rates: ConnRates::new(&sio.edge.config.client),
         sio: sio.clone(),
@@ -174,11 +176,10 @@ pub(crate) async fn run(
         pending: None,
         seq: 0,
     };
-    let start = tokio::time::Instant::now() + cfg.ping_interval;
-    let mut ping = tokio::time::interval_at(start, cfg.ping_interval);
+    let start = tokio::time::Instant::now() + ping_interval;
+    let mut ping = tokio::time::interval_at(start, ping_interval);
     let mut pong_deadline: Option<tokio::time::Instant> = None;
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
-    let connect_by = tokio::time::Instant::now() + cfg.connect_timeout;
     loop {
         let deadline = pong_deadline.unwrap_or(far);
         let unconnected = t.user.is_none();
@@ -193,7 +194,7 @@ pub(crate) async fn run(
             _ = ping.tick() => {
                 if pong_deadline.is_none() {
                     conn.send_eio(Bytes::from_static(b"2"), false);
-                    pong_deadline = Some(tokio::time::Instant::now() + cfg.ping_timeout);
+                    pong_deadline = Some(tokio::time::Instant::now() + ping_timeout);
                 }
             }
             _ = tokio::time::sleep_until(deadline), if pong_deadline.is_some() => {
@@ -201,15 +202,17 @@ pub(crate) async fn run(
                 conn.close(DisconnectCode::NO_PONG);
                 break;
             }
-            p = inbound.recv() => match p {
+            // The work is boxed: the session's future stays small while it waits, which is
+            // most of its life.
+            p = inbound.recv() => match p.map(|p| *p) {
                 None => break,
                 Some(Packet::Pong(false)) => pong_deadline = None,
-                Some(p) => t.packet(p).await,
+                Some(p) => Box::pin(t.packet(p)).await,
             },
-            c = conn.next_control() => t.control(c).await,
+            c = conn.next_control() => Box::pin(t.control(c)).await,
         }
     }
-    t.end().await;
+    Box::pin(t.end()).await;
     sio.sessions.remove(&session.sid);
     drop(detached);
 }
@@ -493,12 +496,12 @@ impl Task {
                 .await;
         }
     }
+
     /// The handshake's query without Engine.IO's own parameters.
     fn app_query(&self) -> serde_json::Map<String, Value> {
         self.hs
             .query
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "EIO" | "transport" | "sid" | "t" | "b64"))
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect()
     }
@@ -811,7 +814,7 @@ impl Task {
             let missed = &j.missed;
             let live = node.finish_buffering(&j.channel, conn.id, j.position.offset, || {
                 for p in missed {
-                    conn.send_sio(channel.clone(), SioPub::of(p));
+                    conn.send_sio(channel.clone(), Arc::new(SioPub::of(p)));
                 }
             });
             if live.is_err() {
