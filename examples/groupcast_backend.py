@@ -47,7 +47,13 @@ class Api:
                 conn.request("POST", f"{self.path}/{method}", body,
                              {"X-API-Key": self.key, "Content-Type": "application/json"})
                 res = conn.getresponse()
-                answer = json.loads(res.read() or b"{}")
+                raw = res.read()
+                try:
+                    answer = json.loads(raw or b"{}")
+                except ValueError:
+                    # Not the API's answer: the load balancer's own (a 502 when the edge that
+                    # had the request died). Whether it ran is unknown, so it is not sent again.
+                    answer = {"error": {"code": res.status, "message": raw[:200].decode("utf-8", "replace")}}
                 break
             except (OSError, http.client.HTTPException):
                 # The connection went stale (an edge behind the load balancer died): once more.
