@@ -66,7 +66,7 @@ enum Out {
     Json(Bytes, OutKind),
     Relay(Bytes, bool),
     /// Socket.IO: a publication of a channel, as an event.
-    Sio(Arc<str>, Arc<SioPub>),
+    Sio(Arc<SioPub>),
     /// Socket.IO: an Engine.IO packet the session wrote (text, or binary).
     Eio(Bytes, bool),
     /// A WebSocket-level ping (relay connections).
@@ -79,7 +79,7 @@ impl Out {
     fn len(&self) -> usize {
         match self {
             Out::Json(b, _) | Out::Relay(b, _) | Out::Eio(b, _) => b.len(),
-            Out::Sio(_, p) => p.args.len(),
+            Out::Sio(p) => p.args.len(),
             Out::WsPing | Out::Close => 0,
         }
     }
@@ -88,7 +88,7 @@ impl Out {
 /// What a Socket.IO session's transport takes from its queue ([`Outbox::next_sio`]).
 pub enum SioOut {
     /// A publication of `channel`, as an event.
-    Pub(Arc<str>, Arc<SioPub>),
+    Pub(Arc<SioPub>),
     /// An Engine.IO packet: text, or binary.
     Packet(Bytes, bool),
     /// The connection is drained or closed: nothing more comes.
@@ -197,7 +197,7 @@ impl Outbox {
         };
         conn.queued.fetch_sub(item.len(), Ordering::AcqRel);
         match item {
-            Out::Sio(channel, p) => SioOut::Pub(channel, p),
+            Out::Sio(p) => SioOut::Pub(p),
             Out::Eio(b, binary) => SioOut::Packet(b, binary),
             Out::Close => SioOut::End,
             // Not queued on Socket.IO connections.
@@ -287,8 +287,8 @@ impl Conn {
 
     /// Socket.IO: queue a publication of `channel` (one read back from history) as the hub
     /// would.
-    pub fn send_sio(&self, channel: Arc<str>, p: Arc<SioPub>) -> bool {
-        self.enqueue(Out::Sio(channel, p))
+    pub fn send_sio(&self, p: Arc<SioPub>) -> bool {
+        self.enqueue(Out::Sio(p))
     }
 
     /// Queue a WebSocket ping frame (relay keepalive).
@@ -636,7 +636,7 @@ impl Subscriber for Conn {
             }
             SubscriberKind::SocketIo => {
                 if let Some(p) = push.socketio() {
-                    self.enqueue(Out::Sio(push.channel().clone(), p.clone()));
+                    self.enqueue(Out::Sio(p.clone()));
                 }
             }
         }

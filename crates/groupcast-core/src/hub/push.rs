@@ -284,7 +284,10 @@ impl PreparedPush {
     /// The publication as a Socket.IO event ([`SioPub`]); `None` for join/leave.
     pub fn socketio(&self) -> Option<&Arc<SioPub>> {
         match &self.kind {
-            PushKind::Pub(p) => Some(self.socketio.get_or_init(|| Arc::new(SioPub::of(p)))),
+            PushKind::Pub(p) => Some(
+                self.socketio
+                    .get_or_init(|| Arc::new(SioPub::of(self.channel.clone(), p))),
+            ),
             _ => None,
         }
     }
@@ -306,6 +309,8 @@ pub const TAG_SIO_EVENT: &str = "sio_event";
 /// session writes `42<namespace>,["<event>",<args>]` around it, or takes `frame`.
 #[derive(Debug)]
 pub struct SioPub {
+    /// The channel it was published on (its room).
+    pub channel: Arc<str>,
     /// The event ([`TAG_SIO_EVENT`]); `None`: the namespace's default event.
     pub event: Option<Arc<str>>,
     /// The arguments as JSON, comma-separated, without the brackets (may be empty).
@@ -322,8 +327,9 @@ pub struct SioPub {
 }
 
 impl SioPub {
-    /// The publication as an event (also for publications read back from history).
-    pub fn of(p: &Publication) -> SioPub {
+    /// The publication of `channel` as an event (also for publications read back from
+    /// history).
+    pub fn of(channel: Arc<str>, p: &Publication) -> SioPub {
         use base64::Engine as _;
         let named = p
             .tags
@@ -333,6 +339,7 @@ impl SioPub {
             crate::Payload::Binary(b) => {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(b);
                 SioPub {
+                    channel,
                     event: named,
                     args: Bytes::from(format!("{{\"$binary\":\"{b64}\"}}")),
                     binary: true,
@@ -352,6 +359,7 @@ impl SioPub {
                     _ => text,
                 };
                 SioPub {
+                    channel,
                     binary: args.contains("\"$binary\""),
                     args: Bytes::copy_from_slice(args.as_bytes()),
                     event: named,

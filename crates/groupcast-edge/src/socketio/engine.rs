@@ -25,10 +25,11 @@ use groupcast_proto::DisconnectCode;
 use tokio::sync::mpsc;
 
 use super::recovery::{self, Key};
-use super::socket::{self, NsMap};
+use super::rooms::NsMap;
 use super::SioState;
 use crate::conn::{Conn, Inbound, Outbox, SioOut};
 use crate::metrics::Metrics;
+use crate::state::Detached;
 
 /// Packets from the client not yet taken by the session task.
 const INBOUND_MAX: usize = 1024;
@@ -141,6 +142,16 @@ impl Session {
     }
 }
 
+/// The Socket.IO side of a session, run in its own task from its handshake to its end
+/// (`SioState::session_task`): the inbound packets come from the transports.
+pub(crate) type SessionTask = fn(
+    Arc<SioState>,
+    Arc<Session>,
+    Detached,
+    mpsc::Receiver<Box<Packet>>,
+    Handshake,
+) -> futures_util::future::BoxFuture<'static, ()>;
+
 /// Why a request is refused.
 pub(crate) enum Refusal {
     Eio(HttpError),
@@ -221,7 +232,7 @@ fn start_session(sio: &Arc<SioState>, hs: Handshake, websocket: bool) -> Arc<Ses
     sio.sessions.insert(session.clone());
     metrics::counter!("groupcast_socketio_sessions_total", "transport" => if websocket { "websocket" } else { "polling" })
         .increment(1);
-    let task = socket::run(sio.clone(), session.clone(), detached, rx, hs);
+    let task = (sio.session_task)(sio.clone(), session.clone(), detached, rx, hs);
     sio.edge.tasks.spawn(task);
     session
 }
@@ -388,7 +399,7 @@ async fn run_websocket(session: Arc<Session>, mut socket: WebSocket) {
             SioOut::End => break,
             SioOut::Packet(b, _) if b.is_empty() => continue,
             SioOut::Packet(b, binary) => vec![(b, binary)],
-            SioOut::Pub(channel, p) => match publication(&session, &channel, &p) {
+            SioOut::Pub(p) => match publication(&session, &p) {
                 Some(frames) => frames,
                 None => continue,
             },
@@ -514,8 +525,8 @@ pub(crate) async fn poll(session: &Arc<Session>, t: Option<&str>) -> Result<Stri
                     records.push(record(&b, binary));
                 }
             }
-            SioOut::Pub(channel, p) => {
-                for (b, binary) in publication(session, &channel, &p).unwrap_or_default() {
+            SioOut::Pub(p) => {
+                for (b, binary) in publication(session, &p).unwrap_or_default() {
                     records.push(record(&b, binary));
                 }
             }
@@ -574,7 +585,8 @@ pub(crate) async fn post(session: &Arc<Session>, body: Bytes) -> Result<String, 
 /// The frames of a publication for this session: an EVENT in the channel's namespace (none
 /// when the client has not connected that namespace), with the socket's offset as its last
 /// argument when the namespace recovers.
-fn publication(session: &Session, channel: &str, p: &SioPub) -> Option<Vec<(Bytes, bool)>> {
+fn publication(session: &Session, p: &SioPub) -> Option<Vec<(Bytes, bool)>> {
+    let channel = &*p.channel;
     let ns = session.ns.of_channel(channel)?;
     if session.connected.load(Ordering::Acquire) & (1 << ns.index) == 0 {
         return None;
@@ -631,11 +643,47 @@ fn binary_publication(
     let mut data: serde_json::Value =
         serde_json::from_str(&format!("[{name},{args}{offset}]")).ok()?;
     let attachments = packet::extract_binary(&mut data).ok()?;
-    Some(socket::binary_frames(
+    Some(binary_frames(
         Kind::BinaryEvent,
         nsp,
         None,
         &data,
         attachments,
     ))
+}
+
+/// The Engine.IO messages of one Socket.IO packet from the server: its text (`4...`), then
+/// its attachments when `data` holds `{"$binary": ...}` values.
+pub(crate) fn packet_frames(
+    kind: Kind,
+    nsp: &str,
+    id: Option<u64>,
+    data: &serde_json::Value,
+) -> Vec<(Bytes, bool)> {
+    let mut data = data.clone();
+    let attachments = packet::extract_binary(&mut data).unwrap_or_default();
+    let kind = match (kind, attachments.is_empty()) {
+        (Kind::Event, false) => Kind::BinaryEvent,
+        (Kind::Ack, false) => Kind::BinaryAck,
+        (k, _) => k,
+    };
+    binary_frames(kind, nsp, id, &data, attachments)
+}
+
+/// A packet's text and its attachments as Engine.IO messages.
+pub(crate) fn binary_frames(
+    kind: Kind,
+    nsp: &str,
+    id: Option<u64>,
+    data: &serde_json::Value,
+    attachments: Vec<Bytes>,
+) -> Vec<(Bytes, bool)> {
+    let json = (!data.is_null()).then(|| data.to_string());
+    let text = format!(
+        "4{}",
+        packet::encode(kind, nsp, id, attachments.len(), json.as_deref())
+    );
+    let mut out = vec![(Bytes::from(text), false)];
+    out.extend(attachments.into_iter().map(|b| (b, true)));
+    out
 }

@@ -21,6 +21,7 @@
 pub(crate) mod engine;
 mod forward;
 mod recovery;
+mod rooms;
 pub(crate) mod socket;
 
 use std::collections::HashMap;
@@ -63,11 +64,14 @@ impl Sessions {
 pub struct SioState {
     pub edge: Arc<EdgeState>,
     pub sessions: Sessions,
-    pub(crate) ns: Arc<socket::NsMap>,
+    pub(crate) ns: Arc<rooms::NsMap>,
     /// This edge's node on the node bus (sids carry it), when there is a bus.
     pub(crate) me: Option<String>,
     /// Signs and checks connection-state recovery tokens.
     pub(crate) key: Arc<recovery::Key>,
+    /// The Socket.IO side of a new session (`socket::run`), which the transports start: given
+    /// here so that the transports (`engine`) do not import the session logic above them.
+    pub(crate) session_task: engine::SessionTask,
 }
 
 /// The node-bus address of an edge's Socket.IO requests.
@@ -84,7 +88,10 @@ pub async fn start(edge: &Arc<EdgeState>) -> Result<Option<Arc<SioState>>, Strin
     }
     let me = edge.node.local_node().map(|(node, _)| node);
     let sio = Arc::new(SioState {
-        ns: Arc::new(socket::NsMap::new(&edge.config.socketio)),
+        ns: Arc::new(rooms::NsMap::new(&edge.config.socketio)),
+        session_task: |sio, session, detached, inbound, hs| {
+            Box::pin(socket::run(sio, session, detached, inbound, hs))
+        },
         edge: edge.clone(),
         sessions: Sessions::default(),
         me: me.clone(),

@@ -25,68 +25,17 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::engine::{Handshake, Session};
+use super::engine::{packet_frames, Handshake, Session};
 use super::recovery::{Pid, Room};
+use super::rooms::NsMap;
 use super::SioState;
-use crate::config::socketio::MAX_NAMESPACES;
-use crate::config::{SioNamespaceConfig, SocketIoConfig};
+use crate::config::SioNamespaceConfig;
 use crate::conn::{Conn, Control};
 use crate::limits::ConnRates;
 use crate::metrics::Metrics;
 use crate::proxy::{strings, Answer, Granted};
 use crate::relay::route::{close_for, send, Binding};
 use crate::state::Detached;
-
-/// A configured namespace.
-pub(crate) struct Ns {
-    pub index: u32,
-    pub config: SioNamespaceConfig,
-}
-
-/// The namespaces, and the mapping between their rooms and channels.
-pub(crate) struct NsMap {
-    list: Vec<Ns>,
-    /// Indices by prefix length, longest first.
-    by_prefix: Vec<usize>,
-}
-
-impl NsMap {
-    pub fn new(cfg: &SocketIoConfig) -> NsMap {
-        let list: Vec<Ns> = cfg
-            .namespaces
-            .iter()
-            .take(MAX_NAMESPACES)
-            .enumerate()
-            .map(|(i, c)| Ns {
-                index: i as u32,
-                config: c.clone(),
-            })
-            .collect();
-        let mut by_prefix: Vec<usize> = (0..list.len()).collect();
-        by_prefix.sort_by_key(|i| std::cmp::Reverse(list[*i].config.channel_prefix.len()));
-        NsMap { list, by_prefix }
-    }
-
-    pub fn by_name(&self, nsp: &str) -> Option<&Ns> {
-        self.list.iter().find(|n| n.config.name == nsp)
-    }
-
-    /// The namespace whose rooms a channel is (the longest matching prefix).
-    pub fn of_channel(&self, channel: &str) -> Option<&Ns> {
-        self.by_prefix
-            .iter()
-            .map(|i| &self.list[*i])
-            .find(|n| channel.starts_with(n.config.channel_prefix.as_str()))
-    }
-
-    /// The channel of room `room` of `ns`; `None` when that channel would be another
-    /// namespace's (a room of `/`, prefix `""`, named `chat:x` while `/chat` has `chat:`).
-    pub fn room_channel(&self, ns: &Ns, room: &str) -> Option<String> {
-        let channel = format!("{}{room}", ns.config.channel_prefix);
-        (!room.is_empty() && self.of_channel(&channel).map(|n| n.index) == Some(ns.index))
-            .then_some(channel)
-    }
-}
 
 /// One namespace socket.
 struct NsSocket {
@@ -299,7 +248,7 @@ impl Task {
         if self.sockets.contains_key(&index) {
             return;
         }
-        let ns_config = self.ns_map().list[index as usize].config.clone();
+        let ns_config = self.ns_map().at(index).config.clone();
         let auth = auth.unwrap_or_else(|| json!({}));
         let restored = match ns_config.recovery {
             true => self.restore(index, &ns_config, &auth).await,
@@ -632,7 +581,7 @@ impl Task {
             "node": self.sio.edge.config.name,
             "target": b.target,
             "seq": self.seq,
-            "namespace": self.ns_map().list[index as usize].config.name,
+            "namespace": self.ns_map().at(index).config.name,
             "sid": sock.id,
         });
         if let Some(m) = &b.meta {
@@ -814,7 +763,7 @@ impl Task {
             let missed = &j.missed;
             let live = node.finish_buffering(&j.channel, conn.id, j.position.offset, || {
                 for p in missed {
-                    conn.send_sio(channel.clone(), Arc::new(SioPub::of(p)));
+                    conn.send_sio(Arc::new(SioPub::of(channel.clone(), p)));
                 }
             });
             if live.is_err() {
@@ -947,7 +896,7 @@ impl Task {
         if !self.sockets.contains_key(&index) {
             return;
         }
-        let nsp = self.ns_map().list[index as usize].config.name.clone();
+        let nsp = self.ns_map().at(index).config.name.clone();
         self.send(Kind::Disconnect, &nsp, None, &Value::Null);
         self.disconnect(index, "server namespace disconnect").await;
     }
@@ -1007,40 +956,4 @@ fn without_token(mut auth: Value) -> Value {
         o.remove("token");
     }
     auth
-}
-
-/// The Engine.IO messages of one Socket.IO packet from the server: its text (`4...`), then
-/// its attachments when `data` holds `{"$binary": ...}` values.
-pub(crate) fn packet_frames(
-    kind: Kind,
-    nsp: &str,
-    id: Option<u64>,
-    data: &Value,
-) -> Vec<(Bytes, bool)> {
-    let mut data = data.clone();
-    let attachments = packet::extract_binary(&mut data).unwrap_or_default();
-    let kind = match (kind, attachments.is_empty()) {
-        (Kind::Event, false) => Kind::BinaryEvent,
-        (Kind::Ack, false) => Kind::BinaryAck,
-        (k, _) => k,
-    };
-    binary_frames(kind, nsp, id, &data, attachments)
-}
-
-/// A packet's text and its attachments as Engine.IO messages.
-pub(crate) fn binary_frames(
-    kind: Kind,
-    nsp: &str,
-    id: Option<u64>,
-    data: &Value,
-    attachments: Vec<Bytes>,
-) -> Vec<(Bytes, bool)> {
-    let json = (!data.is_null()).then(|| data.to_string());
-    let text = format!(
-        "4{}",
-        packet::encode(kind, nsp, id, attachments.len(), json.as_deref())
-    );
-    let mut out = vec![(Bytes::from(text), false)];
-    out.extend(attachments.into_iter().map(|b| (b, true)));
-    out
 }
