@@ -350,6 +350,10 @@ fn bad_socketio_settings_are_refused_naming_the_key() {
             "socketio.path",
         ),
         (
+            Box::new(|c| c.socketio.read_buffer_size = 100),
+            "socketio.read_buffer_size",
+        ),
+        (
             Box::new(|c| c.socketio.namespaces[0].connect_proxy = "missing".into()),
             "socketio.namespaces[0].connect_proxy",
         ),

@@ -172,6 +172,31 @@ async fn a_socket_gets_its_id_rooms_and_missed_events_back_with_its_pid_and_offs
 }
 
 #[tokio::test]
+async fn a_socket_whose_missed_events_left_history_is_not_recovered() {
+    let mut c = recovering();
+    c.channel.history_size = 2;
+    let server = TestServer::start_with(c).await;
+    let auth = json!({"token": token("u1", &["r1"])});
+    let (sid, answer) = connect(&server, auth.clone()).await;
+    post(&server, &sid, "1").await;
+    // Three publications while away: the first falls out of a history of 2.
+    for n in 1..=3 {
+        publish(&server, "r1", n).await;
+    }
+    let mut back = auth;
+    back["pid"] = answer["pid"].clone();
+    let (_, again) = connect(&server, back).await;
+    assert_ne!(again["sid"], answer["sid"], "a new socket: {again}");
+    assert_ne!(again["pid"], answer["pid"]);
+    assert_eq!(
+        server
+            .metric("groupcast_socketio_recoveries_total{outcome=\"not_recovered\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn a_forged_or_foreign_pid_or_offset_gets_a_new_socket() {
     let server = TestServer::start_with(recovering()).await;
     let auth = json!({"token": token("u1", &["r1"])});
