@@ -255,6 +255,9 @@ async function main() {
       expected, delivered, delivered_pct: expected ? (100 * delivered) / expected : NaN,
       delivered_per_s: delivered / pub.secs,
       p50_ms: quantileMs(hist, 0.5), p99_ms: quantileMs(hist, 0.99),
+      // The distribution's shape, for the notes in docs/benchmarks.md.
+      p01_ms: quantileMs(hist, 0.01), p10_ms: quantileMs(hist, 0.1), p25_ms: quantileMs(hist, 0.25),
+      p75_ms: quantileMs(hist, 0.75), p90_ms: quantileMs(hist, 0.9),
       api_p50_ms: quantileMs(apiHist, 0.5), api_p99_ms: quantileMs(apiHist, 0.99),
       server_cpu_s: cpu,
       client_cpu_s: (stats.reduce((a, s) => a + s.cpu_us, 0) + ownCpuUs() - clientCpu0) / 1e6,

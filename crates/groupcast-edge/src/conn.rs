@@ -174,11 +174,15 @@ impl Outbox {
     /// Socket.IO: the next item of the queue, waiting for one; [`SioOut::End`] once the
     /// connection is closed or drained. Its bytes leave `conn`'s queue count.
     pub async fn next_sio(&mut self, conn: &Conn) -> SioOut {
-        let item = tokio::select! {
-            biased;
-            _ = conn.cancel.cancelled() => None,
-            item = self.0.recv() => item,
-        };
+        // No wait on the cancellation token (a lock and a waiter list per message): a closed
+        // connection's queue gets a wake-up item (`Conn::end`).
+        if conn.is_closed() {
+            return SioOut::End;
+        }
+        let item = self.0.recv().await;
+        if conn.is_closed() {
+            return SioOut::End;
+        }
         Self::sio(item, conn)
     }
 
@@ -401,10 +405,13 @@ impl Conn {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// The connection is over: every task waiting on it wakes.
+    /// The connection is over: every task waiting on it wakes. The writer waits on its queue
+    /// alone (not on the token, which costs a lock per message): an item wakes it, and it
+    /// stops on the closed flag, before anything still queued.
     fn end(&self) {
         self.closed.store(true, Ordering::Release);
         self.cancel.cancel();
+        let _ = self.tx.send(Out::Close);
     }
 
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
@@ -455,15 +462,15 @@ impl Conn {
         loop {
             let first = match held.take() {
                 Some(item) => item,
-                None => tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => break,
-                    item = rx.recv() => match item {
-                        Some(item) => item,
-                        None => break,
-                    },
+                None => match rx.recv().await {
+                    Some(item) => item,
+                    None => break,
                 },
             };
+            // Closed at once (not drained): what is still queued is not written.
+            if self.is_closed() {
+                break;
+            }
             let (msg, bytes) = match first {
                 Out::Close => break,
                 // Socket.IO connections have their own transports.
@@ -537,13 +544,19 @@ impl Conn {
                     }
                 }
             };
-            let write = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => break,
-                r = sink.send(msg) => r,
+            // A write that completes at once (the socket takes it) needs no wait on the
+            // token; one that waits for a slow client stops when the connection is closed.
+            let mut send = sink.send(msg);
+            let written = match poll_once(&mut send).await.map(|r| r.is_ok()) {
+                Some(ok) => ok,
+                None => tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break,
+                    r = &mut send => r.is_ok(),
+                },
             };
             self.queued.fetch_sub(bytes, Ordering::AcqRel);
-            if write.is_err() {
+            if !written {
                 self.close(DisconnectCode::WRITE_ERROR);
                 break;
             }
@@ -566,6 +579,15 @@ impl Conn {
         // A drained connection ends here: let the session finish.
         self.end();
     }
+}
+
+/// Polls `fut` once: its output when it is ready at once.
+async fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut *fut).poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// Messages of one frame by kind, added to the shared counters once per

@@ -398,7 +398,7 @@ async fn run_websocket(session: Arc<Session>, mut socket: WebSocket) {
         let frames = match item {
             SioOut::End => break,
             SioOut::Packet(b, _) if b.is_empty() => continue,
-            SioOut::Packet(b, binary) => vec![(b, binary)],
+            SioOut::Packet(b, binary) => Frames::One(b, binary),
             SioOut::Pub(p) => match publication(&session, &p) {
                 Some(frames) => frames,
                 None => continue,
@@ -526,7 +526,7 @@ pub(crate) async fn poll(session: &Arc<Session>, t: Option<&str>) -> Result<Stri
                 }
             }
             SioOut::Pub(p) => {
-                for (b, binary) in publication(session, &p).unwrap_or_default() {
+                for (b, binary) in publication(session, &p).into_iter().flatten() {
                     records.push(record(&b, binary));
                 }
             }
@@ -585,14 +585,12 @@ pub(crate) async fn post(session: &Arc<Session>, body: Bytes) -> Result<String, 
 /// The frames of a publication for this session: an EVENT in the channel's namespace (none
 /// when the client has not connected that namespace), with the socket's offset as its last
 /// argument when the namespace recovers.
-fn publication(session: &Session, p: &SioPub) -> Option<Vec<(Bytes, bool)>> {
+fn publication(session: &Session, p: &SioPub) -> Option<Frames> {
     let channel = &*p.channel;
     let ns = session.ns.of_channel(channel)?;
     if session.connected.load(Ordering::Acquire) & (1 << ns.index) == 0 {
         return None;
     }
-    let event = p.event.as_deref().unwrap_or(&ns.config.default_event);
-    let name = serde_json::to_string(event).ok()?;
     // A token is base64url and a dot: a JSON string as it is.
     let offset = match ns.config.recovery {
         true => session
@@ -601,10 +599,19 @@ fn publication(session: &Session, p: &SioPub) -> Option<Vec<(Bytes, bool)>> {
         false => None,
     };
     let offset = offset.as_deref().unwrap_or_default();
+    // Without an offset, every socket of the channel gets the same bytes, encoded by the
+    // first one: the others take them here, on every fan-out, before anything is allocated.
+    if offset.is_empty() {
+        if let Some(frame) = p.frame.get() {
+            return Some(Frames::One(frame.clone(), false));
+        }
+    }
+    let event = p.event.as_deref().unwrap_or(&ns.config.default_event);
+    let name = serde_json::to_string(event).ok()?;
     let args = std::str::from_utf8(&p.args).ok()?;
     if p.binary {
         if let Some(frames) = binary_publication(&name, args, offset, &ns.config.name) {
-            return Some(frames);
+            return Some(Frames::Binary(frames));
         }
         // `$binary` that is not bytes (bad base64, in some client's JSON): sent as the JSON
         // it is.
@@ -625,12 +632,33 @@ fn publication(session: &Session, p: &SioPub) -> Option<Vec<(Bytes, bool)>> {
         );
         Bytes::from(text)
     };
-    // Without an offset, every socket of the channel gets the same bytes: encoded once.
     let frame = match offset.is_empty() {
         true => p.frame.get_or_init(|| text("")).clone(),
         false => text(offset),
     };
-    Some(vec![(frame, false)])
+    Some(Frames::One(frame, false))
+}
+
+/// What one publication is on the wire for one session.
+enum Frames {
+    /// One frame (an EVENT packet is text): binary when the flag says so.
+    One(Bytes, bool),
+    /// A BINARY_EVENT and its attachments: text, then binary frames.
+    Binary(Vec<(Bytes, bool)>),
+}
+
+impl IntoIterator for Frames {
+    type Item = (Bytes, bool);
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<(Bytes, bool)>, std::vec::IntoIter<(Bytes, bool)>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let (one, many) = match self {
+            Frames::One(b, binary) => (Some((b, binary)), Vec::new()),
+            Frames::Binary(v) => (None, v),
+        };
+        one.into_iter().chain(many)
+    }
 }
 
 /// A publication whose arguments hold `$binary` values: a BINARY_EVENT and its attachments.
