@@ -34,6 +34,7 @@
 //!   control plane (node, registry, proxies, webhooks, routes, drain list);
 //!   [`check_config`].
 //! * [`backbone`]: which broker and membership the [`Node`] runs on.
+//!   `fence`: closes the clients of an edge that lost NATS (3016).
 //! * `holder`: ids that name the edge holding a session (forwarding between
 //!   edges over the node bus, no sticky sessions).
 //!
@@ -62,6 +63,7 @@ pub mod backbone;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod control;
+pub(crate) mod fence;
 pub(crate) mod glob;
 pub(crate) mod holder;
 pub(crate) mod keepalive;

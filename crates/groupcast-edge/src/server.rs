@@ -62,6 +62,7 @@ pub async fn run(
     let shutdown = state.shutdown.clone();
     Metrics::get();
     metrics::gauge!("groupcast_drain_connections_left").set(0.0);
+    tokio::spawn(crate::fence::watch(state.clone()));
     crate::control::start(&state)
         .await
         .map_err(crate::EdgeError::Cluster)?;

@@ -1,7 +1,7 @@
 //! State shared by every connection and API call of one edge.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -122,6 +122,9 @@ pub struct EdgeState {
     pub tasks: TaskTracker,
     /// New connections per client address.
     pub connection_rate: IpRateLimiter,
+    /// NATS lost past `nats.fence_after`: clients are closed and refused
+    /// (`fence`).
+    pub fenced: AtomicBool,
 }
 
 fn gauge(kind: SubscriberKind) -> &'static metrics::Gauge {
@@ -308,6 +311,7 @@ impl EdgeState {
                 config.client.connection_rate_per_ip,
                 config.client.connection_burst_per_ip,
             ),
+            fenced: AtomicBool::new(false),
             config,
             node,
         }))
@@ -393,6 +397,9 @@ impl EdgeState {
         let c = &self.config.client;
         if self.shutdown.is_cancelled() {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+        }
+        if self.fenced.load(Ordering::Acquire) && self.node.backbone_health().is_err() {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "backbone unavailable"));
         }
         if self.num_connections() >= c.max_connections {
             Metrics::limit_hit("max_connections");

@@ -14,7 +14,7 @@ fn floor(module: &str) -> Option<u8> {
     Some(match module {
         "config" | "glob" | "origin" | "routes" | "auth" | "conn" | "keepalive" | "limits"
         | "proxy" | "webhooks" | "metrics" | "request_deadlines" | "tls" | "state" | "backbone"
-        | "publish_gate" | "holder" => 0,
+        | "publish_gate" | "holder" | "fence" => 0,
         "session" | "relay" | "socketio" => 1,
         "control" => 2,
         "server" | "lib" => 3,

@@ -47,6 +47,23 @@ pub struct NatsConfig {
     /// before the edge gives up and exits.
     #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
+    /// How often the edge pings its NATS server. Three intervals without an
+    /// answer (a link that went silent: nothing is refused, nothing arrives)
+    /// count as a lost connection: `/readyz` answers 503 and the client
+    /// reconnects to any server in `urls` or learnt from the cluster. 60 s
+    /// in the NATS clients; 1 s here, so a silent backbone is noticed
+    /// within 3 s.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long the edge keeps its clients while NATS is lost before it
+    /// fences itself: it closes every client connection with 3016
+    /// (`backbone unavailable`, reconnect) and refuses new ones with HTTP
+    /// 503 until NATS is back, so the clients move to an edge that still
+    /// receives publications and recover what they missed from history
+    /// (docs/failover.md). `0s`: never; the clients stay and the edge
+    /// repairs the gap from history once NATS is back.
+    #[serde(with = "humantime_serde")]
+    pub fence_after: Duration,
     /// Messages buffered per channel subscription before NATS reports a slow
     /// consumer and drops (history channels then repair from JetStream).
     pub subscription_capacity: usize,
@@ -79,6 +96,8 @@ impl Default for NatsConfig {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(1),
+            fence_after: Duration::from_secs(2),
             subscription_capacity: 65_536,
             cluster_secret: String::new(),
             accept_unsigned: false,
@@ -103,6 +122,9 @@ impl NatsConfig {
         }
         if self.startup_timeout.is_zero() {
             return Err("nats.startup_timeout must be > 0".into());
+        }
+        if self.ping_interval < Duration::from_millis(100) {
+            return Err("nats.ping_interval must be at least 100ms".into());
         }
         if self.subscription_capacity == 0 {
             return Err("nats.subscription_capacity must be > 0".into());
@@ -162,6 +184,13 @@ mod tests {
                     ..base.clone()
                 },
                 "nats.request_timeout",
+            ),
+            (
+                NatsConfig {
+                    ping_interval: Duration::from_millis(10),
+                    ..base.clone()
+                },
+                "nats.ping_interval",
             ),
             (
                 NatsConfig {

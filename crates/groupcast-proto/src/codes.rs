@@ -98,6 +98,10 @@ impl DisconnectCode {
     /// is gone (declared by the API, or nothing listens on its NATS
     /// subject). The client may reconnect and be given another.
     pub const TARGET_GONE: DisconnectCode = dis(3015, "backend target gone");
+    /// Groupcast's own: the edge lost its backbone (NATS) for longer than
+    /// `nats.fence_after` and no longer receives publications. The client
+    /// reconnects (to another edge) and recovers from history.
+    pub const BACKBONE_UNAVAILABLE: DisconnectCode = dis(3016, "backbone unavailable");
     pub const INVALID_TOKEN: DisconnectCode = dis(3500, "invalid token");
     pub const BAD_REQUEST: DisconnectCode = dis(3501, "bad request");
     pub const STALE: DisconnectCode = dis(3502, "stale");
@@ -113,7 +117,7 @@ impl DisconnectCode {
     pub const MESSAGE_TOO_BIG: DisconnectCode = dis(1009, "message too big");
 
     /// Every disconnect code, for documentation and tests.
-    pub const ALL: [DisconnectCode; 23] = [
+    pub const ALL: [DisconnectCode; 24] = [
         Self::CONNECTION_CLOSED,
         Self::SHUTDOWN,
         Self::SERVER_ERROR,
@@ -127,6 +131,7 @@ impl DisconnectCode {
         Self::TOO_MANY_REQUESTS,
         Self::STATE_INVALIDATED,
         Self::TARGET_GONE,
+        Self::BACKBONE_UNAVAILABLE,
         Self::INVALID_TOKEN,
         Self::BAD_REQUEST,
         Self::STALE,

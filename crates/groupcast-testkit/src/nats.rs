@@ -226,6 +226,15 @@ impl NatsServer {
         self.process.is_some()
     }
 
+    /// SIGSTOP (`true`) or SIGCONT the server: a stopped server keeps its
+    /// sockets open and answers nothing, as behind a link that went silent.
+    pub fn pause(&self, stop: bool) {
+        self.process
+            .as_ref()
+            .expect("running")
+            .signal(if stop { "STOP" } else { "CONT" });
+    }
+
     /// kill -9 the server (its store stays for a restart).
     pub fn kill(&mut self) {
         self.process = None;

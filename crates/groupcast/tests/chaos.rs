@@ -9,7 +9,11 @@
 //! * (a) `kill -9` of an edge,
 //! * (b) a rolling SIGTERM of the three edges, each restarted before the next,
 //! * (c) `kill -9` of the membership leader,
-//! * (d) `kill -9` of the NATS server leading the history stream (three replicas).
+//! * (d) `kill -9` of the NATS server leading the history stream (three replicas),
+//! * (e) the only NATS server of one edge goes silent for 20 s (SIGSTOP: its
+//!   sockets stay open, nothing answers): within 10 s every client holds
+//!   what was acknowledged (the edge notices after three unanswered pings,
+//!   `nats.ping_interval`, and moves to another server of the cluster).
 //!
 //! and then asserts what a user relies on: every client holds every
 //! publication of its channel exactly once and in order (clients reconnect
@@ -446,6 +450,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(|urls, _| urls.to_vec()).await
+    }
+
+    /// The cluster with edge `i` on the NATS servers `urls_of(all, i)`.
+    async fn start_with(urls_of: fn(&[String], usize) -> Vec<String>) -> Cluster {
         // NATS with the local cluster's users and permissions
         // (deploy/local/nats-auth.conf.tmpl); the edges connect as `edge`.
         let (nats, membership) = tokio::join!(
@@ -462,10 +471,11 @@ impl Cluster {
             ("GROUPCAST_CHANNEL__HISTORY_REPLICAS", "3"),
         ]);
         let bin = Path::new(BIN);
+        let (urls_a, urls_b, urls_c) = (urls_of(&urls, 0), urls_of(&urls, 1), urls_of(&urls, 2));
         let (a, b, c) = tokio::join!(
-            EdgeProcess::start(bin, "edge-a", &urls, &config, &env),
-            EdgeProcess::start(bin, "edge-b", &urls, &config, &env),
-            EdgeProcess::start(bin, "edge-c", &urls, &config, &env),
+            EdgeProcess::start(bin, "edge-a", &urls_a, &config, &env),
+            EdgeProcess::start(bin, "edge-b", &urls_b, &config, &env),
+            EdgeProcess::start(bin, "edge-c", &urls_c, &config, &env),
         );
         let edges = vec![a, b, c];
         let addrs: Vec<SocketAddr> = edges.iter().map(|e| e.addr).collect();
@@ -621,7 +631,10 @@ fn percentiles(mut d: Vec<Duration>) -> String {
 /// Starts the cluster, the clients and the publisher, and checks the
 /// starting point: everyone caught up, presence exact.
 async fn setup() -> (Cluster, Clients, Publisher) {
-    let cluster = Cluster::start().await;
+    setup_with(Cluster::start().await).await
+}
+
+async fn setup_with(cluster: Cluster) -> (Cluster, Clients, Publisher) {
     let clients = Clients::start(&cluster.lb).await;
     let publisher = Publisher::start(cluster.lb.addr);
     // A steady state before the fault.
@@ -813,6 +826,79 @@ async fn chaos_d_kill_the_nats_server_leading_the_stream() {
     cluster.assert_leases_kept(&[0, 1, 2]).await;
     finish(
         "(d) kill -9 the NATS stream leader",
+        clients,
+        publisher,
+        &marks,
+        &[converged],
+    )
+    .await;
+}
+
+/// What an edge's clients are promised when its backbone goes silent: no
+/// client misses publications for longer than this.
+const SILENT_AT_MOST: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_e_the_nats_server_of_one_edge_goes_silent() {
+    // edge-a is configured with server 0 only (it learns the others from
+    // the cluster, as NATS clients do); edges b and c with servers 1 and 2.
+    let cluster = Cluster::start_with(|urls, i| match i {
+        0 => vec![urls[0].clone()],
+        _ => urls[1..].to_vec(),
+    })
+    .await;
+    let (cluster, clients, publisher) = setup_with(cluster).await;
+    let marks = clients.reconnect_marks();
+    let edge = &cluster.edges[0];
+    let gauge = "groupcast_connections{protocol=\"centrifugo\",transport=\"websocket\"}";
+    let held = edge.metric(gauge).await;
+    assert!(
+        held > 0.0,
+        "edge-a holds no clients (least_conn spreads them)"
+    );
+    let fault = Instant::now();
+    cluster.nats.servers[0].pause(true);
+    // Publications acknowledged 2 s before the bound must be with every
+    // client at the bound: nobody is left behind longer than that.
+    tokio::time::sleep(SILENT_AT_MOST - Duration::from_secs(2)).await;
+    let due: Vec<u64> = publisher
+        .acked
+        .iter()
+        .map(|a| a.load(Ordering::SeqCst))
+        .collect();
+    tokio::time::sleep(fault + SILENT_AT_MOST - Instant::now()).await;
+    let behind: Vec<String> = (0..CLIENTS)
+        .filter_map(|i| {
+            let last = clients.state(i).last;
+            let want = due[i % CHANNELS];
+            (last < want).then(|| format!("client {i}: {last} of {want}"))
+        })
+        .collect();
+    assert!(
+        behind.is_empty(),
+        "{} clients still missed publications {SILENT_AT_MOST:?} after the fault: {:?}\nedge-a:\n{}",
+        behind.len(),
+        &behind[..behind.len().min(5)],
+        edge.log()
+    );
+    let lost = edge.log().contains("NATS disconnected");
+    // The rest of the 20 s silence, then the server answers again.
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(fault.elapsed())).await;
+    cluster.nats.servers[0].pause(false);
+    clients.wait_all_connected().await;
+    let converged = cluster
+        .presence_converged(&clients, Instant::now(), "the heal")
+        .await;
+    eprintln!(
+        "chaos (e): edge-a held {held} clients; at {} s after the fault every client held what \
+         was acknowledged by {} s; edge-a saw NATS lost: {lost}",
+        SILENT_AT_MOST.as_secs(),
+        SILENT_AT_MOST.as_secs() - 2
+    );
+    assert!(lost, "edge-a never noticed its server went silent");
+    cluster.assert_leases_kept(&[0, 1, 2]).await;
+    finish(
+        "(e) the NATS server of one edge silent for 20 s",
         clients,
         publisher,
         &marks,

@@ -387,3 +387,68 @@ async fn an_excluded_client_on_another_edge_is_left_out() {
         "x (on edge a) was left out of 1"
     );
 }
+
+/// An edge that loses its only NATS server (SIGSTOP: the socket stays open,
+/// nothing answers) notices within three pings (`nats.ping_interval`, 1 s),
+/// answers `/readyz` 503, and past `nats.fence_after` (2 s) closes its
+/// clients with 3016 and refuses new WebSockets with HTTP 503: none stays
+/// connected missing publications. With NATS back it is ready and takes
+/// clients again. With `nats.fence_after = 0s` the clients are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_loses_nats_fences_its_clients_until_it_is_back() {
+    let (nats, m) = backbone(1).await;
+    let a = edge("a", &nats, &m).await;
+    let kept = edge_env("k", &nats, &m, &[("GROUPCAST_NATS__FENCE_AFTER", "0s")]).await;
+    let (mut alice, _) = member(&a, "alice", "room").await;
+    let (mut bob, _) = member(&kept, "bob", "room").await;
+    let fault = Instant::now();
+    nats.pause(true);
+    let closed = alice.closed(Duration::from_secs(15)).await.unwrap();
+    let after = fault.elapsed();
+    assert_eq!(
+        closed,
+        Some((3016, "backbone unavailable".into())),
+        "after {after:?}"
+    );
+    // Noticed (three unanswered 1 s pings) plus fence_after, with slack
+    // for a loaded machine: within the 10 s docs/failover.md promises.
+    assert!(after <= Duration::from_secs(10), "fenced after {after:?}");
+    let (code, body) = groupcast_testkit::http_request(a.addr, "GET", "/readyz", "", b"").await;
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    let refused = Client::open(&a.ws_url()).await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("503")),
+        "a new WebSocket while fenced: {:?}",
+        refused.as_ref().map(|_| "accepted")
+    );
+    assert!(a.metric("groupcast_backbone_fences_total").await >= 1.0);
+    // fence_after = 0s: bob stays (and is not ready either).
+    let (code, _) = groupcast_testkit::http_request(kept.addr, "GET", "/readyz", "", b"").await;
+    assert_eq!(code, 503);
+    let r = bob
+        .command("presence_stats", json!({ "channel": "room" }))
+        .await;
+    assert!(r.is_ok(), "bob was disconnected: {r:?}");
+    nats.pause(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, _) = groupcast_testkit::http_request(a.addr, "GET", "/readyz", "", b"").await;
+        if code == 200 && a.metric("groupcast_backbone_fenced").await == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still fenced after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut again, _) = member(&a, "alice", "room").await;
+    let (_, r) = a
+        .api("publish", json!({ "channel": "room", "data": { "n": 1 } }))
+        .await;
+    assert!(r["result"]["offset"].as_u64().is_some(), "{r}");
+    let p = again.publication(T).await.unwrap();
+    assert_eq!(p["pub"]["data"], json!({ "n": 1 }), "{p}");
+    let p = bob.publication(T).await.unwrap();
+    assert_eq!(p["pub"]["data"], json!({ "n": 1 }), "{p}");
+}

@@ -54,6 +54,7 @@ impl NatsBroker {
             .subscription_capacity(config.subscription_capacity)
             .request_timeout(Some(config.request_timeout))
             .connection_timeout(config.connect_timeout)
+            .ping_interval(config.ping_interval)
             .max_reconnects(None)
             .event_callback(move |event| {
                 let flag = flag.clone();
