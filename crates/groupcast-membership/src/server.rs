@@ -19,7 +19,9 @@
 //!   not raise its term while cut off, and rejoins after the heal as a
 //!   follower without deposing the leader (no pre-vote in openraft 0.9).
 //!   A replica that cannot reach a majority could not win an election
-//!   anyway.
+//!   anyway. When the majority is back it waits for a leader's
+//!   AppendEntries (or, if none comes, three step-down periods) before it
+//!   may campaign again.
 //!
 //! Reads during an election: [`Request::LocalQuery`] answers from this
 //! replica's applied state while it heard from a leader (or, leading, from
@@ -252,6 +254,7 @@ impl MembershipServer {
                 cancel.clone(),
                 cfg.heartbeat * 2,
                 cfg.election_timeout_min,
+                step_down_after * 3,
             )),
         ];
         let mut http_addr = None;
@@ -804,16 +807,27 @@ async fn step_down_loop(
 
 /// Lets this replica campaign only while it reaches a majority of the
 /// voters, itself included (a `Status` probe of each other voter every
-/// `every`, each bounded by `within`).
+/// `every`, each bounded by `within`). Once a majority is back in reach
+/// after it was lost, elections resume when a leader has contacted this
+/// replica since (it follows that leader, nothing to elect), or after
+/// `grace` (none did: there may be no leader): its last heartbeat is old,
+/// so it would otherwise campaign at once, before the leader's
+/// heartbeats get through again, and depose it.
 async fn reach_loop(
     inner: Arc<Inner>,
     cancel: CancellationToken,
     every: Duration,
     within: Duration,
+    grace: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut allowed = true;
+    // Whether a majority was ever in reach (before that, at start, there
+    // is no leader to wait for).
+    let mut ever_reached = false;
+    // Since when a majority is back in reach, while elections stay off.
+    let mut back_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -845,9 +859,16 @@ async fn reach_loop(
             .into_iter()
             .filter(|ok| *ok)
             .count();
-        let majority = reached * 2 > voters.len();
+        let mut majority = reached * 2 > voters.len();
+        if majority && !allowed && ever_reached {
+            let since = *back_since.get_or_insert_with(Instant::now);
+            let contacted = inner.last_contact.lock().is_some_and(|t| t >= since);
+            majority = contacted || since.elapsed() >= grace;
+        }
+        ever_reached |= majority;
         if majority != allowed {
             allowed = majority;
+            back_since = None;
             inner.raft.runtime_config().elect(majority);
             if majority {
                 tracing::info!(reached, "membership: a majority is in reach; elections on");

@@ -209,7 +209,8 @@ impl Peer {
         })
     }
 
-    async fn forget(&self) {
+    /// Closes the connection; the next call opens a new one.
+    pub(crate) async fn forget(&self) {
         if let Some(c) = self.conn.lock().await.take() {
             c.close(0u32.into(), b"reconnect");
         }
