@@ -808,11 +808,11 @@ async fn step_down_loop(
 /// Lets this replica campaign only while it reaches a majority of the
 /// voters, itself included (a `Status` probe of each other voter every
 /// `every`, each bounded by `within`). Once a majority is back in reach
-/// after it was lost, elections resume when a leader has contacted this
-/// replica since (it follows that leader, nothing to elect), or after
-/// `grace` (none did: there may be no leader): its last heartbeat is old,
-/// so it would otherwise campaign at once, before the leader's
-/// heartbeats get through again, and depose it.
+/// after it was lost, a replica that has heard from a leader before
+/// resumes elections when a leader has contacted it since (it follows that
+/// leader, nothing to elect), or after `grace` (none did: there may be no
+/// leader): its last heartbeat is old, so it would otherwise campaign at
+/// once, before the leader's heartbeats get through again, and depose it.
 async fn reach_loop(
     inner: Arc<Inner>,
     cancel: CancellationToken,
@@ -823,9 +823,6 @@ async fn reach_loop(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut allowed = true;
-    // Whether a majority was ever in reach (before that, at start, there
-    // is no leader to wait for).
-    let mut ever_reached = false;
     // Since when a majority is back in reach, while elections stay off.
     let mut back_since: Option<Instant> = None;
     loop {
@@ -860,12 +857,14 @@ async fn reach_loop(
             .filter(|ok| *ok)
             .count();
         let mut majority = reached * 2 > voters.len();
-        if majority && !allowed && ever_reached {
+        let last_contact = *inner.last_contact.lock();
+        // A replica that never heard from a leader (a new cluster) has no
+        // leader to wait for.
+        if majority && !allowed && last_contact.is_some() {
             let since = *back_since.get_or_insert_with(Instant::now);
-            let contacted = inner.last_contact.lock().is_some_and(|t| t >= since);
+            let contacted = last_contact.is_some_and(|t| t >= since);
             majority = contacted || since.elapsed() >= grace;
         }
-        ever_reached |= majority;
         if majority != allowed {
             allowed = majority;
             back_since = None;
