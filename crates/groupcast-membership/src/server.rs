@@ -3,7 +3,7 @@
 //! HTTP listener for `/readyz`, `/status` and `/metrics`.
 //!
 //! Two guards openraft 0.9 lacks, both in this file (see
-//! `docs/failover.md`, "A replica partitioned in the minority"):
+//! `docs/failover.md`, "A membership replica partitioned in the minority"):
 //!
 //! * **Check-quorum** (`step_down_loop`): a leader that has had no
 //!   acknowledgement from a majority for `election_timeout_min` plus its
