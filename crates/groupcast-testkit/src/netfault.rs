@@ -56,6 +56,28 @@ pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
 /// Set in the child that runs inside the namespace: the test's tag.
 const ENV_TAG: &str = "GROUPCAST_NETFAULT_TAG";
 
+/// The test's cgroup directory is this followed by the parent's PID.
+const TAG_PREFIX: &str = "gcnf-";
+
+/// Removes the cgroups of fault tests whose parent process is gone (a test
+/// killed by the runner's timeout skips its clean-up), with whatever they
+/// still hold: only processes such a test placed there.
+fn remove_orphans() {
+    let Ok(entries) = std::fs::read_dir(CGROUP2_ROOT) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(TAG_PREFIX) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            eprintln!("netfault: removing {name}, left by a test that is gone");
+            remove_tree(&e.path());
+        }
+    }
+}
+
 /// Longest a test in its namespace may run before the parent kills it.
 const ISOLATED_WITHIN: Duration = Duration::from_secs(240);
 
@@ -76,7 +98,8 @@ pub fn isolated(test: &str) -> bool {
         "{test} needs root (a network namespace, cgroups, iptables): run it as \
          scripts/test.sh does in CI"
     );
-    let tag = format!("gcnf-{}", std::process::id());
+    remove_orphans();
+    let tag = format!("{TAG_PREFIX}{}", std::process::id());
     let exe = std::env::current_exe().expect("the test binary");
     let mut child = Command::new("unshare")
         .args([
