@@ -27,7 +27,13 @@
 //! drop (a process still in a leaf is killed through `cgroup.kill`: only
 //! processes this test placed there). The namespace goes away with the
 //! test's last process; the parent of [`isolated`] checks that no cgroup of
-//! the test is left behind.
+//! the test is left behind. A test the runner kills (timeout) skips its
+//! clean-up, but its processes die with the runner's process group, and
+//! the next fault test removes its cgroups.
+//!
+//! Other processes: [`NetFaults::place`] takes any `Command` (the
+//! membership cluster's use, `MembershipCluster::start_placed`, is the
+//! pattern for edges and NATS servers).
 //!
 //! ```ignore
 //! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
