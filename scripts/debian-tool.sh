@@ -7,7 +7,8 @@
 # never as the system service.
 #
 # Used by scripts/test.sh (nginx for the chaos tests, prometheus for the
-# dashboard queries) and deploy/local/cluster.sh (nginx).
+# dashboard queries, iptables for the membership fault tests) and
+# deploy/local/cluster.sh (nginx).
 set -euo pipefail
 package=${1:?usage: scripts/debian-tool.sh PACKAGE [BINARY]}
 binary=${2:-$package}

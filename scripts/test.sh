@@ -13,8 +13,10 @@
 #   tests/sdk/node_modules  npm packages from tests/sdk/package-lock.json
 # and, when missing, Debian's chromium package (system-wide, needs root or
 # sudo) for the demo page test in a real browser, Debian's nginx for the
-# chaos tests behind a load balancer and Debian's prometheus for the
-# dashboard queries (scripts/debian-tool.sh).
+# chaos tests behind a load balancer, Debian's prometheus for the
+# dashboard queries and Debian's iptables for the membership fault tests
+# (scripts/debian-tool.sh). The fault tests need root (a network namespace,
+# cgroups), as CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -57,10 +59,13 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 /usr/bin/chromium --version
 
-step "test tools: nginx and prometheus (Debian packages)"
+step "test tools: nginx, prometheus and iptables (Debian packages)"
 "$(scripts/debian-tool.sh nginx)" -v
 "$(scripts/debian-tool.sh prometheus)" --version | head -1
 "$(scripts/debian-tool.sh prometheus promtool)" --version | head -1
+# The membership fault tests cut replicas apart with iptables rules in a
+# network namespace of their own (crates/groupcast-testkit/src/netfault.rs).
+"$(scripts/debian-tool.sh iptables)" -V
 
 step "Helm chart: lint, render for Kubernetes 1.20 and 1.29-1.33, validate, bad values refused"
 helm/test/check.sh

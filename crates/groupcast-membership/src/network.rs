@@ -27,6 +27,11 @@ use crate::types::{NodeId, TypeConfig};
 /// How often a replica that stays unreachable is logged again.
 pub const REMINDER_EVERY: Duration = Duration::from_secs(30);
 
+/// A replica that has not answered for this long is called on a new
+/// connection (each try), so it is reached again as soon as the network
+/// lets it (after a partition).
+const FRESH_CONNECTION_AFTER: Duration = Duration::from_secs(1);
+
 /// Whether each other replica answers, for operator-friendly logs.
 #[derive(Default)]
 pub struct PeerHealth {
@@ -66,6 +71,15 @@ impl PeerHealth {
             }
             Some(_) => Logged::Nothing,
         }
+    }
+
+    /// How long `target` has not answered (zero while it does).
+    fn down_for(&self, target: NodeId) -> Duration {
+        self.down
+            .lock()
+            .get(&target)
+            .map(|(since, _)| since.elapsed())
+            .unwrap_or_default()
     }
 
     fn answered(&self, target: NodeId, now: Instant) -> Logged {
@@ -136,6 +150,12 @@ impl PeerClient {
             }
             Err(e) => {
                 self.health.failed(self.target, &e, Instant::now());
+                if self.health.down_for(self.target) >= FRESH_CONNECTION_AFTER {
+                    // A QUIC connection that lost every packet for a while
+                    // backs its retransmissions off for seconds; a fresh
+                    // one answers as soon as the replica is reachable.
+                    self.peer.forget().await;
+                }
                 return Err(match e {
                     TransportError::Resolve(_) | TransportError::Connect { .. } => {
                         RPCError::Unreachable(Unreachable::new(&e))

@@ -1,6 +1,31 @@
 //! One membership replica (`groupcast membership`): Raft over QUIC, the
 //! edge-facing API on the same endpoint, lease expiry on the leader, and an
 //! HTTP listener for `/readyz`, `/status` and `/metrics`.
+//!
+//! Two guards openraft 0.9 lacks, both in this file (see
+//! `docs/failover.md`, "A membership replica partitioned in the minority"):
+//!
+//! * **Check-quorum** (`step_down_loop`): a leader that has had no
+//!   acknowledgement from a majority for `election_timeout_min` plus its
+//!   followers' leader lease (`election_timeout_max`), the earliest moment
+//!   the majority can elect another leader, steps down, so two replicas
+//!   never both report `Leader` for longer than that. openraft has no
+//!   step-down call; the replica grants itself a vote request of the next
+//!   term (for another voter), which makes its engine a follower without a
+//!   leader. Its writes are then refused (`NotLeader`, no leader known).
+//! * **Elections only with a majority in reach** (`reach_loop`): a replica
+//!   campaigns only while it can reach a majority of the voters (a
+//!   `Status` probe every two heartbeats), so a partitioned replica does
+//!   not raise its term while cut off, and rejoins after the heal as a
+//!   follower without deposing the leader (no pre-vote in openraft 0.9).
+//!   A replica that cannot reach a majority could not win an election
+//!   anyway. When the majority is back it waits for a leader's
+//!   AppendEntries (or, if none comes, three step-down periods) before it
+//!   may campaign again.
+//!
+//! Reads during an election: [`Request::LocalQuery`] answers from this
+//! replica's applied state while it heard from a leader (or, leading, from
+//! a majority) within `stale_read_max`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -14,7 +39,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::raft::{AppendEntriesResponse, VoteRequest};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, Vote};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +53,10 @@ use crate::types::{Command, CommandResult, EdgeId, Leave, NodeId, Query, Raft, R
 
 /// How often the leader looks for expired leases.
 const LEASE_CHECK: Duration = Duration::from_millis(200);
+
+/// Longest a write waits for its commit (a leader that lost its majority
+/// holds writes until it steps down; the lease loop must not hang on one).
+const WRITE_WAIT: Duration = Duration::from_secs(5);
 
 /// Called on the leader with the presence entries of an edge it removed
 /// (lease expired, left, or replaced by a new incarnation), once per removal.
@@ -53,9 +83,17 @@ pub struct ServerConfig {
     pub tls: TlsFiles,
     /// HTTP address for `/healthz`, `/readyz`, `/status`, `/metrics`.
     pub http: Option<SocketAddr>,
+    /// Leader heartbeat period.
     pub heartbeat: Duration,
+    /// A follower that heard nothing from the leader for its lease
+    /// (`election_timeout_max`) plus a random time in `[min, max)` starts an
+    /// election; a leader that heard from no majority for `min` plus `max`
+    /// steps down.
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// [`Request::LocalQuery`] is answered while this replica heard from a
+    /// leader (leading: from a majority) within this long.
+    pub stale_read_max: Duration,
     /// Build a snapshot (and compact the log) after this many entries.
     pub snapshot_every: u64,
     /// Entries kept in the log behind a snapshot (for slow followers).
@@ -77,8 +115,9 @@ impl ServerConfig {
             tls,
             http: None,
             heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(500),
-            election_timeout_max: Duration::from_millis(1000),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(500),
+            stale_read_max: Duration::from_secs(3),
             snapshot_every: 20_000,
             keep_after_snapshot: 1_000,
             ready_lag: 1_000,
@@ -111,6 +150,10 @@ struct Inner {
     ready_lag: u64,
     /// QUIC connections accepted since start.
     accepted: AtomicU64,
+    /// When this replica last heard from a leader (a follower: an accepted
+    /// AppendEntries; the leader: the last majority acknowledgement).
+    last_contact: Mutex<Option<Instant>>,
+    stale_read_max: Duration,
 }
 
 /// A running replica. Dropping it stops its tasks (call
@@ -192,11 +235,27 @@ impl MembershipServer {
             hook: hook.unwrap_or_else(|| Arc::new(log_leaves)),
             ready_lag: cfg.ready_lag,
             accepted: AtomicU64::new(0),
+            last_contact: Mutex::new(None),
+            stale_read_max: cfg.stale_read_max,
         });
         let cancel = CancellationToken::new();
+        let step_down_after = cfg.election_timeout_min + cfg.election_timeout_max;
         let mut tasks = vec![
             tokio::spawn(accept_loop(inner.clone(), cancel.clone())),
             tokio::spawn(lease_loop(inner.clone(), cancel.clone())),
+            tokio::spawn(step_down_loop(
+                inner.clone(),
+                cancel.clone(),
+                cfg.heartbeat,
+                step_down_after,
+            )),
+            tokio::spawn(reach_loop(
+                inner.clone(),
+                cancel.clone(),
+                cfg.heartbeat * 2,
+                cfg.election_timeout_min,
+                step_down_after * 3,
+            )),
         ];
         let mut http_addr = None;
         if let Some(addr) = cfg.http {
@@ -332,7 +391,14 @@ impl Inner {
 
     async fn handle(self: Arc<Self>, req: Request) -> Reply {
         match req {
-            Request::AppendEntries(r) => Reply::AppendEntries(self.raft.append_entries(r).await),
+            Request::AppendEntries(r) => {
+                let res = self.raft.append_entries(r).await;
+                if matches!(&res, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+                    // Only a current leader's AppendEntries is accepted.
+                    *self.last_contact.lock() = Some(Instant::now());
+                }
+                Reply::AppendEntries(res)
+            }
             Request::Vote(r) => Reply::Vote(self.raft.vote(r).await),
             Request::InstallSnapshot(r) => {
                 Reply::InstallSnapshot(self.raft.install_snapshot(r).await)
@@ -340,6 +406,7 @@ impl Inner {
             Request::Write(cmd) => self.write(cmd).await,
             Request::Renew(edge) => self.renew(edge),
             Request::Query(q) => self.query(q).await,
+            Request::LocalQuery(q) => self.local_query(q),
             Request::Status => Reply::Status(self.status().await),
             Request::AddMember { id, addr } => {
                 // Catch up as a learner first, then become a voter.
@@ -392,7 +459,11 @@ impl Inner {
                 edge.name.clone()
             }
         };
-        match self.raft.client_write(cmd).await {
+        let written = match tokio::time::timeout(WRITE_WAIT, self.raft.client_write(cmd)).await {
+            Ok(w) => w,
+            Err(_) => return Reply::Failed(format!("not committed within {WRITE_WAIT:?}")),
+        };
+        match written {
             Ok(resp) => {
                 if let Some(edge) = registering {
                     self.leases.lock().insert(edge, Instant::now());
@@ -447,6 +518,59 @@ impl Inner {
                 leader: f.leader_node.map(|n| n.addr),
             },
             Err(e) => Reply::Failed(e.to_string()),
+        }
+    }
+
+    /// A read from this replica's applied state, while it heard from a
+    /// leader (or, leading, from a majority) within `stale_read_max`.
+    fn local_query(&self, q: Query) -> Reply {
+        let age = self.last_contact.lock().map(|t| t.elapsed());
+        match age {
+            Some(age) if age <= self.stale_read_max => {
+                let applied_index = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                metrics::counter!("groupcast_membership_local_reads_total").increment(1);
+                Reply::LocalQuery {
+                    result: self.sm.read(|s| s.query(&q)),
+                    applied_index,
+                    age_ms: age.as_millis() as u64,
+                }
+            }
+            Some(age) => Reply::Failed(format!(
+                "no leader heard from for {} ms (stale_read_max {} ms)",
+                age.as_millis(),
+                self.stale_read_max.as_millis()
+            )),
+            None => Reply::Failed("no leader heard from since start".into()),
+        }
+    }
+
+    /// Steps down from leadership: grants a vote request of the next term
+    /// (for `other`, another voter), which turns this leader's engine into a
+    /// follower with no leader known. The first request, with no log,
+    /// is refused and tells this replica's last log id; the second carries
+    /// it. True once granted.
+    async fn step_down(&self, m: &RaftMetrics<NodeId, BasicNode>, other: NodeId) -> bool {
+        let vote = Vote::new(m.current_term + 1, other);
+        let probe = match self.raft.vote(VoteRequest::new(vote, None)).await {
+            Ok(r) => r,
+            Err(_) => return false,
+        };
+        if probe.vote_granted {
+            return true;
+        }
+        match self
+            .raft
+            .vote(VoteRequest::new(vote, probe.last_log_id))
+            .await
+        {
+            Ok(r) => r.vote_granted,
+            Err(_) => false,
         }
     }
 
@@ -628,6 +752,136 @@ async fn lease_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     }
 }
 
+/// Check-quorum: a leader that heard from no majority for `after` steps
+/// down (see the module docs). Also keeps `last_contact` on the leader.
+async fn step_down_loop(
+    inner: Arc<Inner>,
+    cancel: CancellationToken,
+    every: Duration,
+    after: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let m = inner.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            leading_since = None;
+            continue;
+        }
+        let now = Instant::now();
+        let since = *leading_since.get_or_insert(now);
+        // openraft's own clock: when a majority last acknowledged this
+        // leader (None: not yet, since it was elected).
+        let unacked = match m.millis_since_quorum_ack {
+            Some(ms) => Duration::from_millis(ms),
+            None => now.duration_since(since),
+        };
+        let membership = m.membership_config.membership();
+        let other = membership.voter_ids().find(|v| *v != inner.id);
+        let Some(other) = other else {
+            // The only voter: it is its own majority.
+            *inner.last_contact.lock() = Some(now);
+            continue;
+        };
+        if let Some(acked) = now.checked_sub(unacked) {
+            *inner.last_contact.lock() = Some(acked);
+        }
+        if unacked <= after {
+            continue;
+        }
+        if inner.step_down(&m, other).await {
+            metrics::counter!("groupcast_membership_step_downs_total").increment(1);
+            tracing::warn!(
+                term = m.current_term,
+                unacked_ms = unacked.as_millis() as u64,
+                "membership: no majority acknowledged this leader; stepped down"
+            );
+        }
+    }
+}
+
+/// Lets this replica campaign only while it reaches a majority of the
+/// voters, itself included (a `Status` probe of each other voter every
+/// `every`, each bounded by `within`). Once a majority is back in reach
+/// after it was lost, a replica that has heard from a leader before
+/// resumes elections when a leader has contacted it since (it follows that
+/// leader, nothing to elect), or after `grace` (none did: there may be no
+/// leader): its last heartbeat is old, so it would otherwise campaign at
+/// once, before the leader's heartbeats get through again, and depose it.
+async fn reach_loop(
+    inner: Arc<Inner>,
+    cancel: CancellationToken,
+    every: Duration,
+    within: Duration,
+    grace: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut allowed = true;
+    // Since when a majority is back in reach, while elections stay off.
+    let mut back_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let m = inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<(NodeId, String)> = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+            .collect();
+        if voters.len() <= 1 || !voters.iter().any(|(id, _)| *id == inner.id) {
+            continue;
+        }
+        let probes = voters
+            .iter()
+            .filter(|(id, _)| *id != inner.id)
+            .map(|(_, addr)| {
+                let peer = inner.peers.get(addr);
+                async move {
+                    matches!(
+                        peer.call(&Request::Status, within).await,
+                        Ok(Reply::Status(_))
+                    )
+                }
+            });
+        let reached = 1 + futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+        let mut majority = reached * 2 > voters.len();
+        let last_contact = *inner.last_contact.lock();
+        // A replica that never heard from a leader (a new cluster) has no
+        // leader to wait for.
+        if majority && !allowed && last_contact.is_some() {
+            let since = *back_since.get_or_insert_with(Instant::now);
+            let contacted = last_contact.is_some_and(|t| t >= since);
+            majority = contacted || since.elapsed() >= grace;
+        }
+        if majority != allowed {
+            allowed = majority;
+            back_since = None;
+            inner.raft.runtime_config().elect(majority);
+            if majority {
+                tracing::info!(reached, "membership: a majority is in reach; elections on");
+            } else {
+                tracing::warn!(
+                    reached,
+                    voters = voters.len(),
+                    "membership: no majority in reach; this replica does not campaign"
+                );
+            }
+        }
+    }
+}
+
 /// Registers descriptions of the membership metrics (see
 /// `docs/operations.md`).
 pub fn describe_metrics() {
@@ -649,6 +903,14 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "groupcast_membership_edges_removed_total",
         "edge removals committed or attempted, by reason (lease_expired|left)"
+    );
+    metrics::describe_counter!(
+        "groupcast_membership_step_downs_total",
+        "times this replica stepped down as leader because no majority acknowledged it"
+    );
+    metrics::describe_counter!(
+        "groupcast_membership_local_reads_total",
+        "reads answered from this replica's own state (during a leader change)"
     );
     metrics::describe_counter!(
         "groupcast_membership_leaves_total",

@@ -46,6 +46,11 @@ pub enum Request {
     RemoveMember {
         id: NodeId,
     },
+    /// A read from this replica's own applied state, for when no leader
+    /// answers (an election): answered while the replica heard from a
+    /// leader (or, leading, from a majority) within the server's
+    /// `stale_read_max`, else [`Reply::Failed`].
+    LocalQuery(Query),
 }
 
 /// A replica's view of the cluster (`groupcast membership status`).
@@ -88,6 +93,13 @@ pub enum Reply {
     },
     /// The request could not be served (the reason).
     Failed(String),
+    /// The answer to [`Request::LocalQuery`]: the replica's applied index
+    /// and how long ago it last heard from a leader (or a majority).
+    LocalQuery {
+        result: QueryResult,
+        applied_index: u64,
+        age_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -197,7 +209,8 @@ impl Peer {
         })
     }
 
-    async fn forget(&self) {
+    /// Closes the connection; the next call opens a new one.
+    pub(crate) async fn forget(&self) {
         if let Some(c) = self.conn.lock().await.take() {
             c.close(0u32.into(), b"reconnect");
         }

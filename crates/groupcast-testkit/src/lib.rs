@@ -17,6 +17,8 @@
 //! * [`example`]: `examples/<name>/run.sh`, an example started by its one command.
 //! * [`membership`]: a cluster of `groupcast membership` processes.
 //! * [`nats`]: real `nats-server` processes (one, or a cluster).
+//! * [`netfault`]: partitions between a test's processes (a private network
+//!   namespace, a cgroup leaf per process, iptables rules of the test's own).
 //! * [`nginx`]: nginx in front of edges (the local cluster's config).
 //! * [`prometheus`]: a real Prometheus scraping given targets.
 //! * [`raw`]: a plain WebSocket, as a browser opens one.
@@ -31,6 +33,7 @@ pub mod example;
 mod http;
 pub mod membership;
 pub mod nats;
+pub mod netfault;
 pub mod nginx;
 mod process;
 pub mod prometheus;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::http_request;
+use crate::netfault::{NetFaults, Port};
 use crate::process::{free_tcp_port, Process};
 
 /// One replica.
@@ -29,6 +30,8 @@ pub struct MembershipCluster {
     bin: PathBuf,
     dir: PathBuf,
     pub nodes: Vec<MembershipNode>,
+    /// Where replicas are placed (group `membership-ID` each), if anywhere.
+    faults: Option<NetFaults>,
 }
 
 fn free_udp() -> u16 {
@@ -103,6 +106,27 @@ impl MembershipCluster {
     /// leader and every replica is ready (bounded: 30 s). Certificates:
     /// `node-ID` per replica, plus `edge` and `admin`.
     pub async fn start(bin: &Path, n: u64, extra: &[&str]) -> MembershipCluster {
+        Self::start_with(bin, n, extra, None).await
+    }
+
+    /// [`Self::start`] with each replica in its own group of `faults`,
+    /// named `membership-ID` (see [`Self::group`]), its QUIC and HTTP ports
+    /// the group's ports.
+    pub async fn start_placed(
+        bin: &Path,
+        n: u64,
+        extra: &[&str],
+        faults: &NetFaults,
+    ) -> MembershipCluster {
+        Self::start_with(bin, n, extra, Some(faults.clone())).await
+    }
+
+    async fn start_with(
+        bin: &Path,
+        n: u64,
+        extra: &[&str],
+        faults: Option<NetFaults>,
+    ) -> MembershipCluster {
         let dir = std::env::temp_dir().join(format!(
             "groupcast-membership-{}-{}",
             std::process::id(),
@@ -132,6 +156,7 @@ impl MembershipCluster {
             bin: bin.to_path_buf(),
             dir,
             nodes,
+            faults,
         };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i);
@@ -167,6 +192,11 @@ impl MembershipCluster {
             "RUST_LOG",
             "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off",
         );
+        if let Some(f) = &self.faults {
+            let quic: SocketAddr = node.addr.parse().expect("ip:port");
+            let ports = [Port::Udp(quic.port()), Port::Tcp(node.http.port())];
+            cmd = f.place(&format!("membership-{}", node.id), &ports, &cmd);
+        }
         node.process = Some(Process::spawn(
             &format!("membership node {}", node.id),
             cmd,
@@ -183,6 +213,11 @@ impl MembershipCluster {
             .expect("running")
             .wait_ready(|| async move { matches!(get(http, "/readyz").await, Some((200, _))) })
             .await;
+    }
+
+    /// The fault group of replica `i` (with [`Self::start_placed`]).
+    pub fn group(&self, i: usize) -> String {
+        format!("membership-{}", self.nodes[i].id)
     }
 
     /// Directory holding `ca.pem` and the `edge` / `admin` certificates.

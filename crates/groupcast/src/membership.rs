@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -109,6 +110,32 @@ struct RunArgs {
     /// Entries kept behind a snapshot for followers that lag a little.
     #[arg(long, default_value_t = 1_000)]
     keep_after_snapshot: u64,
+    /// Leader heartbeat period, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Election timeout range MIN-MAX in milliseconds: a follower that heard
+    /// no heartbeat for MAX plus a random time in [MIN, MAX) campaigns; a
+    /// leader that heard from no majority for MIN+MAX steps down.
+    #[arg(long, default_value = "300-500")]
+    election_timeout_ms: String,
+    /// Reads from this replica's own state during a leader change are
+    /// answered while it heard from a leader within this many milliseconds.
+    #[arg(long, default_value_t = 3_000)]
+    stale_read_max_ms: u64,
+}
+
+/// `--election-timeout-ms MIN-MAX` (MIN below MAX, above the heartbeat).
+fn election_timeout(range: &str, heartbeat_ms: u64) -> anyhow::Result<(u64, u64)> {
+    let (min, max) = range
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
+        .with_context(|| format!("--election-timeout-ms {range:?}: MIN-MAX in milliseconds"))?;
+    if min >= max || min <= heartbeat_ms {
+        bail!(
+            "--election-timeout-ms {range:?}: MIN must be below MAX and above --heartbeat-ms ({heartbeat_ms})"
+        );
+    }
+    Ok((min, max))
 }
 
 #[derive(Args)]
@@ -234,6 +261,14 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     cfg.http = a.http;
     cfg.snapshot_every = a.snapshot_every;
     cfg.keep_after_snapshot = a.keep_after_snapshot;
+    if a.heartbeat_ms == 0 {
+        bail!("--heartbeat-ms must be above 0");
+    }
+    let (min, max) = election_timeout(&a.election_timeout_ms, a.heartbeat_ms)?;
+    cfg.heartbeat = Duration::from_millis(a.heartbeat_ms);
+    cfg.election_timeout_min = Duration::from_millis(min);
+    cfg.election_timeout_max = Duration::from_millis(max);
+    cfg.stale_read_max = Duration::from_millis(a.stale_read_max_ms);
     let handle = groupcast_edge::metrics::install();
     let render: groupcast_membership::server::MetricsRender = Arc::new(move || handle.render());
     let server = MembershipServer::start(cfg, None, Some(render)).await?;
@@ -264,7 +299,16 @@ async fn admin(action: MembershipAction) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::node_id;
+    use super::{election_timeout, node_id};
+
+    #[test]
+    fn election_timeouts_are_a_range_above_the_heartbeat() {
+        assert_eq!(election_timeout("300-500", 100).unwrap(), (300, 500));
+        for bad in ["500", "500-300", "100-200", "a-b"] {
+            let e = election_timeout(bad, 100).unwrap_err().to_string();
+            assert!(e.contains("--election-timeout-ms"), "{e}");
+        }
+    }
 
     #[test]
     fn ids_are_numbers_or_the_statefulset_ordinal_plus_one() {

@@ -1,14 +1,19 @@
 //! [`Conn`]: requests to the leader, whichever replica that is. `NotLeader`
-//! answers are followed, dead replicas skipped, each try bounded.
+//! answers are followed, dead replicas skipped, each try bounded; and
+//! [`Conn::local_query`], a read from the replicas' own state when no
+//! leader answers.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 
 use super::MembershipClientError;
 use crate::certs::{self, TlsFiles};
 use crate::transport::{resolve, Peers, Reply, Request, Status};
+use crate::types::{Query, QueryResult};
 
 /// Requests to the leader, whichever replica that is.
 pub struct Conn {
@@ -16,10 +21,18 @@ pub struct Conn {
     peers: Peers,
     leader: Mutex<Option<String>>,
     next_seed: AtomicUsize,
+    /// Replicas that did not answer lately (address → when), skipped by
+    /// seed rotation and redirects for [`SUSPECT_FOR`].
+    suspects: Mutex<HashMap<String, Instant>>,
 }
 
 /// Longest wait for one replica before trying another.
 const PER_TRY: Duration = Duration::from_secs(1);
+
+/// How long a replica that did not answer is passed over (unless every
+/// replica is): a killed leader is still named leader by its followers
+/// until they elect another.
+const SUSPECT_FOR: Duration = Duration::from_secs(2);
 
 impl Conn {
     /// A client-only QUIC endpoint with our certificate.
@@ -42,12 +55,43 @@ impl Conn {
             seeds,
             leader: Mutex::new(None),
             next_seed: AtomicUsize::new(0),
+            suspects: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The next seed in turn that is not suspect (any, when all are).
     fn next_seed(&self) -> String {
-        let i = self.next_seed.fetch_add(1, Ordering::Relaxed);
-        self.seeds[i % self.seeds.len()].clone()
+        let mut first = None;
+        for _ in 0..self.seeds.len() {
+            let i = self.next_seed.fetch_add(1, Ordering::Relaxed);
+            let addr = &self.seeds[i % self.seeds.len()];
+            if !self.is_suspect(addr) {
+                return addr.clone();
+            }
+            first.get_or_insert_with(|| addr.clone());
+        }
+        first.unwrap_or_else(|| self.seeds[0].clone())
+    }
+
+    fn is_suspect(&self, addr: &str) -> bool {
+        let mut s = self.suspects.lock();
+        match s.get(addr) {
+            Some(t) if t.elapsed() < SUSPECT_FOR => true,
+            Some(_) => {
+                s.remove(addr);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn suspect(&self, addr: &str, yes: bool) {
+        let mut s = self.suspects.lock();
+        if yes {
+            s.insert(addr.to_string(), Instant::now());
+        } else {
+            s.remove(addr);
+        }
     }
 
     /// Sends `req` to the leader, following redirects, until an answer or
@@ -69,8 +113,12 @@ impl Conn {
             if left.is_zero() {
                 return Err(MembershipClientError::Service(last));
             }
-            match self.peers.get(&target).call(req, left.min(PER_TRY)).await {
-                Ok(Reply::NotLeader { leader: Some(addr) }) if addr != target => {
+            let reply = self.peers.get(&target).call(req, left.min(PER_TRY)).await;
+            self.suspect(&target, reply.is_err());
+            match reply {
+                Ok(Reply::NotLeader { leader: Some(addr) })
+                    if addr != target && !self.is_suspect(&addr) =>
+                {
                     *self.leader.lock() = Some(addr.clone());
                     target = addr;
                 }
@@ -94,6 +142,54 @@ impl Conn {
         }
     }
 
+    /// `q` answered from the replicas' own applied state
+    /// ([`Request::LocalQuery`]), for when no leader answers: every seed is
+    /// asked at once, each within `within`; once a majority of them (or
+    /// all that will) answered, the answer of the replica that applied the
+    /// most wins.
+    pub async fn local_query(
+        &self,
+        q: &Query,
+        within: Duration,
+    ) -> Result<QueryResult, MembershipClientError> {
+        let req = Request::LocalQuery(q.clone());
+        let mut asks: FuturesUnordered<_> = self
+            .seeds
+            .iter()
+            .map(|addr| {
+                let peer = self.peers.get(addr);
+                let req = &req;
+                async move { (addr, peer.call(req, within).await) }
+            })
+            .collect();
+        let majority = self.seeds.len() / 2 + 1;
+        let mut best: Option<(u64, QueryResult)> = None;
+        let mut answered = 0;
+        let mut last = String::from("no replica answered");
+        while let Some((addr, r)) = asks.next().await {
+            self.suspect(addr, r.is_err());
+            match r {
+                Ok(Reply::LocalQuery {
+                    result,
+                    applied_index,
+                    ..
+                }) => {
+                    answered += 1;
+                    if best.as_ref().is_none_or(|(i, _)| applied_index > *i) {
+                        best = Some((applied_index, result));
+                    }
+                    if answered >= majority {
+                        break;
+                    }
+                }
+                Ok(other) => last = format!("{addr}: {other:?}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        best.map(|(_, r)| r)
+            .ok_or(MembershipClientError::Service(last))
+    }
+
     pub async fn status(&self, timeout: Duration) -> Result<Status, MembershipClientError> {
         match self.call(&Request::Status, timeout).await? {
             Reply::Status(s) => Ok(s),
@@ -101,6 +197,17 @@ impl Conn {
                 "unexpected reply {other:?}"
             ))),
         }
+    }
+
+    /// `req` sent to the replica at `addr` alone: its own answer, no
+    /// redirect followed (the leader this handle knows is untouched).
+    pub async fn call_one(
+        &self,
+        addr: &str,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Reply, MembershipClientError> {
+        Ok(self.peers.get(addr).call(req, timeout).await?)
     }
 
     /// The status of the replica at `addr`, asked of that replica itself

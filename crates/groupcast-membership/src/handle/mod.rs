@@ -11,11 +11,17 @@
 //!   edge when no renewal arrived for `lease_ttl` (5 s).
 //! * Requests go to the leader; `NotLeader` answers are followed, dead
 //!   replicas are skipped.
+//! * Reads (presence, counts, users, nodes) are linearizable reads on the
+//!   leader; when no leader answers within 500 ms (an election) or the
+//!   service counts as unavailable, they are answered from the replicas'
+//!   own applied state (the freshest of a majority of them, each answering
+//!   only while it heard from a leader within its `stale_read_max`): see
+//!   `docs/failover.md` for the staleness bound.
 //! * Degradation: when no replica answers within `request_timeout` the
 //!   handle reports itself unavailable ([`MembershipClient::is_available`]).
-//!   Presence queries then fail at once with
-//!   [`MembershipError::Unavailable`] (the protocol's 108 "not available"),
-//!   joins and leaves return at once, and deltas are kept — up to
+//!   Presence queries then fail with [`MembershipError::Unavailable`] (the
+//!   protocol's 108 "not available") unless a replica still answers from
+//!   its own state; joins and leaves return at once, and deltas are kept — up to
 //!   `buffer_max`; past that the queue is dropped and the edge's whole state
 //!   (which the handle always knows) is resent instead. When the service is
 //!   back the queue is replayed, and after a lease expiry the edge
@@ -68,6 +74,13 @@ use tokio_util::sync::CancellationToken;
 use crate::transport::{Reply, Request};
 use crate::types::{Command, EdgeId, EdgeInfo, Query, QueryResult, RemoveReason};
 use queue::Queue;
+
+/// How long a read waits for the leader before it asks the replicas' own
+/// state (at most `request_timeout`).
+const LEADER_READ_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a read from the replicas' own state waits for answers.
+const LOCAL_READ_WAIT: Duration = Duration::from_millis(500);
 
 /// What the handle's clones and its background tasks share.
 struct Shared {
@@ -174,22 +187,29 @@ impl MembershipClient {
         self.shared.queue.lock().deltas.len()
     }
 
+    /// A linearizable read from the leader; when no leader answers within
+    /// [`LEADER_READ_WAIT`] (an election, a dead or cut-off leader), or the
+    /// service counts as unavailable, a read from the replicas' own state
+    /// ([`Conn::local_query`]; its staleness bound is in
+    /// `docs/failover.md`). Fails only when no replica answers either.
     async fn query(&self, q: Query) -> Result<QueryResult, MembershipError> {
-        if !self.is_available() {
-            // See `push`: never answer without yielding.
-            tokio::task::yield_now().await;
-            return Err(MembershipError::Unavailable(
-                "membership service unreachable".into(),
-            ));
-        }
         let s = &self.shared;
-        match s.conn.call(&Request::Query(q), s.cfg.request_timeout).await {
-            Ok(Reply::Query(r)) => Ok(r),
-            Ok(other) => Err(MembershipError::Unavailable(format!("{other:?}"))),
+        if self.is_available() {
+            let wait = s.cfg.request_timeout.min(LEADER_READ_WAIT);
+            match s.conn.call(&Request::Query(q.clone()), wait).await {
+                Ok(Reply::Query(r)) => return Ok(r),
+                Ok(other) => tracing::debug!(reply = ?other, "leader read refused"),
+                Err(e) => tracing::debug!(error = %e, "no leader answered a read"),
+            }
+        }
+        match s.conn.local_query(&q, LOCAL_READ_WAIT).await {
+            Ok(r) => {
+                metrics::counter!("groupcast_membership_client_local_reads_total").increment(1);
+                Ok(r)
+            }
             Err(e) => {
-                // No replica answered within request_timeout: as good a
-                // sign as a failed renewal (the next renewal that succeeds
-                // marks it available again).
+                // No replica answered: as good a sign as a failed renewal
+                // (the next renewal that succeeds marks it available again).
                 s.set_available(false);
                 Err(MembershipError::Unavailable(e.to_string()))
             }
