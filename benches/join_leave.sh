@@ -14,7 +14,13 @@
 #   cargo build --release -p groupcast -p groupcast-bench
 #   benches/join_leave.sh [N] [ROUNDS] [NAMESPACES]   # 10000 3 "plain jl today"
 #
-# Prints every run (`groupcast-bench join-storm`), then the medians of the
+# Connections come from 32 source addresses (127.0.0.2-33): each run leaves
+# N sockets in TIME_WAIT for a minute, and with 4 addresses the kernel's
+# search for a free source port made later runs stall in the load generator
+# (12-18 s of its CPU time, seen in plain and join/leave runs alike).
+#
+# Prints every run (`groupcast-bench join-storm`, the server's CPU time, the
+# machine's 1-minute load average before the run), then the medians of the
 # time to subscribe all N and the ratio to `plain`. The binaries: $GROUPCAST
 # and $GROUPCAST_BENCH, else ${CARGO_TARGET_DIR:-target}/release/.
 set -euo pipefail
@@ -74,13 +80,14 @@ for ((r = 1; r <= rounds; r++)); do
       (exec 3<>/dev/tcp/127.0.0.1/18422) 2>/dev/null && break
       sleep 0.1
     done
+    load=$(cut -d' ' -f1 /proc/loadavg)
     timeout=600
     [ "$ns" = today ] && timeout=$today_timeout
     out=$("$bench" --server 127.0.0.1:18422 join-storm --subscribers "$n" \
-      --channel "$ns:room" --timeout-secs "$timeout")
+      --channel "$ns:room" --timeout-secs "$timeout" --source-ips 32 2>/dev/null)
     cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$server/stat")
     kill "$server"; wait "$server" 2>/dev/null || true; server=
-    echo "round $r, $ns: $(echo "$out" | tail -2 | tr '\n' ' ')server CPU ${cpu}s"
+    echo "round $r, $ns: $(echo "$out" | tail -2 | tr '\n' ' ')server CPU ${cpu}s, load before ${load}"
     times[$ns]+="$(echo "$out" | sed -n 's/^subscribed: [0-9]* in \([0-9.]*\) s.*/\1/p') "
   done
 done
