@@ -127,9 +127,9 @@ async fn above_the_ceiling_no_join_leave_pushes_and_presence_still_answers() {
     assert_eq!(event(&watcher.push(T).await.unwrap()), "join:watcher");
     let mut b = s.client("b").await;
     subscribe(&mut b, ch).await;
+    assert_eq!(event(&watcher.push(T).await.unwrap()), "join:b");
     let mut c = s.client("c").await;
     subscribe(&mut c, ch).await;
-    assert_eq!(event(&watcher.push(T).await.unwrap()), "join:b");
     assert_eq!(event(&watcher.push(T).await.unwrap()), "join:c");
     // The fourth passes the ceiling of 3: its join is counted, not pushed.
     let before = s.metric(suppressed).await;
@@ -176,4 +176,84 @@ async fn above_the_ceiling_no_join_leave_pushes_and_presence_still_answers() {
     let mut e = s.client("e").await;
     subscribe(&mut e, ch).await;
     assert_eq!(event(&watcher.push(T).await.unwrap()), "join:e");
+}
+
+#[tokio::test]
+async fn coalesced_joins_reach_a_protobuf_subscriber_as_length_delimited_pushes() {
+    use futures_util::{SinkExt, StreamExt};
+    use groupcast_proto::protobuf as pb;
+    use prost::Message as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    // From the first subscriber on, every join goes through a gathered frame.
+    let s = TestServer::start_with(server_with(
+        "big",
+        ChannelOptions {
+            join_leave_coalesce_from: 1,
+            join_leave_coalesce: Duration::from_millis(50),
+            ..ChannelOptions::dev()
+        },
+    ))
+    .await;
+    let frames = "groupcast_join_leave_frames_total";
+    let frames_before = s.metric(frames).await;
+    let mut req = s.ws_url().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "centrifuge-protobuf".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut first = pb::Command {
+        id: 1,
+        connect: Some(pb::ConnectRequest {
+            token: s.token("watcher", json!({})),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_length_delimited_to_vec();
+    first.extend(
+        pb::Command {
+            id: 2,
+            subscribe: Some(pb::SubscribeRequest {
+                channel: "big:room".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_length_delimited_to_vec(),
+    );
+    ws.send(Message::binary(first)).await.unwrap();
+    let mut others = Vec::new();
+    let mut joined = Vec::new();
+    let mut subscribed = false;
+    while joined.len() < 6 {
+        let m = tokio::time::timeout(T, ws.next())
+            .await
+            .expect("a frame")
+            .expect("open")
+            .unwrap();
+        let Message::Binary(b) = m else { continue };
+        let mut rest = &b[..];
+        while !rest.is_empty() {
+            let r = pb::Reply::decode_length_delimited(&mut rest).unwrap();
+            subscribed |= r.id == 2 && r.subscribe.is_some();
+            if let Some(j) = r.push.and_then(|p| p.join) {
+                joined.push(j.info.unwrap().user);
+            }
+        }
+        // The others subscribe once the watcher has its own join.
+        if subscribed && joined.iter().any(|u| u == "watcher") && others.is_empty() {
+            for i in 0..5 {
+                let mut c = s.client(&format!("u{i}")).await;
+                subscribe(&mut c, "big:room").await;
+                others.push(c);
+            }
+        }
+    }
+    assert_eq!(joined[0], "watcher");
+    joined.sort_unstable();
+    assert_eq!(joined, ["u0", "u1", "u2", "u3", "u4", "watcher"]);
+    assert!(s.metric(frames).await > frames_before);
 }
