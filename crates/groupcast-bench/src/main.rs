@@ -30,6 +30,10 @@
 //!   (a backend in this tool echoes every frame through `relay_send`):
 //!   round trips per second and latency p50/p99.
 //!
+//! * `join-storm`: N connections subscribing to one channel: how long
+//!   until all are subscribed, and the join/leave pushes they received
+//!   (join/leave at scale, issue 22).
+//!
 //! Every scenario is bounded in connections and time and exits by itself.
 //! `docs/benchmarks.md` records results with the exact commands.
 //!
@@ -40,6 +44,7 @@
 //! * `membership`: `membership`.
 //! * `presence`: `presence`.
 //! * `rooms`: `rooms`.
+//! * `join_storm`: `join-storm`.
 //! * `relay_backend`: `relay-backend` and its echoing backend.
 //! * `soak`: `soak`.
 //! * `http`: the server API and `/metrics` calls the scenarios make.
@@ -60,6 +65,7 @@ use tokio_tungstenite::WebSocketStream;
 
 mod connect;
 mod http;
+mod join_storm;
 mod membership;
 mod presence;
 mod relay_backend;
@@ -127,6 +133,8 @@ enum Scenario {
     ConnectRate(connect::Params),
     /// Many small channels (rooms) at a steady rate: delivered/s, latency.
     Rooms(rooms::Params),
+    /// N subscribers into one channel: time until all are subscribed.
+    JoinStorm(join_storm::Params),
     /// Relay connections to a NATS backend (echo): round trips/s, latency.
     RelayBackend(relay_backend::Params),
     /// A minimal connect-proxy backend for `connect-rate` (runs until
@@ -256,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::ProxyBackend { listen } => connect::backend(listen).await?,
         Scenario::RelayBackend(params) => relay_backend::run(cli.server, params).await?,
         Scenario::Rooms(params) => rooms::run(cli.server, &cli.token, params).await?,
+        Scenario::JoinStorm(params) => join_storm::run(cli.server, &cli.token, params).await?,
         Scenario::Idle {
             connections,
             server_pid,

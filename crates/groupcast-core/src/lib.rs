@@ -46,6 +46,6 @@ pub use hub::{Hub, PreparedPush, PushType, Subscriber, SubscriberKind};
 pub use membership::{
     ClusterEvent, ClusterEventKind, Membership, MembershipError, ReplicaStatus, UserStatus,
 };
-pub use namespace::{ChannelOptions, HistoryStorage, NamespaceConfig, Namespaces};
+pub use namespace::{ChannelOptions, HistoryStorage, JoinLeaveLimits, NamespaceConfig, Namespaces};
 pub use node::Node;
 pub use publication::{Payload, Publication, StreamPosition};

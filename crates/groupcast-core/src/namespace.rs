@@ -22,6 +22,23 @@ pub struct ChannelOptions {
     pub presence: bool,
     /// Send `join`/`leave` pushes to subscribers.
     pub join_leave: bool,
+    /// With `join_leave`: a channel with at least this many subscribers on
+    /// an edge gets its joins and leaves gathered for
+    /// `join_leave_coalesce` and sent to each subscriber as one frame
+    /// (the same pushes, in the same order, encoded once for all). Below,
+    /// each join and leave goes out at once. At least 1.
+    pub join_leave_coalesce_from: usize,
+    /// How long joins and leaves of a channel past
+    /// `join_leave_coalesce_from` are gathered (at most 1 s; 0: never
+    /// gathered).
+    #[serde(with = "humantime_serde")]
+    pub join_leave_coalesce: Duration,
+    /// With `join_leave`: when a channel has more subscribers than this on
+    /// an edge, that edge stops pushing its joins and leaves (counted in
+    /// `groupcast_join_leave_suppressed_total`); presence and
+    /// presence_stats still answer. Pushes resume once the channel is back
+    /// to half of it on that edge. At least 1.
+    pub join_leave_max_subscribers: usize,
     /// Connected clients may publish to channels of this namespace.
     pub allow_publish_for_client: bool,
     /// Clients may publish only while subscribed to the channel.
@@ -88,6 +105,9 @@ impl Default for ChannelOptions {
             allow_recovery: false,
             presence: false,
             join_leave: false,
+            join_leave_coalesce_from: 100,
+            join_leave_coalesce: Duration::from_millis(50),
+            join_leave_max_subscribers: 1000,
             allow_publish_for_client: false,
             allow_publish_for_subscriber: false,
             allow_presence_for_subscriber: false,
@@ -163,7 +183,51 @@ impl ChannelOptions {
         if self.join_leave && !self.presence {
             return Err("join_leave needs presence".into());
         }
+        if self.join_leave_coalesce_from == 0 {
+            return Err("join_leave_coalesce_from must be at least 1".into());
+        }
+        if self.join_leave_coalesce > MAX_JOIN_LEAVE_COALESCE {
+            return Err("join_leave_coalesce must be at most 1s".into());
+        }
+        if self.join_leave_max_subscribers == 0 {
+            return Err("join_leave_max_subscribers must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// How the hub treats this namespace's joins and leaves.
+    pub fn join_leave_limits(&self) -> JoinLeaveLimits {
+        JoinLeaveLimits {
+            coalesce_from: self.join_leave_coalesce_from,
+            coalesce: self.join_leave_coalesce,
+            max_subscribers: self.join_leave_max_subscribers,
+        }
+    }
+}
+
+/// Longest `join_leave_coalesce`: joins and leaves wait at most this long.
+pub const MAX_JOIN_LEAVE_COALESCE: Duration = Duration::from_secs(1);
+
+/// How the hub delivers a channel's joins and leaves ([`crate::hub`]):
+/// from its namespace's `join_leave_*` options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinLeaveLimits {
+    /// Gather joins and leaves from this many local subscribers on.
+    pub coalesce_from: usize,
+    /// For this long (zero: never).
+    pub coalesce: Duration,
+    /// Above this many local subscribers, push none.
+    pub max_subscribers: usize,
+}
+
+impl Default for JoinLeaveLimits {
+    /// Each join and leave at once, whatever the channel's size.
+    fn default() -> Self {
+        JoinLeaveLimits {
+            coalesce_from: usize::MAX,
+            coalesce: Duration::ZERO,
+            max_subscribers: usize::MAX,
+        }
     }
 }
 
@@ -283,6 +347,56 @@ mod tests {
                 assert!(e.contains("history_replicas"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn join_leave_limits_are_bounded_and_named() {
+        let cases = [
+            (
+                ChannelOptions {
+                    join_leave_coalesce_from: 0,
+                    ..ChannelOptions::dev()
+                },
+                "join_leave_coalesce_from",
+            ),
+            (
+                ChannelOptions {
+                    join_leave_coalesce: Duration::from_millis(1001),
+                    ..ChannelOptions::dev()
+                },
+                "join_leave_coalesce",
+            ),
+            (
+                ChannelOptions {
+                    join_leave_max_subscribers: 0,
+                    ..ChannelOptions::dev()
+                },
+                "join_leave_max_subscribers",
+            ),
+        ];
+        for (o, key) in cases {
+            let err = o.validate().unwrap_err();
+            assert!(err.starts_with(key), "{key}: {err}");
+        }
+        let ok = ChannelOptions {
+            join_leave_coalesce: Duration::from_secs(1),
+            join_leave_coalesce_from: 1,
+            join_leave_max_subscribers: 1,
+            ..ChannelOptions::dev()
+        };
+        assert!(ok.validate().is_ok());
+        // From TOML-like input: a duration, and a misspelled key refused.
+        let map = serde_json::json!({"name": "chat", "presence": true, "join_leave": true,
+            "join_leave_coalesce": "20ms", "join_leave_max_subscribers": 500});
+        let ns: NamespaceConfig = serde_json::from_value(map).unwrap();
+        assert_eq!(ns.options.join_leave_coalesce, Duration::from_millis(20));
+        assert_eq!(ns.options.join_leave_limits().max_subscribers, 500);
+        let map = serde_json::json!({"name": "chat", "join_leave_max_subscriber": 5});
+        let err = serde_json::from_value::<NamespaceConfig>(map).unwrap_err();
+        assert!(
+            err.to_string().contains("join_leave_max_subscriber"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -240,6 +240,13 @@ impl Node {
         self.membership.presence_stats(channel).await
     }
 
+    /// Where the hub finds a channel's join/leave limits (coalescing and
+    /// ceiling, [`crate::hub`]); set once before serving. Unset: every
+    /// join and leave goes out at once.
+    pub fn set_join_leave_limits(&self, limits: crate::hub::JoinLeaveLimitsFn) {
+        self.hub.set_join_leave_limits(limits);
+    }
+
     /// Pushes `leave` to this node's subscribers of `channel` only (for the
     /// entries of a dead node, which can no longer publish its own).
     pub fn push_leave_locally(&self, channel: &str, info: Arc<ClientInfo>) {

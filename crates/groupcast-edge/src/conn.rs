@@ -58,6 +58,11 @@ pub enum OutKind {
     Pub,
     Join,
     Leave,
+    /// Gathered joins and leaves in one message (coalescing).
+    JoinLeave {
+        joins: u32,
+        leaves: u32,
+    },
     Reply,
     Ping,
 }
@@ -602,6 +607,10 @@ impl KindCounts {
             OutKind::Pub => self.0[0] += 1,
             OutKind::Join => self.0[1] += 1,
             OutKind::Leave => self.0[2] += 1,
+            OutKind::JoinLeave { joins, leaves } => {
+                self.0[1] += u64::from(joins);
+                self.0[2] += u64::from(leaves);
+            }
             OutKind::Reply => self.0[3] += 1,
             OutKind::Ping => {}
         }
@@ -643,6 +652,7 @@ impl Subscriber for Conn {
                     PushType::Pub => OutKind::Pub,
                     PushType::Join => OutKind::Join,
                     PushType::Leave => OutKind::Leave,
+                    PushType::JoinLeave { joins, leaves } => OutKind::JoinLeave { joins, leaves },
                 };
                 let bytes = if self.is_protobuf() {
                     push.protobuf()

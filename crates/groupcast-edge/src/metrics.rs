@@ -172,6 +172,18 @@ fn describe() {
         "Channels with at least one local subscriber."
     );
     describe_counter!(
+        "groupcast_join_leave_suppressed_total",
+        "Joins and leaves not pushed to a channel's subscribers on this edge because it had more of them than its namespace's join_leave_max_subscribers (once per join or leave)."
+    );
+    describe_gauge!(
+        "groupcast_join_leave_suppressed_channels",
+        "Channels whose join/leave pushes are off on this edge (above join_leave_max_subscribers, until back to half of it)."
+    );
+    describe_counter!(
+        "groupcast_join_leave_frames_total",
+        "Coalesced join/leave frames: joins and leaves of a channel gathered for join_leave_coalesce and sent to its subscribers together (once per frame and channel, not per subscriber)."
+    );
+    describe_counter!(
         "groupcast_dead_node_leaves_total",
         "Presence entries of dead edges announced here as leave (lease expired)."
     );

@@ -264,6 +264,15 @@ impl EdgeState {
     ) -> Result<Arc<EdgeState>, String> {
         check_config(&config)?;
         let namespaces = config.namespaces()?;
+        // The hub coalesces and caps join/leave pushes as each channel's
+        // namespace says.
+        let (by_name, max_len) = (namespaces.clone(), config.client.channel_max_length);
+        node.set_join_leave_limits(Arc::new(move |channel: &str| {
+            ChannelName::parse(channel, max_len)
+                .ok()
+                .and_then(|ch| by_name.options(&ch).map(|o| o.join_leave_limits()))
+                .unwrap_or_default()
+        }));
         let verifier = Verifier::from_config(&config.client).map_err(|e| e.to_string())?;
         let proxies = crate::proxy::Proxies::new(&config.proxies)?;
         let webhooks = crate::webhooks::Webhooks::start(&config.webhooks, &config.name)?;

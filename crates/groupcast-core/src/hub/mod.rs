@@ -26,27 +26,60 @@
 //! never delivered twice. The buffer is bounded by
 //! [`MAX_RECOVERY_BUFFER`]; on overflow the subscription must be restarted.
 //!
+//! # Joins and leaves at scale
+//! Every join is pushed to every subscriber: a channel that N clients
+//! join costs N² pushes. Two limits per namespace ([`JoinLeaveLimits`],
+//! set through [`Hub::set_join_leave_limits`]) bound that on each node:
+//! * **Coalescing.** While a channel has at least `coalesce_from` local
+//!   subscribers, its joins and leaves are gathered for `coalesce` and go
+//!   to every subscriber as one frame ([`JoinLeaveBatch`], encoded once).
+//!   Each subscriber still gets every join and leave, in order: a
+//!   publication of the channel sends what was gathered first, and a
+//!   subscriber added during the gathering gets the frame from the events
+//!   that came after it was added, as it would have live. At most
+//!   [`MAX_COALESCED`] events wait: then they go at once. The delay is a
+//!   tokio timer; outside a runtime they go at once.
+//! * **Ceiling.** When a channel gets more than `max_subscribers` local
+//!   subscribers, what was gathered goes out, and from then on its joins
+//!   and leaves are counted in `groupcast_join_leave_suppressed_total`
+//!   and not pushed, until it is back to `max_subscribers / 2` (not at
+//!   the ceiling, so a channel at the ceiling does not flap). The
+//!   channels above it are the gauge
+//!   `groupcast_join_leave_suppressed_channels`. Presence is not the
+//!   hub's: queries answer as before.
+//!
+//! Below `coalesce_from` (the default limits: always) each join and leave
+//! is fanned out at once, as a publication is.
+//!
 //! # Layout
 //! * this file: [`Hub`], its channels and subscribers, the fan-out;
 //! * `push`: [`PreparedPush`], one message encoded at most once per
 //!   encoding (JSON, protobuf, relay frame) and per delta form.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use groupcast_proto::client::{ClientInfo, RawJson};
 use parking_lot::{Mutex, RwLock};
 
 use crate::broker::BrokerHandler;
+use crate::namespace::JoinLeaveLimits;
 use crate::publication::Publication;
 
 mod push;
 
-use push::PushKind;
+use push::{JoinLeaveBatch, PushKind};
 pub use push::{PreparedPush, PushType, SioPub, TAG_SIO_EVENT};
 
 /// Live pushes held per subscription while it recovers (`recovery_buffer_max`).
 pub const MAX_RECOVERY_BUFFER: usize = 10_000;
+
+/// Joins and leaves of a channel gathered at most before they go out
+/// (`join_leave_coalesce_max`): one frame holds at most this many.
+pub const MAX_COALESCED: usize = 256;
+
+/// A channel's join/leave limits, from its name ([`Hub::set_join_leave_limits`]).
+pub type JoinLeaveLimitsFn = Arc<dyn Fn(&str) -> JoinLeaveLimits + Send + Sync>;
 
 /// Which wire format a subscriber wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +134,9 @@ struct Entry {
     delta: bool,
     /// It received a publication live (its base for the next delta).
     delta_ready: bool,
+    /// The channel's join/leave count when it was added: it gets the
+    /// gathered ones from this one on ([`JoinLeave::seq`]).
+    joins_from: u64,
 }
 
 impl Entry {
@@ -150,10 +186,27 @@ impl Entry {
     }
 }
 
+/// One channel's joins and leaves (see the module doc).
+#[derive(Default)]
+struct JoinLeave {
+    limits: JoinLeaveLimits,
+    /// Joins and leaves this channel has had on this node.
+    seq: u64,
+    /// Gathered, not yet sent; the first is number `seq - pending.len()`.
+    pending: Vec<PushKind>,
+    /// A timer will send `pending`.
+    timer: bool,
+    /// Above the ceiling: none are pushed.
+    off: bool,
+}
+
 /// One channel's local subscriptions and its delta state.
 #[derive(Default)]
 struct ChannelState {
+    /// The channel's name.
+    name: Arc<str>,
     subs: HashMap<u64, Entry>,
+    joins: JoinLeave,
     /// Subscriptions that negotiated delta compression.
     delta_subs: usize,
     /// The latest publication (offset, data; no data when binary): the
@@ -188,9 +241,50 @@ pub struct BufferOverflow;
 #[derive(Default)]
 pub struct Hub {
     channels: RwLock<HashMap<String, Channel>>,
+    /// Join/leave limits by channel; unset: [`JoinLeaveLimits::default`].
+    limits: OnceLock<JoinLeaveLimitsFn>,
+}
+
+impl ChannelState {
+    /// Send the gathered joins and leaves: one frame, shared, to every
+    /// subscriber (from the first it had not been added for).
+    fn flush_joins(&mut self) {
+        if self.joins.pending.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.joins.pending);
+        let first = self.joins.seq - events.len() as u64;
+        let n = events.len();
+        let batch = Arc::new(JoinLeaveBatch::new(events));
+        let mut tails: HashMap<usize, Arc<PreparedPush>> = HashMap::new();
+        for entry in self.subs.values_mut() {
+            let skip = entry.joins_from.saturating_sub(first) as usize;
+            if skip >= n {
+                continue;
+            }
+            let push = tails.entry(skip).or_insert_with(|| {
+                Arc::new(PreparedPush::new(
+                    &self.name,
+                    PushKind::Batch {
+                        batch: batch.clone(),
+                        skip,
+                    },
+                ))
+            });
+            entry.deliver(push);
+        }
+        metrics::counter!("groupcast_join_leave_frames_total").increment(1);
+    }
 }
 
 impl Hub {
+    /// Where the hub finds each channel's join/leave limits (set once,
+    /// by the edge, before serving; read when a channel gets its first
+    /// local subscriber).
+    pub fn set_join_leave_limits(&self, limits: JoinLeaveLimitsFn) {
+        let _ = self.limits.set(limits);
+    }
+
     fn get(&self, channel: &str) -> Option<Channel> {
         self.channels.read().get(channel).cloned()
     }
@@ -210,7 +304,19 @@ impl Hub {
     ) -> AddOutcome {
         let mut map = self.channels.write();
         let first = !map.contains_key(channel);
-        let ch = map.entry(channel.to_string()).or_default().clone();
+        let ch = map
+            .entry(channel.to_string())
+            .or_insert_with(|| {
+                let mut state = ChannelState {
+                    name: Arc::from(channel),
+                    ..ChannelState::default()
+                };
+                if let Some(limits) = self.limits.get() {
+                    state.joins.limits = limits(channel);
+                }
+                Arc::new(Mutex::new(state))
+            })
+            .clone();
         let mut ch = ch.lock();
         let id = sub.id();
         if ch.subs.contains_key(&id) {
@@ -225,6 +331,7 @@ impl Hub {
             Phase::Live { last_offset: 0 }
         };
         ch.delta_subs += usize::from(delta);
+        let joins_from = ch.joins.seq;
         ch.subs.insert(
             id,
             Entry {
@@ -232,8 +339,15 @@ impl Hub {
                 phase,
                 delta,
                 delta_ready: false,
+                joins_from,
             },
         );
+        if !ch.joins.off && ch.subs.len() > ch.joins.limits.max_subscribers {
+            // What was gathered below the ceiling still goes out.
+            ch.flush_joins();
+            ch.joins.off = true;
+            metrics::gauge!("groupcast_join_leave_suppressed_channels").increment(1.0);
+        }
         if first {
             AddOutcome::First
         } else {
@@ -296,6 +410,10 @@ impl Hub {
                 ch.base = None;
             }
         }
+        if ch.joins.off && ch.subs.len() <= ch.joins.limits.max_subscribers / 2 {
+            ch.joins.off = false;
+            metrics::gauge!("groupcast_join_leave_suppressed_channels").decrement(1.0);
+        }
         if ch.subs.is_empty() {
             map.remove(channel);
             RemoveOutcome::Last
@@ -311,6 +429,8 @@ impl Hub {
             return 0;
         };
         let mut ch = ch.lock();
+        // Whatever was gathered came first.
+        ch.flush_joins();
         // Under the channel lock: publications of a channel take their base
         // in the order they are delivered. Only channels with a delta
         // subscription keep their latest data (the next delta's base):
@@ -331,6 +451,47 @@ impl Hub {
             entry.deliver(&push);
         }
         n
+    }
+
+    /// A join or leave: at once, gathered, or not at all (module doc).
+    fn join_or_leave(&self, channel: &str, kind: PushKind) {
+        let Some(ch) = self.get(channel) else {
+            return;
+        };
+        let mut st = ch.lock();
+        if st.joins.off {
+            metrics::counter!("groupcast_join_leave_suppressed_total").increment(1);
+            return;
+        }
+        let limits = st.joins.limits;
+        st.joins.seq += 1;
+        let gather = !limits.coalesce.is_zero()
+            && (st.subs.len() >= limits.coalesce_from || !st.joins.pending.is_empty());
+        if !gather {
+            let push = Arc::new(PreparedPush::new(channel, kind));
+            for entry in st.subs.values_mut() {
+                entry.deliver(&push);
+            }
+            return;
+        }
+        st.joins.pending.push(kind);
+        if st.joins.pending.len() >= MAX_COALESCED {
+            st.flush_joins();
+        } else if !st.joins.timer {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    st.joins.timer = true;
+                    let ch = ch.clone();
+                    rt.spawn(async move {
+                        tokio::time::sleep(limits.coalesce).await;
+                        let mut st = ch.lock();
+                        st.joins.timer = false;
+                        st.flush_joins();
+                    });
+                }
+                Err(_) => st.flush_joins(),
+            }
+        }
     }
 
     pub fn num_channels(&self) -> usize {
@@ -358,10 +519,10 @@ impl BrokerHandler for Hub {
         }
     }
     fn on_join(&self, channel: &str, info: Arc<ClientInfo>) {
-        self.fan_out(PreparedPush::new(channel, PushKind::Join(info)));
+        self.join_or_leave(channel, PushKind::Join(info));
     }
     fn on_leave(&self, channel: &str, info: Arc<ClientInfo>) {
-        self.fan_out(PreparedPush::new(channel, PushKind::Leave(info)));
+        self.join_or_leave(channel, PushKind::Leave(info));
     }
     fn on_insufficient_state(&self, channel: &str) {
         let Some(ch) = self.get(channel) else {

@@ -1,6 +1,9 @@
 //! [`PreparedPush`]: one message for a channel, encoded lazily at most once
 //! per encoding (JSON push, protobuf push, raw relay frame) and per delta
 //! form, and shared by every subscriber of the channel on this node.
+//! A [`JoinLeaveBatch`] is a channel's gathered joins and leaves, encoded
+//! once as one frame; a subscriber that came in during the gathering gets
+//! the frame's tail (a slice of the same bytes) from its own join on.
 
 use std::sync::{Arc, OnceLock};
 
@@ -17,12 +20,77 @@ pub enum PushType {
     Pub,
     Join,
     Leave,
+    /// Joins and leaves gathered into one frame (coalescing): how many of
+    /// each.
+    JoinLeave {
+        joins: u32,
+        leaves: u32,
+    },
 }
 
 pub(super) enum PushKind {
     Pub(Arc<Publication>),
     Join(Arc<ClientInfo>),
     Leave(Arc<ClientInfo>),
+    /// The gathered joins and leaves from the `skip`-th on.
+    Batch {
+        batch: Arc<JoinLeaveBatch>,
+        skip: usize,
+    },
+}
+
+/// A channel's joins and leaves gathered while coalescing, in order
+/// ([`PushKind::Join`] and [`PushKind::Leave`] only), encoded at most once
+/// per encoding as one frame: JSON pushes separated by `\n`, protobuf ones
+/// (length-prefixed) one after the other, as the protocol batches them.
+pub(super) struct JoinLeaveBatch {
+    pub(super) events: Vec<PushKind>,
+    /// The frame and where each event's push starts in it.
+    json: OnceLock<(Bytes, Vec<usize>)>,
+    protobuf: OnceLock<(Bytes, Vec<usize>)>,
+}
+
+impl JoinLeaveBatch {
+    pub(super) fn new(events: Vec<PushKind>) -> JoinLeaveBatch {
+        JoinLeaveBatch {
+            events,
+            json: OnceLock::new(),
+            protobuf: OnceLock::new(),
+        }
+    }
+
+    /// The frame from event `skip` on (a slice of the shared bytes).
+    fn frame(&self, channel: &str, skip: usize, protobuf: bool) -> Bytes {
+        let cell = if protobuf { &self.protobuf } else { &self.json };
+        let (frame, starts) = cell.get_or_init(|| {
+            let mut buf = Vec::new();
+            let mut starts = Vec::with_capacity(self.events.len());
+            for e in &self.events {
+                if !protobuf && !buf.is_empty() {
+                    buf.push(b'\n');
+                }
+                starts.push(buf.len());
+                buf.extend_from_slice(&encode_join_leave(channel, e, protobuf));
+            }
+            (Bytes::from(buf), starts)
+        });
+        match starts.get(skip) {
+            Some(&at) => frame.slice(at..),
+            None => Bytes::new(),
+        }
+    }
+}
+
+/// One join or leave push; empty for anything else.
+fn encode_join_leave(channel: &str, kind: &PushKind, protobuf: bool) -> Vec<u8> {
+    use groupcast_proto::protobuf as pb;
+    match kind {
+        PushKind::Join(info) if protobuf => pb::encode_join_push(channel, info),
+        PushKind::Join(info) => encode_join_push(channel, info),
+        PushKind::Leave(info) if protobuf => pb::encode_leave_push(channel, info),
+        PushKind::Leave(info) => encode_leave_push(channel, info),
+        _ => Vec::new(),
+    }
 }
 
 /// One message for a channel, encoded lazily and shared by all subscribers.
@@ -72,6 +140,17 @@ impl PreparedPush {
             PushKind::Pub(_) => PushType::Pub,
             PushKind::Join(_) => PushType::Join,
             PushKind::Leave(_) => PushType::Leave,
+            PushKind::Batch { batch, skip } => {
+                let events = batch.events.get(*skip..).unwrap_or_default();
+                let joins = events
+                    .iter()
+                    .filter(|e| matches!(e, PushKind::Join(_)))
+                    .count() as u32;
+                PushType::JoinLeave {
+                    joins,
+                    leaves: events.len() as u32 - joins,
+                }
+            }
         }
     }
 
@@ -157,10 +236,8 @@ impl PreparedPush {
                     encode_pub_push(&self.channel, view)
                 }
             }
-            PushKind::Join(info) if protobuf => pb::encode_join_push(&self.channel, info),
-            PushKind::Join(info) => encode_join_push(&self.channel, info),
-            PushKind::Leave(info) if protobuf => pb::encode_leave_push(&self.channel, info),
-            PushKind::Leave(info) => encode_leave_push(&self.channel, info),
+            PushKind::Batch { batch, skip } => return batch.frame(&self.channel, *skip, protobuf),
+            join_or_leave => encode_join_leave(&self.channel, join_or_leave, protobuf),
         })
     }
 

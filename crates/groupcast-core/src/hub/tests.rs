@@ -353,3 +353,223 @@ fn insufficient_state_restarts_live_and_recovering_subscribers() {
         "other channels untouched"
     );
 }
+
+// Joins and leaves at scale: coalescing and the ceiling.
+
+fn limits(coalesce_from: usize, coalesce_ms: u64, max_subscribers: usize) -> JoinLeaveLimitsFn {
+    Arc::new(move |_: &str| JoinLeaveLimits {
+        coalesce_from,
+        coalesce: std::time::Duration::from_millis(coalesce_ms),
+        max_subscribers,
+    })
+}
+
+fn user(name: &str) -> Arc<ClientInfo> {
+    Arc::new(ClientInfo {
+        user: name.into(),
+        client: format!("c-{name}"),
+        ..Default::default()
+    })
+}
+
+/// What a sink got, one entry per push handed to it: the pushes it
+/// holds as `join:<user>`, `leave:<user>` or `pub:<data>`.
+fn seen(s: &Sink) -> Vec<Vec<String>> {
+    s.got
+        .lock()
+        .iter()
+        .map(|frame| {
+            std::str::from_utf8(frame)
+                .unwrap()
+                .split('\n')
+                .map(|line| {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    let v = &v["push"];
+                    if let Some(j) = v.get("join") {
+                        format!("join:{}", j["info"]["user"].as_str().unwrap())
+                    } else if let Some(l) = v.get("leave") {
+                        format!("leave:{}", l["info"]["user"].as_str().unwrap())
+                    } else {
+                        format!("pub:{}", v["pub"]["data"])
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn gathered_joins_and_leaves_go_as_one_frame_in_order() {
+    let hub = Hub::default();
+    hub.set_join_leave_limits(limits(2, 50, 100));
+    let (a, b) = (
+        sink(1, SubscriberKind::Protocol),
+        sink(2, SubscriberKind::Protocol),
+    );
+    hub.add("room", a.clone(), false);
+    hub.add("room", b.clone(), false);
+    for i in 0..5 {
+        hub.on_join("room", user(&format!("u{i}")));
+    }
+    hub.on_leave("room", user("u1"));
+    assert!(a.got.lock().is_empty(), "gathered, not sent yet");
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    let want: Vec<String> = [
+        "join:u0", "join:u1", "join:u2", "join:u3", "join:u4", "leave:u1",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(
+        seen(&a),
+        vec![want.clone()],
+        "one frame, every push, in order"
+    );
+    assert_eq!(seen(&b), vec![want]);
+    assert_eq!(
+        a.got.lock()[0].as_ptr(),
+        b.got.lock()[0].as_ptr(),
+        "encoded once, shared"
+    );
+    // The same frame in protobuf: the pushes one after the other.
+    let push = PreparedPush::new(
+        "room",
+        PushKind::Batch {
+            batch: Arc::new(JoinLeaveBatch::new(vec![
+                PushKind::Join(user("x")),
+                PushKind::Leave(user("y")),
+            ])),
+            skip: 0,
+        },
+    );
+    let mut one_by_one = groupcast_proto::protobuf::encode_join_push("room", &user("x"));
+    one_by_one.extend(groupcast_proto::protobuf::encode_leave_push(
+        "room",
+        &user("y"),
+    ));
+    assert_eq!(push.protobuf()[..], one_by_one[..]);
+    assert_eq!(
+        push.push_type(),
+        PushType::JoinLeave {
+            joins: 1,
+            leaves: 1
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publication_sends_the_gathered_joins_before_it() {
+    let hub = Hub::default();
+    hub.set_join_leave_limits(limits(1, 50, 100));
+    let a = sink(1, SubscriberKind::Protocol);
+    hub.add("room", a.clone(), false);
+    hub.on_join("room", user("u0"));
+    hub.on_publication("room", publication(0, "1", None));
+    hub.on_leave("room", user("u0"));
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert_eq!(
+        seen(&a),
+        vec![
+            vec!["join:u0".to_string()],
+            vec!["pub:1".into()],
+            vec!["leave:u0".into()]
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_added_while_gathering_gets_the_joins_from_its_own_on() {
+    let hub = Hub::default();
+    hub.set_join_leave_limits(limits(1, 50, 100));
+    let (a, c) = (
+        sink(1, SubscriberKind::Protocol),
+        sink(3, SubscriberKind::Protocol),
+    );
+    hub.add("room", a.clone(), false);
+    hub.on_join("room", user("a"));
+    hub.add("room", c.clone(), false);
+    hub.on_join("room", user("c"));
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert_eq!(seen(&a), vec![vec!["join:a".to_string(), "join:c".into()]]);
+    assert_eq!(
+        seen(&c),
+        vec![vec!["join:c".to_string()]],
+        "not the join before it"
+    );
+    // Its frame is the tail of the same bytes.
+    let (fa, fc) = (a.got.lock()[0].clone(), c.got.lock()[0].clone());
+    assert_eq!(
+        fa.as_ptr() as usize + fa.len() - fc.len(),
+        fc.as_ptr() as usize
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn below_coalesce_from_each_join_goes_at_once() {
+    let hub = Hub::default();
+    hub.set_join_leave_limits(limits(3, 50, 100));
+    let (a, b) = (
+        sink(1, SubscriberKind::Protocol),
+        sink(2, SubscriberKind::Protocol),
+    );
+    hub.add("room", a.clone(), false);
+    hub.add("room", b.clone(), false);
+    hub.on_join("room", user("u0"));
+    assert_eq!(a.got.lock().len(), 1, "not gathered: no time passed");
+    hub.on_leave("room", user("u0"));
+    assert_eq!(
+        seen(&a),
+        vec![vec!["join:u0".to_string()], vec!["leave:u0".into()]]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_more_than_max_coalesced_wait() {
+    let hub = Hub::default();
+    hub.set_join_leave_limits(limits(1, 1000, 100));
+    let a = sink(1, SubscriberKind::Protocol);
+    hub.add("room", a.clone(), false);
+    for i in 0..MAX_COALESCED + 1 {
+        hub.on_join("room", user(&format!("u{i}")));
+    }
+    // Full: sent without waiting for the timer.
+    let frames = seen(&a);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].len(), MAX_COALESCED);
+    tokio::time::sleep(std::time::Duration::from_millis(1001)).await;
+    assert_eq!(seen(&a)[1], vec![format!("join:u{MAX_COALESCED}")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn above_the_ceiling_no_joins_until_back_to_half() {
+    let hub = Hub::default();
+    hub.set_join_leave_limits(limits(1, 50, 4));
+    let subs: Vec<_> = (1..=5).map(|i| sink(i, SubscriberKind::Protocol)).collect();
+    for s in &subs[..4] {
+        hub.add("room", s.clone(), false);
+    }
+    hub.on_join("room", user("below"));
+    // The fifth passes the ceiling: what was gathered goes out first.
+    hub.add("room", subs[4].clone(), false);
+    assert_eq!(seen(&subs[0]), vec![vec!["join:below".to_string()]]);
+    hub.on_join("room", user("above"));
+    hub.on_leave("room", user("above"));
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert!(subs[4].got.lock().is_empty(), "nothing above the ceiling");
+    assert_eq!(subs[0].got.lock().len(), 1);
+    // Publications still go.
+    hub.on_publication("room", publication(0, "1", None));
+    assert_eq!(seen(&subs[4]), vec![vec!["pub:1".to_string()]]);
+    // At the ceiling, and at 3, still off; at 2 (half) on again.
+    hub.remove("room", 5);
+    hub.remove("room", 4);
+    hub.on_join("room", user("at3"));
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert_eq!(subs[0].got.lock().len(), 2, "the publication only");
+    hub.remove("room", 3);
+    hub.on_join("room", user("back"));
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert_eq!(
+        seen(&subs[0]).last().unwrap(),
+        &vec!["join:back".to_string()]
+    );
+}

@@ -233,6 +233,19 @@ fn errors_name_the_key() {
     assert!(e.contains("client.request_head_timeout"), "{e}");
     let e = refused("[client]\nrate_refusals_window = \"0s\"\n");
     assert!(e.contains("client.rate_refusals_window"), "{e}");
+    // Join/leave at scale: each limit named, in a namespace and in [channel].
+    let e = refused("[[namespaces]]\nname = \"big\"\njoin_leave_coalesce = \"2s\"\n");
+    assert!(
+        e.contains("namespaces[0] (big): join_leave_coalesce must be at most 1s"),
+        "{e}"
+    );
+    let e = refused("[[namespaces]]\nname = \"big\"\njoin_leave_max_subscribers = 0\n");
+    assert!(
+        e.contains("namespaces[0] (big): join_leave_max_subscribers"),
+        "{e}"
+    );
+    let e = refused("[channel]\njoin_leave_coalesce_from = 0\n");
+    assert!(e.contains("channel: join_leave_coalesce_from"), "{e}");
     let e = refused("[shutdown]\ndelay = \"10m\"\n");
     assert!(e.contains("shutdown.delay: must be at most 5m"), "{e}");
     let e = Config::load(Config::dev(), Some(Path::new("/nonexistent.toml")), none()).unwrap_err();
