@@ -23,6 +23,11 @@ use crate::subjects::{encode_token, namespace_of};
 /// Messages asked for per batched direct-get request.
 pub(super) const READ_BATCH: usize = 256;
 
+/// A history read answered by a replica behind the leader is read again
+/// this many times, this long apart (see `Inner::read_range`).
+const STALE_READ_RETRIES: u32 = 10;
+const STALE_READ_PAUSE: Duration = Duration::from_millis(20);
+
 /// Pause before sending a history publish again after "no responders"
 /// (see `Inner::publish_stored`).
 const NO_RESPONDERS_RETRY: Duration = Duration::from_millis(100);
@@ -70,95 +75,128 @@ impl Inner {
 
     /// Stored publications of `subject` with offsets in `from..=to`, oldest
     /// first, read with batched direct gets.
+    ///
+    /// A direct get may be answered by a replica that has not yet stored the
+    /// newest messages (the stream's leader acknowledged them). `reach`:
+    /// an offset of `subject` known to be stored (its newest, from the
+    /// leader, or the live message being repaired up to); a read that ends
+    /// before it came from such a replica, and is read again from where it
+    /// stopped, a few times, then fails (`Unavailable`) rather than
+    /// answering with a hole.
     pub(super) async fn read_range(
         &self,
         stream: &StreamState,
         subject: &str,
         from: u64,
         to: u64,
+        reach: Option<u64>,
     ) -> Result<Vec<Publication>, BrokerError> {
         let mut out = Vec::new();
         let mut next = from.max(1);
-        let api = format!("$JS.API.DIRECT.GET.{}", stream.name);
-        // Stored publications are checked again as they are read back: one
-        // published on the stream's subject by a NATS client that is not an
-        // edge is skipped (its offset stays unused).
-        let channel = self.subjects.channel_of(subject).unwrap_or_default();
-        // A channel holds at most `history_size` publications: bound the
-        // loop by that (plus one batch of slack for concurrent publishes).
-        let max = stream.spec.history_size + self.read_batch;
-        while next <= to && out.len() < max {
-            let inbox = self.client.new_inbox();
-            let mut replies = self
-                .client
-                .subscribe(inbox.clone())
-                .await
-                .map_err(|e| BrokerError::Unavailable(format!("NATS: {e}")))?;
-            let req = serde_json::json!({ "seq": next, "next_by_subj": subject, "batch": self.read_batch });
-            self.client
-                .publish_with_reply(
-                    api.clone(),
-                    inbox,
-                    serde_json::to_vec(&req).expect("json").into(),
-                )
-                .await
-                .map_err(|e| BrokerError::Unavailable(format!("NATS: {e}")))?;
-            let mut got = 0;
-            let mut done = false;
-            loop {
-                let msg = tokio::time::timeout(self.request_timeout, replies.next())
+        let mut seen = 0u64;
+        let mut behind = 0u32;
+        // Read on to `reach` (not kept when past `to`) to see it is there.
+        let until = reach.map_or(to, |r| r.max(to));
+        'read: loop {
+            let api = format!("$JS.API.DIRECT.GET.{}", stream.name);
+            // Stored publications are checked again as they are read back: one
+            // published on the stream's subject by a NATS client that is not an
+            // edge is skipped (its offset stays unused).
+            let channel = self.subjects.channel_of(subject).unwrap_or_default();
+            // A channel holds at most `history_size` publications: bound the
+            // loop by that (plus one batch of slack for concurrent publishes).
+            let max = stream.spec.history_size + self.read_batch;
+            while next <= until && out.len() < max {
+                let inbox = self.client.new_inbox();
+                let mut replies = self
+                    .client
+                    .subscribe(inbox.clone())
                     .await
-                    .map_err(|_| BrokerError::Unavailable("JetStream read timed out".into()))?
-                    .ok_or_else(|| BrokerError::Unavailable("NATS connection closed".into()))?;
-                if let Some(status) = msg.status {
-                    // 204: end of batch; 404: nothing (more) for this subject.
-                    match status.as_u16() {
-                        204 => break,
-                        404 => {
-                            done = true;
-                            break;
+                    .map_err(|e| BrokerError::Unavailable(format!("NATS: {e}")))?;
+                let req = serde_json::json!({ "seq": next, "next_by_subj": subject, "batch": self.read_batch });
+                self.client
+                    .publish_with_reply(
+                        api.clone(),
+                        inbox,
+                        serde_json::to_vec(&req).expect("json").into(),
+                    )
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(format!("NATS: {e}")))?;
+                let mut got = 0;
+                let mut done = false;
+                loop {
+                    let msg = tokio::time::timeout(self.request_timeout, replies.next())
+                        .await
+                        .map_err(|_| BrokerError::Unavailable("JetStream read timed out".into()))?
+                        .ok_or_else(|| BrokerError::Unavailable("NATS connection closed".into()))?;
+                    if let Some(status) = msg.status {
+                        // 204: end of batch; 404: nothing (more) for this subject.
+                        match status.as_u16() {
+                            204 => break,
+                            404 => {
+                                done = true;
+                                break;
+                            }
+                            code => {
+                                return Err(BrokerError::Unavailable(format!(
+                                    "JetStream direct get: {code} {}",
+                                    msg.description.unwrap_or_default()
+                                )))
+                            }
                         }
-                        code => {
-                            return Err(BrokerError::Unavailable(format!(
-                                "JetStream direct get: {code} {}",
-                                msg.description.unwrap_or_default()
-                            )))
+                    }
+                    let Some(seq) = header_u64(msg.headers.as_ref(), "Nats-Sequence") else {
+                        return Err(BrokerError::Internal(
+                            "direct get without Nats-Sequence".into(),
+                        ));
+                    };
+                    got += 1;
+                    next = seq + 1;
+                    seen = seen.max(seq);
+                    if seq > to {
+                        done = true;
+                        continue;
+                    }
+                    if let Err(why) = self.signer.check(
+                        msg.headers.as_ref(),
+                        Domain::Channel,
+                        &channel,
+                        &msg.payload,
+                    ) {
+                        count_rejected(why, Domain::Channel);
+                        continue;
+                    }
+                    match envelope::decode(msg.payload) {
+                        Ok(Envelope::Pub(mut p)) => {
+                            p.offset = seq;
+                            out.push(p);
+                        }
+                        _ => {
+                            metrics::counter!("groupcast_nats_invalid_messages_total").increment(1);
                         }
                     }
                 }
-                let Some(seq) = header_u64(msg.headers.as_ref(), "Nats-Sequence") else {
-                    return Err(BrokerError::Internal(
-                        "direct get without Nats-Sequence".into(),
-                    ));
-                };
-                got += 1;
-                next = seq + 1;
-                if seq > to {
-                    done = true;
-                    continue;
-                }
-                if let Err(why) = self.signer.check(
-                    msg.headers.as_ref(),
-                    Domain::Channel,
-                    &channel,
-                    &msg.payload,
-                ) {
-                    count_rejected(why, Domain::Channel);
-                    continue;
-                }
-                match envelope::decode(msg.payload) {
-                    Ok(Envelope::Pub(mut p)) => {
-                        p.offset = seq;
-                        out.push(p);
-                    }
-                    _ => {
-                        metrics::counter!("groupcast_nats_invalid_messages_total").increment(1);
-                    }
+                let _ = replies.unsubscribe().await;
+                if done || got < self.read_batch {
+                    break;
                 }
             }
-            let _ = replies.unsubscribe().await;
-            if done || got < self.read_batch {
-                break;
+            match reach {
+                Some(r) if seen < r && out.len() < max => {
+                    behind += 1;
+                    if behind > STALE_READ_RETRIES {
+                        metrics::counter!("groupcast_nats_stale_reads_total", "outcome" => "gave_up")
+                        .increment(1);
+                        return Err(BrokerError::Unavailable(format!(
+                            "JetStream replica behind: {subject} read up to {seen}, {r} is stored"
+                        )));
+                    }
+                    metrics::counter!("groupcast_nats_stale_reads_total", "outcome" => "read_again")
+                    .increment(1);
+                    tokio::time::sleep(STALE_READ_PAUSE).await;
+                    continue 'read;
+                }
+                _ => break 'read,
             }
         }
         Ok(out)
@@ -174,8 +212,9 @@ impl Inner {
         subject: &str,
         after: u64,
         to: u64,
+        reach: Option<u64>,
     ) -> Result<(Vec<Publication>, bool), BrokerError> {
-        let mut pubs = self.read_range(stream, subject, after, to).await?;
+        let mut pubs = self.read_range(stream, subject, after, to, reach).await?;
         let complete = if after == 0 {
             pubs.len() < stream.spec.history_size
         } else if pubs.first().map(|p| p.offset) == Some(after) {
@@ -309,15 +348,20 @@ impl Inner {
         let limit = query.limit.unwrap_or(usize::MAX);
         let pubs = match (query.reverse, since) {
             (false, Some(after)) => {
-                let (pubs, complete) = self.read_after(&stream, &subject, after, top).await?;
+                let (pubs, complete) = self
+                    .read_after(&stream, &subject, after, top, Some(top))
+                    .await?;
                 result.complete = complete && query.limit.is_none();
                 pubs
             }
             (true, Some(before)) => {
                 let to = before.saturating_sub(1).min(top);
-                self.read_range(&stream, &subject, 1, to).await?
+                self.read_range(&stream, &subject, 1, to, None).await?
             }
-            (_, None) => self.read_range(&stream, &subject, 1, top).await?,
+            (_, None) => {
+                self.read_range(&stream, &subject, 1, top, Some(top))
+                    .await?
+            }
         };
         let pubs = pubs.into_iter().map(Arc::new);
         result.publications = if query.reverse {

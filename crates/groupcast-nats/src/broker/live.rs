@@ -136,7 +136,12 @@ impl Inner {
     /// before the live one at `upto`, or tell subscribers to recover.
     async fn repair(&self, channel: &str, stream: &StreamState, last: u64, upto: u64) {
         let subject = self.subjects.history(channel);
-        match self.read_after(stream, &subject, last, upto - 1).await {
+        // The live message at `upto` is stored: a read that ends before it
+        // came from a replica behind the leader.
+        match self
+            .read_after(stream, &subject, last, upto - 1, Some(upto))
+            .await
+        {
             Ok((pubs, true)) => {
                 self.gaps_repaired.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("groupcast_nats_gaps_total", "outcome" => "repaired")
