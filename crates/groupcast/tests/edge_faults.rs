@@ -204,6 +204,8 @@ async fn an_edge_cut_off_from_membership_fences_its_clients_and_presence_stays_e
         "a new WebSocket on the fenced edge: {:?}",
         refused.as_ref().map(|_| "accepted")
     );
+    let (code, body) = groupcast_testkit::http_request(c.addr, "GET", "/readyz", "", b"").await;
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
     assert_eq!(c.metric("groupcast_membership_lease_fenced").await, 1.0);
     assert_eq!(
         c.metric("groupcast_membership_lease_fences_total").await,
@@ -247,6 +249,8 @@ async fn an_edge_cut_off_from_membership_fences_its_clients_and_presence_stays_e
     }
     assert_exact(&[&a, &b, &c], &live_after, "6 s after the heal").await;
     assert_eq!(c.metric("groupcast_membership_lease_fenced").await, 0.0);
+    let (code, body) = groupcast_testkit::http_request(c.addr, "GET", "/readyz", "", b"").await;
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     println!(
         "after the heal: edge-c took a client again at {}, presence exact from {}",
         secs(accepting),
