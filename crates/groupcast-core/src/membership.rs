@@ -82,6 +82,11 @@ pub struct ReplicaStatus {
 /// replaced by a restart): `(channel, entry)`.
 pub type LeaveHandler = Arc<dyn Fn(&str, ClientInfo) + Send + Sync>;
 
+/// Told the name of another node the service removed with presence entries
+/// (its lease expired, or it left), after its entries went to the
+/// [`LeaveHandler`].
+pub type RemovalHandler = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A user as the service knows them (API `user_status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserStatus {
@@ -164,6 +169,12 @@ pub trait Membership: Send + Sync + 'static {
     fn local_node(&self) -> Option<(String, String)>;
     /// Where leaves of dead nodes' entries go (set once, by the edge).
     fn set_leave_handler(&self, handler: LeaveHandler);
+    /// Where the names of other nodes removed with presence entries go (set
+    /// once, by the edge: it tells a node whose lease expired that it is no
+    /// longer in presence). A single node's membership has no others.
+    fn set_removal_handler(&self, handler: RemovalHandler) {
+        let _ = handler;
+    }
     /// Connection counts and last-seen times of `users` (at most
     /// [`MAX_USER_STATUS`]), in the order asked.
     async fn user_status(&self, users: &[String]) -> Result<Vec<UserStatus>, MembershipError>;

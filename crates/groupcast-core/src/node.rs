@@ -30,8 +30,8 @@ use crate::broker::{
 use crate::bus::{BackendBus, NodeBus};
 use crate::hub::{AddOutcome, BufferOverflow, Hub, RemoveOutcome, Subscriber};
 use crate::membership::{
-    EventHandler, LeaveHandler, Membership, MembershipError, PresenceStats, ReplicaStatus,
-    UserStatus,
+    EventHandler, LeaveHandler, Membership, MembershipError, PresenceStats, RemovalHandler,
+    ReplicaStatus, UserStatus,
 };
 use crate::publication::{Publication, StreamPosition};
 
@@ -294,6 +294,12 @@ impl Node {
     /// Where leaves of dead nodes' presence entries go (set once).
     pub fn set_leave_handler(&self, handler: LeaveHandler) {
         self.membership.set_leave_handler(handler);
+    }
+
+    /// Where the names of other nodes removed with presence entries go
+    /// (set once).
+    pub fn set_removal_handler(&self, handler: RemovalHandler) {
+        self.membership.set_removal_handler(handler);
     }
 
     /// Where this node's share of the cluster events goes (set once).

@@ -34,7 +34,8 @@
 //!   control plane (node, registry, proxies, webhooks, routes, drain list);
 //!   [`check_config`].
 //! * [`backbone`]: which broker and membership the [`Node`] runs on.
-//!   `fence`: closes the clients of an edge that lost NATS (3016).
+//!   `fence`: closes the clients of an edge that lost NATS (3016) or its
+//!   membership lease (3017).
 //! * `holder`: ids that name the edge holding a session (forwarding between
 //!   edges over the node bus, no sticky sessions).
 //!

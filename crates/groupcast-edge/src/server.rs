@@ -352,6 +352,14 @@ async fn readyz(State(state): State<Arc<EdgeState>>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else if let Err(why) = state.node.backbone_health() {
         (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+    } else if !state.node.membership_available()
+        && state
+            .lease_fenced
+            .load(std::sync::atomic::Ordering::Acquire)
+    {
+        // The service expired this edge's lease (`crate::fence`): only this
+        // edge is cut off, the others take its clients.
+        (StatusCode::SERVICE_UNAVAILABLE, "membership lease lost").into_response()
     } else if !state.node.membership_available() {
         // Every edge loses the service together: taking them all out of
         // the load balancer would stop pub/sub too, for nothing.

@@ -125,6 +125,10 @@ pub struct EdgeState {
     /// NATS lost past `nats.fence_after`: clients are closed and refused
     /// (`fence`).
     pub fenced: AtomicBool,
+    /// The service expired this edge's lease while it could not reach the
+    /// service: clients are closed and refused until it answers again
+    /// (`fence::lease_expired`).
+    pub lease_fenced: AtomicBool,
 }
 
 fn gauge(kind: SubscriberKind) -> &'static metrics::Gauge {
@@ -321,6 +325,7 @@ impl EdgeState {
                 config.client.connection_burst_per_ip,
             ),
             fenced: AtomicBool::new(false),
+            lease_fenced: AtomicBool::new(false),
             config,
             node,
         }))
@@ -409,6 +414,9 @@ impl EdgeState {
         }
         if self.fenced.load(Ordering::Acquire) && self.node.backbone_health().is_err() {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "backbone unavailable"));
+        }
+        if self.lease_fenced.load(Ordering::Acquire) && !self.node.membership_available() {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "membership lease lost"));
         }
         if self.num_connections() >= c.max_connections {
             Metrics::limit_hit("max_connections");

@@ -102,6 +102,11 @@ impl DisconnectCode {
     /// `nats.fence_after` and no longer receives publications. The client
     /// reconnects (to another edge) and recovers from history.
     pub const BACKBONE_UNAVAILABLE: DisconnectCode = dis(3016, "backbone unavailable");
+    /// Groupcast's own: the membership service expired this edge's lease
+    /// (the edge is cut off from it), so the client's presence entries are
+    /// gone. The client reconnects (to another edge) and enters presence
+    /// again.
+    pub const LEASE_LOST: DisconnectCode = dis(3017, "membership lease lost");
     pub const INVALID_TOKEN: DisconnectCode = dis(3500, "invalid token");
     pub const BAD_REQUEST: DisconnectCode = dis(3501, "bad request");
     pub const STALE: DisconnectCode = dis(3502, "stale");
@@ -117,7 +122,7 @@ impl DisconnectCode {
     pub const MESSAGE_TOO_BIG: DisconnectCode = dis(1009, "message too big");
 
     /// Every disconnect code, for documentation and tests.
-    pub const ALL: [DisconnectCode; 24] = [
+    pub const ALL: [DisconnectCode; 25] = [
         Self::CONNECTION_CLOSED,
         Self::SHUTDOWN,
         Self::SERVER_ERROR,
@@ -132,6 +137,7 @@ impl DisconnectCode {
         Self::STATE_INVALIDATED,
         Self::TARGET_GONE,
         Self::BACKBONE_UNAVAILABLE,
+        Self::LEASE_LOST,
         Self::INVALID_TOKEN,
         Self::BAD_REQUEST,
         Self::STALE,

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
+use crate::netfault::{NetFaults, Port};
 use crate::process::Process;
 use crate::{http_request, API_KEY, SECRET};
 
@@ -51,6 +52,8 @@ pub struct EdgeProcess {
     env: Vec<(String, String)>,
     config_file: PathBuf,
     log_file: PathBuf,
+    /// Where the edge is placed (its group), if anywhere.
+    placed: Option<(NetFaults, String)>,
 }
 
 impl EdgeProcess {
@@ -63,6 +66,36 @@ impl EdgeProcess {
         nats_urls: &[String],
         config: &str,
         env: &[(&str, &str)],
+    ) -> EdgeProcess {
+        Self::start_with(bin, name, nats_urls, config, env, None).await
+    }
+
+    /// [`Self::start`] with the edge in group `group` of `faults`, its
+    /// listening port the group's port (see
+    /// `MembershipCluster::start_placed`): a partition of the group cuts
+    /// what it sends to the other side (e.g. to membership replicas) and
+    /// what the other side sends to its port. Sockets it opens keep the
+    /// group on a restart too.
+    pub async fn start_placed(
+        bin: &Path,
+        name: &str,
+        nats_urls: &[String],
+        config: &str,
+        env: &[(&str, &str)],
+        faults: &NetFaults,
+        group: &str,
+    ) -> EdgeProcess {
+        let placed = Some((faults.clone(), group.to_string()));
+        Self::start_with(bin, name, nats_urls, config, env, placed).await
+    }
+
+    async fn start_with(
+        bin: &Path,
+        name: &str,
+        nats_urls: &[String],
+        config: &str,
+        env: &[(&str, &str)],
+        placed: Option<(NetFaults, String)>,
     ) -> EdgeProcess {
         let port = crate::process::free_tcp_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -80,7 +113,16 @@ impl EdgeProcess {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let process = spawn_ready(bin, name, addr, &config_file, &log_file, &env).await;
+        let process = spawn_ready(
+            bin,
+            name,
+            addr,
+            &config_file,
+            &log_file,
+            &env,
+            placed.as_ref(),
+        )
+        .await;
         EdgeProcess {
             name: name.into(),
             addr,
@@ -89,6 +131,7 @@ impl EdgeProcess {
             env,
             config_file,
             log_file,
+            placed,
         }
     }
 
@@ -109,6 +152,7 @@ impl EdgeProcess {
             &self.config_file,
             &self.log_file,
             &self.env,
+            self.placed.as_ref(),
         )
         .await;
     }
@@ -169,8 +213,8 @@ impl EdgeProcess {
     }
 }
 
-/// Spawn `bin edge --config config_file` and wait until `/readyz` answers
-/// 200 on `addr` (bounded: 30 s).
+/// Spawn `bin edge --config config_file` (in its group of the faults, when
+/// placed) and wait until `/readyz` answers 200 on `addr` (bounded: 30 s).
 async fn spawn_ready(
     bin: &Path,
     name: &str,
@@ -178,6 +222,7 @@ async fn spawn_ready(
     config_file: &Path,
     log_file: &Path,
     env: &[(String, String)],
+    placed: Option<&(NetFaults, String)>,
 ) -> Process {
     let mut cmd = Command::new(bin);
     cmd.arg("edge")
@@ -185,6 +230,9 @@ async fn spawn_ready(
         .arg(config_file)
         .env("RUST_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k, v)));
+    if let Some((faults, group)) = placed {
+        cmd = faults.place(group, &[Port::Tcp(addr.port())], &cmd);
+    }
     let mut process = Process::spawn(&format!("edge {name}"), cmd, log_file);
     process
         .wait_ready(|| async move {

@@ -297,6 +297,9 @@ impl NetFaults {
         if let Some(d) = cmd.get_current_dir() {
             placed.current_dir(d);
         }
+        // The test's tag is the test's own: a `groupcast edge` reads every
+        // `GROUPCAST_*` variable as configuration and refuses unknown ones.
+        placed.env_remove(ENV_TAG);
         placed
     }
 

@@ -129,6 +129,14 @@ pub struct MembershipConfig {
     /// anyway (presence answers 108 until the service answers).
     #[serde(with = "humantime_serde")]
     pub start_timeout: Duration,
+    /// When another edge reports that the service expired this edge's
+    /// lease while this edge cannot reach the service, close every client
+    /// with 3017 (`membership lease lost`, reconnect) and refuse new ones
+    /// with HTTP 503 until the service answers again: their presence
+    /// entries are gone, so they reconnect to an edge that holds a lease.
+    /// `false`: keep them (invisible in presence until the service is
+    /// back and this edge resends its entries).
+    pub lease_fence: bool,
 }
 
 impl Default for MembershipConfig {
@@ -145,6 +153,7 @@ impl Default for MembershipConfig {
             presence_max_clients: groupcast_core::membership::memory::DEFAULT_MAX_PER_CHANNEL
                 as u32,
             start_timeout: Duration::from_secs(10),
+            lease_fence: true,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! * **Leaves of dead edges.** When an edge dies its lease expires and the
 //!   membership service drops its presence entries; this edge is told about
 //!   each and pushes `leave` to its local subscribers of that channel (when
-//!   the namespace has `join_leave`).
+//!   the namespace has `join_leave`), then tells the removed edge, which
+//!   may only be cut off from the service (`crate::fence`).
 //! * **Cluster events** (when a webhook wants `channel_occupied` or
 //!   `channel_vacated`, or `client.user_status_channel` is set): the
 //!   membership service tells exactly one edge of each channel occupied or
@@ -37,6 +38,14 @@ pub(super) fn start(state: &Arc<EdgeState>) {
                 state.node.push_leave_locally(channel, Arc::new(info));
             }
         }));
+    // Then it tells that edge its lease expired: cut off from the service,
+    // it cannot learn it otherwise (`crate::fence::lease_expired`).
+    let weak = Arc::downgrade(state);
+    state.node.set_removal_handler(Arc::new(move |edge: &str| {
+        if let Some(state) = weak.upgrade() {
+            super::forward::tell_lease_expired(&state, edge);
+        }
+    }));
     let status_channel = !state.config.client.user_status_channel.is_empty();
     if status_channel
         || state.webhooks.wants("channel_occupied")

@@ -1,5 +1,6 @@
 //! Requests between edges on the node bus: API actions on connections
-//! held elsewhere, dashboard reports, and `info`.
+//! held elsewhere, dashboard reports, `info`, and the notice to an edge
+//! that the membership service expired its lease ([`tell_lease_expired`]).
 //!
 //! `disconnect`, `subscribe`, `unsubscribe`, `refresh` and the `relay_*`
 //! commands by user (or by client id) act on this edge's connections, then
@@ -39,6 +40,34 @@ pub(super) struct Forwarded {
 /// The `method` of a forwarded request that asks for the edge's dashboard
 /// report instead of an action.
 pub(super) const REPORT: &str = "dashboard";
+
+/// The `method` of a forwarded request that tells the edge the membership
+/// service removed it (its lease expired): [`crate::fence::lease_expired`].
+pub(super) const LEASE_EXPIRED: &str = "lease_expired";
+
+/// Tells `edge`, which the membership service just removed with presence
+/// entries, that its lease expired: an edge cut off from the service
+/// cannot learn it otherwise (every live edge sends it; the receiver acts
+/// once). In the background; an edge that is gone does not answer.
+pub(crate) fn tell_lease_expired(state: &EdgeState, edge: &str) {
+    let Some(bus) = state.node.bus().cloned() else {
+        return;
+    };
+    let Ok(payload) = serde_json::to_vec(&Forwarded {
+        method: LEASE_EXPIRED.to_string(),
+        body: Value::Null,
+    }) else {
+        return;
+    };
+    let edge = edge.to_string();
+    tokio::spawn(async move {
+        match bus.request(&edge, Bytes::from(payload), ACK_TIMEOUT).await {
+            Ok(Some(_)) => tracing::info!(%edge, "told a removed edge that its lease expired"),
+            Ok(None) => tracing::debug!(%edge, "a removed edge is gone"),
+            Err(e) => tracing::debug!(%edge, error = %e, "a removed edge was not told"),
+        }
+    });
+}
 
 /// Its acknowledgement: done, or the API error code it refused it with.
 #[derive(Serialize, Deserialize)]

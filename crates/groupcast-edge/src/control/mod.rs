@@ -81,11 +81,16 @@ pub async fn start(state: &Arc<EdgeState>) -> Result<(), String> {
     .map_err(|e| format!("cannot serve this node's subject: {e}"))
 }
 
-/// Carries out a forwarded action on this edge's connections, or answers
-/// a dashboard report (`Some`: the answer to send as it is).
+/// Carries out a forwarded action on this edge's connections, answers a
+/// dashboard report (`Some`: the answer to send as it is), or takes the
+/// notice that the membership service expired this edge's lease.
 fn answer(state: &EdgeState, payload: &[u8]) -> Result<Option<Bytes>, ApiError> {
     let f =
         serde_json::from_slice::<forward::Forwarded>(payload).map_err(|_| ApiError::BAD_REQUEST)?;
+    if f.method == forward::LEASE_EXPIRED {
+        crate::fence::lease_expired(state);
+        return Ok(None);
+    }
     if f.method == forward::REPORT {
         let report = dashboard::report(state);
         return serde_json::to_vec(&report)

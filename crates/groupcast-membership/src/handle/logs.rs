@@ -76,7 +76,8 @@ impl LogPoll {
 }
 
 /// Hands the entries of removed edges (other than this one) to the leave
-/// handler, each once, in removal order.
+/// handler, each once, in removal order, then the edge's name to the
+/// removal handler.
 pub(super) async fn removal_loop(s: Arc<Shared>) {
     let mut poll = LogPoll::new(s.clone());
     while let Some((after, answer)) = poll.next(|after| Query::Removals { after }).await {
@@ -106,6 +107,9 @@ pub(super) async fn removal_loop(s: Arc<Shared>) {
                 for l in &r.leaves {
                     h(&l.channel, l.presence.to_client_info());
                 }
+            }
+            if let Some(h) = s.removal_handler.get() {
+                h(&r.edge);
             }
         }
         poll.done(after, latest);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use groupcast_core::membership::{
-    EventHandler, LeaveHandler, Membership, MembershipError, PresenceStats, ReplicaStatus,
-    UserStatus, MAX_USER_STATUS,
+    EventHandler, LeaveHandler, Membership, MembershipError, PresenceStats, RemovalHandler,
+    ReplicaStatus, UserStatus, MAX_USER_STATUS,
 };
 use groupcast_proto::api::NodeInfo;
 use groupcast_proto::client::ClientInfo;
@@ -167,6 +167,10 @@ impl Membership for MembershipClient {
 
     fn set_leave_handler(&self, handler: LeaveHandler) {
         let _ = self.shared.leave_handler.set(handler);
+    }
+
+    fn set_removal_handler(&self, handler: RemovalHandler) {
+        let _ = self.shared.removal_handler.set(handler);
     }
 
     fn is_available(&self) -> bool {

@@ -30,7 +30,9 @@
 //! * Leaves of dead edges: every `removal_poll` (250 ms) the handle asks the
 //!   leader for edge removals it has not seen yet and hands each presence
 //!   entry of another edge to the leave handler (the edge pushes `leave` to
-//!   its local subscribers), once.
+//!   its local subscribers), once; then the removed edge's name goes to
+//!   the removal handler (the edge tells that edge its lease expired:
+//!   `docs/failover.md`, "An edge cut off from the membership service").
 //!
 //! Dropping every clone stops the handle without deregistering, exactly
 //! like a crashed edge; call [`MembershipClient::close`] to leave.
@@ -66,7 +68,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use groupcast_core::membership::{EventHandler, LeaveHandler, MembershipError};
+use groupcast_core::membership::{EventHandler, LeaveHandler, MembershipError, RemovalHandler};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -95,6 +97,8 @@ struct Shared {
     seq: AtomicU64,
     /// Where leaves of other edges' removed entries go.
     leave_handler: OnceLock<LeaveHandler>,
+    /// Where the names of other removed edges go (after their leaves).
+    removal_handler: OnceLock<RemovalHandler>,
     /// Where this edge's share of the cluster events goes.
     event_handler: OnceLock<EventHandler>,
     /// Set with the event handler: the events loop starts watching.
@@ -145,6 +149,7 @@ impl MembershipClient {
             cancel: cancel.clone(),
             seq: AtomicU64::new(0),
             leave_handler: OnceLock::new(),
+            removal_handler: OnceLock::new(),
             event_handler: OnceLock::new(),
             events_wanted: Notify::new(),
             started_unix: unix_now(),
