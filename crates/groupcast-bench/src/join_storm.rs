@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use anyhow::bail;
-use serde_json::json;
 
 use crate::{open, Ws};
 
@@ -73,7 +71,7 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
                 let mut ws = open(server, i, ips).await?;
                 match tokio::time::timeout_at(
                     deadline.into(),
-                    handshake(&mut ws, &token, &channel, &counts),
+                    crate::handshake_with(&mut ws, &token, &channel, |t| count(t, &counts)),
                 )
                 .await
                 {
@@ -136,38 +134,6 @@ fn own_cpu_secs() -> f64 {
         .map(|x| x.parse().unwrap_or(0.0))
         .collect();
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
-}
-
-/// connect + subscribe, waiting for both replies; the pushes that come
-/// in the same frames are counted too.
-async fn handshake(ws: &mut Ws, token: &str, channel: &str, counts: &Counts) -> anyhow::Result<()> {
-    let frame = format!(
-        "{}\n{}",
-        json!({"id":1,"connect":{"token":token,"name":"bench"}}),
-        json!({"id":2,"subscribe":{"channel":channel}})
-    );
-    ws.send(Message::text(frame)).await?;
-    let mut got = 0;
-    while got < 2 {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                for line in t.split('\n') {
-                    if line.starts_with("{\"id\":") {
-                        if line.contains("\"error\"") {
-                            bail!("server refused: {line}");
-                        }
-                        got += 1;
-                    }
-                }
-                count(&t, counts);
-            }
-            Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("closed during handshake"),
-        }
-    }
-    Ok(())
 }
 
 /// Count one frame and the join and leave pushes in it.

@@ -176,6 +176,17 @@ async fn open(server: SocketAddr, i: usize, source_ips: u8) -> anyhow::Result<Ws
 
 /// connect + subscribe, waiting for both replies.
 async fn handshake(ws: &mut Ws, token: &str, channel: &str) -> anyhow::Result<()> {
+    handshake_with(ws, token, channel, |_| {}).await
+}
+
+/// [`handshake`], handing every text frame read meanwhile (replies and the
+/// pushes that came with them) to `on_frame`.
+async fn handshake_with(
+    ws: &mut Ws,
+    token: &str,
+    channel: &str,
+    mut on_frame: impl FnMut(&str),
+) -> anyhow::Result<()> {
     let frame = format!(
         "{}\n{}",
         json!({"id":1,"connect":{"token":token,"name":"bench"}}),
@@ -187,13 +198,14 @@ async fn handshake(ws: &mut Ws, token: &str, channel: &str) -> anyhow::Result<()
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
                 for line in t.split('\n') {
-                    if line.contains("\"error\"") {
-                        bail!("server refused: {line}");
-                    }
                     if line.starts_with("{\"id\":") {
+                        if line.contains("\"error\"") {
+                            bail!("server refused: {line}");
+                        }
                         got += 1;
                     }
                 }
+                on_frame(&t);
             }
             Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
             Some(Ok(_)) => {}
