@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-
 use crate::{open, Ws};
 
 #[derive(clap::Args)]

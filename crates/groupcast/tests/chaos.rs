@@ -14,7 +14,10 @@
 //!   sockets stay open, nothing answers): 10 s after the fault no client
 //!   is still connected while missing what was acknowledged (the edge
 //!   notices after three unanswered pings, `nats.ping_interval`, and moves
-//!   to another server of the cluster, or fences itself: 3016).
+//!   to another server of the cluster, or fences itself: 3016),
+//! * (f) every NATS server killed for 60 s: every edge closes its clients
+//!   (3016) and refuses them until NATS is back, a publish answers 108 in
+//!   bounded time, and afterwards every client recovers everything.
 //!
 //! and then asserts what a user relies on: every client holds every
 //! publication of its channel exactly once and in order (clients reconnect
@@ -355,7 +358,9 @@ struct PublishStats {
 }
 
 impl Publisher {
-    fn start(lb: SocketAddr) -> Publisher {
+    /// Gives up on a publication (the test fails) after `patience` of
+    /// failed attempts: [`WAIT`], or an outage the test makes on purpose.
+    fn start_with_patience(lb: SocketAddr, patience: Duration) -> Publisher {
         let acked: Arc<Vec<AtomicU64>> =
             Arc::new((0..CHANNELS).map(|_| AtomicU64::new(0)).collect());
         let stats: Arc<Mutex<PublishStats>> = Arc::default();
@@ -410,7 +415,7 @@ impl Publisher {
                             s.failed_after_ms.push(attempt.elapsed().as_millis());
                         }
                         assert!(
-                            started.elapsed() < WAIT,
+                            started.elapsed() < patience,
                             "publish {n} to {} not accepted within {WAIT:?}: {:?}",
                             channel(ch),
                             stats.lock().unwrap()
@@ -636,8 +641,12 @@ async fn setup() -> (Cluster, Clients, Publisher) {
 }
 
 async fn setup_with(cluster: Cluster) -> (Cluster, Clients, Publisher) {
+    setup_patient(cluster, WAIT).await
+}
+
+async fn setup_patient(cluster: Cluster, patience: Duration) -> (Cluster, Clients, Publisher) {
     let clients = Clients::start(&cluster.lb).await;
-    let publisher = Publisher::start(cluster.lb.addr);
+    let publisher = Publisher::start_with_patience(cluster.lb.addr, patience);
     // A steady state before the fault.
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster
@@ -913,6 +922,89 @@ async fn chaos_e_the_nats_server_of_one_edge_goes_silent() {
     cluster.assert_leases_kept(&[0, 1, 2]).await;
     finish(
         "(e) the NATS server of one edge silent for 20 s",
+        clients,
+        publisher,
+        &marks,
+        &[converged],
+    )
+    .await;
+}
+
+/// How long chaos (f) keeps every NATS server down.
+const NATS_OUTAGE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_f_all_of_nats_down_for_a_minute() {
+    let cluster = Cluster::start().await;
+    // The publisher retries each publication through the whole outage.
+    let (mut cluster, clients, publisher) =
+        setup_patient(cluster, NATS_OUTAGE + Duration::from_secs(60)).await;
+    let marks = clients.reconnect_marks();
+    let fault = Instant::now();
+    for s in &mut cluster.nats.servers {
+        s.kill();
+    }
+    // Every edge fences itself: its clients are told to reconnect (3016)
+    // and, with every edge refusing, wait in their backoff.
+    let deadline = Instant::now() + WAIT;
+    while (0..CLIENTS).any(|i| !clients.state(i).id.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "clients still connected {WAIT:?} into the NATS outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_closed = fault.elapsed();
+    // A publish during the outage answers an error, and in bounded time.
+    let mut answers = Vec::new();
+    for edge in &cluster.edges {
+        let asked = Instant::now();
+        let (status, body) = edge
+            .api(
+                "publish",
+                json!({ "channel": channel(0), "data": { "n": 0 } }),
+            )
+            .await;
+        answers.push((status, body["error"]["code"].clone(), asked.elapsed()));
+    }
+    for (status, code, took) in &answers {
+        assert!(
+            *status == 200 && *code == 108 && *took <= Duration::from_secs(6),
+            "a publish during the outage: HTTP {status}, error {code}, after {took:?}"
+        );
+    }
+    tokio::time::sleep(NATS_OUTAGE.saturating_sub(fault.elapsed())).await;
+    let healed = Instant::now();
+    let (a, b, c) = {
+        let [a, b, c] = &mut cluster.nats.servers[..] else {
+            panic!("three NATS servers")
+        };
+        (a, b, c)
+    };
+    tokio::join!(a.restart(), b.restart(), c.restart());
+    clients.wait_all_connected().await;
+    let back = healed.elapsed();
+    let converged = cluster
+        .presence_converged(&clients, Instant::now(), "NATS back")
+        .await;
+    eprintln!(
+        "chaos (f): every client closed {} ms into the outage; publishes during it answered \
+         {:?}; NATS back after {} s, every client connected again {} ms later",
+        all_closed.as_millis(),
+        answers
+            .iter()
+            .map(|(s, c, t)| format!("HTTP {s} error {c} in {} ms", t.as_millis()))
+            .collect::<Vec<_>>(),
+        NATS_OUTAGE.as_secs(),
+        back.as_millis()
+    );
+    cluster.assert_leases_kept(&[0, 1, 2]).await;
+    let closed_3016 = (0..CLIENTS)
+        .filter(|&i| clients.state(i).closes.contains(&Some(3016)))
+        .count();
+    assert_eq!(closed_3016, CLIENTS, "every client was told 3016");
+    finish(
+        "(f) all of NATS down for 60 s",
         clients,
         publisher,
         &marks,
