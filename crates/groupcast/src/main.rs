@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     name = "groupcast",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GROUPCAST_COMMIT"), ")"),
     about = "Clustered real-time broker (Centrifugo protocol, raw relay, server API)"
 )]
 struct Cli {
@@ -253,8 +253,9 @@ fn edge(args: EdgeArgs) -> anyhow::Result<()> {
             listen = %listener.local_addr()?,
             nats = ?config.nats.urls,
             membership = ?config.membership.seeds,
-            "Groupcast {} edge started",
-            env!("CARGO_PKG_VERSION")
+            "Groupcast {} ({}) edge started",
+            env!("CARGO_PKG_VERSION"),
+            env!("GROUPCAST_COMMIT")
         );
         serve(config, listener, backbone, shutdown).await
     })
@@ -304,7 +305,12 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
             &json!({ "sub": "dev", "exp": now_unix() + 24 * 3600 }),
         );
         let mut out = std::io::stdout().lock();
-        writeln!(out, "Groupcast {} (dev: {bus})", env!("CARGO_PKG_VERSION"))?;
+        writeln!(
+            out,
+            "Groupcast {} ({}) (dev: {bus})",
+            env!("CARGO_PKG_VERSION"),
+            env!("GROUPCAST_COMMIT")
+        )?;
         writeln!(out, "  client URL (Centrifugo protocol): ws://{addr}/connection/websocket")?;
         writeln!(out, "  relay URL (plain WebSocket):      ws://{addr}/ws/relay/<channel>")?;
         writeln!(out, "  relay demo page:                  http://{addr}/")?;

@@ -499,3 +499,22 @@ fn sigterm_stops_the_server_when_its_output_is_gone() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `groupcast --version` names the release and the commit it was built from
+/// (what an operator compares across a cluster during a rolling upgrade).
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let out = run(&["--version"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let rest = text
+        .strip_prefix(&format!("groupcast {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected --version: {text:?}"));
+    let commit = rest.strip_suffix("-dirty").unwrap_or(rest);
+    // This test runs from a git checkout: a commit, not `unknown`.
+    assert!(
+        commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "not a commit: {text:?}"
+    );
+}

@@ -1,0 +1,39 @@
+//! Puts the commit the binary is built from into `groupcast --version`
+//! (`GROUPCAST_COMMIT`): `git rev-parse --short=12 HEAD`, with `-dirty` when
+//! the work tree has changes to tracked files, or `unknown` outside a git
+//! checkout (a source tarball).
+
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn main() {
+    let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(c) => {
+            let dirty = Command::new("git")
+                .args(["diff", "--quiet", "HEAD", "--"])
+                .status()
+                .is_ok_and(|s| !s.success());
+            if dirty {
+                format!("{c}-dirty")
+            } else {
+                c
+            }
+        }
+        None => "unknown".into(),
+    };
+    println!("cargo:rustc-env=GROUPCAST_COMMIT={commit}");
+    // Built again when HEAD moves (a commit, a checkout) or the index changes.
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        for f in ["HEAD", "logs/HEAD", "index"] {
+            println!("cargo:rerun-if-changed={dir}/{f}");
+        }
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+}
