@@ -1,6 +1,6 @@
 //! Puts the commit the binary is built from into `groupcast --version`
 //! (`GROUPCAST_COMMIT`): `git rev-parse --short=12 HEAD`, with `-dirty` when
-//! the work tree has changes to tracked files, or `unknown` outside a git
+//! the work tree had changes to tracked files, or `unknown` outside a git
 //! checkout (a source tarball).
 
 use std::process::Command;
@@ -29,9 +29,10 @@ fn main() {
         None => "unknown".into(),
     };
     println!("cargo:rustc-env=GROUPCAST_COMMIT={commit}");
-    // Built again when HEAD moves (a commit, a checkout) or the index changes.
+    // Built again when HEAD moves (a commit, a checkout); not on every
+    // change of the work tree, so `-dirty` is as of the last build that ran.
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-        for f in ["HEAD", "logs/HEAD", "index"] {
+        for f in ["HEAD", "logs/HEAD"] {
             println!("cargo:rerun-if-changed={dir}/{f}");
         }
     }
