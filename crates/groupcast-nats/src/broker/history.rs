@@ -97,15 +97,15 @@ impl Inner {
         let mut behind = 0u32;
         // Read on to `reach` (not kept when past `to`) to see it is there.
         let until = reach.map_or(to, |r| r.max(to));
+        let api = format!("$JS.API.DIRECT.GET.{}", stream.name);
+        // Stored publications are checked again as they are read back: one
+        // published on the stream's subject by a NATS client that is not an
+        // edge is skipped (its offset stays unused).
+        let channel = self.subjects.channel_of(subject).unwrap_or_default();
+        // A channel holds at most `history_size` publications: bound the
+        // loop by that (plus one batch of slack for concurrent publishes).
+        let max = stream.spec.history_size + self.read_batch;
         'read: loop {
-            let api = format!("$JS.API.DIRECT.GET.{}", stream.name);
-            // Stored publications are checked again as they are read back: one
-            // published on the stream's subject by a NATS client that is not an
-            // edge is skipped (its offset stays unused).
-            let channel = self.subjects.channel_of(subject).unwrap_or_default();
-            // A channel holds at most `history_size` publications: bound the
-            // loop by that (plus one batch of slack for concurrent publishes).
-            let max = stream.spec.history_size + self.read_batch;
             while next <= until && out.len() < max {
                 let inbox = self.client.new_inbox();
                 let mut replies = self
