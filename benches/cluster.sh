@@ -16,6 +16,8 @@
 #   cargo build --release -p groupcast -p groupcast-bench
 #   benches/cluster.sh [SUBSCRIBERS] [SECS] [SIZE] [WINDOW] [CHURN]
 #   (WINDOW: publishes in flight; 1 measures latency without queueing)
+#   EDGE_ENV: more NAME=VALUE words for the edges, e.g.
+#   EDGE_ENV=GROUPCAST_CLIENT__MAX_PUBLISHES_IN_FLIGHT=1 (one ack awaited at a time, as before issue 22)
 #
 # Needs nats-server and nginx (scripts/test.sh installs both). Every process
 # it starts is stopped by PID on exit (cluster.sh down for the cluster).
@@ -30,7 +32,7 @@ work=$(mktemp -d)
 pids=()
 cluster() {
   GROUPCAST_LOCAL_DIR="$work/cluster" GROUPCAST_LOCAL_PORT_OFFSET=$offset GROUPCAST_BIN=$bin \
-    GROUPCAST_LOCAL_EDGE_ENV="GROUPCAST_CLIENT__COMMAND_RATE=0" deploy/local/cluster.sh "$@"
+    GROUPCAST_LOCAL_EDGE_ENV="GROUPCAST_CLIENT__COMMAND_RATE=0 ${EDGE_ENV:-}" deploy/local/cluster.sh "$@"
 }
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -22,6 +22,13 @@
 //!   subscribed channel and cannot read them back, it calls
 //!   [`BrokerHandler::on_insufficient_state`]: local subscribers must
 //!   resubscribe (and recover) rather than silently miss them.
+//! * **Pipelining.** [`Broker::publish_begin`] sends a publication and
+//!   returns its answer as a [`PendingPublish`] to await later, so one caller
+//!   may have several in flight. Publications one caller begins one after
+//!   another (each `publish_begin` awaited before the next starts) are
+//!   stored in that order, and each pending answer is its own publication's
+//!   (offset or error). An implementation without pipelining answers from
+//!   `publish_begin` itself (the default).
 //! * **Join/leave** are delivered like publications but are not stored.
 //! * **Handler calls must not block**: they enqueue and return.
 
@@ -82,6 +89,17 @@ impl PublishOptions {
             idempotency_key: None,
         }
     }
+}
+
+/// The answer to a publication already sent ([`Broker::publish_begin`]):
+/// await it for its position or error. Dropping it drops only the answer.
+pub type PendingPublish = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<StreamPosition, BrokerError>> + Send>,
+>;
+
+/// A [`PendingPublish`] that is already answered.
+pub fn answered(r: Result<StreamPosition, BrokerError>) -> PendingPublish {
+    Box::pin(std::future::ready(r))
 }
 
 /// Which part of a channel's history to read.
@@ -158,6 +176,18 @@ pub trait Broker: Send + Sync + 'static {
         publication: Publication,
         opts: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError>;
+    /// Send a publication as [`Broker::publish`] would and return its
+    /// answer to await later (see "Pipelining" above). `Err` here is an
+    /// answer too: the publication was not sent. The default publishes and
+    /// answers at once.
+    async fn publish_begin(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<PendingPublish, BrokerError> {
+        Ok(answered(self.publish(channel, publication, opts).await))
+    }
     async fn publish_join(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError>;
     async fn publish_leave(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError>;
     /// Read history. A channel that never had history answers an empty result

@@ -38,7 +38,8 @@ pub mod node;
 pub mod publication;
 
 pub use broker::{
-    BackboneStatus, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
+    BackboneStatus, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult,
+    PendingPublish, PublishOptions,
 };
 pub use bus::{valid_target, BackendBus, NodeBus, NodeHandler};
 pub use channel::{ChannelError, ChannelName};

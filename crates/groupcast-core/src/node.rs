@@ -25,7 +25,8 @@ use groupcast_proto::api::NodeInfo;
 use groupcast_proto::client::ClientInfo;
 
 use crate::broker::{
-    BackboneStatus, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
+    BackboneStatus, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult,
+    PendingPublish, PublishOptions,
 };
 use crate::bus::{BackendBus, NodeBus};
 use crate::hub::{AddOutcome, BufferOverflow, Hub, RemoveOutcome, Subscriber};
@@ -151,6 +152,18 @@ impl Node {
         opts: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
         self.broker.publish(channel, publication, opts).await
+    }
+
+    /// Send a publication and return its answer to await later
+    /// ([`Broker::publish_begin`]): publications begun one after another
+    /// by one caller are stored in that order.
+    pub async fn publish_begin(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<PendingPublish, BrokerError> {
+        self.broker.publish_begin(channel, publication, opts).await
     }
 
     /// Read a channel's history.

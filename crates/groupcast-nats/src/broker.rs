@@ -34,7 +34,8 @@ use async_nats::jetstream;
 use async_nats::{Client, HeaderMap};
 use async_trait::async_trait;
 use groupcast_core::broker::{
-    BackboneStatus, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult, PublishOptions,
+    answered, BackboneStatus, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult,
+    PendingPublish, PublishOptions,
 };
 use groupcast_core::{Publication, StreamPosition};
 use groupcast_proto::client::ClientInfo;
@@ -177,6 +178,22 @@ impl Broker for NatsBroker {
         publication: Publication,
         opts: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
+        match self.publish_begin(channel, publication, opts).await {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends now; a history publication's answer waits for JetStream's
+    /// acknowledgement (see `Inner::publish_stored`). Publications begun one
+    /// after another go out in that order on the one NATS connection, so
+    /// JetStream stores them in that order.
+    async fn publish_begin(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<PendingPublish, BrokerError> {
         let payload = envelope::encode_pub(&publication);
         // NATS refuses a message over its server's max_payload: say so (106 to the client),
         // not "unavailable".
@@ -198,13 +215,14 @@ impl Broker for NatsBroker {
                     .publish_live(channel, payload, Some(headers))
                     .await,
             )
-            .map(|()| StreamPosition::default());
+            .map(|()| answered(Ok(StreamPosition::default())));
         }
-        counted(
+        let pending = counted(
             self.inner
                 .publish_stored(channel, payload, headers, opts)
                 .await,
-        )
+        )?;
+        Ok(Box::pin(async move { counted(pending.await) }))
     }
 
     async fn publish_join(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), BrokerError> {

@@ -1,6 +1,7 @@
 //! What the NATS broker does beyond the shared conformance suite, against a
 //! real `nats-server`: gap repair, "insufficient state" when the gap is no
-//! longer stored, idempotent publishes, hostile messages on our subjects.
+//! longer stored, idempotent publishes, pipelined publishes (`publish_begin`),
+//! hostile messages on our subjects.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -388,4 +389,61 @@ async fn the_accept_time_travels_with_live_and_stored_publications() {
             "history_size {history_size}"
         );
     }
+}
+
+/// `publish_begin`: many history publications sent before any answer is
+/// awaited are stored in the order they were begun, each answer is its own
+/// (strictly increasing offsets; a repeated idempotency key answers the
+/// first one's offset), and one refused in the middle (over `max_payload`)
+/// leaves the others as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begun_publishes_are_stored_in_order_each_with_its_own_answer() {
+    let server = NatsServer::start().await;
+    let b = broker(&server.url(), 1000, 1024).await;
+    let mut pending = Vec::new();
+    for n in 1..=300u64 {
+        let p = if n == 150 {
+            Publication::new(Payload::from_text(&"x".repeat(1_100_000)))
+        } else {
+            text(n)
+        };
+        let key = if n == 201 { 200 } else { n };
+        let o = PublishOptions {
+            idempotency_key: Some(format!("k{key}")),
+            ..opts(1000)
+        };
+        pending.push((n, b.publish_begin("piped", p, &o).await));
+    }
+    let mut offsets = Vec::new();
+    for (n, begun) in pending {
+        match (n, begun) {
+            (150, Err(BrokerError::TooLarge(_))) => {}
+            (150, other) => panic!("150: {:?}", other.map(|_| ())),
+            (n, Ok(answer)) => offsets.push((n, answer.await.expect("stored").offset)),
+            (n, Err(e)) => panic!("{n}: {e:?}"),
+        }
+    }
+    let o200 = offsets.iter().find(|(n, _)| *n == 200).unwrap().1;
+    let o201 = offsets.iter().find(|(n, _)| *n == 201).unwrap().1;
+    assert_eq!(o200, o201, "a repeated key answers the first offset");
+    offsets.retain(|(n, _)| *n != 201);
+    assert!(
+        offsets.windows(2).all(|w| w[0].1 < w[1].1),
+        "offsets increase in the order begun"
+    );
+    let h = b.history("piped", HistoryQuery::default()).await.unwrap();
+    let stored: Vec<(u64, u64)> = h
+        .publications
+        .iter()
+        .map(|p| {
+            let Payload::Json(raw) = &p.data else {
+                panic!("json")
+            };
+            (raw.get().parse().unwrap(), p.offset)
+        })
+        .collect();
+    assert_eq!(
+        stored, offsets,
+        "stored in the order begun, at the answered offsets"
+    );
 }

@@ -457,3 +457,176 @@ async fn nats_unreachable_is_a_clear_error_and_not_ready() {
     let body = api_publish(&a, "news", json!({ "n": 4 })).await;
     assert!(body.get("error").is_none(), "{body}");
 }
+
+/// Data of a publish too large for NATS (`max_payload`, 1 MiB) but within
+/// the client limit these pipelining tests set (2 MiB): refused by the
+/// broker with 106, in the middle of other publishes.
+fn over_max_payload() -> Value {
+    json!({ "big": "x".repeat(1_100_000) })
+}
+
+/// Settings for the pipelining tests: a small in-flight bound (so it is
+/// reached), and a client limit above NATS's `max_payload`.
+const PIPELINE_ENV: &[(&str, &str)] = &[
+    ("GROUPCAST_CLIENT__MAX_PUBLISHES_IN_FLIGHT", "8"),
+    ("GROUPCAST_CLIENT__MAX_MESSAGE_SIZE", "2097152"),
+    ("GROUPCAST_CLIENT__MAX_QUEUE_BYTES", "8388608"),
+    ("GROUPCAST_API__MAX_BODY_BYTES", "4194304"),
+];
+
+/// The stored publications of `channel` (read through the API), as
+/// (data `n`, offset), oldest first.
+async fn stored(e: &EdgeProcess, channel: &str) -> Vec<(u64, u64)> {
+    let (status, body) = e
+        .api("history", json!({ "channel": channel, "limit": 1000 }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["result"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|p| {
+            (
+                p["data"]["n"].as_u64().unwrap(),
+                p["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_pipelines_history_publishes_in_command_order() {
+    let (nats, m) = tokio::join!(NatsServer::start(), membership());
+    let e = edge_env("a", &[nats.url()], &m, PIPELINE_ENV).await;
+    let mut c = client(&e).await;
+    // 200 publishes in frames of 10, none waiting for a reply; the 77th is
+    // refused by the broker (over NATS's max_payload) and a `presence` of a
+    // channel without presence (108) comes in the middle of a frame.
+    let (first_id, n_pubs, bad, read_at) = (1000u32, 200u32, 77u32, 133u32);
+    let mut frame = Vec::new();
+    for i in 1..=n_pubs {
+        let id = first_id + i;
+        let data = if i == bad {
+            over_max_payload()
+        } else {
+            json!({ "n": i })
+        };
+        frame.push(json!({ "id": id, "publish": { "channel": "pipe", "data": data } }).to_string());
+        if i == read_at {
+            frame.push(
+                json!({ "id": first_id + n_pubs + 1, "presence": { "channel": "plain:x" } })
+                    .to_string(),
+            );
+        }
+        if frame.len() >= 10 {
+            c.send_text(frame.join("\n")).await.unwrap();
+            frame.clear();
+        }
+    }
+    if !frame.is_empty() {
+        c.send_text(frame.join("\n")).await.unwrap();
+    }
+    // Every reply, in command order.
+    let mut want: Vec<u32> = (1..=n_pubs).map(|i| first_id + i).collect();
+    want.insert(read_at as usize, first_id + n_pubs + 1);
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        match c.next(T).await.unwrap() {
+            groupcast_testkit::Incoming::Reply(r) => got.push(r),
+            groupcast_testkit::Incoming::Close(code) => panic!("closed: {code:?}"),
+            _ => {}
+        }
+    }
+    let ids: Vec<u32> = got
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids, want, "replies in command order");
+    for r in &got {
+        let id = r["id"].as_u64().unwrap() as u32;
+        if id == first_id + bad {
+            assert_eq!(r["error"]["code"], 106, "too large for NATS: {r}");
+        } else if id == first_id + n_pubs + 1 {
+            assert!(r["error"]["code"].is_number(), "presence refused: {r}");
+        } else {
+            assert!(r["publish"].is_object(), "{r}");
+        }
+    }
+    // Stored in command order, with strictly increasing offsets.
+    let history = stored(&e, "pipe").await;
+    let numbers: Vec<u64> = history.iter().map(|(n, _)| *n).collect();
+    let want: Vec<u64> = (1..=n_pubs as u64).filter(|n| *n != bad as u64).collect();
+    assert_eq!(numbers, want, "history in command order");
+    assert!(
+        history.windows(2).all(|w| w[0].1 < w[1].1),
+        "offsets increase: {history:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_batch_pipelines_publishes_in_command_order() {
+    let (nats, m) = tokio::join!(NatsServer::start(), membership());
+    let e = edge_env("a", &[nats.url()], &m, PIPELINE_ENV).await;
+    // 60 publishes with an idempotency key each; the 23rd is refused by the
+    // broker, the 41st repeats the 40th's key (stored once, same offset),
+    // and a history read sits in the middle.
+    let mut commands = Vec::new();
+    for i in 1..=60u64 {
+        let key = if i == 41 {
+            "k40".to_string()
+        } else {
+            format!("k{i}")
+        };
+        let data = if i == 23 {
+            over_max_payload()
+        } else {
+            json!({ "n": i })
+        };
+        commands.push(
+            json!({ "publish": { "channel": "batch", "data": data, "idempotency_key": key } }),
+        );
+        if i == 30 {
+            commands.push(json!({ "history": { "channel": "batch", "limit": 1000 } }));
+        }
+    }
+    let (status, body) = e.api("batch", json!({ "commands": commands })).await;
+    assert_eq!(status, 200, "{body}");
+    let replies = body["replies"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(replies.len(), 61, "{body}");
+    let mut offsets = Vec::new();
+    let mut i = 0u64;
+    for (k, r) in replies.iter().enumerate() {
+        if k == 30 {
+            // The read runs after the 29 publishes before it were stored.
+            let n = r["history"]["publications"].as_array().unwrap().len();
+            assert_eq!(n, 29, "{r}");
+            continue;
+        }
+        i += 1;
+        if i == 23 {
+            assert_eq!(r["error"]["code"], 106, "{r}");
+            continue;
+        }
+        offsets.push((
+            i,
+            r["publish"]["offset"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{r}")),
+        ));
+    }
+    let (o40, o41) = (offsets[38].1, offsets[39].1);
+    assert_eq!((offsets[38].0, offsets[39].0), (40, 41));
+    assert_eq!(o40, o41, "the repeated key answers the first offset");
+    offsets.remove(39);
+    assert!(
+        offsets.windows(2).all(|w| w[0].1 < w[1].1),
+        "offsets increase in command order: {offsets:?}"
+    );
+    let history = stored(&e, "batch").await;
+    assert_eq!(
+        history, offsets,
+        "stored in command order, at the offsets the replies said"
+    );
+}

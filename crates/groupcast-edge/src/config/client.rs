@@ -74,6 +74,14 @@ pub struct ClientConfig {
     /// Outgoing queue per connection in bytes; a client that falls further
     /// behind is disconnected with 3008 "slow".
     pub max_queue_bytes: usize,
+    /// Most publishes of one connection waiting for the backbone's answer
+    /// at once (JetStream acknowledgements, 1 to 10000): a connection's
+    /// publishes are sent in command order without waiting for each answer
+    /// and answered in that order; at the bound, the connection reads its
+    /// next command only after the oldest is answered. The API's `batch`
+    /// pipelines its publishes the same way, with the same bound. 1: one
+    /// round trip per publish.
+    pub max_publishes_in_flight: usize,
     /// Longest channel name in bytes.
     pub channel_max_length: usize,
     /// Initial read buffer per connection in bytes (grows for larger messages).
@@ -173,6 +181,7 @@ impl Default for ClientConfig {
             pong_timeout: Duration::from_secs(8),
             max_message_size: 65_536,
             max_queue_bytes: 1 << 20,
+            max_publishes_in_flight: 64,
             channel_max_length: groupcast_core::channel::DEFAULT_MAX_LENGTH,
             read_buffer_size: 4096,
             history_max_limit: 1000,

@@ -396,6 +396,9 @@ impl Config {
         if c.max_message_size < 1024 {
             return Err("client.max_message_size: must be at least 1024".into());
         }
+        if !(1..=10_000).contains(&c.max_publishes_in_flight) {
+            return Err("client.max_publishes_in_flight: must be 1 to 10000".into());
+        }
         if c.max_queue_bytes < c.max_message_size {
             return Err("client.max_queue_bytes: must be at least client.max_message_size".into());
         }

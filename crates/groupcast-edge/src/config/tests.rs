@@ -251,3 +251,19 @@ fn errors_name_the_key() {
     let e = Config::load(Config::dev(), Some(Path::new("/nonexistent.toml")), none()).unwrap_err();
     assert!(e.contains("does not exist"), "{e}");
 }
+
+#[test]
+fn max_publishes_in_flight_is_bounded_and_named() {
+    assert_eq!(Config::dev().client.max_publishes_in_flight, 64);
+    for bad in [0, 10_001] {
+        let f = write(&format!("[client]\nmax_publishes_in_flight = {bad}\n"));
+        let e = Config::load(Config::dev(), Some(&f.0), none()).unwrap_err();
+        assert!(
+            e.to_string().contains("client.max_publishes_in_flight"),
+            "{e}"
+        );
+    }
+    let f = write("[client]\nmax_publishes_in_flight = 1\n");
+    let c = Config::load(Config::dev(), Some(&f.0), none()).unwrap();
+    assert_eq!(c.client.max_publishes_in_flight, 1);
+}

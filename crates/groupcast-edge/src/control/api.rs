@@ -7,6 +7,8 @@
 //! HTTP 200 with `{"result":{...}}` or `{"error":{"code":..,"message":..}}`;
 //! `batch` answers `{"replies":[...]}`. `docs/api.md` has every method.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +17,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
 use groupcast_core::broker::{BrokerError, HistoryQuery, PublishOptions};
 use groupcast_core::{Payload, Publication, StreamPosition};
 use groupcast_proto::api::{self, ApiError};
@@ -267,14 +271,70 @@ async fn batch(state: &EdgeState, value: Value) -> Result<(String, &'static str)
     let replies: Vec<String> = if req.parallel {
         futures_util::future::join_all(req.commands.into_iter().map(run)).await
     } else {
+        // In order: publishes are sent one after another without waiting
+        // for each answer (at most `client.max_publishes_in_flight` wait),
+        // so they are stored in command order; any other command runs once
+        // the publishes before it are answered.
+        let most = state.config.client.max_publishes_in_flight;
         let mut out = Vec::with_capacity(req.commands.len());
+        let mut waiting: FuturesOrdered<Pin<Box<dyn Future<Output = String> + Send>>> =
+            FuturesOrdered::new();
         for cmd in req.commands {
-            out.push(run(cmd).await);
+            let publish = match (cmd.len(), cmd.get("publish")) {
+                (1, Some(body)) => Some(body.clone()),
+                _ => None,
+            };
+            let Some(body) = publish else {
+                while let Some(reply) = waiting.next().await {
+                    out.push(reply);
+                }
+                out.push(run(cmd).await);
+                continue;
+            };
+            while waiting.len() >= most {
+                out.extend(waiting.next().await);
+            }
+            waiting.push_back(match publish_begin_body(state, body).await {
+                Ok(answer) => Box::pin(async move {
+                    match answer.await {
+                        Ok(result) => format!("{{\"publish\":{}}}", encode(&result)),
+                        Err(e) => error(e),
+                    }
+                }),
+                Err(e) => Box::pin(std::future::ready(error(e))),
+            });
+        }
+        while let Some(reply) = waiting.next().await {
+            out.push(reply);
         }
         out
     };
     Ok((format!("{{\"replies\":[{}]}}", replies.join(",")), "ok"))
 }
+
+/// A batch's `publish` command: checked and sent, answered by the returned
+/// future (107 for a body that is not a publish request).
+async fn publish_begin_body(state: &EdgeState, body: Value) -> Result<PendingApiPublish, ApiError> {
+    let r: api::PublishRequest = match parse(body) {
+        Ok(r) => r,
+        Err(ApiFailure::Api(e)) => return Err(e),
+        Err(ApiFailure::BadBody) => return Err(ApiError::BAD_REQUEST),
+    };
+    let data = payload(r.data, &r.b64data)?;
+    publish_begin(
+        state,
+        &r.channel,
+        data,
+        r.skip_history,
+        &r.tags,
+        &r.idempotency_key,
+        &r.exclude_client,
+    )
+    .await
+}
+
+/// The answer to a publish already sent.
+type PendingApiPublish = Pin<Box<dyn Future<Output = Result<api::PublishResult, ApiError>> + Send>>;
 
 async fn publish_one(
     state: &EdgeState,
@@ -285,6 +345,29 @@ async fn publish_one(
     idempotency_key: &str,
     exclude_client: &str,
 ) -> Result<api::PublishResult, ApiError> {
+    publish_begin(
+        state,
+        channel,
+        data,
+        skip_history,
+        tags,
+        idempotency_key,
+        exclude_client,
+    )
+    .await?
+    .await
+}
+
+/// Check and send one publication; the returned future answers it.
+async fn publish_begin(
+    state: &EdgeState,
+    channel: &str,
+    data: Payload,
+    skip_history: bool,
+    tags: &std::collections::BTreeMap<String, String>,
+    idempotency_key: &str,
+    exclude_client: &str,
+) -> Result<PendingApiPublish, ApiError> {
     let (ch, opts) = state.channel(channel).map_err(channel_error)?;
     // Publications reach clients in one frame: the client message limit
     // applies (and keeps one publication below a reader's queue limit), or
@@ -303,15 +386,18 @@ async fn publish_one(
     let mut p = Publication::new(data);
     p.tags = tags.clone();
     p.exclude_client = (!exclude_client.is_empty()).then(|| Arc::from(exclude_client));
-    let pos = state
+    let answer = state
         .node
-        .publish(ch.as_str(), p, &po)
+        .publish_begin(ch.as_str(), p, &po)
         .await
         .map_err(broker_error)?;
-    Ok(api::PublishResult {
-        offset: pos.offset,
-        epoch: pos.epoch,
-    })
+    Ok(Box::pin(async move {
+        let pos = answer.await.map_err(broker_error)?;
+        Ok(api::PublishResult {
+            offset: pos.offset,
+            epoch: pos.epoch,
+        })
+    }))
 }
 
 fn payload(data: Option<groupcast_proto::client::RawJson>, b64: &str) -> Result<Payload, ApiError> {

@@ -21,12 +21,15 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
 use axum::http::HeaderMap;
 use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{Stream, StreamExt};
 use groupcast_core::broker::BrokerError;
 use groupcast_core::hub::SubscriberKind;
@@ -183,7 +186,17 @@ pub struct Session {
     /// The emulation session id (HTTP transports), sent in the connect reply: the
     /// client names it in its emulation requests.
     emulation: Option<String>,
+    /// Publishes sent and waiting for the backbone's answer, oldest first
+    /// (at most `client.max_publishes_in_flight`): answered in command
+    /// order, and every other command waits until they are. (In a mutex
+    /// only to make the session `Sync`; reached with `get_mut`, never locked.)
+    publishes: parking_lot::Mutex<FuturesOrdered<PendingReply>>,
 }
+
+/// A publish's reply to come: its command id, when it started, and the
+/// outcome.
+type PendingReply =
+    Pin<Box<dyn Future<Output = (u32, Instant, Result<Option<Reply>, CommandError>)> + Send>>;
 
 /// What [`replay`] saw.
 #[derive(Debug)]
@@ -211,6 +224,7 @@ pub async fn replay(state: Arc<EdgeState>, frames: &[&[u8]]) -> Replay {
         }
         session.handle_frame(frame).await;
     }
+    session.settle_publishes(0).await;
     session.cleanup().await;
     Replay {
         messages: outbox.take_messages(),
@@ -295,6 +309,7 @@ impl Session {
             headers,
             transport,
             emulation: None,
+            publishes: parking_lot::Mutex::new(FuturesOrdered::new()),
             rates: ConnRates::new(&state.config.client),
             conn,
             connected: false,
@@ -369,6 +384,10 @@ impl Session {
                     self.expire().await;
                 }
                 control = conn.next_control() => self.handle_control(control).await,
+                Some((id, started, result)) = self.publishes.get_mut().next(),
+                    if !self.publishes.get_mut().is_empty() => {
+                    self.publish_answered(id, started, result);
+                }
             }
         }
     }
@@ -406,7 +425,7 @@ impl Session {
             .send_json(encode_reply(&self.conn, &reply), OutKind::Reply);
     }
 
-    async fn handle_command(&mut self, cmd: Command) {
+    async fn handle_command(&mut self, mut cmd: Command) {
         // Params that are not a JSON object name their method too: the same
         // rules apply (id, connection state, rate), then 107 instead of
         // running it.
@@ -415,10 +434,17 @@ impl Session {
                 // `{}`: the pong to our ping.
                 self.pong_deadline = None;
             } else {
+                self.settle_publishes(0).await;
                 self.reply(Reply::error(cmd.id, ErrorCode::METHOD_NOT_FOUND));
             }
             return;
         };
+        // Replies go out in command order: only a publish may be sent while
+        // earlier publishes wait for their answers.
+        let pipelined = cmd.publish.is_some() && cmd.params_not_object.is_none();
+        if !pipelined {
+            self.settle_publishes(0).await;
+        }
         Metrics::command_in(method);
         if cmd.id == 0 && (method != "send" || cmd.params_not_object.is_some()) {
             self.conn.close(DisconnectCode::BAD_REQUEST);
@@ -430,6 +456,7 @@ impl Session {
             return;
         }
         if self.rates.check(cmd.publish.is_some()).is_err() {
+            self.settle_publishes(0).await;
             if self.rates.refused() == Refusal::Disconnect {
                 self.conn.close(DisconnectCode::TOO_MANY_REQUESTS);
             } else if cmd.id != 0 {
@@ -443,8 +470,54 @@ impl Session {
         }
         let started = Instant::now();
         let id = cmd.id;
+        if pipelined {
+            let req = cmd.publish.take().expect("a publish");
+            let most = self.state.config.client.max_publishes_in_flight;
+            self.settle_publishes(most.saturating_sub(1)).await;
+            let pending: PendingReply = match self.publish(req).await {
+                Ok(answer) => Box::pin(async move {
+                    let result = match answer.await {
+                        Ok(_) => Ok(Some(Reply {
+                            id,
+                            publish: Some(proto::Empty {}),
+                            ..Default::default()
+                        })),
+                        Err(e) => Err(broker_error(e).into()),
+                    };
+                    (id, started, result)
+                }),
+                Err(e) => Box::pin(std::future::ready((id, started, Err(e)))),
+            };
+            self.publishes.get_mut().push_back(pending);
+            return;
+        }
         let result = self.dispatch(cmd).await;
         Metrics::command_duration(method, started.elapsed());
+        self.finish(id, result);
+    }
+
+    /// Answer publishes, oldest first, until at most `keep` wait.
+    async fn settle_publishes(&mut self, keep: usize) {
+        while self.publishes.get_mut().len() > keep {
+            let Some((id, started, result)) = self.publishes.get_mut().next().await else {
+                return;
+            };
+            self.publish_answered(id, started, result);
+        }
+    }
+
+    fn publish_answered(
+        &mut self,
+        id: u32,
+        started: Instant,
+        result: Result<Option<Reply>, CommandError>,
+    ) {
+        Metrics::command_duration("publish", started.elapsed());
+        self.finish(id, result);
+    }
+
+    /// Send a command's reply, or act on how it failed.
+    fn finish(&mut self, id: u32, result: Result<Option<Reply>, CommandError>) {
         match result {
             Ok(Some(reply)) => self.reply(reply),
             Ok(None) => {}
@@ -540,7 +613,8 @@ impl Session {
             });
         }
         if let Some(req) = cmd.publish {
-            self.publish(req).await?;
+            // Normally pipelined by `handle_command`; here when run alone.
+            self.publish(req).await?.await.map_err(broker_error)?;
             return ok(Reply {
                 publish: Some(proto::Empty {}),
                 ..Default::default()

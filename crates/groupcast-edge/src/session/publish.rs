@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use groupcast_core::broker::{HistoryQuery, PublishOptions};
+use groupcast_core::broker::{HistoryQuery, PendingPublish, PublishOptions};
 use groupcast_core::{ChannelName, ChannelOptions, Payload, Publication, StreamPosition};
 use groupcast_proto::client::{self as proto, ClientInfo};
 use groupcast_proto::ErrorCode;
@@ -13,7 +13,12 @@ use super::*;
 use crate::publish_gate::{self, Passed, Publisher, Refusal};
 
 impl Session {
-    pub(super) async fn publish(&mut self, req: proto::PublishRequest) -> Result<(), CommandError> {
+    /// Check and send a publication; its answer comes from the returned
+    /// future (see `Session::publishes`).
+    pub(super) async fn publish(
+        &mut self,
+        req: proto::PublishRequest,
+    ) -> Result<PendingPublish, CommandError> {
         let state = self.state.clone();
         let (ch, opts) = state.channel(&req.channel)?;
         // Binary data comes only from protobuf clients: JSON clients get it
@@ -87,10 +92,9 @@ impl Session {
         };
         state
             .node
-            .publish(ch.as_str(), p, &po)
+            .publish_begin(ch.as_str(), p, &po)
             .await
-            .map_err(broker_error)?;
-        Ok(())
+            .map_err(|e| broker_error(e).into())
     }
 
     pub(super) fn check_presence(

@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use groupcast_core::broker::{BrokerError, HistoryQuery, HistoryResult, PublishOptions};
+use groupcast_core::broker::{
+    BrokerError, HistoryQuery, HistoryResult, PendingPublish, PublishOptions,
+};
 use groupcast_core::{Publication, StreamPosition};
 use serde::Deserialize;
 
@@ -226,48 +228,86 @@ impl Inner {
         Ok((pubs, complete))
     }
 
-    /// Store in JetStream and wait for the acknowledgement; its sequence is
-    /// the offset. The stream republishes it to the live subject.
+    /// Store in JetStream: send now, and answer (the returned future) once
+    /// the acknowledgement comes; its sequence is the offset. The stream
+    /// republishes it to the live subject. Sends of one caller, each begun
+    /// after the previous one returned, reach JetStream in that order (one
+    /// NATS connection), which stores them in that order.
     ///
     /// Fails at once while NATS is not connected. Otherwise bounded by
-    /// `nats.request_timeout` in all, within which it rides out "no
-    /// responders" while JetStream elects a new leader for the stream
-    /// (nobody received the message, so sending it again cannot store it
-    /// twice). The answer is the position, or `Unavailable` (108) once the
-    /// bound is reached.
+    /// `nats.request_timeout` in all (counted from the send), within which it
+    /// rides out "no responders" while JetStream elects a new leader for the
+    /// stream (nobody received the message, so sending it again cannot store
+    /// it twice). The answer is the position, or `Unavailable` (108) once the
+    /// bound is reached. A publication sent again that way goes out after
+    /// whatever the caller sent meanwhile: during such an election, a
+    /// connection's publications that were in flight together may be stored
+    /// out of order (see `docs/failover.md`).
     pub(super) async fn publish_stored(
-        &self,
+        self: &Arc<Self>,
         channel: &str,
         payload: Bytes,
         mut headers: HeaderMap,
         opts: &PublishOptions,
-    ) -> Result<StreamPosition, BrokerError> {
+    ) -> Result<PendingPublish, BrokerError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let ns = namespace_of(channel);
         if let Some(key) = &opts.idempotency_key {
             // JetStream deduplicates per stream (namespace): scope the key
             // to the channel.
             let id = format!("{}:{}", encode_token(channel), encode_token(key));
             headers.insert("Nats-Msg-Id", id.as_str());
         }
+        let (stream, sent) = self.send_stored(channel, &headers, &payload).await?;
+        let this = self.clone();
+        let channel = channel.to_string();
+        Ok(Box::pin(async move {
+            this.await_stored(channel, payload, headers, deadline, stream, sent)
+                .await
+        }))
+    }
+
+    /// One send of a history publication: the stream it goes to and the
+    /// acknowledgement to wait for.
+    async fn send_stored(
+        &self,
+        channel: &str,
+        headers: &HeaderMap,
+        payload: &Bytes,
+    ) -> Result<(Arc<StreamState>, Result<PublishAckFuture, PublishError>), BrokerError> {
+        self.check_connected()?;
+        let ns = namespace_of(channel);
+        let Some(stream) = self.stream(ns).await? else {
+            return Err(BrokerError::Internal(format!(
+                "namespace {ns:?} has no history stream configured"
+            )));
+        };
+        let sent = self
+            .js
+            .publish_with_headers(
+                self.subjects.history(channel),
+                headers.clone(),
+                payload.clone(),
+            )
+            .await;
+        Ok((stream, sent))
+    }
+
+    /// Wait for the acknowledgement of a send; after "no responders" send
+    /// again until `deadline` (see [`Self::publish_stored`]).
+    async fn await_stored(
+        &self,
+        channel: String,
+        payload: Bytes,
+        headers: HeaderMap,
+        deadline: tokio::time::Instant,
+        mut stream: Arc<StreamState>,
+        mut sent: Result<PublishAckFuture, PublishError>,
+    ) -> Result<StreamPosition, BrokerError> {
+        let ns = namespace_of(&channel);
         // Set once JetStream answered "no responders": if the bound is then reached another
         // way (the last attempt's ack outlived it), the stream may be gone all the same.
         let mut no_responders = false;
         loop {
-            self.check_connected()?;
-            let Some(stream) = self.stream(ns).await? else {
-                return Err(BrokerError::Internal(format!(
-                    "namespace {ns:?} has no history stream configured"
-                )));
-            };
-            let sent = self
-                .js
-                .publish_with_headers(
-                    self.subjects.history(channel),
-                    headers.clone(),
-                    payload.clone(),
-                )
-                .await;
             let ack = match sent {
                 Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
                     Ok(ack) => ack,
@@ -306,6 +346,7 @@ impl Inner {
             metrics::counter!("groupcast_nats_publish_retries_total", "outcome" => "retried")
                 .increment(1);
             tokio::time::sleep_until(retry_at).await;
+            (stream, sent) = self.send_stored(&channel, &headers, &payload).await?;
         }
     }
 
