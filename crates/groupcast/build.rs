@@ -1,5 +1,7 @@
 //! Puts the commit the binary is built from into `groupcast --version`
-//! (`GROUPCAST_COMMIT`): `git rev-parse --short=12 HEAD`, with `-dirty` when
+//! (`BUILT_FROM_COMMIT`; not `GROUPCAST_*`: cargo also sets it when it runs
+//! the crate's tests, and the binaries they start read every `GROUPCAST_*`
+//! variable as configuration): `git rev-parse --short=12 HEAD`, with `-dirty` when
 //! the work tree had changes to tracked files, or `unknown` outside a git
 //! checkout (a source tarball).
 
@@ -28,7 +30,7 @@ fn main() {
         }
         None => "unknown".into(),
     };
-    println!("cargo:rustc-env=GROUPCAST_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILT_FROM_COMMIT={commit}");
     // Built again when HEAD moves (a commit, a checkout); not on every
     // change of the work tree, so `-dirty` is as of the last build that ran.
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {

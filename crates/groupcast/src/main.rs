@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     name = "groupcast",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GROUPCAST_COMMIT"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILT_FROM_COMMIT"), ")"),
     about = "Clustered real-time broker (Centrifugo protocol, raw relay, server API)"
 )]
 struct Cli {
@@ -255,7 +255,7 @@ fn edge(args: EdgeArgs) -> anyhow::Result<()> {
             membership = ?config.membership.seeds,
             "Groupcast {} ({}) edge started",
             env!("CARGO_PKG_VERSION"),
-            env!("GROUPCAST_COMMIT")
+            env!("BUILT_FROM_COMMIT")
         );
         serve(config, listener, backbone, shutdown).await
     })
@@ -309,7 +309,7 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
             out,
             "Groupcast {} ({}) (dev: {bus})",
             env!("CARGO_PKG_VERSION"),
-            env!("GROUPCAST_COMMIT")
+            env!("BUILT_FROM_COMMIT")
         )?;
         writeln!(out, "  client URL (Centrifugo protocol): ws://{addr}/connection/websocket")?;
         writeln!(out, "  relay URL (plain WebSocket):      ws://{addr}/ws/relay/<channel>")?;
