@@ -63,7 +63,7 @@ step "test tools: nginx, prometheus and iptables (Debian packages)"
 "$(scripts/debian-tool.sh nginx)" -v
 "$(scripts/debian-tool.sh prometheus)" --version | head -1
 "$(scripts/debian-tool.sh prometheus promtool)" --version | head -1
-# The membership fault tests cut replicas apart with iptables rules in a
+# The fault tests (membership, edges, NATS) cut processes apart with iptables rules in a
 # network namespace of their own (crates/groupcast-testkit/src/netfault.rs).
 "$(scripts/debian-tool.sh iptables)" -V
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::netfault::{NetFaults, Port};
 use crate::process::{free_tcp_port, Process};
 
 /// The local cluster's NATS users and permissions (see the module doc).
@@ -92,9 +93,13 @@ pub struct NatsServer {
     /// HTTP monitoring port (`/varz`, `/subsz`, `/healthz`).
     pub monitor_port: u16,
     args: Vec<String>,
+    /// Route port (`--cluster`), for a server of a cluster.
+    pub cluster_port: Option<u16>,
     dir: PathBuf,
     process: Option<Process>,
     users: Option<NatsUsers>,
+    /// Where the server is placed (its fault group), if anywhere.
+    placed: Option<(NetFaults, String)>,
 }
 
 impl NatsServer {
@@ -168,10 +173,12 @@ impl NatsServer {
             name: name.into(),
             port,
             monitor_port,
+            cluster_port: None,
             args,
             dir,
             process: None,
             users,
+            placed: None,
         }
     }
 
@@ -190,6 +197,14 @@ impl NatsServer {
         let bin = nats_server_binary();
         let mut cmd = Command::new(&bin);
         cmd.args(&self.args);
+        if let Some((faults, group)) = &self.placed {
+            // Every listening port of the server belongs to its group: a
+            // cut drops what the other side sends to its client, route and
+            // monitoring ports, and what it sends to theirs.
+            let mut ports = vec![Port::Tcp(self.port), Port::Tcp(self.monitor_port)];
+            ports.extend(self.cluster_port.map(Port::Tcp));
+            cmd = faults.place(group, &ports, &cmd);
+        }
         let what = format!(
             "nats-server {} ({}; scripts/test.sh installs it into .tools/venv)",
             self.name,
@@ -287,7 +302,27 @@ impl NatsCluster {
         NatsCluster::start_with(Some(NatsUsers::generate())).await
     }
 
+    /// [`start`](Self::start) with server `i` in fault group `nats-{i}`
+    /// of `faults` (see [`crate::netfault`]), its client, route and
+    /// monitoring ports the group's ports: `faults.partition(&["nats-0"],
+    /// &["nats-1", "nats-2"])` cuts server 0's routes to the other two
+    /// (both directions: each server dials the others' route ports), and
+    /// nothing else, so clients outside the groups (edges, the test) still
+    /// reach all three. A restart keeps the server in its group.
+    pub async fn start_placed(faults: &NetFaults) -> NatsCluster {
+        NatsCluster::start_in(None, Some(faults)).await
+    }
+
+    /// The fault group of server `i` (with [`Self::start_placed`]).
+    pub fn group(&self, i: usize) -> String {
+        format!("nats-{i}")
+    }
+
     async fn start_with(users: Option<NatsUsers>) -> NatsCluster {
+        NatsCluster::start_in(users, None).await
+    }
+
+    async fn start_in(users: Option<NatsUsers>, faults: Option<&NetFaults>) -> NatsCluster {
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
         // A cluster URL with a user and password sets the routes'
         // authorization; the route URLs carry the same credentials.
@@ -312,7 +347,10 @@ impl NatsCluster {
                     "--routes".into(),
                     routes.clone(),
                 ];
-                NatsServer::new(&format!("n{}", i + 1), &extra, users.clone())
+                let mut s = NatsServer::new(&format!("n{}", i + 1), &extra, users.clone());
+                s.cluster_port = Some(*p);
+                s.placed = faults.map(|f| (f.clone(), format!("nats-{i}")));
+                s
             })
             .collect();
         for s in &mut servers {

@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
 
 /// Set in the child that runs inside the namespace: the test's tag.
-const ENV_TAG: &str = "GROUPCAST_NETFAULT_TAG";
+pub(crate) const ENV_TAG: &str = "GROUPCAST_NETFAULT_TAG";
 
 /// The test's cgroup directory is this followed by the parent's PID.
 const TAG_PREFIX: &str = "gcnf-";
