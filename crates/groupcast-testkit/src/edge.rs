@@ -229,11 +229,8 @@ async fn spawn_ready(
         .arg("--config")
         .arg(config_file)
         .env("RUST_LOG", "info")
-        // Cargo sets the build script's `GROUPCAST_COMMIT` (crates/groupcast/
-        // build.rs) in the environment of the tests it runs; an edge reads
-        // every `GROUPCAST_*` variable as configuration and refuses it.
-        .env_remove("GROUPCAST_COMMIT")
-        // The fault test's own tag, in an edge it did not place.
+        // The fault test's own tag, in an edge it did not place: an edge
+        // reads every `GROUPCAST_*` variable as configuration.
         .env_remove(crate::netfault::ENV_TAG)
         .envs(env.iter().map(|(k, v)| (k, v)));
     if let Some((faults, group)) = placed {
