@@ -72,7 +72,8 @@ struct ClientState {
     errors: Vec<String>,
     /// Connection lost → subscribed again (recovered), per reconnect.
     reconnects: Vec<Duration>,
-    /// Close codes seen (None: the connection dropped without one).
+    /// Close codes seen (None: the connection dropped without one), and
+    /// the codes of `unsubscribe` pushes (2500), after which it reconnects.
     closes: Vec<Option<u16>>,
     /// Why the last attempt to connect and subscribe failed.
     failure: String,
@@ -314,6 +315,21 @@ async fn run_client(shared: Arc<Shared>, i: usize, url: String) {
             };
             match push {
                 Ok(p) if p["pub"].is_object() => check(&p["pub"], &mut position),
+                Ok(p) if p["unsubscribe"].is_object() => {
+                    // 2500 (insufficient state: the edge lost live publications it
+                    // could not repair): the SDKs subscribe again with `recover`.
+                    // This client does it on a new connection, through the same
+                    // path as a reconnect; the code is kept with the closes.
+                    let code = p["unsubscribe"]["code"].as_u64().map(|c| c as u16);
+                    lost_at = Some(Instant::now());
+                    {
+                        let mut st = state.lock().unwrap();
+                        st.id.clear();
+                        st.closes.push(code);
+                    }
+                    c.close().await;
+                    break;
+                }
                 Ok(_) | Err(ClientError::Timeout) => {}
                 Err(e) => {
                     lost_at = Some(Instant::now());
