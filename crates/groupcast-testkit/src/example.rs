@@ -230,8 +230,10 @@ fn parse_fields(line: &str) -> HashMap<String, String> {
 }
 
 /// The first of `n` consecutive loopback ports that were all free a moment ago.
+/// (After a test that made many short connections most ports may still be in
+/// TIME_WAIT: it looks long enough to find a run.)
 fn free_port_run(n: u16) -> u16 {
-    for _ in 0..100 {
+    for _ in 0..2_000 {
         let first = free_tcp_port();
         if first > u16::MAX - n {
             continue;

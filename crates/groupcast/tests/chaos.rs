@@ -214,7 +214,9 @@ impl Clients {
 /// One client as the SDKs behave: connect through nginx, subscribe to its
 /// channel (with `recover` from its last offset and epoch after the first
 /// time), check every publication's number, and on a lost connection
-/// reconnect after a short jittered backoff.
+/// reconnect after a short jittered backoff that doubles with each failed
+/// attempt in a row, up to 5 s (the SDKs back off the same way; a cluster
+/// that refuses everyone, chaos (f), is not hammered).
 async fn run_client(shared: Arc<Shared>, i: usize, url: String) {
     let ch = channel(i);
     let token = mint_hs256(
@@ -224,6 +226,8 @@ async fn run_client(shared: Arc<Shared>, i: usize, url: String) {
     // (offset, epoch) of the last publication seen.
     let mut position: Option<(u64, String)> = None;
     let mut lost_at: Option<Instant> = None;
+    // Attempts in a row that did not end subscribed.
+    let mut attempts = 0u32;
     let state = &shared.states[i];
     let note = |e: String| state.lock().unwrap().errors.push(e);
     let failed = |why: String| state.lock().unwrap().failure = why;
@@ -245,9 +249,12 @@ async fn run_client(shared: Arc<Shared>, i: usize, url: String) {
     };
     while !shared.stop.is_cancelled() {
         if lost_at.is_some() {
-            // 50–250 ms, spread by client so they do not all come at once.
+            // 50–250 ms, spread by client so they do not all come at once;
+            // doubled per failed attempt in a row, at most 5 s.
             let jitter = 50 + (i as u64 * 37 + now_millis()) % 200;
-            tokio::time::sleep(Duration::from_millis(jitter)).await;
+            let backoff = (jitter << attempts.min(7)).min(5_000);
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+            attempts += 1;
         }
         let (mut c, reply) =
             match tokio::time::timeout(Duration::from_secs(5), Client::connect(&url, &token)).await
@@ -298,6 +305,7 @@ async fn run_client(shared: Arc<Shared>, i: usize, url: String) {
                 check(p, &mut position);
             }
         }
+        attempts = 0;
         {
             let mut st = state.lock().unwrap();
             st.id = id;
