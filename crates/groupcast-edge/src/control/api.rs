@@ -320,6 +320,14 @@ async fn publish_begin_body(state: &EdgeState, body: Value) -> Result<PendingApi
         Err(ApiFailure::Api(e)) => return Err(e),
         Err(ApiFailure::BadBody) => return Err(ApiError::BAD_REQUEST),
     };
+    publish_request(state, r).await
+}
+
+/// Check and send the publication of an API `publish` request.
+async fn publish_request(
+    state: &EdgeState,
+    r: api::PublishRequest,
+) -> Result<PendingApiPublish, ApiError> {
     let data = payload(r.data, &r.b64data)?;
     publish_begin(
         state,
@@ -415,19 +423,7 @@ async fn call(state: &EdgeState, method: &str, body: Value) -> Result<Box<RawVal
     match method {
         "publish" => {
             let r: api::PublishRequest = parse(body)?;
-            let data = payload(r.data, &r.b64data)?;
-            Ok(to_value(
-                publish_one(
-                    state,
-                    &r.channel,
-                    data,
-                    r.skip_history,
-                    &r.tags,
-                    &r.idempotency_key,
-                    &r.exclude_client,
-                )
-                .await?,
-            ))
+            Ok(to_value(publish_request(state, r).await?.await?))
         }
         "broadcast" => {
             let r: api::BroadcastRequest = parse(body)?;
