@@ -260,6 +260,12 @@ impl Node {
         self.hub.set_join_leave_limits(limits);
     }
 
+    /// A subscription held after "insufficient state" goes on live without
+    /// recovering ([`Hub::resume`]).
+    pub fn resume_subscriber(&self, channel: &str, id: u64) -> bool {
+        self.hub.resume(channel, id)
+    }
+
     /// Pushes `leave` to this node's subscribers of `channel` only (for the
     /// entries of a dead node, which can no longer publish its own).
     pub fn push_leave_locally(&self, channel: &str, info: Arc<ClientInfo>) {

@@ -686,19 +686,23 @@ impl Subscriber for Conn {
         self.enqueue(Out::Json(bytes.clone(), OutKind::Pub));
     }
 
-    fn insufficient_state(&self, channel: &str) {
+    fn insufficient_state(&self, channel: &str) -> bool {
         // Relay connections are at-most-once and have no recovery: they
         // just go on. Protocol clients resubscribe and recover; a Socket.IO
-        // session decides by its room's namespace.
-        if matches!(
+        // session decides by its room's namespace (it resumes the room when
+        // the namespace does not recover). Until then the hub holds the
+        // subscription: nothing after the hole reaches the client.
+        let stops = matches!(
             self.kind,
             SubscriberKind::Protocol | SubscriberKind::SocketIo
-        ) {
+        );
+        if stops {
             self.control(Control::Unsubscribe {
                 channel: channel.to_string(),
                 code: UnsubscribeCode::INSUFFICIENT,
             });
         }
+        stops
     }
 }
 

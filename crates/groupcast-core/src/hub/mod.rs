@@ -26,6 +26,14 @@
 //! never delivered twice. The buffer is bounded by
 //! [`MAX_RECOVERY_BUFFER`]; on overflow the subscription must be restarted.
 //!
+//! When the broker reports publications it lost and cannot read back
+//! ([`BrokerHandler::on_insufficient_state`]), a buffering subscription
+//! must restart its recovery, and a live one that will recover is *held*:
+//! it is handed nothing more of the channel, so no publication after the
+//! hole reaches the client before it is told to resubscribe (its position
+//! would move past the hole, and recovering from there would skip what was
+//! lost). A held subscription ends with its removal.
+//!
 //! # Joins and leaves at scale
 //! Every join is pushed to every subscriber: a channel that N clients
 //! join costs N² pushes. Two limits per namespace ([`JoinLeaveLimits`],
@@ -115,7 +123,13 @@ pub trait Subscriber: Send + Sync + 'static {
     /// The broker lost publications of `channel` it cannot read back: the
     /// subscriber should be unsubscribed with "insufficient state" so that
     /// it resubscribes and recovers. Must not block.
-    fn insufficient_state(&self, channel: &str);
+    ///
+    /// Returns whether the subscription stops here: the hub then hands it
+    /// nothing more of the channel (a publication after the hole would move
+    /// the client's position past it, and its recovery would skip the lost
+    /// ones) until it is removed or [`Hub::resume`]d. A subscriber that goes
+    /// on at most once (raw relay) returns false and stays live.
+    fn insufficient_state(&self, channel: &str) -> bool;
 }
 enum Phase {
     Live {
@@ -125,6 +139,9 @@ enum Phase {
         items: Vec<Arc<PreparedPush>>,
         overflow: bool,
     },
+    /// Told "insufficient state" and stopped: gets nothing until removed
+    /// (or [`Hub::resume`]d).
+    Held,
 }
 
 struct Entry {
@@ -182,6 +199,7 @@ impl Entry {
                     items.push(push.clone());
                 }
             }
+            Phase::Held => {}
         }
     }
 }
@@ -383,7 +401,7 @@ impl Hub {
         ) {
             Phase::Buffering { overflow: true, .. } => return Err(BufferOverflow),
             Phase::Buffering { items, .. } => items,
-            Phase::Live { .. } => Vec::new(),
+            Phase::Live { .. } | Phase::Held => Vec::new(),
         };
         before();
         for push in &items {
@@ -419,6 +437,24 @@ impl Hub {
             RemoveOutcome::Last
         } else {
             RemoveOutcome::Removed
+        }
+    }
+
+    /// A subscription held after "insufficient state"
+    /// ([`Subscriber::insufficient_state`]) that goes on without recovering
+    /// (it accepts the loss) is live again from the next push; false when
+    /// `id` is not held on `channel`.
+    pub fn resume(&self, channel: &str, id: u64) -> bool {
+        let Some(ch) = self.get(channel) else {
+            return false;
+        };
+        let mut ch = ch.lock();
+        match ch.subs.get_mut(&id) {
+            Some(entry) if matches!(entry.phase, Phase::Held) => {
+                entry.phase = Phase::Live { last_offset: 0 };
+                true
+            }
+            _ => false,
         }
     }
 
@@ -536,7 +572,12 @@ impl BrokerHandler for Hub {
                     *overflow = true;
                     items.clear();
                 }
-                Phase::Live { .. } => entry.sub.insufficient_state(channel),
+                Phase::Live { .. } => {
+                    if entry.sub.insufficient_state(channel) {
+                        entry.phase = Phase::Held;
+                    }
+                }
+                Phase::Held => {}
             }
         }
     }

@@ -43,8 +43,10 @@ impl Subscriber for Sink {
         };
         self.got.lock().push(b);
     }
-    fn insufficient_state(&self, channel: &str) {
+    fn insufficient_state(&self, channel: &str) -> bool {
         self.insufficient.lock().push(channel.to_string());
+        // As the edge: a relay connection goes on, the others recover.
+        self.kind != SubscriberKind::Relay
     }
 }
 fn sink(id: u64, kind: SubscriberKind) -> Arc<Sink> {
@@ -85,7 +87,9 @@ impl Subscriber for DeltaSink {
         };
         self.got.lock().push(b);
     }
-    fn insufficient_state(&self, _: &str) {}
+    fn insufficient_state(&self, _: &str) -> bool {
+        true
+    }
 }
 
 /// The `pub.data` of a JSON push, and its `delta` flag.
@@ -352,6 +356,37 @@ fn insufficient_state_restarts_live_and_recovering_subscribers() {
         other.insufficient.lock().is_empty(),
         "other channels untouched"
     );
+}
+
+#[test]
+fn a_subscriber_told_insufficient_state_gets_nothing_after_the_hole() {
+    let hub = Hub::default();
+    let client = sink(1, SubscriberKind::Protocol);
+    let relay = sink(2, SubscriberKind::Relay);
+    hub.add("c", client.clone(), false);
+    hub.add("c", relay.clone(), false);
+    hub.on_publication("c", publication(1, "one", None));
+    // Offsets 2..4 were lost; the broker says so, then delivers 5.
+    hub.on_insufficient_state("c");
+    hub.on_publication("c", publication(5, "five", None));
+    assert_eq!(
+        client.got.lock().len(),
+        1,
+        "the client must not see 5 before it resubscribes: its position would skip 2..4"
+    );
+    assert_eq!(relay.got.lock().len(), 2, "a relay connection goes on");
+    // Its session removes it (the unsubscribe push); a new subscription is live.
+    assert_eq!(hub.remove("c", 1), RemoveOutcome::Removed);
+    hub.add("c", client.clone(), false);
+    hub.on_publication("c", publication(6, "six", None));
+    assert_eq!(client.got.lock().len(), 2);
+    // Resumed instead (it goes on without recovering): live from the next one.
+    hub.on_insufficient_state("c");
+    hub.on_publication("c", publication(8, "eight", None));
+    assert!(hub.resume("c", 1));
+    assert!(!hub.resume("c", 1), "only a held subscription resumes");
+    hub.on_publication("c", publication(9, "nine", None));
+    assert_eq!(client.got.lock().len(), 3);
 }
 
 // Joins and leaves at scale: coalescing and the ceiling.

@@ -828,13 +828,15 @@ impl Task {
                 // The backbone lost some of the room's publications. A recovering socket
                 // gets them back from history: its session ends, the client reconnects and
                 // recovers (a socket that does not recover misses them, as it would in a
-                // Socket.IO cluster).
+                // Socket.IO cluster, and goes on from the next one).
                 let recovers = self
                     .ns_map()
                     .of_channel(&channel)
                     .is_some_and(|n| n.config.recovery);
                 if recovers {
                     self.conn.close(DisconnectCode::INSUFFICIENT_STATE);
+                } else {
+                    self.sio.edge.node.resume_subscriber(&channel, self.conn.id);
                 }
             }
             Control::Unsubscribe { channel, .. } => self.unsubscribe(&channel).await,

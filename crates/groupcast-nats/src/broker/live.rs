@@ -132,14 +132,15 @@ impl Inner {
         }
     }
 
-    /// Deliver the stored publications between `last` and `upto` (exclusive)
-    /// before the live one at `upto`, or tell subscribers to recover.
-    async fn repair(&self, channel: &str, stream: &StreamState, last: u64, upto: u64) {
+    /// Deliver the stored publications after `last` up to `to`, or tell
+    /// subscribers to recover. `stored`: an offset of the channel known to
+    /// be stored (the live message being repaired up to, or the stream's
+    /// top after a reconnect): a read that ends before it came from a
+    /// replica behind the leader.
+    async fn repair(&self, channel: &str, stream: &StreamState, last: u64, to: u64, stored: u64) {
         let subject = self.subjects.history(channel);
-        // The live message at `upto` is stored: a read that ends before it
-        // came from a replica behind the leader.
         match self
-            .read_after(stream, &subject, last, upto - 1, Some(upto))
+            .read_after(stream, &subject, last, to, Some(stored))
             .await
         {
             Ok((pubs, true)) => {
@@ -149,7 +150,7 @@ impl Inner {
                 tracing::debug!(
                     channel,
                     last,
-                    upto,
+                    to,
                     n = pubs.len(),
                     "gap repaired from JetStream"
                 );
@@ -161,7 +162,7 @@ impl Inner {
                 self.gaps_insufficient.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("groupcast_nats_gaps_total", "outcome" => "insufficient")
                     .increment(1);
-                tracing::warn!(channel, last, upto, error = ?other.err(), "gap not repairable: subscribers must recover");
+                tracing::warn!(channel, last, to, error = ?other.err(), "gap not repairable: subscribers must recover");
                 if let Some(h) = self.handler() {
                     h.on_insufficient_state(channel);
                 }
@@ -194,7 +195,7 @@ impl Inner {
                         if let Ok(top) = self.last_offset(stream, &subject).await {
                             if top > l {
                                 // Delivers everything after `l` up to `top`.
-                                self.repair(&channel, stream, l, top + 1).await;
+                                self.repair(&channel, stream, l, top, top).await;
                                 last = Some(top);
                             }
                         }
@@ -242,7 +243,7 @@ impl Inner {
                     }
                     if prev > l {
                         if let Some(stream) = &stream {
-                            self.repair(&channel, stream, l, seq).await;
+                            self.repair(&channel, stream, l, seq - 1, seq).await;
                         }
                     }
                 }
