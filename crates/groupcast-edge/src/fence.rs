@@ -10,7 +10,10 @@
 //!   (`Node::backbone_health`). NATS is "lost" when the connection is down,
 //!   including a link that went silent: the client pings every
 //!   `nats.ping_interval` and gives the connection up after three
-//!   unanswered pings (docs/failover.md).
+//!   unanswered pings (docs/failover.md). Also "lost": a server whose
+//!   connection answers but through which JetStream has committed nothing
+//!   for `nats.quorum_lost_after` (cut from its NATS cluster; the quorum
+//!   probe of `groupcast-nats`).
 //! * **Membership lease**: another edge saw the membership service remove
 //!   this edge with presence entries (its lease expired) and told it over
 //!   the node bus ([`lease_expired`]), while this edge cannot reach the

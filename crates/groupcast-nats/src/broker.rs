@@ -17,12 +17,15 @@
 //!   and gap repair.
 //! * [`node_bus`], [`backend_bus`]: the other two roles, plain core NATS
 //!   requests and subscriptions.
+//! * [`quorum`]: the quorum probe, a JetStream heartbeat that tells an
+//!   edge its server was cut from the NATS cluster.
 
 mod backend_bus;
 mod connection;
 mod history;
 mod live;
 mod node_bus;
+mod quorum;
 mod streams;
 
 use std::collections::HashMap;
@@ -77,6 +80,11 @@ struct Inner {
     /// Signs what this edge publishes to the others and checks what it
     /// receives (`nats.cluster_secret`).
     signer: Signer,
+    /// The quorum probe (`nats.quorum_lost_after`); `None` when off or
+    /// without history namespaces.
+    quorum: Option<quorum::Probe>,
+    /// Where this edge's heartbeats are stored.
+    heartbeat_subject: String,
 }
 
 /// Counters of what the live path had to mend (also exported as metrics).
@@ -256,11 +264,17 @@ impl Broker for NatsBroker {
     }
 
     fn health(&self) -> Result<(), String> {
-        if self.inner.connected.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err("NATS backbone disconnected".into())
+        if !self.inner.connected.load(Ordering::SeqCst) {
+            return Err("NATS backbone disconnected".into());
         }
+        if let Some(lost) = self.inner.quorum.as_ref().and_then(|q| q.lost_for()) {
+            return Err(format!(
+                "JetStream has committed nothing through this NATS server for {} s \
+                 (nats.quorum_lost_after): cut from its cluster?",
+                lost.as_secs()
+            ));
+        }
+        Ok(())
     }
 
     fn backbone(&self) -> Option<BackboneStatus> {

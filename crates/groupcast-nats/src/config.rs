@@ -64,6 +64,17 @@ pub struct NatsConfig {
     /// repairs the gap from history once NATS is back.
     #[serde(with = "humantime_serde")]
     pub fence_after: Duration,
+    /// With history namespaces, the edge stores a heartbeat in JetStream
+    /// every `ping_interval` (the quorum probe): when none has been
+    /// acknowledged for this long, its NATS server is taken to be cut from
+    /// its cluster (its connection answers, but nothing can be committed
+    /// and nothing the majority stores reaches it). The backbone then
+    /// counts as lost (`/readyz` 503, the fence after `fence_after`) and the
+    /// client tries another server. Above the time JetStream takes to elect
+    /// a stream leader (4.3–7.4 s measured; NATS's Raft election timeout is
+    /// 4–9 s), so an election is not taken for a cut. `0s`: no probe.
+    #[serde(with = "humantime_serde")]
+    pub quorum_lost_after: Duration,
     /// Messages buffered per channel subscription before NATS reports a slow
     /// consumer and drops (history channels then repair from JetStream).
     pub subscription_capacity: usize,
@@ -98,6 +109,7 @@ impl Default for NatsConfig {
             startup_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(1),
             fence_after: Duration::from_secs(2),
+            quorum_lost_after: Duration::from_secs(10),
             subscription_capacity: 65_536,
             cluster_secret: String::new(),
             accept_unsigned: false,
@@ -125,6 +137,9 @@ impl NatsConfig {
         }
         if self.ping_interval < Duration::from_millis(100) {
             return Err("nats.ping_interval must be at least 100ms".into());
+        }
+        if !self.quorum_lost_after.is_zero() && self.quorum_lost_after < Duration::from_secs(1) {
+            return Err("nats.quorum_lost_after must be 0s (off) or at least 1s".into());
         }
         if self.subscription_capacity == 0 {
             return Err("nats.subscription_capacity must be > 0".into());
@@ -191,6 +206,13 @@ mod tests {
                     ..base.clone()
                 },
                 "nats.ping_interval",
+            ),
+            (
+                NatsConfig {
+                    quorum_lost_after: Duration::from_millis(500),
+                    ..base.clone()
+                },
+                "nats.quorum_lost_after",
             ),
             (
                 NatsConfig {

@@ -45,6 +45,9 @@
 //!   told to resubscribe and recover (`insufficient state`). After a NATS
 //!   reconnect every history channel is checked the same way.
 //! * Namespaces without history use core NATS only: at-most-once.
+//! * **A server cut from its cluster** still answers the edge's pings; the
+//!   quorum probe (`broker::quorum`) notices that JetStream commits nothing
+//!   through it and reports the backbone lost (`nats.quorum_lost_after`).
 //!
 //! See `docs/operations.md` (NATS backbone) for configuration and metrics.
 
@@ -87,6 +90,14 @@ pub fn describe_metrics() {
     describe_counter!(
         "groupcast_backbone_rejected_total",
         "Backbone messages dropped for their signature (reason: unsigned, bad_signature; kind: pub, node): forged or from an edge with another cluster_secret"
+    );
+    describe_gauge!(
+        "groupcast_nats_quorum_lost",
+        "1 while no JetStream heartbeat of this edge has been acknowledged for nats.quorum_lost_after (its NATS server may be cut from its cluster)"
+    );
+    describe_counter!(
+        "groupcast_nats_quorum_losses_total",
+        "Times the quorum probe found JetStream committing nothing through this edge's server for nats.quorum_lost_after"
     );
     describe_counter!(
         "groupcast_nats_publish_errors_total",

@@ -175,6 +175,23 @@ impl Subjects {
         )
     }
 
+    /// Name of the JetStream stream of the edges' heartbeats (the quorum
+    /// probe: whether JetStream still commits through an edge's server).
+    pub fn heartbeat_stream(&self) -> String {
+        format!("{}_hb", self.prefix)
+    }
+
+    /// The heartbeat stream's subjects (one token: the edge).
+    pub fn heartbeat_subjects(&self) -> String {
+        format!("{}.hb.*", self.prefix)
+    }
+
+    /// The subject an edge's heartbeats are stored under (`who`: its
+    /// connection name, or any token unique to the process).
+    pub fn heartbeat(&self, who: &str) -> String {
+        format!("{}.hb.{}", self.prefix, encode_token(who))
+    }
+
     /// The channel a live or history subject belongs to (the inverse of
     /// [`Self::live`] and [`Self::history`]).
     pub fn channel_of(&self, subject: &str) -> Option<String> {

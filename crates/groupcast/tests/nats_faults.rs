@@ -1,11 +1,15 @@
-//! NATS faults beyond `kill -9` (issue 24, item 4, `docs/failover.md`, "A
-//! NATS server partitioned from its cluster"): the NATS server leading the
-//! history stream (JetStream, three replicas) loses its routes to the
-//! other two for 18 s; the edges still reach every server. Publications
-//! through the edges of the majority keep being acknowledged; after the
-//! heal every client (those of the minority server's edge too) holds every
-//! acknowledged publication exactly once, in order, and the three stream
-//! replicas hold the same messages, as many as were acknowledged.
+//! NATS faults beyond `kill -9` (issue 24, items 1 and 4, `docs/failover.md`,
+//! "A NATS server partitioned from its cluster"): the NATS server leading
+//! the history stream (JetStream, three replicas) loses its routes to the
+//! other two for 22 s; the edges still reach every server. Publications
+//! through the edges of the majority keep being acknowledged; no client of
+//! the cut server's edge stays connected while missing an acknowledged
+//! publication for more than 10 s (the edge's quorum probe notices that
+//! JetStream commits nothing through its server, `nats.quorum_lost_after`,
+//! and the edge moves to another server or fences itself); after the heal
+//! every client holds every acknowledged publication exactly once, in
+//! order, and the three stream replicas hold the same messages, as many as
+//! were acknowledged.
 //!
 //! Three `nats-server`s in cgroup leaves of their own
 //! ([`NatsCluster::start_placed`], [`groupcast_testkit::netfault`]), three
@@ -17,7 +21,9 @@
 //! `cargo nextest run -p groupcast --test nats_faults --no-capture`.
 //! With `NATS_FAULTS_INJECT_DUPLICATE=1` the publisher stores one
 //! publication twice after the heal (as a retry without its idempotency
-//! key would), and the test fails.
+//! key would), and the test fails. With `NATS_FAULTS_NO_QUORUM_PROBE=1`
+//! the edges run without the probe (`nats.quorum_lost_after = 0s`), and
+//! the test fails on the 10 s bound.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,8 +48,14 @@ const CLIENTS: usize = EDGES * PER_EDGE;
 const CHANNELS: usize = 3;
 /// One API publish every 30 ms, round robin over the channels.
 const PUBLISH_EVERY: Duration = Duration::from_millis(30);
-/// How long the server stays cut from its cluster.
-const CUT_FOR: Duration = Duration::from_secs(18);
+/// How long the server stays cut from its cluster: long enough that an
+/// edge that never notices keeps its clients missing publications for
+/// longer than [`SILENT_AT_MOST`] (the first acknowledgement on the
+/// majority side comes 4–10 s into the cut).
+const CUT_FOR: Duration = Duration::from_secs(22);
+/// What the clients of the cut server's edge are promised: none stays
+/// connected while missing an acknowledged publication for longer.
+const SILENT_AT_MOST: Duration = Duration::from_secs(10);
 /// Bound for everything else waited for.
 const WAIT: Duration = Duration::from_secs(30);
 /// The default namespace's history stream (every channel of the test).
@@ -265,6 +277,19 @@ async fn run_client(
             };
             match push {
                 Ok(p) if p["pub"].is_object() => check(&p["pub"], &mut position),
+                Ok(p) if p["unsubscribe"]["code"] == 2500 => {
+                    // Insufficient state (the edge lost publications it could
+                    // not read back): the SDKs subscribe again with `recover`;
+                    // this client does it on a new connection.
+                    lost = true;
+                    {
+                        let mut st = state.lock().unwrap();
+                        st.id.clear();
+                        st.closes.push(Some(2500));
+                    }
+                    c.close().await;
+                    break;
+                }
                 Ok(p) if p["unsubscribe"].is_object() => {
                     note(format!("unsubscribed by the server: {p}"));
                 }
@@ -464,10 +489,13 @@ async fn a_nats_server_cut_from_its_cluster_loses_and_duplicates_nothing() {
     );
     let urls = nats.urls();
     let config = format!("{EDGE_CONFIG}{}", membership.edge_section());
-    let env = [
+    let mut env = vec![
         ("GROUPCAST_CLIENT__COMMAND_RATE", "0"),
         ("GROUPCAST_CHANNEL__HISTORY_REPLICAS", "3"),
     ];
+    if std::env::var_os("NATS_FAULTS_NO_QUORUM_PROBE").is_some() {
+        env.push(("GROUPCAST_NATS__QUORUM_LOST_AFTER", "0s"));
+    }
     let bin = Path::new(BIN);
     // Edge i is configured with server i only (it may learn the others
     // from the cluster, as NATS clients do).
@@ -527,6 +555,9 @@ async fn a_nats_server_cut_from_its_cluster_loses_and_duplicates_nothing() {
         }
     });
     let mut elected = None;
+    // Longest a client of the cut server's edge stayed connected missing an
+    // acknowledged publication.
+    let mut silent_max = Duration::ZERO;
     // For each client of the cut server's edge still on its first
     // connection: since when it misses an acknowledged publication (the
     // acknowledgement of the first one it does not hold).
@@ -544,7 +575,10 @@ async fn a_nats_server_cut_from_its_cluster_loses_and_duplicates_nothing() {
             for &i in &on_cut {
                 let s = clients.state(i);
                 if s.id.is_empty() || s.closes.len() != closes_before[i] {
-                    missing_since.remove(&i);
+                    // Told (closed, or 2500) or gone: no longer silent.
+                    if let Some(since) = missing_since.remove(&i) {
+                        silent_max = silent_max.max(since.elapsed());
+                    }
                     continue;
                 }
                 match st.acked_at[i % CHANNELS].get(s.last as usize) {
@@ -552,7 +586,10 @@ async fn a_nats_server_cut_from_its_cluster_loses_and_duplicates_nothing() {
                         missing_since.entry(i).or_insert(at);
                     }
                     None => {
-                        missing_since.remove(&i);
+                        // Holds everything acknowledged (its edge caught up).
+                        if let Some(since) = missing_since.remove(&i) {
+                            silent_max = silent_max.max(since.elapsed());
+                        }
                     }
                 }
             }
@@ -581,7 +618,6 @@ async fn a_nats_server_cut_from_its_cluster_loses_and_duplicates_nothing() {
     // The cut server's replica catches up; its edge's clients get what
     // they missed (a gap repaired from JetStream at the next publication).
     let (mut replica_at, mut clients_at) = (None, None);
-    let mut silent_max = Duration::ZERO;
     while replica_at.is_none() || clients_at.is_none() {
         assert!(
             healed.elapsed() < WAIT,
@@ -665,7 +701,9 @@ async fn a_nats_server_cut_from_its_cluster_loses_and_duplicates_nothing() {
         .max()
         .unwrap_or_default();
     let (elected_after, new_leader) = elected.expect("no new stream leader during the cut");
-    let fenced = edges[cut].log().contains("closing every client connection");
+    let log = edges[cut].log();
+    let fenced = log.contains("closing every client connection");
+    let quorum_lost = log.contains("committed nothing through this NATS server");
     println!(
         "NATS server {leader} (stream leader) cut from its cluster for {}: new leader {new_leader} \
          after {}; {accepted_during} publications acknowledged through the majority's edges \
@@ -678,14 +716,21 @@ async fn a_nats_server_cut_from_its_cluster_loses_and_duplicates_nothing() {
     println!(
         "the cut server's edge ({}): a publish through it answered {probe:?} after {}; its {} \
          clients: {behind_at_heal} missing acknowledged publications at the heal, \
-         {closed_during} closes during the cut, fenced: {fenced}; they held everything {} \
-         after the heal; longest a client stayed connected missing an acknowledged \
-         publication: {}",
+         {closed_during} closes during the cut, quorum lost noticed: {quorum_lost}, fenced: \
+         {fenced}; they held everything {} after the heal; longest a client stayed connected \
+         missing an acknowledged publication: {}",
         edges[cut].name,
         secs(probe_took),
         on_cut.len(),
         secs(clients_at),
         secs(silent_max)
+    );
+    assert!(
+        silent_max <= SILENT_AT_MOST,
+        "a client of the cut server's edge stayed connected for {} missing acknowledged \
+         publications (at most {}); the edge noticed the lost quorum: {quorum_lost}",
+        secs(silent_max),
+        secs(SILENT_AT_MOST)
     );
     println!(
         "after the heal: the cut replica caught up after {}; at the end the three replicas \

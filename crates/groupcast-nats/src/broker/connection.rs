@@ -15,7 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use super::history::READ_BATCH;
-use super::{Inner, NatsBroker, StreamSpec};
+use super::{quorum, Inner, NatsBroker, StreamSpec};
 use crate::signing::Signer;
 use crate::subjects::Subjects;
 use crate::NatsConfig;
@@ -114,6 +114,14 @@ impl NatsBroker {
         })?;
         connected.store(true, Ordering::SeqCst);
         metrics::gauge!("groupcast_nats_connected").set(1.0);
+        let specs_empty = specs.is_empty();
+        // The connection name (the node's), else one of this process alone.
+        let heartbeat_name = if config.name.is_empty() {
+            let inbox = client.new_inbox();
+            inbox.rsplit('.').next().unwrap_or("edge").to_string()
+        } else {
+            config.name.clone()
+        };
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.request_timeout);
         let broker = NatsBroker {
@@ -133,6 +141,9 @@ impl NatsBroker {
                 gaps_repaired: AtomicU64::new(0),
                 gaps_insufficient: AtomicU64::new(0),
                 signer: Signer::new(&config.cluster_secret, config.accept_unsigned),
+                quorum: (!specs_empty && !config.quorum_lost_after.is_zero())
+                    .then(|| quorum::Probe::new(config.quorum_lost_after)),
+                heartbeat_subject: Subjects::new(&config.prefix).heartbeat(&heartbeat_name),
             }),
         };
         let namespaces: Vec<String> = broker.inner.specs.keys().cloned().collect();
@@ -142,6 +153,7 @@ impl NatsBroker {
                 .stream_at_start(&ns, config.startup_timeout)
                 .await?;
         }
+        quorum::start(&broker.inner, config.ping_interval);
         Ok(broker)
     }
 }
