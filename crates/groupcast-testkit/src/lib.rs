@@ -40,6 +40,7 @@ pub mod prometheus;
 pub mod raw;
 #[cfg(feature = "edge")]
 mod server;
+pub mod slowlink;
 
 pub use groupcast_client::{Client, ClientError, Frame, Incoming, RawFrame, RelayClient};
 pub use http::{http_request, try_http_request};

@@ -286,6 +286,9 @@ impl Drop for NatsServer {
 /// Three `nats-server`s routed into one cluster with clustered JetStream.
 pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
+    /// With [`Self::start_slow`]: the client ports of the proxies to each
+    /// server ([`Self::slow_urls`]).
+    client_proxies: Vec<u16>,
 }
 
 impl NatsCluster {
@@ -313,6 +316,25 @@ impl NatsCluster {
         NatsCluster::start_in(None, Some(faults)).await
     }
 
+    /// [`start_with_permissions`](Self::start_with_permissions), with every
+    /// route between the servers through a proxy of `links` (both ways:
+    /// each server dials the others' proxies, and advertises its own as its
+    /// route address), and a proxy to each server's client port
+    /// ([`Self::slow_urls`]). The servers do not advertise their client
+    /// addresses, so clients given the proxies' URLs stay on them.
+    pub async fn start_slow(links: &crate::slowlink::SlowLinks) -> NatsCluster {
+        NatsCluster::start_in_with(Some(NatsUsers::generate()), None, Some(links)).await
+    }
+
+    /// Client URLs through the proxies (with [`Self::start_slow`]).
+    pub fn slow_urls(&self) -> Vec<String> {
+        assert!(!self.client_proxies.is_empty(), "started with start_slow");
+        self.client_proxies
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect()
+    }
+
     /// The fault group of server `i` (with [`Self::start_placed`]).
     pub fn group(&self, i: usize) -> String {
         format!("nats-{i}")
@@ -323,14 +345,29 @@ impl NatsCluster {
     }
 
     async fn start_in(users: Option<NatsUsers>, faults: Option<&NetFaults>) -> NatsCluster {
+        NatsCluster::start_in_with(users, faults, None).await
+    }
+
+    async fn start_in_with(
+        users: Option<NatsUsers>,
+        faults: Option<&NetFaults>,
+        links: Option<&crate::slowlink::SlowLinks>,
+    ) -> NatsCluster {
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
+        // Where the routes dial: each server's route port, or its proxy.
+        let mut route_ports = cluster_ports.clone();
+        if let Some(links) = links {
+            for (i, p) in cluster_ports.iter().enumerate() {
+                route_ports[i] = links.proxy(([127, 0, 0, 1], *p).into()).await;
+            }
+        }
         // A cluster URL with a user and password sets the routes'
         // authorization; the route URLs carry the same credentials.
         let credentials = users
             .as_ref()
             .map(|u| format!("route:{}@", u.route_password))
             .unwrap_or_default();
-        let routes = cluster_ports
+        let routes = route_ports
             .iter()
             .map(|p| format!("nats://{credentials}127.0.0.1:{p}"))
             .collect::<Vec<_>>()
@@ -339,7 +376,7 @@ impl NatsCluster {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let extra = vec![
+                let mut extra = vec![
                     "--cluster_name".into(),
                     "gc-test".into(),
                     "--cluster".into(),
@@ -347,19 +384,37 @@ impl NatsCluster {
                     "--routes".into(),
                     routes.clone(),
                 ];
+                if links.is_some() {
+                    // The others learn the proxy as this server's route
+                    // address; clients learn no server address at all.
+                    extra.extend([
+                        "--cluster_advertise".into(),
+                        format!("127.0.0.1:{}", route_ports[i]),
+                        "--no_advertise".into(),
+                    ]);
+                }
                 let mut s = NatsServer::new(&format!("n{}", i + 1), &extra, users.clone());
                 s.cluster_port = Some(*p);
                 s.placed = faults.map(|f| (f.clone(), format!("nats-{i}")));
                 s
             })
             .collect();
+        let mut client_proxies = Vec::new();
+        if let Some(links) = links {
+            for s in &servers {
+                client_proxies.push(links.proxy(([127, 0, 0, 1], s.port).into()).await);
+            }
+        }
         for s in &mut servers {
             s.spawn();
         }
         for s in &mut servers {
             s.wait_ready(true).await;
         }
-        NatsCluster { servers }
+        NatsCluster {
+            servers,
+            client_proxies,
+        }
     }
 
     /// The users' passwords, for a cluster started with permissions.

@@ -376,7 +376,35 @@ impl NetFaults {
         }
     }
 
-    /// Removes every cut (the marking rules stay).
+    /// Drops a share `probability` (0 to 1) of the TCP packets to and from
+    /// each of `ports`, at random (iptables `statistic`), until
+    /// [`Self::heal`]; TCP retransmits them, as on a lossy network. With
+    /// [`crate::slowlink`]'s proxies: a slow, lossy link.
+    pub fn lossy(&self, ports: &[u16], probability: f64) {
+        let p = format!("{probability:.4}");
+        for port in ports {
+            for way in ["--dport", "--sport"] {
+                iptables(&[
+                    "-A",
+                    &self.0.chain,
+                    "-p",
+                    "tcp",
+                    way,
+                    &port.to_string(),
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &p,
+                    "-j",
+                    "DROP",
+                ]);
+            }
+        }
+    }
+
+    /// Removes every cut and every loss rule (the marking rules stay).
     pub fn heal(&self) {
         iptables(&["-F", &self.0.chain]);
     }

@@ -18,6 +18,12 @@
 //! * (f) every NATS server killed for 60 s: every edge closes its clients
 //!   (3016) and refuses them until NATS is back, a publish answers 108 in
 //!   bounded time, and afterwards every client recovers everything.
+//! * (g) a slow, lossy backbone for 60 s: 100 ms added each way and 5 % of
+//!   the packets dropped on every edge's NATS connection and every route
+//!   between the NATS servers (proxies in the path,
+//!   `groupcast_testkit::slowlink`, and iptables in a network namespace of
+//!   the test's own, `groupcast_testkit::netfault`; needs root, as CI runs
+//!   it); it prints the publish and delivery p50/p99 during the minute.
 //!
 //! and then asserts what a user relies on: every client holds every
 //! publication of its channel exactly once and in order (clients reconnect
@@ -33,7 +39,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,7 +47,9 @@ use groupcast_edge::auth::{mint_hs256, now_unix};
 use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
 use groupcast_testkit::membership::MembershipCluster;
 use groupcast_testkit::nats::NatsCluster;
+use groupcast_testkit::netfault::{self, NetFaults};
 use groupcast_testkit::nginx::Nginx;
+use groupcast_testkit::slowlink::SlowLinks;
 use groupcast_testkit::{try_http_request, Client, ClientError, API_KEY, SECRET};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -77,10 +85,15 @@ struct ClientState {
     closes: Vec<Option<u16>>,
     /// Why the last attempt to connect and subscribe failed.
     failure: String,
+    /// Delivery latencies (publish call to receipt, ms) while
+    /// [`Shared::record`] is on.
+    latencies: Vec<u64>,
 }
 
 struct Shared {
     states: Vec<Mutex<ClientState>>,
+    /// Record delivery latencies (chaos (g)).
+    record: AtomicBool,
     stop: CancellationToken,
 }
 
@@ -96,6 +109,7 @@ impl Clients {
     async fn start(lb: &Nginx) -> Clients {
         let shared = Arc::new(Shared {
             states: (0..CLIENTS).map(|_| Mutex::default()).collect(),
+            record: AtomicBool::new(false),
             stop: CancellationToken::new(),
         });
         let tasks = (0..CLIENTS)
@@ -234,6 +248,10 @@ async fn run_client(shared: Arc<Shared>, i: usize, url: String) {
     let check = |p: &Value, position: &mut Option<(u64, String)>| {
         let n = p["data"]["n"].as_u64().unwrap_or(0);
         let mut s = state.lock().unwrap();
+        if shared.record.load(Ordering::Relaxed) {
+            let sent = p["data"]["t"].as_u64().unwrap_or(0);
+            s.latencies.push(now_millis().saturating_sub(sent));
+        }
         let last = s.last;
         if n == last + 1 {
             s.last = n;
@@ -379,6 +397,9 @@ struct PublishStats {
     failed_after_ms: Vec<u128>,
     /// Longest time from the first attempt to acceptance.
     max_latency: Duration,
+    /// Each accepted publication: when, and how long it took from its first
+    /// attempt.
+    accepted_at: Vec<(Instant, Duration)>,
 }
 
 impl Publisher {
@@ -389,69 +410,81 @@ impl Publisher {
             Arc::new((0..CHANNELS).map(|_| AtomicU64::new(0)).collect());
         let stats: Arc<Mutex<PublishStats>> = Arc::default();
         let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let (acked, stats, stop) = (acked.clone(), stats.clone(), stop.clone());
-            async move {
-                let mut tick = tokio::time::interval(PUBLISH_EVERY);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                for k in 0.. {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    let ch = k % CHANNELS;
-                    let n = acked[ch].load(Ordering::SeqCst) + 1;
-                    let body = json!({
-                        "channel": channel(ch),
-                        "data": { "n": n },
-                        "idempotency_key": format!("p{n}"),
-                    })
-                    .to_string();
-                    let started = Instant::now();
+        // One publisher per channel, each waiting for its publication's
+        // acknowledgement before the next (the channels' turns staggered):
+        // a slow backbone slows each channel, not all of them behind one.
+        let start = tokio::time::Instant::now();
+        let channels: Vec<_> = (0..CHANNELS)
+            .map(|ch| {
+                let (acked, stats, stop) = (acked.clone(), stats.clone(), stop.clone());
+                async move {
+                    let mut tick = tokio::time::interval_at(
+                        start + PUBLISH_EVERY * ch as u32,
+                        PUBLISH_EVERY * CHANNELS as u32,
+                    );
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
-                        let attempt = Instant::now();
-                        let answer = tokio::time::timeout(
-                            Duration::from_secs(15),
-                            try_http_request(
-                                lb,
-                                "POST",
-                                "/api/publish",
-                                &format!("X-API-Key: {API_KEY}\r\n"),
-                                body.as_bytes(),
-                            ),
-                        )
-                        .await;
-                        let failure = match answer {
-                            Ok(Ok((200, b))) => {
-                                let v: Value = serde_json::from_slice(&b).unwrap_or_default();
-                                match v.get("error") {
-                                    None => break,
-                                    Some(e) => format!("error {} {}", e["code"], e["message"]),
-                                }
-                            }
-                            Ok(Ok((status, _))) => format!("HTTP {status}"),
-                            Ok(Err(e)) => format!("I/O {}", e.kind()),
-                            Err(_) => "no answer in 15 s".into(),
-                        };
-                        {
-                            let mut s = stats.lock().unwrap();
-                            *s.failed.entry(failure).or_default() += 1;
-                            s.failed_after_ms.push(attempt.elapsed().as_millis());
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tick.tick() => {}
                         }
-                        assert!(
-                            started.elapsed() < patience,
-                            "publish {n} to {} not accepted within {WAIT:?}: {:?}",
-                            channel(ch),
-                            stats.lock().unwrap()
-                        );
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let n = acked[ch].load(Ordering::SeqCst) + 1;
+                        let body = json!({
+                            "channel": channel(ch),
+                            "data": { "n": n, "t": now_millis() },
+                            "idempotency_key": format!("p{n}"),
+                        })
+                        .to_string();
+                        let started = Instant::now();
+                        loop {
+                            let attempt = Instant::now();
+                            let answer = tokio::time::timeout(
+                                Duration::from_secs(15),
+                                try_http_request(
+                                    lb,
+                                    "POST",
+                                    "/api/publish",
+                                    &format!("X-API-Key: {API_KEY}\r\n"),
+                                    body.as_bytes(),
+                                ),
+                            )
+                            .await;
+                            let failure = match answer {
+                                Ok(Ok((200, b))) => {
+                                    let v: Value = serde_json::from_slice(&b).unwrap_or_default();
+                                    match v.get("error") {
+                                        None => break,
+                                        Some(e) => format!("error {} {}", e["code"], e["message"]),
+                                    }
+                                }
+                                Ok(Ok((status, _))) => format!("HTTP {status}"),
+                                Ok(Err(e)) => format!("I/O {}", e.kind()),
+                                Err(_) => "no answer in 15 s".into(),
+                            };
+                            {
+                                let mut s = stats.lock().unwrap();
+                                *s.failed.entry(failure).or_default() += 1;
+                                s.failed_after_ms.push(attempt.elapsed().as_millis());
+                            }
+                            assert!(
+                                started.elapsed() < patience,
+                                "publish {n} to {} not accepted within {WAIT:?}: {:?}",
+                                channel(ch),
+                                stats.lock().unwrap()
+                            );
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        acked[ch].store(n, Ordering::SeqCst);
+                        let mut s = stats.lock().unwrap();
+                        s.accepted += 1;
+                        s.max_latency = s.max_latency.max(started.elapsed());
+                        s.accepted_at.push((Instant::now(), started.elapsed()));
                     }
-                    acked[ch].store(n, Ordering::SeqCst);
-                    let mut s = stats.lock().unwrap();
-                    s.accepted += 1;
-                    s.max_latency = s.max_latency.max(started.elapsed());
                 }
-            }
+            })
+            .collect();
+        let task = tokio::spawn(async move {
+            futures_util::future::join_all(channels).await;
         });
         Publisher {
             acked,
@@ -492,6 +525,27 @@ impl Cluster {
             MembershipCluster::start(Path::new(BIN), 3, &[])
         );
         let urls = nats.urls();
+        Cluster::assemble(nats, membership, &urls, urls_of).await
+    }
+
+    /// The cluster with every NATS route and every edge's NATS connection
+    /// through a proxy of `links` (chaos (g)).
+    async fn start_slow(links: &SlowLinks) -> Cluster {
+        let (nats, membership) = tokio::join!(
+            NatsCluster::start_slow(links),
+            MembershipCluster::start(Path::new(BIN), 3, &[])
+        );
+        let urls = nats.slow_urls();
+        Cluster::assemble(nats, membership, &urls, |urls, _| urls.to_vec()).await
+    }
+
+    /// Edges on `nats` (edge `i` given `urls_of(urls, i)`), and nginx.
+    async fn assemble(
+        nats: NatsCluster,
+        membership: MembershipCluster,
+        urls: &[String],
+        urls_of: fn(&[String], usize) -> Vec<String>,
+    ) -> Cluster {
         let config = format!("{EDGE_CONFIG}{}", membership.edge_section());
         let credentials = nats.users().expect("with permissions").edge_env();
         let mut env: Vec<(&str, &str)> =
@@ -501,7 +555,7 @@ impl Cluster {
             ("GROUPCAST_CHANNEL__HISTORY_REPLICAS", "3"),
         ]);
         let bin = Path::new(BIN);
-        let (urls_a, urls_b, urls_c) = (urls_of(&urls, 0), urls_of(&urls, 1), urls_of(&urls, 2));
+        let (urls_a, urls_b, urls_c) = (urls_of(urls, 0), urls_of(urls, 1), urls_of(urls, 2));
         let (a, b, c) = tokio::join!(
             EdgeProcess::start(bin, "edge-a", &urls_a, &config, &env),
             EdgeProcess::start(bin, "edge-b", &urls_b, &config, &env),
@@ -1035,4 +1089,94 @@ async fn chaos_f_all_of_nats_down_for_a_minute() {
         &[converged],
     )
     .await;
+}
+
+/// How long chaos (g) keeps the backbone slow and lossy.
+const SLOW_FOR: Duration = Duration::from_secs(60);
+/// Chaos (g)'s link: added each way, and the share of packets dropped.
+const SLOW_DELAY: Duration = Duration::from_millis(100);
+const SLOW_LOSS: f64 = 0.05;
+
+/// `q` (0..=1) of `v` (sorted here), in ms.
+fn quantile_ms(v: &mut [u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_g_a_slow_lossy_backbone_for_a_minute() {
+    if !netfault::isolated("chaos_g_a_slow_lossy_backbone_for_a_minute") {
+        return;
+    }
+    let faults = NetFaults::start();
+    let links = SlowLinks::new();
+    let cluster = Cluster::start_slow(&links).await;
+    let (cluster, clients, publisher) = setup_with(cluster).await;
+    let marks = clients.reconnect_marks();
+    let fault = Instant::now();
+    links.set_delay(SLOW_DELAY);
+    faults.lossy(&links.ports(), SLOW_LOSS);
+    clients.shared.record.store(true, Ordering::Relaxed);
+    tokio::time::sleep(SLOW_FOR).await;
+    clients.shared.record.store(false, Ordering::Relaxed);
+    faults.heal();
+    links.set_delay(Duration::ZERO);
+    let healed = Instant::now();
+    let mut delivery: Vec<u64> = (0..CLIENTS)
+        .flat_map(|i| std::mem::take(&mut clients.state(i).latencies))
+        .collect();
+    let mut publish: Vec<u64> = publisher
+        .stats
+        .lock()
+        .unwrap()
+        .accepted_at
+        .iter()
+        .filter(|(at, _)| *at > fault && *at <= healed)
+        .map(|(_, took)| took.as_millis() as u64)
+        .collect();
+    assert!(
+        !publish.is_empty() && !delivery.is_empty(),
+        "nothing was published ({}) or delivered ({}) during the slow minute",
+        publish.len(),
+        delivery.len()
+    );
+    eprintln!(
+        "chaos (g): {} ms added each way and {} % loss on every edge's NATS link and every \
+         route for {} s: {} publications acknowledged, publish p50 {} ms, p99 {} ms, max {} ms; \
+         {} deliveries, delivery p50 {} ms, p99 {} ms, max {} ms",
+        SLOW_DELAY.as_millis(),
+        SLOW_LOSS * 100.0,
+        SLOW_FOR.as_secs(),
+        publish.len(),
+        quantile_ms(&mut publish, 0.5),
+        quantile_ms(&mut publish, 0.99),
+        quantile_ms(&mut publish, 1.0),
+        delivery.len(),
+        quantile_ms(&mut delivery, 0.5),
+        quantile_ms(&mut delivery, 0.99),
+        quantile_ms(&mut delivery, 1.0),
+    );
+    let converged = cluster
+        .presence_converged(&clients, healed, "the slow minute")
+        .await;
+    cluster.assert_leases_kept(&[0, 1, 2]).await;
+    let reconnects = finish(
+        "(g) a slow, lossy backbone for a minute",
+        clients,
+        publisher,
+        &marks,
+        &[converged],
+    )
+    .await;
+    assert!(
+        reconnects.is_empty(),
+        "a slow backbone disconnected {} clients",
+        reconnects.len()
+    );
+    drop(cluster);
+    drop(links);
+    drop(faults);
 }
