@@ -16,7 +16,8 @@
 # chaos tests behind a load balancer, Debian's prometheus for the
 # dashboard queries and Debian's iptables for the membership fault tests
 # (scripts/debian-tool.sh). The fault tests need root (a network namespace,
-# cgroups), as CI runs.
+# cgroups), as CI runs. It also builds the previous release's binary
+# (scripts/previous-release.sh) for the rolling-upgrade test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -75,6 +76,11 @@ cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "the previous release, for the rolling-upgrade test (scripts/previous-release.sh)"
+# Built once into the target directory (its own crates only: the
+# dependencies are this tree's); chaos (h) upgrades a cluster from it.
+scripts/previous-release.sh
 
 step "tests (cargo nextest)"
 if ! command -v cargo-nextest >/dev/null 2>&1; then

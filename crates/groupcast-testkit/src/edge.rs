@@ -157,6 +157,18 @@ impl EdgeProcess {
         .await;
     }
 
+    /// [`restart`](Self::restart) from another binary (a rolling upgrade,
+    /// or a rollback): the same name, address, configuration and log.
+    pub async fn restart_as(&mut self, bin: &Path) {
+        self.bin = bin.to_path_buf();
+        self.restart().await;
+    }
+
+    /// The binary the edge runs (or ran last).
+    pub fn binary(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn log(&self) -> String {
         self.process.log()
     }

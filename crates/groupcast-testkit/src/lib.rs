@@ -38,6 +38,7 @@ pub mod nginx;
 mod process;
 pub mod prometheus;
 pub mod raw;
+pub mod release;
 #[cfg(feature = "edge")]
 mod server;
 pub mod slowlink;

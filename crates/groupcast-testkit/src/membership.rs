@@ -23,6 +23,8 @@ pub struct MembershipNode {
     args: Vec<String>,
     process: Option<Process>,
     log_file: PathBuf,
+    /// Its own binary, when not the cluster's ([`MembershipCluster::restart_as`]).
+    bin: Option<PathBuf>,
 }
 
 /// A cluster of replicas started from one static peer list.
@@ -98,6 +100,7 @@ fn node(bin: &Path, dir: &Path, id: u64, addr: String, extra: &[String]) -> Memb
         args,
         process: None,
         log_file: dir.join(format!("node-{id}.log")),
+        bin: None,
     }
 }
 
@@ -187,7 +190,7 @@ impl MembershipCluster {
 
     fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = Command::new(node.bin.as_ref().unwrap_or(&self.bin));
         cmd.args(&node.args).env(
             "RUST_LOG",
             "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off",
@@ -279,6 +282,40 @@ impl MembershipCluster {
     /// SIGKILL replica `i` (its data stays).
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].process = None;
+    }
+
+    /// SIGTERM replica `i` and wait (bounded by `within`) for its exit;
+    /// true when it exited successfully. Its data stays.
+    pub async fn terminate(&mut self, i: usize, within: Duration) -> bool {
+        let Some(mut p) = self.nodes[i].process.take() else {
+            return false;
+        };
+        p.signal("TERM");
+        let status = p.wait_exit(within).await;
+        status.is_some_and(|s| s.success())
+    }
+
+    /// Starts replica `i` again (after [`Self::kill`] or
+    /// [`Self::terminate`]) from another binary, on the same ports and
+    /// data (a rolling upgrade, or a rollback), without waiting.
+    pub fn restart_as(&mut self, i: usize, bin: &Path) {
+        assert!(self.nodes[i].process.is_none(), "stop it first");
+        self.nodes[i].bin = Some(bin.to_path_buf());
+        self.spawn(i);
+    }
+
+    /// Whether replica `i`'s process is still running (it may have exited
+    /// by itself, e.g. refusing its data).
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.nodes[i]
+            .process
+            .as_mut()
+            .is_some_and(|p| p.try_wait().is_none())
+    }
+
+    /// Replica `i`'s log (every start of it).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log_file).unwrap_or_default()
     }
 
     /// Starts replica `i` again on the same ports and data.

@@ -49,6 +49,7 @@ use groupcast_testkit::membership::MembershipCluster;
 use groupcast_testkit::nats::NatsCluster;
 use groupcast_testkit::netfault::{self, NetFaults};
 use groupcast_testkit::nginx::Nginx;
+use groupcast_testkit::release;
 use groupcast_testkit::slowlink::SlowLinks;
 use groupcast_testkit::{try_http_request, Client, ClientError, API_KEY, SECRET};
 use serde_json::{json, Value};
@@ -518,14 +519,19 @@ impl Cluster {
 
     /// The cluster with edge `i` on the NATS servers `urls_of(all, i)`.
     async fn start_with(urls_of: fn(&[String], usize) -> Vec<String>) -> Cluster {
+        Cluster::start_from(Path::new(BIN), urls_of).await
+    }
+
+    /// [`Self::start_with`], the replicas and edges running `bin`.
+    async fn start_from(bin: &Path, urls_of: fn(&[String], usize) -> Vec<String>) -> Cluster {
         // NATS with the local cluster's users and permissions
         // (deploy/local/nats-auth.conf.tmpl); the edges connect as `edge`.
         let (nats, membership) = tokio::join!(
             NatsCluster::start_with_permissions(),
-            MembershipCluster::start(Path::new(BIN), 3, &[])
+            MembershipCluster::start(bin, 3, &[])
         );
         let urls = nats.urls();
-        Cluster::assemble(nats, membership, &urls, urls_of).await
+        Cluster::assemble(bin, nats, membership, &urls, urls_of).await
     }
 
     /// The cluster with every NATS route and every edge's NATS connection
@@ -536,11 +542,16 @@ impl Cluster {
             MembershipCluster::start(Path::new(BIN), 3, &[])
         );
         let urls = nats.slow_urls();
-        Cluster::assemble(nats, membership, &urls, |urls, _| urls.to_vec()).await
+        Cluster::assemble(Path::new(BIN), nats, membership, &urls, |urls, _| {
+            urls.to_vec()
+        })
+        .await
     }
 
-    /// Edges on `nats` (edge `i` given `urls_of(urls, i)`), and nginx.
+    /// Edges running `bin` on `nats` (edge `i` given `urls_of(urls, i)`),
+    /// and nginx.
     async fn assemble(
+        bin: &Path,
         nats: NatsCluster,
         membership: MembershipCluster,
         urls: &[String],
@@ -554,7 +565,6 @@ impl Cluster {
             ("GROUPCAST_CLIENT__COMMAND_RATE", "0"),
             ("GROUPCAST_CHANNEL__HISTORY_REPLICAS", "3"),
         ]);
-        let bin = Path::new(BIN);
         let (urls_a, urls_b, urls_c) = (urls_of(urls, 0), urls_of(urls, 1), urls_of(urls, 2));
         let (a, b, c) = tokio::join!(
             EdgeProcess::start(bin, "edge-a", &urls_a, &config, &env),
@@ -606,6 +616,24 @@ impl Cluster {
     }
 
     /// Waits until presence is exactly the live clients; the time from
+    /// `fault` (panics past `WAIT`).
+    async fn presence_exact(&self, clients: &Clients, fault: Instant) -> Duration {
+        loop {
+            let want = clients.ids();
+            if self.presence().await.is_some_and(|got| got == want)
+                && !want.values().any(|ids| ids.contains(""))
+            {
+                return fault.elapsed();
+            }
+            assert!(
+                fault.elapsed() < WAIT,
+                "presence never matched the live clients within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until presence is exactly the live clients; the time from
     /// `fault`, asserted within `PRESENCE_WITHIN` (`after` names the
     /// fault). Panics past `WAIT` with the difference.
     async fn presence_converged(&self, clients: &Clients, fault: Instant, after: &str) -> Duration {
@@ -617,7 +645,7 @@ impl Cluster {
                     let took = fault.elapsed();
                     assert!(
                         took <= PRESENCE_WITHIN,
-                        "presence took {took:?} after {after}"
+                        "presence took {took:?} after {after} (until then: {last_diff})"
                     );
                     return took;
                 }
@@ -1179,4 +1207,137 @@ async fn chaos_g_a_slow_lossy_backbone_for_a_minute() {
     drop(cluster);
     drop(links);
     drop(faults);
+}
+
+/// The version each edge reports in `info` (through nginx), by name.
+async fn edge_versions(cluster: &Cluster) -> BTreeMap<String, String> {
+    let v = cluster.api("info", json!({})).await.unwrap_or_default();
+    v["result"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_string(),
+                n["version"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_h_rolling_upgrade_from_the_previous_release() {
+    let previous = release::previous_binary(Path::new(BIN));
+    let (old, new) = (
+        release::version_of(&previous),
+        release::version_of(Path::new(BIN)),
+    );
+    assert!(
+        !old.is_empty() && old != new,
+        "the previous release ({old}) and this tree ({new}) must differ"
+    );
+    let cluster = Cluster::start_from(&previous, |urls, _| urls.to_vec()).await;
+    let (mut cluster, clients, publisher) = setup_with(cluster).await;
+    let versions = edge_versions(&cluster).await;
+    assert!(
+        versions.len() == 3 && versions.values().all(|v| *v == old),
+        "the cluster starts on {old}: {versions:?}"
+    );
+    let marks = clients.reconnect_marks();
+    let mut converged = Vec::new();
+    // docs/operations.md §8.6: the replicas first, one at a time, each
+    // ready before the next; the followers before the leader.
+    let leader = cluster
+        .membership
+        .leader(WAIT, &[])
+        .await
+        .expect("a membership leader");
+    let order: Vec<usize> = (0..3)
+        .filter(|&i| i != leader)
+        .chain(std::iter::once(leader))
+        .collect();
+    for i in order {
+        let fault = Instant::now();
+        assert!(
+            cluster.membership.terminate(i, WAIT).await,
+            "replica {i} ({old}) did not exit cleanly on SIGTERM:\n{}",
+            cluster.membership.log(i)
+        );
+        let exited = fault.elapsed();
+        cluster.membership.restart_as(i, Path::new(BIN));
+        cluster.membership.wait_ready(i).await;
+        let ready = fault.elapsed();
+        // Edges of the previous release may need longer than a fault's 6 s
+        // here (see docs/operations.md §8.6): bounded by WAIT.
+        let took = cluster.presence_exact(&clients, fault).await;
+        eprintln!(
+            "chaos (h): replica {i} {old} -> {new}: exited after {} ms, ready after {} ms, \
+             presence exact after {} ms",
+            exited.as_millis(),
+            ready.as_millis(),
+            took.as_millis()
+        );
+        converged.push(took);
+    }
+    let lost: Vec<usize> = cluster
+        .edges
+        .iter()
+        .map(|e| e.log().matches("lease lost").count())
+        .collect();
+    eprintln!("chaos (h): leases the {old} edges lost while the replicas were upgraded: {lost:?}");
+    // From here on the edges' own logs (each from its restart) must show
+    // no lost lease.
+    let mut log_from = vec![0; 3];
+    // Then the edges, one at a time: drained (SIGTERM), started on the new
+    // binary, its clients back on it or elsewhere.
+    for i in 0..3 {
+        let fault = Instant::now();
+        let name = cluster.edges[i].name.clone();
+        assert!(
+            cluster.edges[i].terminate(WAIT).await,
+            "edge {name} ({old}) did not drain and exit cleanly:\n{}",
+            cluster.edges[i].log()
+        );
+        log_from[i] = cluster.edges[i].log().len();
+        cluster.edges[i].restart_as(Path::new(BIN)).await;
+        clients.wait_all_connected().await;
+        let took = cluster
+            .presence_converged(&clients, fault, &format!("upgrading {name}"))
+            .await;
+        eprintln!(
+            "chaos (h): {name} {old} -> {new}, clients back and presence exact after {} ms",
+            took.as_millis()
+        );
+        converged.push(took);
+    }
+    for (i, e) in cluster.edges.iter().enumerate() {
+        let log = e.log();
+        assert!(
+            !log[log_from[i]..].contains("lease lost"),
+            "{} ({new}) lost its lease:\n{}",
+            e.name,
+            &log[log_from[i]..]
+        );
+    }
+    let versions = edge_versions(&cluster).await;
+    assert!(
+        versions.len() == 3 && versions.values().all(|v| *v == new),
+        "every edge on {new} after the upgrade: {versions:?}"
+    );
+    // What clients saw: only the drain's close, as in a restart.
+    let closes: BTreeSet<Option<u16>> = (0..CLIENTS)
+        .flat_map(|i| clients.state(i).closes.clone())
+        .collect();
+    assert!(
+        closes.iter().all(|c| *c == Some(3001)),
+        "clients saw closes other than a restart's (3001 shutdown): {closes:?}"
+    );
+    finish(
+        "(h) rolling upgrade from the previous release",
+        clients,
+        publisher,
+        &marks,
+        &converged,
+    )
+    .await;
 }
