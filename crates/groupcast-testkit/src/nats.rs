@@ -138,6 +138,17 @@ impl NatsServer {
         s
     }
 
+    /// A single server with JetStream keeping its store in `store` (e.g.
+    /// a `diskfault::SmallDisk`) instead of its own temp dir.
+    pub async fn start_with_store_in(store: &Path) -> NatsServer {
+        let mut s = NatsServer::new("n1", &[], None);
+        let at = s.args.iter().position(|a| a == "-sd").expect("-sd") + 1;
+        s.args[at] = store.join("jetstream").display().to_string();
+        s.spawn();
+        s.wait_ready(true).await;
+        s
+    }
+
     /// A single server *without* JetStream (what an edge meets while a
     /// NATS cluster is still forming JetStream), started and ready.
     pub async fn start_without_jetstream() -> NatsServer {

@@ -5,14 +5,17 @@
 //!   clear error instead of running on without a working log, its log on
 //!   disk stays intact, and once space is back it starts from that log and
 //!   catches up with the leader;
-//! * a NATS server whose JetStream store is full: a history publication is
-//!   refused with error 108 naming the cause, nothing stored is lost, live
-//!   channels keep delivering, and once space is freed publications are
-//!   stored again.
+//! * a NATS server whose JetStream store is full: at its limit
+//!   (`max_file_store`) a history publication is refused at once with 108
+//!   and the edge logs the cause, and it is stored again once space is freed
+//!   (`history_remove`); on a full disk it answers 108 after
+//!   `nats.request_timeout`, and is stored again once nats-server is
+//!   restarted with space. Either way nothing stored is lost and live
+//!   channels keep delivering.
 //!
 //! The disks are small tmpfs mounts (`groupcast_testkit::diskfault`) in a
-//! mount namespace of the test's own (`netfault::isolated`): the tests need
-//! root, as CI runs them. Each prints its figures; `docs/failover.md`
+//! mount namespace of the test's own (`netfault::isolated`): those tests
+//! need root, as CI runs them. Each prints its figures; `docs/failover.md`
 //! records a run of
 //! `cargo nextest run -p groupcast --test disk_faults --no-capture`.
 
@@ -407,15 +410,7 @@ async fn a_full_jetstream_store_refuses_history_publications_and_keeps_what_it_h
     );
     assert!(edge.metric("groupcast_nats_publish_errors_total").await >= 2.0);
     // Live channels deliver as before.
-    let (status, body) = edge
-        .api(
-            "publish",
-            json!({ "channel": "plain:live", "data": { "live": 1 } }),
-        )
-        .await;
-    assert!(status == 200 && body.get("error").is_none(), "{body}");
-    let p = live.publication(WAIT).await.unwrap();
-    assert_eq!(p["pub"]["data"]["live"], 1, "{p}");
+    live_delivers(&edge, &mut live, 1).await;
     // Nothing stored is lost.
     assert_eq!(stored(&edge, "full").await, acked);
 
@@ -436,4 +431,108 @@ async fn a_full_jetstream_store_refuses_history_publications_and_keeps_what_it_h
     writer.close().await;
     drop(edge);
     drop((nats, membership));
+}
+
+/// A live (no history) publication through `edge`'s API must reach `live`.
+async fn live_delivers(edge: &EdgeProcess, live: &mut Client, n: u64) {
+    let (status, body) = edge
+        .api(
+            "publish",
+            json!({ "channel": "plain:live", "data": { "live": n } }),
+        )
+        .await;
+    assert!(status == 200 && body.get("error").is_none(), "{body}");
+    let p = live.publication(WAIT).await.unwrap();
+    assert_eq!(p["pub"]["data"]["live"], n, "{p}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_whose_disk_fills_refuses_history_and_stores_again_after_a_restart() {
+    if !netfault::isolated(
+        "a_nats_server_whose_disk_fills_refuses_history_and_stores_again_after_a_restart",
+    ) {
+        return;
+    }
+    let disk = SmallDisk::mount("nats", 8 << 20);
+    let (mut nats, membership) = tokio::join!(
+        NatsServer::start_with_store_in(disk.path()),
+        MembershipCluster::start(bin(), 1, &[])
+    );
+    let config = format!("{EDGE_CONFIG}{}", membership.edge_section());
+    let env = [("GROUPCAST_CLIENT__COMMAND_RATE", "0")];
+    let edge = EdgeProcess::start(bin(), "edge-a", &[nats.url()], &config, &env).await;
+    let token = mint_hs256(SECRET, &json!({ "sub": "u", "exp": now_unix() + 3600 }));
+    let (mut live, _) = Client::connect(&edge.ws_url(), &token).await.unwrap();
+    let r = live
+        .command("subscribe", json!({ "channel": "plain:live" }))
+        .await
+        .unwrap();
+    assert!(r["subscribe"].is_object(), "{r}");
+    let mut acked = Vec::new();
+    let mut epoch = Value::Null;
+    for n in 0..5 {
+        let body = api_publish(&edge, "full", n).await;
+        assert!(body.get("error").is_none(), "{body}");
+        epoch = body["result"]["epoch"].clone();
+        acked.push(n as u64);
+    }
+
+    // Another tenant of the disk fills it.
+    let filled = disk.fill();
+    let t = Instant::now();
+    let body = api_publish(&edge, "full", 100).await;
+    let refused_after = t.elapsed();
+    eprintln!(
+        "NATS store's disk full ({filled} bytes of filler): a history publication answered \
+         {body} after {} ms",
+        refused_after.as_millis()
+    );
+    assert_eq!(body["error"]["code"], 108, "{body}");
+    assert!(
+        nats.log().contains("no space left on device"),
+        "nats-server did not report the full disk"
+    );
+    live_delivers(&edge, &mut live, 1).await;
+    assert_eq!(
+        stored(&edge, "full").await,
+        acked,
+        "the stored history changed"
+    );
+
+    // Space back: nats-server keeps the stream refused after its write
+    // error (2.15); restarted, it stores again.
+    disk.free();
+    let body = api_publish(&edge, "full", 101).await;
+    eprintln!("space freed, nats-server not restarted: {body}");
+    if body.get("error").is_none() {
+        acked.push(101);
+    }
+    nats.kill();
+    nats.restart().await;
+    let t = Instant::now();
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        let body = api_publish(&edge, "full", 102).await;
+        if body.get("error").is_none() {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not stored after the restart: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    acked.push(102);
+    eprintln!(
+        "nats-server restarted: a history publication stored {} ms after it was ready: {body}",
+        t.elapsed().as_millis()
+    );
+    assert_eq!(body["result"]["epoch"], epoch, "the stream was made anew");
+    assert_eq!(body["result"]["offset"], acked.len() as u64, "{body}");
+    assert_eq!(stored(&edge, "full").await, acked);
+    live_delivers(&edge, &mut live, 2).await;
+    live.close().await;
+    drop(edge);
+    drop((nats, membership));
+    drop(disk);
 }
