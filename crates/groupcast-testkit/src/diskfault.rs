@@ -54,20 +54,6 @@ impl SmallDisk {
         &self.dir
     }
 
-    /// Bytes free now (`statvfs` through `df`).
-    pub fn free_bytes(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&self.dir)
-            .output()
-            .expect("run df");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or_else(|| panic!("df {}: {out:?}", self.dir.display()))
-    }
-
     /// Fills the disk: writes a filler file until the disk refuses more
     /// (`ENOSPC`); returns the filler's size. Panics on any other error.
     pub fn fill(&self) -> u64 {
