@@ -309,6 +309,24 @@ impl MembershipServer {
         self.inner.status().await
     }
 
+    /// Resolves when Raft stopped by itself, with the reason: a storage
+    /// failure (a log append, vote or snapshot the disk refused, e.g. it is
+    /// full) ends openraft's core, and a replica without it can neither vote
+    /// nor accept entries. `groupcast membership` then exits with that error
+    /// so its supervisor restarts it from the log on disk, which a refused
+    /// write leaves as it was (`docs/failover.md`, "A full disk").
+    pub async fn raft_stopped(&self) -> String {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "Raft stopped".into();
+            }
+        }
+    }
+
     /// QUIC connections this replica accepted since it started.
     pub fn connections_accepted(&self) -> u64 {
         self.inner.accepted.load(Ordering::Relaxed)
@@ -892,6 +910,11 @@ pub fn describe_metrics() {
         "last applied log index"
     );
     metrics::describe_gauge!("groupcast_membership_edges", "registered edges");
+    metrics::describe_counter!(
+        "groupcast_membership_storage_write_errors_total",
+        "writes to the replica's Raft store that failed (e.g. the disk is full); \
+         the replica then exits for its supervisor to restart it"
+    );
     metrics::describe_counter!(
         "groupcast_membership_connections_total",
         "QUIC connections by result: accepted, or refused (handshake failed, e.g. unknown CA)"

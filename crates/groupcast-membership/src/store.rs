@@ -45,8 +45,17 @@ fn read_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::read(any(e)).into()
 }
 
+/// A write the store could not make (e.g. `No space left on device`):
+/// logged and counted here, once per failure. redb commits a transaction
+/// whole or not at all, so the log on disk stays as it was.
+fn write_failed(e: impl std::fmt::Display) -> AnyError {
+    tracing::error!(error = %e, "membership: a write to the Raft store failed");
+    metrics::counter!("groupcast_membership_storage_write_errors_total").increment(1);
+    any(e)
+}
+
 fn write_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write(any(e)).into()
+    StorageIOError::write(write_failed(e)).into()
 }
 
 fn logs_read_err(e: impl std::fmt::Display) -> StorageError {
@@ -54,7 +63,7 @@ fn logs_read_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 fn logs_write_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_logs(any(e)).into()
+    StorageIOError::write_logs(write_failed(e)).into()
 }
 
 /// Opens (creating if needed) the replica's redb file and returns its log

@@ -19,6 +19,8 @@
 //! * [`nats`]: real `nats-server` processes (one, or a cluster).
 //! * [`netfault`]: partitions between a test's processes (a private network
 //!   namespace, a cgroup leaf per process, iptables rules of the test's own).
+//! * [`diskfault`]: a full disk (a small tmpfs of the test's own, filled
+//!   and freed).
 //! * [`nginx`]: nginx in front of edges (the local cluster's config).
 //! * [`prometheus`]: a real Prometheus scraping given targets.
 //! * [`raw`]: a plain WebSocket, as a browser opens one.
@@ -28,6 +30,7 @@
 //!   [`free_tcp_port`].
 
 pub mod dev;
+pub mod diskfault;
 pub mod edge;
 pub mod example;
 mod http;

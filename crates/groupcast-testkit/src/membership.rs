@@ -70,12 +70,19 @@ fn certs(bin: &Path, args: &[&str]) {
 
 /// A replica's record: certificate `node-ID` issued, ports chosen, flags
 /// written; not started. `extra` is appended to the flags (e.g. `--peers`).
-fn node(bin: &Path, dir: &Path, id: u64, addr: String, extra: &[String]) -> MembershipNode {
+fn node(
+    bin: &Path,
+    dir: &Path,
+    id: u64,
+    addr: String,
+    extra: &[String],
+    data: Option<&Path>,
+) -> MembershipNode {
     let certs_dir = dir.join("certs");
     let cd = certs_dir.to_str().expect("utf-8 path");
     certs(bin, &["issue", &format!("node-{id}"), "--dir", cd]);
     let http: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
-    let data = dir.join(format!("data-{id}"));
+    let data = data.map_or_else(|| dir.join(format!("data-{id}")), Path::to_path_buf);
     let mut args: Vec<String> = [
         "membership",
         "--id",
@@ -109,7 +116,13 @@ impl MembershipCluster {
     /// leader and every replica is ready (bounded: 30 s). Certificates:
     /// `node-ID` per replica, plus `edge` and `admin`.
     pub async fn start(bin: &Path, n: u64, extra: &[&str]) -> MembershipCluster {
-        Self::start_with(bin, n, extra, None).await
+        Self::start_with(bin, n, extra, None, &[]).await
+    }
+
+    /// [`Self::start`] with one replica per directory of `data`, each
+    /// keeping its Raft store there (e.g. a `diskfault::SmallDisk`).
+    pub async fn start_on(bin: &Path, extra: &[&str], data: &[&Path]) -> MembershipCluster {
+        Self::start_with(bin, data.len() as u64, extra, None, data).await
     }
 
     /// [`Self::start`] with each replica in its own group of `faults`,
@@ -121,7 +134,7 @@ impl MembershipCluster {
         extra: &[&str],
         faults: &NetFaults,
     ) -> MembershipCluster {
-        Self::start_with(bin, n, extra, Some(faults.clone())).await
+        Self::start_with(bin, n, extra, Some(faults.clone()), &[]).await
     }
 
     async fn start_with(
@@ -129,6 +142,7 @@ impl MembershipCluster {
         n: u64,
         extra: &[&str],
         faults: Option<NetFaults>,
+        data: &[&Path],
     ) -> MembershipCluster {
         let dir = std::env::temp_dir().join(format!(
             "groupcast-membership-{}-{}",
@@ -153,7 +167,10 @@ impl MembershipCluster {
         flags.extend(extra.iter().map(|s| s.to_string()));
         let nodes = addrs
             .into_iter()
-            .map(|(id, addr)| node(bin, &dir, id, addr, &flags))
+            .map(|(id, addr)| {
+                let d = data.get(id as usize - 1).copied();
+                node(bin, &dir, id, addr, &flags, d)
+            })
             .collect();
         let mut cluster = MembershipCluster {
             bin: bin.to_path_buf(),
@@ -175,7 +192,8 @@ impl MembershipCluster {
     /// answers `/healthz`, not `/readyz` (it has no leader yet).
     pub async fn start_extra(&mut self, id: u64) -> usize {
         let addr = format!("127.0.0.1:{}", free_udp());
-        self.nodes.push(node(&self.bin, &self.dir, id, addr, &[]));
+        self.nodes
+            .push(node(&self.bin, &self.dir, id, addr, &[], None));
         let i = self.nodes.len() - 1;
         let http = self.nodes[i].http;
         self.spawn(i);
@@ -304,24 +322,40 @@ impl MembershipCluster {
         self.spawn(i);
     }
 
-    /// Whether replica `i`'s process is still running (it may have exited
-    /// by itself, e.g. refusing its data).
-    pub fn is_running(&mut self, i: usize) -> bool {
-        self.nodes[i]
-            .process
-            .as_mut()
-            .is_some_and(|p| p.try_wait().is_none())
-    }
-
-    /// Replica `i`'s log (every start of it).
-    pub fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.nodes[i].log_file).unwrap_or_default()
-    }
-
     /// Starts replica `i` again on the same ports and data.
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].process.is_none(), "kill it first");
         self.spawn(i);
+    }
+
+    /// Waits (polling, bounded by `within`) for replica `i` to exit by
+    /// itself; its exit status (the replica is then not running), or None
+    /// when it still runs.
+    pub async fn wait_exit(
+        &mut self,
+        i: usize,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let status = self.nodes[i]
+            .process
+            .as_mut()
+            .expect("running")
+            .wait_exit(within)
+            .await;
+        if status.is_some() {
+            self.nodes[i].process = None;
+        }
+        status
+    }
+
+    /// Whether replica `i` runs (started and not seen to exit).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].process.is_some()
+    }
+
+    /// Replica `i`'s output, every start of it.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log_file).unwrap_or_default()
     }
 
     /// SIGSTOP (`stop = true`) or SIGCONT replica `i`.

@@ -120,6 +120,35 @@ impl NatsServer {
         s
     }
 
+    /// A single server with JetStream whose file store may hold at most
+    /// `max_file_store` bytes (`jetstream { max_file_store }`): once its
+    /// streams hold that much, JetStream refuses to store more.
+    pub async fn start_with_store_limit(max_file_store: u64) -> NatsServer {
+        let mut s = NatsServer::new("n1", &[], None);
+        let file = s.dir.join("store-limit.conf");
+        std::fs::write(
+            &file,
+            format!("jetstream {{\n  max_file_store: {max_file_store}\n}}\n"),
+        )
+        .expect("write store-limit.conf");
+        s.args.push("-c".into());
+        s.args.push(file.display().to_string());
+        s.spawn();
+        s.wait_ready(true).await;
+        s
+    }
+
+    /// A single server with JetStream keeping its store in `store` (e.g.
+    /// a `diskfault::SmallDisk`) instead of its own temp dir.
+    pub async fn start_with_store_in(store: &Path) -> NatsServer {
+        let mut s = NatsServer::new("n1", &[], None);
+        let at = s.args.iter().position(|a| a == "-sd").expect("-sd") + 1;
+        s.args[at] = store.join("jetstream").display().to_string();
+        s.spawn();
+        s.wait_ready(true).await;
+        s
+    }
+
     /// A single server *without* JetStream (what an edge meets while a
     /// NATS cluster is still forming JetStream), started and ready.
     pub async fn start_without_jetstream() -> NatsServer {

@@ -88,11 +88,11 @@ fn remove_orphans() {
 const ISOLATED_WITHIN: Duration = Duration::from_secs(240);
 
 /// Runs the calling test again in a private network namespace (loopback
-/// up, nothing else) and returns false once that run passed; returns true
+/// up, nothing else) and mount namespace, and returns false once that run passed; returns true
 /// in that run, where the test goes on. `test` is the test's name as
 /// `cargo test`/nextest address it (`--exact`).
 ///
-/// The child is the test binary itself under `unshare --net`; it is killed
+/// The child is the test binary itself under `unshare --net --mount`; it is killed
 /// (by its PID) if it outlives 240 s. The parent fails when the child
 /// failed, or when a cgroup of the test is left behind.
 pub fn isolated(test: &str) -> bool {
@@ -110,6 +110,11 @@ pub fn isolated(test: &str) -> bool {
     let mut child = Command::new("unshare")
         .args([
             "--net",
+            // A mount namespace too (mounts private to it): a test's small
+            // disks (`diskfault::SmallDisk`) go away with it.
+            "--mount",
+            "--propagation",
+            "private",
             "--",
             "sh",
             "-c",

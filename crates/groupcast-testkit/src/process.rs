@@ -75,11 +75,6 @@ impl Process {
         }
     }
 
-    /// The exit status, once the child has exited by itself.
-    pub(crate) fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }

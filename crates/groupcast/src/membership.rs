@@ -247,6 +247,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         bail!("--peers must include this replica (id {id})");
     }
     let name = a.cert_name.unwrap_or_else(|| format!("node-{id}"));
+    let data = a.data.clone();
     let mut cfg = ServerConfig::new(
         id,
         listen,
@@ -278,10 +279,24 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         http = ?server.http_addr(),
         "membership replica started"
     );
-    crate::wait_for_signal().await;
-    tracing::info!("membership replica stopping");
-    server.shutdown().await;
-    Ok(())
+    tokio::select! {
+        _ = crate::wait_for_signal() => {
+            tracing::info!("membership replica stopping");
+            server.shutdown().await;
+            Ok(())
+        }
+        reason = server.raft_stopped() => {
+            // A store the disk refused (e.g. full): exit for the supervisor
+            // to restart the replica from its log once it can write again.
+            tracing::error!(%reason, "membership: Raft stopped; exiting");
+            server.shutdown().await;
+            bail!(
+                "Raft stopped: {reason} (is the disk of {} full? the log on it is intact; \
+                 start the replica again once it can write)",
+                data.display()
+            )
+        }
+    }
 }
 
 async fn admin(action: MembershipAction) -> anyhow::Result<()> {

@@ -325,6 +325,13 @@ impl Inner {
                 Err(e) => e,
             };
             tracing::debug!(channel, error = %e, "JetStream publish failed");
+            if matches!(e.kind(), PublishErrorKind::Other) {
+                // JetStream answered and refused to store it: e.g. its
+                // store is full ("insufficient resources", 10023). Such a
+                // refusal lasts until an operator acts: say so, at most
+                // once per `REFUSED_LOG_EVERY` (every one is counted).
+                refused_warning(&channel, &e);
+            }
             if !matches!(e.kind(), PublishErrorKind::StreamNotFound) {
                 if no_responders {
                     self.forget_stream(ns);
@@ -430,4 +437,25 @@ impl Inner {
             .map_err(|e| BrokerError::Unavailable(format!("JetStream purge: {e}")))?;
         Ok(())
     }
+}
+
+/// How often at most [`refused_warning`] logs.
+const REFUSED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs (as a warning, at most once per [`REFUSED_LOG_EVERY`] per process)
+/// that JetStream refused to store a publication, with its reason; the
+/// caller answers 108 and `groupcast_nats_publish_errors_total` counts it.
+fn refused_warning(channel: &str, e: &PublishError) {
+    static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    let now = std::time::Instant::now();
+    let mut last = LAST.lock();
+    if last.is_some_and(|t| now.duration_since(t) < REFUSED_LOG_EVERY) {
+        return;
+    }
+    *last = Some(now);
+    tracing::warn!(
+        channel,
+        error = %e,
+        "JetStream refused to store a publication (e.g. its store is full); answered 108"
+    );
 }
