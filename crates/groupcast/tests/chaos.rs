@@ -30,23 +30,20 @@
 //!
 //! The tests run one at a time (`.config/nextest.toml`); each is bounded.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{percentiles, Cluster, Publisher, WAIT};
 use groupcast_edge::auth::{mint_hs256, now_unix};
-use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
-use groupcast_testkit::membership::MembershipCluster;
-use groupcast_testkit::nats::NatsCluster;
 use groupcast_testkit::nginx::Nginx;
-use groupcast_testkit::{try_http_request, Client, ClientError, API_KEY, SECRET};
+use groupcast_testkit::{Client, ClientError, SECRET};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
 const CLIENTS: usize = 300;
 const CHANNELS: usize = 10;
 /// One API publish every 10 ms, round robin over the channels: 100/s in
@@ -54,8 +51,6 @@ const CHANNELS: usize = 10;
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// What the issue promises for presence after a fault.
 const PRESENCE_WITHIN: Duration = Duration::from_secs(6);
-/// Bound for everything else we wait for (reconnects, catching up).
-const WAIT: Duration = Duration::from_secs(30);
 
 fn channel(i: usize) -> String {
     format!("chaos{}", i % CHANNELS)
@@ -361,178 +356,13 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// Numbered publications through nginx's API at a steady rate, each
-/// retried with its idempotency key until it is accepted.
-struct Publisher {
-    acked: Arc<Vec<AtomicU64>>,
-    stats: Arc<Mutex<PublishStats>>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+/// What chaos asks of the cluster beyond the common part: presence.
+trait Presence {
+    async fn presence(&self) -> Option<BTreeMap<String, BTreeSet<String>>>;
+    async fn presence_converged(&self, clients: &Clients, fault: Instant, after: &str) -> Duration;
 }
 
-#[derive(Default, Debug)]
-struct PublishStats {
-    accepted: u64,
-    /// Failed attempts (later retried), by HTTP status or API error code.
-    failed: BTreeMap<String, u64>,
-    /// How long each failed attempt took to fail, in ms.
-    failed_after_ms: Vec<u128>,
-    /// Longest time from the first attempt to acceptance.
-    max_latency: Duration,
-}
-
-impl Publisher {
-    /// Gives up on a publication (the test fails) after `patience` of
-    /// failed attempts: [`WAIT`], or an outage the test makes on purpose.
-    fn start_with_patience(lb: SocketAddr, patience: Duration) -> Publisher {
-        let acked: Arc<Vec<AtomicU64>> =
-            Arc::new((0..CHANNELS).map(|_| AtomicU64::new(0)).collect());
-        let stats: Arc<Mutex<PublishStats>> = Arc::default();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let (acked, stats, stop) = (acked.clone(), stats.clone(), stop.clone());
-            async move {
-                let mut tick = tokio::time::interval(PUBLISH_EVERY);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                for k in 0.. {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    let ch = k % CHANNELS;
-                    let n = acked[ch].load(Ordering::SeqCst) + 1;
-                    let body = json!({
-                        "channel": channel(ch),
-                        "data": { "n": n },
-                        "idempotency_key": format!("p{n}"),
-                    })
-                    .to_string();
-                    let started = Instant::now();
-                    loop {
-                        let attempt = Instant::now();
-                        let answer = tokio::time::timeout(
-                            Duration::from_secs(15),
-                            try_http_request(
-                                lb,
-                                "POST",
-                                "/api/publish",
-                                &format!("X-API-Key: {API_KEY}\r\n"),
-                                body.as_bytes(),
-                            ),
-                        )
-                        .await;
-                        let failure = match answer {
-                            Ok(Ok((200, b))) => {
-                                let v: Value = serde_json::from_slice(&b).unwrap_or_default();
-                                match v.get("error") {
-                                    None => break,
-                                    Some(e) => format!("error {} {}", e["code"], e["message"]),
-                                }
-                            }
-                            Ok(Ok((status, _))) => format!("HTTP {status}"),
-                            Ok(Err(e)) => format!("I/O {}", e.kind()),
-                            Err(_) => "no answer in 15 s".into(),
-                        };
-                        {
-                            let mut s = stats.lock().unwrap();
-                            *s.failed.entry(failure).or_default() += 1;
-                            s.failed_after_ms.push(attempt.elapsed().as_millis());
-                        }
-                        assert!(
-                            started.elapsed() < patience,
-                            "publish {n} to {} not accepted within {WAIT:?}: {:?}",
-                            channel(ch),
-                            stats.lock().unwrap()
-                        );
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    acked[ch].store(n, Ordering::SeqCst);
-                    let mut s = stats.lock().unwrap();
-                    s.accepted += 1;
-                    s.max_latency = s.max_latency.max(started.elapsed());
-                }
-            }
-        });
-        Publisher {
-            acked,
-            stats,
-            stop,
-            task,
-        }
-    }
-
-    /// Stops publishing; panics if the publisher gave up.
-    async fn stop(self) -> (Arc<Vec<AtomicU64>>, PublishStats) {
-        self.stop.cancel();
-        self.task.await.expect("publisher");
-        let stats = std::mem::take(&mut *self.stats.lock().unwrap());
-        (self.acked, stats)
-    }
-}
-
-/// The whole cluster behind nginx.
-struct Cluster {
-    nats: NatsCluster,
-    membership: MembershipCluster,
-    edges: Vec<EdgeProcess>,
-    lb: Nginx,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        Cluster::start_with(|urls, _| urls.to_vec()).await
-    }
-
-    /// The cluster with edge `i` on the NATS servers `urls_of(all, i)`.
-    async fn start_with(urls_of: fn(&[String], usize) -> Vec<String>) -> Cluster {
-        // NATS with the local cluster's users and permissions
-        // (deploy/local/nats-auth.conf.tmpl); the edges connect as `edge`.
-        let (nats, membership) = tokio::join!(
-            NatsCluster::start_with_permissions(),
-            MembershipCluster::start(Path::new(BIN), 3, &[])
-        );
-        let urls = nats.urls();
-        let config = format!("{EDGE_CONFIG}{}", membership.edge_section());
-        let credentials = nats.users().expect("with permissions").edge_env();
-        let mut env: Vec<(&str, &str)> =
-            credentials.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        env.extend([
-            ("GROUPCAST_CLIENT__COMMAND_RATE", "0"),
-            ("GROUPCAST_CHANNEL__HISTORY_REPLICAS", "3"),
-        ]);
-        let bin = Path::new(BIN);
-        let (urls_a, urls_b, urls_c) = (urls_of(&urls, 0), urls_of(&urls, 1), urls_of(&urls, 2));
-        let (a, b, c) = tokio::join!(
-            EdgeProcess::start(bin, "edge-a", &urls_a, &config, &env),
-            EdgeProcess::start(bin, "edge-b", &urls_b, &config, &env),
-            EdgeProcess::start(bin, "edge-c", &urls_c, &config, &env),
-        );
-        let edges = vec![a, b, c];
-        let addrs: Vec<SocketAddr> = edges.iter().map(|e| e.addr).collect();
-        let lb = Nginx::start(&addrs).await;
-        Cluster {
-            nats,
-            membership,
-            edges,
-            lb,
-        }
-    }
-
-    /// API call through nginx; None on any failure (an error reply too).
-    async fn api(&self, method: &str, body: Value) -> Option<Value> {
-        let (status, b) = try_http_request(
-            self.lb.addr,
-            "POST",
-            &format!("/api/{method}"),
-            &format!("X-API-Key: {API_KEY}\r\n"),
-            body.to_string().as_bytes(),
-        )
-        .await
-        .ok()?;
-        let v: Value = serde_json::from_slice(&b).ok()?;
-        (status == 200 && v.get("error").is_none()).then_some(v)
-    }
-
+impl Presence for Cluster {
     /// Cluster-wide presence of every channel (through nginx), or None
     /// while any call fails.
     async fn presence(&self) -> Option<BTreeMap<String, BTreeSet<String>>> {
@@ -583,51 +413,7 @@ impl Cluster {
         }
         panic!("presence never matched the live clients within {WAIT:?}: {last_diff}");
     }
-
-    /// Asserts no running edge ever lost its membership lease, that
-    /// `info` lists exactly the running edges, and that NATS never refused
-    /// an edge anything (its permissions cover all an edge does).
-    async fn assert_leases_kept(&self, running: &[usize]) {
-        for &i in running {
-            let log = self.edges[i].log();
-            assert!(
-                !log.contains("lease lost"),
-                "edge {} lost its lease:\n{log}",
-                self.edges[i].name
-            );
-        }
-        for s in &self.nats.servers {
-            let log = s.log();
-            let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
-            assert!(refused.is_empty(), "NATS {} refused: {refused:#?}", s.name);
-        }
-        let want: BTreeSet<String> = running
-            .iter()
-            .map(|&i| self.edges[i].name.clone())
-            .collect();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let names: BTreeSet<String> = match self.api("info", json!({})).await {
-                Some(v) => v["result"]["nodes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|n| n["name"].as_str().map(str::to_string))
-                    .collect(),
-                None => BTreeSet::new(),
-            };
-            if names == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "info lists {names:?}, running {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
-
 /// The server leading the default namespace's history stream, as `server`
 /// sees it (None while there is none or it does not answer).
 async fn stream_leader(server: &groupcast_testkit::nats::NatsServer) -> Option<String> {
@@ -642,22 +428,6 @@ async fn stream_leader(server: &groupcast_testkit::nats::NatsServer) -> Option<S
         .map(str::to_string)
 }
 
-/// p50, p99 and max of `d`, in milliseconds.
-fn percentiles(mut d: Vec<Duration>) -> String {
-    if d.is_empty() {
-        return "none".into();
-    }
-    d.sort();
-    let at = |q: f64| d[((d.len() as f64 * q).ceil() as usize).clamp(1, d.len()) - 1].as_millis();
-    format!(
-        "{} reconnects: p50 {} ms, p99 {} ms, max {} ms",
-        d.len(),
-        at(0.50),
-        at(0.99),
-        at(1.0)
-    )
-}
-
 /// Starts the cluster, the clients and the publisher, and checks the
 /// starting point: everyone caught up, presence exact.
 async fn setup() -> (Cluster, Clients, Publisher) {
@@ -670,7 +440,12 @@ async fn setup_with(cluster: Cluster) -> (Cluster, Clients, Publisher) {
 
 async fn setup_patient(cluster: Cluster, patience: Duration) -> (Cluster, Clients, Publisher) {
     let clients = Clients::start(&cluster.lb).await;
-    let publisher = Publisher::start_with_patience(cluster.lb.addr, patience);
+    let publisher = Publisher::start(
+        cluster.lb.addr,
+        (0..CHANNELS).map(channel).collect(),
+        PUBLISH_EVERY,
+        patience,
+    );
     // A steady state before the fault.
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster
