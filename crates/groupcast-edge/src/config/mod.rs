@@ -437,6 +437,9 @@ impl Config {
         if !(256..=1 << 20).contains(&c.read_buffer_size) {
             return Err("client.read_buffer_size: must be between 256 and 1048576".into());
         }
+        if !(1..=65_535).contains(&c.listen_backlog) {
+            return Err("client.listen_backlog: must be 1 to 65535".into());
+        }
         if c.max_connections == 0 {
             return Err("client.max_connections: must be above 0".into());
         }

@@ -248,6 +248,11 @@ fn errors_name_the_key() {
     assert!(e.contains("channel: join_leave_coalesce_from"), "{e}");
     let e = refused("[shutdown]\ndelay = \"10m\"\n");
     assert!(e.contains("shutdown.delay: must be at most 5m"), "{e}");
+    let e = refused("[client]\nlisten_backlog = 0\n");
+    assert!(
+        e.contains("client.listen_backlog: must be 1 to 65535"),
+        "{e}"
+    );
     let e = refused("[shutdown]\ngrace_period = \"10s\"\ndrain_window = \"10s\"\n");
     assert!(
         e.contains("shutdown.drain_window: must be below shutdown.grace_period"),

@@ -243,10 +243,24 @@ impl Cluster {
     /// `info` lists exactly the running edges, and that NATS never refused
     /// an edge anything (its permissions cover all an edge does).
     pub async fn assert_leases_kept(&self, running: &[usize]) {
+        self.assert_leases_kept_since(running, &[0; 3]).await
+    }
+
+    /// How many times each edge's log says it lost its lease.
+    pub fn leases_lost(&self) -> Vec<usize> {
+        self.edges
+            .iter()
+            .map(|e| e.log().matches("lease lost").count())
+            .collect()
+    }
+
+    /// [`Self::assert_leases_kept`], counting only the leases lost since
+    /// `before` ([`Self::leases_lost`] at the fault).
+    pub async fn assert_leases_kept_since(&self, running: &[usize], before: &[usize]) {
         for &i in running {
             let log = self.edges[i].log();
             assert!(
-                !log.contains("lease lost"),
+                log.matches("lease lost").count() <= before[i],
                 "edge {} lost its lease:\n{log}",
                 self.edges[i].name
             );
