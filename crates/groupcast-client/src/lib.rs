@@ -102,6 +102,43 @@ pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Ws
     Ok(ws)
 }
 
+/// Open a WebSocket to `url` (`ws://host:port/path`, no TLS) from the local
+/// address `local` (port chosen by the system): many clients on one machine
+/// spread over 127.0.0.x so they do not run out of ephemeral ports.
+pub async fn open_from(url: &str, local: std::net::IpAddr) -> Result<Ws, ClientError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let req = url.into_client_request()?;
+    let host = req
+        .uri()
+        .host()
+        .ok_or_else(|| ClientError::Request(format!("no host in {url}")))?;
+    let port = req.uri().port_u16().unwrap_or(80);
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| ClientError::Request(format!("{host}: {e}")))?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| ClientError::Request(format!("{host}: no address like {local}")))?;
+    let socket = match local {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+    socket
+        .bind((local, 0).into())
+        .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+    let stream = socket
+        .connect(addr)
+        .await
+        .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        req,
+        MaybeTlsStream::Plain(stream),
+        Some(ws_config()),
+    )
+    .await?;
+    Ok(ws)
+}
+
 impl Client {
     /// Open the socket; no `connect` command is sent yet.
     pub async fn open(url: &str) -> Result<Client, ClientError> {
@@ -126,6 +163,24 @@ impl Client {
     /// Open the socket and `connect` with `token` (may be empty).
     pub async fn connect(url: &str, token: &str) -> Result<(Client, Value), ClientError> {
         let mut c = Client::open(url).await?;
+        let reply = c.command("connect", json!({ "token": token })).await?;
+        Ok((c, reply))
+    }
+
+    /// [`Client::connect`] from the local address `local` (see [`open_from`]).
+    pub async fn connect_from(
+        url: &str,
+        token: &str,
+        local: std::net::IpAddr,
+    ) -> Result<(Client, Value), ClientError> {
+        let mut c = Client {
+            ws: open_from(url, local).await?,
+            next_id: 0,
+            queue: VecDeque::new(),
+            pending: VecDeque::new(),
+            auto_pong: true,
+            closed: None,
+        };
         let reply = c.command("connect", json!({ "token": token })).await?;
         Ok((c, reply))
     }

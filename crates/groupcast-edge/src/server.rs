@@ -48,7 +48,8 @@ use crate::{relay, session};
 /// ones meanwhile). Then the drain, all within `shutdown.grace_period`: the
 /// listener stops accepting; open connections are told "shutdown"
 /// (3001, reconnect) in batches of `shutdown.drain_batch_size` every
-/// `shutdown.drain_batch_interval`, each after its queued output is written;
+/// `shutdown.drain_batch_interval` (or, with `shutdown.drain_window`, in batches
+/// sized to spread them over the window), each after its queued output is written;
 /// then their tasks are awaited. What is still open at the deadline is
 /// closed without waiting. Returns when done.
 pub async fn run(
@@ -112,13 +113,22 @@ async fn drain(state: &EdgeState) {
     // Connections not yet told to go (0 when not draining).
     let left = metrics::gauge!("groupcast_drain_connections_left");
     left.set(conns.len() as f64);
-    for (i, batch) in conns.chunks(cfg.drain_batch_size).enumerate() {
+    let batches = cfg.drain_batches(conns.len());
+    tracing::info!(
+        batches = batches.len(),
+        interval_ms = cfg.drain_batch_interval.as_millis() as u64,
+        "drain batches"
+    );
+    let mut rest = &conns[..];
+    for (i, size) in batches.into_iter().enumerate() {
         if i > 0 {
             tokio::time::sleep_until(
                 deadline.min(tokio::time::Instant::now() + cfg.drain_batch_interval),
             )
             .await;
         }
+        let (batch, after) = rest.split_at(size.min(rest.len()));
+        rest = after;
         for conn in batch {
             conn.drain(DisconnectCode::SHUTDOWN);
         }

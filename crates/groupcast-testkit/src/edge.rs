@@ -173,6 +173,11 @@ impl EdgeProcess {
         self.process.log()
     }
 
+    /// The edge's process id (e.g. to sample `/proc/PID/stat`).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// SIGSTOP (`stop = true`) or SIGCONT the edge.
     pub fn pause(&self, stop: bool) {
         self.process.signal(if stop { "STOP" } else { "CONT" });

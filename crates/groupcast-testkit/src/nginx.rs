@@ -25,17 +25,30 @@ impl Nginx {
     /// Start nginx on a free loopback port in front of `edges` (exactly
     /// three, the template's upstream) and wait until it accepts (30 s).
     pub async fn start(edges: &[SocketAddr]) -> Nginx {
-        Self::start_with(edges, false).await
+        Self::start_with(edges, false, None).await
+    }
+
+    /// [`Nginx::start`] holding up to `connections` connections (the template's
+    /// `worker_connections` is 4096: a proxied WebSocket takes two, one to the client and
+    /// one to the edge), with the open-file limit raised to match. One nginx process is
+    /// under the process's open-file hard limit: a test with more clients than one can
+    /// hold starts several, as a deployment runs several load balancers.
+    pub async fn start_sized(edges: &[SocketAddr], connections: usize) -> Nginx {
+        Self::start_with(edges, false, Some(connections)).await
     }
 
     /// [`Nginx::start`] with plain round-robin instead of the template's `least_conn`:
     /// consecutive requests of one client go to different edges (what "no sticky sessions"
     /// must survive).
     pub async fn start_round_robin(edges: &[SocketAddr]) -> Nginx {
-        Self::start_with(edges, true).await
+        Self::start_with(edges, true, None).await
     }
 
-    async fn start_with(edges: &[SocketAddr], round_robin: bool) -> Nginx {
+    async fn start_with(
+        edges: &[SocketAddr],
+        round_robin: bool,
+        connections: Option<usize>,
+    ) -> Nginx {
         assert_eq!(edges.len(), 3, "the local cluster's nginx has three edges");
         let port = crate::process::free_tcp_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -62,6 +75,20 @@ impl Nginx {
             );
             conf = conf.replace("least_conn;", "");
         }
+        if let Some(n) = connections {
+            assert!(
+                conf.contains("worker_connections 4096;"),
+                "nginx.conf.tmpl holds 4096 connections"
+            );
+            conf = conf.replace(
+                "worker_connections 4096;",
+                &format!("worker_connections {n};"),
+            );
+            conf = conf.replace(
+                "events {",
+                &format!("worker_rlimit_nofile {};\nevents {{", n + 100),
+            );
+        }
         let conf_file = dir.join("nginx.conf");
         std::fs::write(&conf_file, conf).expect("write nginx.conf");
         let mut cmd = Command::new(crate::debian_binary("nginx", "nginx"));
@@ -76,6 +103,11 @@ impl Nginx {
             .wait_ready(|| async move { TcpStream::connect(addr).is_ok() })
             .await;
         Nginx { addr, dir, process }
+    }
+
+    /// nginx's error log so far (e.g. to look for "Too many open files").
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
     }
 
     /// The Centrifugo-protocol WebSocket URL through nginx.

@@ -241,8 +241,7 @@ fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = listen(config.listen, config.client.listen_backlog)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let shutdown = CancellationToken::new();
         let backbone = backbone::build(&config, shutdown.clone())
@@ -287,8 +286,7 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = listen(config.listen, config.client.listen_backlog)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -361,4 +359,17 @@ pub(crate) async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// A listening socket on `addr` whose queue of not yet accepted connections holds `backlog`
+/// (`client.listen_backlog`; the kernel caps it at `net.core.somaxconn`).
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's bind: a restarted edge can take its port back from TIME_WAIT connections.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

@@ -24,6 +24,9 @@
 //!   `groupcast_testkit::slowlink`, and iptables in a network namespace of
 //!   the test's own, `groupcast_testkit::netfault`; needs root, as CI runs
 //!   it); it prints the publish and delivery p50/p99 during the minute.
+//! * (h) a rolling upgrade under load from the previous release
+//!   (`scripts/previous-release.sh`): the replicas one at a time, then the
+//!   edges; clients see only the drain's 3001.
 //!
 //! and then asserts what a user relies on: every client holds every
 //! publication of its channel exactly once and in order (clients reconnect
@@ -36,26 +39,24 @@
 //!
 //! The tests run one at a time (`.config/nextest.toml`); each is bounded.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{now_millis, percentiles, Cluster, Options, Publisher, BIN, WAIT};
 use groupcast_edge::auth::{mint_hs256, now_unix};
-use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
-use groupcast_testkit::membership::MembershipCluster;
-use groupcast_testkit::nats::NatsCluster;
 use groupcast_testkit::netfault::{self, NetFaults};
 use groupcast_testkit::nginx::Nginx;
 use groupcast_testkit::release;
 use groupcast_testkit::slowlink::SlowLinks;
-use groupcast_testkit::{try_http_request, Client, ClientError, API_KEY, SECRET};
+use groupcast_testkit::{Client, ClientError, SECRET};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_groupcast");
 const CLIENTS: usize = 300;
 const CHANNELS: usize = 10;
 /// One API publish every 10 ms, round robin over the channels: 100/s in
@@ -63,8 +64,6 @@ const CHANNELS: usize = 10;
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// What the issue promises for presence after a fault.
 const PRESENCE_WITHIN: Duration = Duration::from_secs(6);
-/// Bound for everything else we wait for (reconnects, catching up).
-const WAIT: Duration = Duration::from_secs(30);
 
 fn channel(i: usize) -> String {
     format!("chaos{}", i % CHANNELS)
@@ -373,230 +372,14 @@ async fn run_client(shared: Arc<Shared>, i: usize, url: String) {
     }
 }
 
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// What chaos asks of the cluster beyond the common part: presence.
+trait Presence {
+    async fn presence(&self) -> Option<BTreeMap<String, BTreeSet<String>>>;
+    async fn presence_exact(&self, clients: &Clients, fault: Instant) -> Duration;
+    async fn presence_converged(&self, clients: &Clients, fault: Instant, after: &str) -> Duration;
 }
 
-/// Numbered publications through nginx's API at a steady rate, each
-/// retried with its idempotency key until it is accepted.
-struct Publisher {
-    acked: Arc<Vec<AtomicU64>>,
-    stats: Arc<Mutex<PublishStats>>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-#[derive(Default, Debug)]
-struct PublishStats {
-    accepted: u64,
-    /// Failed attempts (later retried), by HTTP status or API error code.
-    failed: BTreeMap<String, u64>,
-    /// How long each failed attempt took to fail, in ms.
-    failed_after_ms: Vec<u128>,
-    /// Longest time from the first attempt to acceptance.
-    max_latency: Duration,
-    /// Each accepted publication: when, and how long it took from its first
-    /// attempt.
-    accepted_at: Vec<(Instant, Duration)>,
-}
-
-impl Publisher {
-    /// Gives up on a publication (the test fails) after `patience` of
-    /// failed attempts: [`WAIT`], or an outage the test makes on purpose.
-    fn start_with_patience(lb: SocketAddr, patience: Duration) -> Publisher {
-        let acked: Arc<Vec<AtomicU64>> =
-            Arc::new((0..CHANNELS).map(|_| AtomicU64::new(0)).collect());
-        let stats: Arc<Mutex<PublishStats>> = Arc::default();
-        let stop = CancellationToken::new();
-        // One publisher per channel, each waiting for its publication's
-        // acknowledgement before the next (the channels' turns staggered):
-        // a slow backbone slows each channel, not all of them behind one.
-        let start = tokio::time::Instant::now();
-        let channels: Vec<_> = (0..CHANNELS)
-            .map(|ch| {
-                let (acked, stats, stop) = (acked.clone(), stats.clone(), stop.clone());
-                async move {
-                    let mut tick = tokio::time::interval_at(
-                        start + PUBLISH_EVERY * ch as u32,
-                        PUBLISH_EVERY * CHANNELS as u32,
-                    );
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tick.tick() => {}
-                        }
-                        let n = acked[ch].load(Ordering::SeqCst) + 1;
-                        let body = json!({
-                            "channel": channel(ch),
-                            "data": { "n": n, "t": now_millis() },
-                            "idempotency_key": format!("p{n}"),
-                        })
-                        .to_string();
-                        let started = Instant::now();
-                        loop {
-                            let attempt = Instant::now();
-                            let answer = tokio::time::timeout(
-                                Duration::from_secs(15),
-                                try_http_request(
-                                    lb,
-                                    "POST",
-                                    "/api/publish",
-                                    &format!("X-API-Key: {API_KEY}\r\n"),
-                                    body.as_bytes(),
-                                ),
-                            )
-                            .await;
-                            let failure = match answer {
-                                Ok(Ok((200, b))) => {
-                                    let v: Value = serde_json::from_slice(&b).unwrap_or_default();
-                                    match v.get("error") {
-                                        None => break,
-                                        Some(e) => format!("error {} {}", e["code"], e["message"]),
-                                    }
-                                }
-                                Ok(Ok((status, _))) => format!("HTTP {status}"),
-                                Ok(Err(e)) => format!("I/O {}", e.kind()),
-                                Err(_) => "no answer in 15 s".into(),
-                            };
-                            {
-                                let mut s = stats.lock().unwrap();
-                                *s.failed.entry(failure).or_default() += 1;
-                                s.failed_after_ms.push(attempt.elapsed().as_millis());
-                            }
-                            assert!(
-                                started.elapsed() < patience,
-                                "publish {n} to {} not accepted within {WAIT:?}: {:?}",
-                                channel(ch),
-                                stats.lock().unwrap()
-                            );
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        acked[ch].store(n, Ordering::SeqCst);
-                        let mut s = stats.lock().unwrap();
-                        s.accepted += 1;
-                        s.max_latency = s.max_latency.max(started.elapsed());
-                        s.accepted_at.push((Instant::now(), started.elapsed()));
-                    }
-                }
-            })
-            .collect();
-        let task = tokio::spawn(async move {
-            futures_util::future::join_all(channels).await;
-        });
-        Publisher {
-            acked,
-            stats,
-            stop,
-            task,
-        }
-    }
-
-    /// Stops publishing; panics if the publisher gave up.
-    async fn stop(self) -> (Arc<Vec<AtomicU64>>, PublishStats) {
-        self.stop.cancel();
-        self.task.await.expect("publisher");
-        let stats = std::mem::take(&mut *self.stats.lock().unwrap());
-        (self.acked, stats)
-    }
-}
-
-/// The whole cluster behind nginx.
-struct Cluster {
-    nats: NatsCluster,
-    membership: MembershipCluster,
-    edges: Vec<EdgeProcess>,
-    lb: Nginx,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        Cluster::start_with(|urls, _| urls.to_vec()).await
-    }
-
-    /// The cluster with edge `i` on the NATS servers `urls_of(all, i)`.
-    async fn start_with(urls_of: fn(&[String], usize) -> Vec<String>) -> Cluster {
-        Cluster::start_from(Path::new(BIN), urls_of).await
-    }
-
-    /// [`Self::start_with`], the replicas and edges running `bin`.
-    async fn start_from(bin: &Path, urls_of: fn(&[String], usize) -> Vec<String>) -> Cluster {
-        // NATS with the local cluster's users and permissions
-        // (deploy/local/nats-auth.conf.tmpl); the edges connect as `edge`.
-        let (nats, membership) = tokio::join!(
-            NatsCluster::start_with_permissions(),
-            MembershipCluster::start(bin, 3, &[])
-        );
-        let urls = nats.urls();
-        Cluster::assemble(bin, nats, membership, &urls, urls_of).await
-    }
-
-    /// The cluster with every NATS route and every edge's NATS connection
-    /// through a proxy of `links` (chaos (g)).
-    async fn start_slow(links: &SlowLinks) -> Cluster {
-        let (nats, membership) = tokio::join!(
-            NatsCluster::start_slow(links),
-            MembershipCluster::start(Path::new(BIN), 3, &[])
-        );
-        let urls = nats.slow_urls();
-        Cluster::assemble(Path::new(BIN), nats, membership, &urls, |urls, _| {
-            urls.to_vec()
-        })
-        .await
-    }
-
-    /// Edges running `bin` on `nats` (edge `i` given `urls_of(urls, i)`),
-    /// and nginx.
-    async fn assemble(
-        bin: &Path,
-        nats: NatsCluster,
-        membership: MembershipCluster,
-        urls: &[String],
-        urls_of: fn(&[String], usize) -> Vec<String>,
-    ) -> Cluster {
-        let config = format!("{EDGE_CONFIG}{}", membership.edge_section());
-        let credentials = nats.users().expect("with permissions").edge_env();
-        let mut env: Vec<(&str, &str)> =
-            credentials.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        env.extend([
-            ("GROUPCAST_CLIENT__COMMAND_RATE", "0"),
-            ("GROUPCAST_CHANNEL__HISTORY_REPLICAS", "3"),
-        ]);
-        let (urls_a, urls_b, urls_c) = (urls_of(urls, 0), urls_of(urls, 1), urls_of(urls, 2));
-        let (a, b, c) = tokio::join!(
-            EdgeProcess::start(bin, "edge-a", &urls_a, &config, &env),
-            EdgeProcess::start(bin, "edge-b", &urls_b, &config, &env),
-            EdgeProcess::start(bin, "edge-c", &urls_c, &config, &env),
-        );
-        let edges = vec![a, b, c];
-        let addrs: Vec<SocketAddr> = edges.iter().map(|e| e.addr).collect();
-        let lb = Nginx::start(&addrs).await;
-        Cluster {
-            nats,
-            membership,
-            edges,
-            lb,
-        }
-    }
-
-    /// API call through nginx; None on any failure (an error reply too).
-    async fn api(&self, method: &str, body: Value) -> Option<Value> {
-        let (status, b) = try_http_request(
-            self.lb.addr,
-            "POST",
-            &format!("/api/{method}"),
-            &format!("X-API-Key: {API_KEY}\r\n"),
-            body.to_string().as_bytes(),
-        )
-        .await
-        .ok()?;
-        let v: Value = serde_json::from_slice(&b).ok()?;
-        (status == 200 && v.get("error").is_none()).then_some(v)
-    }
-
+impl Presence for Cluster {
     /// Cluster-wide presence of every channel (through nginx), or None
     /// while any call fails.
     async fn presence(&self) -> Option<BTreeMap<String, BTreeSet<String>>> {
@@ -665,51 +448,7 @@ impl Cluster {
         }
         panic!("presence never matched the live clients within {WAIT:?}: {last_diff}");
     }
-
-    /// Asserts no running edge ever lost its membership lease, that
-    /// `info` lists exactly the running edges, and that NATS never refused
-    /// an edge anything (its permissions cover all an edge does).
-    async fn assert_leases_kept(&self, running: &[usize]) {
-        for &i in running {
-            let log = self.edges[i].log();
-            assert!(
-                !log.contains("lease lost"),
-                "edge {} lost its lease:\n{log}",
-                self.edges[i].name
-            );
-        }
-        for s in &self.nats.servers {
-            let log = s.log();
-            let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
-            assert!(refused.is_empty(), "NATS {} refused: {refused:#?}", s.name);
-        }
-        let want: BTreeSet<String> = running
-            .iter()
-            .map(|&i| self.edges[i].name.clone())
-            .collect();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let names: BTreeSet<String> = match self.api("info", json!({})).await {
-                Some(v) => v["result"]["nodes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|n| n["name"].as_str().map(str::to_string))
-                    .collect(),
-                None => BTreeSet::new(),
-            };
-            if names == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "info lists {names:?}, running {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
-
 /// The server leading the default namespace's history stream, as `server`
 /// sees it (None while there is none or it does not answer).
 async fn stream_leader(server: &groupcast_testkit::nats::NatsServer) -> Option<String> {
@@ -724,22 +463,6 @@ async fn stream_leader(server: &groupcast_testkit::nats::NatsServer) -> Option<S
         .map(str::to_string)
 }
 
-/// p50, p99 and max of `d`, in milliseconds.
-fn percentiles(mut d: Vec<Duration>) -> String {
-    if d.is_empty() {
-        return "none".into();
-    }
-    d.sort();
-    let at = |q: f64| d[((d.len() as f64 * q).ceil() as usize).clamp(1, d.len()) - 1].as_millis();
-    format!(
-        "{} reconnects: p50 {} ms, p99 {} ms, max {} ms",
-        d.len(),
-        at(0.50),
-        at(0.99),
-        at(1.0)
-    )
-}
-
 /// Starts the cluster, the clients and the publisher, and checks the
 /// starting point: everyone caught up, presence exact.
 async fn setup() -> (Cluster, Clients, Publisher) {
@@ -752,7 +475,12 @@ async fn setup_with(cluster: Cluster) -> (Cluster, Clients, Publisher) {
 
 async fn setup_patient(cluster: Cluster, patience: Duration) -> (Cluster, Clients, Publisher) {
     let clients = Clients::start(&cluster.lb).await;
-    let publisher = Publisher::start_with_patience(cluster.lb.addr, patience);
+    let publisher = Publisher::start(
+        cluster.lb.addr,
+        (0..CHANNELS).map(channel).collect(),
+        PUBLISH_EVERY,
+        patience,
+    );
     // A steady state before the fault.
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster
@@ -1236,7 +964,11 @@ async fn chaos_h_rolling_upgrade_from_the_previous_release() {
         !old.is_empty() && old != new,
         "the previous release ({old}) and this tree ({new}) must differ"
     );
-    let cluster = Cluster::start_from(&previous, |urls, _| urls.to_vec()).await;
+    let cluster = Cluster::start_opts(Options {
+        bin: Some(previous.clone()),
+        ..Options::default()
+    })
+    .await;
     let (mut cluster, clients, publisher) = setup_with(cluster).await;
     let versions = edge_versions(&cluster).await;
     assert!(
@@ -1279,18 +1011,16 @@ async fn chaos_h_rolling_upgrade_from_the_previous_release() {
         );
         converged.push(took);
     }
-    let lost: Vec<usize> = cluster
-        .edges
-        .iter()
-        .map(|e| e.log().matches("lease lost").count())
-        .collect();
-    eprintln!("chaos (h): leases the {old} edges lost while the replicas were upgraded: {lost:?}");
+    eprintln!(
+        "chaos (h): leases the {old} edges lost while the replicas were upgraded: {:?}",
+        cluster.leases_lost()
+    );
     // From here on the edges' own logs (each from its restart) must show
     // no lost lease.
-    let mut log_from = vec![0; 3];
+    let mut log_from = [0; 3];
     // Then the edges, one at a time: drained (SIGTERM), started on the new
     // binary, its clients back on it or elsewhere.
-    for i in 0..3 {
+    for (i, from) in log_from.iter_mut().enumerate() {
         let fault = Instant::now();
         let name = cluster.edges[i].name.clone();
         assert!(
@@ -1298,7 +1028,7 @@ async fn chaos_h_rolling_upgrade_from_the_previous_release() {
             "edge {name} ({old}) did not drain and exit cleanly:\n{}",
             cluster.edges[i].log()
         );
-        log_from[i] = cluster.edges[i].log().len();
+        *from = cluster.edges[i].log().len();
         cluster.edges[i].restart_as(Path::new(BIN)).await;
         clients.wait_all_connected().await;
         let took = cluster

@@ -93,6 +93,11 @@ pub struct ClientConfig {
     /// Most open connections on this node (protocol and relay); beyond it
     /// upgrades answer HTTP 503 and clients retry (elsewhere, behind a LB).
     pub max_connections: usize,
+    /// Length of the listening socket's queue of connections the kernel has
+    /// completed but the edge has not accepted yet (the kernel caps it at
+    /// `net.core.somaxconn`). A reconnect storm (an edge's clients all coming
+    /// at once) waits there instead of having its SYNs dropped.
+    pub listen_backlog: u32,
     /// Most connections of one user on this node (0: unlimited); beyond it
     /// `connect` closes with 3504 "connection limit". Anonymous is exempt.
     pub max_connections_per_user: usize,
@@ -188,6 +193,7 @@ impl Default for ClientConfig {
             max_channels_per_connection: 128,
             expired_close_delay: Duration::from_secs(25),
             max_connections: 100_000,
+            listen_backlog: 4096,
             max_connections_per_user: 0,
             connection_rate_per_ip: 0.0,
             connection_burst_per_ip: 50.0,

@@ -243,6 +243,34 @@ pub struct ShutdownConfig {
     /// Pause between batches.
     #[serde(with = "humantime_serde")]
     pub drain_batch_interval: Duration,
+    /// Spread the drain over this window whatever the number of connections: the
+    /// connections are shared evenly among the batches (one every
+    /// `drain_batch_interval`) from the start to the end of the window, and
+    /// `drain_batch_size` is not used. 0 (the
+    /// default): batches of `drain_batch_size`. Must be below `grace_period`, with room
+    /// for the clients to leave.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+}
+
+impl ShutdownConfig {
+    /// The drain's batches for `n` open connections, one every `drain_batch_interval`:
+    /// their sizes, in order. Without a `drain_window`, batches of `drain_batch_size`;
+    /// with one, the `n` spread evenly over a batch at 0, one every interval, and one at
+    /// the window's end (some may be empty when `n` is small).
+    pub fn drain_batches(&self, n: usize) -> Vec<usize> {
+        if self.drain_window.is_zero() {
+            let size = self.drain_batch_size.max(1);
+            return (0..n.div_ceil(size))
+                .map(|i| size.min(n - i * size))
+                .collect();
+        }
+        let interval = self.drain_batch_interval.max(Duration::from_millis(1));
+        let batches = (self.drain_window.as_millis() / interval.as_millis()) as usize + 1;
+        (0..batches)
+            .map(|j| (j + 1) * n / batches - j * n / batches)
+            .collect()
+    }
 }
 
 impl Default for ShutdownConfig {
@@ -252,6 +280,7 @@ impl Default for ShutdownConfig {
             grace_period: Duration::from_secs(25),
             drain_batch_size: 1000,
             drain_batch_interval: Duration::from_millis(100),
+            drain_window: Duration::ZERO,
         }
     }
 }
@@ -408,6 +437,9 @@ impl Config {
         if !(256..=1 << 20).contains(&c.read_buffer_size) {
             return Err("client.read_buffer_size: must be between 256 and 1048576".into());
         }
+        if !(1..=65_535).contains(&c.listen_backlog) {
+            return Err("client.listen_backlog: must be 1 to 65535".into());
+        }
         if c.max_connections == 0 {
             return Err("client.max_connections: must be above 0".into());
         }
@@ -490,6 +522,9 @@ impl Config {
             return Err(
                 "shutdown.drain_batch_interval: must be below shutdown.grace_period".into(),
             );
+        }
+        if s.drain_window >= s.grace_period {
+            return Err("shutdown.drain_window: must be below shutdown.grace_period".into());
         }
         if self.relay.enabled && self.relay.default_channel.is_empty() {
             return Err("relay.default_channel: must not be empty".into());

@@ -248,6 +248,16 @@ fn errors_name_the_key() {
     assert!(e.contains("channel: join_leave_coalesce_from"), "{e}");
     let e = refused("[shutdown]\ndelay = \"10m\"\n");
     assert!(e.contains("shutdown.delay: must be at most 5m"), "{e}");
+    let e = refused("[client]\nlisten_backlog = 0\n");
+    assert!(
+        e.contains("client.listen_backlog: must be 1 to 65535"),
+        "{e}"
+    );
+    let e = refused("[shutdown]\ngrace_period = \"10s\"\ndrain_window = \"10s\"\n");
+    assert!(
+        e.contains("shutdown.drain_window: must be below shutdown.grace_period"),
+        "{e}"
+    );
     let e = Config::load(Config::dev(), Some(Path::new("/nonexistent.toml")), none()).unwrap_err();
     assert!(e.contains("does not exist"), "{e}");
 }
@@ -266,4 +276,26 @@ fn max_publishes_in_flight_is_bounded_and_named() {
     let f = write("[client]\nmax_publishes_in_flight = 1\n");
     let c = Config::load(Config::dev(), Some(&f.0), none()).unwrap();
     assert_eq!(c.client.max_publishes_in_flight, 1);
+}
+
+#[test]
+fn a_drain_window_spreads_the_batches_over_it() {
+    let mut s = ShutdownConfig::default();
+    // Without a window: batches of drain_batch_size, whatever the count.
+    assert_eq!(s.drain_batches(2500), vec![1000, 1000, 500]);
+    assert!(s.drain_batches(0).is_empty());
+    // 4 s every 100 ms: 41 batches (0 ms .. 4000 ms), the connections shared evenly.
+    s.drain_window = Duration::from_secs(4);
+    let b = s.drain_batches(4100);
+    assert_eq!((b.len(), b.iter().sum::<usize>()), (41, 4100));
+    assert!(b.iter().all(|&n| n == 100), "{b:?}");
+    let b = s.drain_batches(100);
+    assert_eq!((b.len(), b.iter().sum::<usize>()), (41, 100));
+    assert!(b.iter().all(|&n| n == 2 || n == 3), "{b:?}");
+    // Fewer connections than batches: one now and then, the last at the window's end.
+    let b = s.drain_batches(5);
+    assert_eq!(b.iter().sum::<usize>(), 5);
+    assert_eq!(b[40], 1, "{b:?}");
+    s.drain_batch_interval = Duration::from_secs(1);
+    assert_eq!(s.drain_batches(500), vec![100; 5]);
 }
