@@ -28,6 +28,11 @@
 //!   (`scripts/previous-release.sh`): the replicas one at a time, then the
 //!   edges; clients see only the drain's 3001.
 //!
+//! Two knobs show that (g) and (h) can fail: `CHAOS_G_DELAY_MS=1000` (a
+//! link slow enough that the edges lose NATS: clients are disconnected) and
+//! `CHAOS_H_KILL_EDGES=1` (edges replaced with `kill -9` instead of a
+//! drain: clients see closes a restart would not show).
+//!
 //! and then asserts what a user relies on: every client holds every
 //! publication of its channel exactly once and in order (clients reconnect
 //! through nginx and recover from JetStream, as the SDKs do); presence
@@ -873,7 +878,13 @@ async fn chaos_g_a_slow_lossy_backbone_for_a_minute() {
     let (cluster, clients, publisher) = setup_with(cluster).await;
     let marks = clients.reconnect_marks();
     let fault = Instant::now();
-    links.set_delay(SLOW_DELAY);
+    // CHAOS_G_DELAY_MS: another delay (1000: the NATS pings go unanswered,
+    // the edges reconnect and fence, and the test fails).
+    let delay = std::env::var("CHAOS_G_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(SLOW_DELAY, Duration::from_millis);
+    links.set_delay(delay);
     faults.lossy(&links.ports(), SLOW_LOSS);
     clients.shared.record.store(true, Ordering::Relaxed);
     tokio::time::sleep(SLOW_FOR).await;
@@ -903,7 +914,7 @@ async fn chaos_g_a_slow_lossy_backbone_for_a_minute() {
         "chaos (g): {} ms added each way and {} % loss on every edge's NATS link and every \
          route for {} s: {} publications acknowledged, publish p50 {} ms, p99 {} ms, max {} ms; \
          {} deliveries, delivery p50 {} ms, p99 {} ms, max {} ms",
-        SLOW_DELAY.as_millis(),
+        delay.as_millis(),
         SLOW_LOSS * 100.0,
         SLOW_FOR.as_secs(),
         publish.len(),
@@ -1023,11 +1034,17 @@ async fn chaos_h_rolling_upgrade_from_the_previous_release() {
     for (i, from) in log_from.iter_mut().enumerate() {
         let fault = Instant::now();
         let name = cluster.edges[i].name.clone();
-        assert!(
-            cluster.edges[i].terminate(WAIT).await,
-            "edge {name} ({old}) did not drain and exit cleanly:\n{}",
-            cluster.edges[i].log()
-        );
+        if std::env::var_os("CHAOS_H_KILL_EDGES").is_some() {
+            // Not the prescribed way (kill -9, no drain): the test fails on
+            // the clients' closes.
+            cluster.edges[i].kill();
+        } else {
+            assert!(
+                cluster.edges[i].terminate(WAIT).await,
+                "edge {name} ({old}) did not drain and exit cleanly:\n{}",
+                cluster.edges[i].log()
+            );
+        }
         *from = cluster.edges[i].log().len();
         cluster.edges[i].restart_as(Path::new(BIN)).await;
         clients.wait_all_connected().await;
