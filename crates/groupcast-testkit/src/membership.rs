@@ -3,7 +3,7 @@
 //! directories and free ports; kill -9, restart, SIGSTOP/SIGCONT by PID;
 //! every process killed on drop.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,10 +37,7 @@ pub struct MembershipCluster {
 }
 
 fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free udp port")
-        .port()
+    crate::process::free_udp_port()
 }
 
 /// GET `path`; None when nothing listens or no answer within 2 s (a

@@ -6,12 +6,55 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A loopback TCP port that was free a moment ago (the OS picks it).
+/// A loopback port that was free a moment ago, for TCP and UDP both,
+/// chosen at random *below* the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768-60999 here). A port the kernel
+/// picks (`bind` to port 0) is one of that range, which it also hands to
+/// outgoing connections: a connection made between the pick and the
+/// listener's `bind` could take it, and the server failed with "Address
+/// already in use" (a membership replica in CI, while the NATS servers
+/// beside it connected their routes). Below the range only another test's
+/// pick can collide, and a taken port is passed over.
 pub fn free_tcp_port() -> u16 {
+    let lowest_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if lowest_ephemeral > 12_000 {
+        let span = u64::from(lowest_ephemeral - 10_000);
+        for _ in 0..1_000 {
+            let port = 10_000 + (random() % span) as u16;
+            let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+            if free {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
         .port()
+}
+
+/// A loopback UDP port that was free a moment ago ([`free_tcp_port`]: free
+/// for both).
+pub fn free_udp_port() -> u16 {
+    free_tcp_port()
+}
+
+/// A random number (no generator dependency: the standard library's
+/// randomly seeded hasher).
+pub(crate) fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }
 
 /// How long a process may take to become ready.
