@@ -33,8 +33,12 @@ if [ -x "$out" ]; then
 fi
 
 if ! git -C "$root" cat-file -e "$commit^{commit}" 2>/dev/null; then
+  # A shallow clone: fetch just that commit from where this one came from.
+  git -C "$root" fetch --quiet --depth 1 origin "$commit" 2>/dev/null || true
+fi
+if ! git -C "$root" cat-file -e "$commit^{commit}" 2>/dev/null; then
   echo "previous-release.sh: release $version (commit $commit, tag v$version) is not in this" \
-       "clone's history: clone without --depth, or fetch it" >&2
+       "clone's history and could not be fetched from origin: clone without --depth" >&2
   exit 1
 fi
 
