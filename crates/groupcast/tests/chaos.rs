@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{now_millis, percentiles, Cluster, Options, Publisher, BIN, WAIT};
+use common::{next_publication, now_millis, percentiles, Cluster, Options, Publisher, BIN, WAIT};
 use groupcast_edge::auth::{mint_hs256, now_unix};
 use groupcast_testkit::netfault::{self, NetFaults};
 use groupcast_testkit::nginx::Nginx;
@@ -251,23 +251,13 @@ async fn run_client(shared: Arc<Shared>, i: usize, url: String) {
     let note = |e: String| state.lock().unwrap().errors.push(e);
     let failed = |why: String| state.lock().unwrap().failure = why;
     let check = |p: &Value, position: &mut Option<(u64, String)>| {
-        let n = p["data"]["n"].as_u64().unwrap_or(0);
         let mut s = state.lock().unwrap();
         if shared.record.load(Ordering::Relaxed) {
             let sent = p["data"]["t"].as_u64().unwrap_or(0);
             s.latencies.push(now_millis().saturating_sub(sent));
         }
-        let last = s.last;
-        if n == last + 1 {
-            s.last = n;
-        } else if n <= last {
-            s.errors.push(format!("duplicate {n} (after {last})"));
-        } else {
-            s.errors.push(format!("gap: {last} → {n}"));
-            s.last = n;
-        }
-        if let (Some(off), Some((o, _))) = (p["offset"].as_u64(), position.as_mut()) {
-            *o = off;
+        if let Err(e) = next_publication(p, &mut s.last, position) {
+            s.errors.push(e);
         }
     };
     while !shared.stop.is_cancelled() {

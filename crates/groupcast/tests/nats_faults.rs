@@ -25,6 +25,8 @@
 //! the edges run without the probe (`nats.quorum_lost_after = 0s`), and
 //! the test fails on the 10 s bound.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -32,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::next_publication;
 use groupcast_edge::auth::{mint_hs256, now_unix};
 use groupcast_testkit::edge::{EdgeProcess, EDGE_CONFIG};
 use groupcast_testkit::membership::MembershipCluster;
@@ -202,19 +205,9 @@ async fn run_client(
     let note = |e: String| state.lock().unwrap().errors.push(e);
     let failed = |why: String| state.lock().unwrap().failure = why;
     let check = |p: &Value, position: &mut Option<(u64, String)>| {
-        let n = p["data"]["n"].as_u64().unwrap_or(0);
         let mut s = state.lock().unwrap();
-        let last = s.last;
-        if n == last + 1 {
-            s.last = n;
-        } else if n <= last {
-            s.errors.push(format!("duplicate {n} (after {last})"));
-        } else {
-            s.errors.push(format!("gap: {last} → {n}"));
-            s.last = n;
-        }
-        if let (Some(off), Some((o, _))) = (p["offset"].as_u64(), position.as_mut()) {
-            *o = off;
+        if let Err(e) = next_publication(p, &mut s.last, position) {
+            s.errors.push(e);
         }
     };
     while !stop.is_cancelled() {

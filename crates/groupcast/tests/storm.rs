@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{percentiles, Cluster, Options, Publisher};
+use common::{next_publication, percentiles, Cluster, Options, Publisher};
 use groupcast_edge::auth::{mint_hs256, now_unix};
 use groupcast_testkit::nginx::Nginx;
 use groupcast_testkit::{Client, ClientError, SECRET};
@@ -213,21 +213,9 @@ async fn hold_one(holder: Arc<Holder>, k: usize, i: usize, url: String, local: I
             .or_default() += 1;
     };
     let check = |p: &Value, position: &mut Option<(u64, String)>| {
-        let n = p["data"]["n"].as_u64().unwrap_or(0);
-        let mut s = state.lock().unwrap();
-        let last = s.last;
-        if n == last + 1 {
-            s.last = n;
-        } else if n <= last {
-            drop(s);
-            holder.error(format!("client {i}: duplicate {n} (after {last})"));
-        } else {
-            s.last = n;
-            drop(s);
-            holder.error(format!("client {i}: gap {last} → {n}"));
-        }
-        if let (Some(off), Some((o, _))) = (p["offset"].as_u64(), position.as_mut()) {
-            *o = off;
+        let checked = next_publication(p, &mut state.lock().unwrap().last, position);
+        if let Err(e) = checked {
+            holder.error(format!("client {i}: {e}"));
         }
     };
     loop {

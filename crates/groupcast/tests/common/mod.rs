@@ -349,6 +349,32 @@ impl Cluster {
     }
 }
 
+/// One received publication (`pub`, with `data.n` and `offset`) checked
+/// against the last number its client holds: in order it becomes the last;
+/// a repeat or a jump is what the client reports (a jump moves `last` on, so
+/// one hole is reported once). The client's recovery position takes its
+/// offset either way.
+pub fn next_publication(
+    p: &Value,
+    last: &mut u64,
+    position: &mut Option<(u64, String)>,
+) -> Result<(), String> {
+    let n = p["data"]["n"].as_u64().unwrap_or(0);
+    if let (Some(off), Some((o, _))) = (p["offset"].as_u64(), position.as_mut()) {
+        *o = off;
+    }
+    let before = *last;
+    if n == before + 1 {
+        *last = n;
+        Ok(())
+    } else if n <= before {
+        Err(format!("duplicate {n} (after {before})"))
+    } else {
+        *last = n;
+        Err(format!("gap: {before} → {n}"))
+    }
+}
+
 /// p50, p99 and max of `d`, in milliseconds.
 pub fn percentiles(mut d: Vec<Duration>) -> String {
     if d.is_empty() {
