@@ -266,34 +266,38 @@ async fn a_poll_retried_with_the_same_t_gets_the_answer_its_first_attempt_lost()
         "{next}"
     );
 
-    // A retry of a poll that still waits takes its place; the session goes on.
-    let waiting = {
+    // Two attempts of a poll that waits, in either order (the dead edge's forward may reach
+    // the holder after the retry): both get the same answer, so whichever still has its asker
+    // delivers it. The session goes on.
+    let attempt = |t: &'static str| {
         let (addr, sid) = (server.addr, sid.clone());
         tokio::spawn(async move {
-            let path = format!("{BASE}&sid={sid}&t=t3");
+            let path = format!("{BASE}&sid={sid}&t={t}");
             groupcast_testkit::http_request(addr, "GET", &path, "", b"").await
         })
     };
+    let first = attempt("t3");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let retry = {
-        let (addr, sid) = (server.addr, sid.clone());
-        tokio::spawn(async move {
-            let path = format!("{BASE}&sid={sid}&t=t3");
-            groupcast_testkit::http_request(addr, "GET", &path, "", b"").await
-        })
-    };
-    let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the first attempt ends")
-        .unwrap();
-    assert_eq!((status, body.as_slice()), (200, &b""[..]));
+    let second = attempt("t3");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     publish(&server, "r1", 3).await;
-    let (status, body) = tokio::time::timeout(Duration::from_secs(10), retry)
-        .await
-        .expect("the retry answers")
-        .unwrap();
+    for (which, attempt) in [("first", first), ("second", second)] {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .unwrap_or_else(|_| panic!("the {which} attempt answers"))
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "{which}: {body}");
+        assert!(body.contains("\"n\":3"), "{which} attempt: {body}");
+    }
+    // The client's next poll goes on from there.
+    publish(&server, "r1", 4).await;
+    let (status, next) = poll_t(&server, &sid, "t4").await;
     assert_eq!(status, 200);
-    assert!(String::from_utf8_lossy(&body).contains("\"n\":3"));
+    assert!(
+        next.contains("\"n\":4") && !next.contains("\"n\":3"),
+        "{next}"
+    );
     assert_eq!(
         server
             .metric("groupcast_socketio_polls_retried_total{outcome=\"answered_again\"}")
@@ -302,9 +306,33 @@ async fn a_poll_retried_with_the_same_t_gets_the_answer_its_first_attempt_lost()
     );
     assert_eq!(
         server
-            .metric("groupcast_socketio_polls_retried_total{outcome=\"took_over\"}")
+            .metric("groupcast_socketio_polls_retried_total{outcome=\"joined\"}")
             .await,
         1.0
+    );
+
+    // An attempt whose request goes away while another waits with it: the other still
+    // answers (it takes the queue, or shares the answer).
+    let gone = attempt("t5");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kept = attempt("t5");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gone.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&server, "r1", 5).await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), kept)
+        .await
+        .expect("the attempt left answers")
+        .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"n\":5"), "{body}");
+    publish(&server, "r1", 6).await;
+    let (status, next) = poll_t(&server, &sid, "t6").await;
+    assert_eq!(status, 200, "the session goes on: {next}");
+    assert!(
+        next.contains("\"n\":6") && !next.contains("\"n\":5"),
+        "{next}"
     );
 }
 

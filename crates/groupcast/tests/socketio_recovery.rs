@@ -291,7 +291,7 @@ async fn socket_io_recovery_after_kill_9_of_an_edge_behind_round_robin() {
     );
     let mut retried = 0.0;
     for e in &edges[1..] {
-        for outcome in ["answered_again", "took_over"] {
+        for outcome in ["answered_again", "joined"] {
             retried += e
                 .metric(&format!(
                     "groupcast_socketio_polls_retried_total{{outcome=\"{outcome}\"}}"

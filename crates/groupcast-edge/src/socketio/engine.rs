@@ -53,16 +53,23 @@ pub(crate) struct Session {
     ns: Arc<NsMap>,
     /// Connection-state recovery: where the rooms of the recovering sockets stand.
     positions: parking_lot::Mutex<Positions>,
-    /// The last poll's `t` and answer, kept until the next poll: a balancer that retries a
-    /// poll whose answer was lost on its way (the edge relaying it died) gets it again.
-    last_poll: parking_lot::Mutex<Option<(String, String)>>,
-    /// The `t` of the poll waiting now; `retried` ends it when the same request comes again.
-    waiting_t: parking_lot::Mutex<Option<String>>,
-    retried: tokio::sync::Notify,
+    /// Which poll waits and what the last one answered (see [`poll`]).
+    polls: parking_lot::Mutex<Polls>,
+    /// A poll answered (`Polls::last` set): the same request, retried, shares that answer.
+    answered: tokio::sync::Notify,
     /// The session is over and the client has yet to be told: the next poll answers the close
     /// packet (alone, as Engine.IO does, so the client handles the packets before it first).
     close_due: AtomicBool,
     key: Arc<Key>,
+}
+
+/// The polls of a polling session, by their `t`.
+#[derive(Default)]
+struct Polls {
+    /// The `t` of the poll waiting now.
+    waiting: Option<String>,
+    /// The last poll's `t` and answer, kept until the next poll.
+    last: Option<(String, String)>,
 }
 
 /// A room's `(epoch, offset)`: the last of its events written to the client, or where it was
@@ -224,9 +231,8 @@ fn start_session(sio: &Arc<SioState>, hs: Handshake, websocket: bool) -> Arc<Ses
         ns: sio.ns.clone(),
         positions: Default::default(),
         key: sio.key.clone(),
-        last_poll: Default::default(),
-        waiting_t: Default::default(),
-        retried: tokio::sync::Notify::new(),
+        polls: Default::default(),
+        answered: tokio::sync::Notify::new(),
         close_due: AtomicBool::new(false),
     });
     sio.sessions.insert(session.clone());
@@ -472,50 +478,90 @@ fn bad_packet(conn: &Conn, why: &'static str) {
 ///
 /// `t` is the request's cache buster, unique per request: the same `t` again is the same
 /// request retried by a load balancer (nginx's `proxy_next_upstream` when the edge relaying it
-/// died), whose answer never reached the client. It gets the kept answer again or, when the
-/// first attempt still waits, takes its place; anything else while a poll waits is a second
-/// poll, and ends the session as Engine.IO does.
+/// died). Every attempt of one request gets the same answer, so whichever attempt still has its
+/// asker delivers it: an attempt that comes after the answer gets the kept answer, and one that
+/// comes while another waits waits with it. (The attempts can reach the holder in either order:
+/// the dead edge's forward may still be on its way through NATS when the retry arrives.) Any
+/// other second poll while one waits ends the session, as Engine.IO does.
 pub(crate) async fn poll(session: &Arc<Session>, t: Option<&str>) -> Result<String, Refusal> {
     if session.upgraded.load(Ordering::Acquire) {
         return Err(HttpError::BadRequest.into());
     }
-    if let (Some(t), Some((last, body))) = (t, &*session.last_poll.lock()) {
-        if t == last {
-            metrics::counter!("groupcast_socketio_polls_retried_total", "outcome" => "answered_again")
-                .increment(1);
-            return Ok(body.clone());
+    let mut joined = false;
+    // Declared before the queue's guard, so dropped after it.
+    let mut waiting = Waiting {
+        session,
+        t,
+        armed: false,
+    };
+    let mut outbox = loop {
+        let answered = session.answered.notified();
+        tokio::pin!(answered);
+        answered.as_mut().enable();
+        {
+            let mut polls = session.polls.lock();
+            if let (Some(t), Some((last, body))) = (t, &polls.last) {
+                if t == last {
+                    let outcome = if joined { "joined" } else { "answered_again" };
+                    metrics::counter!("groupcast_socketio_polls_retried_total", "outcome" => outcome)
+                        .increment(1);
+                    return Ok(body.clone());
+                }
+            }
+            if t.is_some() && polls.waiting.as_deref() == t {
+                // The same request waits already: its answer is this one's.
+                joined = true;
+            } else if let Ok(outbox) = session.outbox.try_lock() {
+                polls.waiting = t.map(String::from);
+                waiting.armed = true;
+                break outbox;
+            } else {
+                // Two polls at once: Engine.IO ends the session.
+                metrics::counter!("groupcast_socketio_bad_packets_total").increment(1);
+                session.conn.close(DisconnectCode::BAD_REQUEST);
+                return Err(HttpError::BadRequest.into());
+            }
+        }
+        answered.await;
+    };
+    let body = next_answer(session, &mut outbox).await;
+    session.polls.lock().last = t.map(|t| (t.to_string(), body.clone()));
+    Ok(body)
+}
+
+/// The poll waiting now: when it ends, answered or dropped (its request went away), the
+/// attempts waiting with it are woken, to take the answer or to wait in its place.
+struct Waiting<'a> {
+    session: &'a Session,
+    t: Option<&'a str>,
+    armed: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut polls = self.session.polls.lock();
+            if polls.waiting.as_deref() == self.t {
+                polls.waiting = None;
+            }
+            drop(polls);
+            self.session.answered.notify_waiters();
         }
     }
-    let mut outbox = match session.outbox.try_lock() {
-        Ok(outbox) => outbox,
-        Err(_) if t.is_some() && session.waiting_t.lock().as_deref() == t => {
-            metrics::counter!("groupcast_socketio_polls_retried_total", "outcome" => "took_over")
-                .increment(1);
-            session.retried.notify_waiters();
-            session.outbox.lock().await
-        }
-        Err(_) => {
-            // Two polls at once: Engine.IO ends the session.
-            metrics::counter!("groupcast_socketio_bad_packets_total").increment(1);
-            session.conn.close(DisconnectCode::BAD_REQUEST);
-            return Err(HttpError::BadRequest.into());
-        }
-    };
+}
+
+/// What a poll answers: everything queued once there is something (the close packet alone
+/// when the session is over).
+async fn next_answer(session: &Session, outbox: &mut Outbox) -> String {
     if session.close_due.load(Ordering::Acquire) {
-        return Ok(close_polling(session));
+        return close_polling(session);
     }
-    *session.waiting_t.lock() = t.map(String::from);
-    let first = tokio::select! {
-        item = outbox.next_sio(&session.conn) => item,
-        // The same request came again: that one answers; this one's asker is gone.
-        _ = session.retried.notified() => return Ok(String::new()),
-    };
-    *session.waiting_t.lock() = None;
+    let first = outbox.next_sio(&session.conn).await;
     let mut records: Vec<String> = Vec::new();
     let mut item = Some(first);
     while let Some(next) = item.take() {
         match next {
-            SioOut::End if records.is_empty() => return Ok(close_polling(session)),
+            SioOut::End if records.is_empty() => return close_polling(session),
             SioOut::End => {
                 session.close_due.store(true, Ordering::Release);
                 break;
@@ -534,11 +580,10 @@ pub(crate) async fn poll(session: &Arc<Session>, t: Option<&str>) -> Result<Stri
         item = outbox.try_next_sio(&session.conn);
     }
     let body = records.join("\u{1e}");
-    *session.last_poll.lock() = t.map(|t| (t.to_string(), body.clone()));
     let m = Metrics::get();
     m.bytes_out.increment(body.len() as u64);
     m.frames_out.increment(1);
-    Ok(body)
+    body
 }
 
 /// The close packet: the polling session's last answer. The session is over once it is
