@@ -23,7 +23,7 @@ use groupcast_proto::codes::UnsubscribeCode;
 use groupcast_proto::DisconnectCode;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -159,7 +159,10 @@ pub struct Conn {
     pub kind: SubscriberKind,
     /// Client id given to the client at connect (UUID).
     pub client: String,
-    tx: mpsc::UnboundedSender<Out>,
+    /// The outgoing queue, read by the [`Outbox`] alone.
+    queue: Mutex<Queue>,
+    /// An item was queued into an empty queue (the reader waits only on an empty one).
+    ready: Notify,
     queued: AtomicUsize,
     max_queue: usize,
     cancel: CancellationToken,
@@ -172,10 +175,51 @@ pub struct Conn {
     control_notify: Notify,
 }
 
-/// The receiving half, consumed by [`Conn::run_writer`].
-pub struct Outbox(mpsc::UnboundedReceiver<Out>);
+/// A connection's outgoing queue. Not a channel: an idle connection's queue holds no
+/// memory (a tokio channel keeps a block of 32 slots and its shared state, about 2 KiB, for
+/// the life of the connection), and it gives back what a burst made it grow.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Out>,
+    /// The [`Outbox`] is gone: nothing reads the queue any more.
+    unread: bool,
+}
+
+/// Capacity (items) an empty queue keeps; beyond it, an emptied queue is freed.
+const QUEUE_KEEP: usize = 16;
+
+/// The receiving half, consumed by [`Conn::run_writer`] (or a Socket.IO transport).
+pub struct Outbox(Arc<Conn>);
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut q = self.0.queue.lock();
+        q.unread = true;
+        q.items = VecDeque::new();
+    }
+}
 
 impl Outbox {
+    /// The next item, waiting for one. Cancel-safe: an item is taken only when returned.
+    async fn recv(&mut self) -> Out {
+        loop {
+            if let Some(item) = self.try_recv() {
+                return item;
+            }
+            self.0.ready.notified().await;
+        }
+    }
+
+    /// The next item, if one is queued.
+    fn try_recv(&mut self) -> Option<Out> {
+        let mut q = self.0.queue.lock();
+        let item = q.items.pop_front();
+        if q.items.is_empty() && q.items.capacity() > QUEUE_KEEP {
+            q.items = VecDeque::new();
+        }
+        item
+    }
+
     /// Socket.IO: the next item of the queue, waiting for one; [`SioOut::End`] once the
     /// connection is closed or drained. Its bytes leave `conn`'s queue count.
     pub async fn next_sio(&mut self, conn: &Conn) -> SioOut {
@@ -184,7 +228,7 @@ impl Outbox {
         if conn.is_closed() {
             return SioOut::End;
         }
-        let item = self.0.recv().await;
+        let item = self.recv().await;
         if conn.is_closed() {
             return SioOut::End;
         }
@@ -193,17 +237,14 @@ impl Outbox {
 
     /// [`Outbox::next_sio`] without waiting: `None` when the queue is empty.
     pub fn try_next_sio(&mut self, conn: &Conn) -> Option<SioOut> {
-        match self.0.try_recv() {
-            Ok(item) => Some(Self::sio(Some(item), conn)),
-            Err(mpsc::error::TryRecvError::Empty) if !conn.is_closed() => None,
-            Err(_) => Some(SioOut::End),
+        match self.try_recv() {
+            Some(item) => Some(Self::sio(item, conn)),
+            None if !conn.is_closed() => None,
+            None => Some(SioOut::End),
         }
     }
 
-    fn sio(item: Option<Out>, conn: &Conn) -> SioOut {
-        let Some(item) = item else {
-            return SioOut::End;
-        };
+    fn sio(item: Out, conn: &Conn) -> SioOut {
         conn.queued.fetch_sub(item.len(), Ordering::AcqRel);
         match item {
             Out::Sio(p) => SioOut::Pub(p),
@@ -217,7 +258,7 @@ impl Outbox {
     /// Take every protocol message queued so far (no socket: replay, fuzzing).
     pub fn take_messages(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
-        while let Ok(item) = self.0.try_recv() {
+        while let Some(item) = self.try_recv() {
             if let Out::Json(b, _) = item {
                 out.push(b);
             }
@@ -228,12 +269,12 @@ impl Outbox {
 
 impl Conn {
     pub fn new(id: u64, kind: SubscriberKind, max_queue: usize) -> (Arc<Conn>, Outbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {
             id,
             kind,
             client: uuid::Uuid::new_v4().to_string(),
-            tx,
+            queue: Default::default(),
+            ready: Notify::new(),
             queued: AtomicUsize::new(0),
             max_queue,
             cancel: CancellationToken::new(),
@@ -243,7 +284,22 @@ impl Conn {
             controls: Mutex::new(VecDeque::new()),
             control_notify: Notify::new(),
         });
-        (conn, Outbox(rx))
+        (conn.clone(), Outbox(conn))
+    }
+
+    /// Queue `out`; gives it back when nothing reads the queue any more.
+    fn queue_item(&self, out: Out) -> Result<(), Out> {
+        let mut q = self.queue.lock();
+        if q.unread {
+            return Err(out);
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(out);
+        drop(q);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
     }
 
     fn enqueue(&self, out: Out) -> bool {
@@ -260,7 +316,7 @@ impl Conn {
             self.close(DisconnectCode::SLOW);
             return false;
         }
-        if self.tx.send(out).is_err() {
+        if self.queue_item(out).is_err() {
             self.queued.fetch_sub(len, Ordering::AcqRel);
             return false;
         }
@@ -321,7 +377,7 @@ impl Conn {
             }
             *r = Some((code, reason));
         }
-        if self.tx.send(Out::Close).is_err() {
+        if self.queue_item(Out::Close).is_err() {
             self.end();
         }
     }
@@ -416,7 +472,7 @@ impl Conn {
     fn end(&self) {
         self.closed.store(true, Ordering::Release);
         self.cancel.cancel();
-        let _ = self.tx.send(Out::Close);
+        let _ = self.queue_item(Out::Close);
     }
 
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
@@ -458,7 +514,7 @@ impl Conn {
     where
         S: futures_util::Sink<Message> + Unpin,
     {
-        let mut rx = outbox.0;
+        let mut rx = outbox;
         let m = Metrics::get();
         let mut batch = Vec::new();
         let mut counts = KindCounts::default();
@@ -467,10 +523,7 @@ impl Conn {
         loop {
             let first = match held.take() {
                 Some(item) => item,
-                None => match rx.recv().await {
-                    Some(item) => item,
-                    None => break,
-                },
+                None => rx.recv().await,
             };
             // Closed at once (not drained): what is still queued is not written.
             if self.is_closed() {
@@ -508,16 +561,16 @@ impl Conn {
                     batch.push(b);
                     while batch.len() < MAX_BATCH_MESSAGES && total < MAX_BATCH_BYTES {
                         match rx.try_recv() {
-                            Ok(Out::Json(b, kind)) => {
+                            Some(Out::Json(b, kind)) => {
                                 counts.add(kind);
                                 total += b.len();
                                 batch.push(b);
                             }
-                            Ok(other) => {
+                            Some(other) => {
                                 held = Some(other);
                                 break;
                             }
-                            Err(_) => break,
+                            None => break,
                         }
                     }
                     let frame = if batch.len() == 1 {

@@ -154,8 +154,9 @@ impl ResolvesServerCert for CertStore {
 }
 
 /// A client connection: plain TCP or TLS over TCP, with the deadlines for
-/// its first request head.
-pub type Io = HeadGuard<Either<TcpStream, TlsStream<TcpStream>>>;
+/// its first request head. The TLS stream is boxed: inline, its 1 KiB and more of
+/// state would be in every plain connection too (an enum is as large as its largest arm).
+pub type Io = HeadGuard<Either<TcpStream, Box<TlsStream<TcpStream>>>>;
 
 /// The edge's listener: TCP, optionally TLS; see the module doc.
 pub struct EdgeListener {
@@ -216,8 +217,12 @@ impl EdgeListener {
                             );
                             match handshake.await {
                                 Ok(Ok(tls)) => {
-                                    let io =
-                                        HeadGuard::new(Either::Right(tls), accepted, limits, false);
+                                    let io = HeadGuard::new(
+                                        Either::Right(Box::new(tls)),
+                                        accepted,
+                                        limits,
+                                        false,
+                                    );
                                     let _ = tx.send((io, peer)).await;
                                 }
                                 Ok(Err(e)) => {

@@ -84,7 +84,9 @@ pub struct ClientConfig {
     pub max_publishes_in_flight: usize,
     /// Longest channel name in bytes.
     pub channel_max_length: usize,
-    /// Initial read buffer per connection in bytes (grows for larger messages).
+    /// Bytes read from a WebSocket at a time: tungstenite allocates this much per connection
+    /// for its life (a larger message grows it). Clients send small commands, so a small
+    /// buffer costs a few more reads for a large one and saves memory on every idle one.
     pub read_buffer_size: usize,
     /// Most publications a `history` command may ask for at once.
     pub history_max_limit: usize,
@@ -188,7 +190,7 @@ impl Default for ClientConfig {
             max_queue_bytes: 1 << 20,
             max_publishes_in_flight: 64,
             channel_max_length: groupcast_core::channel::DEFAULT_MAX_LENGTH,
-            read_buffer_size: 4096,
+            read_buffer_size: 512,
             history_max_limit: 1000,
             max_channels_per_connection: 128,
             expired_close_delay: Duration::from_secs(25),

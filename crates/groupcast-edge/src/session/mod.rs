@@ -259,8 +259,10 @@ pub(crate) async fn serve_on<S>(
     let mut session = Session::new(state, opened.conn.clone(), headers, transport);
     session.emulation = emulation;
     session.run(inbound).await;
-    session.cleanup().await;
-    opened.finish().await;
+    // Boxed, as every call out of the session's loop: a future holds room for the largest
+    // state of what it awaits inline, and the session task lives as long as its connection.
+    Box::pin(session.cleanup()).await;
+    Box::pin(opened.finish()).await;
 }
 
 /// The HTTP transports (HTTP streaming, SSE and `/emulation`) as `client.http_stream` and
@@ -349,11 +351,11 @@ impl Session {
                     // only on a connection of that encoding.
                     Inbound::Text(t) if !conn.is_protobuf() => {
                         Metrics::get().bytes_in.increment(t.len() as u64);
-                        self.handle_frame(t.as_bytes()).await;
+                        Box::pin(self.handle_frame(t.as_bytes())).await;
                     }
                     Inbound::Binary(b) if conn.is_protobuf() => {
                         Metrics::get().bytes_in.increment(b.len() as u64);
-                        self.handle_frame(&b).await;
+                        Box::pin(self.handle_frame(&b)).await;
                     }
                     Inbound::Text(_) | Inbound::Binary(_) => {
                         conn.close(DisconnectCode::BAD_REQUEST);
@@ -381,9 +383,9 @@ impl Session {
                     break;
                 }
                 _ = tokio::time::sleep_until(expiry_at), if self.next_expiry().is_some() => {
-                    self.expire().await;
+                    Box::pin(self.expire()).await;
                 }
-                control = conn.next_control() => self.handle_control(control).await,
+                control = conn.next_control() => Box::pin(self.handle_control(control)).await,
                 Some((id, started, result)) = self.publishes.get_mut().next(),
                     if !self.publishes.get_mut().is_empty() => {
                     self.publish_answered(id, started, result);
