@@ -4,7 +4,8 @@
 //!   each), spread over source addresses 127.0.0.x, and report the server's
 //!   resident memory per connection (from `/proc/PID/status` of `--server-pid`).
 //! * `fanout`: S subscribers on one channel, one publisher sending
-//!   fixed-size publications as fast as a bounded in-flight window allows;
+//!   fixed-size publications as fast as a bounded in-flight window allows
+//!   (or at `--rate` a second);
 //!   reports published and delivered messages per second and the
 //!   publish-to-delivery latency (p50/p99) from sampled messages.
 //!   `--edge` (repeated) spreads the subscribers over several edges of a
@@ -34,6 +35,11 @@
 //!   until all are subscribed, and the join/leave pushes they received
 //!   (join/leave at scale, issue 22).
 //!
+//! `--protocol nats-ws` runs `fanout`, `rooms`, `idle` and `join-storm`
+//! against a nats-server WebSocket listener instead (the NATS text
+//! protocol; a channel is a subject), with the same code for everything but
+//! the wire (`wire`): the side-by-side runs of `benches/peers.sh`.
+//!
 //! Every scenario is bounded in connections and time and exits by itself.
 //! `docs/benchmarks.md` records results with the exact commands.
 //!
@@ -48,6 +54,8 @@
 //! * `relay_backend`: `relay-backend` and its echoing backend.
 //! * `soak`: `soak`.
 //! * `http`: the server API and `/metrics` calls the scenarios make.
+//! * `wire`: the per-protocol parts (subscribe, publish commands, reading
+//!   deliveries and replies) and the NATS operation parser.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
