@@ -23,10 +23,10 @@
 #              rooms in turn: p50/p99, delivered/s
 #   idle       IDLE connections (10,000), each subscribed to one of 100
 #              channels: server RSS growth / IDLE
-#   storm      STORM connections (10,000) subscribing to one channel, 64 at
-#              a time: time until all are subscribed (Groupcast: the dev
-#              channel, with presence and join/leave; nats-server: plain SUBs
-#              on one subject)
+#   storm      STORM connections (10,000) subscribing to one channel,
+#              STORM_CONCURRENCY (64) at a time: time until all are
+#              subscribed (Groupcast: the dev channel, with presence and
+#              join/leave; nats-server: plain SUBs on one subject)
 #   jetstream  publications stored per second from one connection:
 #              `groupcast dev --nats` on one nats-server with JetStream,
 #              history channel, against the same nats-server's WebSocket
@@ -45,7 +45,8 @@
 #
 # Environment (defaults in brackets): RATE [100] ladder and cluster
 # publications/s; SECS [10] seconds of publishing per run; LADDER
-# ["1 10 100 1000"]; IDLE [10000]; STORM [10000]; CLUSTER_SUBS [1000];
+# ["1 10 100 1000"]; IDLE [10000]; STORM [10000]; STORM_CONCURRENCY [64];
+# CLUSTER_SUBS [1000];
 # ROOMS_RATE [2000]. --quick: 1 round, SECS 3, LADDER "1 10 100", 100 rooms
 # x 10, IDLE and STORM 1000, CLUSTER_SUBS 100 (a check that it works).
 # Binaries: $GROUPCAST and $GROUPCAST_BENCH, else
@@ -81,6 +82,7 @@ secs=${SECS:-10}
 ladder=${LADDER:-1 10 100 1000}
 idle=${IDLE:-10000}
 storm=${STORM:-10000}
+storm_concurrency=${STORM_CONCURRENCY:-64}
 cluster_subs=${CLUSTER_SUBS:-1000}
 rooms_rate=${ROOMS_RATE:-2000}
 rooms=500
@@ -229,11 +231,11 @@ EOF
 
 has() { [[ " $only " == *" $1 "* ]]; }
 
-echo "groupcast: $gc (tree at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo ', with uncommitted changes'))"
+echo "groupcast: $gc ($("$gc" --version | head -1)); tree at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo ', with uncommitted changes')"
 echo "nats-server: $("$nats_server" --version)"
 [ -z "$sio_why" ] && echo "node $(node --version); socket.io $(node -p "require('$sio_dir/node_modules/socket.io/package.json').version")"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "rounds $rounds, SECS $secs, RATE $rate/s, LADDER $ladder, rooms $rooms x 10 at $rooms_rate/s, IDLE $idle, STORM $storm, CLUSTER_SUBS $cluster_subs"
+echo "rounds $rounds, SECS $secs, RATE $rate/s, LADDER $ladder, rooms $rooms x 10 at $rooms_rate/s, IDLE $idle, STORM $storm ($storm_concurrency at a time), CLUSTER_SUBS $cluster_subs"
 
 servers() { # the order of round $1: alternate who goes first
   if [ $(($1 % 2)) = 1 ]; then echo "$@" | cut -d' ' -f2-; else echo "$@" | cut -d' ' -f2- | tr ' ' '\n' | tac | tr '\n' ' '; fi
@@ -287,7 +289,7 @@ for r in $(seq "$rounds"); do
   fi
   if has storm; then
     for s in $(servers "$r" groupcast nats); do
-      bench_run "$s" storm join-storm --subscribers "$storm" --concurrency 64 --source-ips 32 --timeout-secs 60 --settle-secs 1
+      bench_run "$s" storm join-storm --subscribers "$storm" --concurrency "$storm_concurrency" --source-ips 32 --timeout-secs 60 --settle-secs 1
       read -r got took <<<"$(sed -n 's/^subscribed: \([0-9]*\) in \([0-9.]*\) s.*/\1 \2/p' "$tmp/out")" || true
       # A run that timed out counts as its time limit (the table says how many made it).
       record storm subscribed "$s" "${got:-}"
