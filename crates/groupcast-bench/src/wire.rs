@@ -31,7 +31,8 @@ pub enum Protocol {
 const SID_CHANNEL: &str = "1";
 /// The `sid` of the publisher's inbox subscription (JetStream replies).
 const SID_INBOX: &str = "2";
-/// The publisher's inbox prefix: a JetStream reply goes to `INBOX.<id>`.
+/// The publisher's inbox prefix: JetStream's reply to publish `id` goes
+/// to `_INBOX.gcbench.<id>`.
 const INBOX: &str = "_INBOX.gcbench";
 
 /// How a connection is used: the publisher wants acknowledgements.
