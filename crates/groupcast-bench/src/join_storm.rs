@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::{open, Ws};
+use crate::wire::{Event, Role, Wire};
+use crate::{open_at, Ws};
 
 #[derive(clap::Args)]
 pub struct Params {
@@ -45,7 +45,7 @@ struct Counts {
     leaves: AtomicU64,
 }
 
-pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<()> {
+pub async fn run(wire: Wire, server: SocketAddr, token: &str, p: Params) -> anyhow::Result<()> {
     let counts = Arc::new(Counts::default());
     let next = Arc::new(AtomicUsize::new(0));
     let subscribed = Arc::new(AtomicUsize::new(0));
@@ -67,10 +67,19 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
                 if i >= n || Instant::now() >= deadline {
                     return Ok::<_, anyhow::Error>(readers);
                 }
-                let mut ws = open(server, i, ips).await?;
+                let mut ws = open_at(server, wire.path(), i, ips).await?;
                 match tokio::time::timeout_at(
                     deadline.into(),
-                    crate::handshake_with(&mut ws, &token, &channel, |t| count(t, &counts)),
+                    wire.handshake(
+                        &mut ws,
+                        Role::Subscriber,
+                        &token,
+                        &channel,
+                        |e| count(e, &counts),
+                        || {
+                            counts.frames.fetch_add(1, Ordering::Relaxed);
+                        },
+                    ),
                 )
                 .await
                 {
@@ -84,7 +93,7 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
                         start.elapsed().as_secs_f64()
                     );
                 }
-                readers.push(tokio::spawn(read(ws, counts.clone())));
+                readers.push(tokio::spawn(read(wire, ws, counts.clone())));
             }
         }));
     }
@@ -135,30 +144,33 @@ fn own_cpu_secs() -> f64 {
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
-/// Count one frame and the join and leave pushes in it.
-fn count(frame: &str, counts: &Counts) {
-    counts.frames.fetch_add(1, Ordering::Relaxed);
-    let (mut joins, mut leaves) = (0, 0);
-    for line in frame.split('\n') {
-        if line.starts_with("{\"push\":") {
-            if line.contains("\"join\":") {
-                joins += 1;
-            } else if line.contains("\"leave\":") {
-                leaves += 1;
-            }
-        }
-    }
-    counts.joins.fetch_add(joins, Ordering::Relaxed);
-    counts.leaves.fetch_add(leaves, Ordering::Relaxed);
+/// Count a join or leave push.
+fn count(e: &Event<'_>, counts: &Counts) {
+    match e {
+        Event::Join => counts.joins.fetch_add(1, Ordering::Relaxed),
+        Event::Leave => counts.leaves.fetch_add(1, Ordering::Relaxed),
+        _ => 0,
+    };
 }
 
-/// Read a subscribed connection: answer pings, count join/leave pushes.
-async fn read(mut ws: Ws, counts: Arc<Counts>) {
+/// Read a subscribed connection: answer pings, count frames and join/leave
+/// pushes.
+async fn read(wire: Wire, mut ws: Ws, counts: Arc<Counts>) {
+    let mut reader = wire.reader();
     while let Some(Ok(msg)) = ws.next().await {
-        let Message::Text(t) = msg else { continue };
-        if t.split('\n').any(|line| line == "{}") {
-            let _ = ws.send(Message::text("{}")).await;
+        if msg.is_text() || msg.is_binary() {
+            counts.frames.fetch_add(1, Ordering::Relaxed);
         }
-        count(&t, &counts);
+        let mut ping = false;
+        let read = reader.feed(&msg, |e| {
+            ping |= e == Event::Ping;
+            count(&e, &counts);
+        });
+        if read.is_err() {
+            break;
+        }
+        if ping {
+            let _ = ws.send(wire.pong()).await;
+        }
     }
 }

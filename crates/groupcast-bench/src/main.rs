@@ -4,7 +4,8 @@
 //!   each), spread over source addresses 127.0.0.x, and report the server's
 //!   resident memory per connection (from `/proc/PID/status` of `--server-pid`).
 //! * `fanout`: S subscribers on one channel, one publisher sending
-//!   fixed-size publications as fast as a bounded in-flight window allows;
+//!   fixed-size publications as fast as a bounded in-flight window allows
+//!   (or at `--rate` a second);
 //!   reports published and delivered messages per second and the
 //!   publish-to-delivery latency (p50/p99) from sampled messages.
 //!   `--edge` (repeated) spreads the subscribers over several edges of a
@@ -34,6 +35,11 @@
 //!   until all are subscribed, and the join/leave pushes they received
 //!   (join/leave at scale, issue 22).
 //!
+//! `--protocol nats-ws` runs `fanout`, `rooms`, `idle` and `join-storm`
+//! against a nats-server WebSocket listener instead (the NATS text
+//! protocol; a channel is a subject), with the same code for everything but
+//! the wire (`wire`): the side-by-side runs of `benches/peers.sh`.
+//!
 //! Every scenario is bounded in connections and time and exits by itself.
 //! `docs/benchmarks.md` records results with the exact commands.
 //!
@@ -48,6 +54,8 @@
 //! * `relay_backend`: `relay-backend` and its echoing backend.
 //! * `soak`: `soak`.
 //! * `http`: the server API and `/metrics` calls the scenarios make.
+//! * `wire`: the per-protocol parts (subscribe, publish commands, reading
+//!   deliveries and replies) and the NATS operation parser.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +65,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -71,6 +78,9 @@ mod presence;
 mod relay_backend;
 mod rooms;
 mod soak;
+mod wire;
+
+use wire::{Event, Protocol, Role, Wire};
 
 #[derive(Parser)]
 #[command(name = "groupcast-bench", about = "Groupcast load scenarios")]
@@ -81,6 +91,15 @@ struct Cli {
     /// Connection token (empty: anonymous, as `groupcast dev` allows).
     #[arg(long, default_value = "", global = true)]
     token: String,
+    /// The wire protocol of `fanout`, `rooms`, `idle` and `join-storm`:
+    /// Groupcast's, or NATS over a nats-server WebSocket listener.
+    #[arg(long, value_enum, default_value_t = Protocol::Centrifugo, global = true)]
+    protocol: Protocol,
+    /// With `--protocol nats-ws`: publications are stored by JetStream
+    /// (`fanout` creates a file stream on the channel's subject, 1 replica,
+    /// 100 messages a subject, and awaits JetStream's reply to each).
+    #[arg(long, global = true)]
+    nats_jetstream: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -113,6 +132,9 @@ enum Scenario {
         /// Most publish commands awaiting their reply.
         #[arg(long, default_value_t = 256)]
         window: usize,
+        /// Publications per second (0: as fast as `--window` allows).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
         #[arg(long, default_value = "bench")]
         channel: String,
         #[arg(long, default_value_t = 4)]
@@ -160,8 +182,13 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .parse()?)
 }
 
-/// Open a WebSocket from source address 127.0.0.(2 + i % n).
+/// Open a Centrifugo WebSocket from source address 127.0.0.(2 + i % n).
 async fn open(server: SocketAddr, i: usize, source_ips: u8) -> anyhow::Result<Ws> {
+    open_at(server, "/connection/websocket", i, source_ips).await
+}
+
+/// Open a WebSocket to `path` from source address 127.0.0.(2 + i % n).
+async fn open_at(server: SocketAddr, path: &str, i: usize, source_ips: u8) -> anyhow::Result<Ws> {
     let src = Ipv4Addr::new(127, 0, 0, 2 + (i % source_ips.max(1) as usize) as u8);
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
@@ -169,73 +196,53 @@ async fn open(server: SocketAddr, i: usize, source_ips: u8) -> anyhow::Result<Ws
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let url = format!("ws://{server}/connection/websocket");
+    let url = format!("ws://{server}{path}");
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     Ok(ws)
 }
 
-/// connect + subscribe, waiting for both replies.
-async fn handshake(ws: &mut Ws, token: &str, channel: &str) -> anyhow::Result<()> {
-    handshake_with(ws, token, channel, |_| {}).await
-}
-
-/// [`handshake`], handing every text frame read meanwhile (replies and the
-/// pushes that came with them) to `on_frame`.
-async fn handshake_with(
-    ws: &mut Ws,
+/// Open connection `i` and subscribe it to `channel`, waiting for the
+/// answers.
+async fn subscribe(
+    wire: Wire,
+    server: SocketAddr,
+    i: usize,
+    source_ips: u8,
     token: &str,
     channel: &str,
-    mut on_frame: impl FnMut(&str),
-) -> anyhow::Result<()> {
-    let frame = format!(
-        "{}\n{}",
-        json!({"id":1,"connect":{"token":token,"name":"bench"}}),
-        json!({"id":2,"subscribe":{"channel":channel}})
-    );
-    ws.send(Message::text(frame)).await?;
-    let mut got = 0;
-    while got < 2 {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                for line in t.split('\n') {
-                    if line.starts_with("{\"id\":") {
-                        if line.contains("\"error\"") {
-                            bail!("server refused: {line}");
-                        }
-                        got += 1;
-                    }
-                }
-                on_frame(&t);
-            }
-            Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("closed during handshake"),
-        }
-    }
-    Ok(())
+    role: Role,
+) -> anyhow::Result<Ws> {
+    let mut ws = open_at(server, wire.path(), i, source_ips).await?;
+    wire.handshake(&mut ws, role, token, channel, |_| {}, || {})
+        .await?;
+    Ok(ws)
 }
 
 /// Latency samples: one of every `.1` publications a connection receives.
 type Samples = (Arc<std::sync::Mutex<Vec<u64>>>, u64);
 
 /// Keep a connection alive: answer pings, count publications.
-async fn drain(mut ws: Ws, delivered: Arc<AtomicU64>, latencies: Option<Samples>, t0: Instant) {
+async fn drain(
+    wire: Wire,
+    mut ws: Ws,
+    delivered: Arc<AtomicU64>,
+    latencies: Option<Samples>,
+    t0: Instant,
+) {
+    let mut reader = wire.reader();
     let mut n: u64 = 0;
     while let Some(Ok(msg)) = ws.next().await {
-        let Message::Text(t) = msg else { continue };
-        let mut pubs = 0;
-        for line in t.split('\n') {
-            if line == "{}" {
-                let _ = ws.send(Message::text("{}")).await;
-            } else if line.contains("\"pub\":") {
+        let (mut pubs, mut ping) = (0, false);
+        let read = reader.feed(&msg, |e| match e {
+            Event::Ping => ping = true,
+            Event::Publication(data) => {
                 pubs += 1;
                 n += 1;
                 if let Some((l, _)) = latencies
                     .as_ref()
                     .filter(|(_, every)| n.is_multiple_of(*every))
                 {
-                    if let Some(sent) = sent_at(line) {
+                    if let Some(sent) = sent_at(data) {
                         let now = t0.elapsed().as_micros() as u64;
                         l.lock()
                             .expect("latency lock")
@@ -243,19 +250,83 @@ async fn drain(mut ws: Ws, delivered: Arc<AtomicU64>, latencies: Option<Samples>
                     }
                 }
             }
-        }
+            _ => {}
+        });
         delivered.fetch_add(pubs, Ordering::Relaxed);
+        if read.is_err() {
+            break;
+        }
+        if ping {
+            let _ = ws.send(wire.pong()).await;
+        }
     }
 }
 
 /// The publisher embeds `"t":<micros since start>` in every publication.
-fn sent_at(line: &str) -> Option<u64> {
-    let i = line.find("\"t\":")? + 4;
-    let digits: String = line[i..]
-        .chars()
+fn sent_at(data: &[u8]) -> Option<u64> {
+    let i = data.windows(4).position(|w| w == b"\"t\":")? + 4;
+    let digits: Vec<u8> = data[i..]
+        .iter()
+        .copied()
         .take_while(|c| c.is_ascii_digit())
         .collect();
-    digits.parse().ok()
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// The publisher's acknowledgements, counted by its reader task.
+#[derive(Default)]
+struct Acks {
+    acked: AtomicU64,
+    refused: AtomicU64,
+    first_refusal: std::sync::Mutex<Option<String>>,
+}
+
+impl Acks {
+    fn answered(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed) + self.refused.load(Ordering::Relaxed)
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<Ws, Message>;
+
+/// Open the publisher (subscribed to `channel` too: where only subscribers
+/// may publish it must be; it ignores its own copies) and a task counting
+/// its acknowledgements.
+async fn publisher(
+    wire: Wire,
+    server: SocketAddr,
+    i: usize,
+    source_ips: u8,
+    token: &str,
+    channel: &str,
+) -> anyhow::Result<(Sink, Arc<Acks>, tokio::task::JoinHandle<()>)> {
+    let ws = subscribe(wire, server, i, source_ips, token, channel, Role::Publisher).await?;
+    let (tx, mut rx) = ws.split();
+    let acks = Arc::new(Acks::default());
+    let counts = acks.clone();
+    let task = tokio::spawn(async move {
+        let mut reader = wire.reader();
+        while let Some(Ok(msg)) = rx.next().await {
+            let read = reader.feed(&msg, |e| match e {
+                Event::Reply(Ok(())) => {
+                    counts.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Reply(Err(why)) => {
+                    counts.refused.fetch_add(1, Ordering::Relaxed);
+                    counts
+                        .first_refusal
+                        .lock()
+                        .expect("refusal lock")
+                        .get_or_insert(why);
+                }
+                _ => {}
+            });
+            if read.is_err() {
+                break;
+            }
+        }
+    });
+    Ok((tx, acks, task))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -268,6 +339,20 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let wire = Wire {
+        protocol: cli.protocol,
+        jetstream: cli.nats_jetstream,
+    };
+    let wire_scenario = matches!(
+        cli.scenario,
+        Scenario::Idle { .. }
+            | Scenario::Fanout { .. }
+            | Scenario::Rooms(_)
+            | Scenario::JoinStorm(_)
+    );
+    if cli.protocol != Protocol::Centrifugo && !wire_scenario {
+        bail!("--protocol nats-ws: only fanout, rooms, idle and join-storm");
+    }
     match cli.scenario {
         Scenario::Membership(params) => membership::run(params).await?,
         Scenario::Presence(params) => presence::run(cli.server, &cli.token, params).await?,
@@ -275,8 +360,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::ConnectRate(params) => connect::run(cli.server, &cli.token, params).await?,
         Scenario::ProxyBackend { listen } => connect::backend(listen).await?,
         Scenario::RelayBackend(params) => relay_backend::run(cli.server, params).await?,
-        Scenario::Rooms(params) => rooms::run(cli.server, &cli.token, params).await?,
-        Scenario::JoinStorm(params) => join_storm::run(cli.server, &cli.token, params).await?,
+        Scenario::Rooms(params) => rooms::run(wire, cli.server, &cli.token, params).await?,
+        Scenario::JoinStorm(params) => {
+            join_storm::run(wire, cli.server, &cli.token, params).await?
+        }
         Scenario::Idle {
             connections,
             server_pid,
@@ -288,11 +375,25 @@ async fn main() -> anyhow::Result<()> {
             let mut tasks = Vec::with_capacity(connections);
             let delivered = Arc::new(AtomicU64::new(0));
             for i in 0..connections {
-                let mut ws = open(cli.server, i, source_ips)
-                    .await
-                    .with_context(|| format!("connection {i}"))?;
-                handshake(&mut ws, &cli.token, &format!("idle-{}", i % 100)).await?;
-                tasks.push(tokio::spawn(drain(ws, delivered.clone(), None, started)));
+                let channel = format!("idle-{}", i % 100);
+                let ws = subscribe(
+                    wire,
+                    cli.server,
+                    i,
+                    source_ips,
+                    &cli.token,
+                    &channel,
+                    Role::Subscriber,
+                )
+                .await
+                .with_context(|| format!("connection {i}"))?;
+                tasks.push(tokio::spawn(drain(
+                    wire,
+                    ws,
+                    delivered.clone(),
+                    None,
+                    started,
+                )));
             }
             let opened = started.elapsed();
             tokio::time::sleep(Duration::from_secs(settle_secs)).await;
@@ -319,6 +420,7 @@ async fn main() -> anyhow::Result<()> {
             size,
             secs,
             window,
+            rate,
             channel,
             source_ips,
             edges,
@@ -328,46 +430,44 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 edges
             };
+            if wire.protocol == Protocol::NatsWs && wire.jetstream {
+                wire::create_stream(cli.server, &channel).await?;
+            }
             let t0 = Instant::now();
             let delivered = Arc::new(AtomicU64::new(0));
             let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
             let mut tasks = Vec::new();
             for i in 0..subscribers {
-                let mut ws = open(edges[i % edges.len()], i, source_ips).await?;
-                handshake(&mut ws, &cli.token, &channel).await?;
+                let ws = subscribe(
+                    wire,
+                    edges[i % edges.len()],
+                    i,
+                    source_ips,
+                    &cli.token,
+                    &channel,
+                    Role::Subscriber,
+                )
+                .await
+                .with_context(|| format!("subscriber {i}"))?;
                 tasks.push(tokio::spawn(drain(
+                    wire,
                     ws,
                     delivered.clone(),
-                    Some((latencies.clone(), 97)),
+                    // About 100 samples a publication at most (1 of 97
+                    // deliveries at 1,000 subscribers), all at 1 to 10.
+                    Some((latencies.clone(), (subscribers as u64 / 10).clamp(1, 97))),
                     t0,
                 )));
             }
-            let mut publisher = open(cli.server, subscribers, source_ips).await?;
-            // Subscribed to the channel itself: where only subscribers may
-            // publish (`allow_publish_for_subscriber`, the local cluster) it
-            // must be; it ignores its own copies.
-            handshake(&mut publisher, &cli.token, &channel).await?;
-            let (mut tx, mut rx) = publisher.split();
-            let acked = Arc::new(AtomicU64::new(0));
-            let refused = Arc::new(AtomicU64::new(0));
-            let first_refusal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-            let (acks, refusals, first) = (acked.clone(), refused.clone(), first_refusal.clone());
-            let reader = tokio::spawn(async move {
-                while let Some(Ok(Message::Text(t))) = rx.next().await {
-                    for line in t.split('\n') {
-                        if line.contains("\"publish\"") {
-                            acks.fetch_add(1, Ordering::Relaxed);
-                        } else if line.starts_with("{\"id\":") && line.contains("\"error\"") {
-                            refusals.fetch_add(1, Ordering::Relaxed);
-                            first
-                                .lock()
-                                .expect("refusal lock")
-                                .get_or_insert_with(|| line.to_string());
-                        }
-                    }
-                }
-            });
-            let answered = || acked.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed);
+            let (mut tx, acks, reader) = publisher(
+                wire,
+                cli.server,
+                subscribers,
+                source_ips,
+                &cli.token,
+                &channel,
+            )
+            .await?;
             // Pad the data so the whole JSON value is `size` bytes.
             let pad = |t: u64| {
                 let base = format!("{{\"t\":{t},\"p\":\"\"}}");
@@ -380,45 +480,52 @@ async fn main() -> anyhow::Result<()> {
             let mut sent: u64 = 0;
             let mut id: u64 = 10;
             while Instant::now() < deadline {
-                if sent - answered() >= window as u64 {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
+                let room = (window as u64).saturating_sub(sent - acks.answered());
+                let owed = if rate == 0 {
+                    16
+                } else {
+                    ((start.elapsed().as_secs_f64() * rate as f64) as u64).saturating_sub(sent)
+                };
+                let batch = owed.min(room).min(64);
+                if batch == 0 {
+                    let nap = if rate == 0 { 200 } else { 1000 };
+                    tokio::time::sleep(Duration::from_micros(nap)).await;
                     continue;
                 }
-                let batch = 16.min(window as u64 - (sent - answered())).max(1);
                 let mut frame = String::new();
                 for _ in 0..batch {
                     id += 1;
-                    let data = pad(t0.elapsed().as_micros() as u64);
-                    if !frame.is_empty() {
-                        frame.push('\n');
-                    }
-                    frame.push_str(&format!(
-                        "{{\"id\":{id},\"publish\":{{\"channel\":\"{channel}\",\"data\":{data}}}}}"
-                    ));
+                    wire.push_publish(
+                        &mut frame,
+                        id,
+                        &channel,
+                        &pad(t0.elapsed().as_micros() as u64),
+                    );
                 }
-                tx.send(Message::text(frame)).await?;
+                tx.send(wire.message(frame)).await?;
                 sent += batch;
             }
             let elapsed = start.elapsed().as_secs_f64();
             // Let in-flight deliveries land, then measure.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let got = delivered.load(Ordering::Relaxed) - start_delivered;
-            let acked_n = acked.load(Ordering::Relaxed);
+            let acked_n = acks.acked.load(Ordering::Relaxed);
             let mut l = latencies.lock().expect("latency lock").clone();
             l.sort_unstable();
             println!(
-                "fan-out: {subscribers} subscribers through {} address(es), channel {channel:?}, {size}-byte publications, {secs}s",
-                edges.len()
+                "fan-out: {subscribers} subscribers through {} address(es), channel {channel:?}, {size}-byte publications, {secs}s{}",
+                edges.len(),
+                if rate > 0 { format!(", {rate} publications/s asked") } else { String::new() }
             );
             println!(
                 "published (acknowledged): {acked_n} ({:.0}/s)",
                 acked_n as f64 / elapsed
             );
-            let refused_n = refused.load(Ordering::Relaxed);
+            let refused_n = acks.refused.load(Ordering::Relaxed);
             if refused_n > 0 {
                 println!(
                     "publishes refused: {refused_n}, the first: {}",
-                    first_refusal
+                    acks.first_refusal
                         .lock()
                         .expect("refusal lock")
                         .clone()

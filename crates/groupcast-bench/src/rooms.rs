@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
+use futures_util::SinkExt;
 
-use crate::{drain, handshake, open, percentile};
+use crate::wire::{Role, Wire};
+use crate::{drain, percentile, publisher, subscribe};
 
 #[derive(clap::Args)]
 pub struct Params {
@@ -35,16 +35,26 @@ pub struct Params {
     source_ips: u8,
 }
 
-pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<()> {
+pub async fn run(wire: Wire, server: SocketAddr, token: &str, p: Params) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     let connections = p.rooms * p.members;
     for i in 0..connections {
-        let mut ws = open(server, i, p.source_ips).await?;
-        handshake(&mut ws, token, &format!("rooms-{}", i % p.rooms)).await?;
+        let channel = format!("rooms-{}", i % p.rooms);
+        let ws = subscribe(
+            wire,
+            server,
+            i,
+            p.source_ips,
+            token,
+            &channel,
+            Role::Subscriber,
+        )
+        .await?;
         tasks.push(tokio::spawn(drain(
+            wire,
             ws,
             delivered.clone(),
             // Each member gets rate/rooms publications a second: sample
@@ -53,23 +63,15 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
             t0,
         )));
     }
-    let mut publisher = open(server, connections, p.source_ips).await?;
-    handshake(&mut publisher, token, "rooms-publisher").await?;
-    let (mut tx, mut rx) = publisher.split();
-    let acked = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let (acks, refusals) = (acked.clone(), refused.clone());
-    let reader = tokio::spawn(async move {
-        while let Some(Ok(Message::Text(t))) = rx.next().await {
-            for line in t.split('\n') {
-                if line.contains("\"publish\"") {
-                    acks.fetch_add(1, Ordering::Relaxed);
-                } else if line.starts_with("{\"id\":") && line.contains("\"error\"") {
-                    refusals.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    });
+    let (mut tx, acks, reader) = publisher(
+        wire,
+        server,
+        connections,
+        p.source_ips,
+        token,
+        "rooms-publisher",
+    )
+    .await?;
     let pad = |t: u64| {
         let base = format!("{{\"t\":{t},\"p\":\"\"}}");
         let fill = p.size.saturating_sub(base.len());
@@ -89,22 +91,17 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
             id += 1;
             sent += 1;
             let data = pad(t0.elapsed().as_micros() as u64);
-            if !frame.is_empty() {
-                frame.push('\n');
-            }
-            frame.push_str(&format!(
-                "{{\"id\":{id},\"publish\":{{\"channel\":\"rooms-{room}\",\"data\":{data}}}}}"
-            ));
+            wire.push_publish(&mut frame, id, &format!("rooms-{room}"), &data);
             room = (room + 1) % p.rooms;
         }
         if !frame.is_empty() {
-            tx.send(Message::text(frame)).await?;
+            tx.send(wire.message(frame)).await?;
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = delivered.load(Ordering::Relaxed) - start_delivered;
-    let acked_n = acked.load(Ordering::Relaxed);
+    let acked_n = acks.acked.load(Ordering::Relaxed);
     let mut l = latencies.lock().expect("latency lock").clone();
     l.sort_unstable();
     println!(
@@ -114,7 +111,7 @@ pub async fn run(server: SocketAddr, token: &str, p: Params) -> anyhow::Result<(
     println!(
         "published (acknowledged): {acked_n} ({:.0}/s), refused {}",
         acked_n as f64 / elapsed,
-        refused.load(Ordering::Relaxed)
+        acks.refused.load(Ordering::Relaxed)
     );
     let expected = acked_n * p.members as u64;
     println!(

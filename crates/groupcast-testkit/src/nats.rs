@@ -138,6 +138,25 @@ impl NatsServer {
         s
     }
 
+    /// A single server with JetStream and a WebSocket listener without TLS
+    /// (`websocket { no_tls: true }`), started and ready; returns it and
+    /// the listener's port.
+    pub async fn start_with_websocket() -> (NatsServer, u16) {
+        let mut s = NatsServer::new("n1", &[], None);
+        let ws_port = free_tcp_port();
+        let file = s.dir.join("websocket.conf");
+        std::fs::write(
+            &file,
+            format!("websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n}}\n"),
+        )
+        .expect("write websocket.conf");
+        s.args.push("-c".into());
+        s.args.push(file.display().to_string());
+        s.spawn();
+        s.wait_ready(true).await;
+        (s, ws_port)
+    }
+
     /// A single server with JetStream keeping its store in `store` (e.g.
     /// a `diskfault::SmallDisk`) instead of its own temp dir.
     pub async fn start_with_store_in(store: &Path) -> NatsServer {
