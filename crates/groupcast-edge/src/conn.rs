@@ -16,13 +16,16 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::{Bytes, BytesMut};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use groupcast_core::hub::{PreparedPush, PushType, SioPub, Subscriber, SubscriberKind};
 use groupcast_proto::client::RawJson;
 use groupcast_proto::codes::UnsubscribeCode;
 use groupcast_proto::DisconnectCode;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +51,9 @@ pub fn cut_reason(mut reason: String, max: usize) -> String {
     }
     reason
 }
+
+/// Most frames a writer writes before it lets its task do something else.
+const FRAMES_PER_POLL: usize = 32;
 
 /// Time allowed for the close frame when a connection ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -161,8 +167,9 @@ pub struct Conn {
     pub client: String,
     /// The outgoing queue, read by the [`Outbox`] alone.
     queue: Mutex<Queue>,
-    /// An item was queued into an empty queue (the reader waits only on an empty one).
-    ready: Notify,
+    /// The reader of the queue: woken when an item comes into an empty queue (it waits only
+    /// on an empty one) and when the connection ends (a writer waiting on a slow client).
+    ready: AtomicWaker,
     queued: AtomicUsize,
     max_queue: usize,
     cancel: CancellationToken,
@@ -202,11 +209,18 @@ impl Drop for Outbox {
 impl Outbox {
     /// The next item, waiting for one. Cancel-safe: an item is taken only when returned.
     async fn recv(&mut self) -> Out {
-        loop {
-            if let Some(item) = self.try_recv() {
-                return item;
-            }
-            self.0.ready.notified().await;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Out> {
+        if let Some(item) = self.try_recv() {
+            return Poll::Ready(item);
+        }
+        self.0.ready.register(cx.waker());
+        // An item queued before the registration woke nobody.
+        match self.try_recv() {
+            Some(item) => Poll::Ready(item),
+            None => Poll::Pending,
         }
     }
 
@@ -274,7 +288,7 @@ impl Conn {
             kind,
             client: uuid::Uuid::new_v4().to_string(),
             queue: Default::default(),
-            ready: Notify::new(),
+            ready: AtomicWaker::new(),
             queued: AtomicUsize::new(0),
             max_queue,
             cancel: CancellationToken::new(),
@@ -297,7 +311,7 @@ impl Conn {
         q.items.push_back(out);
         drop(q);
         if was_empty {
-            self.ready.notify_one();
+            self.ready.wake();
         }
         Ok(())
     }
@@ -473,6 +487,7 @@ impl Conn {
         self.closed.store(true, Ordering::Release);
         self.cancel.cancel();
         let _ = self.queue_item(Out::Close);
+        self.ready.wake();
     }
 
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
@@ -510,121 +525,218 @@ impl Conn {
     /// before the drain), then sends the close frame.
     /// `sink`: the WebSocket's, or another transport's that takes the same messages
     /// (HTTP streaming and SSE: `session::stream`).
-    pub async fn run_writer<S>(self: Arc<Self>, mut sink: S, outbox: Outbox)
+    pub async fn run_writer<S>(self: Arc<Self>, sink: S, outbox: Outbox)
     where
         S: futures_util::Sink<Message> + Unpin,
     {
-        let mut rx = outbox;
+        let mut writer = Writer::new(sink, outbox);
+        std::future::poll_fn(|cx| writer.poll_write(cx)).await;
+        writer.finish().await;
+    }
+}
+
+/// Writes a connection's queue into its socket, in the task that polls it: its own (see
+/// [`Conn::run_writer`]) or the session's, which then reads the same socket
+/// ([`Writer::poll_next_in`]): one task per connection.
+///
+/// Queued protocol messages are batched into one frame; each frame is flushed before the
+/// next is taken. The writer is done when the connection is closed (what is still queued is
+/// not written), drained (after what was queued before the drain), or the socket fails.
+pub struct Writer<S> {
+    sink: S,
+    outbox: Outbox,
+    batch: Vec<Bytes>,
+    counts: KindCounts,
+    /// An item taken while batching that belongs in the next frame.
+    held: Option<Out>,
+    /// A frame taken from the queue that the socket has not taken yet, and its bytes.
+    pending: Option<(Message, usize)>,
+    /// A frame was handed to the socket and is not flushed yet.
+    flushing: bool,
+    done: bool,
+}
+
+impl<S> Writer<S>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    pub fn new(sink: S, outbox: Outbox) -> Writer<S> {
+        Writer {
+            sink,
+            outbox,
+            batch: Vec::new(),
+            counts: KindCounts::default(),
+            held: None,
+            pending: None,
+            flushing: false,
+            done: false,
+        }
+    }
+
+    fn conn(&self) -> &Conn {
+        &self.outbox.0
+    }
+
+    /// Writes what is queued; ready once the writer is done (and from then on).
+    pub fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.done {
+            return Poll::Ready(());
+        }
         let m = Metrics::get();
-        let mut batch = Vec::new();
-        let mut counts = KindCounts::default();
-        // An item taken while batching that belongs in the next frame.
-        let mut held: Option<Out> = None;
+        let mut frames = 0;
         loop {
-            let first = match held.take() {
-                Some(item) => item,
-                None => rx.recv().await,
-            };
             // Closed at once (not drained): what is still queued is not written.
-            if self.is_closed() {
-                break;
+            if self.conn().is_closed() {
+                return self.stop();
             }
-            let (msg, bytes) = match first {
-                Out::Close => break,
-                // Socket.IO connections have their own transports.
-                Out::Sio(..) | Out::Eio(..) => continue,
-                Out::WsPing => (Message::Ping(Bytes::new()), 0),
-                Out::Relay(b, binary) => {
-                    m.messages_out_relay.increment(1);
-                    let len = b.len();
-                    let msg = if binary {
-                        Message::Binary(b)
-                    } else {
-                        match Utf8Bytes::try_from(b) {
-                            Ok(t) => Message::Text(t),
-                            Err(_) => {
-                                self.queued.fetch_sub(len, Ordering::AcqRel);
-                                continue;
-                            }
-                        }
-                    };
-                    (msg, len)
+            if self.pending.is_some() {
+                match self.sink.poll_ready_unpin(cx) {
+                    Poll::Pending => return self.wait_for_socket(cx),
+                    Poll::Ready(Err(_)) => return self.failed(),
+                    Poll::Ready(Ok(())) => {}
                 }
-                Out::Json(b, kind) => {
-                    // Read per frame, not once at the start: the session
-                    // sets the encoding after this task was spawned, but
-                    // before it queues anything.
-                    let protobuf = self.is_protobuf();
-                    batch.clear();
-                    counts.add(kind);
-                    let mut total = b.len();
-                    batch.push(b);
-                    while batch.len() < MAX_BATCH_MESSAGES && total < MAX_BATCH_BYTES {
-                        match rx.try_recv() {
-                            Some(Out::Json(b, kind)) => {
-                                counts.add(kind);
-                                total += b.len();
-                                batch.push(b);
-                            }
-                            Some(other) => {
-                                held = Some(other);
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                    let frame = if batch.len() == 1 {
-                        batch.pop().expect("one item")
-                    } else {
-                        let mut buf = BytesMut::with_capacity(total + batch.len());
-                        for (i, b) in batch.drain(..).enumerate() {
-                            // Protobuf messages carry their length: just
-                            // concatenated. JSON ones are `\n`-separated.
-                            if i > 0 && !protobuf {
-                                buf.extend_from_slice(b"\n");
-                            }
-                            buf.extend_from_slice(&b);
-                        }
-                        buf.freeze()
-                    };
-                    if protobuf {
-                        (Message::Binary(frame), total)
-                    } else {
-                        // Replies and pushes are serde_json output: always
-                        // UTF-8.
-                        match Utf8Bytes::try_from(frame) {
-                            Ok(t) => (Message::Text(t), total),
-                            Err(_) => {
-                                self.queued.fetch_sub(total, Ordering::AcqRel);
-                                continue;
-                            }
-                        }
-                    }
+                let (msg, bytes) = self.pending.take().expect("a pending frame");
+                let sent = self.sink.start_send_unpin(msg);
+                self.conn().queued.fetch_sub(bytes, Ordering::AcqRel);
+                if sent.is_err() {
+                    return self.failed();
                 }
-            };
-            // A write that completes at once (the socket takes it) needs no wait on the
-            // token; one that waits for a slow client stops when the connection is closed.
-            let mut send = sink.send(msg);
-            let written = match poll_once(&mut send).await.map(|r| r.is_ok()) {
-                Some(ok) => ok,
-                None => tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => break,
-                    r = &mut send => r.is_ok(),
+                self.flushing = true;
+                frames += 1;
+                m.frames_out.increment(1);
+                m.bytes_out.increment(bytes as u64);
+                self.counts.flush(m);
+            }
+            if self.flushing {
+                match self.sink.poll_flush_unpin(cx) {
+                    Poll::Pending => return self.wait_for_socket(cx),
+                    Poll::Ready(Err(_)) => return self.failed(),
+                    Poll::Ready(Ok(())) => self.flushing = false,
+                }
+            }
+            if frames == FRAMES_PER_POLL {
+                // The task's other work (the session reads the same socket) gets its turn.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let first = match self.held.take() {
+                Some(item) => item,
+                None => match self.outbox.poll_recv(cx) {
+                    Poll::Ready(item) => item,
+                    Poll::Pending => return Poll::Pending,
                 },
             };
-            self.queued.fetch_sub(bytes, Ordering::AcqRel);
-            if !written {
-                self.close(DisconnectCode::WRITE_ERROR);
-                break;
+            if self.conn().is_closed() {
+                return self.stop();
             }
-            m.frames_out.increment(1);
-            m.bytes_out.increment(bytes as u64);
-            counts.flush(m);
+            if let Out::Close = first {
+                return self.stop();
+            }
+            self.pending = self.frame(first, m);
         }
-        // Kept (not taken): the session reads it for its leave events and
-        // webhooks, possibly after this.
-        let reason = self.close_reason.lock().clone();
+    }
+
+    /// The socket cannot take more now: wait for it, or for the connection to end.
+    fn wait_for_socket(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.conn().ready.register(cx.waker());
+        if self.conn().is_closed() {
+            return self.stop();
+        }
+        Poll::Pending
+    }
+
+    fn failed(&mut self) -> Poll<()> {
+        self.conn().close(DisconnectCode::WRITE_ERROR);
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Poll<()> {
+        self.done = true;
+        Poll::Ready(())
+    }
+
+    /// The frame for `first` (and the protocol messages queued after it); `None` for an
+    /// item that writes nothing.
+    fn frame(&mut self, first: Out, m: &Metrics) -> Option<(Message, usize)> {
+        let conn = &self.outbox.0;
+        match first {
+            Out::Close => None,
+            // Socket.IO connections have their own transports.
+            Out::Sio(..) | Out::Eio(..) => None,
+            Out::WsPing => Some((Message::Ping(Bytes::new()), 0)),
+            Out::Relay(b, binary) => {
+                m.messages_out_relay.increment(1);
+                let len = b.len();
+                if binary {
+                    return Some((Message::Binary(b), len));
+                }
+                match Utf8Bytes::try_from(b) {
+                    Ok(t) => Some((Message::Text(t), len)),
+                    Err(_) => {
+                        conn.queued.fetch_sub(len, Ordering::AcqRel);
+                        None
+                    }
+                }
+            }
+            Out::Json(b, kind) => {
+                // Read per frame, not once at the start: the session sets the encoding after
+                // the connection opened, but before it queues anything.
+                let protobuf = conn.is_protobuf();
+                let batch = &mut self.batch;
+                batch.clear();
+                self.counts.add(kind);
+                let mut total = b.len();
+                batch.push(b);
+                while batch.len() < MAX_BATCH_MESSAGES && total < MAX_BATCH_BYTES {
+                    match self.outbox.try_recv() {
+                        Some(Out::Json(b, kind)) => {
+                            self.counts.add(kind);
+                            total += b.len();
+                            batch.push(b);
+                        }
+                        Some(other) => {
+                            self.held = Some(other);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let frame = if batch.len() == 1 {
+                    batch.pop().expect("one item")
+                } else {
+                    let mut buf = BytesMut::with_capacity(total + batch.len());
+                    for (i, b) in batch.drain(..).enumerate() {
+                        // Protobuf messages carry their length: just concatenated. JSON
+                        // ones are `\n`-separated.
+                        if i > 0 && !protobuf {
+                            buf.extend_from_slice(b"\n");
+                        }
+                        buf.extend_from_slice(&b);
+                    }
+                    buf.freeze()
+                };
+                if protobuf {
+                    return Some((Message::Binary(frame), total));
+                }
+                // Replies and pushes are serde_json output: always UTF-8.
+                match Utf8Bytes::try_from(frame) {
+                    Ok(t) => Some((Message::Text(t), total)),
+                    Err(_) => {
+                        self.outbox.0.queued.fetch_sub(total, Ordering::AcqRel);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the close frame (with the server's code and reason, if any) and closes the
+    /// socket, each within [`CLOSE_TIMEOUT`]; then the connection is over.
+    pub async fn finish(mut self) {
+        let conn = self.outbox.0.clone();
+        // Kept (not taken): the session reads it for its leave events and webhooks,
+        // possibly after this.
+        let reason = conn.close_reason.lock().clone();
         let frame = reason.map(|(code, reason)| {
             Metrics::disconnect(code);
             CloseFrame {
@@ -632,20 +744,24 @@ impl Conn {
                 reason: Utf8Bytes::from(reason.as_ref()),
             }
         });
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(frame))).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.send(Message::Close(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.close()).await;
         // A drained connection ends here: let the session finish.
-        self.end();
+        conn.end();
     }
 }
 
-/// Polls `fut` once: its output when it is ready at once.
-async fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
-    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut *fut).poll(cx) {
-        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await
+impl<S> Writer<S>
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    /// The client's next message, from the socket this writer writes.
+    pub fn poll_next_in(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, axum::Error>>> {
+        self.sink.poll_next_unpin(cx)
+    }
 }
 
 /// Messages of one frame by kind, added to the shared counters once per

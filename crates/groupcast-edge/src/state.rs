@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use groupcast_core::hub::SubscriberKind;
 
 use crate::config::Config;
-use crate::conn::Conn;
+use crate::conn::{Conn, Writer};
 use crate::limits::IpRateLimiter;
 use crate::metrics::Metrics;
 
@@ -143,7 +143,8 @@ fn gauge(kind: SubscriberKind) -> &'static metrics::Gauge {
 /// A connection set up by [`EdgeState::open`]; [`Opened::finish`] ends it.
 pub struct Opened {
     pub conn: Arc<Conn>,
-    writer: tokio::task::JoinHandle<()>,
+    /// The writer's task, when it has one ([`EdgeState::open_single`]: none).
+    writer: Option<tokio::task::JoinHandle<()>>,
     gauge: &'static metrics::Gauge,
     _guard: ConnGuard,
 }
@@ -153,7 +154,9 @@ impl Opened {
     /// leave the drain list and the gauge.
     pub async fn finish(self) {
         self.conn.closed_by_peer();
-        let _ = self.writer.await;
+        if let Some(writer) = self.writer {
+            let _ = writer.await;
+        }
         self.gauge.decrement(1.0);
     }
 }
@@ -373,6 +376,30 @@ impl EdgeState {
         (self.open_with(sink, kind, gauge(kind)), stream)
     }
 
+    /// [`EdgeState::open`] without a writer task: the session's task writes the socket
+    /// through the [`Writer`] (one task per connection).
+    pub fn open_single(
+        self: &Arc<Self>,
+        socket: WebSocket,
+        kind: SubscriberKind,
+    ) -> (Opened, Writer<WebSocket>) {
+        let (conn, outbox) = Conn::new(
+            self.next_conn_id(),
+            kind,
+            self.config.client.max_queue_bytes,
+        );
+        let guard = self.track(&conn);
+        let gauge = gauge(kind);
+        gauge.increment(1.0);
+        let opened = Opened {
+            conn,
+            writer: None,
+            gauge,
+            _guard: guard,
+        };
+        (opened, Writer::new(socket, outbox))
+    }
+
     /// [`EdgeState::open`] on any sink that takes WebSocket messages (HTTP streaming and
     /// SSE give one that writes their response body), counted in `gauge`.
     pub fn open_with<S>(
@@ -394,7 +421,7 @@ impl EdgeState {
         gauge.increment(1.0);
         Opened {
             conn,
-            writer,
+            writer: Some(writer),
             gauge,
             _guard: guard,
         }

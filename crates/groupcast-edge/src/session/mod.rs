@@ -24,13 +24,14 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use groupcast_core::broker::BrokerError;
 use groupcast_core::hub::SubscriberKind;
 use groupcast_core::StreamPosition;
@@ -38,7 +39,7 @@ use groupcast_proto::client::{self as proto, ClientInfo, Command, RawJson, Reply
 use groupcast_proto::{DisconnectCode, ErrorCode};
 
 use crate::auth::now_unix;
-use crate::conn::{Conn, Inbound, OutKind};
+use crate::conn::{Conn, Inbound, OutKind, Writer};
 use crate::limits::{ConnRates, Refusal};
 use crate::metrics::Metrics;
 use crate::proxy::{Answer, Proxy};
@@ -235,34 +236,138 @@ pub async fn replay(state: Arc<EdgeState>, frames: &[&[u8]]) -> Replay {
 /// Serve one upgraded WebSocket with the Centrifugo protocol.
 /// `headers`: the upgrade request's headers that event proxies forward.
 /// `protobuf`: the client chose the `centrifuge-protobuf` subprotocol.
-pub async fn serve(state: Arc<EdgeState>, socket: WebSocket, headers: HeaderMap, protobuf: bool) {
-    let (opened, stream) = state.open(socket, SubscriberKind::Protocol);
+///
+/// One task per connection: the session reads the socket and writes its queue (the
+/// [`Writer`] is polled beside everything the session waits for).
+pub fn serve(
+    state: Arc<EdgeState>,
+    socket: WebSocket,
+    headers: HeaderMap,
+    protobuf: bool,
+) -> impl Future<Output = ()> + Send {
+    let (opened, writer) = state.open_single(socket, SubscriberKind::Protocol);
     if protobuf {
         opened.conn.set_protobuf();
     }
-    serve_on(state, opened, stream, headers, Transport::WebSocket, None).await;
+    let session = Session::new(state, opened.conn.clone(), headers, Transport::WebSocket);
+    serve_link(session, writer, opened)
+}
+
+/// The socket as the session's loop sees it: the client's messages in, and the connection's
+/// queue out when this task writes it.
+pub(crate) trait Link {
+    /// Writes what is queued (when this task writes); ready once the writer is done.
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+    /// The client's next message; `None` when it is gone.
+    fn poll_in(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>>;
+    /// Once the session is over: the close frame, when this task writes.
+    fn finish(self) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl Link for Writer<WebSocket> {
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_write(cx)
+    }
+
+    fn poll_in(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>> {
+        self.poll_next_in(cx)
+    }
+
+    fn finish(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(Writer::finish(self))
+    }
+}
+
+/// A transport whose writer has a task of its own (HTTP streaming, SSE): reading only.
+struct ReadOnly<S>(S);
+
+impl<S> Link for ReadOnly<S>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    fn poll_out(&mut self, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+
+    fn poll_in(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>> {
+        self.0.poll_next_unpin(cx)
+    }
+
+    fn finish(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// What the session's loop does next.
+enum Next {
+    Stop,
+    Nothing,
+    /// A frame of the connection's encoding.
+    Frame(Bytes),
+    Expire,
+    Control(Box<crate::conn::Control>),
+}
+
+/// What the socket gave the session's loop.
+enum Io {
+    In(Option<Result<Message, axum::Error>>),
+    /// The writer is done (closed, drained, or the socket failed).
+    Written,
+}
+
+fn poll_io<L: Link>(link: &mut L, cx: &mut Context<'_>) -> Poll<Io> {
+    if link.poll_out(cx).is_ready() {
+        return Poll::Ready(Io::Written);
+    }
+    link.poll_in(cx).map(Io::In)
+}
+
+/// Awaits `work` (a command, a server action) while the writer goes on writing.
+async fn writing<L: Link, F: Future + Unpin>(link: &mut L, mut work: F) -> F::Output {
+    std::future::poll_fn(|cx| {
+        // Done or not, the work decides when this ends; a done writer stays done.
+        let _ = link.poll_out(cx);
+        work.poll_unpin(cx)
+    })
+    .await
 }
 
 /// Serve a connection opened on any transport: `inbound` gives the client's
 /// messages (text: JSON, binary: protobuf) and ends when the client is gone;
 /// `emulation`: the session id of an HTTP transport.
-pub(crate) async fn serve_on<S>(
+pub(crate) fn serve_on<S>(
     state: Arc<EdgeState>,
     opened: Opened,
     inbound: S,
     headers: HeaderMap,
     transport: Transport,
     emulation: Option<String>,
-) where
-    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+) -> impl Future<Output = ()> + Send
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
 {
     let mut session = Session::new(state, opened.conn.clone(), headers, transport);
     session.emulation = emulation;
-    session.run(inbound).await;
-    // Boxed, as every call out of the session's loop: a future holds room for the largest
-    // state of what it awaits inline, and the session task lives as long as its connection.
-    Box::pin(session.cleanup()).await;
-    Box::pin(opened.finish()).await;
+    serve_link(session, ReadOnly(inbound), opened)
+}
+
+/// The session's task, for the life of its connection. Not an `async fn`, and everything
+/// built before it starts: an `async fn` keeps its arguments' room after moving them into
+/// its body (the WebSocket, the writer, the headers: a kilobyte and more per connection).
+/// Every call out of the loop is boxed for the same reason: a future holds room for the
+/// largest state of what it awaits inline.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve_link<L: Link + Send>(
+    mut session: Session,
+    mut link: L,
+    opened: Opened,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        session.run(&mut link).await;
+        // The close frame goes out while the session cleans up (leave events, webhooks).
+        tokio::join!(Box::pin(session.cleanup()), link.finish());
+        Box::pin(opened.finish()).await;
+    }
 }
 
 /// The HTTP transports (HTTP streaming, SSE and `/emulation`) as `client.http_stream` and
@@ -324,71 +429,103 @@ impl Session {
         }
     }
 
-    async fn run<S>(&mut self, mut stream: S)
-    where
-        S: Stream<Item = Result<Message, axum::Error>> + Unpin,
-    {
+    async fn run<L: Link>(&mut self, link: &mut L) {
         let cfg = &self.state.config.client;
         let ping_interval = cfg.ping_interval;
         let pong_timeout = cfg.pong_timeout;
         let stale_at = tokio::time::Instant::now() + cfg.connect_timeout;
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Pings go every `ping_interval` once connected (the first one interval after the
+        // connection opened), each one after the last was sent.
+        let mut next_ping = tokio::time::Instant::now() + ping_interval;
+        // One timer for every deadline (connect, ping, pong, expiry): the session lives as
+        // long as its connection, and each timer would take its room in every idle one.
+        let timer = tokio::time::sleep_until(stale_at);
+        tokio::pin!(timer);
         let conn = self.conn.clone();
-        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
-            let pong_at = self
-                .pong_deadline
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or(far);
-            let expiry_at = self.next_expiry().map(deadline_from_unix).unwrap_or(far);
-            tokio::select! {
-                _ = conn.cancelled() => break,
-                msg = stream.next() => match conn.inbound(msg) {
-                    Inbound::End => break,
-                    // Text frames carry JSON, binary frames protobuf: each
-                    // only on a connection of that encoding.
-                    Inbound::Text(t) if !conn.is_protobuf() => {
-                        Metrics::get().bytes_in.increment(t.len() as u64);
-                        Box::pin(self.handle_frame(t.as_bytes())).await;
-                    }
-                    Inbound::Binary(b) if conn.is_protobuf() => {
-                        Metrics::get().bytes_in.increment(b.len() as u64);
-                        Box::pin(self.handle_frame(&b)).await;
-                    }
-                    Inbound::Text(_) | Inbound::Binary(_) => {
-                        conn.close(DisconnectCode::BAD_REQUEST);
-                        break;
-                    }
-                    Inbound::Control => {}
+            let pong_at = self.pong_deadline.map(tokio::time::Instant::from_std);
+            let expiry_at = self.next_expiry().map(deadline_from_unix);
+            let wake = [
+                (!self.connected).then_some(stale_at),
+                self.connected.then_some(next_ping),
+                pong_at,
+                expiry_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(stale_at);
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
+            // The arms only sort what happened; what awaits is done after the select, so
+            // that no arm's output (a publish's reply is 464 bytes) is held in the task for
+            // the connection's life.
+            let next = tokio::select! {
+                _ = conn.cancelled() => Next::Stop,
+                io = std::future::poll_fn(|cx| poll_io(link, cx)) => match io {
+                    Io::Written => Next::Stop,
+                    Io::In(msg) => match conn.inbound(msg) {
+                        Inbound::End => Next::Stop,
+                        // Text frames carry JSON, binary frames protobuf: each
+                        // only on a connection of that encoding.
+                        Inbound::Text(t) if !conn.is_protobuf() => {
+                            Metrics::get().bytes_in.increment(t.len() as u64);
+                            Next::Frame(t.into())
+                        }
+                        Inbound::Binary(b) if conn.is_protobuf() => {
+                            Metrics::get().bytes_in.increment(b.len() as u64);
+                            Next::Frame(b)
+                        }
+                        Inbound::Text(_) | Inbound::Binary(_) => {
+                            conn.close(DisconnectCode::BAD_REQUEST);
+                            Next::Stop
+                        }
+                        Inbound::Control => Next::Nothing,
+                    },
                 },
-                _ = tokio::time::sleep_until(stale_at), if !self.connected => {
-                    conn.close(DisconnectCode::STALE);
-                    break;
-                }
-                _ = ping.tick(), if self.connected => {
-                    let ping = if conn.is_protobuf() {
-                        Bytes::from(groupcast_proto::protobuf::encode_ping())
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if !self.connected && now >= stale_at {
+                        conn.close(DisconnectCode::STALE);
+                        Next::Stop
+                    } else if pong_at.is_some_and(|at| now >= at) {
+                        conn.close(DisconnectCode::NO_PONG);
+                        Next::Stop
                     } else {
-                        Bytes::from_static(b"{}")
-                    };
-                    conn.send_json(ping, OutKind::Ping);
-                    if self.pong_deadline.is_none() {
-                        self.pong_deadline = Some(Instant::now() + pong_timeout);
+                        if self.connected && now >= next_ping {
+                            next_ping = now + ping_interval;
+                            let ping = if conn.is_protobuf() {
+                                Bytes::from(groupcast_proto::protobuf::encode_ping())
+                            } else {
+                                Bytes::from_static(b"{}")
+                            };
+                            conn.send_json(ping, OutKind::Ping);
+                            if self.pong_deadline.is_none() {
+                                self.pong_deadline = Some(Instant::now() + pong_timeout);
+                            }
+                        }
+                        if expiry_at.is_some_and(|at| now >= at) {
+                            Next::Expire
+                        } else {
+                            Next::Nothing
+                        }
                     }
                 }
-                _ = tokio::time::sleep_until(pong_at), if self.pong_deadline.is_some() => {
-                    conn.close(DisconnectCode::NO_PONG);
-                    break;
-                }
-                _ = tokio::time::sleep_until(expiry_at), if self.next_expiry().is_some() => {
-                    Box::pin(self.expire()).await;
-                }
-                control = conn.next_control() => Box::pin(self.handle_control(control)).await,
+                control = conn.next_control() => Next::Control(Box::new(control)),
                 Some((id, started, result)) = self.publishes.get_mut().next(),
                     if !self.publishes.get_mut().is_empty() => {
                     self.publish_answered(id, started, result);
+                    Next::Nothing
+                }
+            };
+            match next {
+                Next::Stop => break,
+                Next::Nothing => {}
+                Next::Frame(frame) => writing(link, Box::pin(self.handle_frame(&frame))).await,
+                Next::Expire => writing(link, Box::pin(self.expire())).await,
+                Next::Control(control) => {
+                    writing(link, Box::pin(self.handle_control(*control))).await
                 }
             }
         }
