@@ -16,6 +16,8 @@
 #   cargo build --release -p groupcast -p groupcast-bench
 #   benches/cluster.sh [SUBSCRIBERS] [SECS] [SIZE] [WINDOW] [CHURN]
 #   (WINDOW: publishes in flight; 1 measures latency without queueing)
+#   ONLY=fanout or ONLY=churn: run only that part.
+#   The binaries: $GROUPCAST and $GROUPCAST_BENCH, else ${CARGO_TARGET_DIR:-target}/release/.
 #   EDGE_ENV: more NAME=VALUE words for the edges, e.g.
 #   EDGE_ENV=GROUPCAST_CLIENT__MAX_PUBLISHES_IN_FLIGHT=1 (one ack awaited at a time, as before issue 22)
 #
@@ -24,8 +26,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 subs=${1:-1000}; secs=${2:-10}; size=${3:-128}; window=${4:-256}; churn=${5:-600}
-bin=target/release/groupcast
-bench=target/release/groupcast-bench
+bin=${GROUPCAST:-${CARGO_TARGET_DIR:-target}/release/groupcast}
+bench=${GROUPCAST_BENCH:-${CARGO_TARGET_DIR:-target}/release/groupcast-bench}
+only=${ONLY:-}
 offset=30000
 lb=127.0.0.1:$((8000 + offset))
 work=$(mktemp -d)
@@ -46,11 +49,13 @@ wait_ready() { for _ in $(seq 1 200); do curl -fs "http://$1/readyz" >/dev/null 
 
 echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 
+if [ "$only" != churn ]; then
 echo; echo "== 1a. fan-out: single node (groupcast dev, in-memory)"
 GROUPCAST_CLIENT__COMMAND_RATE=0 $bin dev --listen 127.0.0.1:18100 >"$work/dev.log" 2>&1 &
 pids+=($!); wait_ready 127.0.0.1:18100
 $bench --server 127.0.0.1:18100 fanout --subscribers "$subs" --size "$size" --secs "$secs" --window "$window"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+fi
 
 echo; echo "== the local cluster (deploy/local/cluster.sh up, ports +$offset)"
 cluster up >"$work/up.log" 2>&1 || { cat "$work/up.log"; exit 1; }
@@ -59,10 +64,13 @@ token=$($bin token --user bench --ttl 1h --token-hmac-secret "$(cat "$work/clust
 edges=()
 for i in 1 2 3; do edges+=(--edge "127.0.0.1:$((8000 + offset + i))"); done
 
+if [ "$only" != churn ]; then
 echo; echo "== 1b. fan-out through nginx over three edges, history channel (JetStream, 3 replicas)"
 $bench --server "$lb" --token "$token" fanout --subscribers "$subs" --size "$size" --secs "$secs" --window "$window"
 echo; echo "== 1c. fan-out through nginx over three edges, channel without history (core NATS)"
 $bench --server "$lb" --token "$token" fanout --subscribers "$subs" --size "$size" --secs "$secs" --window "$window" --channel status:bench
+fi
+[ "$only" = fanout ] && exit 0
 
 # `status:` channels have presence and join/leave but no history (deploy/local/edge.toml.tmpl).
 churn_args=(presence --connections "$churn" --secs "$secs" --prefix status:churn- --api-key "$key" "${edges[@]}")

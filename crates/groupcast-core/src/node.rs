@@ -9,16 +9,20 @@
 //! one place.
 //!
 //! Adding the first local subscriber of a channel subscribes the node on the
-//! broker before the caller reads history; removing the last unsubscribes.
-//! Both steps run under a per-channel (striped) async lock so a concurrent
-//! subscribe can never read history before the node's broker interest exists.
+//! broker before the caller reads history; removing the last unsubscribes,
+//! after the interest linger ([`Node::set_interest_linger`]) when one is set: a
+//! subscriber that comes back within it finds the interest still there, so a
+//! client flapping on a channel costs the backbone nothing. Both steps run
+//! under a per-channel (striped) async lock so a concurrent subscribe can
+//! never read history before the node's broker interest exists.
 //! Every added and removed local subscriber is counted in [`Membership`]
 //! (cluster-wide subscriber counts for the API's `channels` and `info`).
 
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use groupcast_proto::api::NodeInfo;
@@ -47,13 +51,21 @@ pub struct Node {
     /// Relay connections' backend processes (NATS only).
     backend: OnceLock<Arc<dyn BackendBus>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// How long the broker interest of a channel outlives its last local subscriber
+    /// (milliseconds; 0: not at all).
+    linger_ms: AtomicU64,
+    /// Channels without local subscribers whose broker interest is kept for the linger,
+    /// with the number of the departure that started it (a later one starts its own).
+    lingering: parking_lot::Mutex<HashMap<String, u64>>,
+    departures: AtomicU64,
+    me: Weak<Node>,
 }
 
 impl Node {
     pub fn new(broker: Arc<dyn Broker>, membership: Arc<dyn Membership>) -> Arc<Node> {
         let hub = Arc::new(Hub::default());
         broker.set_handler(hub.clone());
-        Arc::new(Node {
+        Arc::new_cyclic(|me| Node {
             broker,
             membership,
             hub,
@@ -62,7 +74,25 @@ impl Node {
             stripes: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            linger_ms: AtomicU64::new(0),
+            lingering: Default::default(),
+            departures: AtomicU64::new(0),
+            me: me.clone(),
         })
+    }
+
+    /// Keep a channel's broker interest for `linger` after its last local subscriber left
+    /// (zero, the default: drop it at once). Publications that arrive meanwhile reach
+    /// nobody here, as without the interest; the backbone is spared a subscribe and an
+    /// unsubscribe for every client that leaves a channel and comes back.
+    pub fn set_interest_linger(&self, linger: Duration) {
+        self.linger_ms
+            .store(linger.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Channels whose broker interest outlives their last local subscriber now.
+    pub fn lingering_channels(&self) -> usize {
+        self.lingering.lock().len()
     }
 
     /// Connect the node to the other nodes (once, before serving).
@@ -115,7 +145,11 @@ impl Node {
         let id = sub.id();
         let outcome = self.hub.add_with_delta(channel, sub, buffering, delta);
         if outcome == AddOutcome::First {
-            if let Err(e) = self.broker.subscribe(channel).await {
+            if self.lingering.lock().remove(channel).is_some() {
+                // The interest is still there: nothing to ask the broker.
+                metrics::counter!("groupcast_interest_linger_total", "outcome" => "reused")
+                    .increment(1);
+            } else if let Err(e) = self.broker.subscribe(channel).await {
                 self.hub.remove(channel, id);
                 return Err(e);
             }
@@ -134,10 +168,44 @@ impl Node {
             self.membership.subscribers_changed(channel, -1);
         }
         if outcome == RemoveOutcome::Last {
-            if let Err(e) = self.broker.unsubscribe(channel).await {
-                // Interest stays on the broker: extra traffic, not lost messages.
-                let _ = e;
+            let linger = Duration::from_millis(self.linger_ms.load(Ordering::Relaxed));
+            if linger.is_zero() {
+                self.unsubscribe_broker(channel).await;
+                return;
             }
+            let departure = self.departures.fetch_add(1, Ordering::Relaxed) + 1;
+            self.lingering
+                .lock()
+                .insert(channel.to_string(), departure);
+            let (me, channel) = (self.me.clone(), channel.to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep(linger).await;
+                if let Some(node) = me.upgrade() {
+                    node.end_linger(&channel, departure).await;
+                }
+            });
+        }
+    }
+
+    /// The linger that `departure` started is over: drop the interest, unless a subscriber
+    /// came back meanwhile (and perhaps left again, starting a linger of its own).
+    async fn end_linger(&self, channel: &str, departure: u64) {
+        let _g = self.stripe(channel).lock().await;
+        {
+            let mut lingering = self.lingering.lock();
+            if lingering.get(channel) != Some(&departure) {
+                return;
+            }
+            lingering.remove(channel);
+        }
+        metrics::counter!("groupcast_interest_linger_total", "outcome" => "expired").increment(1);
+        self.unsubscribe_broker(channel).await;
+    }
+
+    async fn unsubscribe_broker(&self, channel: &str) {
+        if let Err(e) = self.broker.unsubscribe(channel).await {
+            // Interest stays on the broker: extra traffic, not lost messages.
+            let _ = e;
         }
     }
 
@@ -354,5 +422,90 @@ impl Node {
     /// Local channels with their local subscriber counts.
     pub fn local_channels(&self) -> Vec<(String, usize)> {
         self.hub.channels()
+    }
+}
+
+#[cfg(test)]
+mod linger_tests {
+    use super::*;
+    use crate::broker::memory::MemoryBroker;
+    use crate::hub::{PreparedPush, SubscriberKind};
+    use crate::membership::memory::MemoryMembership;
+    use crate::publication::Payload;
+    use std::sync::atomic::AtomicUsize;
+
+    struct Counter(u64, AtomicUsize);
+    impl Subscriber for Counter {
+        fn id(&self) -> u64 {
+            self.0
+        }
+        fn kind(&self) -> SubscriberKind {
+            SubscriberKind::Protocol
+        }
+        fn push(&self, _: &PreparedPush) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+        fn insufficient_state(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    fn node(linger: Duration) -> (Arc<Node>, Arc<MemoryBroker>) {
+        let broker = Arc::new(MemoryBroker::default());
+        let node = Node::new(broker.clone(), Arc::new(MemoryMembership::default()));
+        node.set_interest_linger(linger);
+        (node, broker)
+    }
+
+    async fn publish(node: &Node, channel: &str) {
+        let p = Publication::new(Payload::Json(
+            serde_json::value::RawValue::from_string("1".into())
+                .unwrap()
+                .into(),
+        ));
+        node.publish(channel, p, &PublishOptions::default())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_interest_outlives_the_last_subscriber_for_the_linger() {
+        let linger = Duration::from_secs(2);
+        let (node, broker) = node(linger);
+        let a = Arc::new(Counter(1, AtomicUsize::new(0)));
+        node.add_subscriber("ch", a.clone(), false).await.unwrap();
+        assert!(broker.is_subscribed("ch"));
+        node.remove_subscriber("ch", 1).await;
+        // Kept for the linger.
+        assert!(broker.is_subscribed("ch"));
+        assert_eq!(node.lingering_channels(), 1);
+
+        // A subscriber back within it finds the interest and gets what comes next.
+        tokio::time::sleep(linger / 2).await;
+        let b = Arc::new(Counter(2, AtomicUsize::new(0)));
+        node.add_subscriber("ch", b.clone(), false).await.unwrap();
+        assert_eq!(node.lingering_channels(), 0);
+        tokio::time::sleep(linger).await;
+        assert!(broker.is_subscribed("ch"), "the first linger's end leaves b's interest");
+        publish(&node, "ch").await;
+        assert_eq!(b.1.load(Ordering::SeqCst), 1);
+
+        // Its own departure lingers, then the interest is dropped.
+        node.remove_subscriber("ch", 2).await;
+        tokio::time::sleep(linger - Duration::from_millis(100)).await;
+        assert!(broker.is_subscribed("ch"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!broker.is_subscribed("ch"));
+        assert_eq!(node.lingering_channels(), 0);
+    }
+
+    #[tokio::test]
+    async fn without_a_linger_the_interest_goes_with_the_last_subscriber() {
+        let (node, broker) = node(Duration::ZERO);
+        let a = Arc::new(Counter(1, AtomicUsize::new(0)));
+        node.add_subscriber("ch", a, false).await.unwrap();
+        node.remove_subscriber("ch", 1).await;
+        assert!(!broker.is_subscribed("ch"));
+        assert_eq!(node.lingering_channels(), 0);
     }
 }

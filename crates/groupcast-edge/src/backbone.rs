@@ -134,6 +134,7 @@ pub async fn build(config: &Config, shutdown: CancellationToken) -> Result<Backb
     let node = match &nats {
         Some(broker) => {
             let node = Node::new(Arc::new(broker.clone()), membership);
+            node.set_interest_linger(config.nats.interest_linger);
             node.set_bus(Arc::new(broker.clone()));
             node.set_backend_bus(Arc::new(broker.clone()));
             node

@@ -75,6 +75,13 @@ pub struct NatsConfig {
     /// 4–9 s), so an election is not taken for a cut. `0s`: no probe.
     #[serde(with = "humantime_serde")]
     pub quorum_lost_after: Duration,
+    /// How long an edge keeps a channel's NATS subscription after its last local
+    /// subscriber left: a client that leaves a channel and comes back within it (a
+    /// presence flap, a page reload) costs the NATS cluster no interest change.
+    /// Publications arriving meanwhile reach nobody on the edge. `0s`: drop it at once.
+    /// At most 60s.
+    #[serde(with = "humantime_serde")]
+    pub interest_linger: Duration,
     /// Messages buffered per channel subscription before NATS reports a slow
     /// consumer and drops (history channels then repair from JetStream).
     pub subscription_capacity: usize,
@@ -110,6 +117,7 @@ impl Default for NatsConfig {
             ping_interval: Duration::from_secs(1),
             fence_after: Duration::from_secs(2),
             quorum_lost_after: Duration::from_secs(10),
+            interest_linger: Duration::from_secs(2),
             subscription_capacity: 65_536,
             cluster_secret: String::new(),
             accept_unsigned: false,
@@ -143,6 +151,9 @@ impl NatsConfig {
         }
         if self.subscription_capacity == 0 {
             return Err("nats.subscription_capacity must be > 0".into());
+        }
+        if self.interest_linger > Duration::from_secs(60) {
+            return Err("nats.interest_linger must be at most 60s".into());
         }
         for u in &self.urls {
             if u.trim().is_empty() {
@@ -220,6 +231,13 @@ mod tests {
                     ..base.clone()
                 },
                 "nats.subscription_capacity",
+            ),
+            (
+                NatsConfig {
+                    interest_linger: Duration::from_secs(61),
+                    ..base.clone()
+                },
+                "nats.interest_linger",
             ),
             (
                 NatsConfig {

@@ -80,6 +80,12 @@ impl Default for MemoryBroker {
 }
 
 impl MemoryBroker {
+    /// Whether the broker has the node's interest in `channel` (it delivers the channel's
+    /// publications to its handler only then).
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.subscribed.read().contains(channel)
+    }
+
     pub fn new(meta_ttl: Duration) -> MemoryBroker {
         MemoryBroker {
             handler: OnceLock::new(),
