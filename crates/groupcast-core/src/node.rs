@@ -174,9 +174,7 @@ impl Node {
                 return;
             }
             let departure = self.departures.fetch_add(1, Ordering::Relaxed) + 1;
-            self.lingering
-                .lock()
-                .insert(channel.to_string(), departure);
+            self.lingering.lock().insert(channel.to_string(), departure);
             let (me, channel) = (self.me.clone(), channel.to_string());
             tokio::spawn(async move {
                 tokio::time::sleep(linger).await;
@@ -486,7 +484,10 @@ mod linger_tests {
         node.add_subscriber("ch", b.clone(), false).await.unwrap();
         assert_eq!(node.lingering_channels(), 0);
         tokio::time::sleep(linger).await;
-        assert!(broker.is_subscribed("ch"), "the first linger's end leaves b's interest");
+        assert!(
+            broker.is_subscribed("ch"),
+            "the first linger's end leaves b's interest"
+        );
         publish(&node, "ch").await;
         assert_eq!(b.1.load(Ordering::SeqCst), 1);
 
