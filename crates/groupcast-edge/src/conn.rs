@@ -545,7 +545,6 @@ impl Conn {
 pub struct Writer<S> {
     sink: S,
     outbox: Outbox,
-    batch: Vec<Bytes>,
     counts: KindCounts,
     /// An item taken while batching that belongs in the next frame.
     held: Option<Out>,
@@ -564,7 +563,6 @@ where
         Writer {
             sink,
             outbox,
-            batch: Vec::new(),
             counts: KindCounts::default(),
             held: None,
             pending: None,
@@ -682,17 +680,31 @@ where
                 // Read per frame, not once at the start: the session sets the encoding after
                 // the connection opened, but before it queues anything.
                 let protobuf = conn.is_protobuf();
-                let batch = &mut self.batch;
-                batch.clear();
                 self.counts.add(kind);
                 let mut total = b.len();
-                batch.push(b);
-                while batch.len() < MAX_BATCH_MESSAGES && total < MAX_BATCH_BYTES {
+                let mut messages = 1;
+                // A second message starts the batched frame (an idle connection's single
+                // replies and pushes allocate nothing).
+                let mut first = Some(b);
+                let mut batched: Option<BytesMut> = None;
+                while messages < MAX_BATCH_MESSAGES && total < MAX_BATCH_BYTES {
                     match self.outbox.try_recv() {
                         Some(Out::Json(b, kind)) => {
                             self.counts.add(kind);
                             total += b.len();
-                            batch.push(b);
+                            messages += 1;
+                            let buf = batched.get_or_insert_with(|| {
+                                let first = first.take().expect("the first message");
+                                let mut buf = BytesMut::with_capacity(4 * (first.len() + b.len()));
+                                buf.extend_from_slice(&first);
+                                buf
+                            });
+                            // Protobuf messages carry their length: just concatenated. JSON
+                            // ones are `\n`-separated.
+                            if !protobuf {
+                                buf.extend_from_slice(b"\n");
+                            }
+                            buf.extend_from_slice(&b);
                         }
                         Some(other) => {
                             self.held = Some(other);
@@ -701,19 +713,9 @@ where
                         None => break,
                     }
                 }
-                let frame = if batch.len() == 1 {
-                    batch.pop().expect("one item")
-                } else {
-                    let mut buf = BytesMut::with_capacity(total + batch.len());
-                    for (i, b) in batch.drain(..).enumerate() {
-                        // Protobuf messages carry their length: just concatenated. JSON
-                        // ones are `\n`-separated.
-                        if i > 0 && !protobuf {
-                            buf.extend_from_slice(b"\n");
-                        }
-                        buf.extend_from_slice(&b);
-                    }
-                    buf.freeze()
+                let frame = match batched {
+                    Some(buf) => buf.freeze(),
+                    None => first.take().expect("the only message"),
                 };
                 if protobuf {
                     return Some((Message::Binary(frame), total));

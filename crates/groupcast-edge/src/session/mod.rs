@@ -191,7 +191,36 @@ pub struct Session {
     /// (at most `client.max_publishes_in_flight`): answered in command
     /// order, and every other command waits until they are. (In a mutex
     /// only to make the session `Sync`; reached with `get_mut`, never locked.)
-    publishes: parking_lot::Mutex<FuturesOrdered<PendingReply>>,
+    publishes: parking_lot::Mutex<Pipeline>,
+}
+
+/// The publishes in flight, oldest first: created with the first publish (its queue
+/// allocates), so a connection that never publishes holds none.
+#[derive(Default)]
+struct Pipeline(Option<FuturesOrdered<PendingReply>>);
+
+impl Pipeline {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |f| f.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, reply: PendingReply) {
+        self.0
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(reply);
+    }
+
+    /// The oldest publish's reply, once it is answered; `None` when none is in flight.
+    async fn next(&mut self) -> Option<(u32, Instant, Result<Option<Reply>, CommandError>)> {
+        match &mut self.0 {
+            Some(f) => f.next().await,
+            None => None,
+        }
+    }
 }
 
 /// A publish's reply to come: its command id, when it started, and the
@@ -416,7 +445,7 @@ impl Session {
             headers,
             transport,
             emulation: None,
-            publishes: parking_lot::Mutex::new(FuturesOrdered::new()),
+            publishes: Default::default(),
             rates: ConnRates::new(&state.config.client),
             conn,
             connected: false,
