@@ -124,37 +124,33 @@ impl NatsServer {
     /// `max_file_store` bytes (`jetstream { max_file_store }`): once its
     /// streams hold that much, JetStream refuses to store more.
     pub async fn start_with_store_limit(max_file_store: u64) -> NatsServer {
-        let mut s = NatsServer::new("n1", &[], None);
-        let file = s.dir.join("store-limit.conf");
-        std::fs::write(
-            &file,
-            format!("jetstream {{\n  max_file_store: {max_file_store}\n}}\n"),
-        )
-        .expect("write store-limit.conf");
-        s.args.push("-c".into());
-        s.args.push(file.display().to_string());
-        s.spawn();
-        s.wait_ready(true).await;
-        s
+        let conf = format!("jetstream {{\n  max_file_store: {max_file_store}\n}}\n");
+        Self::start_with_conf("store-limit.conf", &conf).await
     }
 
     /// A single server with JetStream and a WebSocket listener without TLS
     /// (`websocket { no_tls: true }`), started and ready; returns it and
     /// the listener's port.
     pub async fn start_with_websocket() -> (NatsServer, u16) {
-        let mut s = NatsServer::new("n1", &[], None);
         let ws_port = free_tcp_port();
-        let file = s.dir.join("websocket.conf");
-        std::fs::write(
-            &file,
-            format!("websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n}}\n"),
+        let conf = format!("websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n}}\n");
+        (
+            Self::start_with_conf("websocket.conf", &conf).await,
+            ws_port,
         )
-        .expect("write websocket.conf");
+    }
+
+    /// A single server with JetStream and the configuration file `conf` (written as `name` in
+    /// its directory), started and ready.
+    async fn start_with_conf(name: &str, conf: &str) -> NatsServer {
+        let mut s = NatsServer::new("n1", &[], None);
+        let file = s.dir.join(name);
+        std::fs::write(&file, conf).unwrap_or_else(|e| panic!("write {name}: {e}"));
         s.args.push("-c".into());
         s.args.push(file.display().to_string());
         s.spawn();
         s.wait_ready(true).await;
-        (s, ws_port)
+        s
     }
 
     /// A single server with JetStream keeping its store in `store` (e.g.
