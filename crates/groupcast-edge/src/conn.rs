@@ -881,6 +881,80 @@ impl Subscriber for Conn {
 mod tests {
     use super::*;
 
+    /// A socket that keeps what is written to it, or fails every write.
+    #[derive(Default)]
+    struct Socket {
+        written: Vec<Message>,
+        broken: bool,
+    }
+
+    impl futures_util::Sink<Message> for Socket {
+        type Error = ();
+        fn poll_ready(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(if self.broken { Err(()) } else { Ok(()) })
+        }
+        fn start_send(mut self: std::pin::Pin<&mut Self>, m: Message) -> Result<(), ()> {
+            self.written.push(m);
+            Ok(())
+        }
+        fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Queues `messages`, drains the connection (unless the socket is broken), and runs a
+    /// writer to its end.
+    async fn write_all(
+        protobuf: bool,
+        messages: &[&'static str],
+        broken: bool,
+    ) -> (Arc<Conn>, Vec<Message>) {
+        let (conn, outbox) = Conn::new(1, SubscriberKind::Protocol, 1 << 20);
+        if protobuf {
+            conn.set_protobuf();
+        }
+        for m in messages {
+            conn.send_json(Bytes::from_static(m.as_bytes()), OutKind::Pub);
+        }
+        if !broken {
+            // The writer stops after what was queued (a broken socket stops it sooner).
+            conn.drain(DisconnectCode::BAD_REQUEST);
+        }
+        let mut writer = Writer::new(
+            Socket {
+                broken,
+                ..Default::default()
+            },
+            outbox,
+        );
+        std::future::poll_fn(|cx| writer.poll_write(cx)).await;
+        let written = std::mem::take(&mut writer.sink.written);
+        writer.finish().await;
+        (conn, written)
+    }
+
+    #[tokio::test]
+    async fn the_writer_batches_queued_messages_into_one_frame() {
+        let (_, written) = write_all(false, &["a", "b", "c"], false).await;
+        assert_eq!(written, vec![Message::Text("a\nb\nc".into())]);
+        // One message goes alone; protobuf messages are concatenated (they carry their length).
+        let (_, written) = write_all(false, &["a"], false).await;
+        assert_eq!(written, vec![Message::Text("a".into())]);
+        let (_, written) = write_all(true, &["a", "b"], false).await;
+        assert_eq!(written, vec![Message::Binary(Bytes::from_static(b"ab"))]);
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_fails_a_write_closes_the_connection_with_write_error() {
+        let (conn, written) = write_all(false, &["a"], true).await;
+        assert!(written.is_empty());
+        assert!(conn.is_closed());
+        assert_eq!(conn.close_code(), Some(DisconnectCode::WRITE_ERROR.code));
+    }
+
     #[test]
     fn a_peer_that_vanishes_is_gone_not_a_bad_request() {
         use tungstenite::error::ProtocolError;
